@@ -1,0 +1,93 @@
+//! Admin endpoint handlers: read the snapshot, render views, run reloads.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde_json::json;
+
+use super::views::{ListenerView, NodeView, PoolView, StatusView};
+use super::{json_response, AdminError, AdminResponse};
+use crate::app::{App, ReloadError};
+use crate::pool::{AdminState, Health, SessionKind};
+
+pub async fn status(app: &Arc<App>) -> AdminResponse {
+    let addrs = app.listener_addrs().await;
+    let snapshot = app.snapshot.load_full();
+    let mut listeners = Vec::new();
+    for l in &snapshot.config.listeners {
+        listeners.push(ListenerView {
+            name: l.name.clone(),
+            protocol: l.kind.protocol().into(),
+            listen: addrs.get(&l.name).copied().unwrap_or(l.listen).to_string(),
+            connections: app.listener_connections(&l.name).await.unwrap_or(0),
+        });
+    }
+    let view = StatusView {
+        version: env!("CARGO_PKG_VERSION").into(),
+        listeners,
+        pools: snapshot.pools.iter().map(|p| PoolView::of(p)).collect(),
+        rollouts: Vec::new(),
+    };
+    json_response(StatusCode::OK, &view)
+}
+
+pub fn pool(app: &App, pool: &str) -> Result<AdminResponse, AdminError> {
+    let snapshot = app.snapshot.load();
+    let p = snapshot.pool(pool).ok_or_else(|| AdminError::UnknownPool { pool: pool.into() })?;
+    Ok(json_response(StatusCode::OK, &PoolView::of(p)))
+}
+
+pub fn node(app: &App, pool: &str, node: &str) -> Result<AdminResponse, AdminError> {
+    let snapshot = app.snapshot.load();
+    let p = snapshot.pool(pool).ok_or_else(|| AdminError::UnknownPool { pool: pool.into() })?;
+    let n = p.node(node).ok_or_else(|| AdminError::UnknownNode { pool: pool.into(), node: node.into() })?;
+    Ok(json_response(StatusCode::OK, &NodeView::of(n)))
+}
+
+pub async fn reload(app: &Arc<App>) -> Result<AdminResponse, AdminError> {
+    match app.reload().await {
+        Ok(()) => {
+            let snapshot = app.snapshot.load();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "status": "reloaded",
+                    "listeners": snapshot.config.listeners.len(),
+                    "pools": snapshot.pools.len(),
+                }),
+            ))
+        }
+        Err(ReloadError::Config(e)) => Err(AdminError::InvalidConfig(e.field_errors())),
+        Err(ReloadError::NoFile) => Err(AdminError::Conflict(ReloadError::NoFile.to_string())),
+        Err(e @ ReloadError::Start(_)) => Err(AdminError::ReloadFailed(e.to_string())),
+    }
+}
+
+/// Sets the gauges that mirror runtime state, just before a scrape. Resetting first drops
+/// the series of nodes a reload removed.
+pub fn refresh_gauges(app: &App) {
+    let m = &app.metrics;
+    m.node_state.reset();
+    m.node_health.reset();
+    m.node_version_info.reset();
+    m.sessions_active.reset();
+    for pool in &app.snapshot.load().pools {
+        for node in &pool.nodes {
+            let (p, n) = (pool.name.as_str(), node.name.as_str());
+            let admin = node.state.admin();
+            for s in AdminState::ALL {
+                m.node_state.with_label_values(&[p, n, s.as_str()]).set(i64::from(s == admin));
+            }
+            let health = node.state.health();
+            for h in Health::ALL {
+                m.node_health.with_label_values(&[p, n, h.as_str()]).set(i64::from(h == health));
+            }
+            if let Some(v) = node.state.version() {
+                m.node_version_info.with_label_values(&[p, n, v.as_str()]).set(1);
+            }
+            for k in SessionKind::ALL {
+                m.sessions_active.with_label_values(&[p, n, k.as_str()]).set(node.state.sessions(k) as i64);
+            }
+        }
+    }
+}

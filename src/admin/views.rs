@@ -1,0 +1,111 @@
+//! JSON views of the runtime, shared by the admin API and `handoff ctl` (which reads them
+//! back), so the two cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pool::{Node, Pool, SessionKind};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    /// handoff's own version.
+    pub version: String,
+    pub listeners: Vec<ListenerView>,
+    pub pools: Vec<PoolView>,
+    pub rollouts: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListenerView {
+    pub name: String,
+    pub protocol: String,
+    /// Address as bound (the real port when the config says 0).
+    pub listen: String,
+    pub connections: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PoolView {
+    pub name: String,
+    pub balance: String,
+    pub warmup: String,
+    /// Nodes that may take new sessions right now.
+    pub serving: usize,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    pub pool: String,
+    pub name: String,
+    pub addr: String,
+    pub state: String,
+    pub health: String,
+    pub version: Option<String>,
+    pub sessions: SessionsView,
+    pub weight: u32,
+    pub effective_weight: u32,
+    /// RFC 3339 time of the last admin state change.
+    pub state_since: String,
+    /// RFC 3339 time of the last health change.
+    pub health_since: String,
+    /// Idle pooled upstream HTTP connections.
+    pub idle_connections: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionsView {
+    pub total: usize,
+    pub http_inflight: usize,
+    pub tunnels: usize,
+    pub tcp: usize,
+    pub affinity: usize,
+}
+
+pub fn rfc3339(unix_ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl NodeView {
+    pub fn of(node: &Node) -> Self {
+        let s = &node.state;
+        let count = |k| s.sessions(k);
+        let sessions = SessionsView {
+            http_inflight: count(SessionKind::HttpInflight),
+            tunnels: count(SessionKind::Tunnel),
+            tcp: count(SessionKind::Tcp),
+            affinity: count(SessionKind::Affinity),
+            total: SessionKind::ALL.iter().map(|&k| count(k)).sum(),
+        };
+        let admin = s.admin();
+        NodeView {
+            pool: node.pool.clone(),
+            name: node.name.clone(),
+            addr: node.addr.to_string(),
+            state: admin.as_str().into(),
+            health: s.health().as_str().into(),
+            version: s.version().map(|v| v.to_string()),
+            sessions,
+            weight: node.weight,
+            effective_weight: if admin.admits_new() { node.effective_weight() } else { 0 },
+            state_since: rfc3339(s.admin_since_ms()),
+            health_since: rfc3339(s.health_since_ms()),
+            idle_connections: node.idle.len(),
+        }
+    }
+}
+
+impl PoolView {
+    pub fn of(pool: &Pool) -> Self {
+        PoolView {
+            name: pool.name.clone(),
+            balance: serde_json::to_value(pool.balance)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            warmup: crate::config::duration::format(pool.config.warmup),
+            serving: pool.nodes.iter().filter(|n| n.state.admits_new()).count(),
+            nodes: pool.nodes.iter().map(|n| NodeView::of(n)).collect(),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The running application: the routing snapshot, metrics and shutdown, plus the control
+//! plane state (listener table, health checkers) that only reloads touch.
+//!
+//! [`App::start`] takes sockets bound by the caller ([`bind`] for `handoff run` and tests,
+//! inherited ones for a future self-upgrade), so every way of starting shares one path.
+//! [`App::apply`] is the reload: bind-or-adopt listeners by name, swap in a new snapshot that
+//! carries node state over by `pool/node`, restart health checks. A config or bind error
+//! changes nothing.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, ConfigError, ListenerConfig};
+use crate::metrics::{ListenerMetrics, Metrics};
+use crate::proxy::{self, ListenerStats};
+use crate::shutdown::Shutdown;
+use crate::snapshot::Snapshot;
+
+/// Sockets the caller bound (or inherited) for the app to serve on.
+pub struct Bound {
+    /// Listening sockets by listener name.
+    pub listeners: HashMap<String, TcpListener>,
+    pub admin: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind listener {listener:?} on {addr}: {source}")]
+    Bind { listener: String, addr: SocketAddr, source: io::Error },
+    #[error("no socket was provided for listener {0:?}")]
+    MissingSocket(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no config file to reload: this instance runs an embedded config")]
+    NoFile,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Binds every listener of `config` and the admin API.
+pub async fn bind(config: &Config) -> Result<Bound, StartError> {
+    let mut listeners = HashMap::new();
+    for l in &config.listeners {
+        listeners.insert(l.name.clone(), bind_one(&l.name, l.listen).await?);
+    }
+    let admin = bind_one("admin", config.admin.listen).await?;
+    Ok(Bound { listeners, admin })
+}
+
+async fn bind_one(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        listener: name.to_string(),
+        addr,
+        source,
+    })
+}
+
+pub struct App {
+    /// The routing snapshot; the data path loads it, reloads swap it.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Metrics,
+    pub shutdown: Shutdown,
+    /// The file `POST /v1/reload` and SIGHUP re-read; `None` for the embedded demo config.
+    config_path: Option<PathBuf>,
+    /// Bearer token for `/v1/*`, read from the variable named by `admin.token_env`.
+    admin_token: ArcSwapOption<String>,
+    admin_addr: SocketAddr,
+    control: Mutex<Control>,
+}
+
+/// Control-plane state, touched only by start and reload.
+struct Control {
+    listeners: HashMap<String, ListenerEntry>,
+    /// Cancels the current generation of health checkers.
+    health_stop: CancellationToken,
+}
+
+struct ListenerEntry {
+    /// The address as configured (may have port 0).
+    configured: SocketAddr,
+    /// The address actually bound.
+    local: SocketAddr,
+    stop: CancellationToken,
+    stats: Arc<ListenerStats>,
+}
+
+impl App {
+    /// Starts serving `config` on the sockets in `bound`.
+    pub async fn start(config: Config, config_path: Option<PathBuf>, bound: Bound, shutdown: Shutdown) -> Result<Arc<App>, StartError> {
+        let Bound { mut listeners, admin } = bound;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            listener: "admin".into(),
+            addr: config.admin.listen,
+            source,
+        })?;
+        let metrics = Metrics::new();
+        let snapshot = Snapshot::build(config.clone(), None, &metrics);
+        let app = Arc::new(App {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            admin_token: ArcSwapOption::new(token_from_env(&config).map(Arc::new)),
+            shutdown,
+            config_path,
+            admin_addr,
+            control: Mutex::new(Control {
+                listeners: HashMap::new(),
+                health_stop: CancellationToken::new(),
+            }),
+        });
+        {
+            let mut control = app.control.lock().await;
+            for l in &config.listeners {
+                let socket = listeners.remove(&l.name).ok_or_else(|| StartError::MissingSocket(l.name.clone()))?;
+                let entry = app.start_listener(l, socket, None);
+                control.listeners.insert(l.name.clone(), entry);
+            }
+            control.health_stop = app.start_health();
+        }
+        tokio::spawn(crate::admin::serve(Arc::clone(&app), admin));
+        tracing::info!(admin = %admin_addr, listeners = config.listeners.len(), pools = config.pools.len(), "handoff started");
+        Ok(app)
+    }
+
+    fn start_listener(self: &Arc<Self>, cfg: &ListenerConfig, socket: TcpListener, stats: Option<Arc<ListenerStats>>) -> ListenerEntry {
+        let local = socket.local_addr().unwrap_or(cfg.listen);
+        let stats = stats.unwrap_or_else(|| Arc::new(ListenerStats::new(&cfg.name, ListenerMetrics::new(&self.metrics, &cfg.name))));
+        let stop = self.shutdown.accept.child_token();
+        tokio::spawn(proxy::accept_loop(Arc::clone(self), socket, Arc::clone(&stats), stop.clone()));
+        tracing::info!(listener = %cfg.name, addr = %local, protocol = cfg.kind.protocol(), "listening");
+        ListenerEntry { configured: cfg.listen, local, stop, stats }
+    }
+
+    fn start_health(&self) -> CancellationToken {
+        let stop = self.shutdown.force.child_token();
+        for pool in &self.snapshot.load().pools {
+            crate::health::spawn(pool, &stop);
+        }
+        stop
+    }
+
+    /// Re-reads the config file and applies it.
+    pub async fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
+        let result = self.reload_inner().await;
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.metrics.reloads.with_label_values(&[outcome]).inc();
+        match &result {
+            Ok(()) => tracing::info!("config reloaded"),
+            Err(e) => tracing::warn!(error = %e, "config reload refused; running config kept"),
+        }
+        result
+    }
+
+    async fn reload_inner(self: &Arc<Self>) -> Result<(), ReloadError> {
+        let path = self.config_path.clone().ok_or(ReloadError::NoFile)?;
+        // Loading may resolve host names: keep it off the async workers.
+        let config = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .map_err(|e| ReloadError::Config(ConfigError::Read {
+                path: PathBuf::new(),
+                source: io::Error::other(e.to_string()),
+            }))??;
+        self.apply(config).await
+    }
+
+    /// Applies a validated config: nothing changes unless every new listener could be bound.
+    pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ReloadError> {
+        let mut control = self.control.lock().await;
+        let mut fresh = HashMap::new();
+        for l in &config.listeners {
+            let adopt = control.listeners.get(&l.name).is_some_and(|e| e.configured == l.listen);
+            if !adopt {
+                fresh.insert(l.name.clone(), bind_one(&l.name, l.listen).await?);
+            }
+        }
+        if config.admin.listen != self.snapshot.load().config.admin.listen {
+            tracing::warn!(admin = %config.admin.listen, "admin.listen changed: it takes effect at the next restart");
+        }
+        let next = Snapshot::build(config.clone(), Some(&self.snapshot.load()), &self.metrics);
+        self.snapshot.store(Arc::new(next));
+        self.admin_token.store(token_from_env(&config).map(Arc::new));
+        let wanted: HashMap<&str, &ListenerConfig> = config.listeners.iter().map(|l| (l.name.as_str(), l)).collect();
+        let mut stopped_stats = HashMap::new();
+        for (name, entry) in std::mem::take(&mut control.listeners) {
+            if wanted.contains_key(name.as_str()) && !fresh.contains_key(&name) {
+                control.listeners.insert(name, entry);
+            } else {
+                // Its connections go on; only accepting stops.
+                entry.stop.cancel();
+                tracing::info!(listener = %name, addr = %entry.local, "listener stopped");
+                stopped_stats.insert(name, entry.stats);
+            }
+        }
+        for (name, socket) in fresh {
+            if let Some(cfg) = wanted.get(name.as_str()) {
+                let entry = self.start_listener(cfg, socket, stopped_stats.remove(&name));
+                control.listeners.insert(name, entry);
+            }
+        }
+        control.health_stop.cancel();
+        control.health_stop = self.start_health();
+        Ok(())
+    }
+
+    /// Addresses the listeners are actually bound to, by name.
+    pub async fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
+        let control = self.control.lock().await;
+        control.listeners.iter().map(|(n, e)| (n.clone(), e.local)).collect()
+    }
+
+    /// Open client connections of one listener.
+    pub async fn listener_connections(&self, name: &str) -> Option<usize> {
+        let control = self.control.lock().await;
+        control.listeners.get(name).map(|e| e.stats.active())
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn admin_token(&self) -> Option<Arc<String>> {
+        self.admin_token.load_full()
+    }
+}
+
+fn token_from_env(config: &Config) -> Option<String> {
+    let var = config.admin.token_env.as_deref()?;
+    std::env::var(var).ok().filter(|t| !t.is_empty())
+}

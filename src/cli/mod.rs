@@ -1,0 +1,94 @@
+//! Command line (design.md §6): `run`, `check`, `demo`, `ctl`.
+
+mod check;
+mod ctl;
+mod demo;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use ctl::CtlCommand;
+
+#[derive(Debug, Parser)]
+#[command(name = "handoff", version, about = "Upgrade-aware L4/L7 load balancer")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the configuration (SIGHUP reloads it, SIGTERM drains and exits).
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Worker threads (default: number of cores).
+        #[arg(long, env = "HANDOFF_WORKER_THREADS")]
+        threads: Option<usize>,
+    },
+    /// Validate a configuration file; exit 1 with every error.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start two demo backends and a proxy in front of them, with an embedded config.
+    Demo {
+        /// Proxy address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Admin API address.
+        #[arg(long, default_value = crate::config::defaults::ADMIN_LISTEN)]
+        admin: String,
+        #[arg(long, env = "HANDOFF_WORKER_THREADS")]
+        threads: Option<usize>,
+    },
+    /// Talk to a running handoff's admin API.
+    Ctl {
+        /// Admin API base URL.
+        #[arg(long, env = "HANDOFF_ADMIN", default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// Bearer token (when the server sets admin.token_env).
+        #[arg(long, env = "HANDOFF_ADMIN_TOKEN")]
+        token: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+/// Runs a command; returns the process exit code.
+pub fn main(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Run { config, threads } => run::run(config, threads),
+        Command::Check { config } => Ok(check::check(&config)),
+        Command::Demo { listen, admin, threads } => demo::demo(&listen, &admin, threads),
+        Command::Ctl { admin, token, json, command } => ctl::ctl(&admin, token.as_deref(), json, command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("handoff: {e:#}");
+            1
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level (info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// The tokio runtime with `threads` workers (default: one per core).
+pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()
+}

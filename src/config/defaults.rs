@@ -1,0 +1,38 @@
+//! Defaults for every optional setting, each with its unit and the reason for its value.
+
+use std::time::Duration;
+
+/// Admin API address: loopback only, so an unconfigured install is not reachable from outside.
+pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Time in-flight requests and TCP sessions get to finish after SIGTERM before they are cut.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Open client connections per listener; above it new connections are accepted and closed at once.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Upstream TCP connect timeout; short, because a failed connect is retried on another node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP: a keep-alive client connection with no request in flight is closed after this.
+pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// TCP: a session with no byte in either direction is closed after this (long-lived by nature).
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// HTTP: a client must send complete request headers within this (slowloris protection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP: the backend must answer with response headers within this, else 504.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Health check period.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Health check timeout (connect plus response headers).
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Consecutive passing checks before a node counts as up.
+pub const HEALTHY_AFTER: u32 = 2;
+/// Consecutive failing checks (or passive connect failures) before a node counts as down.
+pub const UNHEALTHY_AFTER: u32 = 3;
+/// HTTP health check path.
+pub const HEALTH_PATH: &str = "/healthz";
+/// HTTP health check expected status.
+pub const HEALTH_STATUS: u16 = 200;
+/// Node weight (relative; 100 is "one node's worth").
+pub const WEIGHT: u32 = 100;
+/// Slow-start window after a node is enabled again.
+pub const WARMUP: Duration = Duration::from_secs(10);
+/// Largest pool: picks track tried nodes in a 64-bit mask, and pools are pairs or small sets.
+pub const MAX_NODES_PER_POOL: usize = 64;

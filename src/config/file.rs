@@ -1,0 +1,109 @@
+//! Raw configuration: plain serde structs that mirror the YAML file one to one.
+//!
+//! Everything an operator can mistype (durations, addresses, names that refer to each other)
+//! stays a string here; `validate` turns it into runtime types and reports every mistake at
+//! once. Unknown fields are rejected so a typo never silently does nothing.
+
+use serde::Deserialize;
+
+/// `admin:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_env: Option<String>,
+}
+
+/// One entry of `listeners:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub listen: String,
+    pub protocol: String,
+    /// Items are deserialized one by one (see `RawRoute`), so each bad route is reported.
+    #[serde(default)]
+    pub routes: Option<Vec<serde_yaml::Value>>,
+    #[serde(default)]
+    pub pool: Option<String>,
+    pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Later capabilities: accepted by the parser so the error can say "not supported yet".
+    pub tls: Option<serde_yaml::Value>,
+    pub proxy_protocol: Option<serde_yaml::Value>,
+}
+
+/// `listeners[].timeouts:` (handoff extension; see README).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<String>,
+    pub idle: Option<String>,
+    pub header_read: Option<String>,
+    pub response: Option<String>,
+}
+
+/// One entry of `listeners[].routes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub pool: String,
+}
+
+/// One entry of `pools:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub name: String,
+    pub balance: Option<String>,
+    /// Items are deserialized one by one (see `RawNode`), so each bad node is reported.
+    pub nodes: Vec<serde_yaml::Value>,
+    /// Deserialized on its own (see `RawHealth`), so its errors don't hide the pool's others.
+    pub health: Option<serde_yaml::Value>,
+    pub warmup: Option<String>,
+    /// Later capabilities: accepted by the parser so the error can say "not supported yet".
+    pub affinity: Option<serde_yaml::Value>,
+    pub drain: Option<serde_yaml::Value>,
+    pub rebalance: Option<serde_yaml::Value>,
+    pub rollout: Option<serde_yaml::Value>,
+}
+
+/// One entry of `pools[].nodes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub name: String,
+    pub addr: String,
+    pub weight: Option<u32>,
+}
+
+/// `pools[].health:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_after: Option<u32>,
+    pub unhealthy_after: Option<u32>,
+    pub http: Option<RawHttpCheck>,
+    pub tcp: Option<RawTcpCheck>,
+}
+
+/// `pools[].health.http:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpCheck {
+    pub path: Option<String>,
+    pub expect_status: Option<u16>,
+    pub version_header: Option<String>,
+    pub version_json: Option<String>,
+    pub host: Option<String>,
+}
+
+/// `pools[].health.tcp:` (connect-only; no settings yet).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpCheck {}

@@ -1,0 +1,200 @@
+//! Configuration: the YAML file (`file`), its validation into the runtime types below
+//! (`validate`), durations, defaults, and positions for error messages.
+//!
+//! [`load`] and [`parse`] bind nothing and start nothing, so `handoff check`, `handoff run`
+//! and `POST /v1/reload` all run the very same code.
+
+pub mod defaults;
+pub mod duration;
+pub mod file;
+mod position;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Serialize;
+
+/// A validated configuration, ready to build the runtime from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub admin: AdminConfig,
+    /// Time in-flight work gets after SIGTERM (`shutdown_grace`).
+    pub shutdown_grace: Duration,
+    pub listeners: Vec<ListenerConfig>,
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Name of the environment variable holding the bearer token, if any.
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub kind: ListenerKind,
+    pub max_connections: usize,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenerKind {
+    /// HTTP: first matching route picks the pool.
+    Http { routes: Vec<RouteConfig> },
+    /// TCP: every connection goes to one pool.
+    Tcp { pool: String },
+}
+
+impl ListenerKind {
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            ListenerKind::Http { .. } => "http",
+            ListenerKind::Tcp { .. } => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Host to match, lower-case, without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix to match; `None` matches any path.
+    pub path_prefix: Option<String>,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub idle: Duration,
+    pub header_read: Duration,
+    pub response: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub nodes: Vec<NodeConfig>,
+    pub health: HealthConfig,
+    pub warmup: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    LeastConn,
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+    pub check: CheckKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// Connect-only.
+    Tcp,
+    Http {
+        path: String,
+        host: Option<String>,
+        expect_status: u16,
+        version: Option<VersionSource>,
+    },
+}
+
+/// Where a health response carries the node's version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VersionSource {
+    Header(HeaderName),
+    /// Dotted path into a JSON body, e.g. `version` or `build.version`.
+    Json(String),
+}
+
+/// One mistake in a config file, with the field path and where it is written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldError {
+    pub path: String,
+    pub line: usize,
+    pub col: usize,
+    pub reason: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = if self.path.is_empty() { "(top level)" } else { &self.path };
+        write!(f, "{}:{}: {}: {}", self.line, self.col, path, self.reason)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} error(s) in config:\n{}", .0.len(), render(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn render(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// Every field error, for the admin API's `detail`.
+    pub fn field_errors(&self) -> Vec<FieldError> {
+        match self {
+            ConfigError::Read { path, source } => vec![FieldError {
+                path: String::new(),
+                line: 0,
+                col: 0,
+                reason: format!("cannot read {}: {source}", path.display()),
+            }],
+            ConfigError::Invalid(v) => v.clone(),
+        }
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Validates config text; every mistake is reported, not just the first.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    validate::validate(text).map_err(ConfigError::Invalid)
+}
+
+impl Config {
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}

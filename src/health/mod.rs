@@ -1,0 +1,65 @@
+//! Active health checks: one task per node, probing at the pool's interval, feeding the
+//! node's pure health transition. Tasks are restarted on reload (their streaks live in the
+//! node state, so a reload does not reset progress).
+
+mod probe;
+
+use std::sync::Arc;
+
+use tokio::time::{interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::{Health, Node, Pool};
+
+pub use probe::{probe, ProbeResult};
+
+/// Starts a checker for every node of `pool`; all stop when `stop` is cancelled.
+pub fn spawn(pool: &Arc<Pool>, stop: &CancellationToken) {
+    for index in 0..pool.nodes.len() {
+        let pool = Arc::clone(pool);
+        let stop = stop.clone();
+        tokio::spawn(async move { check_loop(pool, index, stop).await });
+    }
+}
+
+async fn check_loop(pool: Arc<Pool>, index: usize, stop: CancellationToken) {
+    let node = Arc::clone(&pool.nodes[index]);
+    let cfg = pool.health_config();
+    let mut tick = interval(cfg.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = probe(node.addr, cfg) => r,
+        };
+        if !result.ok {
+            tracing::debug!(node = %node.key(), reason = %result.reason, "health check failed");
+        }
+        if let Some((from, to)) = node.state.record_check(result.ok, result.version.as_deref(), cfg) {
+            log_flip(&node, from, to, &result.reason);
+        }
+    }
+}
+
+/// Logs and counts one health flip; a node going down also loses its idle upstream
+/// connections, which would only fail the next requests.
+pub fn log_flip(node: &Node, from: Health, to: Health, reason: &str) {
+    node.state.metrics.transition(to.as_str());
+    if to == Health::Down {
+        node.idle.clear();
+        tracing::warn!(node = %node.key(), from = from.as_str(), to = to.as_str(), reason, "node health changed");
+    } else {
+        let version = node.state.version();
+        tracing::info!(
+            node = %node.key(),
+            from = from.as_str(),
+            to = to.as_str(),
+            version = version.as_deref().map_or("", |v| v.as_str()),
+            "node health changed"
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! handoff: an upgrade-aware L4/L7 load balancer.
+//!
+//! Reading order:
+//! - [`config`]: the YAML file, validated into runtime types (`load`, used by run, check and reload).
+//! - [`pool`]: nodes with their two state dimensions, session accounting, node selection.
+//! - [`snapshot`]: the immutable routing view behind one `ArcSwap`.
+//! - [`app`]: starts the app on caller-bound sockets, owns the snapshot, applies reloads.
+//! - [`proxy`]: accept loops, TCP and HTTP proxying.
+//! - [`health`]: active checks feeding node health and version.
+//! - [`admin`]: the admin HTTP API; [`metrics`]: Prometheus families.
+//! - [`shutdown`]: token tree, task tracker, lifecycle phase.
+//! - [`cli`]: `run`, `check`, `demo`, `ctl`.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod shutdown;
+pub mod snapshot;

@@ -1,0 +1,191 @@
+//! Prometheus metrics. Families are built once at start; per-node and per-pool handles are
+//! resolved once when a node or pool is built, so the data path only increments atomics.
+//! Gauges that mirror runtime state (sessions, node state, health, version) are refreshed
+//! from the runtime at scrape time rather than maintained on the data path.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::pool::SessionKind;
+
+/// Every metric family handoff exports.
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_total: IntCounterVec,
+    pub sessions_active: IntGaugeVec,
+    pub requests_total: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub connect_duration: HistogramVec,
+    pub connect_failures: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub node_state: IntGaugeVec,
+    pub node_health: IntGaugeVec,
+    pub node_version_info: IntGaugeVec,
+    pub node_transitions: IntCounterVec,
+    pub health_checks: IntCounterVec,
+    pub listener_bytes: IntCounterVec,
+    pub listener_connections: IntCounterVec,
+    pub listener_connections_active: IntGaugeVec,
+    pub listener_rejected: IntCounterVec,
+    pub reloads: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("static metric definition");
+    r.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Metrics {
+            sessions_total: counter(&r, "handoff_sessions_total", "Sessions started, by node and kind.", &["pool", "node", "kind"]),
+            sessions_active: gauge(&r, "handoff_sessions_active", "Sessions in progress, by node and kind.", &["pool", "node", "kind"]),
+            requests_total: counter(&r, "handoff_requests_total", "HTTP responses sent, by pool, node (\"none\" when no node answered) and status class.", &["pool", "node", "class"]),
+            request_duration: histogram(&r, "handoff_request_duration_seconds", "Time from request to response headers, per pool.", &["pool"]),
+            connect_duration: histogram(&r, "handoff_connect_duration_seconds", "Upstream TCP connect time, per pool.", &["pool"]),
+            connect_failures: counter(&r, "handoff_connect_failures_total", "Upstream connects that failed or timed out.", &["pool", "node"]),
+            retries: counter(&r, "handoff_retries_total", "Requests or connections retried on another node.", &["pool"]),
+            node_state: gauge(&r, "handoff_node_state", "Admin state of each node: 1 for the current state, 0 otherwise.", &["pool", "node", "state"]),
+            node_health: gauge(&r, "handoff_node_health", "Health of each node: 1 for the current health, 0 otherwise.", &["pool", "node", "health"]),
+            node_version_info: gauge(&r, "handoff_node_version_info", "Version each node last reported (value is always 1).", &["pool", "node", "version"]),
+            node_transitions: counter(&r, "handoff_node_transitions_total", "Node state and health changes, by the state entered.", &["pool", "node", "to"]),
+            health_checks: counter(&r, "handoff_health_checks_total", "Active health checks, by result (pass or fail).", &["pool", "node", "result"]),
+            listener_bytes: counter(&r, "handoff_listener_bytes_total", "Bytes proxied per listener; direction in = from clients, out = to clients.", &["listener", "direction"]),
+            listener_connections: counter(&r, "handoff_listener_connections_total", "Client connections accepted.", &["listener"]),
+            listener_connections_active: gauge(&r, "handoff_listener_connections_active", "Client connections open.", &["listener"]),
+            listener_rejected: counter(&r, "handoff_listener_connections_rejected_total", "Client connections closed at once because the listener was at max_connections.", &["listener"]),
+            reloads: counter(&r, "handoff_config_reloads_total", "Config reloads, by result (ok or failed).", &["result"]),
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition of everything registered.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Status classes, indexed by `status / 100 - 1`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A node's metric handles, resolved once.
+pub struct NodeMetrics {
+    sessions: [IntCounter; 4],
+    requests: [IntCounter; 5],
+    pub connect_failures: IntCounter,
+    pub checks_pass: IntCounter,
+    pub checks_fail: IntCounter,
+    /// Transitions by the state entered: admin states then health values.
+    transitions: [IntCounter; 7],
+}
+
+const TRANSITION_TARGETS: [&str; 7] = ["active", "draining", "drained", "warming", "unknown", "up", "down"];
+
+impl NodeMetrics {
+    pub fn new(m: &Metrics, pool: &str, node: &str) -> Self {
+        NodeMetrics {
+            sessions: SessionKind::ALL.map(|k| m.sessions_total.with_label_values(&[pool, node, k.as_str()])),
+            requests: CLASSES.map(|c| m.requests_total.with_label_values(&[pool, node, c])),
+            connect_failures: m.connect_failures.with_label_values(&[pool, node]),
+            checks_pass: m.health_checks.with_label_values(&[pool, node, "pass"]),
+            checks_fail: m.health_checks.with_label_values(&[pool, node, "fail"]),
+            transitions: TRANSITION_TARGETS.map(|t| m.node_transitions.with_label_values(&[pool, node, t])),
+        }
+    }
+
+    pub fn session_started(&self, kind: SessionKind) {
+        self.sessions[kind as usize].inc();
+    }
+
+    /// Counts a state or health change by the name of the state entered.
+    pub fn transition(&self, to: &str) {
+        if let Some(i) = TRANSITION_TARGETS.iter().position(|t| *t == to) {
+            self.transitions[i].inc();
+        }
+    }
+
+    pub fn response(&self, status: u16) {
+        self.requests[class_index(status)].inc();
+    }
+}
+
+/// A pool's metric handles, resolved once per pool build.
+pub struct PoolMetrics {
+    pub request_duration: prometheus::Histogram,
+    pub connect_duration: prometheus::Histogram,
+    pub retries: IntCounter,
+    /// Responses handoff produced itself because no node could answer.
+    no_node: [IntCounter; 5],
+}
+
+impl PoolMetrics {
+    pub fn new(m: &Metrics, pool: &str) -> Self {
+        PoolMetrics {
+            request_duration: m.request_duration.with_label_values(&[pool]),
+            connect_duration: m.connect_duration.with_label_values(&[pool]),
+            retries: m.retries.with_label_values(&[pool]),
+            no_node: CLASSES.map(|c| m.requests_total.with_label_values(&[pool, "none", c])),
+        }
+    }
+
+    pub fn local_response(&self, status: u16) {
+        self.no_node[class_index(status)].inc();
+    }
+}
+
+fn class_index(status: u16) -> usize {
+    (usize::from(status / 100).clamp(1, 5)) - 1
+}
+
+/// A listener's metric handles, resolved once per listener.
+pub struct ListenerMetrics {
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub accepted: IntCounter,
+    pub rejected: IntCounter,
+    pub active: prometheus::IntGauge,
+}
+
+impl ListenerMetrics {
+    pub fn new(m: &Metrics, listener: &str) -> Self {
+        ListenerMetrics {
+            bytes_in: m.listener_bytes.with_label_values(&[listener, "in"]),
+            bytes_out: m.listener_bytes.with_label_values(&[listener, "out"]),
+            accepted: m.listener_connections.with_label_values(&[listener]),
+            rejected: m.listener_rejected.with_label_values(&[listener]),
+            active: m.listener_connections_active.with_label_values(&[listener]),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! One backend node: its configuration, and its runtime state behind atomics.
+//!
+//! [`NodeState`] is what survives a config reload (admin state, health, version, session
+//! counts, metric handles): it is keyed by `pool/node` and moved into the rebuilt [`Node`].
+//! A changed address makes a new `Node` (and so a fresh upstream connection pool) around the
+//! same state.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::Notify;
+
+use super::state::{next_health, AdminState, Health};
+use super::SessionKind;
+use crate::config::HealthConfig;
+use crate::metrics::NodeMetrics;
+use crate::proxy::http::upstream::IdleConns;
+
+/// A node as the current snapshot sees it.
+pub struct Node {
+    pub pool: String,
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub state: Arc<NodeState>,
+    /// Idle keep-alive HTTP/1.1 connections to this node's address.
+    pub idle: IdleConns,
+}
+
+/// Runtime state of a node, kept across reloads by `pool/node` identity.
+pub struct NodeState {
+    admin: AtomicU8,
+    health: AtomicU8,
+    /// Unix milliseconds of the last admin state change.
+    admin_since: AtomicU64,
+    /// Unix milliseconds of the last health change.
+    health_since: AtomicU64,
+    /// Current streak of passing checks (0 while failing).
+    passes: AtomicU32,
+    /// Current streak of failing checks or passive connect failures (0 while passing).
+    fails: AtomicU32,
+    /// Version from the last passing check that carried one.
+    version: ArcSwapOption<String>,
+    /// Sessions in progress, indexed by [`SessionKind`].
+    sessions: [AtomicUsize; 4],
+    pub metrics: NodeMetrics,
+    /// Woken on every state or health change, and when the last session of a draining node ends.
+    pub changed: Notify,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl NodeState {
+    pub fn new(metrics: NodeMetrics) -> Self {
+        let now = unix_ms();
+        NodeState {
+            admin: AtomicU8::new(AdminState::Active as u8),
+            health: AtomicU8::new(Health::Unknown as u8),
+            admin_since: AtomicU64::new(now),
+            health_since: AtomicU64::new(now),
+            passes: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            version: ArcSwapOption::empty(),
+            sessions: Default::default(),
+            metrics,
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Relaxed))
+    }
+
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Relaxed))
+    }
+
+    /// The one rule for new sessions: admin state lets it, and health is up.
+    #[inline]
+    pub fn admits_new(&self) -> bool {
+        self.admin().admits_new() && self.health() == Health::Up
+    }
+
+    pub fn admin_since_ms(&self) -> u64 {
+        self.admin_since.load(Relaxed)
+    }
+
+    pub fn health_since_ms(&self) -> u64 {
+        self.health_since.load(Relaxed)
+    }
+
+    pub fn version(&self) -> Option<Arc<String>> {
+        self.version.load_full()
+    }
+
+    pub fn sessions(&self, kind: SessionKind) -> usize {
+        self.sessions[kind as usize].load(Relaxed)
+    }
+
+    /// Sessions that hold a connection (what least_conn balances): requests, tunnels, TCP.
+    #[inline]
+    pub fn active_sessions(&self) -> usize {
+        self.sessions[0].load(Relaxed) + self.sessions[1].load(Relaxed) + self.sessions[2].load(Relaxed)
+    }
+
+    pub(super) fn session_started(&self, kind: SessionKind) {
+        self.sessions[kind as usize].fetch_add(1, Relaxed);
+        self.metrics.session_started(kind);
+    }
+
+    pub(super) fn session_ended(&self, kind: SessionKind) {
+        let before = self.sessions[kind as usize].fetch_sub(1, Relaxed);
+        debug_assert!(before > 0, "session count underflow");
+        // Only a draining node has anyone waiting for its last session; checking the admin
+        // state first keeps Notify's internal lock off the common path.
+        if self.admin() == AdminState::Draining && self.active_sessions() == 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Sets the admin state; returns the previous one when it changed.
+    pub fn set_admin(&self, to: AdminState) -> Option<AdminState> {
+        let from = AdminState::from_u8(self.admin.swap(to as u8, Relaxed));
+        if from == to {
+            return None;
+        }
+        self.admin_since.store(unix_ms(), Relaxed);
+        self.changed.notify_waiters();
+        Some(from)
+    }
+
+    fn set_health(&self, from: Health, to: Health) -> bool {
+        let flipped = self
+            .health
+            .compare_exchange(from as u8, to as u8, Relaxed, Relaxed)
+            .is_ok();
+        if flipped {
+            self.health_since.store(unix_ms(), Relaxed);
+            self.changed.notify_waiters();
+        }
+        flipped
+    }
+
+    /// Records one active check. Returns `(from, to)` when health flipped, exactly once per flip.
+    pub fn record_check(&self, ok: bool, version: Option<&str>, cfg: &HealthConfig) -> Option<(Health, Health)> {
+        let (passes, fails) = if ok {
+            self.metrics.checks_pass.inc();
+            self.fails.store(0, Relaxed);
+            (self.passes.fetch_add(1, Relaxed).saturating_add(1), 0)
+        } else {
+            self.metrics.checks_fail.inc();
+            self.passes.store(0, Relaxed);
+            (0, self.fails.fetch_add(1, Relaxed).saturating_add(1))
+        };
+        if let Some(v) = version {
+            if self.version.load().as_deref().map(String::as_str) != Some(v) {
+                self.version.store(Some(Arc::new(v.to_string())));
+            }
+        }
+        self.apply_streak(passes, fails, cfg)
+    }
+
+    /// Records a failed connect seen by the data path; enough of them in a row mark the node
+    /// down before the next active check would.
+    pub fn record_passive_failure(&self, cfg: &HealthConfig) -> Option<(Health, Health)> {
+        self.metrics.connect_failures.inc();
+        self.passes.store(0, Relaxed);
+        let fails = self.fails.fetch_add(1, Relaxed).saturating_add(1);
+        self.apply_streak(0, fails, cfg)
+    }
+
+    fn apply_streak(&self, passes: u32, fails: u32, cfg: &HealthConfig) -> Option<(Health, Health)> {
+        let from = self.health();
+        let to = next_health(from, passes, fails, cfg.healthy_after, cfg.unhealthy_after);
+        (to != from && self.set_health(from, to)).then_some((from, to))
+    }
+}
+
+impl NodeState {
+    /// Waits until `done` holds, woken by [`NodeState::changed`], for at most `limit`.
+    /// Returns whether it holds.
+    pub async fn wait_until(&self, limit: std::time::Duration, done: impl Fn(&NodeState) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Created before the check, so a change between check and await is not missed.
+            let changed = self.changed.notified();
+            if done(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return done(self);
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Weight used for balancing right now (warming nodes ramp up in a later step).
+    #[inline]
+    pub fn effective_weight(&self) -> u32 {
+        self.weight
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.pool, self.name)
+    }
+}

@@ -1,0 +1,221 @@
+//! Client-side connection watching: a wrapper around the client socket that counts bytes per
+//! listener and records when the connection last moved, so idle and header-read timeouts can
+//! be enforced by one timer per connection instead of one per read.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use super::ListenerStats;
+
+/// When a connection last moved, and what it is waiting for.
+pub struct Activity {
+    start: Instant,
+    /// Milliseconds since `start` of the last byte read or written.
+    last: AtomicU64,
+    /// HTTP requests between their head arriving and the end of their response body.
+    inflight: AtomicUsize,
+    /// 1 + milliseconds since `start` when the first byte of a request head arrived while no
+    /// request was in flight; 0 when no head is being read.
+    head_started: AtomicU64,
+}
+
+/// What a connection's watchdog should do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing expired; look again at this instant.
+    CheckAt(Instant),
+    /// No byte moved for the idle timeout with nothing in flight.
+    Idle,
+    /// A request head has been arriving for longer than the header-read timeout.
+    SlowHead,
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            inflight: AtomicUsize::new(0),
+            head_started: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    fn touch(&self) {
+        self.last.store(self.now_ms(), Relaxed);
+    }
+
+    fn on_read(&self) {
+        let now = self.now_ms();
+        self.last.store(now, Relaxed);
+        if self.inflight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
+            self.head_started.store(now + 1, Relaxed);
+        }
+    }
+
+    /// A request head arrived: the header-read clock stops, the request is in flight.
+    pub fn request_started(&self) {
+        self.inflight.fetch_add(1, Relaxed);
+        self.head_started.store(0, Relaxed);
+    }
+
+    /// The response body of a request ended (or was abandoned).
+    pub fn request_finished(&self) {
+        self.inflight.fetch_sub(1, Relaxed);
+        self.touch();
+    }
+
+    /// Decides whether `idle` or `header_read` expired. `header_read` is `None` for TCP.
+    pub fn verdict(&self, idle: Duration, header_read: Option<Duration>) -> Verdict {
+        let now = Instant::now();
+        if self.inflight.load(Relaxed) > 0 {
+            // A request in flight is bounded by the response timeout, not by client silence.
+            return Verdict::CheckAt(now + idle);
+        }
+        if let Some(limit) = header_read {
+            let started = self.head_started.load(Relaxed);
+            if started != 0 {
+                let deadline = self.at(started - 1) + limit;
+                return if now >= deadline { Verdict::SlowHead } else { Verdict::CheckAt(deadline) };
+            }
+        }
+        let deadline = self.at(self.last.load(Relaxed)) + idle;
+        if now >= deadline {
+            Verdict::Idle
+        } else {
+            Verdict::CheckAt(deadline)
+        }
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decrements the in-flight count when a response body is done with.
+pub struct InflightGuard(Arc<Activity>);
+
+impl InflightGuard {
+    pub fn new(activity: &Arc<Activity>) -> Self {
+        activity.request_started();
+        InflightGuard(Arc::clone(activity))
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// The client socket, watched: bytes read count as `in`, bytes written as `out`.
+pub struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    stats: Arc<ListenerStats>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, activity: Arc<Activity>, stats: Arc<ListenerStats>) -> Self {
+        Watched { inner, activity, stats }
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.activity.on_read();
+            self.stats.metrics.bytes_in.inc_by(n as u64);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                self.activity.touch();
+                self.stats.metrics.bytes_out.inc_by(n as u64);
+            }
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                self.activity.touch();
+                self.stats.metrics.bytes_out.inc_by(n as u64);
+            }
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_slow_head_verdicts() {
+        let a = Activity::new();
+        let idle = Duration::from_secs(60);
+        let head = Some(Duration::from_secs(10));
+        assert!(matches!(a.verdict(idle, head), Verdict::CheckAt(_)));
+        // A head starts arriving and never completes: slow head after 10 s.
+        a.on_read();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(a.verdict(idle, head), Verdict::SlowHead);
+        // The head completes; while the request is in flight nothing expires.
+        a.request_started();
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert!(matches!(a.verdict(idle, head), Verdict::CheckAt(_)));
+        a.request_finished();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(a.verdict(idle, head), Verdict::CheckAt(_)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(a.verdict(idle, head), Verdict::Idle);
+    }
+}

@@ -1,0 +1,104 @@
+//! The response body handoff sends to clients: a backend's body passed through (which, when
+//! it ends cleanly, returns the upstream connection to the node's pool and ends the session),
+//! or a short local body for responses handoff makes itself.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::upstream::Sender;
+use crate::pool::{Node, SessionGuard};
+use crate::proxy::activity::InflightGuard;
+
+pub enum ProxyBody {
+    Upstream(Upstream),
+    Local(Option<Bytes>),
+}
+
+/// A backend body and what to release when it ends.
+pub struct Upstream {
+    body: Incoming,
+    finish: Option<Finish>,
+}
+
+struct Finish {
+    node: Arc<Node>,
+    sender: Sender,
+    _session: SessionGuard,
+    _inflight: InflightGuard,
+}
+
+impl Upstream {
+    pub fn new(body: Incoming, node: Arc<Node>, sender: Sender, session: SessionGuard, inflight: InflightGuard) -> Self {
+        Upstream {
+            body,
+            finish: Some(Finish { node, sender, _session: session, _inflight: inflight }),
+        }
+    }
+
+    /// Releases the session; the connection goes back to the pool only after a clean end.
+    fn release(&mut self, clean: bool) {
+        if let Some(f) = self.finish.take() {
+            if clean {
+                f.node.idle.put(f.sender);
+            }
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        // Bodies that are empty from the start (HEAD, 204, 304) are never polled.
+        let clean = self.body.is_end_stream();
+        self.release(clean);
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Upstream(up) => {
+                let polled = Pin::new(&mut up.body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => up.release(true),
+                    Poll::Ready(Some(Err(_))) => up.release(false),
+                    Poll::Ready(Some(Ok(_))) if up.body.is_end_stream() => up.release(true),
+                    _ => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Local(data) => data.is_none(),
+            ProxyBody::Upstream(up) => up.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ProxyBody::Upstream(up) => up.body.size_hint(),
+        }
+    }
+}
+
+/// A response handoff makes itself: a status and a one-line plain-text reason.
+pub fn local(status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    let text = format!("{} {}: {reason}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let mut resp = Response::new(ProxyBody::Local(Some(Bytes::from(text))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}

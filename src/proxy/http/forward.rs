@@ -1,0 +1,117 @@
+//! One HTTP request: route it, pick a node, send it over a pooled (or new) upstream
+//! connection, and stream the response back. Connect failures move on to the next node; a
+//! request that never left a stale pooled connection is sent again on a fresh one.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::{timeout, Instant};
+
+use super::body::{local, ProxyBody, Upstream};
+use super::headers::{prepare_request, prepare_response, request_host};
+use super::upstream::handshake;
+use crate::app::App;
+use crate::config::Timeouts;
+use crate::pool::{Pool, SessionGuard, SessionKind, Tried};
+use crate::proxy::activity::{Activity, InflightGuard};
+use crate::proxy::connect::connect_node;
+use crate::proxy::ListenerStats;
+
+/// What every request on one client connection shares.
+pub struct ConnCtx {
+    pub app: Arc<App>,
+    pub listener: Arc<ListenerStats>,
+    pub peer: SocketAddr,
+    pub activity: Arc<Activity>,
+}
+
+pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let inflight = InflightGuard::new(&ctx.activity);
+    let routed = {
+        let snapshot = ctx.app.snapshot.load();
+        snapshot.listeners.get(&*ctx.listener.name).map(|l| {
+            let pool = l.route(request_host(&req), req.uri().path()).cloned();
+            (pool, l.config.timeouts)
+        })
+    };
+    let (pool, timeouts) = match routed {
+        Some((Some(pool), timeouts)) => (pool, timeouts),
+        Some((None, _)) => return Ok(local(StatusCode::NOT_FOUND, "no route matches this host and path")),
+        None => return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "this listener is being removed")),
+    };
+    let started = Instant::now();
+    prepare_request(&mut req, ctx.peer.ip(), "http");
+    let resp = forward(&pool, req, timeouts, inflight).await;
+    pool.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+async fn forward(pool: &Arc<Pool>, mut req: Request<Incoming>, timeouts: Timeouts, inflight: InflightGuard) -> Response<ProxyBody> {
+    let mut tried = Tried::default();
+    let mut unreachable = false;
+    while let Some(i) = pool.pick(tried) {
+        if !tried.is_empty() {
+            pool.metrics.retries.inc();
+        }
+        tried.add(i);
+        let node = &pool.nodes[i];
+        let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
+        loop {
+            let (mut sender, pooled) = match node.idle.take().await {
+                Some(sender) => (sender, true),
+                None => match connect_node(pool, i, timeouts.connect).await {
+                    Ok(stream) => match handshake(stream).await {
+                        Ok(sender) => (sender, false),
+                        Err(_) => {
+                            unreachable = true;
+                            break;
+                        }
+                    },
+                    Err(_) => {
+                        unreachable = true;
+                        break;
+                    }
+                },
+            };
+            match timeout(timeouts.response, sender.try_send_request(req)).await {
+                Err(_) => {
+                    node.state.metrics.response(504);
+                    tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
+                    return local(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time");
+                }
+                Ok(Ok(mut resp)) => {
+                    node.state.metrics.response(resp.status().as_u16());
+                    prepare_response(&mut resp);
+                    let node = Arc::clone(node);
+                    return resp.map(|body| ProxyBody::Upstream(Upstream::new(body, node, sender, session, inflight)));
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    // Never written: the connection was already closing. A pooled one is
+                    // simply stale; a fresh one failing means the node is in trouble.
+                    Some(back) => {
+                        req = back;
+                        if !pooled {
+                            unreachable = true;
+                            break;
+                        }
+                    }
+                    None => {
+                        node.state.metrics.response(502);
+                        tracing::info!(node = %node.key(), error = %e.error(), "backend failed before answering");
+                        return local(StatusCode::BAD_GATEWAY, "the backend closed the connection before answering");
+                    }
+                },
+            }
+        }
+    }
+    let (status, reason) = if unreachable {
+        (StatusCode::BAD_GATEWAY, "no node of the pool could be reached")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no healthy node in the pool")
+    };
+    pool.metrics.local_response(status.as_u16());
+    local(status, reason)
+}

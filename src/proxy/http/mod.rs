@@ -1,0 +1,80 @@
+//! HTTP proxying: one hyper server connection per client (HTTP/1.1, or HTTP/2 with prior
+//! knowledge), a request handler in [`forward`], pooled upstream connections in
+//! [`upstream`], header rewriting in [`headers`], and the response body in [`body`].
+//!
+//! Per connection, one watchdog timer enforces the idle and header-read timeouts (see
+//! [`crate::proxy::activity`]); on drain the connection is closed gracefully (in-flight
+//! requests finish, keep-alive stops), and on force it is cut.
+
+pub mod body;
+mod forward;
+pub mod headers;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+
+use super::activity::{Activity, Verdict, Watched};
+use super::ListenerStats;
+use crate::app::App;
+use crate::config::Timeouts;
+use forward::ConnCtx;
+
+/// After asking an idle connection to close, when to look at it again.
+const RECHECK_AFTER_CLOSE: Duration = Duration::from_secs(1);
+
+pub async fn serve(app: Arc<App>, stats: Arc<ListenerStats>, timeouts: Timeouts, stream: TcpStream, peer: SocketAddr) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity), Arc::clone(&stats)));
+    let ctx = Arc::new(ConnCtx {
+        app: Arc::clone(&app),
+        listener: stats,
+        peer,
+        activity: Arc::clone(&activity),
+    });
+    let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // handoff's own watchdog enforces header-read and idle timeouts (hyper's header timer
+    // would also cut idle keep-alive connections at the header-read timeout).
+    builder.http1().header_read_timeout(None).keep_alive(true);
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let next = match activity.verdict(timeouts.idle, Some(timeouts.header_read)) {
+            Verdict::CheckAt(at) => at,
+            Verdict::SlowHead => {
+                tracing::debug!(%peer, "request head not received within the header-read timeout: closing");
+                break;
+            }
+            Verdict::Idle => {
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Instant::now() + RECHECK_AFTER_CLOSE
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                break;
+            }
+            _ = sleep_until(next) => {}
+            _ = app.shutdown.drain.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = app.shutdown.force.cancelled() => break,
+        }
+    }
+}

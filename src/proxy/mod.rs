@@ -1,0 +1,97 @@
+//! The data path: accept loops per listener, TCP and HTTP proxying.
+//!
+//! Each accept loop owns its listening socket and a stop token (a child of the process's
+//! `accept` token, so a reload can stop one listener and shutdown stops all). Per connection
+//! it loads the routing snapshot, enforces the listener's connection limit and hands the
+//! socket to [`tcp::serve`] or [`http::serve`] on a tracked task.
+
+pub mod activity;
+mod connect;
+pub mod http;
+pub mod tcp;
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::metrics::ListenerMetrics;
+use crate::snapshot::Target;
+
+/// Per-listener counters that outlive reloads (connections hold them while open).
+pub struct ListenerStats {
+    pub name: Arc<str>,
+    active: AtomicUsize,
+    pub metrics: ListenerMetrics,
+}
+
+impl ListenerStats {
+    pub fn new(name: &str, metrics: ListenerMetrics) -> Self {
+        ListenerStats { name: name.into(), active: AtomicUsize::new(0), metrics }
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Relaxed)
+    }
+}
+
+/// Holds one slot of a listener's connection limit.
+struct ConnSlot(Arc<ListenerStats>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+        self.0.metrics.active.dec();
+    }
+}
+
+/// After an accept error (out of file descriptors, say), wait this long before retrying
+/// instead of spinning on the error.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+pub async fn accept_loop(app: Arc<App>, listener: TcpListener, stats: Arc<ListenerStats>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(listener = %stats.name, error = %e, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                }
+            }
+        };
+        let routes = app.snapshot.load().listeners.get(&*stats.name).cloned();
+        let Some(routes) = routes else { continue };
+        if stats.active.fetch_add(1, Relaxed) >= routes.config.max_connections {
+            stats.active.fetch_sub(1, Relaxed);
+            stats.metrics.rejected.inc();
+            tracing::debug!(listener = %stats.name, %peer, "connection limit reached: closing");
+            continue;
+        }
+        stats.metrics.accepted.inc();
+        stats.metrics.active.inc();
+        let slot = ConnSlot(Arc::clone(&stats));
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let task_app = Arc::clone(&app);
+        app.shutdown.tracker.spawn(async move {
+            let _slot = slot;
+            match &routes.target {
+                Target::Tcp(pool) => {
+                    tcp::serve(&task_app, Arc::clone(pool), &routes.config, &_slot.0, stream, peer).await
+                }
+                Target::Http(_) => http::serve(task_app.clone(), Arc::clone(&_slot.0), routes.config.timeouts, stream, peer).await,
+            }
+        });
+    }
+    tracing::debug!(listener = %stats.name, "accept loop stopped");
+}

@@ -1,0 +1,75 @@
+//! TCP proxying: pick a node (retrying connect failures on the others), then copy both ways
+//! with half-close passed through, until both sides are done, the idle timeout passes, or
+//! shutdown cuts the session (with FIN, not RST).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{copy_bidirectional_with_sizes, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::sleep_until;
+
+use super::activity::{Activity, Verdict, Watched};
+use super::connect::connect_node;
+use super::ListenerStats;
+use crate::app::App;
+use crate::config::ListenerConfig;
+use crate::pool::{Pool, SessionGuard, SessionKind, Tried};
+
+/// Copy buffer per direction: large enough for bulk throughput, small enough that many idle
+/// sessions stay cheap.
+const COPY_BUF: usize = 16 * 1024;
+
+#[derive(Debug)]
+enum End {
+    Done(std::io::Result<(u64, u64)>),
+    Idle,
+    Cut,
+}
+
+pub async fn serve(app: &App, pool: Arc<Pool>, cfg: &ListenerConfig, stats: &Arc<ListenerStats>, client: TcpStream, peer: SocketAddr) {
+    let mut tried = Tried::default();
+    let (index, mut backend, _session) = loop {
+        let Some(i) = pool.pick(tried) else {
+            tracing::debug!(listener = %stats.name, %peer, pool = %pool.name, "no node can take the session: closing");
+            return;
+        };
+        if !tried.is_empty() {
+            pool.metrics.retries.inc();
+        }
+        tried.add(i);
+        let session = SessionGuard::new(&pool.nodes[i].state, SessionKind::Tcp);
+        if let Ok(stream) = connect_node(&pool, i, cfg.timeouts.connect).await {
+            break (i, stream, session);
+        }
+    };
+    let activity = Arc::new(Activity::new());
+    let mut client = Watched::new(client, Arc::clone(&activity), Arc::clone(stats));
+    let end = {
+        let copy = copy_bidirectional_with_sizes(&mut client, &mut backend, COPY_BUF, COPY_BUF);
+        tokio::pin!(copy);
+        loop {
+            let next = match activity.verdict(cfg.timeouts.idle, None) {
+                Verdict::CheckAt(at) => at,
+                _ => break End::Idle,
+            };
+            tokio::select! {
+                r = &mut copy => break End::Done(r),
+                _ = sleep_until(next) => {}
+                _ = app.shutdown.force.cancelled() => break End::Cut,
+            }
+        }
+    };
+    if !matches!(end, End::Done(_)) {
+        // Close gracefully: FIN to both peers.
+        let _ = client.get_mut().shutdown().await;
+        let _ = backend.shutdown().await;
+    }
+    let node = pool.nodes[index].key();
+    match end {
+        End::Done(Ok((up, down))) => tracing::debug!(listener = %stats.name, %peer, %node, up, down, "tcp session ended"),
+        End::Done(Err(e)) => tracing::debug!(listener = %stats.name, %peer, %node, error = %e, "tcp session ended with an error"),
+        End::Idle => tracing::debug!(listener = %stats.name, %peer, %node, "tcp session closed: idle timeout"),
+        End::Cut => tracing::debug!(listener = %stats.name, %peer, %node, "tcp session closed at shutdown"),
+    }
+}

@@ -1,0 +1,97 @@
+//! Process lifecycle: a token tree (force → drain → accept), one task tracker for every
+//! connection task, and a watch of the phase that tests and the CLI can wait on.
+//!
+//! Cancelling `accept` stops the accept loops; cancelling `drain` also asks HTTP connections
+//! to finish gracefully (hyper's `graceful_shutdown`); cancelling `force` cuts tunnels and TCP
+//! copies. A parent's cancellation reaches its children, so `force` implies the rest.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// No new connections; in-flight work is finishing.
+    Draining,
+    /// Every connection task has ended (or was cut at the grace deadline).
+    Stopped,
+}
+
+/// After the grace deadline, how long forced connections get to close before we give up.
+const FORCE_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Shutdown {
+    pub force: CancellationToken,
+    pub drain: CancellationToken,
+    pub accept: CancellationToken,
+    pub tracker: TaskTracker,
+    phase: watch::Sender<Phase>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        let force = CancellationToken::new();
+        let drain = force.child_token();
+        let accept = drain.child_token();
+        Shutdown {
+            force,
+            drain,
+            accept,
+            tracker: TaskTracker::new(),
+            phase: watch::Sender::new(Phase::Running),
+        }
+    }
+
+    pub fn phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// Stops accepting, lets in-flight work finish within `grace`, then cuts what remains.
+    /// Returns how many connection tasks had to be cut.
+    pub async fn run(&self, grace: Duration) -> usize {
+        self.phase.send_replace(Phase::Draining);
+        self.drain.cancel();
+        self.tracker.close();
+        let mut cut = 0;
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            cut = self.tracker.len();
+            tracing::warn!(remaining = cut, "grace period over: closing remaining connections");
+            self.force.cancel();
+            if tokio::time::timeout(FORCE_WAIT, self.tracker.wait()).await.is_err() {
+                tracing::error!(remaining = self.tracker.len(), "connections did not close after force");
+            }
+        }
+        self.force.cancel();
+        self.phase.send_replace(Phase::Stopped);
+        cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn cuts_work_that_outlives_the_grace_period() {
+        let s = Shutdown::new();
+        let force = s.force.clone();
+        s.tracker.spawn(async move { force.cancelled().await });
+        let quick = s.drain.clone();
+        s.tracker.spawn(async move { quick.cancelled().await });
+        let mut phase = s.phase();
+        assert_eq!(s.run(Duration::from_secs(1)).await, 1);
+        assert_eq!(*phase.borrow_and_update(), Phase::Stopped);
+        assert!(s.accept.is_cancelled());
+    }
+}

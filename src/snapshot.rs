@@ -1,0 +1,166 @@
+//! The routing snapshot: one immutable, consistent view of listeners, routes and pools,
+//! published through a single `ArcSwap`. The data path loads it once per connection or
+//! request; a reload builds a new one (carrying node state over by `pool/node`) and swaps it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{Config, ListenerConfig, ListenerKind};
+use crate::metrics::Metrics;
+use crate::pool::{Node, Pool};
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// Pools in config order.
+    pub pools: Vec<Arc<Pool>>,
+    /// Listeners by name.
+    pub listeners: HashMap<String, Arc<ListenerRoutes>>,
+}
+
+/// What a listener does with a connection, resolved to pools.
+pub struct ListenerRoutes {
+    pub config: ListenerConfig,
+    pub target: Target,
+}
+
+pub enum Target {
+    Http(Vec<Route>),
+    Tcp(Arc<Pool>),
+}
+
+pub struct Route {
+    /// Lower-case host without port; `None` matches any.
+    pub host: Option<String>,
+    /// Path prefix; `None` matches any.
+    pub path_prefix: Option<String>,
+    pub pool: Arc<Pool>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a validated config; nodes present in `previous` keep their state.
+    pub fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
+        let old_nodes: HashMap<String, Arc<Node>> = previous
+            .map(|s| {
+                s.pools
+                    .iter()
+                    .flat_map(|p| p.nodes.iter())
+                    .map(|n| (n.key(), Arc::clone(n)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|p| Arc::new(Pool::build(p, &old_nodes, metrics)))
+            .collect();
+        let by_name: HashMap<&str, &Arc<Pool>> = pools.iter().map(|p| (p.name.as_str(), p)).collect();
+        // Validation guarantees every referenced pool exists; a dangling one is skipped.
+        let listeners = config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let target = match &l.kind {
+                    ListenerKind::Tcp { pool } => Target::Tcp(Arc::clone(by_name.get(pool.as_str())?)),
+                    ListenerKind::Http { routes } => Target::Http(
+                        routes
+                            .iter()
+                            .filter_map(|r| {
+                                Some(Route {
+                                    host: r.host.clone(),
+                                    path_prefix: r.path_prefix.clone(),
+                                    pool: Arc::clone(by_name.get(r.pool.as_str())?),
+                                })
+                            })
+                            .collect(),
+                    ),
+                };
+                Some((l.name.clone(), Arc::new(ListenerRoutes { config: l.clone(), target })))
+            })
+            .collect();
+        Snapshot {
+            config: Arc::new(config),
+            pools,
+            listeners,
+        }
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+impl ListenerRoutes {
+    /// First route whose host and path prefix match. `host` may carry a port; it is ignored.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Pool>> {
+        let Target::Http(routes) = &self.target else {
+            return None;
+        };
+        let host = host.map(strip_port);
+        routes
+            .iter()
+            .find(|r| {
+                r.host.as_deref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                    && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            })
+            .map(|r| &r.pool)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let config = crate::config::parse(
+            r#"
+listeners:
+  - name: web
+    listen: "127.0.0.1:0"
+    protocol: http
+    routes:
+      - { host: "api.example.com", path_prefix: "/v2", pool: b }
+      - { host: "api.example.com", pool: a }
+      - { path_prefix: "/static", pool: b }
+      - { pool: a }
+pools:
+  - { name: a, nodes: [ { name: n1, addr: "127.0.0.1:1" } ] }
+  - { name: b, nodes: [ { name: n1, addr: "127.0.0.1:2" } ] }
+"#,
+        )
+        .expect("valid config");
+        Snapshot::build(config, None, &Metrics::new())
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let s = snapshot();
+        let l = &s.listeners["web"];
+        let pick = |host, path| l.route(host, path).map(|p| p.name.clone());
+        assert_eq!(pick(Some("api.example.com:8080"), "/v2/x").as_deref(), Some("b"));
+        assert_eq!(pick(Some("API.example.com"), "/v1"), Some("a".into()));
+        assert_eq!(pick(Some("other"), "/static/app.js"), Some("b".into()));
+        assert_eq!(pick(None, "/"), Some("a".into()));
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn reload_keeps_node_state_by_identity() {
+        let first = snapshot();
+        let a = &first.pools[0].nodes[0];
+        a.state.set_admin(crate::pool::AdminState::Drained);
+        let config = (*first.config).clone();
+        let second = Snapshot::build(config, Some(&first), &Metrics::new());
+        assert!(Arc::ptr_eq(&second.pools[0].nodes[0].state, &a.state));
+        assert_eq!(second.pools[0].nodes[0].state.admin(), crate::pool::AdminState::Drained);
+    }
+}
