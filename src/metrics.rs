@@ -58,7 +58,7 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogram
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        Metrics {
+        let m = Metrics {
             sessions_total: counter(&r, "handoff_sessions_total", "Sessions started, by node and kind.", &["pool", "node", "kind"]),
             sessions_active: gauge(&r, "handoff_sessions_active", "Sessions in progress, by node and kind.", &["pool", "node", "kind"]),
             requests_total: counter(&r, "handoff_requests_total", "HTTP responses sent, by pool, node (\"none\" when no node answered) and status class.", &["pool", "node", "class"]),
@@ -77,7 +77,12 @@ impl Metrics {
             listener_rejected: counter(&r, "handoff_listener_connections_rejected_total", "Client connections closed at once because the listener was at max_connections.", &["listener"]),
             reloads: counter(&r, "handoff_config_reloads_total", "Config reloads, by result (ok or failed).", &["result"]),
             registry: r,
+        };
+        // Both outcomes exist from the start, so a scrape can alert on "failed > 0".
+        for result in ["ok", "failed"] {
+            m.reloads.with_label_values(&[result]);
         }
+        m
     }
 
     /// Prometheus text exposition of everything registered.

@@ -171,10 +171,11 @@ impl Validator {
             .filter_map(|(i, raw)| self.listener(&format!("listeners[{i}]"), raw, &pool_names))
             .collect();
         self.unique(listeners.iter().map(|l| l.name.as_str()), "listeners", "listener");
+        // Port 0 means "any free port", so it never clashes.
         let mut seen = HashSet::new();
         seen.insert(admin.listen);
         for (i, l) in listeners.iter().enumerate() {
-            if !seen.insert(l.listen) {
+            if l.listen.port() != 0 && !seen.insert(l.listen) {
                 self.err(
                     &format!("listeners[{i}].listen"),
                     format!("address {} is already used by another listener or the admin API", l.listen),

@@ -6,7 +6,7 @@
 //! same state.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,8 +47,12 @@ pub struct NodeState {
     /// Sessions in progress, indexed by [`SessionKind`].
     sessions: [AtomicUsize; 4],
     pub metrics: NodeMetrics,
-    /// Woken on every state or health change, and when the last session of a draining node ends.
+    /// Woken on every state or health change, and when the last active session ends while
+    /// someone waits.
     pub changed: Notify,
+    /// Tasks inside [`NodeState::wait_until`]; lets the data path skip Notify's internal lock
+    /// when nobody waits.
+    waiters: AtomicUsize,
 }
 
 pub fn unix_ms() -> u64 {
@@ -69,6 +73,7 @@ impl NodeState {
             sessions: Default::default(),
             metrics,
             changed: Notify::new(),
+            waiters: AtomicUsize::new(0),
         }
     }
 
@@ -114,11 +119,11 @@ impl NodeState {
     }
 
     pub(super) fn session_ended(&self, kind: SessionKind) {
-        let before = self.sessions[kind as usize].fetch_sub(1, Relaxed);
+        // SeqCst pairs with the fence in `wait_until`: either the waiter sees this decrement,
+        // or this sees the waiter and notifies.
+        let before = self.sessions[kind as usize].fetch_sub(1, SeqCst);
         debug_assert!(before > 0, "session count underflow");
-        // Only a draining node has anyone waiting for its last session; checking the admin
-        // state first keeps Notify's internal lock off the common path.
-        if self.admin() == AdminState::Draining && self.active_sessions() == 0 {
+        if self.waiters.load(SeqCst) > 0 && self.active_sessions() == 0 {
             self.changed.notify_waiters();
         }
     }
@@ -186,6 +191,9 @@ impl NodeState {
     /// Returns whether it holds.
     pub async fn wait_until(&self, limit: std::time::Duration, done: impl Fn(&NodeState) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
+        self.waiters.fetch_add(1, SeqCst);
+        fence(SeqCst);
+        let _waiting = WaiterGuard(&self.waiters);
         loop {
             // Created before the check, so a change between check and await is not missed.
             let changed = self.changed.notified();
@@ -196,6 +204,14 @@ impl NodeState {
                 return done(self);
             }
         }
+    }
+}
+
+struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 

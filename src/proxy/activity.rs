@@ -80,11 +80,16 @@ impl Activity {
     }
 
     /// Decides whether `idle` or `header_read` expired. `header_read` is `None` for TCP.
+    ///
+    /// A head that starts arriving does not wake the watchdog (that would cost a wake-up per
+    /// request); instead, HTTP connections are looked at every quarter of `header_read`, so
+    /// a slow head is cut between 1× and 1.25× the header-read timeout.
     pub fn verdict(&self, idle: Duration, header_read: Option<Duration>) -> Verdict {
         let now = Instant::now();
+        let tick = header_read.map(|h| (h / 4).max(Duration::from_millis(10)));
         if self.inflight.load(Relaxed) > 0 {
             // A request in flight is bounded by the response timeout, not by client silence.
-            return Verdict::CheckAt(now + idle);
+            return Verdict::CheckAt(now + tick.unwrap_or(idle));
         }
         if let Some(limit) = header_read {
             let started = self.head_started.load(Relaxed);
@@ -97,7 +102,7 @@ impl Activity {
         if now >= deadline {
             Verdict::Idle
         } else {
-            Verdict::CheckAt(deadline)
+            Verdict::CheckAt(tick.map_or(deadline, |t| deadline.min(now + t)))
         }
     }
 }

@@ -1,18 +1,23 @@
 //! One HTTP request: route it, pick a node, send it over a pooled (or new) upstream
-//! connection, and stream the response back. Connect failures move on to the next node; a
-//! request that never left a stale pooled connection is sent again on a fresh one.
+//! connection, and stream the response back.
+//!
+//! Failures before a response are retried on another node: always when the request never
+//! left (connect failed, or a stale pooled connection handed it back unsent); and once for
+//! idempotent requests without a body when the connection died after sending (a backend
+//! crash or restart racing the request), since those can be sent again verbatim.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::{Body, Incoming};
 use tokio::time::{timeout, Instant};
 
 use super::body::{local, ProxyBody, Upstream};
 use super::headers::{prepare_request, prepare_response, request_host};
-use super::upstream::handshake;
+use super::upstream::{handshake, UpBody};
 use crate::app::App;
 use crate::config::Timeouts;
 use crate::pool::{Pool, SessionGuard, SessionKind, Tried};
@@ -28,7 +33,7 @@ pub struct ConnCtx {
     pub activity: Arc<Activity>,
 }
 
-pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let inflight = InflightGuard::new(&ctx.activity);
     let routed = {
         let snapshot = ctx.app.snapshot.load();
@@ -43,15 +48,36 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         None => return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "this listener is being removed")),
     };
     let started = Instant::now();
+    let mut req = req.map(UpBody::Client);
     prepare_request(&mut req, ctx.peer.ip(), "http");
     let resp = forward(&pool, req, timeouts, inflight).await;
     pool.metrics.request_duration.observe(started.elapsed().as_secs_f64());
     Ok(resp)
 }
 
-async fn forward(pool: &Arc<Pool>, mut req: Request<Incoming>, timeouts: Timeouts, inflight: InflightGuard) -> Response<ProxyBody> {
+/// The head of a request that may be sent again after a failure, if it is idempotent and
+/// has no body.
+fn replayable(req: &Request<UpBody>) -> Option<Parts> {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    Some(head.into_parts().0)
+}
+
+async fn forward(pool: &Arc<Pool>, mut req: Request<UpBody>, timeouts: Timeouts, inflight: InflightGuard) -> Response<ProxyBody> {
+    let mut replay = replayable(&req);
     let mut tried = Tried::default();
     let mut unreachable = false;
+    let mut lost = false;
     while let Some(i) = pool.pick(tried) {
         if !tried.is_empty() {
             pool.metrics.retries.inc();
@@ -99,15 +125,26 @@ async fn forward(pool: &Arc<Pool>, mut req: Request<Incoming>, timeouts: Timeout
                         }
                     }
                     None => {
-                        node.state.metrics.response(502);
                         tracing::info!(node = %node.key(), error = %e.error(), "backend failed before answering");
-                        return local(StatusCode::BAD_GATEWAY, "the backend closed the connection before answering");
+                        match replay.take() {
+                            Some(head) => {
+                                req = Request::from_parts(head, UpBody::Empty);
+                                lost = true;
+                                break;
+                            }
+                            None => {
+                                node.state.metrics.response(502);
+                                return local(StatusCode::BAD_GATEWAY, "the backend closed the connection before answering");
+                            }
+                        }
                     }
                 },
             }
         }
     }
-    let (status, reason) = if unreachable {
+    let (status, reason) = if lost {
+        (StatusCode::BAD_GATEWAY, "the backend closed the connection before answering")
+    } else if unreachable {
         (StatusCode::BAD_GATEWAY, "no node of the pool could be reached")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no healthy node in the pool")

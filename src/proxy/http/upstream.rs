@@ -4,8 +4,13 @@
 //! (or connects anew); the response body hands it back when it ends cleanly. Stale entries
 //! (closed by the backend, or idle too long) are discarded on the way out.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
 
 use crossbeam_queue::ArrayQueue;
 use hyper::body::Incoming;
@@ -14,7 +19,39 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-pub type Sender = SendRequest<Incoming>;
+pub type Sender = SendRequest<UpBody>;
+
+/// A request body sent upstream: the client's, or none (a replayed bodiless request).
+pub enum UpBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Client(body) => Pin::new(body).poll_frame(cx),
+            UpBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Client(body) => body.is_end_stream(),
+            UpBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Client(body) => body.size_hint(),
+            UpBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// Idle connections kept per node; more concurrent connections are closed when they finish.
 const IDLE_PER_NODE: usize = 256;

@@ -1,0 +1,81 @@
+//! The CLI as a new user runs it: `handoff demo`, then `handoff ctl status`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_handoff");
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _demo = Running(child);
+    // The demo prints its addresses once both nodes are up.
+    let (proxy, admin) = tokio::task::spawn_blocking(move || {
+        let (mut proxy, mut admin) = (None, None);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let field = |prefix: &str| {
+                line.trim()
+                    .strip_prefix(prefix)
+                    .map(|r| r.trim().trim_start_matches("http://").split('/').next().unwrap().to_string())
+            };
+            proxy = proxy.or_else(|| field("proxy:"));
+            admin = admin.or_else(|| field("admin:"));
+            if line.contains("Press Ctrl-C") {
+                break;
+            }
+        }
+        (proxy.expect("proxy address printed"), admin.expect("admin address printed"))
+    })
+    .await
+    .unwrap();
+
+    let client = client();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let (status, body) = get(&client, &format!("http://{proxy}/")).await;
+        assert_eq!(status, 200);
+        seen.insert(body);
+    }
+    assert!(seen.iter().any(|b| b.contains("node a")) && seen.iter().any(|b| b.contains("node b")), "{seen:?}");
+
+    let out = Command::new(BIN).args(["ctl", "--admin", &format!("http://{admin}"), "status"]).output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("web ") && matches!(l.split_whitespace().nth(1), Some("a" | "b")))
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cols[3..6], ["active", "up", "1.0.0"], "{row}");
+    }
+    let out = Command::new(BIN).args(["ctl", "--admin", &format!("http://{admin}"), "--json", "status"]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl --json prints JSON");
+    assert_eq!(json["pools"][0]["nodes"][0]["health"], "up");
+}
+
+#[test]
+fn ctl_exits_2_when_the_admin_api_is_unreachable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = Command::new(BIN).args(["ctl", "--admin", &format!("http://127.0.0.1:{port}"), "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
+}
