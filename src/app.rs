@@ -34,7 +34,11 @@ pub struct Bound {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot bind listener {listener:?} on {addr}: {source}")]
-    Bind { listener: String, addr: SocketAddr, source: io::Error },
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     #[error("no socket was provided for listener {0:?}")]
     MissingSocket(String),
 }
@@ -60,11 +64,13 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
 }
 
 async fn bind_one(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-        listener: name.to_string(),
-        addr,
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener: name.to_string(),
+            addr,
+            source,
+        })
 }
 
 pub struct App {
@@ -98,8 +104,16 @@ struct ListenerEntry {
 
 impl App {
     /// Starts serving `config` on the sockets in `bound`.
-    pub async fn start(config: Config, config_path: Option<PathBuf>, bound: Bound, shutdown: Shutdown) -> Result<Arc<App>, StartError> {
-        let Bound { mut listeners, admin } = bound;
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        bound: Bound,
+        shutdown: Shutdown,
+    ) -> Result<Arc<App>, StartError> {
+        let Bound {
+            mut listeners,
+            admin,
+        } = bound;
         let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
             listener: "admin".into(),
             addr: config.admin.listen,
@@ -122,7 +136,9 @@ impl App {
         {
             let mut control = app.control.lock().await;
             for l in &config.listeners {
-                let socket = listeners.remove(&l.name).ok_or_else(|| StartError::MissingSocket(l.name.clone()))?;
+                let socket = listeners
+                    .remove(&l.name)
+                    .ok_or_else(|| StartError::MissingSocket(l.name.clone()))?;
                 let entry = app.start_listener(l, socket, None);
                 control.listeners.insert(l.name.clone(), entry);
             }
@@ -133,13 +149,33 @@ impl App {
         Ok(app)
     }
 
-    fn start_listener(self: &Arc<Self>, cfg: &ListenerConfig, socket: TcpListener, stats: Option<Arc<ListenerStats>>) -> ListenerEntry {
+    fn start_listener(
+        self: &Arc<Self>,
+        cfg: &ListenerConfig,
+        socket: TcpListener,
+        stats: Option<Arc<ListenerStats>>,
+    ) -> ListenerEntry {
         let local = socket.local_addr().unwrap_or(cfg.listen);
-        let stats = stats.unwrap_or_else(|| Arc::new(ListenerStats::new(&cfg.name, ListenerMetrics::new(&self.metrics, &cfg.name))));
+        let stats = stats.unwrap_or_else(|| {
+            Arc::new(ListenerStats::new(
+                &cfg.name,
+                ListenerMetrics::new(&self.metrics, &cfg.name),
+            ))
+        });
         let stop = self.shutdown.accept.child_token();
-        tokio::spawn(proxy::accept_loop(Arc::clone(self), socket, Arc::clone(&stats), stop.clone()));
+        tokio::spawn(proxy::accept_loop(
+            Arc::clone(self),
+            socket,
+            Arc::clone(&stats),
+            stop.clone(),
+        ));
         tracing::info!(listener = %cfg.name, addr = %local, protocol = cfg.kind.protocol(), "listening");
-        ListenerEntry { configured: cfg.listen, local, stop, stats }
+        ListenerEntry {
+            configured: cfg.listen,
+            local,
+            stop,
+            stats,
+        }
     }
 
     fn start_health(&self) -> CancellationToken {
@@ -167,10 +203,12 @@ impl App {
         // Loading may resolve host names: keep it off the async workers.
         let config = tokio::task::spawn_blocking(move || config::load(&path))
             .await
-            .map_err(|e| ReloadError::Config(ConfigError::Read {
-                path: PathBuf::new(),
-                source: io::Error::other(e.to_string()),
-            }))??;
+            .map_err(|e| {
+                ReloadError::Config(ConfigError::Read {
+                    path: PathBuf::new(),
+                    source: io::Error::other(e.to_string()),
+                })
+            })??;
         self.apply(config).await
     }
 
@@ -179,7 +217,10 @@ impl App {
         let mut control = self.control.lock().await;
         let mut fresh = HashMap::new();
         for l in &config.listeners {
-            let adopt = control.listeners.get(&l.name).is_some_and(|e| e.configured == l.listen);
+            let adopt = control
+                .listeners
+                .get(&l.name)
+                .is_some_and(|e| e.configured == l.listen);
             if !adopt {
                 fresh.insert(l.name.clone(), bind_one(&l.name, l.listen).await?);
             }
@@ -189,8 +230,13 @@ impl App {
         }
         let next = Snapshot::build(config.clone(), Some(&self.snapshot.load()), &self.metrics);
         self.snapshot.store(Arc::new(next));
-        self.admin_token.store(token_from_env(&config).map(Arc::new));
-        let wanted: HashMap<&str, &ListenerConfig> = config.listeners.iter().map(|l| (l.name.as_str(), l)).collect();
+        self.admin_token
+            .store(token_from_env(&config).map(Arc::new));
+        let wanted: HashMap<&str, &ListenerConfig> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l))
+            .collect();
         let mut stopped_stats = HashMap::new();
         for (name, entry) in std::mem::take(&mut control.listeners) {
             if wanted.contains_key(name.as_str()) && !fresh.contains_key(&name) {
@@ -216,7 +262,11 @@ impl App {
     /// Addresses the listeners are actually bound to, by name.
     pub async fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
         let control = self.control.lock().await;
-        control.listeners.iter().map(|(n, e)| (n.clone(), e.local)).collect()
+        control
+            .listeners
+            .iter()
+            .map(|(n, e)| (n.clone(), e.local))
+            .collect()
     }
 
     /// Open client connections of one listener.

@@ -38,20 +38,23 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(g.clone())).expect("metric registered once");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
     let h = HistogramVec::new(opts, labels).expect("static metric definition");
-    r.register(Box::new(h.clone())).expect("metric registered once");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
@@ -116,17 +119,23 @@ pub struct NodeMetrics {
     transitions: [IntCounter; 7],
 }
 
-const TRANSITION_TARGETS: [&str; 7] = ["active", "draining", "drained", "warming", "unknown", "up", "down"];
+const TRANSITION_TARGETS: [&str; 7] = [
+    "active", "draining", "drained", "warming", "unknown", "up", "down",
+];
 
 impl NodeMetrics {
     pub fn new(m: &Metrics, pool: &str, node: &str) -> Self {
         NodeMetrics {
-            sessions: SessionKind::ALL.map(|k| m.sessions_total.with_label_values(&[pool, node, k.as_str()])),
+            sessions: SessionKind::ALL.map(|k| {
+                m.sessions_total
+                    .with_label_values(&[pool, node, k.as_str()])
+            }),
             requests: CLASSES.map(|c| m.requests_total.with_label_values(&[pool, node, c])),
             connect_failures: m.connect_failures.with_label_values(&[pool, node]),
             checks_pass: m.health_checks.with_label_values(&[pool, node, "pass"]),
             checks_fail: m.health_checks.with_label_values(&[pool, node, "fail"]),
-            transitions: TRANSITION_TARGETS.map(|t| m.node_transitions.with_label_values(&[pool, node, t])),
+            transitions: TRANSITION_TARGETS
+                .map(|t| m.node_transitions.with_label_values(&[pool, node, t])),
         }
     }
 

@@ -64,12 +64,24 @@ impl Shutdown {
         self.drain.cancel();
         self.tracker.close();
         let mut cut = 0;
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             cut = self.tracker.len();
-            tracing::warn!(remaining = cut, "grace period over: closing remaining connections");
+            tracing::warn!(
+                remaining = cut,
+                "grace period over: closing remaining connections"
+            );
             self.force.cancel();
-            if tokio::time::timeout(FORCE_WAIT, self.tracker.wait()).await.is_err() {
-                tracing::error!(remaining = self.tracker.len(), "connections did not close after force");
+            if tokio::time::timeout(FORCE_WAIT, self.tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    remaining = self.tracker.len(),
+                    "connections did not close after force"
+                );
             }
         }
         self.force.cancel();

@@ -53,14 +53,17 @@ impl Snapshot {
             .iter()
             .map(|p| Arc::new(Pool::build(p, &old_nodes, metrics)))
             .collect();
-        let by_name: HashMap<&str, &Arc<Pool>> = pools.iter().map(|p| (p.name.as_str(), p)).collect();
+        let by_name: HashMap<&str, &Arc<Pool>> =
+            pools.iter().map(|p| (p.name.as_str(), p)).collect();
         // Validation guarantees every referenced pool exists; a dangling one is skipped.
         let listeners = config
             .listeners
             .iter()
             .filter_map(|l| {
                 let target = match &l.kind {
-                    ListenerKind::Tcp { pool } => Target::Tcp(Arc::clone(by_name.get(pool.as_str())?)),
+                    ListenerKind::Tcp { pool } => {
+                        Target::Tcp(Arc::clone(by_name.get(pool.as_str())?))
+                    }
                     ListenerKind::Http { routes } => Target::Http(
                         routes
                             .iter()
@@ -74,7 +77,13 @@ impl Snapshot {
                             .collect(),
                     ),
                 };
-                Some((l.name.clone(), Arc::new(ListenerRoutes { config: l.clone(), target })))
+                Some((
+                    l.name.clone(),
+                    Arc::new(ListenerRoutes {
+                        config: l.clone(),
+                        target,
+                    }),
+                ))
             })
             .collect();
         Snapshot {
@@ -99,7 +108,9 @@ impl ListenerRoutes {
         routes
             .iter()
             .find(|r| {
-                r.host.as_deref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                r.host
+                    .as_deref()
+                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
                     && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
             })
             .map(|r| &r.pool)
@@ -146,7 +157,10 @@ pools:
         let s = snapshot();
         let l = &s.listeners["web"];
         let pick = |host, path| l.route(host, path).map(|p| p.name.clone());
-        assert_eq!(pick(Some("api.example.com:8080"), "/v2/x").as_deref(), Some("b"));
+        assert_eq!(
+            pick(Some("api.example.com:8080"), "/v2/x").as_deref(),
+            Some("b")
+        );
         assert_eq!(pick(Some("API.example.com"), "/v1"), Some("a".into()));
         assert_eq!(pick(Some("other"), "/static/app.js"), Some("b".into()));
         assert_eq!(pick(None, "/"), Some("a".into()));
@@ -161,6 +175,9 @@ pools:
         let config = (*first.config).clone();
         let second = Snapshot::build(config, Some(&first), &Metrics::new());
         assert!(Arc::ptr_eq(&second.pools[0].nodes[0].state, &a.state));
-        assert_eq!(second.pools[0].nodes[0].state.admin(), crate::pool::AdminState::Drained);
+        assert_eq!(
+            second.pools[0].nodes[0].state.admin(),
+            crate::pool::AdminState::Drained
+        );
     }
 }

@@ -33,14 +33,21 @@ pub async fn status(app: &Arc<App>) -> AdminResponse {
 
 pub fn pool(app: &App, pool: &str) -> Result<AdminResponse, AdminError> {
     let snapshot = app.snapshot.load();
-    let p = snapshot.pool(pool).ok_or_else(|| AdminError::UnknownPool { pool: pool.into() })?;
+    let p = snapshot
+        .pool(pool)
+        .ok_or_else(|| AdminError::UnknownPool { pool: pool.into() })?;
     Ok(json_response(StatusCode::OK, &PoolView::of(p)))
 }
 
 pub fn node(app: &App, pool: &str, node: &str) -> Result<AdminResponse, AdminError> {
     let snapshot = app.snapshot.load();
-    let p = snapshot.pool(pool).ok_or_else(|| AdminError::UnknownPool { pool: pool.into() })?;
-    let n = p.node(node).ok_or_else(|| AdminError::UnknownNode { pool: pool.into(), node: node.into() })?;
+    let p = snapshot
+        .pool(pool)
+        .ok_or_else(|| AdminError::UnknownPool { pool: pool.into() })?;
+    let n = p.node(node).ok_or_else(|| AdminError::UnknownNode {
+        pool: pool.into(),
+        node: node.into(),
+    })?;
     Ok(json_response(StatusCode::OK, &NodeView::of(n)))
 }
 
@@ -76,17 +83,25 @@ pub fn refresh_gauges(app: &App) {
             let (p, n) = (pool.name.as_str(), node.name.as_str());
             let admin = node.state.admin();
             for s in AdminState::ALL {
-                m.node_state.with_label_values(&[p, n, s.as_str()]).set(i64::from(s == admin));
+                m.node_state
+                    .with_label_values(&[p, n, s.as_str()])
+                    .set(i64::from(s == admin));
             }
             let health = node.state.health();
             for h in Health::ALL {
-                m.node_health.with_label_values(&[p, n, h.as_str()]).set(i64::from(h == health));
+                m.node_health
+                    .with_label_values(&[p, n, h.as_str()])
+                    .set(i64::from(h == health));
             }
             if let Some(v) = node.state.version() {
-                m.node_version_info.with_label_values(&[p, n, v.as_str()]).set(1);
+                m.node_version_info
+                    .with_label_values(&[p, n, v.as_str()])
+                    .set(1);
             }
             for k in SessionKind::ALL {
-                m.sessions_active.with_label_values(&[p, n, k.as_str()]).set(node.state.sessions(k) as i64);
+                m.sessions_active
+                    .with_label_values(&[p, n, k.as_str()])
+                    .set(node.state.sessions(k) as i64);
             }
         }
     }

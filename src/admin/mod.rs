@@ -59,7 +59,9 @@ pub enum AdminError {
 impl AdminError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound { .. } | Self::UnknownPool { .. } | Self::UnknownNode { .. } => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } | Self::UnknownPool { .. } | Self::UnknownNode { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::InvalidConfig(_) => StatusCode::BAD_REQUEST,
@@ -73,15 +75,21 @@ impl AdminError {
             Self::UnknownPool { pool } => json!({ "pool": pool }),
             Self::UnknownNode { pool, node } => json!({ "pool": pool, "node": node }),
             Self::InvalidConfig(errors) => json!(errors),
-            Self::NotFound { path, .. } | Self::MethodNotAllowed { path, .. } => json!({ "path": path }),
+            Self::NotFound { path, .. } | Self::MethodNotAllowed { path, .. } => {
+                json!({ "path": path })
+            }
             _ => serde_json::Value::Null,
         }
     }
 
     fn into_response(self) -> AdminResponse {
-        let mut resp = json_response(self.status(), &json!({ "error": self.to_string(), "detail": self.detail() }));
+        let mut resp = json_response(
+            self.status(),
+            &json!({ "error": self.to_string(), "detail": self.detail() }),
+        );
         if matches!(self, Self::Unauthorized) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -91,14 +99,18 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> AdminRespons
     let bytes = serde_json::to_vec_pretty(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 fn text_response(status: StatusCode, content_type: &'static str, body: String) -> AdminResponse {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -139,10 +151,15 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let result = match segments.as_slice() {
-        ["healthz"] => only(&method, &path, Method::GET).map(|()| text_response(StatusCode::OK, "text/plain", "ok\n".into())),
+        ["healthz"] => only(&method, &path, Method::GET)
+            .map(|()| text_response(StatusCode::OK, "text/plain", "ok\n".into())),
         ["metrics"] => only(&method, &path, Method::GET).map(|()| {
             handlers::refresh_gauges(app);
-            text_response(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.render())
+            text_response(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                app.metrics.render(),
+            )
         }),
         ["v1", rest @ ..] => match authorize(app, &req) {
             Err(e) => Err(e),
@@ -151,16 +168,26 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
                     Ok(()) => Ok(handlers::status(app).await),
                     Err(e) => Err(e),
                 },
-                ["pools", pool] => only(&method, &path, Method::GET).and_then(|()| handlers::pool(app, pool)),
-                ["pools", pool, "nodes", node] => only(&method, &path, Method::GET).and_then(|()| handlers::node(app, pool, node)),
+                ["pools", pool] => {
+                    only(&method, &path, Method::GET).and_then(|()| handlers::pool(app, pool))
+                }
+                ["pools", pool, "nodes", node] => {
+                    only(&method, &path, Method::GET).and_then(|()| handlers::node(app, pool, node))
+                }
                 ["reload"] => match only(&method, &path, Method::POST) {
                     Ok(()) => handlers::reload(app).await,
                     Err(e) => Err(e),
                 },
-                _ => Err(AdminError::NotFound { method: method.clone(), path: path.clone() }),
+                _ => Err(AdminError::NotFound {
+                    method: method.clone(),
+                    path: path.clone(),
+                }),
             },
         },
-        _ => Err(AdminError::NotFound { method: method.clone(), path: path.clone() }),
+        _ => Err(AdminError::NotFound {
+            method: method.clone(),
+            path: path.clone(),
+        }),
     };
     result.unwrap_or_else(AdminError::into_response)
 }
@@ -169,12 +196,17 @@ fn only(method: &Method, path: &str, allowed: Method) -> Result<(), AdminError> 
     if *method == allowed {
         Ok(())
     } else {
-        Err(AdminError::MethodNotAllowed { method: method.clone(), path: path.to_string() })
+        Err(AdminError::MethodNotAllowed {
+            method: method.clone(),
+            path: path.to_string(),
+        })
     }
 }
 
 fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), AdminError> {
-    let Some(token) = app.admin_token() else { return Ok(()) };
+    let Some(token) = app.admin_token() else {
+        return Ok(());
+    };
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)

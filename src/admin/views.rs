@@ -87,7 +87,11 @@ impl NodeView {
             version: s.version().map(|v| v.to_string()),
             sessions,
             weight: node.weight,
-            effective_weight: if admin.admits_new() { node.effective_weight() } else { 0 },
+            effective_weight: if admin.admits_new() {
+                node.effective_weight()
+            } else {
+                0
+            },
             state_since: rfc3339(s.admin_since_ms()),
             health_since: rfc3339(s.health_since_ms()),
             idle_connections: node.idle.len(),

@@ -23,9 +23,18 @@ pub enum CtlCommand {
 /// Exit code when the admin API cannot be reached at all.
 const UNREACHABLE: i32 = 2;
 
-pub fn ctl(admin: &str, token: Option<&str>, json: bool, command: CtlCommand) -> anyhow::Result<i32> {
-    let base: Uri = admin.parse().with_context(|| format!("invalid --admin URL {admin:?}"))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn ctl(
+    admin: &str,
+    token: Option<&str>,
+    json: bool,
+    command: CtlCommand,
+) -> anyhow::Result<i32> {
+    let base: Uri = admin
+        .parse()
+        .with_context(|| format!("invalid --admin URL {admin:?}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (method, path) = match command {
         CtlCommand::Status => (Method::GET, "/v1/status"),
         CtlCommand::Reload => (Method::POST, "/v1/reload"),
@@ -47,7 +56,8 @@ pub fn ctl(admin: &str, token: Option<&str>, json: bool, command: CtlCommand) ->
     }
     match command {
         CtlCommand::Status => {
-            let view: StatusView = serde_json::from_slice(&body).context("unexpected status JSON")?;
+            let view: StatusView =
+                serde_json::from_slice(&body).context("unexpected status JSON")?;
             print!("{}", render_status(&view));
         }
         CtlCommand::Reload => println!("reloaded"),
@@ -55,11 +65,19 @@ pub fn ctl(admin: &str, token: Option<&str>, json: bool, command: CtlCommand) ->
     Ok(0)
 }
 
-async fn call(base: &Uri, token: Option<&str>, method: Method, path: &str) -> anyhow::Result<(http::StatusCode, Bytes)> {
+async fn call(
+    base: &Uri,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+) -> anyhow::Result<(http::StatusCode, Bytes)> {
     if base.scheme_str().is_some_and(|s| s != "http") {
         bail!("only http:// admin URLs are supported");
     }
-    let authority = base.authority().context("the admin URL needs a host and port")?.clone();
+    let authority = base
+        .authority()
+        .context("the admin URL needs a host and port")?
+        .clone();
     let port = authority.port_u16().unwrap_or(80);
     let stream = TcpStream::connect((authority.host().trim_matches(['[', ']']), port)).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -71,7 +89,9 @@ async fn call(base: &Uri, token: Option<&str>, method: Method, path: &str) -> an
     if let Some(t) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let resp = sender.send_request(req.body(Full::new(Bytes::new()))?).await?;
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::new()))?)
+        .await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, body))
@@ -80,10 +100,16 @@ async fn call(base: &Uri, token: Option<&str>, method: Method, path: &str) -> an
 /// Renders rows as aligned columns.
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -105,19 +131,33 @@ fn node_row(n: &NodeView) -> Vec<String> {
 }
 
 pub fn render_status(view: &StatusView) -> String {
-    let mut rows = vec![["POOL", "NODE", "ADDR", "STATE", "HEALTH", "VERSION", "SESSIONS", "WEIGHT", "SINCE"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows = vec![[
+        "POOL", "NODE", "ADDR", "STATE", "HEALTH", "VERSION", "SESSIONS", "WEIGHT", "SINCE",
+    ]
+    .map(String::from)
+    .to_vec()];
     rows.extend(view.pools.iter().flat_map(|p| p.nodes.iter().map(node_row)));
     let mut out = table(&rows);
     out.push('\n');
-    let mut listeners = vec![["LISTENER", "PROTOCOL", "ADDRESS", "CONNECTIONS"].map(String::from).to_vec()];
-    listeners.extend(
-        view.listeners
-            .iter()
-            .map(|l| vec![l.name.clone(), l.protocol.clone(), l.listen.clone(), l.connections.to_string()]),
-    );
+    let mut listeners = vec![["LISTENER", "PROTOCOL", "ADDRESS", "CONNECTIONS"]
+        .map(String::from)
+        .to_vec()];
+    listeners.extend(view.listeners.iter().map(|l| {
+        vec![
+            l.name.clone(),
+            l.protocol.clone(),
+            l.listen.clone(),
+            l.connections.to_string(),
+        ]
+    }));
     out.push_str(&table(&listeners));
-    out.push_str(&format!("\nrollouts: {}\n", if view.rollouts.is_empty() { "none".to_string() } else { view.rollouts.len().to_string() }));
+    out.push_str(&format!(
+        "\nrollouts: {}\n",
+        if view.rollouts.is_empty() {
+            "none".to_string()
+        } else {
+            view.rollouts.len().to_string()
+        }
+    ));
     out
 }

@@ -57,16 +57,24 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
             .replace("{ADMIN}", admin)
             .replace("{A}", &a.to_string())
             .replace("{B}", &b.to_string());
-        let config = config::parse(&text).context("the embedded demo config (check --listen and --admin)")?;
+        let config = config::parse(&text)
+            .context("the embedded demo config (check --listen and --admin)")?;
         let bound = app::bind(&config)
             .await
             .context("binding the demo's ports (use --listen/--admin to pick others)")?;
         let app = App::start(config, None, bound, Shutdown::new()).await?;
-        let proxy = app.listener_addrs().await.get("web").copied().context("demo listener missing")?;
+        let proxy = app
+            .listener_addrs()
+            .await
+            .get("web")
+            .copied()
+            .context("demo listener missing")?;
         let admin_addr = app.admin_addr();
         let pool = app.snapshot.load().pools[0].clone();
         for node in &pool.nodes {
-            node.state.wait_until(Duration::from_secs(10), |s| s.health() == Health::Up).await;
+            node.state
+                .wait_until(Duration::from_secs(10), |s| s.health() == Health::Up)
+                .await;
         }
         let ctl_admin = if admin_addr.to_string() == config::defaults::ADMIN_LISTEN {
             String::new()
@@ -95,7 +103,9 @@ Press Ctrl-C to stop."#
 
 /// Starts one demo backend on an ephemeral loopback port.
 async fn start_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a demo backend")?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a demo backend")?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -110,7 +120,10 @@ async fn start_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn answer(name: &'static str, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = if req.uri().path() == "/healthz" {
         "ok\n".to_string()
     } else {

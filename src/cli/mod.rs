@@ -65,8 +65,17 @@ pub fn main(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Run { config, threads } => run::run(config, threads),
         Command::Check { config } => Ok(check::check(&config)),
-        Command::Demo { listen, admin, threads } => demo::demo(&listen, &admin, threads),
-        Command::Ctl { admin, token, json, command } => ctl::ctl(&admin, token.as_deref(), json, command),
+        Command::Demo {
+            listen,
+            admin,
+            threads,
+        } => demo::demo(&listen, &admin, threads),
+        Command::Ctl {
+            admin,
+            token,
+            json,
+            command,
+        } => ctl::ctl(&admin, token.as_deref(), json, command),
     };
     match result {
         Ok(code) => code,

@@ -39,7 +39,10 @@ async fn check_loop(pool: Arc<Pool>, index: usize, stop: CancellationToken) {
         if !result.ok {
             tracing::debug!(node = %node.key(), reason = %result.reason, "health check failed");
         }
-        if let Some((from, to)) = node.state.record_check(result.ok, result.version.as_deref(), cfg) {
+        if let Some((from, to)) = node
+            .state
+            .record_check(result.ok, result.version.as_deref(), cfg)
+        {
             log_flip(&node, from, to, &result.reason);
         }
     }

@@ -25,7 +25,11 @@ pub struct ProbeResult {
 
 impl ProbeResult {
     fn fail(reason: impl Into<String>) -> Self {
-        ProbeResult { ok: false, version: None, reason: reason.into() }
+        ProbeResult {
+            ok: false,
+            version: None,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -33,7 +37,10 @@ impl ProbeResult {
 pub async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> ProbeResult {
     match timeout(cfg.timeout, probe_inner(addr, cfg)).await {
         Ok(r) => r,
-        Err(_) => ProbeResult::fail(format!("timed out after {}", crate::config::duration::format(cfg.timeout))),
+        Err(_) => ProbeResult::fail(format!(
+            "timed out after {}",
+            crate::config::duration::format(cfg.timeout)
+        )),
     }
 }
 
@@ -42,11 +49,22 @@ async fn probe_inner(addr: SocketAddr, cfg: &HealthConfig) -> ProbeResult {
         Ok(s) => s,
         Err(e) => return ProbeResult::fail(format!("connect: {e}")),
     };
-    let CheckKind::Http { path, host, expect_status, version } = &cfg.check else {
-        return ProbeResult { ok: true, version: None, reason: "ok".into() };
+    let CheckKind::Http {
+        path,
+        host,
+        expect_status,
+        version,
+    } = &cfg.check
+    else {
+        return ProbeResult {
+            ok: true,
+            version: None,
+            reason: "ok".into(),
+        };
     };
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
         Ok(pair) => pair,
         Err(e) => return ProbeResult::fail(format!("handshake: {e}")),
     };
@@ -88,7 +106,11 @@ async fn probe_inner(addr: SocketAddr, cfg: &HealthConfig) -> ProbeResult {
             }
         }
     };
-    ProbeResult { ok: true, version, reason: "ok".into() }
+    ProbeResult {
+        ok: true,
+        version,
+        reason: "ok".into(),
+    }
 }
 
 /// Reads a dotted field (`build.version`) of a JSON body as a string.
@@ -97,7 +119,9 @@ fn json_field(body: &[u8], field: &str) -> Result<String, String> {
         serde_json::from_slice(body).map_err(|e| format!("health body is not JSON: {e}"))?;
     let mut v = &value;
     for part in field.split('.') {
-        v = v.get(part).ok_or_else(|| format!("health body has no field {field:?}"))?;
+        v = v
+            .get(part)
+            .ok_or_else(|| format!("health body has no field {field:?}"))?;
     }
     match v {
         serde_json::Value::String(s) => Ok(s.clone()),

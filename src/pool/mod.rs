@@ -35,7 +35,11 @@ pub struct Pool {
 impl Pool {
     /// Builds a pool, reusing the runtime state of nodes that existed before under the same
     /// `pool/node` key (`previous`), so a reload keeps admin state, health and sessions.
-    pub fn build(config: &PoolConfig, previous: &HashMap<String, Arc<Node>>, metrics: &Metrics) -> Pool {
+    pub fn build(
+        config: &PoolConfig,
+        previous: &HashMap<String, Arc<Node>>,
+        metrics: &Metrics,
+    ) -> Pool {
         let nodes = config
             .nodes
             .iter()
@@ -49,14 +53,22 @@ impl Pool {
                         addr: n.addr,
                         weight: n.weight,
                         state: Arc::clone(&old.state),
-                        idle: if old.addr == n.addr { old.idle.clone() } else { IdleConns::new() },
+                        idle: if old.addr == n.addr {
+                            old.idle.clone()
+                        } else {
+                            IdleConns::new()
+                        },
                     }),
                     None => Arc::new(Node {
                         pool: config.name.clone(),
                         name: n.name.clone(),
                         addr: n.addr,
                         weight: n.weight,
-                        state: Arc::new(NodeState::new(NodeMetrics::new(metrics, &config.name, &n.name))),
+                        state: Arc::new(NodeState::new(NodeMetrics::new(
+                            metrics,
+                            &config.name,
+                            &n.name,
+                        ))),
                         idle: IdleConns::new(),
                     }),
                 }

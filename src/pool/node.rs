@@ -6,7 +6,9 @@
 //! same state.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{
+    fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -56,7 +58,9 @@ pub struct NodeState {
 }
 
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl NodeState {
@@ -110,7 +114,9 @@ impl NodeState {
     /// Sessions that hold a connection (what least_conn balances): requests, tunnels, TCP.
     #[inline]
     pub fn active_sessions(&self) -> usize {
-        self.sessions[0].load(Relaxed) + self.sessions[1].load(Relaxed) + self.sessions[2].load(Relaxed)
+        self.sessions[0].load(Relaxed)
+            + self.sessions[1].load(Relaxed)
+            + self.sessions[2].load(Relaxed)
     }
 
     pub(super) fn session_started(&self, kind: SessionKind) {
@@ -152,7 +158,12 @@ impl NodeState {
     }
 
     /// Records one active check. Returns `(from, to)` when health flipped, exactly once per flip.
-    pub fn record_check(&self, ok: bool, version: Option<&str>, cfg: &HealthConfig) -> Option<(Health, Health)> {
+    pub fn record_check(
+        &self,
+        ok: bool,
+        version: Option<&str>,
+        cfg: &HealthConfig,
+    ) -> Option<(Health, Health)> {
         let (passes, fails) = if ok {
             self.metrics.checks_pass.inc();
             self.fails.store(0, Relaxed);
@@ -179,7 +190,12 @@ impl NodeState {
         self.apply_streak(0, fails, cfg)
     }
 
-    fn apply_streak(&self, passes: u32, fails: u32, cfg: &HealthConfig) -> Option<(Health, Health)> {
+    fn apply_streak(
+        &self,
+        passes: u32,
+        fails: u32,
+        cfg: &HealthConfig,
+    ) -> Option<(Health, Health)> {
         let from = self.health();
         let to = next_health(from, passes, fails, cfg.healthy_after, cfg.unhealthy_after);
         (to != from && self.set_health(from, to)).then_some((from, to))
@@ -189,7 +205,11 @@ impl NodeState {
 impl NodeState {
     /// Waits until `done` holds, woken by [`NodeState::changed`], for at most `limit`.
     /// Returns whether it holds.
-    pub async fn wait_until(&self, limit: std::time::Duration, done: impl Fn(&NodeState) -> bool) -> bool {
+    pub async fn wait_until(
+        &self,
+        limit: std::time::Duration,
+        done: impl Fn(&NodeState) -> bool,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         self.waiters.fetch_add(1, SeqCst);
         fence(SeqCst);

@@ -75,8 +75,17 @@ impl Health {
 
 /// Health after a streak of `passes` consecutive passing or `fails` consecutive failing checks
 /// (one of the two is zero). Returns the new health, which may equal `current`.
-pub fn next_health(current: Health, passes: u32, fails: u32, healthy_after: u32, unhealthy_after: u32) -> Health {
-    debug_assert!(passes == 0 || fails == 0, "a streak is either passes or failures");
+pub fn next_health(
+    current: Health,
+    passes: u32,
+    fails: u32,
+    healthy_after: u32,
+    unhealthy_after: u32,
+) -> Health {
+    debug_assert!(
+        passes == 0 || fails == 0,
+        "a streak is either passes or failures"
+    );
     if current != Health::Up && passes >= healthy_after {
         Health::Up
     } else if current != Health::Down && fails >= unhealthy_after {

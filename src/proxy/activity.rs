@@ -95,7 +95,11 @@ impl Activity {
             let started = self.head_started.load(Relaxed);
             if started != 0 {
                 let deadline = self.at(started - 1) + limit;
-                return if now >= deadline { Verdict::SlowHead } else { Verdict::CheckAt(deadline) };
+                return if now >= deadline {
+                    Verdict::SlowHead
+                } else {
+                    Verdict::CheckAt(deadline)
+                };
             }
         }
         let deadline = self.at(self.last.load(Relaxed)) + idle;
@@ -138,7 +142,11 @@ pub struct Watched<S> {
 
 impl<S> Watched<S> {
     pub fn new(inner: S, activity: Arc<Activity>, stats: Arc<ListenerStats>) -> Self {
-        Watched { inner, activity, stats }
+        Watched {
+            inner,
+            activity,
+            stats,
+        }
     }
 
     pub fn get_mut(&mut self) -> &mut S {
@@ -147,7 +155,11 @@ impl<S> Watched<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -160,7 +172,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
             if n > 0 {

@@ -19,7 +19,9 @@ pub async fn connect_node(pool: &Pool, index: usize, timeout: Duration) -> io::R
     };
     match &result {
         Ok(stream) => {
-            pool.metrics.connect_duration.observe(started.elapsed().as_secs_f64());
+            pool.metrics
+                .connect_duration
+                .observe(started.elapsed().as_secs_f64());
             let _ = stream.set_nodelay(true);
         }
         Err(e) => {

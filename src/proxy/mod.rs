@@ -30,7 +30,11 @@ pub struct ListenerStats {
 
 impl ListenerStats {
     pub fn new(name: &str, metrics: ListenerMetrics) -> Self {
-        ListenerStats { name: name.into(), active: AtomicUsize::new(0), metrics }
+        ListenerStats {
+            name: name.into(),
+            active: AtomicUsize::new(0),
+            metrics,
+        }
     }
 
     pub fn active(&self) -> usize {
@@ -52,7 +56,12 @@ impl Drop for ConnSlot {
 /// instead of spinning on the error.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-pub async fn accept_loop(app: Arc<App>, listener: TcpListener, stats: Arc<ListenerStats>, stop: CancellationToken) {
+pub async fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    stats: Arc<ListenerStats>,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -87,9 +96,26 @@ pub async fn accept_loop(app: Arc<App>, listener: TcpListener, stats: Arc<Listen
             let _slot = slot;
             match &routes.target {
                 Target::Tcp(pool) => {
-                    tcp::serve(&task_app, Arc::clone(pool), &routes.config, &_slot.0, stream, peer).await
+                    tcp::serve(
+                        &task_app,
+                        Arc::clone(pool),
+                        &routes.config,
+                        &_slot.0,
+                        stream,
+                        peer,
+                    )
+                    .await
                 }
-                Target::Http(_) => http::serve(task_app.clone(), Arc::clone(&_slot.0), routes.config.timeouts, stream, peer).await,
+                Target::Http(_) => {
+                    http::serve(
+                        task_app.clone(),
+                        Arc::clone(&_slot.0),
+                        routes.config.timeouts,
+                        stream,
+                        peer,
+                    )
+                    .await
+                }
             }
         });
     }

@@ -27,7 +27,14 @@ enum End {
     Cut,
 }
 
-pub async fn serve(app: &App, pool: Arc<Pool>, cfg: &ListenerConfig, stats: &Arc<ListenerStats>, client: TcpStream, peer: SocketAddr) {
+pub async fn serve(
+    app: &App,
+    pool: Arc<Pool>,
+    cfg: &ListenerConfig,
+    stats: &Arc<ListenerStats>,
+    client: TcpStream,
+    peer: SocketAddr,
+) {
     let mut tried = Tried::default();
     let (index, mut backend, _session) = loop {
         let Some(i) = pool.pick(tried) else {
@@ -67,9 +74,17 @@ pub async fn serve(app: &App, pool: Arc<Pool>, cfg: &ListenerConfig, stats: &Arc
     }
     let node = pool.nodes[index].key();
     match end {
-        End::Done(Ok((up, down))) => tracing::debug!(listener = %stats.name, %peer, %node, up, down, "tcp session ended"),
-        End::Done(Err(e)) => tracing::debug!(listener = %stats.name, %peer, %node, error = %e, "tcp session ended with an error"),
-        End::Idle => tracing::debug!(listener = %stats.name, %peer, %node, "tcp session closed: idle timeout"),
-        End::Cut => tracing::debug!(listener = %stats.name, %peer, %node, "tcp session closed at shutdown"),
+        End::Done(Ok((up, down))) => {
+            tracing::debug!(listener = %stats.name, %peer, %node, up, down, "tcp session ended")
+        }
+        End::Done(Err(e)) => {
+            tracing::debug!(listener = %stats.name, %peer, %node, error = %e, "tcp session ended with an error")
+        }
+        End::Idle => {
+            tracing::debug!(listener = %stats.name, %peer, %node, "tcp session closed: idle timeout")
+        }
+        End::Cut => {
+            tracing::debug!(listener = %stats.name, %peer, %node, "tcp session closed at shutdown")
+        }
     }
 }

@@ -31,11 +31,19 @@ async fn status_pool_and_node_views() {
         }
     }
     assert!(body["rollouts"].is_array());
-    assert_eq!(body["listeners"][0]["listen"], proxy.addr("web").to_string());
+    assert_eq!(
+        body["listeners"][0]["listen"],
+        proxy.addr("web").to_string()
+    );
     let (status, pool) = proxy.admin(Method::GET, "/v1/pools/web", None).await;
     assert_eq!((status.as_u16(), pool["name"].as_str()), (200, Some("web")));
-    let (status, node) = proxy.admin(Method::GET, "/v1/pools/web/nodes/b", None).await;
-    assert_eq!((status.as_u16(), node["addr"].as_str()), (200, Some(b.addr.to_string().as_str())));
+    let (status, node) = proxy
+        .admin(Method::GET, "/v1/pools/web/nodes/b", None)
+        .await;
+    assert_eq!(
+        (status.as_u16(), node["addr"].as_str()),
+        (200, Some(b.addr.to_string().as_str()))
+    );
 }
 
 #[tokio::test]
@@ -52,7 +60,10 @@ async fn errors_are_json_with_the_right_status() {
     for (method, path, code, text) in cases {
         let (status, body) = proxy.admin(method, path, None).await;
         assert_eq!(status.as_u16(), code, "{path}");
-        assert!(body["error"].as_str().unwrap().contains(text), "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(text),
+            "{path}: {body}"
+        );
         assert!(body.get("detail").is_some());
     }
 }
@@ -68,10 +79,31 @@ async fn bearer_token_guards_v1_when_its_variable_is_set() {
     );
     let proxy = Proxy::start(&yaml).await;
     assert_eq!(proxy.admin(Method::GET, "/v1/status", None).await.0, 401);
-    assert_eq!(proxy.admin(Method::GET, "/v1/status", Some("wrong")).await.0, 401);
-    assert_eq!(proxy.admin(Method::GET, "/v1/status", Some("s3cret")).await.0, 200);
+    assert_eq!(
+        proxy
+            .admin(Method::GET, "/v1/status", Some("wrong"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        proxy
+            .admin(Method::GET, "/v1/status", Some("s3cret"))
+            .await
+            .0,
+        200
+    );
     // Liveness and metrics stay open for probes and scrapers.
-    assert_eq!(send(Method::GET, &format!("http://{}/healthz", proxy.admin), None).await.0, 200);
+    assert_eq!(
+        send(
+            Method::GET,
+            &format!("http://{}/healthz", proxy.admin),
+            None
+        )
+        .await
+        .0,
+        200
+    );
 }
 
 #[tokio::test]
@@ -80,7 +112,9 @@ async fn invalid_reload_reports_every_error_and_keeps_serving() {
     let good = http_config(&[("a", a.addr)], "");
     let proxy = Proxy::start(&good).await;
     proxy.wait_health("web", "a", Health::Up).await;
-    let bad = good.replace("{ pool: web }", "{ pool: nope }").replace("interval: 100ms", "interval: 1x");
+    let bad = good
+        .replace("{ pool: web }", "{ pool: nope }")
+        .replace("interval: 100ms", "interval: 1x");
     std::fs::write(&proxy.config_path, bad).unwrap();
     let (status, body) = proxy.admin(Method::POST, "/v1/reload", None).await;
     assert_eq!(status, 400);
@@ -91,7 +125,10 @@ async fn invalid_reload_reports_every_error_and_keeps_serving() {
     }
     let (status, text) = get(&client(), &proxy.url("web", "/")).await;
     assert_eq!((status, text.as_str()), (200, "a 1.0.0"));
-    assert!(proxy.metrics().await.contains("handoff_config_reloads_total{result=\"failed\"} 1"));
+    assert!(proxy
+        .metrics()
+        .await
+        .contains("handoff_config_reloads_total{result=\"failed\"} 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,27 +137,43 @@ async fn valid_reload_adding_a_node_keeps_existing_state() {
     let c = HttpBackend::start("c", "1.0.0").await;
     let proxy = Proxy::start(&http_config(&[("a", a.addr)], "")).await;
     proxy.wait_health("web", "a", Health::Up).await;
-    let (_, before) = proxy.admin(Method::GET, "/v1/pools/web/nodes/a", None).await;
+    let (_, before) = proxy
+        .admin(Method::GET, "/v1/pools/web/nodes/a", None)
+        .await;
 
     // A slow request holds a session on a across the reload.
     let url = proxy.url("web", "/slow/1500");
     let slow = tokio::spawn(async move { get(&client(), &url).await });
     let node_a = proxy.node("web", "a");
-    eventually("the slow request reaches a", || node_a.state.active_sessions() == 1).await;
+    eventually("the slow request reaches a", || {
+        node_a.state.active_sessions() == 1
+    })
+    .await;
 
-    std::fs::write(&proxy.config_path, http_config(&[("a", a.addr), ("c", c.addr)], "")).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        http_config(&[("a", a.addr), ("c", c.addr)], ""),
+    )
+    .unwrap();
     let (status, body) = proxy.admin(Method::POST, "/v1/reload", None).await;
     assert_eq!(status, 200, "{body}");
-    let (_, after) = proxy.admin(Method::GET, "/v1/pools/web/nodes/a", None).await;
+    let (_, after) = proxy
+        .admin(Method::GET, "/v1/pools/web/nodes/a", None)
+        .await;
     assert_eq!(after["health"], "up");
     assert_eq!(after["sessions"]["http_inflight"], 1);
     assert_eq!(after["state_since"], before["state_since"]);
     assert_eq!(after["health_since"], before["health_since"]);
-    let (_, added) = proxy.admin(Method::GET, "/v1/pools/web/nodes/c", None).await;
+    let (_, added) = proxy
+        .admin(Method::GET, "/v1/pools/web/nodes/c", None)
+        .await;
     assert_eq!(added["addr"], c.addr.to_string());
     assert_eq!(slow.await.unwrap(), (200, "a 1.0.0".to_string()));
     proxy.wait_health("web", "c", Health::Up).await;
-    assert!(proxy.metrics().await.contains("handoff_config_reloads_total{result=\"ok\"} 1"));
+    assert!(proxy
+        .metrics()
+        .await
+        .contains("handoff_config_reloads_total{result=\"ok\"} 1"));
 }
 
 #[tokio::test]
@@ -145,9 +198,14 @@ async fn metrics_expose_the_handoff_families() {
         "handoff_listener_connections_total",
         "handoff_config_reloads_total",
     ] {
-        assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing");
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing"
+        );
     }
     assert!(text.contains("handoff_requests_total{class=\"2xx\",node=\"a\",pool=\"web\"} 1"));
-    assert!(text.contains("handoff_sessions_total{kind=\"http_inflight\",node=\"a\",pool=\"web\"} 1"));
+    assert!(
+        text.contains("handoff_sessions_total{kind=\"http_inflight\",node=\"a\",pool=\"web\"} 1")
+    );
     assert!(text.contains("handoff_node_state{node=\"a\",pool=\"web\",state=\"active\"} 1"));
 }

@@ -31,9 +31,14 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
         let (mut proxy, mut admin) = (None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let field = |prefix: &str| {
-                line.trim()
-                    .strip_prefix(prefix)
-                    .map(|r| r.trim().trim_start_matches("http://").split('/').next().unwrap().to_string())
+                line.trim().strip_prefix(prefix).map(|r| {
+                    r.trim()
+                        .trim_start_matches("http://")
+                        .split('/')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
             };
             proxy = proxy.or_else(|| field("proxy:"));
             admin = admin.or_else(|| field("admin:"));
@@ -41,7 +46,10 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
                 break;
             }
         }
-        (proxy.expect("proxy address printed"), admin.expect("admin address printed"))
+        (
+            proxy.expect("proxy address printed"),
+            admin.expect("admin address printed"),
+        )
     })
     .await
     .unwrap();
@@ -53,9 +61,15 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
         assert_eq!(status, 200);
         seen.insert(body);
     }
-    assert!(seen.iter().any(|b| b.contains("node a")) && seen.iter().any(|b| b.contains("node b")), "{seen:?}");
+    assert!(
+        seen.iter().any(|b| b.contains("node a")) && seen.iter().any(|b| b.contains("node b")),
+        "{seen:?}"
+    );
 
-    let out = Command::new(BIN).args(["ctl", "--admin", &format!("http://{admin}"), "status"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["ctl", "--admin", &format!("http://{admin}"), "status"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = table
@@ -67,15 +81,37 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
         let cols: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(&cols[3..6], ["active", "up", "1.0.0"], "{row}");
     }
-    let out = Command::new(BIN).args(["ctl", "--admin", &format!("http://{admin}"), "--json", "status"]).output().unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl --json prints JSON");
+    let out = Command::new(BIN)
+        .args([
+            "ctl",
+            "--admin",
+            &format!("http://{admin}"),
+            "--json",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("ctl --json prints JSON");
     assert_eq!(json["pools"][0]["nodes"][0]["health"], "up");
 }
 
 #[test]
 fn ctl_exits_2_when_the_admin_api_is_unreachable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let out = Command::new(BIN).args(["ctl", "--admin", &format!("http://127.0.0.1:{port}"), "status"]).output().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(BIN)
+        .args([
+            "ctl",
+            "--admin",
+            &format!("http://127.0.0.1:{port}"),
+            "status",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
 }

@@ -11,8 +11,18 @@ fn every_example_config_passes_check() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            let out = Command::new(BIN).arg("check").arg("-c").arg(&path).output().unwrap();
-            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(BIN)
+                .arg("check")
+                .arg("-c")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             checked += 1;
         }
     }
@@ -28,17 +38,31 @@ fn check_reports_every_mistake_with_line_and_column() {
         "listeners:\n  - name: web\n    listen: \"127.0.0.1:8080\"\n    protocol: http\n    routes:\n      - { pool: nope }\npools:\n  - name: web\n    nodes: [ { name: a, addr: \"127.0.0.1:1\" } ]\n    health:\n      interval: 5x\n",
     )
     .unwrap();
-    let out = Command::new(BIN).arg("check").arg("-c").arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(":6:11: listeners[0].routes[0].pool: unknown pool \"nope\""), "{stderr}");
-    assert!(stderr.contains(":11:7: pools[0].health.interval: invalid duration \"5x\""), "{stderr}");
+    assert!(
+        stderr.contains(":6:11: listeners[0].routes[0].pool: unknown pool \"nope\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(":11:7: pools[0].health.interval: invalid duration \"5x\""),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 error(s)"), "{stderr}");
 }
 
 #[test]
 fn check_reports_an_unreadable_file() {
-    let out = Command::new(BIN).args(["check", "-c", "/nonexistent/handoff.yaml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c", "/nonexistent/handoff.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }

@@ -25,7 +25,12 @@ async fn requests_reach_both_nodes() {
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(a.hits() + b.hits(), 20);
-    assert!(a.hits() >= 5 && b.hits() >= 5, "a={} b={}", a.hits(), b.hits());
+    assert!(
+        a.hits() >= 5 && b.hits() >= 5,
+        "a={} b={}",
+        a.hits(),
+        b.hits()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,7 +46,8 @@ async fn stopping_a_node_fails_no_request_and_it_returns_only_after_passing_chec
     let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut loaders = Vec::new();
     for _ in 0..8 {
-        let (proxy, stop, sent, failed) = (proxy.clone(), stop.clone(), sent.clone(), failed.clone());
+        let (proxy, stop, sent, failed) =
+            (proxy.clone(), stop.clone(), sent.clone(), failed.clone());
         loaders.push(tokio::spawn(async move {
             let client = client();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -70,18 +76,31 @@ async fn stopping_a_node_fails_no_request_and_it_returns_only_after_passing_chec
     a.stop().await;
     proxy.wait_health("web", "a", Health::Down).await;
     let b_before = b.hits();
-    assert!(wait_hits(&b, b_before + 100).await, "b did not carry the load");
+    assert!(
+        wait_hits(&b, b_before + 100).await,
+        "b did not carry the load"
+    );
 
     a.restart("1.0.0").await;
     proxy.wait_health("web", "a", Health::Up).await;
-    assert!(wait_hits(&a, 20).await, "a got no traffic after coming back");
+    assert!(
+        wait_hits(&a, 20).await,
+        "a got no traffic after coming back"
+    );
     stop.store(true, SeqCst);
     for l in loaders {
         l.await.unwrap();
     }
     let checks_first = a.stats.checks_at_first_hit.load(SeqCst);
-    assert!(checks_first >= 2, "a got traffic after only {checks_first} health checks");
-    println!("sent {} requests, {} failed", sent.load(SeqCst), failed.load(SeqCst));
+    assert!(
+        checks_first >= 2,
+        "a got traffic after only {checks_first} health checks"
+    );
+    println!(
+        "sent {} requests, {} failed",
+        sent.load(SeqCst),
+        failed.load(SeqCst)
+    );
     assert_eq!(failed.load(SeqCst), 0);
 }
 
@@ -109,7 +128,9 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
     for gone in ["x-private", "keep-alive"] {
         assert!(headers.get(gone).is_none(), "{gone} reached the backend");
     }
-    assert!(headers.get("connection").is_none_or(|v| v != "close, x-private"));
+    assert!(headers
+        .get("connection")
+        .is_none_or(|v| v != "close, x-private"));
 }
 
 #[tokio::test]
@@ -139,7 +160,12 @@ pools:
         let addr = proxy.addr("web");
         async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
             let (raw, _) = read_to_eof(&mut s, WAIT).await;
             String::from_utf8_lossy(&raw).into_owned()
         }
@@ -160,7 +186,10 @@ async fn no_healthy_node_gives_503_and_unreachable_nodes_give_502() {
     proxy.wait_health("web", "a", Health::Down).await;
     let (status, _) = get(&client(), &proxy.url("web", "/")).await;
     assert_eq!(status, 503);
-    assert!(proxy.metrics().await.contains("handoff_requests_total{class=\"5xx\",node=\"none\",pool=\"web\"} 2"));
+    assert!(proxy
+        .metrics()
+        .await
+        .contains("handoff_requests_total{class=\"5xx\",node=\"none\",pool=\"web\"} 2"));
 }
 
 #[tokio::test]
@@ -168,7 +197,10 @@ async fn connect_failures_are_retried_on_the_sibling() {
     let mut a = HttpBackend::start("a", "1.0.0").await;
     let b = HttpBackend::start("b", "1.0.0").await;
     // Slow checks, so the proxy only learns about the stop from failed connects.
-    let yaml = http_config(&[("a", a.addr), ("b", b.addr)], "").replace(FAST_HEALTH, "{ interval: 1h, timeout: 1s, healthy_after: 1, unhealthy_after: 100 }");
+    let yaml = http_config(&[("a", a.addr), ("b", b.addr)], "").replace(
+        FAST_HEALTH,
+        "{ interval: 1h, timeout: 1s, healthy_after: 1, unhealthy_after: 100 }",
+    );
     let proxy = Proxy::start(&yaml).await;
     proxy.wait_health("web", "a", Health::Up).await;
     proxy.wait_health("web", "b", Health::Up).await;
@@ -180,7 +212,10 @@ async fn connect_failures_are_retried_on_the_sibling() {
     }
     let metrics = proxy.metrics().await;
     assert!(metrics.contains("handoff_retries_total{pool=\"web\"}"));
-    assert!(!metrics.contains("handoff_retries_total{pool=\"web\"} 0"), "no retry counted");
+    assert!(
+        !metrics.contains("handoff_retries_total{pool=\"web\"} 0"),
+        "no retry counted"
+    );
 }
 
 #[tokio::test]
@@ -194,7 +229,10 @@ async fn slow_request_heads_are_cut_at_the_header_read_timeout() {
     let (_, eof) = read_to_eof(&mut s, WAIT).await;
     assert!(eof, "connection not closed");
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -204,14 +242,19 @@ async fn idle_keep_alive_connections_are_closed() {
     let proxy = Proxy::start(&http_config(&[("a", a.addr)], extra)).await;
     proxy.wait_health("web", "a", Health::Up).await;
     let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 1024];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let started = tokio::time::Instant::now();
     let (_, eof) = read_to_eof(&mut s, WAIT).await;
     assert!(eof);
-    assert!(started.elapsed() >= Duration::from_millis(250), "closed too early");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed too early"
+    );
 }
 
 #[tokio::test]
@@ -223,7 +266,9 @@ async fn connections_above_the_limit_are_closed_at_once() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = [0u8; 512];
         assert!(s.read(&mut buf).await.unwrap() > 0);
         held.push(s);
@@ -242,7 +287,10 @@ async fn connections_above_the_limit_are_closed_at_once() {
         assert!(tokio::time::Instant::now() < deadline, "never served again");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(proxy.metrics().await.contains("handoff_listener_connections_rejected_total{listener=\"web\"} 1"));
+    assert!(proxy
+        .metrics()
+        .await
+        .contains("handoff_listener_connections_rejected_total{listener=\"web\"} 1"));
 }
 
 #[tokio::test]
@@ -252,7 +300,9 @@ async fn request_bodies_are_streamed_to_the_backend() {
     proxy.wait_health("web", "a", Health::Up).await;
     let payload = "x".repeat(200_000);
     let req = http::Request::post(proxy.url("web", "/echo"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(payload.clone())))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            payload.clone(),
+        )))
         .unwrap();
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), 200);

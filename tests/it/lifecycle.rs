@@ -21,7 +21,10 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let url = proxy.url("web", "/slow/700");
     let slow = tokio::spawn(async move { get(&client(), &url).await });
     let node = proxy.node("web", "a");
-    eventually("the slow request is in flight", || node.state.active_sessions() == 1).await;
+    eventually("the slow request is in flight", || {
+        node.state.active_sessions() == 1
+    })
+    .await;
 
     let shutdown = proxy.app.shutdown.clone();
     let mut phase = shutdown.phase();
@@ -54,7 +57,9 @@ async fn shutdown_closes_tcp_sessions_with_fin_at_the_grace_deadline() {
     assert_eq!(cut, 1);
     // A FIN reads as a clean EOF (an RST would be an error).
     let mut rest = Vec::new();
-    let n = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await.unwrap();
+    let n = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .unwrap();
     assert!(n.is_ok(), "expected FIN, got {n:?}");
 }
 
@@ -69,7 +74,11 @@ impl Drop for Running {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -95,7 +104,11 @@ async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
         let admin = lines
             .by_ref()
             .map_while(Result::ok)
-            .find_map(|l| l.split("admin=").nth(1).map(|r| r.split_whitespace().next().unwrap().to_string()))
+            .find_map(|l| {
+                l.split("admin=")
+                    .nth(1)
+                    .map(|r| r.split_whitespace().next().unwrap().to_string())
+            })
             .expect("start-up line");
         // Keep draining stderr so the child never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
@@ -116,7 +129,10 @@ async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
     signal(&proc.0, "HUP");
     let deadline = tokio::time::Instant::now() + WAIT;
     while status_nodes().await != 2 {
-        assert!(tokio::time::Instant::now() < deadline, "SIGHUP did not reload");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     signal(&proc.0, "TERM");

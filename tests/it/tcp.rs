@@ -12,7 +12,10 @@ use crate::common::*;
 use handoff::pool::Health;
 
 fn tcp_config(nodes: &[(&str, SocketAddr)], timeouts: &str) -> String {
-    let nodes: String = nodes.iter().map(|(n, a)| format!("      - {{ name: {n}, addr: \"{a}\" }}\n")).collect();
+    let nodes: String = nodes
+        .iter()
+        .map(|(n, a)| format!("      - {{ name: {n}, addr: \"{a}\" }}\n"))
+        .collect();
     format!(
         r#"admin: {{ listen: "127.0.0.1:0" }}
 listeners:
@@ -42,7 +45,9 @@ fn payload(len: usize) -> Vec<u8> {
 }
 
 fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,13 +74,19 @@ async fn carries_ten_mebibytes_each_way_byte_exact_with_half_close() {
     assert_eq!(reply.len(), expected.len());
     assert_eq!(fnv1a(&reply), fnv1a(&expected), "reply corrupted");
     let metrics = proxy.metrics().await;
-    let bytes_in = metric_value(&metrics, "handoff_listener_bytes_total{direction=\"in\",listener=\"cache\"}");
+    let bytes_in = metric_value(
+        &metrics,
+        "handoff_listener_bytes_total{direction=\"in\",listener=\"cache\"}",
+    );
     assert!(bytes_in >= 10.0 * 1024.0 * 1024.0, "bytes in: {bytes_in}");
 }
 
 fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap_or(-1.0)))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .map(|v| v.trim().parse().unwrap_or(-1.0))
+        })
         .unwrap_or(-1.0)
 }
 
@@ -88,7 +99,11 @@ async fn connect_failure_is_retried_on_another_node() {
     // Force the dead node to look up so picks do try it.
     let node = proxy.node("cache", "dead");
     for _ in 0..3 {
-        node.state.record_check(true, None, &proxy.app.snapshot.load().pools[0].config.health);
+        node.state.record_check(
+            true,
+            None,
+            &proxy.app.snapshot.load().pools[0].config.health,
+        );
     }
     for i in 0..6 {
         let mut s = TcpStream::connect(proxy.addr("cache")).await.unwrap();
@@ -116,7 +131,11 @@ async fn with_every_node_down_connections_close_at_once() {
 #[tokio::test]
 async fn idle_sessions_are_closed_after_the_idle_timeout() {
     let echo = tcp_echo_server().await;
-    let proxy = Proxy::start(&tcp_config(&[("a", echo)], "    timeouts: { idle: 300ms }\n")).await;
+    let proxy = Proxy::start(&tcp_config(
+        &[("a", echo)],
+        "    timeouts: { idle: 300ms }\n",
+    ))
+    .await;
     proxy.wait_health("cache", "a", Health::Up).await;
     let mut s = TcpStream::connect(proxy.addr("cache")).await.unwrap();
     s.write_all(b"ping").await.unwrap();
@@ -128,5 +147,9 @@ async fn idle_sessions_are_closed_after_the_idle_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(250));
     // The session is no longer counted on the node.
     let node = proxy.node("cache", "a");
-    assert!(node.state.wait_until(WAIT, |s| s.active_sessions() == 0).await);
+    assert!(
+        node.state
+            .wait_until(WAIT, |s| s.active_sessions() == 0)
+            .await
+    );
 }

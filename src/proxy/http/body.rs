@@ -33,10 +33,21 @@ struct Finish {
 }
 
 impl Upstream {
-    pub fn new(body: Incoming, node: Arc<Node>, sender: Sender, session: SessionGuard, inflight: InflightGuard) -> Self {
+    pub fn new(
+        body: Incoming,
+        node: Arc<Node>,
+        sender: Sender,
+        session: SessionGuard,
+        inflight: InflightGuard,
+    ) -> Self {
         Upstream {
             body,
-            finish: Some(Finish { node, sender, _session: session, _inflight: inflight }),
+            finish: Some(Finish {
+                node,
+                sender,
+                _session: session,
+                _inflight: inflight,
+            }),
         }
     }
 
@@ -62,7 +73,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(up) => {
@@ -87,7 +101,9 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            ProxyBody::Local(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             ProxyBody::Upstream(up) => up.body.size_hint(),
         }
     }
@@ -95,10 +111,16 @@ impl Body for ProxyBody {
 
 /// A response handoff makes itself: a status and a one-line plain-text reason.
 pub fn local(status: StatusCode, reason: &str) -> Response<ProxyBody> {
-    let text = format!("{} {}: {reason}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let text = format!(
+        "{} {}: {reason}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     let mut resp = Response::new(ProxyBody::Local(Some(Bytes::from(text))));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

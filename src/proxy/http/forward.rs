@@ -33,7 +33,10 @@ pub struct ConnCtx {
     pub activity: Arc<Activity>,
 }
 
-pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let inflight = InflightGuard::new(&ctx.activity);
     let routed = {
         let snapshot = ctx.app.snapshot.load();
@@ -44,14 +47,26 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Result<Respons
     };
     let (pool, timeouts) = match routed {
         Some((Some(pool), timeouts)) => (pool, timeouts),
-        Some((None, _)) => return Ok(local(StatusCode::NOT_FOUND, "no route matches this host and path")),
-        None => return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "this listener is being removed")),
+        Some((None, _)) => {
+            return Ok(local(
+                StatusCode::NOT_FOUND,
+                "no route matches this host and path",
+            ))
+        }
+        None => {
+            return Ok(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this listener is being removed",
+            ))
+        }
     };
     let started = Instant::now();
     let mut req = req.map(UpBody::Client);
     prepare_request(&mut req, ctx.peer.ip(), "http");
     let resp = forward(&pool, req, timeouts, inflight).await;
-    pool.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+    pool.metrics
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
     Ok(resp)
 }
 
@@ -73,7 +88,12 @@ fn replayable(req: &Request<UpBody>) -> Option<Parts> {
     Some(head.into_parts().0)
 }
 
-async fn forward(pool: &Arc<Pool>, mut req: Request<UpBody>, timeouts: Timeouts, inflight: InflightGuard) -> Response<ProxyBody> {
+async fn forward(
+    pool: &Arc<Pool>,
+    mut req: Request<UpBody>,
+    timeouts: Timeouts,
+    inflight: InflightGuard,
+) -> Response<ProxyBody> {
     let mut replay = replayable(&req);
     let mut tried = Tried::default();
     let mut unreachable = false;
@@ -106,13 +126,18 @@ async fn forward(pool: &Arc<Pool>, mut req: Request<UpBody>, timeouts: Timeouts,
                 Err(_) => {
                     node.state.metrics.response(504);
                     tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
-                    return local(StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time");
+                    return local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the backend did not answer in time",
+                    );
                 }
                 Ok(Ok(mut resp)) => {
                     node.state.metrics.response(resp.status().as_u16());
                     prepare_response(&mut resp);
                     let node = Arc::clone(node);
-                    return resp.map(|body| ProxyBody::Upstream(Upstream::new(body, node, sender, session, inflight)));
+                    return resp.map(|body| {
+                        ProxyBody::Upstream(Upstream::new(body, node, sender, session, inflight))
+                    });
                 }
                 Ok(Err(mut e)) => match e.take_message() {
                     // Never written: the connection was already closing. A pooled one is
@@ -134,7 +159,10 @@ async fn forward(pool: &Arc<Pool>, mut req: Request<UpBody>, timeouts: Timeouts,
                             }
                             None => {
                                 node.state.metrics.response(502);
-                                return local(StatusCode::BAD_GATEWAY, "the backend closed the connection before answering");
+                                return local(
+                                    StatusCode::BAD_GATEWAY,
+                                    "the backend closed the connection before answering",
+                                );
                             }
                         }
                     }
@@ -143,11 +171,20 @@ async fn forward(pool: &Arc<Pool>, mut req: Request<UpBody>, timeouts: Timeouts,
         }
     }
     let (status, reason) = if lost {
-        (StatusCode::BAD_GATEWAY, "the backend closed the connection before answering")
+        (
+            StatusCode::BAD_GATEWAY,
+            "the backend closed the connection before answering",
+        )
     } else if unreachable {
-        (StatusCode::BAD_GATEWAY, "no node of the pool could be reached")
+        (
+            StatusCode::BAD_GATEWAY,
+            "no node of the pool could be reached",
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no healthy node in the pool")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy node in the pool",
+        )
     };
     pool.metrics.local_response(status.as_u16());
     local(status, reason)

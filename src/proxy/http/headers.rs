@@ -26,7 +26,11 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// Removes hop-by-hop headers, and any header the `Connection` header lists.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Names listed in Connection are collected only when present (rare on the hot path).
-    if let Some(listed) = headers.get(CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
+    if let Some(listed) = headers
+        .get(CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
         for name in listed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
                 headers.remove(name);
@@ -43,7 +47,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn prepare_request<B>(req: &mut Request<B>, client_ip: IpAddr, proto: &'static str) {
     // HTTP/2 clients carry the host in :authority; HTTP/1.1 backends need a Host header.
     if !req.headers().contains_key(HOST) {
-        if let Some(value) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if let Some(value) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             req.headers_mut().insert(HOST, value);
         }
     }

@@ -30,9 +30,19 @@ use forward::ConnCtx;
 /// After asking an idle connection to close, when to look at it again.
 const RECHECK_AFTER_CLOSE: Duration = Duration::from_secs(1);
 
-pub async fn serve(app: Arc<App>, stats: Arc<ListenerStats>, timeouts: Timeouts, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(
+    app: Arc<App>,
+    stats: Arc<ListenerStats>,
+    timeouts: Timeouts,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity), Arc::clone(&stats)));
+    let io = TokioIo::new(Watched::new(
+        stream,
+        Arc::clone(&activity),
+        Arc::clone(&stats),
+    ));
     let ctx = Arc::new(ConnCtx {
         app: Arc::clone(&app),
         listener: stats,

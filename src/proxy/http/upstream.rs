@@ -31,7 +31,10 @@ impl Body for UpBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpBody::Client(body) => Pin::new(body).poll_frame(cx),
             UpBody::Empty => Poll::Ready(None),
@@ -98,7 +101,10 @@ impl IdleConns {
     pub fn put(&self, sender: Sender) {
         if !sender.is_closed() {
             // A full queue drops (closes) the connection.
-            let _ = self.0.push(Idle { sender, since: Instant::now() });
+            let _ = self.0.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
         }
     }
 

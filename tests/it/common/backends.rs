@@ -41,17 +41,35 @@ pub struct HttpBackend {
 
 impl HttpBackend {
     pub async fn start(name: &'static str, version: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         Self::serve(name, listener, version)
     }
 
     fn serve(name: &'static str, listener: TcpListener, version: &str) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let version = Arc::new(Mutex::new(version.to_string()));
-        let stats = Arc::new(Stats { checks_at_first_hit: AtomicI64::new(-1), ..Default::default() });
+        let stats = Arc::new(Stats {
+            checks_at_first_hit: AtomicI64::new(-1),
+            ..Default::default()
+        });
         let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(name, listener, Arc::clone(&version), Arc::clone(&stats), stop.clone()));
-        HttpBackend { name, addr, version, stats, stop, task: Some(task) }
+        let task = tokio::spawn(accept_loop(
+            name,
+            listener,
+            Arc::clone(&version),
+            Arc::clone(&stats),
+            stop.clone(),
+        ));
+        HttpBackend {
+            name,
+            addr,
+            version,
+            stats,
+            stop,
+            task: Some(task),
+        }
     }
 
     pub fn hits(&self) -> usize {
@@ -94,7 +112,13 @@ async fn bind_again(addr: SocketAddr) -> TcpListener {
     panic!("could not bind {addr} again");
 }
 
-async fn accept_loop(name: &'static str, listener: TcpListener, version: Arc<Mutex<String>>, stats: Arc<Stats>, stop: CancellationToken) {
+async fn accept_loop(
+    name: &'static str,
+    listener: TcpListener,
+    version: Arc<Mutex<String>>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
@@ -102,7 +126,8 @@ async fn accept_loop(name: &'static str, listener: TcpListener, version: Arc<Mut
         };
         let (version, stats, stop) = (Arc::clone(&version), Arc::clone(&stats), stop.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(name, Arc::clone(&version), Arc::clone(&stats), req));
+            let service =
+                service_fn(move |req| answer(name, Arc::clone(&version), Arc::clone(&stats), req));
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::select! {
@@ -123,10 +148,15 @@ async fn answer(
     let path = req.uri().path().to_string();
     let (status, body) = if path == "/healthz" {
         stats.checks.fetch_add(1, SeqCst);
-        (StatusCode::OK, format!("{{\"version\":\"{version}\",\"node\":\"{name}\"}}"))
+        (
+            StatusCode::OK,
+            format!("{{\"version\":\"{version}\",\"node\":\"{name}\"}}"),
+        )
     } else {
         let checks = stats.checks.load(SeqCst) as i64;
-        let _ = stats.checks_at_first_hit.compare_exchange(-1, checks, SeqCst, SeqCst);
+        let _ = stats
+            .checks_at_first_hit
+            .compare_exchange(-1, checks, SeqCst, SeqCst);
         stats.hits.fetch_add(1, SeqCst);
         if path == "/headers" {
             let map: serde_json::Map<String, serde_json::Value> = req
@@ -139,7 +169,12 @@ async fn answer(
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(100))).await;
             (StatusCode::OK, format!("{name} {version}"))
         } else if path == "/echo" {
-            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             (StatusCode::OK, String::from_utf8_lossy(&body).into_owned())
         } else {
             (StatusCode::OK, format!("{name} {version}"))
@@ -147,7 +182,8 @@ async fn answer(
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert("x-version", version.parse().unwrap());
+    resp.headers_mut()
+        .insert("x-version", version.parse().unwrap());
     resp.headers_mut().insert("x-node", name.parse().unwrap());
     Ok(resp)
 }
@@ -199,6 +235,8 @@ pub async fn dead_addr() -> SocketAddr {
 /// Reads until EOF or `limit`; returns the bytes and whether EOF came in time.
 pub async fn read_to_eof(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
     let mut buf = Vec::new();
-    let eof = tokio::time::timeout(limit, s.read_to_end(&mut buf)).await.is_ok();
+    let eof = tokio::time::timeout(limit, s.read_to_end(&mut buf))
+        .await
+        .is_ok();
     (buf, eof)
 }

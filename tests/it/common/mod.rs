@@ -39,11 +39,20 @@ impl Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("handoff.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
-        let config = handoff::config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let config = handoff::config::load(&config_path)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let bound = app::bind(&config).await.expect("bind");
-        let app = App::start(config, Some(config_path.clone()), bound, Shutdown::new()).await.expect("start");
+        let app = App::start(config, Some(config_path.clone()), bound, Shutdown::new())
+            .await
+            .expect("start");
         let listeners = app.listener_addrs().await;
-        Proxy { admin: app.admin_addr(), app, config_path, listeners, _dir: dir }
+        Proxy {
+            admin: app.admin_addr(),
+            app,
+            config_path,
+            listeners,
+            _dir: dir,
+        }
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
@@ -63,10 +72,19 @@ impl Proxy {
     pub async fn wait_health(&self, pool: &str, node: &str, health: Health) {
         let n = self.node(pool, node);
         let ok = n.state.wait_until(WAIT, |s| s.health() == health).await;
-        assert!(ok, "{pool}/{node} did not become {health:?} (is {:?})", n.state.health());
+        assert!(
+            ok,
+            "{pool}/{node} did not become {health:?} (is {:?})",
+            n.state.health()
+        );
     }
 
-    pub async fn admin(&self, method: Method, path: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
         let (status, body) = send(method, &format!("http://{}{}", self.admin, path), token).await;
         let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
         (status, json)
@@ -91,12 +109,18 @@ pub async fn send(method: Method, url: &str, token: Option<&str>) -> (StatusCode
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let resp = tokio::time::timeout(WAIT, client().request(req.body(Full::new(Bytes::new())).unwrap()))
-        .await
-        .expect("request timed out")
-        .expect("request failed");
+    let resp = tokio::time::timeout(
+        WAIT,
+        client().request(req.body(Full::new(Bytes::new())).unwrap()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed");
     let status = resp.status();
-    (status, resp.into_body().collect().await.expect("body").to_bytes())
+    (
+        status,
+        resp.into_body().collect().await.expect("body").to_bytes(),
+    )
 }
 
 /// GET with a client, returning status and body text (errors become status 0).
@@ -142,7 +166,10 @@ pools:
 pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

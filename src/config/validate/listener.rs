@@ -1,0 +1,140 @@
+//! Validation of `listeners:` entries: protocol, routes or pool, timeouts, limits.
+
+use std::collections::HashSet;
+
+use serde_yaml::Value;
+
+use super::{Validator, LATER};
+use crate::config::defaults as d;
+use crate::config::file::{RawListener, RawRoute};
+use crate::config::{ListenerConfig, ListenerKind, RouteConfig, Timeouts};
+
+impl Validator {
+    pub(super) fn listener(
+        &mut self,
+        path: &str,
+        raw: RawListener,
+        pools: &HashSet<String>,
+    ) -> Option<ListenerConfig> {
+        self.name(&format!("{path}.name"), &raw.name, "listener");
+        let listen = self.socket_addr(&format!("{path}.listen"), &raw.listen);
+        if raw.tls.is_some() {
+            self.err(&format!("{path}.tls"), format!("`tls` {LATER}"));
+        }
+        if raw.proxy_protocol.is_some() {
+            self.err(
+                &format!("{path}.proxy_protocol"),
+                format!("`proxy_protocol` {LATER}"),
+            );
+        }
+        let check_pool = |v: &mut Self, p: &str, pool: &str| {
+            if !pools.contains(pool) {
+                v.err(
+                    p,
+                    format!("unknown pool {pool:?}: no entry in `pools` has that name"),
+                );
+            }
+        };
+        let kind = match raw.protocol.as_str() {
+            "http" => {
+                if raw.pool.is_some() {
+                    self.err(
+                        &format!("{path}.pool"),
+                        "http listeners route with `routes:`, not `pool:`",
+                    );
+                }
+                let routes: Vec<(usize, RawRoute)> = match raw.routes {
+                    Some(items) => self.items(&format!("{path}.routes"), Value::Sequence(items)),
+                    None => Vec::new(),
+                };
+                if routes.is_empty() {
+                    self.err(
+                        &format!("{path}.routes"),
+                        "an http listener needs at least one route",
+                    );
+                }
+                let mut out = Vec::new();
+                for (i, r) in routes {
+                    let rp = format!("{path}.routes[{i}]");
+                    check_pool(self, &format!("{rp}.pool"), &r.pool);
+                    if let Some(prefix) = &r.path_prefix {
+                        if !prefix.starts_with('/') {
+                            self.err(&format!("{rp}.path_prefix"), "must start with '/'");
+                        }
+                    }
+                    if let Some(host) = &r.host {
+                        if host.is_empty() || host.contains(['/', ' ']) {
+                            self.err(&format!("{rp}.host"), format!("invalid host {host:?}"));
+                        }
+                    }
+                    out.push(RouteConfig {
+                        host: r.host.map(|h| h.to_ascii_lowercase()),
+                        path_prefix: r.path_prefix.filter(|p| p != "/"),
+                        pool: r.pool,
+                    });
+                }
+                ListenerKind::Http { routes: out }
+            }
+            "tcp" => {
+                if raw.routes.is_some() {
+                    self.err(
+                        &format!("{path}.routes"),
+                        "tcp listeners take one `pool:`, not `routes:`",
+                    );
+                }
+                match raw.pool {
+                    Some(pool) => {
+                        check_pool(self, &format!("{path}.pool"), &pool);
+                        ListenerKind::Tcp { pool }
+                    }
+                    None => {
+                        self.err(path, "a tcp listener needs `pool:`");
+                        return None;
+                    }
+                }
+            }
+            other => {
+                self.err(
+                    &format!("{path}.protocol"),
+                    format!("unknown protocol {other:?}: expected \"http\" or \"tcp\""),
+                );
+                return None;
+            }
+        };
+        let t = &raw.timeouts;
+        let tp = format!("{path}.timeouts");
+        let idle_default = match kind {
+            ListenerKind::Http { .. } => d::HTTP_IDLE_TIMEOUT,
+            ListenerKind::Tcp { .. } => d::TCP_IDLE_TIMEOUT,
+        };
+        let timeouts = Timeouts {
+            connect: self.positive(
+                &format!("{tp}.connect"),
+                t.connect.as_deref(),
+                d::CONNECT_TIMEOUT,
+            ),
+            idle: self.positive(&format!("{tp}.idle"), t.idle.as_deref(), idle_default),
+            header_read: self.positive(
+                &format!("{tp}.header_read"),
+                t.header_read.as_deref(),
+                d::HEADER_READ_TIMEOUT,
+            ),
+            response: self.positive(
+                &format!("{tp}.response"),
+                t.response.as_deref(),
+                d::RESPONSE_TIMEOUT,
+            ),
+        };
+        let max_connections = raw.max_connections.unwrap_or(d::MAX_CONNECTIONS);
+        if max_connections == 0 {
+            self.err(&format!("{path}.max_connections"), "must be at least 1");
+        }
+        Some(ListenerConfig {
+            name: raw.name,
+            listen: listen?,
+            kind,
+            max_connections,
+            timeouts,
+        })
+    }
+}

@@ -1,0 +1,276 @@
+//! The one place raw YAML becomes a [`Config`]: every mistake is collected with its field
+//! path and line:column, so an operator fixes a file in one round, not one error at a time.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+mod listener;
+mod pool;
+#[cfg(test)]
+mod tests;
+
+use super::defaults as d;
+use super::file::*;
+use super::position::Positions;
+use super::*;
+
+pub(super) fn validate(text: &str) -> Result<Config, Vec<FieldError>> {
+    let root: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            return Err(vec![FieldError {
+                path: String::new(),
+                line,
+                col,
+                reason: format!("YAML syntax error: {e}"),
+            }]);
+        }
+    };
+    let mut v = Validator {
+        positions: Positions::of(text),
+        errors: Vec::new(),
+    };
+    let config = v.top(root);
+    if v.errors.is_empty() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+    }
+    v.errors.sort_by_key(|e| (e.line, e.col));
+    Err(v.errors)
+}
+
+struct Validator {
+    positions: Positions,
+    errors: Vec<FieldError>,
+}
+
+/// Which later issue brings a field that is recognised but not implemented yet.
+const LATER: &str = "is not supported yet in this version of handoff";
+
+impl Validator {
+    fn err(&mut self, path: &str, reason: impl Into<String>) {
+        let (line, col) = self.positions.find(path);
+        self.errors.push(FieldError {
+            path: path.to_string(),
+            line,
+            col,
+            reason: reason.into(),
+        });
+    }
+
+    /// Deserializes one subtree; a structural error is recorded with its full path.
+    fn item<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let mut full = if inner == "." {
+                    path.to_string()
+                } else if path.is_empty() {
+                    inner
+                } else if inner.starts_with('[') {
+                    format!("{path}{inner}")
+                } else {
+                    format!("{path}.{inner}")
+                };
+                let reason = e.into_inner().to_string();
+                // Point at the offending key itself for unknown fields.
+                if let Some(name) = reason
+                    .strip_prefix("unknown field `")
+                    .and_then(|r| r.split('`').next())
+                {
+                    if !full.ends_with(name) {
+                        full = if full.is_empty() {
+                            name.to_string()
+                        } else {
+                            format!("{full}.{name}")
+                        };
+                    }
+                }
+                self.err(&full, reason);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+        match text {
+            None => default,
+            Some(t) => duration::parse(t).unwrap_or_else(|reason| {
+                self.err(path, reason);
+                default
+            }),
+        }
+    }
+
+    fn positive(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+        let value = self.duration(path, text, default);
+        if value.is_zero() {
+            self.err(path, "must be greater than 0");
+        }
+        value
+    }
+
+    fn top(&mut self, root: Value) -> Option<Config> {
+        let map = match root {
+            Value::Mapping(m) => m,
+            Value::Null => {
+                self.err(
+                    "",
+                    "the config is empty: expected `listeners:` and `pools:`",
+                );
+                return None;
+            }
+            _ => {
+                self.err(
+                    "",
+                    "expected a mapping with `listeners:` and `pools:` at the top",
+                );
+                return None;
+            }
+        };
+        let (mut admin, mut grace, mut listeners, mut pools_raw) = (None, None, Vec::new(), None);
+        for (key, value) in map {
+            let Some(key) = key.as_str().map(str::to_string) else {
+                self.err("", format!("top-level keys must be strings, found {key:?}"));
+                continue;
+            };
+            match key.as_str() {
+                "admin" => admin = self.item::<RawAdmin>("admin", value),
+                "shutdown_grace" => grace = self.item::<String>("shutdown_grace", value),
+                "listeners" => listeners = self.items("listeners", value),
+                "pools" => pools_raw = Some(value),
+                "state_file" => self.err("state_file", format!("`state_file` {LATER}")),
+                other => self.err(
+                    other,
+                    format!(
+                        "unknown field `{other}`, expected one of `admin`, `state_file`, \
+                         `shutdown_grace`, `listeners`, `pools`"
+                    ),
+                ),
+            }
+        }
+        let admin = self.admin(admin.unwrap_or_default());
+        let shutdown_grace = self.duration("shutdown_grace", grace.as_deref(), d::SHUTDOWN_GRACE);
+        // Names of pools are known even when a pool has other mistakes, so routes to it don't
+        // report a second, misleading "unknown pool".
+        let mut pool_names: HashSet<String> = match &pools_raw {
+            Some(Value::Sequence(seq)) => seq
+                .iter()
+                .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect(),
+            _ => HashSet::new(),
+        };
+        let pools: Vec<(usize, RawPool)> = match pools_raw {
+            Some(v) => self.items("pools", v),
+            None => Vec::new(),
+        };
+        let pools: Vec<PoolConfig> = pools
+            .into_iter()
+            .filter_map(|(i, raw)| self.pool(&format!("pools[{i}]"), raw))
+            .collect();
+        self.unique(pools.iter().map(|p| p.name.as_str()), "pools", "pool");
+        pool_names.extend(pools.iter().map(|p| p.name.clone()));
+        let listeners: Vec<ListenerConfig> = listeners
+            .into_iter()
+            .filter_map(|(i, raw)| self.listener(&format!("listeners[{i}]"), raw, &pool_names))
+            .collect();
+        self.unique(
+            listeners.iter().map(|l| l.name.as_str()),
+            "listeners",
+            "listener",
+        );
+        // Port 0 means "any free port", so it never clashes.
+        let mut seen = HashSet::new();
+        seen.insert(admin.listen);
+        for (i, l) in listeners.iter().enumerate() {
+            if l.listen.port() != 0 && !seen.insert(l.listen) {
+                self.err(
+                    &format!("listeners[{i}].listen"),
+                    format!(
+                        "address {} is already used by another listener or the admin API",
+                        l.listen
+                    ),
+                );
+            }
+        }
+        if listeners.is_empty() && self.errors.is_empty() {
+            self.err("listeners", "at least one listener is required");
+        }
+        Some(Config {
+            admin,
+            shutdown_grace,
+            listeners,
+            pools,
+        })
+    }
+
+    /// A sequence whose items are deserialized one by one, so each bad item is reported.
+    fn items<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Vec<(usize, T)> {
+        let Value::Sequence(seq) = value else {
+            self.err(path, "expected a list");
+            return Vec::new();
+        };
+        seq.into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| self.item(&format!("{path}[{i}]"), v).map(|t| (i, t)))
+            .collect()
+    }
+
+    fn unique<'a>(&mut self, names: impl Iterator<Item = &'a str>, path: &str, what: &str) {
+        let mut seen = HashSet::new();
+        let dups: Vec<String> = names
+            .filter(|n| !seen.insert(*n))
+            .map(str::to_string)
+            .collect();
+        for name in dups {
+            self.err(path, format!("{what} name {name:?} is used more than once"));
+        }
+    }
+
+    fn admin(&mut self, raw: RawAdmin) -> AdminConfig {
+        let text = raw.listen.as_deref().unwrap_or(d::ADMIN_LISTEN);
+        let listen = self.socket_addr("admin.listen", text);
+        if let Some(var) = &raw.token_env {
+            if var.is_empty() {
+                self.err("admin.token_env", "must name an environment variable");
+            }
+        }
+        AdminConfig {
+            listen: listen.unwrap_or_else(|| ([127, 0, 0, 1], 9901).into()),
+            token_env: raw.token_env,
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!("invalid address {text:?}: expected IP:PORT, e.g. \"0.0.0.0:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, path: &str, name: &str, what: &str) {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            self.err(
+                path,
+                format!("invalid {what} name {name:?}: use letters, digits, '-', '_' or '.'"),
+            );
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Validation of `pools:` entries: balance, nodes (addresses resolved here), health checks.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use http::HeaderName;
+use serde_yaml::Value;
+
+use super::{Validator, LATER};
+use crate::config::defaults as d;
+use crate::config::file::{RawHealth, RawHttpCheck, RawNode, RawPool};
+use crate::config::{Balance, CheckKind, HealthConfig, NodeConfig, PoolConfig, VersionSource};
+
+impl Validator {
+    pub(super) fn pool(&mut self, path: &str, raw: RawPool) -> Option<PoolConfig> {
+        self.name(&format!("{path}.name"), &raw.name, "pool");
+        for (field, present) in [
+            ("affinity", raw.affinity.is_some()),
+            ("drain", raw.drain.is_some()),
+            ("rebalance", raw.rebalance.is_some()),
+            ("rollout", raw.rollout.is_some()),
+        ] {
+            if present {
+                self.err(&format!("{path}.{field}"), format!("`{field}` {LATER}"));
+            }
+        }
+        let balance = match raw.balance.as_deref() {
+            None | Some("least_conn") => Balance::LeastConn,
+            Some("round_robin") => Balance::RoundRobin,
+            Some(other) => {
+                self.err(
+                    &format!("{path}.balance"),
+                    format!(
+                        "unknown balance {other:?}: expected \"least_conn\" or \"round_robin\""
+                    ),
+                );
+                Balance::LeastConn
+            }
+        };
+        let node_count = raw.nodes.len();
+        let raw_nodes: Vec<(usize, RawNode)> =
+            self.items(&format!("{path}.nodes"), Value::Sequence(raw.nodes));
+        if node_count == 0 {
+            self.err(&format!("{path}.nodes"), "a pool needs at least one node");
+        }
+        if node_count > d::MAX_NODES_PER_POOL {
+            self.err(
+                &format!("{path}.nodes"),
+                format!("at most {} nodes per pool", d::MAX_NODES_PER_POOL),
+            );
+        }
+        let mut nodes = Vec::new();
+        for (i, n) in raw_nodes {
+            let np = format!("{path}.nodes[{i}]");
+            self.name(&format!("{np}.name"), &n.name, "node");
+            let weight = n.weight.unwrap_or(d::WEIGHT);
+            if !(1..=10_000).contains(&weight) {
+                self.err(&format!("{np}.weight"), "must be between 1 and 10000");
+            }
+            if let Some(addr) = self.resolve(&format!("{np}.addr"), &n.addr) {
+                nodes.push(NodeConfig {
+                    name: n.name,
+                    addr,
+                    weight,
+                });
+            }
+        }
+        self.unique(
+            nodes.iter().map(|n| n.name.as_str()),
+            &format!("{path}.nodes"),
+            "node",
+        );
+        let hp = format!("{path}.health");
+        let raw_health = raw
+            .health
+            .and_then(|v| self.item::<RawHealth>(&hp, v))
+            .unwrap_or_default();
+        let health = self.health(&hp, raw_health);
+        let warmup = self.duration(&format!("{path}.warmup"), raw.warmup.as_deref(), d::WARMUP);
+        Some(PoolConfig {
+            name: raw.name,
+            balance,
+            nodes,
+            health,
+            warmup,
+        })
+    }
+
+    /// Node addresses may be host names; they are resolved once, when the config is loaded.
+    fn resolve(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        if let Ok(a) = text.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        if !text.contains(':') {
+            self.err(
+                path,
+                format!("invalid address {text:?}: expected HOST:PORT"),
+            );
+            return None;
+        }
+        match text.to_socket_addrs().map(|mut it| it.next()) {
+            Ok(Some(a)) => Some(a),
+            Ok(None) => {
+                self.err(path, format!("address {text:?} resolves to nothing"));
+                None
+            }
+            Err(e) => {
+                self.err(path, format!("invalid address {text:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn health(&mut self, path: &str, raw: RawHealth) -> HealthConfig {
+        let interval = self.positive(
+            &format!("{path}.interval"),
+            raw.interval.as_deref(),
+            d::HEALTH_INTERVAL,
+        );
+        let timeout = self.positive(
+            &format!("{path}.timeout"),
+            raw.timeout.as_deref(),
+            d::HEALTH_TIMEOUT.min(interval),
+        );
+        if timeout > interval {
+            self.err(
+                &format!("{path}.timeout"),
+                "must not be longer than `interval`",
+            );
+        }
+        let healthy_after = raw.healthy_after.unwrap_or(d::HEALTHY_AFTER);
+        let unhealthy_after = raw.unhealthy_after.unwrap_or(d::UNHEALTHY_AFTER);
+        for (field, value) in [
+            ("healthy_after", healthy_after),
+            ("unhealthy_after", unhealthy_after),
+        ] {
+            if value == 0 {
+                self.err(&format!("{path}.{field}"), "must be at least 1");
+            }
+        }
+        let check = match (raw.http, raw.tcp) {
+            (Some(_), Some(_)) => {
+                self.err(path, "choose one check: `http` or `tcp`, not both");
+                CheckKind::Tcp
+            }
+            (None, _) => CheckKind::Tcp,
+            (Some(h), None) => self.http_check(&format!("{path}.http"), h),
+        };
+        HealthConfig {
+            interval,
+            timeout,
+            healthy_after,
+            unhealthy_after,
+            check,
+        }
+    }
+
+    fn http_check(&mut self, path: &str, h: RawHttpCheck) -> CheckKind {
+        let check_path = h.path.unwrap_or_else(|| d::HEALTH_PATH.to_string());
+        if !check_path.starts_with('/') || check_path.parse::<http::Uri>().is_err() {
+            self.err(
+                &format!("{path}.path"),
+                format!("invalid path {check_path:?}: must start with '/'"),
+            );
+        }
+        let expect_status = h.expect_status.unwrap_or(d::HEALTH_STATUS);
+        if !(100..=599).contains(&expect_status) {
+            self.err(
+                &format!("{path}.expect_status"),
+                "must be an HTTP status between 100 and 599",
+            );
+        }
+        let version = match (h.version_header, h.version_json) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    path,
+                    "choose one of `version_header` and `version_json`, not both",
+                );
+                None
+            }
+            (Some(name), None) => match HeaderName::try_from(name.as_str()) {
+                Ok(n) => Some(VersionSource::Header(n)),
+                Err(_) => {
+                    self.err(
+                        &format!("{path}.version_header"),
+                        format!("invalid header name {name:?}"),
+                    );
+                    None
+                }
+            },
+            (None, Some(field)) => {
+                if field.is_empty() || field.split('.').any(str::is_empty) {
+                    self.err(
+                        &format!("{path}.version_json"),
+                        format!("invalid JSON field path {field:?}"),
+                    );
+                }
+                Some(VersionSource::Json(field))
+            }
+            (None, None) => None,
+        };
+        CheckKind::Http {
+            path: check_path,
+            host: h.host,
+            expect_status,
+            version,
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Validation tests: defaults, every-error reporting with positions, refused fields.
+
+use super::*;
+
+const GOOD: &str = r#"
+listeners:
+  - name: web
+    listen: "127.0.0.1:8080"
+    protocol: http
+    routes:
+      - { host: "API.example.com", path_prefix: "/v1", pool: api }
+      - { pool: api }
+pools:
+  - name: api
+    nodes:
+      - { name: a, addr: "127.0.0.1:9001" }
+      - { name: b, addr: "127.0.0.1:9002", weight: 50 }
+    health:
+      interval: 500ms
+      http: { path: "/healthz", version_header: "X-Version" }
+"#;
+
+#[test]
+fn accepts_a_good_file_with_defaults() {
+    let c = parse(GOOD).expect("valid");
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9901");
+    let pool = c.pool("api").unwrap();
+    assert_eq!(pool.balance, Balance::LeastConn);
+    assert_eq!(pool.nodes[1].weight, 50);
+    assert_eq!(pool.health.timeout, Duration::from_millis(500));
+    let ListenerKind::Http { routes } = &c.listeners[0].kind else {
+        panic!()
+    };
+    assert_eq!(routes[0].host.as_deref(), Some("api.example.com"));
+}
+
+#[test]
+fn reports_every_mistake_with_position() {
+    let bad = GOOD
+        .replace("interval: 500ms", "interval: 5x")
+        .replace("{ pool: api }", "{ pool: nope }")
+        .replace("weight: 50", "weight: 50, colour: red");
+    let errors = match parse(&bad) {
+        Err(ConfigError::Invalid(e)) => e,
+        other => panic!("expected errors, got {other:?}"),
+    };
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"listeners[0].routes[1].pool"), "{errors:?}");
+    assert!(paths.contains(&"pools[0].health.interval"), "{errors:?}");
+    assert!(paths.contains(&"pools[0].nodes[1].colour"), "{errors:?}");
+    let interval = errors
+        .iter()
+        .find(|e| e.path.ends_with("interval"))
+        .unwrap();
+    assert_eq!((interval.line, interval.col), (15, 7));
+}
+
+#[test]
+fn later_capabilities_are_refused_not_ignored() {
+    let bad = GOOD.replace(
+        "    health:",
+        "    affinity: { source_ip: true }\n    health:",
+    );
+    let err = parse(&bad).unwrap_err().to_string();
+    assert!(err.contains("`affinity` is not supported yet"), "{err}");
+}
+
+#[test]
+fn syntax_errors_have_a_position() {
+    let err = parse("listeners: [\n").unwrap_err();
+    let e = &err.field_errors()[0];
+    assert!(e.line >= 1 && e.reason.contains("YAML"), "{e:?}");
+}
