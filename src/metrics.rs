@@ -30,6 +30,10 @@ pub struct Metrics {
     pub listener_connections_active: IntGaugeVec,
     pub listener_rejected: IntCounterVec,
     pub reloads: IntCounterVec,
+    pub deadline_closes: IntCounterVec,
+    pub rebalance_closes: IntCounterVec,
+    pub drain_duration: HistogramVec,
+    pub rollout_step_duration: HistogramVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -79,6 +83,22 @@ impl Metrics {
             listener_connections_active: gauge(&r, "handoff_listener_connections_active", "Client connections open.", &["listener"]),
             listener_rejected: counter(&r, "handoff_listener_connections_rejected_total", "Client connections closed at once because the listener was at max_connections.", &["listener"]),
             reloads: counter(&r, "handoff_config_reloads_total", "Config reloads, by result (ok or failed).", &["result"]),
+            deadline_closes: counter(&r, "handoff_drain_deadline_closes_total", "Sessions closed at a node's drain deadline, by kind.", &["pool", "node", "kind"]),
+            rebalance_closes: counter(&r, "handoff_rebalance_closes_total", "Long-lived TCP sessions closed to rebalance a pool.", &["pool", "node"]),
+            drain_duration: {
+                let opts = HistogramOpts::new("handoff_drain_duration_seconds", "Time from drain to drained, per pool.")
+                    .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
+                let h = HistogramVec::new(opts, &["pool"]).expect("static metric definition");
+                r.register(Box::new(h.clone())).expect("metric registered once");
+                h
+            },
+            rollout_step_duration: {
+                let opts = HistogramOpts::new("handoff_rollout_step_duration_seconds", "Duration of each rollout phase, per pool.")
+                    .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
+                let h = HistogramVec::new(opts, &["pool", "phase"]).expect("static metric definition");
+                r.register(Box::new(h.clone())).expect("metric registered once");
+                h
+            },
             registry: r,
         };
         // Both outcomes exist from the start, so a scrape can alert on "failed > 0".
@@ -117,6 +137,8 @@ pub struct NodeMetrics {
     pub checks_fail: IntCounter,
     /// Transitions by the state entered: admin states then health values.
     transitions: [IntCounter; 7],
+    deadline_closes: [IntCounter; 4],
+    pub rebalance_closes: IntCounter,
 }
 
 const TRANSITION_TARGETS: [&str; 7] = [
@@ -136,6 +158,9 @@ impl NodeMetrics {
             checks_fail: m.health_checks.with_label_values(&[pool, node, "fail"]),
             transitions: TRANSITION_TARGETS
                 .map(|t| m.node_transitions.with_label_values(&[pool, node, t])),
+            deadline_closes: SessionKind::ALL
+                .map(|k| m.deadline_closes.with_label_values(&[pool, node, k.as_str()])),
+            rebalance_closes: m.rebalance_closes.with_label_values(&[pool, node]),
         }
     }
 
@@ -148,6 +173,10 @@ impl NodeMetrics {
         if let Some(i) = TRANSITION_TARGETS.iter().position(|t| *t == to) {
             self.transitions[i].inc();
         }
+    }
+
+    pub fn deadline_close(&self, kind: SessionKind) {
+        self.deadline_closes[kind as usize].inc();
     }
 
     pub fn response(&self, status: u16) {

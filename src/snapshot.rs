@@ -51,7 +51,13 @@ impl Snapshot {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()
-            .map(|p| Arc::new(Pool::build(p, &old_nodes, metrics)))
+            .map(|p| {
+                let pool = Pool::build(p, &old_nodes, metrics);
+                if let Some(old) = previous.and_then(|s| s.pool(&p.name)) {
+                    pool.prefer.store(old.prefer.load_full());
+                }
+                Arc::new(pool)
+            })
             .collect();
         let by_name: HashMap<&str, &Arc<Pool>> =
             pools.iter().map(|p| (p.name.as_str(), p)).collect();

@@ -36,3 +36,13 @@ pub const WEIGHT: u32 = 100;
 pub const WARMUP: Duration = Duration::from_secs(10);
 /// Largest pool: picks track tried nodes in a 64-bit mask, and pools are pairs or small sets.
 pub const MAX_NODES_PER_POOL: usize = 64;
+/// Drain deadline: in-flight work gets this long before the remaining sessions are closed.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline closes are spread over this window so clients don't reconnect in one storm.
+pub const DRAIN_CLOSE_SPREAD: Duration = Duration::from_secs(5);
+/// Affinity sessions may continue on a draining node this long.
+pub const DRAIN_SESSION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Rebalance rate when `rebalance:` is given without one (connections closed per second).
+pub const REBALANCE_CLOSES_PER_SEC: u32 = 20;
+/// Rollout: how long the upgraded node may take to report the target version and pass checks.
+pub const ROLLOUT_READY_TIMEOUT: Duration = Duration::from_secs(300);

@@ -64,11 +64,44 @@ pub struct RawPool {
     /// Deserialized on its own (see `RawHealth`), so its errors don't hide the pool's others.
     pub health: Option<serde_yaml::Value>,
     pub warmup: Option<String>,
-    /// Later capabilities: accepted by the parser so the error can say "not supported yet".
-    pub affinity: Option<serde_yaml::Value>,
     pub drain: Option<serde_yaml::Value>,
     pub rebalance: Option<serde_yaml::Value>,
     pub rollout: Option<serde_yaml::Value>,
+    /// Later capability: accepted by the parser so the error can say "not supported yet".
+    pub affinity: Option<serde_yaml::Value>,
+}
+
+/// `pools[].drain:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrain {
+    pub timeout: Option<String>,
+    pub close_spread: Option<String>,
+    pub session_timeout: Option<String>,
+}
+
+/// `pools[].rebalance:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRebalance {
+    pub max_closes_per_sec: Option<u32>,
+}
+
+/// `pools[].rollout:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub drain_timeout: Option<String>,
+    pub ready_timeout: Option<String>,
+    pub hook: Option<RawHook>,
+    pub prefer_target_version: Option<bool>,
+}
+
+/// `pools[].rollout.hook:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHook {
+    pub exec: Vec<String>,
 }
 
 /// One entry of `pools[].nodes:`.

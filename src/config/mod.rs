@@ -21,6 +21,8 @@ use serde::Serialize;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub admin: AdminConfig,
+    /// Where admin states and rollouts are persisted, if anywhere.
+    pub state_file: Option<PathBuf>,
     /// Time in-flight work gets after SIGTERM (`shutdown_grace`).
     pub shutdown_grace: Duration,
     pub listeners: Vec<ListenerConfig>,
@@ -84,6 +86,35 @@ pub struct PoolConfig {
     pub nodes: Vec<NodeConfig>,
     pub health: HealthConfig,
     pub warmup: Duration,
+    pub drain: DrainConfig,
+    /// Active TCP rebalance after a node returns, if configured.
+    pub rebalance: Option<RebalanceConfig>,
+    pub rollout: RolloutConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DrainConfig {
+    /// After this, remaining sessions are closed.
+    pub timeout: Duration,
+    /// Deadline closes are spread over this window.
+    pub close_spread: Duration,
+    /// Affinity sessions may continue on a draining node this long.
+    pub session_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebalanceConfig {
+    pub max_closes_per_sec: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    pub drain_timeout: Duration,
+    /// The upgraded node must be up with the target version within this.
+    pub ready_timeout: Duration,
+    /// Command run after the drain (argv), if any.
+    pub hook: Option<Vec<String>>,
+    pub prefer_target_version: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

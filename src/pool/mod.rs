@@ -1,6 +1,7 @@
 //! Pools of interchangeable nodes: node runtime state, the admission rule, session
 //! accounting and node selection.
 
+mod lifecycle;
 mod node;
 mod pick;
 mod session;
@@ -10,6 +11,9 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
+
+pub use lifecycle::{warmup_factor, Lifecycle};
 pub use node::{unix_ms, Node, NodeState};
 pub use pick::Tried;
 pub use session::{SessionGuard, SessionKind};
@@ -30,6 +34,8 @@ pub struct Pool {
     ring: Vec<u8>,
     /// Rotating start for picks.
     next: AtomicUsize,
+    /// During a rollout with `prefer_target_version`: the version new sessions prefer.
+    pub prefer: ArcSwapOption<String>,
 }
 
 impl Pool {
@@ -83,6 +89,7 @@ impl Pool {
             config: config.clone(),
             metrics: PoolMetrics::new(metrics, &config.name),
             next: AtomicUsize::new(0),
+            prefer: ArcSwapOption::empty(),
         }
     }
 

@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 
+use super::lifecycle::Lifecycle;
 use super::state::{next_health, AdminState, Health};
 use super::SessionKind;
 use crate::config::HealthConfig;
@@ -55,6 +56,11 @@ pub struct NodeState {
     /// Tasks inside [`NodeState::wait_until`]; lets the data path skip Notify's internal lock
     /// when nobody waits.
     waiters: AtomicUsize,
+    /// Consecutive passing checks that reported the current version (readmission needs
+    /// `healthy_after` of them with the target version).
+    version_passes: AtomicU32,
+    /// Drain deadlines, warmup ramp, deadline closes and rebalance signals.
+    pub lifecycle: Lifecycle,
 }
 
 pub fn unix_ms() -> u64 {
@@ -78,6 +84,8 @@ impl NodeState {
             metrics,
             changed: Notify::new(),
             waiters: AtomicUsize::new(0),
+            version_passes: AtomicU32::new(0),
+            lifecycle: Lifecycle::new(),
         }
     }
 
@@ -136,13 +144,37 @@ impl NodeState {
 
     /// Sets the admin state; returns the previous one when it changed.
     pub fn set_admin(&self, to: AdminState) -> Option<AdminState> {
-        let from = AdminState::from_u8(self.admin.swap(to as u8, Relaxed));
+        let from = AdminState::from_u8(self.admin.swap(to as u8, SeqCst));
         if from == to {
             return None;
         }
         self.admin_since.store(unix_ms(), Relaxed);
+        self.metrics.transition(to.as_str());
         self.changed.notify_waiters();
         Some(from)
+    }
+
+    /// Moves from `from` to `to` only if the state is still `from` (a concurrent operator
+    /// action wins over a background transition).
+    pub fn transition(&self, from: AdminState, to: AdminState) -> bool {
+        let moved = self.admin.compare_exchange(from as u8, to as u8, SeqCst, SeqCst).is_ok();
+        if moved {
+            self.admin_since.store(unix_ms(), Relaxed);
+            self.metrics.transition(to.as_str());
+            self.changed.notify_waiters();
+        }
+        moved
+    }
+
+    /// Restores a persisted admin state and its timestamp (start-up only).
+    pub fn restore_admin(&self, state: AdminState, since_ms: u64) {
+        self.admin.store(state as u8, SeqCst);
+        self.admin_since.store(since_ms, Relaxed);
+    }
+
+    /// Consecutive passing checks that reported the current version.
+    pub fn version_passes(&self) -> u32 {
+        self.version_passes.load(Relaxed)
     }
 
     fn set_health(&self, from: Health, to: Health) -> bool {
@@ -173,9 +205,16 @@ impl NodeState {
             self.passes.store(0, Relaxed);
             (0, self.fails.fetch_add(1, Relaxed).saturating_add(1))
         };
-        if let Some(v) = version {
+        if !ok {
+            self.version_passes.store(0, Relaxed);
+        } else if let Some(v) = version {
             if self.version.load().as_deref().map(String::as_str) != Some(v) {
                 self.version.store(Some(Arc::new(v.to_string())));
+                self.version_passes.store(1, Relaxed);
+                self.changed.notify_waiters();
+            } else if self.version_passes.fetch_add(1, Relaxed) < cfg.healthy_after {
+                // Readmission waits for this streak: wake it on every step.
+                self.changed.notify_waiters();
             }
         }
         self.apply_streak(passes, fails, cfg)
@@ -236,10 +275,14 @@ impl Drop for WaiterGuard<'_> {
 }
 
 impl Node {
-    /// Weight used for balancing right now (warming nodes ramp up in a later step).
+    /// Weight used for balancing right now: a warming node ramps from 10 % to 100 %.
     #[inline]
     pub fn effective_weight(&self) -> u32 {
-        self.weight
+        if self.state.admin() == AdminState::Warming {
+            self.state.lifecycle.warm_weight(self.weight)
+        } else {
+            self.weight
+        }
     }
 
     pub fn key(&self) -> String {

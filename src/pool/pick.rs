@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::Pool;
+use super::{AdminState, Pool};
 use crate::config::Balance;
 
 /// A set of node indexes already tried for one request or connection.
@@ -25,43 +25,99 @@ impl Tried {
     }
 }
 
+/// A well-mixed 64-bit value from a counter (splitmix64): cheap randomness for tie breaks
+/// and warmup admission, with no shared RNG state.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 impl Pool {
     /// Picks a node for a new session, skipping `tried`; `None` when no node may take one.
+    ///
+    /// During a rollout with `prefer_target_version`, nodes reporting the target version are
+    /// preferred; the others are used only when none of those can take the session.
     pub fn pick(&self, tried: Tried) -> Option<usize> {
-        let n = self.nodes.len();
-        if n == 0 {
+        if self.nodes.is_empty() {
             return None;
         }
-        let start = self.next.fetch_add(1, Relaxed);
-        match self.balance {
-            Balance::RoundRobin => {
-                let len = self.ring.len();
-                (0..len)
-                    .map(|step| usize::from(self.ring[(start + step) % len]))
-                    .find(|&i| !tried.contains(i) && self.nodes[i].state.admits_new())
-            }
-            Balance::LeastConn => {
-                // Minimise (sessions + 1) / weight; rotating the start spreads ties evenly.
-                let mut best: Option<(usize, u64, u64)> = None;
-                for step in 0..n {
-                    let i = (start + step) % n;
-                    let node = &self.nodes[i];
-                    if tried.contains(i) || !node.state.admits_new() {
-                        continue;
-                    }
-                    let load = node.state.active_sessions() as u64 + 1;
-                    let weight = u64::from(node.effective_weight().max(1));
-                    let better = match best {
-                        None => true,
-                        Some((_, bl, bw)) => load * bw < bl * weight,
-                    };
-                    if better {
-                        best = Some((i, load, weight));
-                    }
-                }
-                best.map(|(i, _, _)| i)
+        let seq = self.next.fetch_add(1, Relaxed);
+        let prefer = self.prefer.load();
+        if let Some(version) = prefer.as_deref() {
+            let preferred = |i: usize| self.nodes[i].state.version().is_some_and(|v| *v == *version);
+            if let Some(i) = self.pick_among(seq, tried, preferred) {
+                return Some(i);
             }
         }
+        self.pick_among(seq, tried, |_| true)
+    }
+
+    fn pick_among(&self, seq: usize, tried: Tried, allowed: impl Fn(usize) -> bool) -> Option<usize> {
+        let eligible = |i: usize| !tried.contains(i) && self.nodes[i].state.admits_new() && allowed(i);
+        match self.balance {
+            Balance::RoundRobin => self.pick_round_robin(seq, eligible),
+            Balance::LeastConn => self.pick_least_conn(seq, eligible),
+        }
+    }
+
+    /// Walks the weighted ring from a rotating start. A warming node is taken with
+    /// probability equal to its warmup fraction, so its share ramps up with it.
+    fn pick_round_robin(&self, seq: usize, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        let len = self.ring.len();
+        let mut fallback = None;
+        for step in 0..len {
+            let i = usize::from(self.ring[(seq + step) % len]);
+            if !eligible(i) {
+                continue;
+            }
+            let node = &self.nodes[i];
+            if node.state.admin() == AdminState::Warming {
+                let permille = (node.state.lifecycle.warm_factor() * 1000.0) as u64;
+                if mix(seq as u64 ^ (step as u64) << 32) % 1000 >= permille {
+                    fallback.get_or_insert(i);
+                    continue;
+                }
+            }
+            return Some(i);
+        }
+        fallback
+    }
+
+    /// Fewest active sessions per effective weight (nginx's rule); ties — the common case at
+    /// low concurrency — are broken at random in proportion to effective weight, so weights
+    /// and warmup shape the share even when every node is idle.
+    fn pick_least_conn(&self, seq: usize, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.nodes.len();
+        let mut weights = [0u64; crate::config::defaults::MAX_NODES_PER_POOL];
+        let mut best: Option<(u64, u64)> = None;
+        for (i, weight) in weights.iter_mut().enumerate().take(n) {
+            if !eligible(i) {
+                continue;
+            }
+            let node = &self.nodes[i];
+            let w = u64::from(node.effective_weight().max(1));
+            *weight = w;
+            let c = node.state.active_sessions() as u64;
+            if best.is_none_or(|(bc, bw)| c * bw < bc * w) {
+                best = Some((c, w));
+            }
+        }
+        let (bc, bw) = best?;
+        // Weighted reservoir sampling over the ties, one pass.
+        let mut total = 0u64;
+        let mut chosen = None;
+        for (i, &w) in weights.iter().enumerate().take(n) {
+            if w == 0 || self.nodes[i].state.active_sessions() as u64 * bw != bc * w {
+                continue;
+            }
+            total += w;
+            if mix((seq as u64) << 8 ^ i as u64) % total < w {
+                chosen = Some(i);
+            }
+        }
+        chosen.or_else(|| weights.iter().take(n).position(|&w| w > 0))
     }
 }
 

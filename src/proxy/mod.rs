@@ -7,6 +7,7 @@
 
 pub mod activity;
 mod connect;
+pub mod gated;
 pub mod http;
 pub mod tcp;
 

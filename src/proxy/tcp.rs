@@ -3,14 +3,16 @@
 //! shutdown cuts the session (with FIN, not RST).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::io::{copy_bidirectional_with_sizes, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::sleep_until;
+use tokio::time::{sleep_until, Instant};
 
 use super::activity::{Activity, Verdict, Watched};
 use super::connect::connect_node;
+use super::gated::Gated;
 use super::ListenerStats;
 use crate::app::App;
 use crate::config::ListenerConfig;
@@ -24,7 +26,12 @@ const COPY_BUF: usize = 16 * 1024;
 enum End {
     Done(std::io::Result<(u64, u64)>),
     Idle,
+    /// Shutdown's force deadline.
     Cut,
+    /// The node's drain deadline.
+    Deadline,
+    /// Rebalancing asked this (old) session to go.
+    Rebalanced,
 }
 
 pub async fn serve(
@@ -50,29 +57,74 @@ pub async fn serve(
             break (i, stream, session);
         }
     };
+    let node = Arc::clone(&pool.nodes[index]);
+    let lifecycle = &node.state.lifecycle;
+    let id = lifecycle.register();
     let activity = Arc::new(Activity::new());
     let mut client = Watched::new(client, Arc::clone(&activity), Arc::clone(stats));
+    // Control signals, gated so the per-read wake-ups don't poll them (see `gated`).
+    let control = async {
+        let close = lifecycle.close_token();
+        let rebalance = async {
+            loop {
+                let token = lifecycle.rebalance_token();
+                token.cancelled().await;
+                if lifecycle.is_rebalance_target(id) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = app.shutdown.force.cancelled() => End::Cut,
+            _ = close.cancelled() => End::Deadline,
+            _ = rebalance => End::Rebalanced,
+        }
+    };
+    let mut control = Gated::new(Box::pin(control));
+    let mut close_at: Option<Instant> = None;
     let end = {
         let copy = copy_bidirectional_with_sizes(&mut client, &mut backend, COPY_BUF, COPY_BUF);
         tokio::pin!(copy);
         loop {
-            let next = match activity.verdict(cfg.timeouts.idle, None) {
+            let mut next = match activity.verdict(cfg.timeouts.idle, None) {
                 Verdict::CheckAt(at) => at,
                 _ => break End::Idle,
             };
+            if let Some(at) = close_at {
+                if Instant::now() >= at {
+                    break End::Deadline;
+                }
+                next = next.min(at);
+            }
             tokio::select! {
                 r = &mut copy => break End::Done(r),
                 _ = sleep_until(next) => {}
-                _ = app.shutdown.force.cancelled() => break End::Cut,
+                why = &mut control, if close_at.is_none() => match why {
+                    // Deadline closes are spread so clients don't reconnect in one storm.
+                    End::Deadline => close_at = Some(Instant::now() + lifecycle.spread_offset(id)),
+                    other => break other,
+                },
             }
         }
     };
+    lifecycle.unregister(id);
+    match end {
+        End::Deadline => {
+            lifecycle.deadline_closes.fetch_add(1, Relaxed);
+            node.state.metrics.deadline_close(SessionKind::Tcp);
+        }
+        End::Rebalanced => {
+            lifecycle.rebalance_closes.fetch_add(1, Relaxed);
+            node.state.metrics.rebalance_closes.inc();
+        }
+        _ => {}
+    }
     if !matches!(end, End::Done(_)) {
         // Close gracefully: FIN to both peers.
         let _ = client.get_mut().shutdown().await;
         let _ = backend.shutdown().await;
     }
-    let node = pool.nodes[index].key();
+    let node = node.key();
     match end {
         End::Done(Ok((up, down))) => {
             tracing::debug!(listener = %stats.name, %peer, %node, up, down, "tcp session ended")
@@ -85,6 +137,12 @@ pub async fn serve(
         }
         End::Cut => {
             tracing::debug!(listener = %stats.name, %peer, %node, "tcp session closed at shutdown")
+        }
+        End::Deadline => {
+            tracing::debug!(listener = %stats.name, %peer, %node, "tcp session closed at the drain deadline")
+        }
+        End::Rebalanced => {
+            tracing::debug!(listener = %stats.name, %peer, %node, "tcp session closed to rebalance")
         }
     }
 }

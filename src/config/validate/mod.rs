@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -136,6 +137,7 @@ impl Validator {
             }
         };
         let (mut admin, mut grace, mut listeners, mut pools_raw) = (None, None, Vec::new(), None);
+        let mut state_file = None;
         for (key, value) in map {
             let Some(key) = key.as_str().map(str::to_string) else {
                 self.err("", format!("top-level keys must be strings, found {key:?}"));
@@ -146,7 +148,7 @@ impl Validator {
                 "shutdown_grace" => grace = self.item::<String>("shutdown_grace", value),
                 "listeners" => listeners = self.items("listeners", value),
                 "pools" => pools_raw = Some(value),
-                "state_file" => self.err("state_file", format!("`state_file` {LATER}")),
+                "state_file" => state_file = self.item::<String>("state_file", value),
                 other => self.err(
                     other,
                     format!(
@@ -203,8 +205,12 @@ impl Validator {
         if listeners.is_empty() && self.errors.is_empty() {
             self.err("listeners", "at least one listener is required");
         }
+        if state_file.as_deref() == Some("") {
+            self.err("state_file", "must be a file path");
+        }
         Some(Config {
             admin,
+            state_file: state_file.filter(|p| !p.is_empty()).map(PathBuf::from),
             shutdown_grace,
             listeners,
             pools,

@@ -7,21 +7,19 @@ use serde_yaml::Value;
 
 use super::{Validator, LATER};
 use crate::config::defaults as d;
-use crate::config::file::{RawHealth, RawHttpCheck, RawNode, RawPool};
-use crate::config::{Balance, CheckKind, HealthConfig, NodeConfig, PoolConfig, VersionSource};
+use crate::config::file::{
+    RawDrain, RawHealth, RawHttpCheck, RawNode, RawPool, RawRebalance, RawRollout,
+};
+use crate::config::{
+    Balance, CheckKind, DrainConfig, HealthConfig, NodeConfig, PoolConfig, RebalanceConfig,
+    RolloutConfig, VersionSource,
+};
 
 impl Validator {
     pub(super) fn pool(&mut self, path: &str, raw: RawPool) -> Option<PoolConfig> {
         self.name(&format!("{path}.name"), &raw.name, "pool");
-        for (field, present) in [
-            ("affinity", raw.affinity.is_some()),
-            ("drain", raw.drain.is_some()),
-            ("rebalance", raw.rebalance.is_some()),
-            ("rollout", raw.rollout.is_some()),
-        ] {
-            if present {
-                self.err(&format!("{path}.{field}"), format!("`{field}` {LATER}"));
-            }
+        if raw.affinity.is_some() {
+            self.err(&format!("{path}.affinity"), format!("`affinity` {LATER}"));
         }
         let balance = match raw.balance.as_deref() {
             None | Some("least_conn") => Balance::LeastConn,
@@ -76,12 +74,60 @@ impl Validator {
             .unwrap_or_default();
         let health = self.health(&hp, raw_health);
         let warmup = self.duration(&format!("{path}.warmup"), raw.warmup.as_deref(), d::WARMUP);
+        let dp = format!("{path}.drain");
+        let raw_drain = raw.drain.and_then(|v| self.item::<RawDrain>(&dp, v)).unwrap_or_default();
+        let drain = DrainConfig {
+            timeout: self.duration(&format!("{dp}.timeout"), raw_drain.timeout.as_deref(), d::DRAIN_TIMEOUT),
+            close_spread: self.duration(
+                &format!("{dp}.close_spread"),
+                raw_drain.close_spread.as_deref(),
+                d::DRAIN_CLOSE_SPREAD,
+            ),
+            session_timeout: self.duration(
+                &format!("{dp}.session_timeout"),
+                raw_drain.session_timeout.as_deref(),
+                d::DRAIN_SESSION_TIMEOUT,
+            ),
+        };
+        let rp = format!("{path}.rebalance");
+        let rebalance = raw.rebalance.and_then(|v| self.item::<RawRebalance>(&rp, v)).map(|r| {
+            let rate = r.max_closes_per_sec.unwrap_or(d::REBALANCE_CLOSES_PER_SEC);
+            if rate == 0 {
+                self.err(&format!("{rp}.max_closes_per_sec"), "must be at least 1");
+            }
+            RebalanceConfig { max_closes_per_sec: rate.max(1) }
+        });
+        let op = format!("{path}.rollout");
+        let raw_rollout = raw.rollout.and_then(|v| self.item::<RawRollout>(&op, v)).unwrap_or_default();
+        let hook = raw_rollout.hook.map(|h| {
+            if h.exec.is_empty() || h.exec[0].is_empty() {
+                self.err(&format!("{op}.hook.exec"), "needs a program to run: [\"path\", \"arg\", ...]");
+            }
+            h.exec
+        });
+        let rollout = RolloutConfig {
+            drain_timeout: self.duration(
+                &format!("{op}.drain_timeout"),
+                raw_rollout.drain_timeout.as_deref(),
+                drain.timeout,
+            ),
+            ready_timeout: self.positive(
+                &format!("{op}.ready_timeout"),
+                raw_rollout.ready_timeout.as_deref(),
+                d::ROLLOUT_READY_TIMEOUT,
+            ),
+            hook,
+            prefer_target_version: raw_rollout.prefer_target_version.unwrap_or(false),
+        };
         Some(PoolConfig {
             name: raw.name,
             balance,
             nodes,
             health,
             warmup,
+            drain,
+            rebalance,
+            rollout,
         })
     }
 

@@ -109,7 +109,7 @@ async fn forward(
             let (mut sender, pooled) = match node.idle.take().await {
                 Some(sender) => (sender, true),
                 None => match connect_node(pool, i, timeouts.connect).await {
-                    Ok(stream) => match handshake(stream).await {
+                    Ok(stream) => match handshake(stream, node).await {
                         Ok(sender) => (sender, false),
                         Err(_) => {
                             unreachable = true;

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
 use super::activity::{Activity, Verdict, Watched};
+use super::gated::Gated;
 use super::ListenerStats;
 use crate::app::App;
 use crate::config::Timeouts;
@@ -56,6 +57,10 @@ pub async fn serve(
     builder.http1().header_read_timeout(None).keep_alive(true);
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
+    // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`
+    // is the parent of `drain`, so `drain` always fires first.
+    let mut drain = Gated::new(Box::pin(app.shutdown.drain.clone().cancelled_owned()));
+    let mut force = None;
     let mut closing = false;
     loop {
         let next = match activity.verdict(timeouts.idle, Some(timeouts.header_read)) {
@@ -80,11 +85,14 @@ pub async fn serve(
                 break;
             }
             _ = sleep_until(next) => {}
-            _ = app.shutdown.drain.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+            _ = &mut drain, if force.is_none() => {
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                force = Some(Gated::new(Box::pin(app.shutdown.force.clone().cancelled_owned())));
             }
-            _ = app.shutdown.force.cancelled() => break,
+            _ = async { force.as_mut().expect("set when drain fired").await }, if force.is_some() => break,
         }
     }
 }

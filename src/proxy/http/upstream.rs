@@ -17,7 +17,10 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{sleep_until, Instant};
+
+use crate::pool::Node;
+use crate::proxy::gated::Gated;
 
 pub type Sender = SendRequest<UpBody>;
 
@@ -127,14 +130,31 @@ impl IdleConns {
     }
 }
 
-/// Starts an HTTP/1.1 client connection over a connected stream.
-pub async fn handshake(stream: TcpStream) -> hyper::Result<Sender> {
+/// Starts an HTTP/1.1 client connection to `node` over a connected stream. The connection
+/// is closed (spread over the drain's close window) if the node reaches a drain deadline,
+/// which ends any response still streaming from it.
+pub async fn handshake(stream: TcpStream, node: &Node) -> hyper::Result<Sender> {
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await?;
+    let lifecycle = &node.state.lifecycle;
+    let offset = lifecycle.spread_offset(lifecycle.next_id());
+    let mut deadline = Gated::new(Box::pin(lifecycle.close_token().cancelled_owned()));
     tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
+        let conn = conn.with_upgrades();
+        tokio::pin!(conn);
+        let mut close_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                r = &mut conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                    return;
+                }
+                _ = &mut deadline, if close_at.is_none() => close_at = Some(Instant::now() + offset),
+                _ = sleep_until(close_at.unwrap_or_else(Instant::now)), if close_at.is_some() => return,
+            }
         }
     });
     Ok(sender)

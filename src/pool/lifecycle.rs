@@ -1,0 +1,233 @@
+//! The upgrade-lifecycle part of a node's runtime state: drain deadline and deadline
+//! closes, the warmup ramp, and the registry of live TCP sessions that rebalancing closes
+//! oldest first. Everything is atomics or `ArcSwap`, read by the data path without locks.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Slots of the live-session registry. Sessions whose ids collide in a slot are invisible
+/// to rebalancing (never to anything else); 4096 covers the long-lived connection counts of
+/// the pairs handoff is for, at 32 KiB per node.
+const LIVE_SLOTS: usize = 4096;
+
+/// Share of its weight a node gets at the start of warmup.
+const WARM_FLOOR: f64 = 0.10;
+
+pub struct Lifecycle {
+    /// Time origin for the warmup ramp (tokio time, so paused-time tests reach it).
+    base: Instant,
+    /// Nanoseconds after `base` when warming began.
+    warm_start: AtomicU64,
+    warmup_ns: AtomicU64,
+    /// Unix ms of the current drain deadline; 0 when not draining.
+    drain_deadline: AtomicU64,
+    /// Cancelled at a drain deadline: the node's remaining sessions close. Replaced on enable.
+    close: ArcSwap<CancellationToken>,
+    /// Window over which deadline closes are spread, in ms.
+    close_spread_ms: AtomicU64,
+    /// Sessions closed at drain deadlines, ever.
+    pub deadline_closes: AtomicU64,
+    /// `enable` was called while the node was not up: it goes warming once it is.
+    pub enable_pending: AtomicBool,
+    next_session: AtomicU64,
+    live: Box<[AtomicU64]>,
+    /// Rebalancing: scan start for the oldest live session (only the controller moves it).
+    scan_from: AtomicU64,
+    /// Rebalancing: id + 1 of the session asked to close; 0 for none.
+    rebalance_target: AtomicU64,
+    /// Cancelled (and replaced) whenever `rebalance_target` changes.
+    rebalance: ArcSwap<CancellationToken>,
+    /// Sessions closed by rebalancing, ever.
+    pub rebalance_closes: AtomicU64,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Fraction of its weight a warming node gets `elapsed` into a `warmup` window.
+pub fn warmup_factor(elapsed: Duration, warmup: Duration) -> f64 {
+    if warmup.is_zero() || elapsed >= warmup {
+        return 1.0;
+    }
+    WARM_FLOOR + (1.0 - WARM_FLOOR) * elapsed.as_secs_f64() / warmup.as_secs_f64()
+}
+
+impl Lifecycle {
+    pub fn new() -> Self {
+        Lifecycle {
+            base: Instant::now(),
+            warm_start: AtomicU64::new(0),
+            warmup_ns: AtomicU64::new(0),
+            drain_deadline: AtomicU64::new(0),
+            close: ArcSwap::from_pointee(CancellationToken::new()),
+            close_spread_ms: AtomicU64::new(0),
+            deadline_closes: AtomicU64::new(0),
+            enable_pending: AtomicBool::new(false),
+            next_session: AtomicU64::new(0),
+            live: (0..LIVE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            scan_from: AtomicU64::new(0),
+            rebalance_target: AtomicU64::new(0),
+            rebalance: ArcSwap::from_pointee(CancellationToken::new()),
+            rebalance_closes: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        Instant::now().duration_since(self.base).as_nanos() as u64
+    }
+
+    /// Starts the warmup ramp now.
+    pub fn start_warming(&self, warmup: Duration) {
+        self.warmup_ns.store(warmup.as_nanos() as u64, Relaxed);
+        self.warm_start.store(self.now_ns(), Relaxed);
+    }
+
+    /// The ramp's current fraction.
+    pub fn warm_factor(&self) -> f64 {
+        let elapsed = self.now_ns().saturating_sub(self.warm_start.load(Relaxed));
+        warmup_factor(Duration::from_nanos(elapsed), Duration::from_nanos(self.warmup_ns.load(Relaxed)))
+    }
+
+    /// `weight` scaled by the ramp (at least 1).
+    pub fn warm_weight(&self, weight: u32) -> u32 {
+        ((f64::from(weight) * self.warm_factor()).round() as u32).max(1)
+    }
+
+    pub fn drain_deadline_ms(&self) -> Option<u64> {
+        Some(self.drain_deadline.load(Relaxed)).filter(|d| *d != 0)
+    }
+
+    pub fn set_drain_deadline(&self, unix_ms: u64, spread: Duration) {
+        self.drain_deadline.store(unix_ms, Relaxed);
+        self.close_spread_ms.store(spread.as_millis() as u64, Relaxed);
+    }
+
+    pub fn clear_drain_deadline(&self) {
+        self.drain_deadline.store(0, Relaxed);
+    }
+
+    /// The token this node's sessions watch for a drain deadline.
+    pub fn close_token(&self) -> CancellationToken {
+        CancellationToken::clone(&self.close.load())
+    }
+
+    /// Drain deadline reached: every session watching the token closes (spread).
+    pub fn fire_close(&self) {
+        self.close.load().cancel();
+    }
+
+    /// The node serves again: later sessions get a fresh token.
+    pub fn reset_close(&self) {
+        if self.close.load().is_cancelled() {
+            self.close.store(Arc::new(CancellationToken::new()));
+        }
+    }
+
+    /// How long after the deadline session `id` closes, so closes spread over the window.
+    pub fn spread_offset(&self, id: u64) -> Duration {
+        let spread = self.close_spread_ms.load(Relaxed);
+        if spread == 0 {
+            return Duration::ZERO;
+        }
+        // Fibonacci hashing spreads consecutive ids evenly over the window.
+        let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+        Duration::from_millis((spread as f64 * frac) as u64)
+    }
+
+    /// A fresh id (for spreading closes of connections that are not registered sessions).
+    pub fn next_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Relaxed)
+    }
+
+    /// Registers a live TCP session; returns its id (ids grow with age order).
+    pub fn register(&self) -> u64 {
+        let id = self.next_session.fetch_add(1, Relaxed);
+        self.live[(id as usize) % LIVE_SLOTS].store(id + 1, Relaxed);
+        id
+    }
+
+    pub fn unregister(&self, id: u64) {
+        let _ = self.live[(id as usize) % LIVE_SLOTS].compare_exchange(id + 1, 0, Relaxed, Relaxed);
+    }
+
+    /// The oldest registered live session, if any.
+    pub fn oldest_live(&self) -> Option<u64> {
+        let end = self.next_session.load(Relaxed);
+        let mut id = self.scan_from.load(Relaxed).max(end.saturating_sub(LIVE_SLOTS as u64));
+        while id < end {
+            if self.live[(id as usize) % LIVE_SLOTS].load(Relaxed) == id + 1 {
+                self.scan_from.store(id, Relaxed);
+                return Some(id);
+            }
+            id += 1;
+        }
+        self.scan_from.store(end, Relaxed);
+        None
+    }
+
+    /// Asks session `id` to close (rebalancing).
+    pub fn ask_to_close(&self, id: u64) {
+        self.rebalance_target.store(id + 1, SeqCst);
+        let old = self.rebalance.swap(Arc::new(CancellationToken::new()));
+        old.cancel();
+    }
+
+    /// The token a session waits on for rebalance requests, and whether `id` is targeted.
+    pub fn rebalance_token(&self) -> CancellationToken {
+        CancellationToken::clone(&self.rebalance.load())
+    }
+
+    pub fn is_rebalance_target(&self, id: u64) -> bool {
+        self.rebalance_target.load(SeqCst) == id + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn warm_weight_ramps_from_ten_percent_to_full() {
+        let l = Lifecycle::new();
+        l.start_warming(Duration::from_secs(10));
+        assert_eq!(l.warm_weight(100), 10);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(l.warm_weight(100), 55);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(l.warm_weight(100), 100);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(l.warm_weight(100), 100);
+    }
+
+    #[test]
+    fn live_registry_finds_the_oldest() {
+        let l = Lifecycle::new();
+        let ids: Vec<u64> = (0..5).map(|_| l.register()).collect();
+        assert_eq!(l.oldest_live(), Some(0));
+        l.unregister(ids[0]);
+        l.unregister(ids[2]);
+        assert_eq!(l.oldest_live(), Some(1));
+        l.unregister(ids[1]);
+        assert_eq!(l.oldest_live(), Some(3));
+        l.unregister(ids[3]);
+        l.unregister(ids[4]);
+        assert_eq!(l.oldest_live(), None);
+    }
+
+    #[test]
+    fn spread_offsets_fall_inside_the_window() {
+        let l = Lifecycle::new();
+        l.set_drain_deadline(1, Duration::from_millis(1000));
+        let offsets: Vec<u128> = (0..100).map(|i| l.spread_offset(i).as_millis()).collect();
+        assert!(offsets.iter().all(|&o| o < 1000));
+        assert!(offsets.iter().any(|&o| o < 250) && offsets.iter().any(|&o| o > 750));
+    }
+}
