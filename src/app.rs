@@ -7,7 +7,7 @@
 //! carries node state over by `pool/node`, restart health checks. A config or bind error
 //! changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +18,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, ConfigError, ListenerConfig};
+use crate::config::{self, Config, ConfigError, ListenerConfig, RebalanceConfig};
+use crate::lifecycle;
+use crate::persist::{self, Dirty, PersistError};
+use crate::pool::AdminState;
+use crate::rollout::{self, RolloutState};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::proxy::{self, ListenerStats};
 use crate::shutdown::Shutdown;
@@ -41,6 +45,8 @@ pub enum StartError {
     },
     #[error("no socket was provided for listener {0:?}")]
     MissingSocket(String),
+    #[error(transparent)]
+    State(#[from] PersistError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +90,13 @@ pub struct App {
     admin_token: ArcSwapOption<String>,
     admin_addr: SocketAddr,
     control: Mutex<Control>,
+    /// Every rollout this instance knows.
+    pub rollouts: rollout::Registry,
+    /// The state file, when configured (fixed at start).
+    state_path: Option<PathBuf>,
+    dirty: Option<Dirty>,
+    /// Pools with a rebalance in progress (at most one each).
+    rebalancing: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Control-plane state, touched only by start and reload.
@@ -121,7 +134,17 @@ impl App {
         })?;
         let metrics = Metrics::new();
         let snapshot = Snapshot::build(config.clone(), None, &metrics);
+        let state_path = config.state_file.clone();
+        let restored = match &state_path {
+            Some(path) => persist::load(path)?,
+            None => None,
+        };
+        let (dirty, dirty_rx) = Dirty::new();
         let app = Arc::new(App {
+            rollouts: rollout::Registry::default(),
+            dirty: state_path.as_ref().map(|_| dirty),
+            state_path: state_path.clone(),
+            rebalancing: std::sync::Mutex::new(HashSet::new()),
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             admin_token: ArcSwapOption::new(token_from_env(&config).map(Arc::new)),
@@ -143,6 +166,12 @@ impl App {
                 control.listeners.insert(l.name.clone(), entry);
             }
             control.health_stop = app.start_health();
+        }
+        if let Some(state) = restored {
+            app.restore(state);
+        }
+        if let Some(path) = state_path {
+            tokio::spawn(persist::writer(Arc::clone(&app), path, dirty_rx));
         }
         tokio::spawn(crate::admin::serve(Arc::clone(&app), admin));
         tracing::info!(admin = %admin_addr, listeners = config.listeners.len(), pools = config.pools.len(), "handoff started");
@@ -225,6 +254,9 @@ impl App {
                 fresh.insert(l.name.clone(), bind_one(&l.name, l.listen).await?);
             }
         }
+        if config.state_file != self.state_path {
+            tracing::warn!("state_file changed: it takes effect at the next restart");
+        }
         if config.admin.listen != self.snapshot.load().config.admin.listen {
             tracing::warn!(admin = %config.admin.listen, "admin.listen changed: it takes effect at the next restart");
         }
@@ -273,6 +305,65 @@ impl App {
     pub async fn listener_connections(&self, name: &str) -> Option<usize> {
         let control = self.control.lock().await;
         control.listeners.get(name).map(|e| e.stats.active())
+    }
+
+    /// Applies a state file read at start: admin states by `pool/node` (a node that was
+    /// draining is drained now: its sessions died with the old process), and rollouts, of
+    /// which a running one resumes at its current step.
+    fn restore(self: &Arc<Self>, state: persist::StateFile) {
+        let snapshot = self.snapshot.load_full();
+        for (key, record) in state.nodes {
+            let Some((pool, node)) = key.split_once('/') else { continue };
+            let Some(p) = snapshot.pool(pool) else { continue };
+            let Some(n) = p.node(node) else { continue };
+            match record.state {
+                AdminState::Active => {}
+                AdminState::Draining | AdminState::Drained => n.state.restore_admin(AdminState::Drained, record.since_ms),
+                AdminState::Warming => {
+                    let target = lifecycle::Target { pool: Arc::clone(p), node: Arc::clone(n) };
+                    let generation = n.state.lifecycle.next_generation();
+                    lifecycle::warmup::begin(self, &target, p.config.warmup, generation);
+                }
+            }
+            tracing::info!(node = %key, state = n.state.admin().as_str(), "admin state restored from the state file");
+        }
+        for record in state.rollouts {
+            let running = record.state == RolloutState::Running;
+            let handle = self.rollouts.restore(record);
+            if running {
+                handle.event(None, None, "resumed after a restart of handoff");
+                rollout::spawn(self, handle);
+            }
+        }
+    }
+
+    /// Marks the state file dirty (no-op without one).
+    pub fn persist(&self) {
+        if let Some(d) = &self.dirty {
+            d.mark();
+        }
+    }
+
+    /// Writes the state file now (at shutdown, and for tests).
+    pub async fn flush_state(&self) {
+        if let Some(path) = &self.state_path {
+            persist::write_now(self, path).await;
+        }
+    }
+
+    /// Starts rebalancing `pool` unless it already is.
+    pub fn start_rebalance(self: &Arc<Self>, pool: &str, cfg: RebalanceConfig) {
+        let fresh = self.rebalancing.lock().map(|mut set| set.insert(pool.to_string())).unwrap_or(false);
+        if fresh {
+            tracing::info!(pool, rate = cfg.max_closes_per_sec, "rebalancing long-lived connections");
+            tokio::spawn(lifecycle::rebalance::run(Arc::clone(self), pool.to_string(), cfg));
+        }
+    }
+
+    pub fn rebalance_finished(&self, pool: &str) {
+        if let Ok(mut set) = self.rebalancing.lock() {
+            set.remove(pool);
+        }
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

@@ -7,6 +7,8 @@
 //! - [`app`]: starts the app on caller-bound sockets, owns the snapshot, applies reloads.
 //! - [`proxy`]: accept loops, TCP and HTTP proxying.
 //! - [`health`]: active checks feeding node health and version.
+//! - [`lifecycle`]: drain, enable with warmup, the pair guard, TCP rebalance.
+//! - [`rollout`]: the per-pool upgrade state machine; [`persist`]: the state file.
 //! - [`admin`]: the admin HTTP API; [`metrics`]: Prometheus families.
 //! - [`shutdown`]: token tree, task tracker, lifecycle phase.
 //! - [`cli`]: `run`, `check`, `demo`, `ctl`.
@@ -17,8 +19,11 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod lifecycle;
 pub mod metrics;
+pub mod persist;
 pub mod pool;
 pub mod proxy;
+pub mod rollout;
 pub mod shutdown;
 pub mod snapshot;

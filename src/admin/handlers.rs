@@ -26,7 +26,7 @@ pub async fn status(app: &Arc<App>) -> AdminResponse {
         version: env!("CARGO_PKG_VERSION").into(),
         listeners,
         pools: snapshot.pools.iter().map(|p| PoolView::of(p)).collect(),
-        rollouts: Vec::new(),
+        rollouts: app.rollouts.list(),
     };
     json_response(StatusCode::OK, &view)
 }

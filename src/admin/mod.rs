@@ -7,6 +7,12 @@
 //! | `GET /v1/status`                         | [`handlers::status`] |
 //! | `GET /v1/pools/{pool}`                   | [`handlers::pool`]   |
 //! | `GET /v1/pools/{pool}/nodes/{node}`      | [`handlers::node`]   |
+//! | `POST /v1/pools/{pool}/nodes/{node}/drain` | [`ops::drain`]     |
+//! | `POST /v1/pools/{pool}/nodes/{node}/enable`| [`ops::enable`]    |
+//! | `GET /v1/pools/{pool}/nodes/{node}/wait`   | [`ops::wait`]      |
+//! | `POST /v1/pools/{pool}/rollouts`         | [`ops::start_rollout`] |
+//! | `GET /v1/rollouts`, `GET /v1/rollouts/{id}` | [`ops::rollouts`], [`ops::rollout`] |
+//! | `POST /v1/rollouts/{id}/abort`           | [`ops::abort`]       |
 //! | `POST /v1/reload`                        | [`handlers::reload`] |
 //!
 //! `/v1/*` requires `Authorization: Bearer <token>` when the variable named by
@@ -14,6 +20,7 @@
 //! changes state.
 
 mod handlers;
+mod ops;
 pub mod views;
 
 use std::convert::Infallible;
@@ -32,6 +39,7 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::FieldError;
+use crate::rollout::RolloutError;
 
 pub type AdminResponse = Response<Full<Bytes>>;
 
@@ -54,6 +62,12 @@ pub enum AdminError {
     Conflict(String),
     #[error("reload failed: {0}; running config kept")]
     ReloadFailed(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Guard(#[from] crate::lifecycle::OpError),
+    #[error("{0}")]
+    Rollout(#[from] crate::rollout::RolloutError),
 }
 
 impl AdminError {
@@ -67,6 +81,13 @@ impl AdminError {
             Self::InvalidConfig(_) => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::ReloadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Guard(_) => StatusCode::CONFLICT,
+            Self::Rollout(e) => match e {
+                RolloutError::UnknownPool(_) | RolloutError::Unknown(_) => StatusCode::NOT_FOUND,
+                RolloutError::AlreadyRunning { .. } => StatusCode::CONFLICT,
+                RolloutError::Invalid(_) => StatusCode::BAD_REQUEST,
+            },
         }
     }
 
@@ -77,6 +98,12 @@ impl AdminError {
             Self::InvalidConfig(errors) => json!(errors),
             Self::NotFound { path, .. } | Self::MethodNotAllowed { path, .. } => {
                 json!({ "path": path })
+            }
+            Self::Guard(crate::lifecycle::OpError::Guard { pool, node, reason }) => {
+                json!({ "pool": pool, "node": node, "reason": reason })
+            }
+            Self::Rollout(RolloutError::AlreadyRunning { pool, running }) => {
+                json!({ "pool": pool, "running": running })
             }
             _ => serde_json::Value::Null,
         }
@@ -149,47 +176,81 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let not_found = || AdminError::NotFound { method: method.clone(), path: path.clone() };
     let result = match segments.as_slice() {
         ["healthz"] => only(&method, &path, Method::GET)
             .map(|()| text_response(StatusCode::OK, "text/plain", "ok\n".into())),
         ["metrics"] => only(&method, &path, Method::GET).map(|()| {
             handlers::refresh_gauges(app);
-            text_response(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                app.metrics.render(),
-            )
+            text_response(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.render())
         }),
         ["v1", rest @ ..] => match authorize(app, &req) {
             Err(e) => Err(e),
-            Ok(()) => match rest {
-                ["status"] => match only(&method, &path, Method::GET) {
-                    Ok(()) => Ok(handlers::status(app).await),
-                    Err(e) => Err(e),
-                },
-                ["pools", pool] => {
-                    only(&method, &path, Method::GET).and_then(|()| handlers::pool(app, pool))
+            Ok(()) => match (rest, &method) {
+                (["status"], &Method::GET) => Ok(handlers::status(app).await),
+                (["pools", pool], &Method::GET) => handlers::pool(app, pool),
+                (["pools", pool, "nodes", node], &Method::GET) => handlers::node(app, pool, node),
+                (["pools", pool, "nodes", node, "drain"], &Method::POST) => {
+                    ops::drain(app, pool, node, read_json(req).await).await
                 }
-                ["pools", pool, "nodes", node] => {
-                    only(&method, &path, Method::GET).and_then(|()| handlers::node(app, pool, node))
+                (["pools", pool, "nodes", node, "enable"], &Method::POST) => {
+                    ops::enable(app, pool, node, read_json(req).await)
                 }
-                ["reload"] => match only(&method, &path, Method::POST) {
-                    Ok(()) => handlers::reload(app).await,
-                    Err(e) => Err(e),
-                },
-                _ => Err(AdminError::NotFound {
-                    method: method.clone(),
-                    path: path.clone(),
-                }),
+                (["pools", pool, "nodes", node, "wait"], &Method::GET) => {
+                    ops::wait(app, pool, node, &query).await
+                }
+                (["pools", pool, "rollouts"], &Method::POST) => {
+                    ops::start_rollout(app, pool, read_json(req).await)
+                }
+                (["rollouts"], &Method::GET) => Ok(ops::rollouts(app)),
+                (["rollouts", id], &Method::GET) => ops::rollout(app, id),
+                (["rollouts", id, "abort"], &Method::POST) => ops::abort(app, id),
+                (["reload"], &Method::POST) => handlers::reload(app).await,
+                (known, _) if is_endpoint(known) => {
+                    Err(AdminError::MethodNotAllowed { method: method.clone(), path: path.clone() })
+                }
+                _ => Err(not_found()),
             },
         },
-        _ => Err(AdminError::NotFound {
-            method: method.clone(),
-            path: path.clone(),
-        }),
+        _ => Err(not_found()),
     };
     result.unwrap_or_else(AdminError::into_response)
+}
+
+/// Whether a `/v1/...` path names an endpoint (with some method), for 405 versus 404.
+fn is_endpoint(rest: &[&str]) -> bool {
+    matches!(
+        rest,
+        ["status"]
+            | ["reload"]
+            | ["rollouts"]
+            | ["rollouts", _]
+            | ["rollouts", _, "abort"]
+            | ["pools", _]
+            | ["pools", _, "rollouts"]
+            | ["pools", _, "nodes", _]
+            | ["pools", _, "nodes", _, "drain" | "enable" | "wait"]
+    )
+}
+
+/// Largest admin request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Reads an optional JSON body: empty means all defaults; anything malformed is a 400 that
+/// names the problem (and changes nothing).
+async fn read_json<T: serde::de::DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T, AdminError> {
+    use http_body_util::{BodyExt, Limited};
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| AdminError::BadRequest(format!("reading the request body: {e}")))?
+        .to_bytes();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 fn only(method: &Method, path: &str, allowed: Method) -> Result<(), AdminError> {

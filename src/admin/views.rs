@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pool::{Node, Pool, SessionKind};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::pool::{AdminState, Node, Pool, SessionKind};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatusView {
@@ -11,7 +13,7 @@ pub struct StatusView {
     pub version: String,
     pub listeners: Vec<ListenerView>,
     pub pools: Vec<PoolView>,
-    pub rollouts: Vec<serde_json::Value>,
+    pub rollouts: Vec<crate::rollout::Rollout>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,6 +50,15 @@ pub struct NodeView {
     pub state_since: String,
     /// RFC 3339 time of the last health change.
     pub health_since: String,
+    /// RFC 3339 drain deadline, while draining.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub deadline: Option<String>,
+    /// Sessions closed at drain deadlines, ever.
+    pub deadline_closes: u64,
+    /// TCP sessions closed by rebalancing, ever.
+    pub rebalance_closes: u64,
+    /// `enable` was called while the node was not up: it goes warming once it is.
+    pub enable_pending: bool,
     /// Idle pooled upstream HTTP connections.
     pub idle_connections: usize,
 }
@@ -94,6 +105,14 @@ impl NodeView {
             },
             state_since: rfc3339(s.admin_since_ms()),
             health_since: rfc3339(s.health_since_ms()),
+            deadline: s
+                .lifecycle
+                .drain_deadline_ms()
+                .filter(|_| admin == AdminState::Draining)
+                .map(rfc3339),
+            deadline_closes: s.lifecycle.deadline_closes.load(Relaxed),
+            rebalance_closes: s.lifecycle.rebalance_closes.load(Relaxed),
+            enable_pending: s.lifecycle.enable_pending.load(Relaxed),
             idle_connections: node.idle.len(),
         }
     }

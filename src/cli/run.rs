@@ -45,6 +45,7 @@ pub async fn serve_until_signal(app: Arc<App>) -> anyhow::Result<i32> {
     let grace = app.snapshot.load().config.shutdown_grace;
     tracing::info!(grace = %config::duration::format(grace), "shutting down: draining connections");
     let cut = app.shutdown.run(grace).await;
+    app.flush_state().await;
     tracing::info!(cut, "stopped");
     Ok(0)
 }

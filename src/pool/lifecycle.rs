@@ -44,6 +44,9 @@ pub struct Lifecycle {
     rebalance: ArcSwap<CancellationToken>,
     /// Sessions closed by rebalancing, ever.
     pub rebalance_closes: AtomicU64,
+    /// Bumped by every drain or enable: a background step started by an older operation
+    /// sees the change and stops, so operations never race each other's tasks.
+    generation: AtomicU64,
 }
 
 impl Default for Lifecycle {
@@ -77,7 +80,18 @@ impl Lifecycle {
             rebalance_target: AtomicU64::new(0),
             rebalance: ArcSwap::from_pointee(CancellationToken::new()),
             rebalance_closes: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Starts a new operation; returns its generation.
+    pub fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, SeqCst) + 1
+    }
+
+    /// Whether operation `generation` is still the latest.
+    pub fn is_current(&self, generation: u64) -> bool {
+        self.generation.load(SeqCst) == generation
     }
 
     fn now_ns(&self) -> u64 {

@@ -2,10 +2,10 @@
 //! operator sets, and the health the checks observe. Transitions are pure functions; the
 //! caller stores, logs and counts each flip exactly once.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the operator (or a rollout) wants of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum AdminState {
@@ -43,7 +43,7 @@ impl AdminState {
 }
 
 /// What the health checks (and passive connect failures) observe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum Health {

@@ -1,0 +1,260 @@
+//! Rollouts (design.md §5): the orchestrated upgrade of every node of one pool, one node at a
+//! time, through the phases `guard → draining → waiting_upgrade → waiting_ready → warming →
+//! done`. [`run`] is the state machine; this module holds the record (what the API shows and
+//! the state file keeps), the registry, and the start/abort entry points.
+
+mod hook;
+mod run;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::views::rfc3339;
+use crate::app::App;
+use crate::config::duration;
+use crate::pool::unix_ms;
+
+/// Per-node phases, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Guard,
+    Draining,
+    WaitingUpgrade,
+    WaitingReady,
+    Warming,
+    Done,
+}
+
+impl Phase {
+    pub const ORDER: [Phase; 6] =
+        [Phase::Guard, Phase::Draining, Phase::WaitingUpgrade, Phase::WaitingReady, Phase::Warming, Phase::Done];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Guard => "guard",
+            Phase::Draining => "draining",
+            Phase::WaitingUpgrade => "waiting_upgrade",
+            Phase::WaitingReady => "waiting_ready",
+            Phase::Warming => "warming",
+            Phase::Done => "done",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    Running,
+    Succeeded,
+    /// Stopped at a step, with the reason.
+    Failed,
+    Aborted,
+}
+
+/// One entry of a rollout's timeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// RFC 3339.
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub phase: Option<Phase>,
+    pub message: String,
+}
+
+/// A rollout as the API shows it and the state file keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub pool: String,
+    /// Target version.
+    pub version: String,
+    pub order: Vec<String>,
+    pub drain_timeout: String,
+    pub ready_timeout: String,
+    pub warmup: String,
+    pub state: RolloutState,
+    /// Index into `order` of the node being upgraded.
+    pub node_index: usize,
+    pub current_node: Option<String>,
+    pub phase: Option<Phase>,
+    /// Why it failed or was aborted, and the state it left the nodes in.
+    pub reason: Option<String>,
+    pub abort_requested: bool,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub timeline: Vec<Event>,
+}
+
+/// What a client asks for (`POST /v1/pools/{pool}/rollouts`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    pub version: String,
+    pub order: Option<Vec<String>>,
+    pub drain_timeout: Option<String>,
+    pub ready_timeout: Option<String>,
+    pub warmup: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("unknown pool {0:?}")]
+    UnknownPool(String),
+    #[error("rollout {running} is already running on pool {pool:?}")]
+    AlreadyRunning { pool: String, running: String },
+    #[error("invalid rollout request: {0}")]
+    Invalid(String),
+    #[error("unknown rollout {0:?}")]
+    Unknown(String),
+}
+
+/// A live rollout: its record, and the token that asks it to stop.
+pub struct Handle {
+    record: Mutex<Rollout>,
+    pub abort: CancellationToken,
+}
+
+impl Handle {
+    pub fn new(record: Rollout) -> Arc<Self> {
+        Arc::new(Handle { record: Mutex::new(record), abort: CancellationToken::new() })
+    }
+
+    /// The record (control plane only; never held across an await).
+    pub fn lock(&self) -> MutexGuard<'_, Rollout> {
+        self.record.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn snapshot(&self) -> Rollout {
+        self.lock().clone()
+    }
+
+    /// Appends to the timeline (and logs).
+    pub fn event(&self, node: Option<&str>, phase: Option<Phase>, message: impl Into<String>) {
+        let message = message.into();
+        let mut r = self.lock();
+        tracing::info!(rollout = %r.id, node = node.unwrap_or(""), phase = phase.map_or("", Phase::as_str), "{message}");
+        r.timeline.push(Event { at: rfc3339(unix_ms()), node: node.map(str::to_string), phase, message });
+    }
+}
+
+/// Every rollout this instance knows, newest last.
+#[derive(Default)]
+pub struct Registry {
+    all: Mutex<Vec<Arc<Handle>>>,
+    next: AtomicU64,
+}
+
+impl Registry {
+    fn all(&self) -> MutexGuard<'_, Vec<Arc<Handle>>> {
+        self.all.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn list(&self) -> Vec<Rollout> {
+        self.all().iter().map(|h| h.snapshot()).collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Handle>> {
+        self.all().iter().find(|h| h.lock().id == id).cloned()
+    }
+
+    /// Adds a restored record (state file), keeping ids unique afterwards.
+    pub fn restore(&self, record: Rollout) -> Arc<Handle> {
+        if let Some(n) = record.id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()) {
+            self.next.fetch_max(n, Relaxed);
+        }
+        let handle = Handle::new(record);
+        self.all().push(Arc::clone(&handle));
+        handle
+    }
+}
+
+/// Starts a rollout on `pool`: 201 material, or why not.
+pub fn start(app: &Arc<App>, pool: &str, req: StartRequest) -> Result<Rollout, RolloutError> {
+    let snapshot = app.snapshot.load();
+    let p = snapshot.pool(pool).ok_or_else(|| RolloutError::UnknownPool(pool.to_string()))?;
+    if req.version.trim().is_empty() {
+        return Err(RolloutError::Invalid("`version` must not be empty".into()));
+    }
+    let parse = |field: &str, text: &Option<String>, default: Duration| match text {
+        None => Ok(default),
+        Some(t) => duration::parse(t).map_err(|e| RolloutError::Invalid(format!("{field}: {e}"))),
+    };
+    let drain_timeout = parse("drain_timeout", &req.drain_timeout, p.config.rollout.drain_timeout)?;
+    let ready_timeout = parse("ready_timeout", &req.ready_timeout, p.config.rollout.ready_timeout)?;
+    let warmup = parse("warmup", &req.warmup, p.config.warmup)?;
+    let order = match req.order {
+        None => p.nodes.iter().map(|n| n.name.clone()).collect(),
+        Some(order) => {
+            for name in &order {
+                if p.node(name).is_none() {
+                    return Err(RolloutError::Invalid(format!("order names unknown node {name:?}")));
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = order.iter().find(|n| !seen.insert(n.as_str())) {
+                return Err(RolloutError::Invalid(format!("order names node {dup:?} twice")));
+            }
+            order
+        }
+    };
+    let mut all = app.rollouts.all();
+    if let Some(running) = all.iter().find(|h| {
+        let r = h.lock();
+        r.pool == pool && r.state == RolloutState::Running
+    }) {
+        return Err(RolloutError::AlreadyRunning { pool: pool.to_string(), running: running.lock().id.clone() });
+    }
+    let id = format!("{pool}-{}", app.rollouts.next.fetch_add(1, Relaxed) + 1);
+    let record = Rollout {
+        id,
+        pool: pool.to_string(),
+        version: req.version.trim().to_string(),
+        order,
+        drain_timeout: duration::format(drain_timeout),
+        ready_timeout: duration::format(ready_timeout),
+        warmup: duration::format(warmup),
+        state: RolloutState::Running,
+        node_index: 0,
+        current_node: None,
+        phase: None,
+        reason: None,
+        abort_requested: false,
+        created_at: rfc3339(unix_ms()),
+        finished_at: None,
+        timeline: Vec::new(),
+    };
+    let handle = Handle::new(record);
+    all.push(Arc::clone(&handle));
+    drop(all);
+    handle.event(None, None, format!("rollout of pool {pool} to version {} started", req.version.trim()));
+    let snapshot = handle.snapshot();
+    spawn(app, handle);
+    app.persist();
+    Ok(snapshot)
+}
+
+/// Runs (or resumes) a rollout's state machine.
+pub fn spawn(app: &Arc<App>, handle: Arc<Handle>) {
+    tokio::spawn(run::run(Arc::clone(app), handle));
+}
+
+/// Asks a rollout to stop after its current step.
+pub fn abort(app: &Arc<App>, id: &str) -> Result<Rollout, RolloutError> {
+    let handle = app.rollouts.get(id).ok_or_else(|| RolloutError::Unknown(id.to_string()))?;
+    {
+        let mut r = handle.lock();
+        if r.state == RolloutState::Running {
+            r.abort_requested = true;
+        }
+    }
+    handle.abort.cancel();
+    app.persist();
+    Ok(handle.snapshot())
+}
