@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, ListenerConfig, RebalanceConfig};
 use crate::lifecycle;
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::persist::{self, Dirty, PersistError};
 use crate::pool::AdminState;
-use crate::rollout::{self, RolloutState};
-use crate::metrics::{ListenerMetrics, Metrics};
 use crate::proxy::{self, ListenerStats};
+use crate::rollout::{self, RolloutState};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
 
@@ -313,14 +313,23 @@ impl App {
     fn restore(self: &Arc<Self>, state: persist::StateFile) {
         let snapshot = self.snapshot.load_full();
         for (key, record) in state.nodes {
-            let Some((pool, node)) = key.split_once('/') else { continue };
-            let Some(p) = snapshot.pool(pool) else { continue };
+            let Some((pool, node)) = key.split_once('/') else {
+                continue;
+            };
+            let Some(p) = snapshot.pool(pool) else {
+                continue;
+            };
             let Some(n) = p.node(node) else { continue };
             match record.state {
                 AdminState::Active => {}
-                AdminState::Draining | AdminState::Drained => n.state.restore_admin(AdminState::Drained, record.since_ms),
+                AdminState::Draining | AdminState::Drained => {
+                    n.state.restore_admin(AdminState::Drained, record.since_ms)
+                }
                 AdminState::Warming => {
-                    let target = lifecycle::Target { pool: Arc::clone(p), node: Arc::clone(n) };
+                    let target = lifecycle::Target {
+                        pool: Arc::clone(p),
+                        node: Arc::clone(n),
+                    };
                     let generation = n.state.lifecycle.next_generation();
                     lifecycle::warmup::begin(self, &target, p.config.warmup, generation);
                 }
@@ -353,10 +362,22 @@ impl App {
 
     /// Starts rebalancing `pool` unless it already is.
     pub fn start_rebalance(self: &Arc<Self>, pool: &str, cfg: RebalanceConfig) {
-        let fresh = self.rebalancing.lock().map(|mut set| set.insert(pool.to_string())).unwrap_or(false);
+        let fresh = self
+            .rebalancing
+            .lock()
+            .map(|mut set| set.insert(pool.to_string()))
+            .unwrap_or(false);
         if fresh {
-            tracing::info!(pool, rate = cfg.max_closes_per_sec, "rebalancing long-lived connections");
-            tokio::spawn(lifecycle::rebalance::run(Arc::clone(self), pool.to_string(), cfg));
+            tracing::info!(
+                pool,
+                rate = cfg.max_closes_per_sec,
+                "rebalancing long-lived connections"
+            );
+            tokio::spawn(lifecycle::rebalance::run(
+                Arc::clone(self),
+                pool.to_string(),
+                cfg,
+            ));
         }
     }
 

@@ -158,8 +158,10 @@ impl NodeMetrics {
             checks_fail: m.health_checks.with_label_values(&[pool, node, "fail"]),
             transitions: TRANSITION_TARGETS
                 .map(|t| m.node_transitions.with_label_values(&[pool, node, t])),
-            deadline_closes: SessionKind::ALL
-                .map(|k| m.deadline_closes.with_label_values(&[pool, node, k.as_str()])),
+            deadline_closes: SessionKind::ALL.map(|k| {
+                m.deadline_closes
+                    .with_label_values(&[pool, node, k.as_str()])
+            }),
             rebalance_closes: m.rebalance_closes.with_label_values(&[pool, node]),
         }
     }

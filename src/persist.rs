@@ -36,9 +36,15 @@ pub struct NodeRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
     #[error("cannot read state file {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state file {} is not valid (fix or remove it): {source}", path.display())]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// Reads the state file; `None` when there is none yet.
@@ -46,9 +52,19 @@ pub fn load(path: &Path) -> Result<Option<StateFile>, PersistError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(PersistError::Read { path: path.into(), source }),
+        Err(source) => {
+            return Err(PersistError::Read {
+                path: path.into(),
+                source,
+            })
+        }
     };
-    serde_json::from_str(&text).map(Some).map_err(|source| PersistError::Corrupt { path: path.into(), source })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| PersistError::Corrupt {
+            path: path.into(),
+            source,
+        })
 }
 
 /// Writes `state` so a crash leaves either the old file or the new one, never half of one.
@@ -74,10 +90,20 @@ pub fn collect(app: &App) -> StateFile {
     let mut nodes = BTreeMap::new();
     for pool in &app.snapshot.load().pools {
         for node in &pool.nodes {
-            nodes.insert(node.key(), NodeRecord { state: node.state.admin(), since_ms: node.state.admin_since_ms() });
+            nodes.insert(
+                node.key(),
+                NodeRecord {
+                    state: node.state.admin(),
+                    since_ms: node.state.admin_since_ms(),
+                },
+            );
         }
     }
-    StateFile { format: FORMAT, nodes, rollouts: app.rollouts.list() }
+    StateFile {
+        format: FORMAT,
+        nodes,
+        rollouts: app.rollouts.list(),
+    }
 }
 
 /// Marks the state dirty; the writer picks it up.
@@ -113,7 +139,9 @@ pub async fn write_now(app: &App, path: &Path) {
     let result = tokio::task::spawn_blocking(move || write_atomic(&path_owned, &state)).await;
     match result {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(path = %path.display(), error = %e, "writing the state file failed"),
+        Ok(Err(e)) => {
+            tracing::error!(path = %path.display(), error = %e, "writing the state file failed")
+        }
         Err(e) => tracing::error!(error = %e, "state file writer panicked"),
     }
 }

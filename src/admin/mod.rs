@@ -178,13 +178,20 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let not_found = || AdminError::NotFound { method: method.clone(), path: path.clone() };
+    let not_found = || AdminError::NotFound {
+        method: method.clone(),
+        path: path.clone(),
+    };
     let result = match segments.as_slice() {
         ["healthz"] => only(&method, &path, Method::GET)
             .map(|()| text_response(StatusCode::OK, "text/plain", "ok\n".into())),
         ["metrics"] => only(&method, &path, Method::GET).map(|()| {
             handlers::refresh_gauges(app);
-            text_response(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.render())
+            text_response(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                app.metrics.render(),
+            )
         }),
         ["v1", rest @ ..] => match authorize(app, &req) {
             Err(e) => Err(e),
@@ -208,9 +215,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
                 (["rollouts", id], &Method::GET) => ops::rollout(app, id),
                 (["rollouts", id, "abort"], &Method::POST) => ops::abort(app, id),
                 (["reload"], &Method::POST) => handlers::reload(app).await,
-                (known, _) if is_endpoint(known) => {
-                    Err(AdminError::MethodNotAllowed { method: method.clone(), path: path.clone() })
-                }
+                (known, _) if is_endpoint(known) => Err(AdminError::MethodNotAllowed {
+                    method: method.clone(),
+                    path: path.clone(),
+                }),
                 _ => Err(not_found()),
             },
         },
@@ -240,7 +248,9 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Reads an optional JSON body: empty means all defaults; anything malformed is a 400 that
 /// names the problem (and changes nothing).
-async fn read_json<T: serde::de::DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T, AdminError> {
+async fn read_json<T: serde::de::DeserializeOwned + Default>(
+    req: Request<Incoming>,
+) -> Result<T, AdminError> {
     use http_body_util::{BodyExt, Limited};
     let body = Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -250,7 +260,8 @@ async fn read_json<T: serde::de::DeserializeOwned + Default>(req: Request<Incomi
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&body).map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 fn only(method: &Method, path: &str, allowed: Method) -> Result<(), AdminError> {

@@ -36,16 +36,30 @@ pub struct EnableBody {
 
 fn target(app: &App, pool: &str, node: &str) -> Result<Target, AdminError> {
     let snapshot = app.snapshot.load();
-    let p = snapshot.pool(pool).ok_or_else(|| AdminError::UnknownPool { pool: pool.into() })?;
-    let n = p.node(node).ok_or_else(|| AdminError::UnknownNode { pool: pool.into(), node: node.into() })?;
-    Ok(Target { pool: Arc::clone(p), node: Arc::clone(n) })
+    let p = snapshot
+        .pool(pool)
+        .ok_or_else(|| AdminError::UnknownPool { pool: pool.into() })?;
+    let n = p.node(node).ok_or_else(|| AdminError::UnknownNode {
+        pool: pool.into(),
+        node: node.into(),
+    })?;
+    Ok(Target {
+        pool: Arc::clone(p),
+        node: Arc::clone(n),
+    })
 }
 
 fn parse_duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, AdminError> {
-    text.map(|t| duration::parse(t).map_err(|e| AdminError::BadRequest(format!("{field}: {e}")))).transpose()
+    text.map(|t| duration::parse(t).map_err(|e| AdminError::BadRequest(format!("{field}: {e}"))))
+        .transpose()
 }
 
-pub async fn drain(app: &Arc<App>, pool: &str, node: &str, body: Result<DrainBody, AdminError>) -> Result<AdminResponse, AdminError> {
+pub async fn drain(
+    app: &Arc<App>,
+    pool: &str,
+    node: &str,
+    body: Result<DrainBody, AdminError>,
+) -> Result<AdminResponse, AdminError> {
     let t = target(app, pool, node)?;
     let body = body?;
     let timeout = parse_duration("timeout", body.timeout.as_deref())?;
@@ -53,7 +67,12 @@ pub async fn drain(app: &Arc<App>, pool: &str, node: &str, body: Result<DrainBod
     Ok(json_response(StatusCode::OK, &NodeView::of(&t.node)))
 }
 
-pub fn enable(app: &Arc<App>, pool: &str, node: &str, body: Result<EnableBody, AdminError>) -> Result<AdminResponse, AdminError> {
+pub fn enable(
+    app: &Arc<App>,
+    pool: &str,
+    node: &str,
+    body: Result<EnableBody, AdminError>,
+) -> Result<AdminResponse, AdminError> {
     let t = target(app, pool, node)?;
     let body = body?;
     let warmup = parse_duration("warmup", body.warmup.as_deref())?;
@@ -63,17 +82,30 @@ pub fn enable(app: &Arc<App>, pool: &str, node: &str, body: Result<EnableBody, A
 
 /// Long poll: 200 with the node the moment it is in `state`, 504 with the node (and its
 /// remaining sessions by kind) when `timeout` passes first.
-pub async fn wait(app: &Arc<App>, pool: &str, node: &str, query: &str) -> Result<AdminResponse, AdminError> {
+pub async fn wait(
+    app: &Arc<App>,
+    pool: &str,
+    node: &str,
+    query: &str,
+) -> Result<AdminResponse, AdminError> {
     let t = target(app, pool, node)?;
     let (mut state, mut timeout) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("state", v)) => state = Some(v.to_string()),
             Some(("timeout", v)) => timeout = parse_duration("timeout", Some(v))?,
-            _ => return Err(AdminError::BadRequest(format!("unknown query parameter {pair:?}: expected state= and timeout="))),
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown query parameter {pair:?}: expected state= and timeout="
+                )))
+            }
         }
     }
-    let state = state.ok_or_else(|| AdminError::BadRequest("missing ?state= (active, draining, drained, warming, up, down, unknown)".into()))?;
+    let state = state.ok_or_else(|| {
+        AdminError::BadRequest(
+            "missing ?state= (active, draining, drained, warming, up, down, unknown)".into(),
+        )
+    })?;
     if lifecycle::is_in(&t.node, &state).is_none() {
         return Err(AdminError::BadRequest(format!(
             "unknown state {state:?}: expected active, draining, drained, warming, up, down or unknown"
@@ -86,11 +118,19 @@ pub async fn wait(app: &Arc<App>, pool: &str, node: &str, query: &str) -> Result
         .state
         .wait_until(timeout, |_| lifecycle::is_in(&node, &state) == Some(true))
         .await;
-    let status = if reached { StatusCode::OK } else { StatusCode::GATEWAY_TIMEOUT };
+    let status = if reached {
+        StatusCode::OK
+    } else {
+        StatusCode::GATEWAY_TIMEOUT
+    };
     Ok(json_response(status, &NodeView::of(&t.node)))
 }
 
-pub fn start_rollout(app: &Arc<App>, pool: &str, body: Result<StartRequest, AdminError>) -> Result<AdminResponse, AdminError> {
+pub fn start_rollout(
+    app: &Arc<App>,
+    pool: &str,
+    body: Result<StartRequest, AdminError>,
+) -> Result<AdminResponse, AdminError> {
     let record = rollout::start(app, pool, body?)?;
     Ok(json_response(StatusCode::CREATED, &record))
 }
@@ -100,7 +140,10 @@ pub fn rollouts(app: &Arc<App>) -> AdminResponse {
 }
 
 pub fn rollout(app: &Arc<App>, id: &str) -> Result<AdminResponse, AdminError> {
-    let handle = app.rollouts.get(id).ok_or_else(|| rollout::RolloutError::Unknown(id.to_string()))?;
+    let handle = app
+        .rollouts
+        .get(id)
+        .ok_or_else(|| rollout::RolloutError::Unknown(id.to_string()))?;
     Ok(json_response(StatusCode::OK, &handle.snapshot()))
 }
 

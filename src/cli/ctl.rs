@@ -1,27 +1,87 @@
-//! `handoff ctl`: a thin client of the admin API, with a table for humans and `--json` for
-//! scripts. Exit codes: 0 success, 1 the API refused (the error is printed), 2 the admin API
-//! could not be reached.
+//! `handoff ctl`: a thin client of the admin API, with human output by default and `--json`
+//! for scripts. Exit codes: 0 success; 1 the API refused (its error is printed); 2 the admin
+//! API could not be reached; 3 conflict (409: pair guard, rollout already running); 4 timed
+//! out (504: `wait`); 5 the rollout failed or was aborted (`rollout status`).
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Subcommand;
-use http::{Method, Request, Uri};
+use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
+use super::ctl_render as render;
 use crate::admin::views::{NodeView, StatusView};
+use crate::rollout::Rollout;
 
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
     /// Every pool and node, and every rollout.
     Status,
+    /// Stop sending new sessions to a node; it becomes drained when its last session ends.
+    Drain {
+        /// POOL/NODE
+        target: String,
+        /// Drain deadline (default: the pool's drain.timeout).
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Override the pair guard.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Readmit a drained node: warming once healthy, then active after the warmup.
+    Enable {
+        /// POOL/NODE
+        target: String,
+        #[arg(long)]
+        warmup: Option<String>,
+    },
+    /// Block until a node reaches a state (active, draining, drained, warming, up, down).
+    Wait {
+        /// POOL/NODE
+        target: String,
+        #[arg(long)]
+        state: String,
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
+    /// Rollouts: start, status, abort.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Re-read the config file of the running handoff.
     Reload,
 }
 
-/// Exit code when the admin API cannot be reached at all.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Upgrade every node of POOL, one at a time, to VERSION.
+    Start {
+        pool: String,
+        #[arg(long)]
+        version: String,
+        /// Node order, comma-separated (default: config order).
+        #[arg(long, value_delimiter = ',')]
+        order: Option<Vec<String>>,
+        #[arg(long)]
+        drain_timeout: Option<String>,
+        #[arg(long)]
+        ready_timeout: Option<String>,
+        #[arg(long)]
+        warmup: Option<String>,
+    },
+    /// One rollout with its timeline, or every rollout without ID.
+    Status { id: Option<String> },
+    /// Stop a rollout after its current step.
+    Abort { id: String },
+}
+
+const REFUSED: i32 = 1;
 const UNREACHABLE: i32 = 2;
+const CONFLICT: i32 = 3;
+const TIMED_OUT: i32 = 4;
+const ROLLOUT_NOT_OK: i32 = 5;
 
 pub fn ctl(
     admin: &str,
@@ -32,37 +92,174 @@ pub fn ctl(
     let base: Uri = admin
         .parse()
         .with_context(|| format!("invalid --admin URL {admin:?}"))?;
+    let (method, path, body) = request_for(&command)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (method, path) = match command {
-        CtlCommand::Status => (Method::GET, "/v1/status"),
-        CtlCommand::Reload => (Method::POST, "/v1/reload"),
-    };
-    let (status, body) = match rt.block_on(call(&base, token, method, path)) {
+    let (status, bytes) = match rt.block_on(call(&base, token, method, &path, body)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("handoff ctl: cannot reach the admin API at {admin}: {e:#}");
             return Ok(UNREACHABLE);
         }
     };
-    if json || !status.is_success() {
-        println!("{}", String::from_utf8_lossy(&body).trim_end());
-        if !status.is_success() {
-            eprintln!("handoff ctl: {path} answered {status}");
-            return Ok(1);
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let code = match status {
+        s if s.is_success() => 0,
+        StatusCode::CONFLICT => CONFLICT,
+        StatusCode::GATEWAY_TIMEOUT => TIMED_OUT,
+        _ => REFUSED,
+    };
+    if json {
+        println!("{}", String::from_utf8_lossy(&bytes).trim_end());
+    } else if code == REFUSED || code == CONFLICT {
+        let error = value["error"].as_str().unwrap_or("request refused");
+        eprintln!("handoff ctl: {error} ({status})");
+        if let Some(detail) = value.get("detail").filter(|d| !d.is_null()) {
+            eprintln!("{}", render::detail(detail));
         }
-        return Ok(0);
+    } else {
+        print!("{}", human(&command, &value, code)?);
     }
-    match command {
-        CtlCommand::Status => {
-            let view: StatusView =
-                serde_json::from_slice(&body).context("unexpected status JSON")?;
-            print!("{}", render_status(&view));
+    if code == 0 {
+        if let CtlCommand::Rollout(RolloutCommand::Status { id: Some(_) }) = &command {
+            if matches!(value["state"].as_str(), Some("failed" | "aborted")) {
+                return Ok(ROLLOUT_NOT_OK);
+            }
         }
-        CtlCommand::Reload => println!("reloaded"),
     }
-    Ok(0)
+    Ok(code)
+}
+
+fn split_target(target: &str) -> anyhow::Result<(&str, &str)> {
+    match target.split_once('/') {
+        Some((p, n)) if !p.is_empty() && !n.is_empty() && !n.contains('/') => Ok((p, n)),
+        _ => bail!("expected POOL/NODE, got {target:?}"),
+    }
+}
+
+fn request_for(command: &CtlCommand) -> anyhow::Result<(Method, String, Option<Value>)> {
+    Ok(match command {
+        CtlCommand::Status => (Method::GET, "/v1/status".into(), None),
+        CtlCommand::Reload => (Method::POST, "/v1/reload".into(), None),
+        CtlCommand::Drain {
+            target,
+            timeout,
+            force,
+        } => {
+            let (p, n) = split_target(target)?;
+            let mut body = json!({ "force": force });
+            if let Some(t) = timeout {
+                body["timeout"] = json!(t);
+            }
+            (
+                Method::POST,
+                format!("/v1/pools/{p}/nodes/{n}/drain"),
+                Some(body),
+            )
+        }
+        CtlCommand::Enable { target, warmup } => {
+            let (p, n) = split_target(target)?;
+            let body = warmup.as_ref().map(|w| json!({ "warmup": w }));
+            (
+                Method::POST,
+                format!("/v1/pools/{p}/nodes/{n}/enable"),
+                body,
+            )
+        }
+        CtlCommand::Wait {
+            target,
+            state,
+            timeout,
+        } => {
+            let (p, n) = split_target(target)?;
+            (
+                Method::GET,
+                format!("/v1/pools/{p}/nodes/{n}/wait?state={state}&timeout={timeout}"),
+                None,
+            )
+        }
+        CtlCommand::Rollout(RolloutCommand::Start {
+            pool,
+            version,
+            order,
+            drain_timeout,
+            ready_timeout,
+            warmup,
+        }) => {
+            let mut body = json!({ "version": version });
+            for (k, v) in [
+                ("drain_timeout", drain_timeout),
+                ("ready_timeout", ready_timeout),
+                ("warmup", warmup),
+            ] {
+                if let Some(v) = v {
+                    body[k] = json!(v);
+                }
+            }
+            if let Some(order) = order {
+                body["order"] = json!(order);
+            }
+            (
+                Method::POST,
+                format!("/v1/pools/{pool}/rollouts"),
+                Some(body),
+            )
+        }
+        CtlCommand::Rollout(RolloutCommand::Status { id: None }) => {
+            (Method::GET, "/v1/rollouts".into(), None)
+        }
+        CtlCommand::Rollout(RolloutCommand::Status { id: Some(id) }) => {
+            (Method::GET, format!("/v1/rollouts/{id}"), None)
+        }
+        CtlCommand::Rollout(RolloutCommand::Abort { id }) => {
+            (Method::POST, format!("/v1/rollouts/{id}/abort"), None)
+        }
+    })
+}
+
+fn human(command: &CtlCommand, value: &Value, code: i32) -> anyhow::Result<String> {
+    let node = || serde_json::from_value::<NodeView>(value.clone()).context("unexpected node JSON");
+    let rollout =
+        || serde_json::from_value::<Rollout>(value.clone()).context("unexpected rollout JSON");
+    Ok(match command {
+        CtlCommand::Status => render::status(
+            &serde_json::from_value::<StatusView>(value.clone())
+                .context("unexpected status JSON")?,
+        ),
+        CtlCommand::Reload => "reloaded\n".into(),
+        CtlCommand::Drain { .. } | CtlCommand::Enable { .. } => render::node_line(&node()?),
+        CtlCommand::Wait { state, .. } => {
+            let n = node()?;
+            if code == 0 {
+                format!("{}/{} is {state}\n", n.pool, n.name)
+            } else {
+                format!(
+                    "{}/{} did not reach {state} in time: {}",
+                    n.pool,
+                    n.name,
+                    render::node_line(&n)
+                )
+            }
+        }
+        CtlCommand::Rollout(RolloutCommand::Start { .. }) => {
+            let r = rollout()?;
+            format!(
+                "rollout {} started: pool {} to version {} (order {})\n",
+                r.id,
+                r.pool,
+                r.version,
+                r.order.join(", ")
+            )
+        }
+        CtlCommand::Rollout(RolloutCommand::Status { id: Some(_) })
+        | CtlCommand::Rollout(RolloutCommand::Abort { .. }) => render::rollout(&rollout()?),
+        CtlCommand::Rollout(RolloutCommand::Status { id: None }) => {
+            let list: Vec<Rollout> = serde_json::from_value(value["rollouts"].clone())
+                .context("unexpected rollouts JSON")?;
+            render::rollout_list(&list)
+        }
+    })
 }
 
 async fn call(
@@ -70,7 +267,8 @@ async fn call(
     token: Option<&str>,
     method: Method,
     path: &str,
-) -> anyhow::Result<(http::StatusCode, Bytes)> {
+    body: Option<Value>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     if base.scheme_str().is_some_and(|s| s != "http") {
         bail!("only http:// admin URLs are supported");
     }
@@ -89,75 +287,15 @@ async fn call(
     if let Some(t) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::new()))?)
-        .await?;
+    let payload = match body {
+        Some(v) => {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+            Bytes::from(serde_json::to_vec(&v)?)
+        }
+        None => Bytes::new(),
+    };
+    let resp = sender.send_request(req.body(Full::new(payload))?).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, body))
-}
-
-/// Renders rows as aligned columns.
-fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn node_row(n: &NodeView) -> Vec<String> {
-    vec![
-        n.pool.clone(),
-        n.name.clone(),
-        n.addr.clone(),
-        n.state.clone(),
-        n.health.clone(),
-        n.version.clone().unwrap_or_else(|| "-".into()),
-        n.sessions.total.to_string(),
-        n.effective_weight.to_string(),
-        n.state_since.clone(),
-    ]
-}
-
-pub fn render_status(view: &StatusView) -> String {
-    let mut rows = vec![[
-        "POOL", "NODE", "ADDR", "STATE", "HEALTH", "VERSION", "SESSIONS", "WEIGHT", "SINCE",
-    ]
-    .map(String::from)
-    .to_vec()];
-    rows.extend(view.pools.iter().flat_map(|p| p.nodes.iter().map(node_row)));
-    let mut out = table(&rows);
-    out.push('\n');
-    let mut listeners = vec![["LISTENER", "PROTOCOL", "ADDRESS", "CONNECTIONS"]
-        .map(String::from)
-        .to_vec()];
-    listeners.extend(view.listeners.iter().map(|l| {
-        vec![
-            l.name.clone(),
-            l.protocol.clone(),
-            l.listen.clone(),
-            l.connections.to_string(),
-        ]
-    }));
-    out.push_str(&table(&listeners));
-    out.push_str(&format!(
-        "\nrollouts: {}\n",
-        if view.rollouts.is_empty() {
-            "none".to_string()
-        } else {
-            view.rollouts.len().to_string()
-        }
-    ));
-    out
 }

@@ -2,6 +2,7 @@
 
 mod check;
 mod ctl;
+mod ctl_render;
 mod demo;
 mod run;
 

@@ -15,12 +15,22 @@ use crate::pool::{AdminState, Node, Pool, SessionKind};
 /// drained anyway (a peer that never acknowledges a FIN must not hold a rollout).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-pub async fn run(app: Arc<App>, pool: Arc<Pool>, node: Arc<Node>, timeout: Duration, generation: u64) {
+pub async fn run(
+    app: Arc<App>,
+    pool: Arc<Pool>,
+    node: Arc<Node>,
+    timeout: Duration,
+    generation: u64,
+) {
     let started = Instant::now();
     let state = &node.state;
     let life = &state.lifecycle;
-    let still_draining = |s: &crate::pool::NodeState| s.admin() == AdminState::Draining && s.lifecycle.is_current(generation);
-    let idle = state.wait_until(timeout, |s| !still_draining(s) || s.active_sessions() == 0).await;
+    let still_draining = |s: &crate::pool::NodeState| {
+        s.admin() == AdminState::Draining && s.lifecycle.is_current(generation)
+    };
+    let idle = state
+        .wait_until(timeout, |s| !still_draining(s) || s.active_sessions() == 0)
+        .await;
     if !still_draining(state) {
         return;
     }
@@ -42,7 +52,11 @@ pub async fn run(app: Arc<App>, pool: Arc<Pool>, node: Arc<Node>, timeout: Durat
             state.metrics.deadline_close(SessionKind::HttpInflight);
         }
         life.fire_close();
-        state.wait_until(spread + CLOSE_GRACE, |s| !still_draining(s) || s.active_sessions() == 0).await;
+        state
+            .wait_until(spread + CLOSE_GRACE, |s| {
+                !still_draining(s) || s.active_sessions() == 0
+            })
+            .await;
         if !still_draining(state) {
             return;
         }
@@ -50,7 +64,10 @@ pub async fn run(app: Arc<App>, pool: Arc<Pool>, node: Arc<Node>, timeout: Durat
     if state.transition(AdminState::Draining, AdminState::Drained) {
         life.clear_drain_deadline();
         let took = started.elapsed();
-        app.metrics.drain_duration.with_label_values(&[&pool.name]).observe(took.as_secs_f64());
+        app.metrics
+            .drain_duration
+            .with_label_values(&[&pool.name])
+            .observe(took.as_secs_f64());
         tracing::info!(node = %node.key(), took_ms = took.as_millis() as u64, at_deadline = !idle, "node drained");
         app.persist();
     }

@@ -20,7 +20,11 @@ use crate::pool::{unix_ms, AdminState, Health, Node, Pool};
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
     #[error("pair guard: draining {pool}/{node} would leave pool {pool} without a serving node ({reason}); use force to override")]
-    Guard { pool: String, node: String, reason: String },
+    Guard {
+        pool: String,
+        node: String,
+        reason: String,
+    },
 }
 
 /// A node by pool and index, resolved from one snapshot.
@@ -35,25 +39,45 @@ pub fn check_guard(pool: &Pool, node: &Node) -> Result<(), OpError> {
     if !node.state.admits_new() {
         return Ok(());
     }
-    if pool.nodes.iter().any(|n| n.name != node.name && n.state.admits_new()) {
+    if pool
+        .nodes
+        .iter()
+        .any(|n| n.name != node.name && n.state.admits_new())
+    {
         return Ok(());
     }
     let others: Vec<String> = pool
         .nodes
         .iter()
         .filter(|n| n.name != node.name)
-        .map(|n| format!("{} is {}/{}", n.name, n.state.admin().as_str(), n.state.health().as_str()))
+        .map(|n| {
+            format!(
+                "{} is {}/{}",
+                n.name,
+                n.state.admin().as_str(),
+                n.state.health().as_str()
+            )
+        })
         .collect();
     Err(OpError::Guard {
         pool: pool.name.clone(),
         node: node.name.clone(),
-        reason: if others.is_empty() { "it is the only node".into() } else { others.join(", ") },
+        reason: if others.is_empty() {
+            "it is the only node".into()
+        } else {
+            others.join(", ")
+        },
     })
 }
 
 /// Drains a node: no new sessions from now on; `drained` when the last one ends, or at the
 /// deadline after closing the rest. Draining a draining or drained node changes nothing.
-pub fn drain(app: &Arc<App>, t: &Target, timeout: Option<Duration>, force: bool) -> Result<(), OpError> {
+pub fn drain(
+    app: &Arc<App>,
+    t: &Target,
+    timeout: Option<Duration>,
+    force: bool,
+) -> Result<(), OpError> {
     let state = &t.node.state;
     if matches!(state.admin(), AdminState::Draining | AdminState::Drained) {
         return Ok(());
@@ -65,13 +89,21 @@ pub fn drain(app: &Arc<App>, t: &Target, timeout: Option<Duration>, force: bool)
     let timeout = timeout.unwrap_or(cfg.timeout);
     let generation = state.lifecycle.next_generation();
     state.lifecycle.enable_pending.store(false, Relaxed);
-    state.lifecycle.set_drain_deadline(unix_ms() + timeout.as_millis() as u64, cfg.close_spread);
+    state
+        .lifecycle
+        .set_drain_deadline(unix_ms() + timeout.as_millis() as u64, cfg.close_spread);
     if let Some(from) = state.set_admin(AdminState::Draining) {
         tracing::info!(node = %t.node.key(), from = from.as_str(), timeout = %crate::config::duration::format(timeout), force, "node draining");
     }
     // Idle keep-alive connections would only be reused by mistake: close them now.
     t.node.idle.clear();
-    tokio::spawn(drain::run(Arc::clone(app), Arc::clone(&t.pool), Arc::clone(&t.node), timeout, generation));
+    tokio::spawn(drain::run(
+        Arc::clone(app),
+        Arc::clone(&t.pool),
+        Arc::clone(&t.node),
+        timeout,
+        generation,
+    ));
     app.persist();
     Ok(())
 }
@@ -95,7 +127,13 @@ pub fn enable(app: &Arc<App>, t: &Target, warmup: Option<Duration>) {
         // until it is up.
         state.transition(AdminState::Draining, AdminState::Drained);
         tracing::info!(node = %t.node.key(), health = state.health().as_str(), "node enabled: warming once it is up");
-        tokio::spawn(warmup::when_up(Arc::clone(app), Arc::clone(&t.pool), Arc::clone(&t.node), warmup, generation));
+        tokio::spawn(warmup::when_up(
+            Arc::clone(app),
+            Arc::clone(&t.pool),
+            Arc::clone(&t.node),
+            warmup,
+            generation,
+        ));
     }
     app.persist();
 }

@@ -16,12 +16,20 @@ const MAX_IDLE_ROUNDS: u32 = 50;
 
 /// The node most above its weighted fair share of TCP sessions, if by at least one session.
 pub fn most_above_share(pool: &Pool) -> Option<usize> {
-    let serving: Vec<usize> = (0..pool.nodes.len()).filter(|&i| pool.nodes[i].state.admits_new()).collect();
+    let serving: Vec<usize> = (0..pool.nodes.len())
+        .filter(|&i| pool.nodes[i].state.admits_new())
+        .collect();
     if serving.len() < 2 {
         return None;
     }
-    let total: f64 = serving.iter().map(|&i| pool.nodes[i].state.sessions(SessionKind::Tcp) as f64).sum();
-    let weights: f64 = serving.iter().map(|&i| f64::from(pool.nodes[i].weight)).sum();
+    let total: f64 = serving
+        .iter()
+        .map(|&i| pool.nodes[i].state.sessions(SessionKind::Tcp) as f64)
+        .sum();
+    let weights: f64 = serving
+        .iter()
+        .map(|&i| f64::from(pool.nodes[i].weight))
+        .sum();
     serving
         .iter()
         .map(|&i| {
@@ -46,8 +54,12 @@ pub async fn run(app: Arc<App>, pool_name: String, cfg: RebalanceConfig) {
             _ = tick.tick() => {}
         }
         // The current snapshot's pool: rebalancing follows reloads.
-        let Some(pool) = app.snapshot.load().pool(&pool_name).cloned() else { break };
-        let Some(i) = most_above_share(&pool) else { break };
+        let Some(pool) = app.snapshot.load().pool(&pool_name).cloned() else {
+            break;
+        };
+        let Some(i) = most_above_share(&pool) else {
+            break;
+        };
         let node = &pool.nodes[i];
         match node.state.lifecycle.oldest_live() {
             Some(id) => {

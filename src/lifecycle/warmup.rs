@@ -22,11 +22,23 @@ pub fn begin(app: &Arc<App>, t: &Target, warmup: Duration, generation: u64) {
     if let Some(from) = state.set_admin(AdminState::Warming) {
         tracing::info!(node = %t.node.key(), from = from.as_str(), warmup = %crate::config::duration::format(warmup), "node warming");
     }
-    tokio::spawn(run(Arc::clone(app), Arc::clone(&t.pool), Arc::clone(&t.node), warmup, generation));
+    tokio::spawn(run(
+        Arc::clone(app),
+        Arc::clone(&t.pool),
+        Arc::clone(&t.node),
+        warmup,
+        generation,
+    ));
 }
 
 /// Pending enable: warming starts the moment the node is up.
-pub async fn when_up(app: Arc<App>, pool: Arc<Pool>, node: Arc<Node>, warmup: Duration, generation: u64) {
+pub async fn when_up(
+    app: Arc<App>,
+    pool: Arc<Pool>,
+    node: Arc<Node>,
+    warmup: Duration,
+    generation: u64,
+) {
     let stop = app.shutdown.force.clone();
     loop {
         let up = tokio::select! {
@@ -45,14 +57,26 @@ pub async fn when_up(app: Arc<App>, pool: Arc<Pool>, node: Arc<Node>, warmup: Du
 }
 
 /// Warming: after `warmup`, active (unless a newer operation intervened).
-pub async fn run(app: Arc<App>, pool: Arc<Pool>, node: Arc<Node>, warmup: Duration, generation: u64) {
+pub async fn run(
+    app: Arc<App>,
+    pool: Arc<Pool>,
+    node: Arc<Node>,
+    warmup: Duration,
+    generation: u64,
+) {
     let stop = app.shutdown.force.clone();
-    let current = |s: &crate::pool::NodeState| s.admin() == AdminState::Warming && s.lifecycle.is_current(generation);
+    let current = |s: &crate::pool::NodeState| {
+        s.admin() == AdminState::Warming && s.lifecycle.is_current(generation)
+    };
     tokio::select! {
         _ = stop.cancelled() => return,
         _ = node.state.wait_until(warmup, |s| !current(s)) => {}
     }
-    if current(&node.state) && node.state.transition(AdminState::Warming, AdminState::Active) {
+    if current(&node.state)
+        && node
+            .state
+            .transition(AdminState::Warming, AdminState::Active)
+    {
         tracing::info!(node = %node.key(), "node active");
         app.persist();
         if let Some(cfg) = pool.config.rebalance {

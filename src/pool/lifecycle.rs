@@ -107,7 +107,10 @@ impl Lifecycle {
     /// The ramp's current fraction.
     pub fn warm_factor(&self) -> f64 {
         let elapsed = self.now_ns().saturating_sub(self.warm_start.load(Relaxed));
-        warmup_factor(Duration::from_nanos(elapsed), Duration::from_nanos(self.warmup_ns.load(Relaxed)))
+        warmup_factor(
+            Duration::from_nanos(elapsed),
+            Duration::from_nanos(self.warmup_ns.load(Relaxed)),
+        )
     }
 
     /// `weight` scaled by the ramp (at least 1).
@@ -121,7 +124,8 @@ impl Lifecycle {
 
     pub fn set_drain_deadline(&self, unix_ms: u64, spread: Duration) {
         self.drain_deadline.store(unix_ms, Relaxed);
-        self.close_spread_ms.store(spread.as_millis() as u64, Relaxed);
+        self.close_spread_ms
+            .store(spread.as_millis() as u64, Relaxed);
     }
 
     pub fn clear_drain_deadline(&self) {
@@ -175,7 +179,10 @@ impl Lifecycle {
     /// The oldest registered live session, if any.
     pub fn oldest_live(&self) -> Option<u64> {
         let end = self.next_session.load(Relaxed);
-        let mut id = self.scan_from.load(Relaxed).max(end.saturating_sub(LIVE_SLOTS as u64));
+        let mut id = self
+            .scan_from
+            .load(Relaxed)
+            .max(end.saturating_sub(LIVE_SLOTS as u64));
         while id < end {
             if self.live[(id as usize) % LIVE_SLOTS].load(Relaxed) == id + 1 {
                 self.scan_from.store(id, Relaxed);

@@ -32,6 +32,8 @@ pub struct Pool {
     pub metrics: PoolMetrics,
     /// Round-robin order (node indexes), built once.
     ring: Vec<u8>,
+    /// Sum of the configured weights.
+    total_weight: f64,
     /// Rotating start for picks.
     next: AtomicUsize,
     /// During a rollout with `prefer_target_version`: the version new sessions prefer.
@@ -85,6 +87,7 @@ impl Pool {
             name: config.name.clone(),
             balance: config.balance,
             ring: pick::build_ring(&weights),
+            total_weight: weights.iter().map(|&w| f64::from(w)).sum(),
             nodes,
             config: config.clone(),
             metrics: PoolMetrics::new(metrics, &config.name),

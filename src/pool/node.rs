@@ -157,7 +157,10 @@ impl NodeState {
     /// Moves from `from` to `to` only if the state is still `from` (a concurrent operator
     /// action wins over a background transition).
     pub fn transition(&self, from: AdminState, to: AdminState) -> bool {
-        let moved = self.admin.compare_exchange(from as u8, to as u8, SeqCst, SeqCst).is_ok();
+        let moved = self
+            .admin
+            .compare_exchange(from as u8, to as u8, SeqCst, SeqCst)
+            .is_ok();
         if moved {
             self.admin_since.store(unix_ms(), Relaxed);
             self.metrics.transition(to.as_str());

@@ -46,7 +46,12 @@ impl Pool {
         let seq = self.next.fetch_add(1, Relaxed);
         let prefer = self.prefer.load();
         if let Some(version) = prefer.as_deref() {
-            let preferred = |i: usize| self.nodes[i].state.version().is_some_and(|v| *v == *version);
+            let preferred = |i: usize| {
+                self.nodes[i]
+                    .state
+                    .version()
+                    .is_some_and(|v| *v == *version)
+            };
             if let Some(i) = self.pick_among(seq, tried, preferred) {
                 return Some(i);
             }
@@ -54,16 +59,22 @@ impl Pool {
         self.pick_among(seq, tried, |_| true)
     }
 
-    fn pick_among(&self, seq: usize, tried: Tried, allowed: impl Fn(usize) -> bool) -> Option<usize> {
-        let eligible = |i: usize| !tried.contains(i) && self.nodes[i].state.admits_new() && allowed(i);
+    fn pick_among(
+        &self,
+        seq: usize,
+        tried: Tried,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let eligible =
+            |i: usize| !tried.contains(i) && self.nodes[i].state.admits_new() && allowed(i);
         match self.balance {
             Balance::RoundRobin => self.pick_round_robin(seq, eligible),
             Balance::LeastConn => self.pick_least_conn(seq, eligible),
         }
     }
 
-    /// Walks the weighted ring from a rotating start. A warming node is taken with
-    /// probability equal to its warmup fraction, so its share ramps up with it.
+    /// Walks the weighted ring from a rotating start. A warming node is skipped at random so
+    /// that its share follows its ramped weight.
     fn pick_round_robin(&self, seq: usize, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         let len = self.ring.len();
         let mut fallback = None;
@@ -74,7 +85,15 @@ impl Pool {
             }
             let node = &self.nodes[i];
             if node.state.admin() == AdminState::Warming {
-                let permille = (node.state.lifecycle.warm_factor() * 1000.0) as u64;
+                // Accept with the probability that gives the node the share its effective
+                // weight would get: f·w / (f·w + W − w), against its ring share w / W.
+                let (f, w, total) = (
+                    node.state.lifecycle.warm_factor(),
+                    f64::from(node.weight),
+                    self.total_weight,
+                );
+                let p = (f * total / (f * w + total - w)).min(1.0);
+                let permille = (p * 1000.0) as u64;
                 if mix(seq as u64 ^ (step as u64) << 32) % 1000 >= permille {
                     fallback.get_or_insert(i);
                     continue;
@@ -187,5 +206,56 @@ mod tests {
         assert!(t.is_empty());
         t.add(3);
         assert!(t.contains(3) && !t.contains(2));
+    }
+}
+
+#[cfg(test)]
+mod warmup_tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use crate::config::parse;
+    use crate::metrics::Metrics;
+    use crate::pool::{AdminState, Pool, Tried};
+
+    fn pool(balance: &str) -> Pool {
+        let config = parse(&format!(
+            "listeners: [ {{ name: l, listen: \"127.0.0.1:0\", protocol: tcp, pool: p }} ]\n\
+             pools: [ {{ name: p, balance: {balance}, nodes: [ {{ name: a, addr: \"127.0.0.1:1\" }}, {{ name: b, addr: \"127.0.0.1:2\" }} ] }} ]\n"
+        ))
+        .unwrap();
+        let pool = Pool::build(&config.pools[0], &HashMap::new(), &Metrics::new());
+        for node in &pool.nodes {
+            for _ in 0..2 {
+                node.state.record_check(true, None, &config.pools[0].health);
+            }
+        }
+        pool
+    }
+
+    fn share_of_a(pool: &Pool, picks: usize) -> f64 {
+        let a = (0..picks)
+            .filter(|_| pool.pick(Tried::default()) == Some(0))
+            .count();
+        a as f64 / picks as f64
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_warming_nodes_share_follows_its_ramp() {
+        for balance in ["least_conn", "round_robin"] {
+            let pool = pool(balance);
+            let a = &pool.nodes[0].state;
+            a.lifecycle.start_warming(Duration::from_secs(10));
+            a.set_admin(AdminState::Warming);
+            let start = share_of_a(&pool, 4000);
+            tokio::time::advance(Duration::from_secs(5)).await;
+            let middle = share_of_a(&pool, 4000);
+            tokio::time::advance(Duration::from_secs(5)).await;
+            let end = share_of_a(&pool, 4000);
+            // Weights 10:100, 55:100, 100:100 → shares ≈ 0.09, 0.35, 0.5.
+            assert!((0.05..0.14).contains(&start), "{balance}: start {start}");
+            assert!((0.28..0.42).contains(&middle), "{balance}: middle {middle}");
+            assert!((0.45..0.55).contains(&end), "{balance}: end {end}");
+        }
     }
 }

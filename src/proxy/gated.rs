@@ -38,7 +38,10 @@ pub struct Gated<F> {
 impl<F> Gated<F> {
     pub fn new(inner: F) -> Self {
         // Woken at first, so the first poll registers the inner future's interest.
-        let flag = Arc::new(Flag { woken: AtomicBool::new(true), task: AtomicWaker::new() });
+        let flag = Arc::new(Flag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
         let waker = Waker::from(Arc::clone(&flag));
         Gated { inner, flag, waker }
     }
@@ -70,7 +73,9 @@ mod tests {
         let pending = futures_poll_once(&mut gated).await;
         assert!(pending);
         token.cancel();
-        tokio::time::timeout(std::time::Duration::from_secs(1), gated).await.expect("woken");
+        tokio::time::timeout(std::time::Duration::from_secs(1), gated)
+            .await
+            .expect("woken");
     }
 
     async fn futures_poll_once<F: Future + Unpin>(f: &mut F) -> bool {

@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     #[error("hook {program:?} could not start: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("hook {program:?} exited with {status}")]
     Failed { program: String, status: String },
     #[error("hook {program:?} did not finish within {limit}")]
@@ -19,14 +22,22 @@ pub enum HookError {
     Aborted,
 }
 
-pub async fn run(argv: &[String], env: &[(&str, String)], limit: Duration, abort: &CancellationToken) -> Result<(), HookError> {
+pub async fn run(
+    argv: &[String],
+    env: &[(&str, String)],
+    limit: Duration,
+    abort: &CancellationToken,
+) -> Result<(), HookError> {
     let program = argv.first().cloned().unwrap_or_default();
     let mut cmd = Command::new(&program);
     cmd.args(&argv[1..]).stdin(Stdio::null()).kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().map_err(|source| HookError::Spawn { program: program.clone(), source })?;
+    let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
     let status = tokio::select! {
         s = child.wait() => s.map_err(|source| HookError::Spawn { program: program.clone(), source })?,
         _ = tokio::time::sleep(limit) => {
@@ -41,6 +52,9 @@ pub async fn run(argv: &[String], env: &[(&str, String)], limit: Duration, abort
     if status.success() {
         Ok(())
     } else {
-        Err(HookError::Failed { program, status: status.to_string() })
+        Err(HookError::Failed {
+            program,
+            status: status.to_string(),
+        })
     }
 }

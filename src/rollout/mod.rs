@@ -31,8 +31,14 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ORDER: [Phase; 6] =
-        [Phase::Guard, Phase::Draining, Phase::WaitingUpgrade, Phase::WaitingReady, Phase::Warming, Phase::Done];
+    pub const ORDER: [Phase; 6] = [
+        Phase::Guard,
+        Phase::Draining,
+        Phase::WaitingUpgrade,
+        Phase::WaitingReady,
+        Phase::Warming,
+        Phase::Done,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -123,12 +129,17 @@ pub struct Handle {
 
 impl Handle {
     pub fn new(record: Rollout) -> Arc<Self> {
-        Arc::new(Handle { record: Mutex::new(record), abort: CancellationToken::new() })
+        Arc::new(Handle {
+            record: Mutex::new(record),
+            abort: CancellationToken::new(),
+        })
     }
 
     /// The record (control plane only; never held across an await).
     pub fn lock(&self) -> MutexGuard<'_, Rollout> {
-        self.record.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.record
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn snapshot(&self) -> Rollout {
@@ -140,7 +151,12 @@ impl Handle {
         let message = message.into();
         let mut r = self.lock();
         tracing::info!(rollout = %r.id, node = node.unwrap_or(""), phase = phase.map_or("", Phase::as_str), "{message}");
-        r.timeline.push(Event { at: rfc3339(unix_ms()), node: node.map(str::to_string), phase, message });
+        r.timeline.push(Event {
+            at: rfc3339(unix_ms()),
+            node: node.map(str::to_string),
+            phase,
+            message,
+        });
     }
 }
 
@@ -153,7 +169,9 @@ pub struct Registry {
 
 impl Registry {
     fn all(&self) -> MutexGuard<'_, Vec<Arc<Handle>>> {
-        self.all.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.all
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn list(&self) -> Vec<Rollout> {
@@ -166,7 +184,12 @@ impl Registry {
 
     /// Adds a restored record (state file), keeping ids unique afterwards.
     pub fn restore(&self, record: Rollout) -> Arc<Handle> {
-        if let Some(n) = record.id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(n) = record
+            .id
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             self.next.fetch_max(n, Relaxed);
         }
         let handle = Handle::new(record);
@@ -178,7 +201,9 @@ impl Registry {
 /// Starts a rollout on `pool`: 201 material, or why not.
 pub fn start(app: &Arc<App>, pool: &str, req: StartRequest) -> Result<Rollout, RolloutError> {
     let snapshot = app.snapshot.load();
-    let p = snapshot.pool(pool).ok_or_else(|| RolloutError::UnknownPool(pool.to_string()))?;
+    let p = snapshot
+        .pool(pool)
+        .ok_or_else(|| RolloutError::UnknownPool(pool.to_string()))?;
     if req.version.trim().is_empty() {
         return Err(RolloutError::Invalid("`version` must not be empty".into()));
     }
@@ -186,20 +211,32 @@ pub fn start(app: &Arc<App>, pool: &str, req: StartRequest) -> Result<Rollout, R
         None => Ok(default),
         Some(t) => duration::parse(t).map_err(|e| RolloutError::Invalid(format!("{field}: {e}"))),
     };
-    let drain_timeout = parse("drain_timeout", &req.drain_timeout, p.config.rollout.drain_timeout)?;
-    let ready_timeout = parse("ready_timeout", &req.ready_timeout, p.config.rollout.ready_timeout)?;
+    let drain_timeout = parse(
+        "drain_timeout",
+        &req.drain_timeout,
+        p.config.rollout.drain_timeout,
+    )?;
+    let ready_timeout = parse(
+        "ready_timeout",
+        &req.ready_timeout,
+        p.config.rollout.ready_timeout,
+    )?;
     let warmup = parse("warmup", &req.warmup, p.config.warmup)?;
     let order = match req.order {
         None => p.nodes.iter().map(|n| n.name.clone()).collect(),
         Some(order) => {
             for name in &order {
                 if p.node(name).is_none() {
-                    return Err(RolloutError::Invalid(format!("order names unknown node {name:?}")));
+                    return Err(RolloutError::Invalid(format!(
+                        "order names unknown node {name:?}"
+                    )));
                 }
             }
             let mut seen = std::collections::HashSet::new();
             if let Some(dup) = order.iter().find(|n| !seen.insert(n.as_str())) {
-                return Err(RolloutError::Invalid(format!("order names node {dup:?} twice")));
+                return Err(RolloutError::Invalid(format!(
+                    "order names node {dup:?} twice"
+                )));
             }
             order
         }
@@ -209,7 +246,10 @@ pub fn start(app: &Arc<App>, pool: &str, req: StartRequest) -> Result<Rollout, R
         let r = h.lock();
         r.pool == pool && r.state == RolloutState::Running
     }) {
-        return Err(RolloutError::AlreadyRunning { pool: pool.to_string(), running: running.lock().id.clone() });
+        return Err(RolloutError::AlreadyRunning {
+            pool: pool.to_string(),
+            running: running.lock().id.clone(),
+        });
     }
     let id = format!("{pool}-{}", app.rollouts.next.fetch_add(1, Relaxed) + 1);
     let record = Rollout {
@@ -233,7 +273,14 @@ pub fn start(app: &Arc<App>, pool: &str, req: StartRequest) -> Result<Rollout, R
     let handle = Handle::new(record);
     all.push(Arc::clone(&handle));
     drop(all);
-    handle.event(None, None, format!("rollout of pool {pool} to version {} started", req.version.trim()));
+    handle.event(
+        None,
+        None,
+        format!(
+            "rollout of pool {pool} to version {} started",
+            req.version.trim()
+        ),
+    );
     let snapshot = handle.snapshot();
     spawn(app, handle);
     app.persist();
@@ -247,7 +294,10 @@ pub fn spawn(app: &Arc<App>, handle: Arc<Handle>) {
 
 /// Asks a rollout to stop after its current step.
 pub fn abort(app: &Arc<App>, id: &str) -> Result<Rollout, RolloutError> {
-    let handle = app.rollouts.get(id).ok_or_else(|| RolloutError::Unknown(id.to_string()))?;
+    let handle = app
+        .rollouts
+        .get(id)
+        .ok_or_else(|| RolloutError::Unknown(id.to_string()))?;
     {
         let mut r = handle.lock();
         if r.state == RolloutState::Running {

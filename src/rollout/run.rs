@@ -29,8 +29,7 @@ pub async fn run(app: Arc<App>, handle: Arc<Handle>) {
         (r.pool.clone(), r.order.clone(), r.version.clone())
     };
     let start = handle.lock().node_index;
-    for index in start..order.len() {
-        let node_name = &order[index];
+    for (index, node_name) in order.iter().enumerate().skip(start) {
         let resume_phase = {
             let mut r = handle.lock();
             let resume = if r.node_index == index { r.phase } else { None };
@@ -38,13 +37,25 @@ pub async fn run(app: Arc<App>, handle: Arc<Handle>) {
             r.current_node = Some(node_name.clone());
             resume
         };
-        let first = resume_phase.map_or(0, |p| Phase::ORDER.iter().position(|x| *x == p).unwrap_or(0));
+        let first = resume_phase.map_or(0, |p| {
+            Phase::ORDER.iter().position(|x| *x == p).unwrap_or(0)
+        });
         for &phase in &Phase::ORDER[first..] {
             if handle.abort.is_cancelled() {
-                return finish(&app, &handle, &pool_name, RolloutState::Aborted, Some(aborted_reason(&app, &pool_name, node_name, phase)));
+                return finish(
+                    &app,
+                    &handle,
+                    &pool_name,
+                    RolloutState::Aborted,
+                    Some(aborted_reason(&app, &pool_name, node_name, phase)),
+                );
             }
             handle.lock().phase = Some(phase);
-            handle.event(Some(node_name), Some(phase), format!("{node_name}: {}", phase.as_str()));
+            handle.event(
+                Some(node_name),
+                Some(phase),
+                format!("{node_name}: {}", phase.as_str()),
+            );
             app.persist();
             let started = Instant::now();
             let result = step(&app, &handle, &pool_name, node_name, &version, phase).await;
@@ -56,20 +67,42 @@ pub async fn run(app: Arc<App>, handle: Arc<Handle>) {
                 Ok(()) => {}
                 Err(Stop::Failed(reason)) => {
                     handle.event(Some(node_name), Some(phase), format!("failed: {reason}"));
-                    return finish(&app, &handle, &pool_name, RolloutState::Failed, Some(reason));
+                    return finish(
+                        &app,
+                        &handle,
+                        &pool_name,
+                        RolloutState::Failed,
+                        Some(reason),
+                    );
                 }
                 Err(Stop::Aborted) => {
                     let reason = aborted_reason(&app, &pool_name, node_name, phase);
-                    return finish(&app, &handle, &pool_name, RolloutState::Aborted, Some(reason));
+                    return finish(
+                        &app,
+                        &handle,
+                        &pool_name,
+                        RolloutState::Aborted,
+                        Some(reason),
+                    );
                 }
             }
         }
     }
-    handle.event(None, None, format!("every node of pool {pool_name} runs version {version}"));
+    handle.event(
+        None,
+        None,
+        format!("every node of pool {pool_name} runs version {version}"),
+    );
     finish(&app, &handle, &pool_name, RolloutState::Succeeded, None);
 }
 
-fn finish(app: &Arc<App>, handle: &Handle, pool: &str, state: RolloutState, reason: Option<String>) {
+fn finish(
+    app: &Arc<App>,
+    handle: &Handle,
+    pool: &str,
+    state: RolloutState,
+    reason: Option<String>,
+) {
     if let Some(p) = app.snapshot.load().pool(pool) {
         p.prefer.store(None);
     }
@@ -85,23 +118,41 @@ fn finish(app: &Arc<App>, handle: &Handle, pool: &str, state: RolloutState, reas
         RolloutState::Aborted => "aborted",
         RolloutState::Running => "running",
     };
-    handle.event(None, None, match reason {
-        Some(r) => format!("rollout {word}: {r}"),
-        None => format!("rollout {word}"),
-    });
+    handle.event(
+        None,
+        None,
+        match reason {
+            Some(r) => format!("rollout {word}: {r}"),
+            None => format!("rollout {word}"),
+        },
+    );
     app.persist();
 }
 
 /// Says where an abort left things, node by node.
 fn aborted_reason(app: &App, pool: &str, node: &str, phase: Phase) -> String {
-    let states = app.snapshot.load().pool(pool).map_or_else(String::new, |p| {
-        p.nodes
-            .iter()
-            .map(|n| format!("{}={}/{}", n.name, n.state.admin().as_str(), n.state.health().as_str()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    });
-    format!("aborted at {node} ({}); nodes left: {states}", phase.as_str())
+    let states = app
+        .snapshot
+        .load()
+        .pool(pool)
+        .map_or_else(String::new, |p| {
+            p.nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{}={}/{}",
+                        n.name,
+                        n.state.admin().as_str(),
+                        n.state.health().as_str()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+    format!(
+        "aborted at {node} ({}); nodes left: {states}",
+        phase.as_str()
+    )
 }
 
 /// Waits until `done` holds for the node, the deadline passes (`Ok(false)`), or — when
@@ -124,12 +175,26 @@ async fn wait_node(
     }
 }
 
-async fn step(app: &Arc<App>, handle: &Handle, pool: &str, node: &str, version: &str, phase: Phase) -> Result<(), Stop> {
+async fn step(
+    app: &Arc<App>,
+    handle: &Handle,
+    pool: &str,
+    node: &str,
+    version: &str,
+    phase: Phase,
+) -> Result<(), Stop> {
     let target = {
         let snapshot = app.snapshot.load();
-        let p = snapshot.pool(pool).ok_or_else(|| Stop::Failed(format!("pool {pool} no longer exists")))?;
-        let n = p.node(node).ok_or_else(|| Stop::Failed(format!("node {pool}/{node} no longer exists")))?;
-        Target { pool: Arc::clone(p), node: Arc::clone(n) }
+        let p = snapshot
+            .pool(pool)
+            .ok_or_else(|| Stop::Failed(format!("pool {pool} no longer exists")))?;
+        let n = p
+            .node(node)
+            .ok_or_else(|| Stop::Failed(format!("node {pool}/{node} no longer exists")))?;
+        Target {
+            pool: Arc::clone(p),
+            node: Arc::clone(n),
+        }
     };
     let (drain_timeout, ready_timeout, warmup) = {
         let r = handle.lock();
@@ -147,22 +212,45 @@ async fn step(app: &Arc<App>, handle: &Handle, pool: &str, node: &str, version: 
                 if lifecycle::check_guard(&target.pool, &target.node).is_ok() {
                     return Ok(());
                 }
-                let sibling_changed = target.pool.nodes.iter().find(|n| n.name != node).map(|n| Arc::clone(&n.state));
+                let sibling_changed = target
+                    .pool
+                    .nodes
+                    .iter()
+                    .find(|n| n.name != node)
+                    .map(|n| Arc::clone(&n.state));
                 let Some(sibling) = sibling_changed else {
-                    return Err(Stop::Failed(format!("{key} has no sibling to carry the load")));
+                    return Err(Stop::Failed(format!(
+                        "{key} has no sibling to carry the load"
+                    )));
                 };
                 if !wait_node(handle, &sibling, deadline, true, |s| s.admits_new()).await? {
-                    let reason = lifecycle::check_guard(&target.pool, &target.node).err().map_or_else(String::new, |e| e.to_string());
-                    return Err(Stop::Failed(format!("within {}: {reason}", duration::format(ready_timeout))));
+                    let reason = lifecycle::check_guard(&target.pool, &target.node)
+                        .err()
+                        .map_or_else(String::new, |e| e.to_string());
+                    return Err(Stop::Failed(format!(
+                        "within {}: {reason}",
+                        duration::format(ready_timeout)
+                    )));
                 }
             }
         }
         Phase::Draining => {
             // The guard just passed; force avoids failing on a sibling flapping meanwhile.
-            lifecycle::drain(app, &target, Some(drain_timeout), true).map_err(|e| Stop::Failed(e.to_string()))?;
-            let deadline = Instant::now() + drain_timeout + target.pool.config.drain.close_spread + DRAIN_SLACK;
-            if !wait_node(handle, state, deadline, false, |s| s.admin() == AdminState::Drained).await? {
-                return Err(Stop::Failed(format!("{key} did not drain (state {})", state.admin().as_str())));
+            lifecycle::drain(app, &target, Some(drain_timeout), true)
+                .map_err(|e| Stop::Failed(e.to_string()))?;
+            let deadline = Instant::now()
+                + drain_timeout
+                + target.pool.config.drain.close_spread
+                + DRAIN_SLACK;
+            if !wait_node(handle, state, deadline, false, |s| {
+                s.admin() == AdminState::Drained
+            })
+            .await?
+            {
+                return Err(Stop::Failed(format!(
+                    "{key} did not drain (state {})",
+                    state.admin().as_str()
+                )));
             }
             Ok(())
         }
@@ -175,7 +263,11 @@ async fn step(app: &Arc<App>, handle: &Handle, pool: &str, node: &str, version: 
                     ("HANDOFF_NODE_ADDR", target.node.addr.to_string()),
                     ("HANDOFF_TARGET_VERSION", version.to_string()),
                 ];
-                handle.event(Some(node), Some(phase), format!("running hook {}", argv.join(" ")));
+                handle.event(
+                    Some(node),
+                    Some(phase),
+                    format!("running hook {}", argv.join(" ")),
+                );
                 return match hook::run(argv, &env, ready_timeout, &handle.abort).await {
                     Ok(()) => Ok(()),
                     Err(hook::HookError::Aborted) => Err(Stop::Aborted),
@@ -193,7 +285,9 @@ async fn step(app: &Arc<App>, handle: &Handle, pool: &str, node: &str, version: 
         Phase::WaitingReady => {
             let deadline = Instant::now() + ready_timeout;
             let ready = |s: &NodeState| {
-                s.version().is_some_and(|v| *v == version) && s.version_passes() >= healthy_after && s.health() == Health::Up
+                s.version().is_some_and(|v| *v == version)
+                    && s.version_passes() >= healthy_after
+                    && s.health() == Health::Up
             };
             if wait_node(handle, state, deadline, true, ready).await? {
                 Ok(())
@@ -204,14 +298,25 @@ async fn step(app: &Arc<App>, handle: &Handle, pool: &str, node: &str, version: 
         Phase::Warming => {
             if target.pool.config.rollout.prefer_target_version {
                 // From now on a target-version node serves: new sessions prefer such nodes.
-                target.pool.prefer.store(Some(Arc::new(version.to_string())));
+                target
+                    .pool
+                    .prefer
+                    .store(Some(Arc::new(version.to_string())));
             }
             lifecycle::enable(app, &target, Some(warmup));
             let deadline = Instant::now() + warmup + ready_timeout;
-            if wait_node(handle, state, deadline, false, |s| s.admin() == AdminState::Active).await? {
+            if wait_node(handle, state, deadline, false, |s| {
+                s.admin() == AdminState::Active
+            })
+            .await?
+            {
                 Ok(())
             } else {
-                Err(Stop::Failed(format!("{key} did not become active (state {}, health {})", state.admin().as_str(), state.health().as_str())))
+                Err(Stop::Failed(format!(
+                    "{key} did not become active (state {}, health {})",
+                    state.admin().as_str(),
+                    state.health().as_str()
+                )))
             }
         }
         Phase::Done => Ok(()),
@@ -219,7 +324,9 @@ async fn step(app: &Arc<App>, handle: &Handle, pool: &str, node: &str, version: 
 }
 
 fn not_ready(key: &str, state: &NodeState, version: &str, limit: Duration) -> String {
-    let reported = state.version().map_or_else(|| "no version".to_string(), |v| format!("version {v}"));
+    let reported = state
+        .version()
+        .map_or_else(|| "no version".to_string(), |v| format!("version {v}"));
     format!(
         "{key} not ready within {}: it reports {reported} (expected {version}), health {}; {key} left drained",
         duration::format(limit),

@@ -75,9 +75,16 @@ impl Validator {
         let health = self.health(&hp, raw_health);
         let warmup = self.duration(&format!("{path}.warmup"), raw.warmup.as_deref(), d::WARMUP);
         let dp = format!("{path}.drain");
-        let raw_drain = raw.drain.and_then(|v| self.item::<RawDrain>(&dp, v)).unwrap_or_default();
+        let raw_drain = raw
+            .drain
+            .and_then(|v| self.item::<RawDrain>(&dp, v))
+            .unwrap_or_default();
         let drain = DrainConfig {
-            timeout: self.duration(&format!("{dp}.timeout"), raw_drain.timeout.as_deref(), d::DRAIN_TIMEOUT),
+            timeout: self.duration(
+                &format!("{dp}.timeout"),
+                raw_drain.timeout.as_deref(),
+                d::DRAIN_TIMEOUT,
+            ),
             close_spread: self.duration(
                 &format!("{dp}.close_spread"),
                 raw_drain.close_spread.as_deref(),
@@ -90,18 +97,29 @@ impl Validator {
             ),
         };
         let rp = format!("{path}.rebalance");
-        let rebalance = raw.rebalance.and_then(|v| self.item::<RawRebalance>(&rp, v)).map(|r| {
-            let rate = r.max_closes_per_sec.unwrap_or(d::REBALANCE_CLOSES_PER_SEC);
-            if rate == 0 {
-                self.err(&format!("{rp}.max_closes_per_sec"), "must be at least 1");
-            }
-            RebalanceConfig { max_closes_per_sec: rate.max(1) }
-        });
+        let rebalance = raw
+            .rebalance
+            .and_then(|v| self.item::<RawRebalance>(&rp, v))
+            .map(|r| {
+                let rate = r.max_closes_per_sec.unwrap_or(d::REBALANCE_CLOSES_PER_SEC);
+                if rate == 0 {
+                    self.err(&format!("{rp}.max_closes_per_sec"), "must be at least 1");
+                }
+                RebalanceConfig {
+                    max_closes_per_sec: rate.max(1),
+                }
+            });
         let op = format!("{path}.rollout");
-        let raw_rollout = raw.rollout.and_then(|v| self.item::<RawRollout>(&op, v)).unwrap_or_default();
+        let raw_rollout = raw
+            .rollout
+            .and_then(|v| self.item::<RawRollout>(&op, v))
+            .unwrap_or_default();
         let hook = raw_rollout.hook.map(|h| {
             if h.exec.is_empty() || h.exec[0].is_empty() {
-                self.err(&format!("{op}.hook.exec"), "needs a program to run: [\"path\", \"arg\", ...]");
+                self.err(
+                    &format!("{op}.hook.exec"),
+                    "needs a program to run: [\"path\", \"arg\", ...]",
+                );
             }
             h.exec
         });

@@ -30,7 +30,7 @@ pub struct Proxy {
     pub config_path: PathBuf,
     pub admin: SocketAddr,
     pub listeners: HashMap<String, SocketAddr>,
-    _dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 impl Proxy {
@@ -38,7 +38,9 @@ impl Proxy {
     pub async fn start(yaml: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("handoff.yaml");
-        std::fs::write(&config_path, yaml).expect("write config");
+        // `{DIR}` in a test config is the instance's temporary directory (state files).
+        let yaml = yaml.replace("{DIR}", &dir.path().display().to_string());
+        std::fs::write(&config_path, &yaml).expect("write config");
         let config = handoff::config::load(&config_path)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let bound = app::bind(&config).await.expect("bind");
@@ -88,6 +90,75 @@ impl Proxy {
         let (status, body) = send(method, &format!("http://{}{}", self.admin, path), token).await;
         let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
         (status, json)
+    }
+
+    /// An admin call with a JSON body.
+    pub async fn admin_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.admin, path))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let resp = tokio::time::timeout(WAIT * 3, client().request(req))
+            .await
+            .expect("admin call timed out")
+            .expect("admin call");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Drains this instance and starts a new one on the same config file (new ports).
+    pub async fn restart(self) -> Proxy {
+        self.app.shutdown.run(Duration::from_secs(1)).await;
+        self.app.flush_state().await;
+        let yaml = std::fs::read_to_string(&self.config_path).unwrap();
+        let dir = self._dir;
+        let config = handoff::config::parse(&yaml).expect("config");
+        let bound = app::bind(&config).await.expect("bind");
+        let app = App::start(
+            config,
+            Some(self.config_path.clone()),
+            bound,
+            Shutdown::new(),
+        )
+        .await
+        .expect("start");
+        let listeners = app.listener_addrs().await;
+        Proxy {
+            admin: app.admin_addr(),
+            app,
+            config_path: self.config_path,
+            listeners,
+            _dir: dir,
+        }
+    }
+
+    /// Polls a rollout until it is no longer running.
+    pub async fn rollout_end(&self, id: &str, limit: Duration) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (_, r) = self
+                .admin(Method::GET, &format!("/v1/rollouts/{id}"), None)
+                .await;
+            if r["state"] != "running" {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rollout still running: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn metrics(&self) -> String {
@@ -171,5 +242,56 @@ pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
             "timed out waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Steady HTTP load from `clients` keep-alive clients until stopped; counts sent and failed.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pub sent: Arc<std::sync::atomic::AtomicUsize>,
+    pub failed: Arc<std::sync::atomic::AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts the load; every client stops by itself after `limit`.
+    pub fn start(url: String, clients: usize, limit: Duration) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop, sent, failed) =
+                    (url.clone(), stop.clone(), sent.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let client = client();
+                    let deadline = tokio::time::Instant::now() + limit;
+                    while !stop.load(SeqCst) && tokio::time::Instant::now() < deadline {
+                        let (status, body) = get(&client, &url).await;
+                        sent.fetch_add(1, SeqCst);
+                        if status != 200 {
+                            failed.fetch_add(1, SeqCst);
+                            eprintln!("failed request: {status} {body}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Stops and returns (sent, failed).
+    pub async fn finish(self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.stop.store(true, SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (self.sent.load(SeqCst), self.failed.load(SeqCst))
     }
 }
