@@ -409,3 +409,26 @@ async fn a_request_still_waiting_at_the_deadline_is_counted_and_served_by_the_si
     assert_eq!(status, 200);
     assert!(body.starts_with(other), "{body}");
 }
+
+#[tokio::test]
+async fn draining_closes_idle_pooled_connections_at_once() {
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let b = HttpBackend::start("b", "1.0.0").await;
+    let proxy = Proxy::start(&http_config(&[("a", a.addr), ("b", b.addr)], "")).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    proxy.wait_health("web", "b", Health::Up).await;
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &proxy.url("web", "/")).await.0, 200);
+    }
+    let node = proxy.node("web", "a");
+    eventually("a pooled connection to a is idle", || !node.idle.is_empty()).await;
+    let (status, view) = proxy
+        .admin_json(Method::POST, "/v1/pools/web/nodes/a/drain", json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        view["idle_connections"], 0,
+        "idle pooled connections were not closed at once"
+    );
+}
