@@ -3,12 +3,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,7 +22,9 @@ use crate::config;
 use crate::pool::Health;
 use crate::shutdown::Shutdown;
 
-/// The demo's config; `{LISTEN}`, `{ADMIN}`, `{A}` and `{B}` are filled in at start.
+/// The demo's config; `{LISTEN}`, `{ADMIN}`, `{A}`, `{B}` and `{EXE}` are filled in at start.
+/// The rollout hook is this binary's hidden `demo-upgrade` command, which "upgrades" a demo
+/// backend by telling it to report the target version, so a rollout runs end to end.
 const DEMO_CONFIG: &str = r#"
 admin:
   listen: "{ADMIN}"
@@ -42,9 +46,17 @@ pools:
       healthy_after: 2
       unhealthy_after: 3
       http: { path: "/healthz", expect_status: 200, version_header: "X-Version" }
+    warmup: 5s
+    drain: { timeout: 30s, close_spread: 1s }
+    rollout:
+      ready_timeout: 30s
+      hook: { exec: ["{EXE}", "demo-upgrade"] }
 "#;
 
-const DEMO_VERSION: &str = "1.0.0";
+const INITIAL_VERSION: &str = "1.0.0";
+
+/// Path on a demo backend that sets the version it reports (the demo's "upgrade").
+const UPGRADE_PATH: &str = "/_demo/version";
 
 pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result<i32> {
     super::init_logging();
@@ -52,11 +64,14 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
     rt.block_on(async move {
         let a = start_backend("a").await?;
         let b = start_backend("b").await?;
+        let exe =
+            std::env::current_exe().context("locating the handoff binary for the demo hook")?;
         let text = DEMO_CONFIG
             .replace("{LISTEN}", listen)
             .replace("{ADMIN}", admin)
             .replace("{A}", &a.to_string())
-            .replace("{B}", &b.to_string());
+            .replace("{B}", &b.to_string())
+            .replace("{EXE}", &exe.display().to_string());
         let config = config::parse(&text)
             .context("the embedded demo config (check --listen and --admin)")?;
         let bound = app::bind(&config)
@@ -83,7 +98,7 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
         };
         println!(
             r#"
-handoff demo is running: two backends (a = {a}, b = {b}, version {DEMO_VERSION})
+handoff demo is running: two backends (a = {a}, b = {b}, version {INITIAL_VERSION})
 behind an HTTP proxy. Both nodes are up.
 
   proxy:  http://{proxy}/
@@ -92,8 +107,15 @@ behind an HTTP proxy. Both nodes are up.
 Try, in another terminal:
   for i in $(seq 1 10); do curl -s http://{proxy}/; done
   cargo run --release -- ctl{ctl_admin} status
-  curl -s http://{admin_addr}/v1/pools/web/nodes/a
+  cargo run --release -- ctl{ctl_admin} drain web/a
+  cargo run --release -- ctl{ctl_admin} wait web/a --state drained
+  cargo run --release -- ctl{ctl_admin} enable web/a
+  cargo run --release -- ctl{ctl_admin} rollout start web --version 2.0.0
+  cargo run --release -- ctl{ctl_admin} rollout status web-1
   curl -s http://{admin_addr}/metrics | grep '^handoff_requests_total'
+
+(The rollout's hook "upgrades" each demo backend when it is drained: watch the version
+change in `ctl status` while requests keep being answered.)
 
 Press Ctrl-C to stop."#
         );
@@ -107,10 +129,12 @@ async fn start_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
         .await
         .context("binding a demo backend")?;
     let addr = listener.local_addr()?;
+    let version = Arc::new(ArcSwap::from_pointee(INITIAL_VERSION.to_string()));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let version = Arc::clone(&version);
             tokio::spawn(async move {
-                let service = service_fn(move |req| answer(name, req));
+                let service = service_fn(move |req| answer(name, Arc::clone(&version), req));
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -122,16 +146,57 @@ async fn start_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
 
 async fn answer(
     name: &'static str,
+    version: Arc<ArcSwap<String>>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = if req.uri().path() == "/healthz" {
-        "ok\n".to_string()
-    } else {
-        format!("Hello from node {name} (version {DEMO_VERSION})\n")
+    let body = match req.uri().path() {
+        "/healthz" => "ok\n".to_string(),
+        UPGRADE_PATH if req.method() == http::Method::POST => {
+            let new = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let new = String::from_utf8_lossy(&new).trim().to_string();
+            if !new.is_empty() {
+                version.store(Arc::new(new));
+            }
+            format!("node {name} now reports version {}\n", version.load())
+        }
+        _ => format!("Hello from node {name} (version {})\n", version.load()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     let headers = resp.headers_mut();
-    headers.insert("x-version", http::HeaderValue::from_static(DEMO_VERSION));
+    if let Ok(v) = http::HeaderValue::from_str(&version.load()) {
+        headers.insert("x-version", v);
+    }
     headers.insert("x-node", http::HeaderValue::from_static(name));
     Ok(resp)
+}
+
+/// `handoff demo-upgrade` (hidden): the demo's rollout hook. Tells the demo backend at
+/// `HANDOFF_NODE_ADDR` to report `HANDOFF_TARGET_VERSION`.
+pub fn upgrade_hook() -> anyhow::Result<i32> {
+    let addr = std::env::var("HANDOFF_NODE_ADDR").context("HANDOFF_NODE_ADDR is not set")?;
+    let version =
+        std::env::var("HANDOFF_TARGET_VERSION").context("HANDOFF_TARGET_VERSION is not set")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::post(UPGRADE_PATH)
+            .header(http::header::HOST, addr.as_str())
+            .body(Full::new(Bytes::from(version.clone())))?;
+        let status = sender.send_request(req).await?.status();
+        anyhow::ensure!(status.is_success(), "the demo backend answered {status}");
+        println!("demo backend {addr} upgraded to {version}");
+        Ok(0)
+    })
 }

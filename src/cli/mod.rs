@@ -45,6 +45,9 @@ pub enum Command {
         #[arg(long, env = "HANDOFF_WORKER_THREADS")]
         threads: Option<usize>,
     },
+    /// The demo's rollout hook (internal).
+    #[command(hide = true)]
+    DemoUpgrade,
     /// Talk to a running handoff's admin API.
     Ctl {
         /// Admin API base URL.
@@ -71,6 +74,7 @@ pub fn main(cli: Cli) -> i32 {
             admin,
             threads,
         } => demo::demo(&listen, &admin, threads),
+        Command::DemoUpgrade => demo::upgrade_hook(),
         Command::Ctl {
             admin,
             token,

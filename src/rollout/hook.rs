@@ -22,6 +22,11 @@ pub enum HookError {
     Aborted,
 }
 
+/// How much of the hook's output is kept for the log and the failure reason.
+const OUTPUT_TAIL: usize = 2048;
+
+/// Runs the hook; its stdout and stderr are captured and logged (a hook writing to a closed
+/// terminal must not fail), and the tail of stderr goes into a failure's reason.
 pub async fn run(
     argv: &[String],
     env: &[(&str, String)],
@@ -30,31 +35,41 @@ pub async fn run(
 ) -> Result<(), HookError> {
     let program = argv.first().cloned().unwrap_or_default();
     let mut cmd = Command::new(&program);
-    cmd.args(&argv[1..]).stdin(Stdio::null()).kill_on_drop(true);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Dropping the wait (timeout, abort) kills the hook.
+        .kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
+    let child = cmd.spawn().map_err(|source| HookError::Spawn {
         program: program.clone(),
         source,
     })?;
-    let status = tokio::select! {
-        s = child.wait() => s.map_err(|source| HookError::Spawn { program: program.clone(), source })?,
+    let output = tokio::select! {
+        out = child.wait_with_output() => out.map_err(|source| HookError::Spawn { program: program.clone(), source })?,
         _ = tokio::time::sleep(limit) => {
-            let _ = child.kill().await;
             return Err(HookError::TimedOut { program, limit: crate::config::duration::format(limit) });
         }
-        _ = abort.cancelled() => {
-            let _ = child.kill().await;
-            return Err(HookError::Aborted);
-        }
+        _ = abort.cancelled() => return Err(HookError::Aborted),
     };
-    if status.success() {
+    let stdout = tail(&output.stdout);
+    let stderr = tail(&output.stderr);
+    tracing::info!(hook = %program, status = %output.status, %stdout, %stderr, "rollout hook finished");
+    if output.status.success() {
         Ok(())
     } else {
-        Err(HookError::Failed {
-            program,
-            status: status.to_string(),
-        })
+        let status = match stderr.lines().last() {
+            Some(line) => format!("{} ({line})", output.status),
+            None => output.status.to_string(),
+        };
+        Err(HookError::Failed { program, status })
     }
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(OUTPUT_TAIL);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
 }

@@ -94,6 +94,43 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("ctl --json prints JSON");
     assert_eq!(json["pools"][0]["nodes"][0]["health"], "up");
+
+    // The demo's rollout runs end to end: its hook "upgrades" each backend.
+    let admin_url = format!("http://{admin}");
+    let ctl = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["ctl", "--admin", &admin_url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["rollout", "start", "web", "--version", "2.0.0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = ctl(&["--json", "rollout", "status", "web-1"]);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if r["state"] != "running" {
+            assert_eq!(r["state"], "succeeded", "{r}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "demo rollout did not finish: {r}"
+        );
+        let (status, body) = get(&client, &format!("http://{proxy}/")).await;
+        assert_eq!(
+            status, 200,
+            "a request failed during the demo rollout: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (_, body) = get(&client, &format!("http://{proxy}/")).await;
+    assert!(body.contains("version 2.0.0"), "{body}");
 }
 
 #[test]
