@@ -29,9 +29,10 @@ pub struct RawListener {
     pub max_connections: Option<usize>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
-    /// Later capabilities: accepted by the parser so the error can say "not supported yet".
+    /// tcp: `none`, `v1` or `v2`.
+    pub proxy_protocol: Option<String>,
+    /// Later capability: accepted by the parser so the error can say "not supported yet".
     pub tls: Option<serde_yaml::Value>,
-    pub proxy_protocol: Option<serde_yaml::Value>,
 }
 
 /// `listeners[].timeouts:` (handoff extension; see README).

@@ -43,6 +43,8 @@ pub struct ListenerConfig {
     pub kind: ListenerKind,
     pub max_connections: usize,
     pub timeouts: Timeouts,
+    /// tcp: PROXY protocol header sent to backends, if any.
+    pub proxy_protocol: Option<crate::proxy::proxy_protocol::Version>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

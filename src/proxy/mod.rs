@@ -7,6 +7,7 @@
 
 pub mod activity;
 mod connect;
+pub mod proxy_protocol;
 pub mod gated;
 pub mod http;
 pub mod tcp;

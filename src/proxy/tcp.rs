@@ -13,6 +13,7 @@ use tokio::time::{sleep_until, Instant};
 use super::activity::{Activity, Verdict, Watched};
 use super::connect::connect_node;
 use super::gated::Gated;
+use super::proxy_protocol;
 use super::ListenerStats;
 use crate::app::App;
 use crate::config::ListenerConfig;
@@ -58,6 +59,16 @@ pub async fn serve(
         }
     };
     let node = Arc::clone(&pool.nodes[index]);
+    if let Some(version) = cfg.proxy_protocol {
+        // The backend sees the client's address: the header goes first, before any byte.
+        let mut header = [0u8; proxy_protocol::MAX_LEN];
+        let dst = client.local_addr().unwrap_or(cfg.listen);
+        let n = proxy_protocol::encode(version, peer, dst, &mut header);
+        if let Err(e) = backend.write_all(&header[..n]).await {
+            tracing::debug!(node = %node.key(), error = %e, "sending the PROXY header failed");
+            return;
+        }
+    }
     let lifecycle = &node.state.lifecycle;
     let id = lifecycle.register();
     let activity = Arc::new(Activity::new());

@@ -153,3 +153,37 @@ async fn idle_sessions_are_closed_after_the_idle_timeout() {
             .await
     );
 }
+
+#[tokio::test]
+async fn backends_get_a_proxy_v2_header_with_the_clients_address() {
+    use tokio::net::TcpListener;
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let yaml = tcp_config(&[("a", backend_addr)], "    proxy_protocol: v2\n");
+    let proxy = Proxy::start(&yaml).await;
+    // Health checks connect too: accept until a connection carries data.
+    let received = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = backend.accept().await.unwrap();
+            let mut head = [0u8; 28];
+            if s.read_exact(&mut head).await.is_ok() {
+                let mut payload = [0u8; 5];
+                s.read_exact(&mut payload).await.unwrap();
+                return (head, payload);
+            }
+        }
+    });
+    proxy.wait_health("cache", "a", Health::Up).await;
+    let mut client = TcpStream::connect(proxy.addr("cache")).await.unwrap();
+    let client_addr = client.local_addr().unwrap();
+    client.write_all(b"hello").await.unwrap();
+    let (head, payload) = tokio::time::timeout(WAIT, received).await.unwrap().unwrap();
+    assert_eq!(&head[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(&head[12..16], &[0x21, 0x11, 0, 12], "v2 PROXY over TCP/IPv4");
+    let std::net::SocketAddr::V4(c) = client_addr else { panic!("ipv4 client") };
+    assert_eq!(&head[16..20], &c.ip().octets(), "client address");
+    assert_eq!(&head[24..26], &c.port().to_be_bytes(), "client port");
+    assert_eq!(&head[20..24], &[127, 0, 0, 1]);
+    assert_eq!(u16::from_be_bytes([head[26], head[27]]), proxy.addr("cache").port(), "listener port");
+    assert_eq!(&payload, b"hello", "the client's bytes follow the header");
+}

@@ -8,6 +8,7 @@ use super::{Validator, LATER};
 use crate::config::defaults as d;
 use crate::config::file::{RawListener, RawRoute};
 use crate::config::{ListenerConfig, ListenerKind, RouteConfig, Timeouts};
+use crate::proxy::proxy_protocol::Version as ProxyVersion;
 
 impl Validator {
     pub(super) fn listener(
@@ -20,12 +21,6 @@ impl Validator {
         let listen = self.socket_addr(&format!("{path}.listen"), &raw.listen);
         if raw.tls.is_some() {
             self.err(&format!("{path}.tls"), format!("`tls` {LATER}"));
-        }
-        if raw.proxy_protocol.is_some() {
-            self.err(
-                &format!("{path}.proxy_protocol"),
-                format!("`proxy_protocol` {LATER}"),
-            );
         }
         let check_pool = |v: &mut Self, p: &str, pool: &str| {
             if !pools.contains(pool) {
@@ -129,12 +124,28 @@ impl Validator {
         if max_connections == 0 {
             self.err(&format!("{path}.max_connections"), "must be at least 1");
         }
+        let proxy_protocol = match raw.proxy_protocol.as_deref() {
+            None | Some("none") => None,
+            Some("v1") => Some(ProxyVersion::V1),
+            Some("v2") => Some(ProxyVersion::V2),
+            Some(other) => {
+                self.err(
+                    &format!("{path}.proxy_protocol"),
+                    format!("unknown proxy_protocol {other:?}: expected \"none\", \"v1\" or \"v2\""),
+                );
+                None
+            }
+        };
+        if proxy_protocol.is_some() && matches!(kind, ListenerKind::Http { .. }) {
+            self.err(&format!("{path}.proxy_protocol"), "proxy_protocol applies to tcp listeners only");
+        }
         Some(ListenerConfig {
             name: raw.name,
             listen: listen?,
             kind,
             max_connections,
             timeouts,
+            proxy_protocol,
         })
     }
 }
