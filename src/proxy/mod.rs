@@ -7,9 +7,9 @@
 
 pub mod activity;
 mod connect;
-pub mod proxy_protocol;
 pub mod gated;
 pub mod http;
+pub mod proxy_protocol;
 pub mod tcp;
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

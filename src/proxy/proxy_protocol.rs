@@ -22,7 +22,12 @@ pub const MAX_LEN: usize = 108;
 
 /// Encodes the header for a TCP connection from `src` (the client) to `dst` (the address it
 /// connected to) into `buf`; returns the length.
-pub fn encode(version: Version, src: SocketAddr, dst: SocketAddr, buf: &mut [u8; MAX_LEN]) -> usize {
+pub fn encode(
+    version: Version,
+    src: SocketAddr,
+    dst: SocketAddr,
+    buf: &mut [u8; MAX_LEN],
+) -> usize {
     match version {
         Version::V1 => encode_v1(src, dst, buf),
         Version::V2 => encode_v2(src, dst, buf),
@@ -34,10 +39,24 @@ fn encode_v1(src: SocketAddr, dst: SocketAddr, buf: &mut [u8; MAX_LEN]) -> usize
     let room = out.len();
     let written = match (src, dst) {
         (SocketAddr::V4(s), SocketAddr::V4(d)) => {
-            write!(out, "PROXY TCP4 {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port())
+            write!(
+                out,
+                "PROXY TCP4 {} {} {} {}\r\n",
+                s.ip(),
+                d.ip(),
+                s.port(),
+                d.port()
+            )
         }
         (SocketAddr::V6(s), SocketAddr::V6(d)) => {
-            write!(out, "PROXY TCP6 {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port())
+            write!(
+                out,
+                "PROXY TCP6 {} {} {} {}\r\n",
+                s.ip(),
+                d.ip(),
+                s.port(),
+                d.port()
+            )
         }
         // Mixed families cannot be expressed; the spec's answer is UNKNOWN.
         _ => write!(out, "PROXY UNKNOWN\r\n"),
@@ -87,9 +106,18 @@ mod tests {
 
     #[test]
     fn v1_text() {
-        assert_eq!(header(Version::V1, "192.0.2.1:5000", "198.51.100.2:80"), b"PROXY TCP4 192.0.2.1 198.51.100.2 5000 80\r\n");
-        assert_eq!(header(Version::V1, "[2001:db8::1]:5000", "[::1]:443"), b"PROXY TCP6 2001:db8::1 ::1 5000 443\r\n");
-        assert_eq!(header(Version::V1, "192.0.2.1:5000", "[::1]:443"), b"PROXY UNKNOWN\r\n");
+        assert_eq!(
+            header(Version::V1, "192.0.2.1:5000", "198.51.100.2:80"),
+            b"PROXY TCP4 192.0.2.1 198.51.100.2 5000 80\r\n"
+        );
+        assert_eq!(
+            header(Version::V1, "[2001:db8::1]:5000", "[::1]:443"),
+            b"PROXY TCP6 2001:db8::1 ::1 5000 443\r\n"
+        );
+        assert_eq!(
+            header(Version::V1, "192.0.2.1:5000", "[::1]:443"),
+            b"PROXY UNKNOWN\r\n"
+        );
         let longest = header(
             Version::V1,
             "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
@@ -109,6 +137,9 @@ mod tests {
         let h6 = header(Version::V2, "[2001:db8::1]:1", "[::1]:2");
         assert_eq!(h6.len(), 52);
         assert_eq!(&h6[12..16], &[0x21, 0x21, 0, 36]);
-        assert_eq!(header(Version::V2, "192.0.2.1:1", "[::1]:2")[12..16], [0x21, 0x00, 0, 0]);
+        assert_eq!(
+            header(Version::V2, "192.0.2.1:1", "[::1]:2")[12..16],
+            [0x21, 0x00, 0, 0]
+        );
     }
 }

@@ -310,3 +310,74 @@ async fn request_bodies_are_streamed_to_the_backend() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body.len(), payload.len());
 }
+
+/// A backend in its own process (Python's standard library), so it can be SIGKILLed like a
+/// crashing server: its keep-alive connections die mid-stream.
+const PY_BACKEND: &str = r#"
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"py 1.0.0"
+        self.send_response(200)
+        self.send_header("X-Version", "1.0.0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_backend_under_get_load_fails_no_request() {
+    use std::io::BufRead;
+    /// Kills the backend process however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        std::process::Command::new("python3")
+            .args(["-c", PY_BACKEND])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is needed for this test"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().expect("python backend port");
+    let py: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let b = HttpBackend::start("b", "1.0.0").await;
+    let proxy = Proxy::start(&http_config(&[("a", py), ("b", b.addr)], "")).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    proxy.wait_health("web", "b", Health::Up).await;
+    let load = Load::start(proxy.url("web", "/"), 8, Duration::from_secs(30));
+    let series = "handoff_requests_total{class=\"2xx\",node=\"a\",pool=\"web\"}";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut a_before = 0.0;
+    while a_before < 20.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a served only {a_before} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        a_before = metric_value(&proxy.metrics().await, series);
+    }
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+    proxy.wait_health("web", "a", Health::Down).await;
+    let b_now = b.hits();
+    eventually("the load continues on b", || b.hits() > b_now + 200).await;
+    let (sent, failed) = load.finish().await;
+    println!("SIGKILL under load: sent {sent} GETs, {failed} failed (a had served {a_before})");
+    assert_eq!(failed, 0);
+}

@@ -81,15 +81,6 @@ async fn carries_ten_mebibytes_each_way_byte_exact_with_half_close() {
     assert!(bytes_in >= 10.0 * 1024.0 * 1024.0, "bytes in: {bytes_in}");
 }
 
-fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .map(|v| v.trim().parse().unwrap_or(-1.0))
-        })
-        .unwrap_or(-1.0)
-}
-
 #[tokio::test]
 async fn connect_failure_is_retried_on_another_node() {
     let echo = tcp_echo_server().await;
@@ -179,11 +170,21 @@ async fn backends_get_a_proxy_v2_header_with_the_clients_address() {
     client.write_all(b"hello").await.unwrap();
     let (head, payload) = tokio::time::timeout(WAIT, received).await.unwrap().unwrap();
     assert_eq!(&head[..12], b"\r\n\r\n\0\r\nQUIT\n");
-    assert_eq!(&head[12..16], &[0x21, 0x11, 0, 12], "v2 PROXY over TCP/IPv4");
-    let std::net::SocketAddr::V4(c) = client_addr else { panic!("ipv4 client") };
+    assert_eq!(
+        &head[12..16],
+        &[0x21, 0x11, 0, 12],
+        "v2 PROXY over TCP/IPv4"
+    );
+    let std::net::SocketAddr::V4(c) = client_addr else {
+        panic!("ipv4 client")
+    };
     assert_eq!(&head[16..20], &c.ip().octets(), "client address");
     assert_eq!(&head[24..26], &c.port().to_be_bytes(), "client port");
     assert_eq!(&head[20..24], &[127, 0, 0, 1]);
-    assert_eq!(u16::from_be_bytes([head[26], head[27]]), proxy.addr("cache").port(), "listener port");
+    assert_eq!(
+        u16::from_be_bytes([head[26], head[27]]),
+        proxy.addr("cache").port(),
+        "listener port"
+    );
     assert_eq!(&payload, b"hello", "the client's bytes follow the header");
 }

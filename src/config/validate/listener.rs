@@ -131,13 +131,18 @@ impl Validator {
             Some(other) => {
                 self.err(
                     &format!("{path}.proxy_protocol"),
-                    format!("unknown proxy_protocol {other:?}: expected \"none\", \"v1\" or \"v2\""),
+                    format!(
+                        "unknown proxy_protocol {other:?}: expected \"none\", \"v1\" or \"v2\""
+                    ),
                 );
                 None
             }
         };
         if proxy_protocol.is_some() && matches!(kind, ListenerKind::Http { .. }) {
-            self.err(&format!("{path}.proxy_protocol"), "proxy_protocol applies to tcp listeners only");
+            self.err(
+                &format!("{path}.proxy_protocol"),
+                "proxy_protocol applies to tcp listeners only",
+            );
         }
         Some(ListenerConfig {
             name: raw.name,

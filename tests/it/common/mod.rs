@@ -295,3 +295,13 @@ impl Load {
         (self.sent.load(SeqCst), self.failed.load(SeqCst))
     }
 }
+
+/// The value of one series in Prometheus text (-1 when absent).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .map(|v| v.trim().parse().unwrap_or(-1.0))
+        })
+        .unwrap_or(-1.0)
+}
