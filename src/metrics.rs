@@ -29,6 +29,7 @@ pub struct Metrics {
     pub listener_connections: IntCounterVec,
     pub listener_connections_active: IntGaugeVec,
     pub listener_rejected: IntCounterVec,
+    pub tls_failures: IntCounterVec,
     pub reloads: IntCounterVec,
     pub deadline_closes: IntCounterVec,
     pub rebalance_closes: IntCounterVec,
@@ -82,6 +83,7 @@ impl Metrics {
             listener_connections: counter(&r, "handoff_listener_connections_total", "Client connections accepted.", &["listener"]),
             listener_connections_active: gauge(&r, "handoff_listener_connections_active", "Client connections open.", &["listener"]),
             listener_rejected: counter(&r, "handoff_listener_connections_rejected_total", "Client connections closed at once because the listener was at max_connections.", &["listener"]),
+            tls_failures: counter(&r, "handoff_tls_handshake_failures_total", "TLS handshakes that failed or timed out.", &["listener"]),
             reloads: counter(&r, "handoff_config_reloads_total", "Config reloads, by result (ok or failed).", &["result"]),
             deadline_closes: counter(&r, "handoff_drain_deadline_closes_total", "Sessions closed at a node's drain deadline, by kind.", &["pool", "node", "kind"]),
             rebalance_closes: counter(&r, "handoff_rebalance_closes_total", "Long-lived TCP sessions closed to rebalance a pool.", &["pool", "node"]),
@@ -221,6 +223,7 @@ pub struct ListenerMetrics {
     pub accepted: IntCounter,
     pub rejected: IntCounter,
     pub active: prometheus::IntGauge,
+    pub tls_failures: IntCounter,
 }
 
 impl ListenerMetrics {
@@ -231,6 +234,7 @@ impl ListenerMetrics {
             accepted: m.listener_connections.with_label_values(&[listener]),
             rejected: m.listener_rejected.with_label_values(&[listener]),
             active: m.listener_connections_active.with_label_values(&[listener]),
+            tls_failures: m.tls_failures.with_label_values(&[listener]),
         }
     }
 }

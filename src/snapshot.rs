@@ -21,6 +21,8 @@ pub struct Snapshot {
 pub struct ListenerRoutes {
     pub config: ListenerConfig,
     pub target: Target,
+    /// TLS termination, built from this snapshot's certificates.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 pub enum Target {
@@ -83,13 +85,16 @@ impl Snapshot {
                             .collect(),
                     ),
                 };
-                Some((
-                    l.name.clone(),
-                    Arc::new(ListenerRoutes {
-                        config: l.clone(),
-                        target,
-                    }),
-                ))
+                let tls = l.tls.as_ref().and_then(|t| match crate::proxy::tls::acceptor(t) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        // Certificates were validated when the config was loaded.
+                        tracing::error!(listener = %l.name, error = %e, "building the TLS config failed");
+                        None
+                    }
+                });
+                let routes = ListenerRoutes { config: l.clone(), target, tls };
+                Some((l.name.clone(), Arc::new(routes)))
             })
             .collect();
         Snapshot {

@@ -31,7 +31,7 @@ pub struct RawListener {
     pub timeouts: RawTimeouts,
     /// tcp: `none`, `v1` or `v2`.
     pub proxy_protocol: Option<String>,
-    /// Later capability: accepted by the parser so the error can say "not supported yet".
+    /// http: TLS termination; deserialized on its own (see `RawTls`).
     pub tls: Option<serde_yaml::Value>,
 }
 
@@ -141,3 +141,18 @@ pub struct RawHttpCheck {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTcpCheck {}
+
+/// `listeners[].tls:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificates: Vec<RawCertificate>,
+}
+
+/// One entry of `listeners[].tls.certificates:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+}

@@ -36,7 +36,7 @@ pub struct AdminConfig {
     pub token_env: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
@@ -45,6 +45,16 @@ pub struct ListenerConfig {
     pub timeouts: Timeouts,
     /// tcp: PROXY protocol header sent to backends, if any.
     pub proxy_protocol: Option<crate::proxy::proxy_protocol::Version>,
+    /// http: TLS termination, if configured.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Certificates loaded and checked at validation, so a reload with a broken certificate is
+/// refused like any other mistake.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// In config order; the first is the default when no SNI name matches.
+    pub certificates: Vec<std::sync::Arc<rustls::sign::CertifiedKey>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -216,18 +226,21 @@ impl ConfigError {
     }
 }
 
-/// Reads and validates a config file.
+/// Reads and validates a config file. Relative certificate paths are relative to the
+/// file's directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text)
+    let base = path.parent().unwrap_or(Path::new("."));
+    validate::validate(&text, base).map_err(ConfigError::Invalid)
 }
 
-/// Validates config text; every mistake is reported, not just the first.
+/// Validates config text; every mistake is reported, not just the first. Relative paths are
+/// relative to the working directory.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
-    validate::validate(text).map_err(ConfigError::Invalid)
+    validate::validate(text, Path::new(".")).map_err(ConfigError::Invalid)
 }
 
 impl Config {

@@ -11,6 +11,7 @@ pub mod gated;
 pub mod http;
 pub mod proxy_protocol;
 pub mod tcp;
+pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -21,7 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::metrics::ListenerMetrics;
-use crate::snapshot::Target;
+use crate::snapshot::{ListenerRoutes, Target};
+use activity::{Activity, Watched};
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
 
 /// Per-listener counters that outlive reloads (connections hold them while open).
 pub struct ListenerStats {
@@ -51,6 +55,60 @@ impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
         self.0.metrics.active.dec();
+    }
+}
+
+/// One HTTP client connection: plain, or TLS terminated first (the handshake is bounded by
+/// the header-read timeout, and a failure is logged and counted, touching nothing else).
+async fn serve_http(
+    app: Arc<App>,
+    routes: &ListenerRoutes,
+    stats: &Arc<ListenerStats>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let activity = Arc::new(Activity::new());
+    let watched = Watched::new(stream, Arc::clone(&activity), Arc::clone(stats));
+    let timeouts = routes.config.timeouts;
+    match (&routes.config.tls, &routes.tls) {
+        (None, _) => {
+            http::serve(
+                app,
+                Arc::clone(stats),
+                timeouts,
+                watched,
+                activity,
+                peer,
+                "http",
+            )
+            .await
+        }
+        (Some(_), Some(acceptor)) => {
+            match tokio::time::timeout(timeouts.header_read, acceptor.accept(watched)).await {
+                Ok(Ok(tls)) => {
+                    http::serve(
+                        app,
+                        Arc::clone(stats),
+                        timeouts,
+                        tls,
+                        activity,
+                        peer,
+                        "https",
+                    )
+                    .await
+                }
+                Ok(Err(e)) => {
+                    stats.metrics.tls_failures.inc();
+                    tracing::debug!(listener = %stats.name, %peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    stats.metrics.tls_failures.inc();
+                    tracing::debug!(listener = %stats.name, %peer, "TLS handshake timed out");
+                }
+            }
+        }
+        // The certificates could not be turned into a TLS config: never serve in clear.
+        (Some(_), None) => {}
     }
 }
 
@@ -108,16 +166,7 @@ pub async fn accept_loop(
                     )
                     .await
                 }
-                Target::Http(_) => {
-                    http::serve(
-                        task_app.clone(),
-                        Arc::clone(&_slot.0),
-                        routes.config.timeouts,
-                        stream,
-                        peer,
-                    )
-                    .await
-                }
+                Target::Http(_) => serve_http(task_app, &routes, &_slot.0, stream, peer).await,
             }
         });
     }

@@ -14,4 +14,5 @@ mod rollout;
 mod shutdown;
 mod state_file;
 mod tcp;
+mod tls;
 mod warmup;

@@ -19,9 +19,6 @@ impl Validator {
     ) -> Option<ListenerConfig> {
         self.name(&format!("{path}.name"), &raw.name, "listener");
         let listen = self.socket_addr(&format!("{path}.listen"), &raw.listen);
-        if raw.tls.is_some() {
-            self.err(&format!("{path}.tls"), format!("`tls` {LATER}"));
-        }
         let check_pool = |v: &mut Self, p: &str, pool: &str| {
             if !pools.contains(pool) {
                 v.err(
@@ -138,6 +135,13 @@ impl Validator {
                 None
             }
         };
+        let tls = raw.tls.and_then(|v| self.tls(&format!("{path}.tls"), v));
+        if tls.is_some() && matches!(kind, ListenerKind::Tcp { .. }) {
+            self.err(
+                &format!("{path}.tls"),
+                format!("`tls` on tcp listeners {LATER} (http listeners terminate TLS)"),
+            );
+        }
         if proxy_protocol.is_some() && matches!(kind, ListenerKind::Http { .. }) {
             self.err(
                 &format!("{path}.proxy_protocol"),
@@ -151,6 +155,7 @@ impl Validator {
             max_connections,
             timeouts,
             proxy_protocol,
+            tls,
         })
     }
 }

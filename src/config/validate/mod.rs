@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -13,13 +13,14 @@ mod listener;
 mod pool;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use super::defaults as d;
 use super::file::*;
 use super::position::Positions;
 use super::*;
 
-pub(super) fn validate(text: &str) -> Result<Config, Vec<FieldError>> {
+pub(super) fn validate(text: &str, base: &Path) -> Result<Config, Vec<FieldError>> {
     let root: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -35,6 +36,7 @@ pub(super) fn validate(text: &str) -> Result<Config, Vec<FieldError>> {
     let mut v = Validator {
         positions: Positions::of(text),
         errors: Vec::new(),
+        base: base.to_path_buf(),
     };
     let config = v.top(root);
     if v.errors.is_empty() {
@@ -49,6 +51,8 @@ pub(super) fn validate(text: &str) -> Result<Config, Vec<FieldError>> {
 struct Validator {
     positions: Positions,
     errors: Vec<FieldError>,
+    /// Directory relative file paths (certificates) are resolved against.
+    base: PathBuf,
 }
 
 /// Which later issue brings a field that is recognised but not implemented yet.

@@ -31,6 +31,8 @@ pub struct ConnCtx {
     pub listener: Arc<ListenerStats>,
     pub peer: SocketAddr,
     pub activity: Arc<Activity>,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
 }
 
 pub async fn handle(
@@ -62,7 +64,7 @@ pub async fn handle(
     };
     let started = Instant::now();
     let mut req = req.map(UpBody::Client);
-    prepare_request(&mut req, ctx.peer.ip(), "http");
+    prepare_request(&mut req, ctx.peer.ip(), ctx.proto);
     let resp = forward(&pool, req, timeouts, inflight).await;
     pool.metrics
         .request_duration

@@ -18,10 +18,10 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 
-use super::activity::{Activity, Verdict, Watched};
+use super::activity::{Activity, Verdict};
 use super::gated::Gated;
 use super::ListenerStats;
 use crate::app::App;
@@ -31,24 +31,26 @@ use forward::ConnCtx;
 /// After asking an idle connection to close, when to look at it again.
 const RECHECK_AFTER_CLOSE: Duration = Duration::from_secs(1);
 
-pub async fn serve(
+/// Serves one client connection. `io` is the (watched) client stream, plain or TLS; `proto`
+/// is what `X-Forwarded-Proto` says.
+pub async fn serve<I>(
     app: Arc<App>,
     stats: Arc<ListenerStats>,
     timeouts: Timeouts,
-    stream: TcpStream,
+    io: I,
+    activity: Arc<Activity>,
     peer: SocketAddr,
-) {
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched::new(
-        stream,
-        Arc::clone(&activity),
-        Arc::clone(&stats),
-    ));
+    proto: &'static str,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let ctx = Arc::new(ConnCtx {
         app: Arc::clone(&app),
         listener: stats,
         peer,
         activity: Arc::clone(&activity),
+        proto,
     });
     let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -1,0 +1,256 @@
+//! TLS termination: certificates by SNI, ALPN h2, HTTP/2 over TLS and prior-knowledge h2c,
+//! handshake failures, certificate reload.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::common::backends::{read_to_eof, HttpBackend};
+use crate::common::*;
+use handoff::pool::Health;
+
+/// A self-signed certificate for `name`, written as `name.pem` / `name.key` in `dir`.
+fn certificate(dir: &Path, name: &str) -> CertificateDer<'static> {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), ck.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.key")),
+        ck.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    ck.cert.der().clone()
+}
+
+fn tls_config(backend: SocketAddr, dir: &Path) -> String {
+    let d = dir.display();
+    http_config(&[("a", backend)], &format!(
+        "    tls:\n      certificates:\n        - {{ cert: \"{d}/a.test.pem\", key: \"{d}/a.test.key\" }}\n        - {{ cert: \"{d}/b.test.pem\", key: \"{d}/b.test.key\" }}\n"
+    ))
+}
+
+/// Connects with TLS; returns the stream, the certificate served and the ALPN agreed.
+async fn connect(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    CertificateDer<'static>,
+    Option<Vec<u8>>,
+) {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let (_, session) = tls.get_ref();
+    let served = session.peer_certificates().unwrap()[0].clone();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    (tls, served, alpn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_hostname_gets_its_certificate_and_h2_when_offered() {
+    let backend = HttpBackend::start("a", "1.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, cert_b) = (
+        certificate(dir.path(), "a.test"),
+        certificate(dir.path(), "b.test"),
+    );
+    let proxy = Proxy::start(&tls_config(backend.addr, dir.path())).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let roots = [cert_a.clone(), cert_b.clone()];
+
+    let (_, served, _) = connect(proxy.addr("web"), "b.test", &roots, &[b"http/1.1"]).await;
+    assert_eq!(served, cert_b, "b.test got the wrong certificate");
+    let (tls, served, alpn) =
+        connect(proxy.addr("web"), "a.test", &roots, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(served, cert_a, "a.test got the wrong certificate");
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    // HTTP/2 over that connection.
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://a.test/headers")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, http::Version::HTTP_2)
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let headers: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    assert_eq!(headers["host"], "a.test");
+}
+
+#[tokio::test]
+async fn a_failed_handshake_is_counted_and_harms_no_one_else() {
+    let backend = HttpBackend::start("a", "1.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, cert_b) = (
+        certificate(dir.path(), "a.test"),
+        certificate(dir.path(), "b.test"),
+    );
+    let proxy = Proxy::start(&tls_config(backend.addr, dir.path())).await;
+    let mut plain = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, eof) = read_to_eof(&mut plain, WAIT).await;
+    assert!(eof);
+    let (_, served, _) = connect(
+        proxy.addr("web"),
+        "a.test",
+        &[cert_a, cert_b],
+        &[b"http/1.1"],
+    )
+    .await;
+    assert!(!served.is_empty());
+    assert!(proxy
+        .metrics()
+        .await
+        .contains("handoff_tls_handshake_failures_total{listener=\"web\"} 1"));
+}
+
+#[tokio::test]
+async fn certificates_are_reloaded_with_the_config() {
+    let backend = HttpBackend::start("a", "1.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (old_a, cert_b) = (
+        certificate(dir.path(), "a.test"),
+        certificate(dir.path(), "b.test"),
+    );
+    let proxy = Proxy::start(&tls_config(backend.addr, dir.path())).await;
+    let new_a = certificate(dir.path(), "a.test");
+    assert_ne!(old_a, new_a);
+    let roots = [old_a.clone(), new_a.clone(), cert_b];
+    let (_, served, _) = connect(proxy.addr("web"), "a.test", &roots, &[b"http/1.1"]).await;
+    assert_eq!(
+        served, old_a,
+        "certificates must not change before a reload"
+    );
+    let (status, body) = proxy.admin(Method::POST, "/v1/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, served, _) = connect(proxy.addr("web"), "a.test", &roots, &[b"http/1.1"]).await;
+    assert_eq!(
+        served, new_a,
+        "the reload did not pick up the new certificate"
+    );
+}
+
+#[test]
+fn check_reports_missing_and_mismatched_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "a.test");
+    certificate(dir.path(), "b.test");
+    let d = dir.path().display();
+    let yaml = format!(
+        "listeners:\n  - name: web\n    listen: \"127.0.0.1:0\"\n    protocol: http\n    tls:\n      certificates:\n        - {{ cert: \"{d}/missing.pem\", key: \"{d}/a.test.key\" }}\n        - {{ cert: \"{d}/a.test.pem\", key: \"{d}/b.test.key\" }}\n    routes: [ {{ pool: p }} ]\npools:\n  - {{ name: p, nodes: [ {{ name: a, addr: \"127.0.0.1:1\" }} ] }}\n"
+    );
+    let errors = match handoff::config::parse(&yaml) {
+        Err(handoff::config::ConfigError::Invalid(e)) => e,
+        other => panic!("expected errors, got {other:?}"),
+    };
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "listeners[0].tls.certificates[0].cert",
+            "listeners[0].tls.certificates[1].key"
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].reason.contains("does not belong to"),
+        "{}",
+        errors[1].reason
+    );
+}
+
+/// `curl`, as a user would run it, when it is installed (CI installs it).
+fn curl(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(args)
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_gets_http2_over_tls_and_with_prior_knowledge() {
+    let backend = HttpBackend::start("a", "1.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path(), "a.test");
+    certificate(dir.path(), "b.test");
+    let tls = Proxy::start(&tls_config(backend.addr, dir.path())).await;
+    let plain = Proxy::start(&http_config(&[("a", backend.addr)], "")).await;
+    tls.wait_health("web", "a", Health::Up).await;
+    plain.wait_health("web", "a", Health::Up).await;
+    let tls_port = tls.addr("web").port();
+    let resolve = format!("a.test:{tls_port}:127.0.0.1");
+    let url = format!("https://a.test:{tls_port}/");
+    let plain_url = plain.url("web", "/");
+    let out = tokio::task::spawn_blocking(move || {
+        let over_tls = curl(&[
+            "-s",
+            "--http2",
+            "-k",
+            "--resolve",
+            &resolve,
+            "-w",
+            " %{http_version}",
+            &url,
+        ])?;
+        let prior = curl(&[
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            " %{http_version}",
+            &plain_url,
+        ])?;
+        Some((over_tls, prior))
+    })
+    .await
+    .unwrap();
+    let Some((over_tls, prior)) = out else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install curl (.ci/run does)"
+        );
+        eprintln!("curl is not installed: skipping the curl check (CI installs it)");
+        return;
+    };
+    assert_eq!(over_tls, "a 1.0.0 2");
+    assert_eq!(prior, "a 1.0.0 2");
+}
