@@ -16,3 +16,4 @@ mod state_file;
 mod tcp;
 mod tls;
 mod warmup;
+mod websocket;

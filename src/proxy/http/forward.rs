@@ -17,6 +17,7 @@ use tokio::time::{timeout, Instant};
 
 use super::body::{local, ProxyBody, Upstream};
 use super::headers::{prepare_request, prepare_response, request_host};
+use super::tunnel;
 use super::upstream::{handshake, UpBody};
 use crate::app::App;
 use crate::config::Timeouts;
@@ -37,7 +38,7 @@ pub struct ConnCtx {
 
 pub async fn handle(
     ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let inflight = InflightGuard::new(&ctx.activity);
     let routed = {
@@ -63,9 +64,15 @@ pub async fn handle(
         }
     };
     let started = Instant::now();
+    let upgrade = tunnel::requested(&req).map(|value| (value, hyper::upgrade::on(&mut req)));
     let mut req = req.map(UpBody::Client);
     prepare_request(&mut req, ctx.peer.ip(), ctx.proto);
-    let resp = forward(&pool, req, timeouts, inflight).await;
+    let resp = match upgrade {
+        Some((value, client)) => {
+            tunnel::forward(&ctx.app, &pool, req, client, value, timeouts, inflight).await
+        }
+        None => forward(&pool, req, timeouts, inflight).await,
+    };
     pool.metrics
         .request_duration
         .observe(started.elapsed().as_secs_f64());

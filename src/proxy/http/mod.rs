@@ -9,7 +9,9 @@
 pub mod body;
 mod forward;
 pub mod headers;
+mod tunnel;
 pub mod upstream;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
