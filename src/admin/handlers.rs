@@ -48,7 +48,7 @@ pub fn node(app: &App, pool: &str, node: &str) -> Result<AdminResponse, AdminErr
         pool: pool.into(),
         node: node.into(),
     })?;
-    Ok(json_response(StatusCode::OK, &NodeView::of(n)))
+    Ok(json_response(StatusCode::OK, &NodeView::of(n, p)))
 }
 
 pub async fn reload(app: &Arc<App>) -> Result<AdminResponse, AdminError> {
@@ -79,7 +79,7 @@ pub fn refresh_gauges(app: &App) {
     m.node_version_info.reset();
     m.sessions_active.reset();
     for pool in &app.snapshot.load().pools {
-        for node in &pool.nodes {
+        for (i, node) in pool.nodes.iter().enumerate() {
             let (p, n) = (pool.name.as_str(), node.name.as_str());
             let admin = node.state.admin();
             for s in AdminState::ALL {
@@ -99,9 +99,13 @@ pub fn refresh_gauges(app: &App) {
                     .set(1);
             }
             for k in SessionKind::ALL {
+                let count = match k {
+                    SessionKind::Affinity => pool.affinity_sessions(i, crate::pool::unix_ms()).0,
+                    _ => node.state.sessions(k),
+                };
                 m.sessions_active
                     .with_label_values(&[p, n, k.as_str()])
-                    .set(node.state.sessions(k) as i64);
+                    .set(count as i64);
             }
         }
     }

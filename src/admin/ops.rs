@@ -64,7 +64,10 @@ pub async fn drain(
     let body = body?;
     let timeout = parse_duration("timeout", body.timeout.as_deref())?;
     lifecycle::drain(app, &t, timeout, body.force)?;
-    Ok(json_response(StatusCode::OK, &NodeView::of(&t.node)))
+    Ok(json_response(
+        StatusCode::OK,
+        &NodeView::of(&t.node, &t.pool),
+    ))
 }
 
 pub fn enable(
@@ -77,7 +80,10 @@ pub fn enable(
     let body = body?;
     let warmup = parse_duration("warmup", body.warmup.as_deref())?;
     lifecycle::enable(app, &t, warmup);
-    Ok(json_response(StatusCode::OK, &NodeView::of(&t.node)))
+    Ok(json_response(
+        StatusCode::OK,
+        &NodeView::of(&t.node, &t.pool),
+    ))
 }
 
 /// Long poll: 200 with the node the moment it is in `state`, 504 with the node (and its
@@ -123,7 +129,7 @@ pub async fn wait(
     } else {
         StatusCode::GATEWAY_TIMEOUT
     };
-    Ok(json_response(status, &NodeView::of(&t.node)))
+    Ok(json_response(status, &NodeView::of(&t.node, &t.pool)))
 }
 
 pub fn start_rollout(

@@ -78,15 +78,20 @@ pub fn rfc3339(unix_ms: u64) -> String {
 }
 
 impl NodeView {
-    pub fn of(node: &Node) -> Self {
+    pub fn of(node: &Node, pool: &Pool) -> Self {
         let s = &node.state;
         let count = |k| s.sessions(k);
+        let affinity = pool
+            .nodes
+            .iter()
+            .position(|n| n.name == node.name)
+            .map_or(0, |i| pool.affinity_sessions(i, crate::pool::unix_ms()).0);
         let sessions = SessionsView {
             http_inflight: count(SessionKind::HttpInflight),
             tunnels: count(SessionKind::Tunnel),
             tcp: count(SessionKind::Tcp),
-            affinity: count(SessionKind::Affinity),
-            total: SessionKind::ALL.iter().map(|&k| count(k)).sum(),
+            affinity,
+            total: s.active_sessions() + affinity,
         };
         let admin = s.admin();
         NodeView {
@@ -128,7 +133,7 @@ impl PoolView {
                 .unwrap_or_default(),
             warmup: crate::config::duration::format(pool.config.warmup),
             serving: pool.nodes.iter().filter(|n| n.state.admits_new()).count(),
-            nodes: pool.nodes.iter().map(|n| NodeView::of(n)).collect(),
+            nodes: pool.nodes.iter().map(|n| NodeView::of(n, pool)).collect(),
         }
     }
 }

@@ -46,3 +46,5 @@ pub const DRAIN_SESSION_TIMEOUT: Duration = Duration::from_secs(300);
 pub const REBALANCE_CLOSES_PER_SEC: u32 = 20;
 /// Rollout: how long the upgraded node may take to report the target version and pass checks.
 pub const ROLLOUT_READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Affinity: a pinned client idle this long is no longer a session.
+pub const AFFINITY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);

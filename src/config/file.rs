@@ -68,8 +68,16 @@ pub struct RawPool {
     pub drain: Option<serde_yaml::Value>,
     pub rebalance: Option<serde_yaml::Value>,
     pub rollout: Option<serde_yaml::Value>,
-    /// Later capability: accepted by the parser so the error can say "not supported yet".
     pub affinity: Option<serde_yaml::Value>,
+}
+
+/// `pools[].affinity:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAffinity {
+    pub cookie: Option<String>,
+    pub source_ip: Option<bool>,
+    pub idle_timeout: Option<String>,
 }
 
 /// `pools[].drain:`.

@@ -102,6 +102,23 @@ pub struct PoolConfig {
     /// Active TCP rebalance after a node returns, if configured.
     pub rebalance: Option<RebalanceConfig>,
     pub rollout: RolloutConfig,
+    /// Session affinity, if configured.
+    pub affinity: Option<AffinityConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AffinityConfig {
+    pub mode: AffinityMode,
+    /// A pinned client that sent nothing for this long is no longer a session.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AffinityMode {
+    /// http: an opaque cookie with this name.
+    Cookie(String),
+    /// Consistent hashing of the client's address.
+    SourceIp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

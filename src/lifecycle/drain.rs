@@ -1,6 +1,8 @@
 //! The drain task: waits (on the node's signal, never by polling) for the last session to
 //! end or the deadline to pass; at the deadline it fires the node's close token, so the
 //! remaining sessions close gracefully, spread over `close_spread`, and counts them.
+//! Affinity sessions (pinned clients) count too, until they go idle or
+//! `drain.session_timeout` passes; the task wakes at their expiry times.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::app::App;
-use crate::pool::{AdminState, Node, Pool, SessionKind};
+use crate::pool::{unix_ms, AdminState, Node, NodeState, Pool, SessionKind};
 
 /// After the close spread, how long closing sessions get before the node is declared
 /// drained anyway (a peer that never acknowledges a FIN must not hold a rollout).
@@ -25,41 +27,59 @@ pub async fn run(
     let started = Instant::now();
     let state = &node.state;
     let life = &state.lifecycle;
-    let still_draining = |s: &crate::pool::NodeState| {
-        s.admin() == AdminState::Draining && s.lifecycle.is_current(generation)
-    };
-    let idle = state
-        .wait_until(timeout, |s| !still_draining(s) || s.active_sessions() == 0)
-        .await;
-    if !still_draining(state) {
-        return;
-    }
-    if !idle {
-        let http = state.sessions(SessionKind::HttpInflight);
-        let tcp = state.sessions(SessionKind::Tcp);
-        let spread = pool.config.drain.close_spread;
-        tracing::warn!(
-            node = %node.key(),
-            http_inflight = http,
-            tcp,
-            spread = %crate::config::duration::format(spread),
-            "drain deadline reached: closing the remaining sessions"
-        );
-        // TCP sessions count themselves as they close; in-flight requests end with their
-        // upstream connection, counted here.
-        life.deadline_closes.fetch_add(http as u64, Relaxed);
-        for _ in 0..http {
-            state.metrics.deadline_close(SessionKind::HttpInflight);
+    let index = pool.nodes.iter().position(|n| n.name == node.name);
+    let still_draining =
+        |s: &NodeState| s.admin() == AdminState::Draining && s.lifecycle.is_current(generation);
+    // Affinity sessions count until they expire or `session_timeout` passes.
+    let session_window = started + pool.config.drain.session_timeout;
+    let affinity = || -> (usize, Option<Instant>) {
+        let now_ms = unix_ms();
+        if Instant::now() >= session_window {
+            return (0, None);
         }
-        life.fire_close();
-        state
-            .wait_until(spread + CLOSE_GRACE, |s| {
-                !still_draining(s) || s.active_sessions() == 0
-            })
-            .await;
+        let (live, next_expiry) = index.map_or((0, None), |i| pool.affinity_sessions(i, now_ms));
+        let wake = next_expiry
+            .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms) + 1));
+        (live, wake.map(|w| w.min(session_window)))
+    };
+    let deadline = started + timeout;
+    let mut fired_at: Option<Instant> = None;
+    loop {
         if !still_draining(state) {
             return;
         }
+        let (pinned, affinity_wake) = affinity();
+        let active = state.active_sessions();
+        if active == 0 && pinned == 0 {
+            break;
+        }
+        let now = Instant::now();
+        if fired_at.is_none() && now >= deadline && active > 0 {
+            fire(&pool, &node);
+            fired_at = Some(now);
+        }
+        if let Some(at) = fired_at {
+            // Sessions that ignore their close are not waited for forever.
+            if now >= at + pool.config.drain.close_spread + CLOSE_GRACE
+                && state.active_sessions() > 0
+            {
+                tracing::warn!(node = %node.key(), remaining = state.active_sessions(), "sessions still open after the close window");
+                break;
+            }
+        }
+        let mut wake = match fired_at {
+            None => deadline,
+            Some(at) => at + pool.config.drain.close_spread + CLOSE_GRACE,
+        };
+        if let Some(a) = affinity_wake {
+            wake = wake.min(a);
+        }
+        let limit = wake
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        state
+            .wait_until(limit, |s| !still_draining(s) || s.active_sessions() == 0)
+            .await;
     }
     if state.transition(AdminState::Draining, AdminState::Drained) {
         life.clear_drain_deadline();
@@ -68,7 +88,31 @@ pub async fn run(
             .drain_duration
             .with_label_values(&[&pool.name])
             .observe(took.as_secs_f64());
-        tracing::info!(node = %node.key(), took_ms = took.as_millis() as u64, at_deadline = !idle, "node drained");
+        tracing::info!(node = %node.key(), took_ms = took.as_millis() as u64, at_deadline = fired_at.is_some(), "node drained");
         app.persist();
     }
+}
+
+/// The deadline: sessions still open are closed gracefully, spread, and counted.
+fn fire(pool: &Pool, node: &Node) {
+    let state = &node.state;
+    let http = state.sessions(SessionKind::HttpInflight);
+    tracing::warn!(
+        node = %node.key(),
+        http_inflight = http,
+        tunnels = state.sessions(SessionKind::Tunnel),
+        tcp = state.sessions(SessionKind::Tcp),
+        spread = %crate::config::duration::format(pool.config.drain.close_spread),
+        "drain deadline reached: closing the remaining sessions"
+    );
+    // TCP sessions and tunnels count themselves as they close; in-flight requests end with
+    // their upstream connection, counted here.
+    state
+        .lifecycle
+        .deadline_closes
+        .fetch_add(http as u64, Relaxed);
+    for _ in 0..http {
+        state.metrics.deadline_close(SessionKind::HttpInflight);
+    }
+    state.lifecycle.fire_close();
 }

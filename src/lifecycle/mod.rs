@@ -117,7 +117,6 @@ pub fn enable(app: &Arc<App>, t: &Target, warmup: Option<Duration>) {
     }
     let warmup = warmup.unwrap_or(t.pool.config.warmup);
     let generation = state.lifecycle.next_generation();
-    state.lifecycle.reset_close();
     state.lifecycle.clear_drain_deadline();
     if state.health() == Health::Up {
         warmup::begin(app, t, warmup, generation);

@@ -26,6 +26,8 @@ pub struct Lifecycle {
     warmup_ns: AtomicU64,
     /// Unix ms of the current drain deadline; 0 when not draining.
     drain_deadline: AtomicU64,
+    /// Unix ms when the current drain began (affinity continuations are timed from it).
+    drain_started: AtomicU64,
     /// Cancelled at a drain deadline: the node's remaining sessions close. Replaced on enable.
     close: ArcSwap<CancellationToken>,
     /// Window over which deadline closes are spread, in ms.
@@ -70,6 +72,7 @@ impl Lifecycle {
             warm_start: AtomicU64::new(0),
             warmup_ns: AtomicU64::new(0),
             drain_deadline: AtomicU64::new(0),
+            drain_started: AtomicU64::new(0),
             close: ArcSwap::from_pointee(CancellationToken::new()),
             close_spread_ms: AtomicU64::new(0),
             deadline_closes: AtomicU64::new(0),
@@ -123,9 +126,14 @@ impl Lifecycle {
     }
 
     pub fn set_drain_deadline(&self, unix_ms: u64, spread: Duration) {
+        self.drain_started.store(crate::pool::unix_ms(), Relaxed);
         self.drain_deadline.store(unix_ms, Relaxed);
         self.close_spread_ms
             .store(spread.as_millis() as u64, Relaxed);
+    }
+
+    pub fn drain_started_ms(&self) -> u64 {
+        self.drain_started.load(Relaxed)
     }
 
     pub fn clear_drain_deadline(&self) {
@@ -137,16 +145,10 @@ impl Lifecycle {
         CancellationToken::clone(&self.close.load())
     }
 
-    /// Drain deadline reached: every session watching the token closes (spread).
+    /// Drain deadline reached: every session watching the token closes (spread). Sessions
+    /// started later (affinity continuations) get a fresh token.
     pub fn fire_close(&self) {
-        self.close.load().cancel();
-    }
-
-    /// The node serves again: later sessions get a fresh token.
-    pub fn reset_close(&self) {
-        if self.close.load().is_cancelled() {
-            self.close.store(Arc::new(CancellationToken::new()));
-        }
+        self.close.swap(Arc::new(CancellationToken::new())).cancel();
     }
 
     /// How long after the deadline session `id` closes, so closes spread over the window.

@@ -1,6 +1,7 @@
 //! Pools of interchangeable nodes: node runtime state, the admission rule, session
 //! accounting and node selection.
 
+pub mod affinity;
 mod lifecycle;
 mod node;
 mod pick;
@@ -61,6 +62,7 @@ impl Pool {
                         addr: n.addr,
                         weight: n.weight,
                         state: Arc::clone(&old.state),
+                        token: old.token.clone(),
                         idle: if old.addr == n.addr {
                             old.idle.clone()
                         } else {
@@ -78,6 +80,7 @@ impl Pool {
                             &n.name,
                         ))),
                         idle: IdleConns::new(),
+                        token: affinity::keys().node_token(&config.name, &n.name),
                     }),
                 }
             })

@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 
+use super::affinity::AffinityTable;
 use super::lifecycle::Lifecycle;
 use super::state::{next_health, AdminState, Health};
 use super::SessionKind;
@@ -31,6 +32,8 @@ pub struct Node {
     pub state: Arc<NodeState>,
     /// Idle keep-alive HTTP/1.1 connections to this node's address.
     pub idle: IdleConns,
+    /// The opaque value that names this node in affinity cookies.
+    pub token: String,
 }
 
 /// Runtime state of a node, kept across reloads by `pool/node` identity.
@@ -61,6 +64,8 @@ pub struct NodeState {
     version_passes: AtomicU32,
     /// Drain deadlines, warmup ramp, deadline closes and rebalance signals.
     pub lifecycle: Lifecycle,
+    /// Clients pinned here (pools with affinity).
+    pub affinity: AffinityTable,
 }
 
 pub fn unix_ms() -> u64 {
@@ -86,6 +91,7 @@ impl NodeState {
             waiters: AtomicUsize::new(0),
             version_passes: AtomicU32::new(0),
             lifecycle: Lifecycle::new(),
+            affinity: AffinityTable::default(),
         }
     }
 

@@ -16,8 +16,9 @@ use super::gated::Gated;
 use super::proxy_protocol;
 use super::ListenerStats;
 use crate::app::App;
+use crate::config::AffinityMode;
 use crate::config::ListenerConfig;
-use crate::pool::{Pool, SessionGuard, SessionKind, Tried};
+use crate::pool::{affinity, unix_ms, Pool, SessionGuard, SessionKind, Tried};
 
 /// Copy buffer per direction: large enough for bulk throughput, small enough that many idle
 /// sessions stay cheap.
@@ -44,8 +45,22 @@ pub async fn serve(
     peer: SocketAddr,
 ) {
     let mut tried = Tried::default();
+    // Source-address affinity: continue where the client has a session, else hash.
+    let pinned = match pool.config.affinity.as_ref().map(|a| &a.mode) {
+        Some(AffinityMode::SourceIp) => Some(affinity::keys().address(peer.ip())),
+        _ => None,
+    };
+    let mut first = pinned.map(|c| {
+        pool.sticky(c, None, unix_ms())
+            .or_else(|| pool.hash_pick(c, tried))
+    });
     let (index, mut backend, _session) = loop {
-        let Some(i) = pool.pick(tried) else {
+        let next = match (first.take(), pinned) {
+            (Some(pick), _) => pick,
+            (None, Some(c)) => pool.hash_pick(c, tried),
+            (None, None) => pool.pick(tried),
+        };
+        let Some(i) = next else {
             tracing::debug!(listener = %stats.name, %peer, pool = %pool.name, "no node can take the session: closing");
             return;
         };
@@ -58,6 +73,9 @@ pub async fn serve(
             break (i, stream, session);
         }
     };
+    if let Some(c) = pinned {
+        pool.pin(c, index, unix_ms());
+    }
     let node = Arc::clone(&pool.nodes[index]);
     if let Some(version) = cfg.proxy_protocol {
         // The backend sees the client's address: the header goes first, before any byte.

@@ -3,6 +3,7 @@
 mod common;
 
 mod admin;
+mod affinity;
 mod cli;
 mod config_files;
 mod ctl;

@@ -135,13 +135,17 @@ impl Validator {
                 None
             }
         };
-        let tls = raw.tls.and_then(|v| self.tls(&format!("{path}.tls"), v));
-        if tls.is_some() && matches!(kind, ListenerKind::Tcp { .. }) {
-            self.err(
-                &format!("{path}.tls"),
-                format!("`tls` on tcp listeners {LATER} (http listeners terminate TLS)"),
-            );
-        }
+        let tls = match (&kind, raw.tls) {
+            (ListenerKind::Tcp { .. }, Some(_)) => {
+                self.err(
+                    &format!("{path}.tls"),
+                    format!("`tls` on tcp listeners {LATER} (http listeners terminate TLS)"),
+                );
+                None
+            }
+            (_, Some(v)) => self.tls(&format!("{path}.tls"), v),
+            (_, None) => None,
+        };
         if proxy_protocol.is_some() && matches!(kind, ListenerKind::Http { .. }) {
             self.err(
                 &format!("{path}.proxy_protocol"),

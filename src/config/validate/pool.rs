@@ -5,22 +5,19 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use http::HeaderName;
 use serde_yaml::Value;
 
-use super::{Validator, LATER};
+use super::Validator;
 use crate::config::defaults as d;
 use crate::config::file::{
-    RawDrain, RawHealth, RawHttpCheck, RawNode, RawPool, RawRebalance, RawRollout,
+    RawAffinity, RawDrain, RawHealth, RawHttpCheck, RawNode, RawPool, RawRebalance, RawRollout,
 };
 use crate::config::{
-    Balance, CheckKind, DrainConfig, HealthConfig, NodeConfig, PoolConfig, RebalanceConfig,
-    RolloutConfig, VersionSource,
+    AffinityConfig, AffinityMode, Balance, CheckKind, DrainConfig, HealthConfig, NodeConfig,
+    PoolConfig, RebalanceConfig, RolloutConfig, VersionSource,
 };
 
 impl Validator {
     pub(super) fn pool(&mut self, path: &str, raw: RawPool) -> Option<PoolConfig> {
         self.name(&format!("{path}.name"), &raw.name, "pool");
-        if raw.affinity.is_some() {
-            self.err(&format!("{path}.affinity"), format!("`affinity` {LATER}"));
-        }
         let balance = match raw.balance.as_deref() {
             None | Some("least_conn") => Balance::LeastConn,
             Some("round_robin") => Balance::RoundRobin,
@@ -137,6 +134,42 @@ impl Validator {
             hook,
             prefer_target_version: raw_rollout.prefer_target_version.unwrap_or(false),
         };
+        let ap = format!("{path}.affinity");
+        let affinity = raw
+            .affinity
+            .and_then(|v| self.item::<RawAffinity>(&ap, v))
+            .and_then(|a| {
+                let idle_timeout = self.positive(
+                    &format!("{ap}.idle_timeout"),
+                    a.idle_timeout.as_deref(),
+                    d::AFFINITY_IDLE_TIMEOUT,
+                );
+                let mode = match (a.cookie, a.source_ip.unwrap_or(false)) {
+                    (Some(_), true) => {
+                        self.err(&ap, "choose one of `cookie` and `source_ip`, not both");
+                        return None;
+                    }
+                    (Some(name), false) => {
+                        let token = !name.is_empty()
+                            && name.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+                            });
+                        if !token {
+                            self.err(
+                                &format!("{ap}.cookie"),
+                                format!("invalid cookie name {name:?}"),
+                            );
+                        }
+                        AffinityMode::Cookie(name)
+                    }
+                    (None, true) => AffinityMode::SourceIp,
+                    (None, false) => {
+                        self.err(&ap, "needs `cookie: NAME` or `source_ip: true`");
+                        return None;
+                    }
+                };
+                Some(AffinityConfig { mode, idle_timeout })
+            });
         Some(PoolConfig {
             name: raw.name,
             balance,
@@ -146,6 +179,7 @@ impl Validator {
             drain,
             rebalance,
             rollout,
+            affinity,
         })
     }
 

@@ -58,11 +58,30 @@ fn reports_every_mistake_with_position() {
 #[test]
 fn later_capabilities_are_refused_not_ignored() {
     let bad = GOOD.replace(
-        "    health:",
-        "    affinity: { source_ip: true }\n    health:",
+        "    protocol: http",
+        "    protocol: tcp\n    pool: api\n    tls: { certificates: [] }",
+    )
+    .replace(
+        "    routes:\n      - { host: \"API.example.com\", path_prefix: \"/v1\", pool: api }\n      - { pool: api }\n",
+        "",
     );
     let err = parse(&bad).unwrap_err().to_string();
-    assert!(err.contains("`affinity` is not supported yet"), "{err}");
+    assert!(err.contains("is not supported yet"), "{err}");
+}
+
+#[test]
+fn affinity_needs_exactly_one_mode() {
+    let with = |a: &str| GOOD.replace("    health:", &format!("    affinity: {a}\n    health:"));
+    assert!(parse(&with("{ cookie: sid, idle_timeout: 30s }")).is_ok());
+    assert!(parse(&with("{ source_ip: true }")).is_ok());
+    for bad in [
+        "{ }",
+        "{ cookie: sid, source_ip: true }",
+        "{ cookie: \"a b\" }",
+        "{ cookie: sid, idle_timeout: 0s }",
+    ] {
+        assert!(parse(&with(bad)).is_err(), "{bad} accepted");
+    }
 }
 
 #[test]

@@ -17,6 +17,7 @@ use tokio::time::{timeout, Instant};
 
 use super::body::{local, ProxyBody, Upstream};
 use super::headers::{prepare_request, prepare_response, request_host};
+use super::sticky::Client;
 use super::tunnel;
 use super::upstream::{handshake, UpBody};
 use crate::app::App;
@@ -71,7 +72,10 @@ pub async fn handle(
         Some((value, client)) => {
             tunnel::forward(&ctx.app, &pool, req, client, value, timeouts, inflight).await
         }
-        None => forward(&pool, req, timeouts, inflight).await,
+        None => {
+            let client = Client::identify(&pool, &req, ctx.peer.ip());
+            forward(&pool, req, timeouts, inflight, client).await
+        }
     };
     pool.metrics
         .request_duration
@@ -102,12 +106,20 @@ async fn forward(
     mut req: Request<UpBody>,
     timeouts: Timeouts,
     inflight: InflightGuard,
+    client: Option<Client>,
 ) -> Response<ProxyBody> {
     let mut replay = replayable(&req);
     let mut tried = Tried::default();
     let mut unreachable = false;
     let mut lost = false;
-    while let Some(i) = pool.pick(tried) {
+    let mut first = client.as_ref().map(|c| c.first_pick(pool));
+    loop {
+        let next = match (first.take(), &client) {
+            (Some(pick), _) => pick,
+            (None, Some(c)) => c.next_pick(pool, tried),
+            (None, None) => pool.pick(tried),
+        };
+        let Some(i) = next else { break };
         if !tried.is_empty() {
             pool.metrics.retries.inc();
         }
@@ -143,6 +155,9 @@ async fn forward(
                 Ok(Ok(mut resp)) => {
                     node.state.metrics.response(resp.status().as_u16());
                     prepare_response(&mut resp);
+                    if let Some(c) = &client {
+                        c.served(pool, i, &mut resp);
+                    }
                     let node = Arc::clone(node);
                     return resp.map(|body| {
                         ProxyBody::Upstream(Upstream::new(body, node, sender, session, inflight))

@@ -9,6 +9,7 @@
 pub mod body;
 mod forward;
 pub mod headers;
+mod sticky;
 mod tunnel;
 pub mod upstream;
 pub mod ws;

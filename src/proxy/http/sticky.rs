@@ -1,0 +1,86 @@
+//! Affinity on the HTTP path: who the client is (cookie or address), where it continues,
+//! and the `Set-Cookie` that pins it. See [`crate::pool::affinity`] for the tables.
+
+use std::net::IpAddr;
+
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderValue, Request, Response};
+
+use crate::config::AffinityMode;
+use crate::pool::affinity::{find_cookie, keys, parse_cookie};
+use crate::pool::{unix_ms, Pool, Tried};
+
+/// An affinity client of one request.
+pub struct Client {
+    key: u64,
+    /// Node token from a valid cookie.
+    token: Option<String>,
+    /// Cookie name, in cookie mode.
+    cookie: Option<String>,
+}
+
+impl Client {
+    /// Identifies the client, for pools with affinity.
+    pub fn identify<B>(pool: &Pool, req: &Request<B>, ip: IpAddr) -> Option<Client> {
+        let affinity = pool.config.affinity.as_ref()?;
+        Some(match &affinity.mode {
+            AffinityMode::SourceIp => Client {
+                key: keys().address(ip),
+                token: None,
+                cookie: None,
+            },
+            AffinityMode::Cookie(name) => {
+                let found = req
+                    .headers()
+                    .get_all(COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(|h| find_cookie(h, name))
+                    .and_then(parse_cookie);
+                match found {
+                    Some((token, key)) => Client {
+                        key,
+                        token: Some(token.to_string()),
+                        cookie: Some(name.clone()),
+                    },
+                    None => Client {
+                        key: keys().new_client(),
+                        token: None,
+                        cookie: Some(name.clone()),
+                    },
+                }
+            }
+        })
+    }
+
+    /// The node for the first attempt: where the client continues, else a fresh pick.
+    pub fn first_pick(&self, pool: &Pool) -> Option<usize> {
+        pool.sticky(self.key, self.token.as_deref(), unix_ms())
+            .or_else(|| self.next_pick(pool, Tried::default()))
+    }
+
+    /// A pick after `tried` failed.
+    pub fn next_pick(&self, pool: &Pool, tried: Tried) -> Option<usize> {
+        match self.cookie {
+            Some(_) => pool.pick(tried),
+            None => pool.hash_pick(self.key, tried),
+        }
+    }
+
+    /// Node `index` served the client: pin it there, and (re)issue the cookie if it changed.
+    pub fn served<B>(&self, pool: &Pool, index: usize, resp: &mut Response<B>) {
+        pool.pin(self.key, index, unix_ms());
+        let Some(name) = &self.cookie else { return };
+        let token = &pool.nodes[index].token;
+        if self.token.as_deref() == Some(token.as_str()) {
+            return;
+        }
+        let cookie = format!(
+            "{name}={token}.{:x}; Path=/; HttpOnly; SameSite=Lax",
+            self.key
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().append(SET_COOKIE, v);
+        }
+    }
+}

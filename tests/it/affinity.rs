@@ -1,0 +1,176 @@
+//! Affinity: cookie and source-address pinning, and how a draining node keeps its pinned
+//! clients until `drain.session_timeout`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::common::backends::{read_to_eof, tcp_echo_server, HttpBackend};
+use crate::common::*;
+use handoff::pool::Health;
+
+fn cookie_config(a: SocketAddr, b: SocketAddr) -> String {
+    http_config(&[("a", a), ("b", b)], "").replace(
+        "    health:",
+        "    affinity: { cookie: \"handoff_node\", idle_timeout: 60s }\n    drain: { timeout: 30s, session_timeout: 1s }\n    health:",
+    )
+}
+
+/// A client that keeps the affinity cookie, as a browser would.
+struct Browser {
+    client: TestClient,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    fn new() -> Self {
+        Browser {
+            client: client(),
+            cookie: None,
+        }
+    }
+
+    /// GETs `url`; returns which node answered.
+    async fn get(&mut self, url: &str) -> String {
+        let mut req = http::Request::get(url);
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c.as_str());
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        if let Some(set) = resp.headers().get("set-cookie") {
+            let set = set.to_str().unwrap();
+            assert!(set.contains("HttpOnly"), "{set}");
+            self.cookie = Some(set.split(';').next().unwrap().to_string());
+        }
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body)
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_pins_a_client_which_follows_its_node_into_drain_until_the_session_timeout() {
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let b = HttpBackend::start("b", "1.0.0").await;
+    let proxy = Proxy::start(&cookie_config(a.addr, b.addr)).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    proxy.wait_health("web", "b", Health::Up).await;
+    let url = proxy.url("web", "/");
+
+    let mut alice = Browser::new();
+    let home = alice.get(&url).await;
+    let cookie = alice.cookie.clone().expect("affinity cookie");
+    // Opaque: it names neither an address nor a port of any backend.
+    for addr in [a.addr, b.addr] {
+        assert!(
+            !cookie.contains(&addr.ip().to_string()) && !cookie.contains(&addr.port().to_string()),
+            "{cookie}"
+        );
+    }
+    for _ in 0..99 {
+        assert_eq!(alice.get(&url).await, home, "a pinned client changed node");
+    }
+    let (_, view) = proxy
+        .admin(Method::GET, &format!("/v1/pools/web/nodes/{home}"), None)
+        .await;
+    assert_eq!(view["sessions"]["affinity"], 1, "{view}");
+
+    // A forged cookie cannot pick a node: it is just a new client.
+    let mut mallory = Browser {
+        client: client(),
+        cookie: Some("handoff_node=ffffffffffffffff.1".into()),
+    };
+    mallory.get(&url).await;
+    assert_ne!(
+        mallory.cookie.as_deref(),
+        Some("handoff_node=ffffffffffffffff.1")
+    );
+
+    let (status, _) = proxy
+        .admin_json(
+            Method::POST,
+            &format!("/v1/pools/web/nodes/{home}/drain"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let drain_started = tokio::time::Instant::now();
+    // During the session timeout the pinned client stays; new clients never land there.
+    let mut moved_after = None;
+    while drain_started.elapsed() < Duration::from_secs(3) {
+        let node = alice.get(&url).await;
+        if node != home {
+            moved_after.get_or_insert(drain_started.elapsed());
+        } else {
+            assert!(moved_after.is_none(), "went back to the draining node");
+        }
+        let mut newcomer = Browser::new();
+        assert_ne!(
+            newcomer.get(&url).await,
+            home,
+            "a new client reached the draining node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let moved_after = moved_after.expect("the client never moved off the draining node");
+    println!("pinned client moved {moved_after:?} after the drain began (session_timeout 1s)");
+    assert!(
+        moved_after >= Duration::from_millis(900) && moved_after < Duration::from_millis(1500),
+        "{moved_after:?}"
+    );
+    let (status, _) = proxy
+        .admin(
+            Method::GET,
+            &format!("/v1/pools/web/nodes/{home}/wait?state=drained&timeout=5s"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn source_ip_affinity_keeps_a_tcp_client_on_one_node() {
+    let (ea, eb) = (tcp_echo_server().await, tcp_echo_server().await);
+    let yaml = format!(
+        r#"admin: {{ listen: "127.0.0.1:0" }}
+listeners:
+  - {{ name: t, listen: "127.0.0.1:0", protocol: tcp, pool: p }}
+pools:
+  - name: p
+    nodes: [ {{ name: a, addr: "{ea}" }}, {{ name: b, addr: "{eb}" }} ]
+    health: {{ interval: 100ms, timeout: 100ms, healthy_after: 1, tcp: {{}} }}
+    affinity: {{ source_ip: true }}
+"#
+    );
+    let proxy = Proxy::start(&yaml).await;
+    proxy.wait_health("p", "a", Health::Up).await;
+    proxy.wait_health("p", "b", Health::Up).await;
+    let mut homes = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(proxy.addr("t")).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        s.shutdown().await.unwrap();
+        read_to_eof(&mut s, WAIT).await;
+        let (_, pool) = proxy.admin(Method::GET, "/v1/pools/p", None).await;
+        for n in pool["nodes"].as_array().unwrap() {
+            if n["sessions"]["affinity"] == 1 {
+                homes.insert(n["name"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(homes.len(), 1, "one address landed on {homes:?}");
+}
