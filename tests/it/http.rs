@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -380,4 +381,104 @@ async fn sigkill_of_a_backend_under_get_load_fails_no_request() {
     let (sent, failed) = load.finish().await;
     println!("SIGKILL under load: sent {sent} GETs, {failed} failed (a had served {a_before})");
     assert_eq!(failed, 0);
+}
+
+/// A backend that reads a whole request and closes the connection without answering (a
+/// crash between request and response); counts the requests it swallowed.
+async fn swallowing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let swallowed = Arc::new(AtomicUsize::new(0));
+    let count = swallowed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            count.fetch_add(1, SeqCst);
+                            return; // closes without a response
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, swallowed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_are_retried_once_and_others_never_after_sending() {
+    let (bad, swallowed) = swallowing_backend().await;
+    let good = HttpBackend::start("good", "1.0.0").await;
+    let yaml = http_config(&[("bad", bad), ("good", good.addr)], "").replace(
+        FAST_HEALTH,
+        "{ interval: 100ms, timeout: 100ms, healthy_after: 1, tcp: {} }",
+    );
+    let proxy = Proxy::start(&yaml).await;
+    proxy.wait_health("web", "bad", Health::Up).await;
+    proxy.wait_health("web", "good", Health::Up).await;
+    let send_body = |method: Method| {
+        let url = proxy.url("web", "/echo");
+        async move {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(url)
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"payload",
+                )))
+                .unwrap();
+            let resp = client().request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            use http_body_util::BodyExt;
+            (status, resp.into_body().collect().await.unwrap().to_bytes())
+        }
+    };
+    for _ in 0..10 {
+        let (status, body) = send_body(Method::PUT).await;
+        assert_eq!((status, &body[..]), (200, &b"payload"[..]), "a PUT failed");
+    }
+    let put_swallowed = swallowed.load(SeqCst);
+    assert!(
+        put_swallowed >= 1,
+        "no PUT went to the failing node first: the retry was not exercised"
+    );
+    let mut failed_posts = 0;
+    for _ in 0..10 {
+        let (status, _) = send_body(Method::POST).await;
+        if status == 502 {
+            failed_posts += 1;
+        } else {
+            assert_eq!(status, 200);
+        }
+    }
+    // Each POST the failing node swallowed came back as 502: never sent twice.
+    assert_eq!(swallowed.load(SeqCst) - put_swallowed, failed_posts);
+    let retries = metric_value(
+        &proxy.metrics().await,
+        "handoff_retries_total{pool=\"web\"}",
+    );
+    assert!(
+        retries >= put_swallowed as f64,
+        "retries {retries}, swallowed PUTs {put_swallowed}"
+    );
 }

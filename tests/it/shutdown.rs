@@ -151,3 +151,30 @@ async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
     .unwrap();
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_clients_get_connection_close_when_handoff_drains() {
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let proxy = Proxy::start(&http_config(&[("a", a.addr)], "")).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    s.write_all(b"GET /slow/600 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let node = proxy.node("web", "a");
+    eventually("the request is in flight", || {
+        node.state.active_sessions() == 1
+    })
+    .await;
+    let shutdown = proxy.app.shutdown.clone();
+    let run = tokio::spawn(async move { shutdown.run(Duration::from_secs(10)).await });
+    let (raw, eof) = read_to_eof(&mut s, WAIT).await;
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(eof, "the connection stayed open after its last response");
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(
+        text.contains("connection: close"),
+        "no Connection: close while draining: {text}"
+    );
+    assert_eq!(run.await.unwrap(), 0);
+}

@@ -3,15 +3,19 @@
 //!
 //! Failures before a response are retried on another node: always when the request never
 //! left (connect failed, or a stale pooled connection handed it back unsent); and once for
-//! idempotent requests without a body when the connection died after sending (a backend
-//! crash or restart racing the request), since those can be sent again verbatim.
+//! idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) when the connection died
+//! after sending (a backend crash or restart racing the request). Their bodies, up to
+//! 64 KiB, are buffered so they can be sent again verbatim; other methods are never sent
+//! twice.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::time::{timeout, Instant};
 
@@ -65,17 +69,21 @@ pub async fn handle(
         }
     };
     let started = Instant::now();
-    let upgrade = tunnel::requested(&req).map(|value| (value, hyper::upgrade::on(&mut req)));
-    let mut req = req.map(UpBody::Client);
-    prepare_request(&mut req, ctx.peer.ip(), ctx.proto);
-    let resp = match upgrade {
-        Some((value, client)) => {
+    let resp = match tunnel::requested(&req) {
+        Some(value) => {
+            let client = hyper::upgrade::on(&mut req);
+            let mut req = req.map(UpBody::Client);
+            prepare_request(&mut req, ctx.peer.ip(), ctx.proto);
             tunnel::forward(&ctx.app, &pool, req, client, value, timeouts, inflight).await
         }
-        None => {
-            let client = Client::identify(&pool, &req, ctx.peer.ip());
-            forward(&pool, req, timeouts, inflight, client).await
-        }
+        None => match buffer_for_replay(req, timeouts.response).await {
+            Ok(mut req) => {
+                prepare_request(&mut req, ctx.peer.ip(), ctx.proto);
+                let client = Client::identify(&pool, &req, ctx.peer.ip());
+                forward(&pool, req, timeouts, inflight, client).await
+            }
+            Err(refused) => refused,
+        },
     };
     pool.metrics
         .request_duration
@@ -83,14 +91,66 @@ pub async fn handle(
     Ok(resp)
 }
 
-/// The head of a request that may be sent again after a failure, if it is idempotent and
-/// has no body.
-fn replayable(req: &Request<UpBody>) -> Option<Parts> {
-    let idempotent = matches!(
-        *req.method(),
+/// Idempotent methods: sending one twice has the effect of sending it once.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
-    if !idempotent || !req.body().is_end_stream() {
+    )
+}
+
+/// Bodies of idempotent requests up to this size are buffered so the request can be sent
+/// again after a failure; larger ones stream and are not retried once sent.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// Buffers the body of a small idempotent request (see [`MAX_REPLAY_BODY`]).
+async fn buffer_for_replay(
+    req: Request<Incoming>,
+    limit: std::time::Duration,
+) -> Result<Request<UpBody>, Response<ProxyBody>> {
+    let small = req
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= MAX_REPLAY_BODY);
+    if !idempotent(req.method()) || req.body().is_end_stream() || !small {
+        let (parts, body) = req.into_parts();
+        let body = if body.is_end_stream() {
+            UpBody::Buffered(None)
+        } else {
+            UpBody::Client(body)
+        };
+        return Ok(Request::from_parts(parts, body));
+    }
+    let (parts, body) = req.into_parts();
+    match timeout(
+        limit,
+        http_body_util::Limited::new(body, MAX_REPLAY_BODY as usize).collect(),
+    )
+    .await
+    {
+        Ok(Ok(collected)) => Ok(Request::from_parts(
+            parts,
+            UpBody::Buffered(Some(collected.to_bytes())),
+        )),
+        Ok(Err(_)) => Err(local(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read",
+        )),
+        Err(_) => Err(local(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        )),
+    }
+}
+
+/// What it takes to send a request again: its head and its buffered body. Only idempotent
+/// requests whose body (if any) is buffered qualify.
+fn replayable(req: &Request<UpBody>) -> Option<(Parts, Option<Bytes>)> {
+    let UpBody::Buffered(body) = req.body() else {
+        return None;
+    };
+    if !idempotent(req.method()) {
         return None;
     }
     let mut head = Request::new(());
@@ -98,7 +158,7 @@ fn replayable(req: &Request<UpBody>) -> Option<Parts> {
     *head.uri_mut() = req.uri().clone();
     *head.version_mut() = req.version();
     *head.headers_mut() = req.headers().clone();
-    Some(head.into_parts().0)
+    Some((head.into_parts().0, body.clone()))
 }
 
 async fn forward(
@@ -176,8 +236,8 @@ async fn forward(
                     None => {
                         tracing::info!(node = %node.key(), error = %e.error(), "backend failed before answering");
                         match replay.take() {
-                            Some(head) => {
-                                req = Request::from_parts(head, UpBody::Empty);
+                            Some((head, body)) => {
+                                req = Request::from_parts(head, UpBody::Buffered(body));
                                 lost = true;
                                 break;
                             }

@@ -24,10 +24,11 @@ use crate::proxy::gated::Gated;
 
 pub type Sender = SendRequest<UpBody>;
 
-/// A request body sent upstream: the client's, or none (a replayed bodiless request).
+/// A request body sent upstream: the client's, streamed; or buffered (a small body of an
+/// idempotent request, kept so the request can be sent again; `None`: no body).
 pub enum UpBody {
     Client(Incoming),
-    Empty,
+    Buffered(Option<Bytes>),
 }
 
 impl Body for UpBody {
@@ -40,21 +41,23 @@ impl Body for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpBody::Client(body) => Pin::new(body).poll_frame(cx),
-            UpBody::Empty => Poll::Ready(None),
+            UpBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpBody::Client(body) => body.is_end_stream(),
-            UpBody::Empty => true,
+            UpBody::Buffered(data) => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpBody::Client(body) => body.size_hint(),
-            UpBody::Empty => SizeHint::with_exact(0),
+            UpBody::Buffered(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }
