@@ -38,6 +38,11 @@ impl Browser {
 
     /// GETs `url`; returns which node answered.
     async fn get(&mut self, url: &str) -> String {
+        self.get_with_close(url).await.0
+    }
+
+    /// GETs `url`; returns which node answered, and whether it said `Connection: close`.
+    async fn get_with_close(&mut self, url: &str) -> (String, bool) {
         let mut req = http::Request::get(url);
         if let Some(c) = &self.cookie {
             req = req.header("cookie", c.as_str());
@@ -53,12 +58,17 @@ impl Browser {
             assert!(set.contains("HttpOnly"), "{set}");
             self.cookie = Some(set.split(';').next().unwrap().to_string());
         }
+        let close = resp
+            .headers()
+            .get("connection")
+            .is_some_and(|v| v == "close");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8_lossy(&body)
+        let node = String::from_utf8_lossy(&body)
             .split(' ')
             .next()
             .unwrap()
-            .to_string()
+            .to_string();
+        (node, close)
     }
 }
 
@@ -112,7 +122,9 @@ async fn a_cookie_pins_a_client_which_follows_its_node_into_drain_until_the_sess
     // During the session timeout the pinned client stays; new clients never land there.
     let mut moved_after = None;
     while drain_started.elapsed() < Duration::from_secs(3) {
-        let node = alice.get(&url).await;
+        let (node, close) = alice.get_with_close(&url).await;
+        // The draining node tells its keep-alive client to reconnect.
+        assert_eq!(close, node == home, "Connection: close from {node}");
         if node != home {
             moved_after.get_or_insert(drain_started.elapsed());
         } else {

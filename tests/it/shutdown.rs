@@ -178,3 +178,43 @@ async fn keep_alive_clients_get_connection_close_when_handoff_drains() {
     );
     assert_eq!(run.await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_goaway_and_their_streams_finish_when_handoff_drains() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let proxy = Proxy::start(&http_config(&[("a", a.addr)], "")).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    // Prior-knowledge h2c on the plain listener.
+    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/slow/600", proxy.addr("web")))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let slow = tokio::spawn(sender.send_request(req));
+    let node = proxy.node("web", "a");
+    eventually("the stream is in flight", || {
+        node.state.active_sessions() == 1
+    })
+    .await;
+    let shutdown = proxy.app.shutdown.clone();
+    let run = tokio::spawn(async move { shutdown.run(Duration::from_secs(10)).await });
+    let resp = slow.await.unwrap().expect("the in-flight stream finished");
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, http::Version::HTTP_2)
+    );
+    // GOAWAY: the connection ends cleanly once its last stream is done.
+    let ended = tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("connection not closed after GOAWAY");
+    assert!(
+        ended.unwrap().is_ok(),
+        "connection ended with an error instead of GOAWAY"
+    );
+    assert_eq!(run.await.unwrap(), 0);
+}

@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::header::CONNECTION;
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::time::{timeout, Instant};
@@ -26,7 +27,7 @@ use super::tunnel;
 use super::upstream::{handshake, UpBody};
 use crate::app::App;
 use crate::config::Timeouts;
-use crate::pool::{Pool, SessionGuard, SessionKind, Tried};
+use crate::pool::{AdminState, Pool, SessionGuard, SessionKind, Tried};
 use crate::proxy::activity::{Activity, InflightGuard};
 use crate::proxy::connect::connect_node;
 use crate::proxy::ListenerStats;
@@ -78,9 +79,10 @@ pub async fn handle(
         }
         None => match buffer_for_replay(req, timeouts.response).await {
             Ok(mut req) => {
+                let keep_alive_h1 = req.version() < Version::HTTP_2;
                 prepare_request(&mut req, ctx.peer.ip(), ctx.proto);
                 let client = Client::identify(&pool, &req, ctx.peer.ip());
-                forward(&pool, req, timeouts, inflight, client).await
+                forward(&pool, req, timeouts, inflight, client, keep_alive_h1).await
             }
             Err(refused) => refused,
         },
@@ -167,6 +169,7 @@ async fn forward(
     timeouts: Timeouts,
     inflight: InflightGuard,
     client: Option<Client>,
+    keep_alive_h1: bool,
 ) -> Response<ProxyBody> {
     let mut replay = replayable(&req);
     let mut tried = Tried::default();
@@ -217,6 +220,12 @@ async fn forward(
                     prepare_response(&mut resp);
                     if let Some(c) = &client {
                         c.served(pool, i, &mut resp);
+                    }
+                    if keep_alive_h1 && node.state.admin() == AdminState::Draining {
+                        // A client still served by a draining node (an affinity
+                        // continuation) reconnects for its next request and picks anew.
+                        resp.headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
                     }
                     let node = Arc::clone(node);
                     return resp.map(|body| {
