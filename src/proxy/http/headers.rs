@@ -4,43 +4,56 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 use http::{Request, Response, Uri, Version};
 
-static HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the de-facto `keep-alive` and
+/// `proxy-connection`), as parsed names so removal does no parsing.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
-/// `upgrade` is hop-by-hop too; it is removed separately so tunnels can keep it.
-const UPGRADE: &str = "upgrade";
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Removes hop-by-hop headers, and any header the `Connection` header lists.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are collected only when present (rare on the hot path).
-    if let Some(listed) = headers
-        .get(CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    {
-        for name in listed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+    // Names listed in Connection (beyond the usual keep-alive/close) are extra hop-by-hop
+    // headers; the common values need no copy.
+    let plain = headers.get(CONNECTION).is_none_or(|v| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    });
+    if !plain {
+        let listed = headers
+            .get(CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        for name in listed
+            .iter()
+            .flat_map(|l| l.split(','))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
             if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
                 headers.remove(name);
             }
         }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(UPGRADE);
 }
 
 /// Rewrites a client request for the backend.

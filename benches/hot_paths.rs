@@ -1,0 +1,160 @@
+//! Micro-benchmarks of the per-request and per-connection hot paths: node pick, route
+//! match, effective weight while warming, header rewrite, PROXY header encoding, and config
+//! load (the control path every reload takes).
+//!
+//!     cargo bench --bench hot_paths
+
+use std::hint::black_box;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::Request;
+
+use handoff::config;
+use handoff::metrics::Metrics;
+use handoff::pool::{AdminState, Tried};
+use handoff::proxy::http::headers::prepare_request;
+use handoff::proxy::proxy_protocol::{self, Version};
+use handoff::snapshot::Snapshot;
+
+fn config_text(nodes: usize, balance: &str) -> String {
+    let nodes: String = (0..nodes)
+        .map(|i| {
+            format!(
+                "      - {{ name: n{i}, addr: \"127.0.0.1:{}\" }}\n",
+                9000 + i
+            )
+        })
+        .collect();
+    format!(
+        r#"listeners:
+  - name: web
+    listen: "127.0.0.1:0"
+    protocol: http
+    routes:
+      - {{ host: "api.example.com", path_prefix: "/v2/", pool: web }}
+      - {{ host: "static.example.com", pool: web }}
+      - {{ path_prefix: "/assets/", pool: web }}
+      - {{ pool: web }}
+pools:
+  - name: web
+    balance: {balance}
+    nodes:
+{nodes}    health: {{ interval: 1s, http: {{ path: "/healthz", version_header: "X-Version" }} }}
+"#
+    )
+}
+
+/// A snapshot whose nodes are all up (as after their health checks).
+fn snapshot(nodes: usize, balance: &str) -> Snapshot {
+    let cfg = config::parse(&config_text(nodes, balance)).expect("bench config");
+    let snap = Snapshot::build(cfg, None, &Metrics::new());
+    for pool in &snap.pools {
+        for node in &pool.nodes {
+            for _ in 0..2 {
+                node.state
+                    .record_check(true, Some("1.0.0"), pool.health_config());
+            }
+        }
+    }
+    snap
+}
+
+fn pick(c: &mut Criterion) {
+    for (balance, nodes) in [
+        ("least_conn", 2),
+        ("least_conn", 8),
+        ("round_robin", 2),
+        ("round_robin", 8),
+    ] {
+        let snap = snapshot(nodes, balance);
+        let pool = &snap.pools[0];
+        c.bench_function(&format!("pick/{balance}/{nodes}_nodes"), |b| {
+            b.iter(|| black_box(pool.pick(Tried::default())))
+        });
+    }
+    let snap = snapshot(2, "least_conn");
+    let pool = &snap.pools[0];
+    pool.nodes[0]
+        .state
+        .lifecycle
+        .start_warming(Duration::from_secs(3600));
+    pool.nodes[0].state.set_admin(AdminState::Warming);
+    c.bench_function("pick/least_conn/2_nodes_one_warming", |b| {
+        b.iter(|| black_box(pool.pick(Tried::default())))
+    });
+    c.bench_function("effective_weight/warming", |b| {
+        b.iter(|| black_box(pool.nodes[0].effective_weight()))
+    });
+    c.bench_function("effective_weight/active", |b| {
+        b.iter(|| black_box(pool.nodes[1].effective_weight()))
+    });
+}
+
+fn route(c: &mut Criterion) {
+    let snap = snapshot(2, "least_conn");
+    let listener = &snap.listeners["web"];
+    c.bench_function("route/first_rule", |b| {
+        b.iter(|| {
+            black_box(listener.route(
+                black_box(Some("api.example.com:443")),
+                black_box("/v2/users"),
+            ))
+        })
+    });
+    c.bench_function("route/default_rule", |b| {
+        b.iter(|| {
+            black_box(listener.route(black_box(Some("www.example.com")), black_box("/index.html")))
+        })
+    });
+}
+
+fn headers(c: &mut Criterion) {
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    let template = Request::get("/api/items?page=2")
+        .header("host", "www.example.com")
+        .header("user-agent", "bench/1.0")
+        .header("accept", "*/*")
+        .header("connection", "keep-alive")
+        .header("x-forwarded-for", "198.51.100.1")
+        .body(())
+        .unwrap();
+    c.bench_function("headers/prepare_request", |b| {
+        b.iter_batched(
+            || {
+                let mut r = Request::new(());
+                *r.uri_mut() = template.uri().clone();
+                *r.headers_mut() = template.headers().clone();
+                r
+            },
+            |mut r| {
+                prepare_request(&mut r, ip, "http");
+                r
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+fn proxy_header(c: &mut Criterion) {
+    let src: SocketAddr = "192.0.2.7:50000".parse().unwrap();
+    let dst: SocketAddr = "198.51.100.2:6380".parse().unwrap();
+    let mut buf = [0u8; proxy_protocol::MAX_LEN];
+    c.bench_function("proxy_protocol/v2", |b| {
+        b.iter(|| black_box(proxy_protocol::encode(Version::V2, src, dst, &mut buf)))
+    });
+    c.bench_function("proxy_protocol/v1", |b| {
+        b.iter(|| black_box(proxy_protocol::encode(Version::V1, src, dst, &mut buf)))
+    });
+}
+
+fn config_load(c: &mut Criterion) {
+    let text = config_text(8, "least_conn");
+    c.bench_function("config/parse_and_validate", |b| {
+        b.iter(|| black_box(config::parse(black_box(&text)).is_ok()))
+    });
+}
+
+criterion_group!(benches, pick, route, headers, proxy_header, config_load);
+criterion_main!(benches);
