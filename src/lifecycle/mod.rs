@@ -118,6 +118,7 @@ pub fn enable(app: &Arc<App>, t: &Target, warmup: Option<Duration>) {
     let warmup = warmup.unwrap_or(t.pool.config.warmup);
     let generation = state.lifecycle.next_generation();
     state.lifecycle.clear_drain_deadline();
+    state.lifecycle.clear_deadline_passed();
     if state.health() == Health::Up {
         warmup::begin(app, t, warmup, generation);
     } else {

@@ -34,6 +34,9 @@ pub struct Lifecycle {
     close_spread_ms: AtomicU64,
     /// Sessions closed at drain deadlines, ever.
     pub deadline_closes: AtomicU64,
+    /// The current drain reached its deadline (cleared by the next drain or enable): client
+    /// connections last served by this node close gracefully (GOAWAY, `Connection: close`).
+    deadline_passed: AtomicBool,
     /// `enable` was called while the node was not up: it goes warming once it is.
     pub enable_pending: AtomicBool,
     next_session: AtomicU64,
@@ -76,6 +79,7 @@ impl Lifecycle {
             close: ArcSwap::from_pointee(CancellationToken::new()),
             close_spread_ms: AtomicU64::new(0),
             deadline_closes: AtomicU64::new(0),
+            deadline_passed: AtomicBool::new(false),
             enable_pending: AtomicBool::new(false),
             next_session: AtomicU64::new(0),
             live: (0..LIVE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
@@ -125,7 +129,17 @@ impl Lifecycle {
         Some(self.drain_deadline.load(Relaxed)).filter(|d| *d != 0)
     }
 
+    pub fn deadline_passed(&self) -> bool {
+        self.deadline_passed.load(Relaxed)
+    }
+
+    /// The node serves again.
+    pub fn clear_deadline_passed(&self) {
+        self.deadline_passed.store(false, Relaxed);
+    }
+
     pub fn set_drain_deadline(&self, unix_ms: u64, spread: Duration) {
+        self.deadline_passed.store(false, Relaxed);
         self.drain_started.store(crate::pool::unix_ms(), Relaxed);
         self.drain_deadline.store(unix_ms, Relaxed);
         self.close_spread_ms
@@ -148,6 +162,7 @@ impl Lifecycle {
     /// Drain deadline reached: every session watching the token closes (spread). Sessions
     /// started later (affinity continuations) get a fresh token.
     pub fn fire_close(&self) {
+        self.deadline_passed.store(true, Relaxed);
         self.close.swap(Arc::new(CancellationToken::new())).cancel();
     }
 

@@ -432,3 +432,49 @@ async fn draining_closes_idle_pooled_connections_at_once() {
         "idle pooled connections were not closed at once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_of_a_node_get_goaway_at_its_drain_deadline() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let yaml = http_config(&[("a", a.addr)], "    timeouts: { header_read: 400ms }\n").replace(
+        "    health:",
+        "    drain: { timeout: 300ms, close_spread: 0s }\n    health:",
+    );
+    let proxy = Proxy::start(&yaml).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    // An h2c client served once by a, then idle on its connection.
+    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(proxy.url("web", "/"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    // A slow request keeps a busy past its drain deadline.
+    let url = proxy.url("web", "/slow/3000");
+    let _slow = tokio::spawn(async move { get(&client(), &url).await });
+    let node = proxy.node("web", "a");
+    eventually("the slow request is in flight", || {
+        node.state.active_sessions() == 1
+    })
+    .await;
+    let (status, _) = proxy
+        .admin_json(
+            Method::POST,
+            "/v1/pools/web/nodes/a/drain",
+            json!({"force": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let ended = tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("no GOAWAY after the node's deadline");
+    assert!(
+        ended.unwrap().is_ok(),
+        "the connection ended with an error instead of a GOAWAY"
+    );
+}

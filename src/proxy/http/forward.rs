@@ -27,10 +27,11 @@ use super::tunnel;
 use super::upstream::{handshake, UpBody};
 use crate::app::App;
 use crate::config::Timeouts;
-use crate::pool::{AdminState, Pool, SessionGuard, SessionKind, Tried};
+use crate::pool::{AdminState, NodeState, Pool, SessionGuard, SessionKind, Tried};
 use crate::proxy::activity::{Activity, InflightGuard};
 use crate::proxy::connect::connect_node;
 use crate::proxy::ListenerStats;
+use arc_swap::ArcSwapOption;
 
 /// What every request on one client connection shares.
 pub struct ConnCtx {
@@ -40,6 +41,9 @@ pub struct ConnCtx {
     pub activity: Arc<Activity>,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
+    /// The node that answered the last request: when its drain deadline passes, this client
+    /// connection closes gracefully (GOAWAY, or `Connection: close`) and reconnects.
+    pub served_by: ArcSwapOption<NodeState>,
 }
 
 pub async fn handle(
@@ -82,7 +86,16 @@ pub async fn handle(
                 let keep_alive_h1 = req.version() < Version::HTTP_2;
                 prepare_request(&mut req, ctx.peer.ip(), ctx.proto);
                 let client = Client::identify(&pool, &req, ctx.peer.ip());
-                forward(&pool, req, timeouts, inflight, client, keep_alive_h1).await
+                forward(
+                    &pool,
+                    req,
+                    timeouts,
+                    inflight,
+                    client,
+                    keep_alive_h1,
+                    &ctx.served_by,
+                )
+                .await
             }
             Err(refused) => refused,
         },
@@ -170,6 +183,7 @@ async fn forward(
     inflight: InflightGuard,
     client: Option<Client>,
     keep_alive_h1: bool,
+    served_by: &ArcSwapOption<NodeState>,
 ) -> Response<ProxyBody> {
     let mut replay = replayable(&req);
     let mut tried = Tried::default();
@@ -220,6 +234,14 @@ async fn forward(
                     prepare_response(&mut resp);
                     if let Some(c) = &client {
                         c.served(pool, i, &mut resp);
+                    }
+                    // Refcount traffic only when the node changes.
+                    if !served_by
+                        .load()
+                        .as_ref()
+                        .is_some_and(|n| Arc::ptr_eq(n, &node.state))
+                    {
+                        served_by.store(Some(Arc::clone(&node.state)));
                     }
                     if keep_alive_h1 && node.state.admin() == AdminState::Draining {
                         // A client still served by a draining node (an affinity

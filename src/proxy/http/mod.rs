@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -54,7 +55,9 @@ pub async fn serve<I>(
         peer,
         activity: Arc::clone(&activity),
         proto,
+        served_by: ArcSwapOption::empty(),
     });
+    let watch = Arc::clone(&ctx);
     let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // handoff's own watchdog enforces header-read and idle timeouts (hyper's header timer
@@ -68,6 +71,17 @@ pub async fn serve<I>(
     let mut force = None;
     let mut closing = false;
     loop {
+        // Checked at every watchdog tick (at least every quarter of the header-read timeout).
+        if !closing
+            && watch
+                .served_by
+                .load()
+                .as_ref()
+                .is_some_and(|n| n.lifecycle.deadline_passed())
+        {
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+        }
         let next = match activity.verdict(timeouts.idle, Some(timeouts.header_read)) {
             Verdict::CheckAt(at) => at,
             Verdict::SlowHead => {
