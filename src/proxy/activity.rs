@@ -4,7 +4,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,6 +24,9 @@ pub struct Activity {
     /// 1 + milliseconds since `start` when the first byte of a request head arrived while no
     /// request was in flight; 0 when no head is being read.
     head_started: AtomicU64,
+    /// The connection speaks HTTP/2: control frames (PING, WINDOW_UPDATE, SETTINGS) arrive
+    /// between requests, so the header-read clock does not apply once a request came.
+    h2: AtomicBool,
 }
 
 /// What a connection's watchdog should do next.
@@ -44,6 +47,7 @@ impl Activity {
             last: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
         }
     }
 
@@ -65,6 +69,11 @@ impl Activity {
         if self.inflight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
             self.head_started.store(now + 1, Relaxed);
         }
+    }
+
+    /// The connection turned out to be HTTP/2.
+    pub fn set_h2(&self) {
+        self.h2.store(true, Relaxed);
     }
 
     /// A request head arrived: the header-read clock stops, the request is in flight.
@@ -91,7 +100,7 @@ impl Activity {
             // A request in flight is bounded by the response timeout, not by client silence.
             return Verdict::CheckAt(now + tick.unwrap_or(idle));
         }
-        if let Some(limit) = header_read {
+        if let Some(limit) = header_read.filter(|_| !self.h2.load(Relaxed)) {
             let started = self.head_started.load(Relaxed);
             if started != 0 {
                 let deadline = self.at(started - 1) + limit;

@@ -482,3 +482,29 @@ async fn idempotent_requests_are_retried_once_and_others_never_after_sending() {
         "retries {retries}, swallowed PUTs {put_swallowed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_client_sending_pings_is_not_cut_as_a_slow_head() {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let extra = "    timeouts: { header_read: 300ms, idle: 5s }\n";
+    let proxy = Proxy::start(&http_config(&[("a", a.addr)], extra)).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    // Keep-alive PINGs every 100 ms: bytes on the wire with no request in flight.
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = http::Request::get(proxy.url("web", "/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+}

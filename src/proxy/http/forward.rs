@@ -51,6 +51,9 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let inflight = InflightGuard::new(&ctx.activity);
+    if req.version() == Version::HTTP_2 {
+        ctx.activity.set_h2();
+    }
     let routed = {
         let snapshot = ctx.app.snapshot.load();
         snapshot.listeners.get(&*ctx.listener.name).map(|l| {
