@@ -10,6 +10,7 @@ mod connect;
 pub mod gated;
 pub mod http;
 pub mod proxy_protocol;
+mod splice;
 pub mod tcp;
 pub mod tls;
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use tokio::io::{copy_bidirectional_with_sizes, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
@@ -14,15 +14,12 @@ use super::activity::{Activity, Verdict, Watched};
 use super::connect::connect_node;
 use super::gated::Gated;
 use super::proxy_protocol;
+use super::splice::splice;
 use super::ListenerStats;
 use crate::app::App;
 use crate::config::AffinityMode;
 use crate::config::ListenerConfig;
 use crate::pool::{affinity, unix_ms, Pool, SessionGuard, SessionKind, Tried};
-
-/// Copy buffer per direction: large enough for bulk throughput, small enough that many idle
-/// sessions stay cheap.
-const COPY_BUF: usize = 16 * 1024;
 
 #[derive(Debug)]
 enum End {
@@ -112,7 +109,7 @@ pub async fn serve(
     let mut control = Gated::new(Box::pin(control));
     let mut close_at: Option<Instant> = None;
     let end = {
-        let copy = copy_bidirectional_with_sizes(&mut client, &mut backend, COPY_BUF, COPY_BUF);
+        let copy = splice(&mut client, &mut backend);
         tokio::pin!(copy);
         loop {
             let mut next = match activity.verdict(cfg.timeouts.idle, None) {
