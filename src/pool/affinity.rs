@@ -202,8 +202,19 @@ impl super::Pool {
 
     /// Records that `client` is served by node `index` (and no longer elsewhere).
     pub fn pin(&self, client: u64, index: usize, now_ms: u64) {
+        let idle = self
+            .config
+            .affinity
+            .as_ref()
+            .map_or(0, |a| a.idle_timeout.as_millis() as u64);
         for (i, n) in self.nodes.iter().enumerate() {
             if i == index {
+                if !n.state.affinity.has(client, now_ms, idle) {
+                    // A new affinity session on this node.
+                    n.state
+                        .metrics
+                        .session_started(super::SessionKind::Affinity);
+                }
                 n.state.affinity.touch(client, now_ms);
             } else {
                 n.state.affinity.forget(client);

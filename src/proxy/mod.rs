@@ -154,20 +154,20 @@ pub async fn accept_loop(
         let app = Arc::clone(&app);
         let task_app = Arc::clone(&app);
         app.shutdown.tracker.spawn(async move {
-            let _slot = slot;
+            let slot = slot;
             match &routes.target {
                 Target::Tcp(pool) => {
                     tcp::serve(
                         &task_app,
                         Arc::clone(pool),
                         &routes.config,
-                        &_slot.0,
+                        &slot.0,
                         stream,
                         peer,
                     )
                     .await
                 }
-                Target::Http(_) => serve_http(task_app, &routes, &_slot.0, stream, peer).await,
+                Target::Http(_) => serve_http(task_app, &routes, &slot.0, stream, peer).await,
             }
         });
     }
