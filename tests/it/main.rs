@@ -8,6 +8,7 @@ mod cli;
 mod config_files;
 mod ctl;
 mod drain;
+mod faults;
 mod health;
 mod http;
 mod rebalance;

@@ -32,6 +32,10 @@ use crate::app::App;
 use crate::config::Timeouts;
 use forward::ConnCtx;
 
+/// Largest request head accepted (HTTP/1.1); a larger one is answered 431. NGINX allows
+/// 4 × 8 KiB by default, HAProxy 16 KiB; 64 KiB leaves room for big cookies.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// After asking an idle connection to close, when to look at it again.
 const RECHECK_AFTER_CLOSE: Duration = Duration::from_secs(1);
 
@@ -62,7 +66,11 @@ pub async fn serve<I>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // handoff's own watchdog enforces header-read and idle timeouts (hyper's header timer
     // would also cut idle keep-alive connections at the header-read timeout).
-    builder.http1().header_read_timeout(None).keep_alive(true);
+    builder
+        .http1()
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEADER_BYTES);
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`
