@@ -20,6 +20,7 @@
 //! changes state.
 
 mod handlers;
+pub mod input;
 mod ops;
 pub mod views;
 
@@ -200,16 +201,16 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
                 (["pools", pool], &Method::GET) => handlers::pool(app, pool),
                 (["pools", pool, "nodes", node], &Method::GET) => handlers::node(app, pool, node),
                 (["pools", pool, "nodes", node, "drain"], &Method::POST) => {
-                    ops::drain(app, pool, node, read_json(req).await).await
+                    ops::drain(app, pool, node, read_body(req).await).await
                 }
                 (["pools", pool, "nodes", node, "enable"], &Method::POST) => {
-                    ops::enable(app, pool, node, read_json(req).await)
+                    ops::enable(app, pool, node, read_body(req).await)
                 }
                 (["pools", pool, "nodes", node, "wait"], &Method::GET) => {
                     ops::wait(app, pool, node, &query).await
                 }
                 (["pools", pool, "rollouts"], &Method::POST) => {
-                    ops::start_rollout(app, pool, read_json(req).await)
+                    ops::start_rollout(app, pool, read_body(req).await)
                 }
                 (["rollouts"], &Method::GET) => Ok(ops::rollouts(app)),
                 (["rollouts", id], &Method::GET) => ops::rollout(app, id),
@@ -246,22 +247,14 @@ fn is_endpoint(rest: &[&str]) -> bool {
 /// Largest admin request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Reads an optional JSON body: empty means all defaults; anything malformed is a 400 that
-/// names the problem (and changes nothing).
-async fn read_json<T: serde::de::DeserializeOwned + Default>(
-    req: Request<Incoming>,
-) -> Result<T, AdminError> {
+/// Reads a request body of at most [`MAX_BODY`] bytes.
+async fn read_body(req: Request<Incoming>) -> Result<Vec<u8>, AdminError> {
     use http_body_util::{BodyExt, Limited};
-    let body = Limited::new(req.into_body(), MAX_BODY)
+    Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|e| AdminError::BadRequest(format!("reading the request body: {e}")))?
-        .to_bytes();
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(&body)
-        .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
+        .map(|b| b.to_bytes().to_vec())
+        .map_err(|e| AdminError::BadRequest(format!("reading the request body: {e}")))
 }
 
 fn only(method: &Method, path: &str, allowed: Method) -> Result<(), AdminError> {

@@ -2,37 +2,15 @@
 //! and checked before anything changes; a refusal leaves the running state untouched.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::StatusCode;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::views::NodeView;
-use super::{json_response, AdminError, AdminResponse};
+use super::{input, json_response, AdminError, AdminResponse};
 use crate::app::App;
-use crate::config::duration;
 use crate::lifecycle::{self, Target};
 use crate::rollout::{self, StartRequest};
-
-/// `wait` without `timeout=` waits this long.
-const WAIT_DEFAULT: Duration = Duration::from_secs(30);
-/// Longest `wait` accepted.
-const WAIT_MAX: Duration = Duration::from_secs(3600);
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DrainBody {
-    timeout: Option<String>,
-    #[serde(default)]
-    force: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnableBody {
-    warmup: Option<String>,
-}
 
 fn target(app: &App, pool: &str, node: &str) -> Result<Target, AdminError> {
     let snapshot = app.snapshot.load();
@@ -49,21 +27,15 @@ fn target(app: &App, pool: &str, node: &str) -> Result<Target, AdminError> {
     })
 }
 
-fn parse_duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, AdminError> {
-    text.map(|t| duration::parse(t).map_err(|e| AdminError::BadRequest(format!("{field}: {e}"))))
-        .transpose()
-}
-
 pub async fn drain(
     app: &Arc<App>,
     pool: &str,
     node: &str,
-    body: Result<DrainBody, AdminError>,
+    body: Result<Vec<u8>, AdminError>,
 ) -> Result<AdminResponse, AdminError> {
     let t = target(app, pool, node)?;
-    let body = body?;
-    let timeout = parse_duration("timeout", body.timeout.as_deref())?;
-    lifecycle::drain(app, &t, timeout, body.force)?;
+    let (timeout, force) = input::drain(&body?)?;
+    lifecycle::drain(app, &t, timeout, force)?;
     Ok(json_response(
         StatusCode::OK,
         &NodeView::of(&t.node, &t.pool),
@@ -74,11 +46,10 @@ pub fn enable(
     app: &Arc<App>,
     pool: &str,
     node: &str,
-    body: Result<EnableBody, AdminError>,
+    body: Result<Vec<u8>, AdminError>,
 ) -> Result<AdminResponse, AdminError> {
     let t = target(app, pool, node)?;
-    let body = body?;
-    let warmup = parse_duration("warmup", body.warmup.as_deref())?;
+    let warmup = input::enable(&body?)?;
     lifecycle::enable(app, &t, warmup);
     Ok(json_response(
         StatusCode::OK,
@@ -95,29 +66,7 @@ pub async fn wait(
     query: &str,
 ) -> Result<AdminResponse, AdminError> {
     let t = target(app, pool, node)?;
-    let (mut state, mut timeout) = (None, None);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("state", v)) => state = Some(v.to_string()),
-            Some(("timeout", v)) => timeout = parse_duration("timeout", Some(v))?,
-            _ => {
-                return Err(AdminError::BadRequest(format!(
-                    "unknown query parameter {pair:?}: expected state= and timeout="
-                )))
-            }
-        }
-    }
-    let state = state.ok_or_else(|| {
-        AdminError::BadRequest(
-            "missing ?state= (active, draining, drained, warming, up, down, unknown)".into(),
-        )
-    })?;
-    if lifecycle::is_in(&t.node, &state).is_none() {
-        return Err(AdminError::BadRequest(format!(
-            "unknown state {state:?}: expected active, draining, drained, warming, up, down or unknown"
-        )));
-    }
-    let timeout = timeout.unwrap_or(WAIT_DEFAULT).min(WAIT_MAX);
+    let (state, timeout) = input::wait_query(query)?;
     let node = Arc::clone(&t.node);
     let reached = t
         .node
@@ -135,9 +84,10 @@ pub async fn wait(
 pub fn start_rollout(
     app: &Arc<App>,
     pool: &str,
-    body: Result<StartRequest, AdminError>,
+    body: Result<Vec<u8>, AdminError>,
 ) -> Result<AdminResponse, AdminError> {
-    let record = rollout::start(app, pool, body?)?;
+    let request: StartRequest = input::json_body(&body?)?;
+    let record = rollout::start(app, pool, request)?;
     Ok(json_response(StatusCode::CREATED, &record))
 }
 
