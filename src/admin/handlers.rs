@@ -40,15 +40,11 @@ pub fn pool(app: &App, pool: &str) -> Result<AdminResponse, AdminError> {
 }
 
 pub fn node(app: &App, pool: &str, node: &str) -> Result<AdminResponse, AdminError> {
-    let snapshot = app.snapshot.load();
-    let p = snapshot
-        .pool(pool)
-        .ok_or_else(|| AdminError::UnknownPool { pool: pool.into() })?;
-    let n = p.node(node).ok_or_else(|| AdminError::UnknownNode {
-        pool: pool.into(),
-        node: node.into(),
-    })?;
-    Ok(json_response(StatusCode::OK, &NodeView::of(n, p)))
+    let t = super::ops::target(app, pool, node)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &NodeView::of(&t.node, &t.pool),
+    ))
 }
 
 pub async fn reload(app: &Arc<App>) -> Result<AdminResponse, AdminError> {

@@ -12,7 +12,8 @@ use crate::app::App;
 use crate::lifecycle::{self, Target};
 use crate::rollout::{self, StartRequest};
 
-fn target(app: &App, pool: &str, node: &str) -> Result<Target, AdminError> {
+/// A node by `pool/node` name from the current snapshot, or a 404 naming what is unknown.
+pub(super) fn target(app: &App, pool: &str, node: &str) -> Result<Target, AdminError> {
     let snapshot = app.snapshot.load();
     let p = snapshot
         .pool(pool)
