@@ -202,10 +202,10 @@ async fn a_long_lived_tcp_session_lives_until_the_deadline_then_gets_a_fin() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wait_answers_within_100ms_of_the_last_session_ending() {
+/// A TCP pair with one long-lived session, whose node (returned) has just been drained.
+async fn drained_with_a_session(drain: &str) -> (Proxy, TcpStream, &'static str) {
     let (ea, eb) = (tcp_echo_server().await, tcp_echo_server().await);
-    let proxy = Proxy::start(&tcp_pair(ea, eb, "{ timeout: 60s }")).await;
+    let proxy = Proxy::start(&tcp_pair(ea, eb, drain)).await;
     proxy.wait_health("p", "a", Health::Up).await;
     proxy.wait_health("p", "b", Health::Up).await;
     let mut long = TcpStream::connect(proxy.addr("t")).await.unwrap();
@@ -215,13 +215,20 @@ async fn wait_answers_within_100ms_of_the_last_session_ending() {
     } else {
         "b"
     };
-    proxy
+    let (status, _) = proxy
         .admin_json(
             Method::POST,
             &format!("/v1/pools/p/nodes/{busy}/drain"),
             json!({}),
         )
         .await;
+    assert_eq!(status, 200);
+    (proxy, long, busy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_answers_within_100ms_of_the_last_session_ending() {
+    let (proxy, long, busy) = drained_with_a_session("{ timeout: 60s }").await;
     let admin = proxy.admin;
     let waiter = tokio::spawn(async move {
         let (status, _) = send(
@@ -252,24 +259,7 @@ async fn wait_answers_within_100ms_of_the_last_session_ending() {
 
 #[tokio::test]
 async fn wait_times_out_with_504_and_the_remaining_sessions() {
-    let (ea, eb) = (tcp_echo_server().await, tcp_echo_server().await);
-    let proxy = Proxy::start(&tcp_pair(ea, eb, "{ timeout: 60s }")).await;
-    proxy.wait_health("p", "a", Health::Up).await;
-    proxy.wait_health("p", "b", Health::Up).await;
-    let mut long = TcpStream::connect(proxy.addr("t")).await.unwrap();
-    echo_once(&mut long, b"x").await;
-    let busy = if proxy.node("p", "a").state.sessions(SessionKind::Tcp) == 1 {
-        "a"
-    } else {
-        "b"
-    };
-    proxy
-        .admin_json(
-            Method::POST,
-            &format!("/v1/pools/p/nodes/{busy}/drain"),
-            json!({}),
-        )
-        .await;
+    let (proxy, _long, busy) = drained_with_a_session("{ timeout: 60s }").await;
     let (status, node) = proxy
         .admin(
             Method::GET,

@@ -12,6 +12,7 @@ mod faults;
 mod health;
 mod http;
 mod rebalance;
+mod retries;
 mod rollout;
 mod shutdown;
 mod state_file;
