@@ -109,26 +109,29 @@ impl Pool {
     /// and warmup shape the share even when every node is idle.
     fn pick_least_conn(&self, seq: usize, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.nodes.len();
-        let mut weights = [0u64; crate::config::defaults::MAX_NODES_PER_POOL];
+        // (sessions, effective weight) per node, read once; weight 0 marks "not eligible".
+        let mut load = [(0u64, 0u64); crate::config::defaults::MAX_NODES_PER_POOL];
         let mut best: Option<(u64, u64)> = None;
-        for (i, weight) in weights.iter_mut().enumerate().take(n) {
+        for (i, slot) in load.iter_mut().enumerate().take(n) {
             if !eligible(i) {
                 continue;
             }
             let node = &self.nodes[i];
-            let w = u64::from(node.effective_weight().max(1));
-            *weight = w;
-            let c = node.state.active_sessions() as u64;
+            let (c, w) = (
+                node.state.active_sessions() as u64,
+                u64::from(node.effective_weight().max(1)),
+            );
+            *slot = (c, w);
             if best.is_none_or(|(bc, bw)| c * bw < bc * w) {
                 best = Some((c, w));
             }
         }
         let (bc, bw) = best?;
-        // Weighted reservoir sampling over the ties, one pass.
+        // Weighted reservoir sampling over the ties, one pass; every tie keeps its weight.
         let mut total = 0u64;
         let mut chosen = None;
-        for (i, &w) in weights.iter().enumerate().take(n) {
-            if w == 0 || self.nodes[i].state.active_sessions() as u64 * bw != bc * w {
+        for (i, &(c, w)) in load.iter().enumerate().take(n) {
+            if w == 0 || c * bw != bc * w {
                 continue;
             }
             total += w;
@@ -136,7 +139,7 @@ impl Pool {
                 chosen = Some(i);
             }
         }
-        chosen.or_else(|| weights.iter().take(n).position(|&w| w > 0))
+        chosen
     }
 }
 

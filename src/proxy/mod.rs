@@ -151,7 +151,6 @@ pub async fn accept_loop(
         stats.metrics.active.inc();
         let slot = ConnSlot(Arc::clone(&stats));
         let _ = stream.set_nodelay(true);
-        let app = Arc::clone(&app);
         let task_app = Arc::clone(&app);
         app.shutdown.tracker.spawn(async move {
             let slot = slot;

@@ -8,11 +8,7 @@ use handoff::pool::Health;
 
 #[tokio::test]
 async fn status_pool_and_node_views() {
-    let a = HttpBackend::start("a", "1.0.0").await;
-    let b = HttpBackend::start("b", "1.0.0").await;
-    let proxy = Proxy::start(&http_config(&[("a", a.addr), ("b", b.addr)], "")).await;
-    proxy.wait_health("web", "a", Health::Up).await;
-    proxy.wait_health("web", "b", Health::Up).await;
+    let (_a, b, proxy) = http_pair_up().await;
     let (status, body) = proxy.admin(Method::GET, "/v1/status", None).await;
     assert_eq!(status, 200);
     let nodes = body["pools"][0]["nodes"].as_array().unwrap();

@@ -49,11 +49,7 @@ async fn draining_a_node_whose_sibling_is_down_needs_force() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_finishes_its_requests_and_takes_no_new_ones() {
-    let a = HttpBackend::start("a", "1.0.0").await;
-    let b = HttpBackend::start("b", "1.0.0").await;
-    let proxy = Proxy::start(&http_config(&[("a", a.addr), ("b", b.addr)], "")).await;
-    proxy.wait_health("web", "a", Health::Up).await;
-    proxy.wait_health("web", "b", Health::Up).await;
+    let (a, b, proxy) = http_pair_up().await;
     // A slow request lands on one node; drain that node.
     let url = proxy.url("web", "/slow/800");
     let slow = tokio::spawn(async move { get(&client(), &url).await });
@@ -402,11 +398,7 @@ async fn a_request_still_waiting_at_the_deadline_is_counted_and_served_by_the_si
 
 #[tokio::test]
 async fn draining_closes_idle_pooled_connections_at_once() {
-    let a = HttpBackend::start("a", "1.0.0").await;
-    let b = HttpBackend::start("b", "1.0.0").await;
-    let proxy = Proxy::start(&http_config(&[("a", a.addr), ("b", b.addr)], "")).await;
-    proxy.wait_health("web", "a", Health::Up).await;
-    proxy.wait_health("web", "b", Health::Up).await;
+    let (_a, _b, proxy) = http_pair_up().await;
     let c = client();
     for _ in 0..20 {
         assert_eq!(get(&c, &proxy.url("web", "/")).await.0, 200);

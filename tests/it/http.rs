@@ -14,11 +14,7 @@ use handoff::pool::Health;
 
 #[tokio::test]
 async fn requests_reach_both_nodes() {
-    let a = HttpBackend::start("a", "1.0.0").await;
-    let b = HttpBackend::start("b", "1.0.0").await;
-    let proxy = Proxy::start(&http_config(&[("a", a.addr), ("b", b.addr)], "")).await;
-    proxy.wait_health("web", "a", Health::Up).await;
-    proxy.wait_health("web", "b", Health::Up).await;
+    let (a, b, proxy) = http_pair_up().await;
     let client = client();
     for _ in 0..20 {
         let (status, body) = get(&client, &proxy.url("web", "/")).await;
@@ -35,11 +31,8 @@ async fn requests_reach_both_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_node_fails_no_request_and_it_returns_only_after_passing_checks() {
-    let mut a = HttpBackend::start("a", "1.0.0").await;
-    let b = HttpBackend::start("b", "1.0.0").await;
-    let proxy = Arc::new(Proxy::start(&http_config(&[("a", a.addr), ("b", b.addr)], "")).await);
-    proxy.wait_health("web", "a", Health::Up).await;
-    proxy.wait_health("web", "b", Health::Up).await;
+    let (mut a, b, proxy) = http_pair_up().await;
+    let proxy = Arc::new(proxy);
 
     // A steady stream from 8 keep-alive clients, bounded in time.
     let stop = Arc::new(AtomicBool::new(false));

@@ -5,17 +5,12 @@ use std::time::Duration;
 use http::Method;
 use serde_json::json;
 
-use crate::common::backends::HttpBackend;
 use crate::common::*;
 use handoff::pool::Health;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_returned_nodes_share_rises_over_the_warmup() {
-    let a = HttpBackend::start("a", "1.0.0").await;
-    let b = HttpBackend::start("b", "1.0.0").await;
-    let proxy = Proxy::start(&http_config(&[("a", a.addr), ("b", b.addr)], "")).await;
-    proxy.wait_health("web", "a", Health::Up).await;
-    proxy.wait_health("web", "b", Health::Up).await;
+    let (_a, _b, proxy) = http_pair_up().await;
     proxy
         .admin_json(Method::POST, "/v1/pools/web/nodes/a/drain", json!({}))
         .await;
@@ -89,11 +84,7 @@ async fn the_returned_nodes_share_rises_over_the_warmup() {
 
 #[tokio::test]
 async fn enabling_a_node_that_is_down_waits_for_it_to_be_up() {
-    let mut a = HttpBackend::start("a", "1.0.0").await;
-    let b = HttpBackend::start("b", "1.0.0").await;
-    let proxy = Proxy::start(&http_config(&[("a", a.addr), ("b", b.addr)], "")).await;
-    proxy.wait_health("web", "a", Health::Up).await;
-    proxy.wait_health("web", "b", Health::Up).await;
+    let (mut a, _b, proxy) = http_pair_up().await;
     proxy
         .admin_json(Method::POST, "/v1/pools/web/nodes/a/drain", json!({}))
         .await;

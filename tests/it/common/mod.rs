@@ -210,6 +210,17 @@ pub async fn get(client: &TestClient, url: &str) -> (u16, String) {
     }
 }
 
+/// Backends `a` and `b` reporting 1.0.0, handoff in front of them (pool and listener `web`,
+/// as [`http_config`] builds them), both nodes up.
+pub async fn http_pair_up() -> (backends::HttpBackend, backends::HttpBackend, Proxy) {
+    let a = backends::HttpBackend::start("a", "1.0.0").await;
+    let b = backends::HttpBackend::start("b", "1.0.0").await;
+    let proxy = Proxy::start(&http_config(&[("a", a.addr), ("b", b.addr)], "")).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    proxy.wait_health("web", "b", Health::Up).await;
+    (a, b, proxy)
+}
+
 /// An HTTP pool of the given backends, named `web`, behind a listener `web`.
 pub fn http_config(backends: &[(&str, SocketAddr)], extra_listener: &str) -> String {
     let nodes: String = backends
