@@ -14,7 +14,7 @@ use http::Request;
 use handoff::config;
 use handoff::metrics::Metrics;
 use handoff::pool::{AdminState, Tried};
-use handoff::proxy::http::headers::prepare_request;
+use handoff::proxy::http::headers::{forwarded_for, prepare_request};
 use handoff::proxy::proxy_protocol::{self, Version};
 use handoff::snapshot::Snapshot;
 
@@ -111,7 +111,7 @@ fn route(c: &mut Criterion) {
 }
 
 fn headers(c: &mut Criterion) {
-    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    let client = forwarded_for("192.0.2.7".parse::<IpAddr>().unwrap());
     let template = Request::get("/api/items?page=2")
         .header("host", "www.example.com")
         .header("user-agent", "bench/1.0")
@@ -129,7 +129,7 @@ fn headers(c: &mut Criterion) {
                 r
             },
             |mut r| {
-                prepare_request(&mut r, ip, "http");
+                prepare_request(&mut r, &client, "http");
                 r
             },
             criterion::BatchSize::SmallInput,

@@ -25,7 +25,8 @@ pub enum Command {
     Run {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
-        /// Worker threads (default: number of cores).
+        /// Worker threads (default: number of cores); 1 runs everything on one thread with
+        /// tokio's single-threaded scheduler.
         #[arg(long, env = "HANDOFF_WORKER_THREADS")]
         threads: Option<usize>,
     },
@@ -42,6 +43,7 @@ pub enum Command {
         /// Admin API address.
         #[arg(long, default_value = crate::config::defaults::ADMIN_LISTEN)]
         admin: String,
+        /// Worker threads, as for `run`.
         #[arg(long, env = "HANDOFF_WORKER_THREADS")]
         threads: Option<usize>,
     },
@@ -105,8 +107,13 @@ pub fn init_logging() {
 
 /// The tokio runtime with `threads` workers (default: one per core).
 pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads.filter(|n| *n > 0) {
+    let mut builder = match threads {
+        // One worker: the single-threaded scheduler does the same work without the
+        // work-stealing bookkeeping (no cross-thread queues or wake-ups).
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = threads.filter(|n| *n > 1) {
         builder.worker_threads(n);
     }
     builder.enable_all().build()

@@ -19,7 +19,16 @@ impl Drop for Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        // One worker: the single-threaded scheduler (what the load benchmark runs).
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -38,6 +38,8 @@ pub struct ConnCtx {
     pub app: Arc<App>,
     pub listener: Arc<ListenerStats>,
     pub peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
+    pub forwarded_for: HeaderValue,
     pub activity: Arc<Activity>,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
@@ -81,13 +83,13 @@ pub async fn handle(
         Some(value) => {
             let client = hyper::upgrade::on(&mut req);
             let mut req = req.map(UpBody::Client);
-            prepare_request(&mut req, ctx.peer.ip(), ctx.proto);
+            prepare_request(&mut req, &ctx.forwarded_for, ctx.proto);
             tunnel::forward(&ctx.app, &pool, req, client, value, timeouts, inflight).await
         }
         None => match buffer_for_replay(req, timeouts.response).await {
             Ok(mut req) => {
                 let keep_alive_h1 = req.version() < Version::HTTP_2;
-                prepare_request(&mut req, ctx.peer.ip(), ctx.proto);
+                prepare_request(&mut req, &ctx.forwarded_for, ctx.proto);
                 let client = Client::identify(&pool, &req, ctx.peer.ip());
                 forward(
                     &pool,

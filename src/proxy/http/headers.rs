@@ -29,6 +29,19 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 
 /// Removes hop-by-hop headers, and any header the `Connection` header lists.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names finds which are present: most messages carry none or one,
+    // and comparing names is cheaper than nine hashed lookups.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
     // Names listed in Connection (beyond the usual keep-alive/close) are extra hop-by-hop
     // headers; the common values need no copy.
     let plain = headers.get(CONNECTION).is_none_or(|v| {
@@ -51,13 +64,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
 
-/// Rewrites a client request for the backend.
-pub fn prepare_request<B>(req: &mut Request<B>, client_ip: IpAddr, proto: &'static str) {
+/// The `X-Forwarded-For` value for a client address, made once per client connection.
+pub fn forwarded_for(client_ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(client_ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Rewrites a client request for the backend. `client` is the client's address as made by
+/// [`forwarded_for`].
+pub fn prepare_request<B>(req: &mut Request<B>, client: &HeaderValue, proto: &'static str) {
     // HTTP/2 clients carry the host in :authority; HTTP/1.1 backends need a Host header.
     if !req.headers().contains_key(HOST) {
         if let Some(value) = req
@@ -70,13 +89,20 @@ pub fn prepare_request<B>(req: &mut Request<B>, client_ip: IpAddr, proto: &'stat
     }
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    let forwarded = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {client_ip}"),
-        None => client_ip.to_string(),
+    // Appended to what earlier proxies wrote (several lines are joined, RFC 9110 §5.3).
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let value = if prior.peek().is_none() {
+        client.clone()
+    } else {
+        let mut joined = Vec::with_capacity(64);
+        for v in prior {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(client.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone())
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), value);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -115,7 +141,11 @@ mod tests {
             .header("x-kept", "yes")
             .body(())
             .unwrap();
-        prepare_request(&mut req, "192.0.2.7".parse().unwrap(), "http");
+        prepare_request(
+            &mut req,
+            &forwarded_for("192.0.2.7".parse().unwrap()),
+            "http",
+        );
         let h = req.headers();
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(!h.contains_key(gone), "{gone} should be removed");
@@ -125,5 +155,35 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["host"], "example.com");
         assert_eq!(req.uri(), "/a?b=1");
+    }
+
+    #[test]
+    fn joins_every_prior_forwarded_for_line() {
+        let mut req = Request::get("/")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-forwarded-for", "10.0.0.2")
+            .body(())
+            .unwrap();
+        prepare_request(
+            &mut req,
+            &forwarded_for("2001:db8::1".parse().unwrap()),
+            "https",
+        );
+        let all: Vec<_> = req.headers().get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["10.0.0.1, 10.0.0.2, 2001:db8::1"]);
+    }
+
+    #[test]
+    fn leaves_messages_without_hop_by_hop_headers_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert!(h.contains_key("x-a"));
     }
 }

@@ -57,6 +57,7 @@ pub async fn serve<I>(
         app: Arc::clone(&app),
         listener: stats,
         peer,
+        forwarded_for: headers::forwarded_for(peer.ip()),
         activity: Arc::clone(&activity),
         proto,
         served_by: ArcSwapOption::empty(),
