@@ -163,6 +163,22 @@ impl<S> Watched<S> {
     }
 }
 
+impl super::splice::Endpoint for Watched<tokio::net::TcpStream> {
+    fn socket(&self) -> Option<&tokio::net::TcpStream> {
+        Some(&self.inner)
+    }
+
+    fn moved_in(&self, n: usize) {
+        self.activity.on_read();
+        self.stats.metrics.bytes_in.inc_by(n as u64);
+    }
+
+    fn moved_out(&self, n: usize) {
+        self.activity.touch();
+        self.stats.metrics.bytes_out.inc_by(n as u64);
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

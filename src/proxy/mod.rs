@@ -9,6 +9,8 @@ pub mod activity;
 mod connect;
 pub mod gated;
 pub mod http;
+#[cfg(target_os = "linux")]
+pub mod pipe;
 pub mod proxy_protocol;
 mod splice;
 pub mod tcp;

@@ -14,7 +14,7 @@ use super::activity::{Activity, Verdict, Watched};
 use super::connect::connect_node;
 use super::gated::Gated;
 use super::proxy_protocol;
-use super::splice::splice;
+use super::splice::{splice, Copied};
 use super::ListenerStats;
 use crate::app::App;
 use crate::config::AffinityMode;
@@ -23,7 +23,7 @@ use crate::pool::{affinity, unix_ms, Pool, SessionGuard, SessionKind, Tried};
 
 #[derive(Debug)]
 enum End {
-    Done(std::io::Result<(u64, u64)>),
+    Done(std::io::Result<Copied>),
     Idle,
     /// Shutdown's force deadline.
     Cut,
@@ -152,8 +152,8 @@ pub async fn serve(
     }
     let node = node.key();
     match end {
-        End::Done(Ok((up, down))) => {
-            tracing::debug!(listener = %stats.name, %peer, %node, up, down, "tcp session ended")
+        End::Done(Ok(Copied { up, down, piped })) => {
+            tracing::debug!(listener = %stats.name, %peer, %node, up, down, piped, "tcp session ended")
         }
         End::Done(Err(e)) => {
             tracing::debug!(listener = %stats.name, %peer, %node, error = %e, "tcp session ended with an error")
