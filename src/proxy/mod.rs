@@ -154,23 +154,23 @@ pub async fn accept_loop(
         let slot = ConnSlot(Arc::clone(&stats));
         let _ = stream.set_nodelay(true);
         let task_app = Arc::clone(&app);
-        app.shutdown.tracker.spawn(async move {
-            let slot = slot;
-            match &routes.target {
-                Target::Tcp(pool) => {
-                    tcp::serve(
-                        &task_app,
-                        Arc::clone(pool),
-                        &routes.config,
-                        &slot.0,
-                        stream,
-                        peer,
-                    )
-                    .await
-                }
-                Target::Http(_) => serve_http(task_app, &routes, &slot.0, stream, peer).await,
+        // One spawn per kind, so a TCP session's task is sized for the TCP future (under
+        // 1 KiB), not for the much larger HTTP one.
+        match &routes.target {
+            Target::Tcp(pool) => {
+                let pool = Arc::clone(pool);
+                app.shutdown.tracker.spawn(async move {
+                    let slot = slot;
+                    tcp::serve(&task_app, pool, &routes.config, &slot.0, stream, peer).await
+                });
             }
-        });
+            Target::Http(_) => {
+                app.shutdown.tracker.spawn(async move {
+                    let slot = slot;
+                    serve_http(task_app, &routes, &slot.0, stream, peer).await
+                });
+            }
+        }
     }
     tracing::debug!(listener = %stats.name, "accept loop stopped");
 }
