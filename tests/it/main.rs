@@ -9,6 +9,7 @@ mod config_files;
 mod ctl;
 mod drain;
 mod faults;
+mod flood;
 mod health;
 mod http;
 mod rebalance;

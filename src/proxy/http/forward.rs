@@ -190,7 +190,13 @@ async fn forward(
     keep_alive_h1: bool,
     served_by: &ArcSwapOption<NodeState>,
 ) -> Response<ProxyBody> {
-    let mut replay = replayable(&req);
+    // A request lost after sending is only ever resent to another node: with one node,
+    // keeping a copy would be wasted work.
+    let mut replay = if pool.nodes.len() > 1 {
+        replayable(&req)
+    } else {
+        None
+    };
     let mut tried = Tried::default();
     let mut unreachable = false;
     let mut lost = false;
