@@ -87,28 +87,33 @@ async fn serve_http(
             .await
         }
         (Some(_), Some(acceptor)) => {
-            match tokio::time::timeout(timeouts.header_read, acceptor.accept(watched)).await {
-                Ok(Ok(tls)) => {
-                    http::serve(
-                        app,
-                        Arc::clone(stats),
-                        timeouts,
-                        tls,
-                        activity,
-                        peer,
-                        "https",
-                    )
-                    .await
+            // Boxed: the TLS state is twice the size of a plain connection's, and every
+            // plain connection's task would otherwise be sized for it.
+            Box::pin(async move {
+                match tokio::time::timeout(timeouts.header_read, acceptor.accept(watched)).await {
+                    Ok(Ok(tls)) => {
+                        http::serve(
+                            app,
+                            Arc::clone(stats),
+                            timeouts,
+                            tls,
+                            activity,
+                            peer,
+                            "https",
+                        )
+                        .await
+                    }
+                    Ok(Err(e)) => {
+                        stats.metrics.tls_failures.inc();
+                        tracing::debug!(listener = %stats.name, %peer, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        stats.metrics.tls_failures.inc();
+                        tracing::debug!(listener = %stats.name, %peer, "TLS handshake timed out");
+                    }
                 }
-                Ok(Err(e)) => {
-                    stats.metrics.tls_failures.inc();
-                    tracing::debug!(listener = %stats.name, %peer, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    stats.metrics.tls_failures.inc();
-                    tracing::debug!(listener = %stats.name, %peer, "TLS handshake timed out");
-                }
-            }
+            })
+            .await
         }
         // The certificates could not be turned into a TLS config: never serve in clear.
         (Some(_), None) => {}
