@@ -96,6 +96,14 @@ impl Drop for Pipe {
     }
 }
 
+/// Whether a splice error means "not possible here" rather than a failed connection.
+pub fn unsupported(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().is_some_and(|code| {
+        [Errno::EINVAL, Errno::ENOSYS, Errno::EPERM].contains(&Errno::from_raw(code))
+    })
+}
+
 fn splice_once(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
     splice(from, None, to, None, len, flags).map_err(io::Error::from)
@@ -119,5 +127,19 @@ fn poll_io(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             r => return Poll::Ready(r),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_fall_back_to_copying() {
+        let err = |e: nix::errno::Errno| io::Error::from_raw_os_error(e as i32);
+        assert!(unsupported(&err(nix::errno::Errno::EINVAL)));
+        assert!(unsupported(&err(nix::errno::Errno::ENOSYS)));
+        assert!(!unsupported(&err(nix::errno::Errno::ECONNRESET)));
+        assert!(!unsupported(&io::ErrorKind::WriteZero.into()));
     }
 }

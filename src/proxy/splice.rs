@@ -140,7 +140,16 @@ impl Direction {
             if self.eof {
                 break;
             }
-            let n = ready!(pipe.poll_fill(cx, from))?;
+            let n = match ready!(pipe.poll_fill(cx, from)) {
+                Ok(n) => n,
+                // The kernel refuses splice here (a sandbox, say): nothing is in the pipe,
+                // so going back to copying through user space loses nothing.
+                Err(e) if super::pipe::unsupported(&e) => {
+                    self.pipe = None;
+                    return self.poll_copy(cx, r, w);
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            };
             if n == 0 {
                 self.eof = true;
             } else {
