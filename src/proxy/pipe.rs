@@ -4,11 +4,12 @@
 //! A pipe costs two file descriptors, so the copy in [`super::splice`] takes one only once
 //! a direction shows bulk traffic, gives it back when the session ends, and the process
 //! holds at most [`MAX_PIPES`] at a time (beyond that, sessions copy through user space,
-//! as HAProxy does with `maxpipes`).
+//! as HAProxy does with `maxpipes`). If the kernel refuses splice (a sandbox that filters
+//! it, say), the session goes back to copying and the process tries no more pipes.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::task::{ready, Context, Poll};
 
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
@@ -23,6 +24,8 @@ pub const MAX_PIPES: usize = 1024;
 const PIPE_BYTES: usize = 256 * 1024;
 
 static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Set when the kernel refused a splice: no more pipes are tried in this process.
+static REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// A kernel pipe used as the buffer of one copy direction.
 pub struct Pipe {
@@ -37,6 +40,9 @@ impl Pipe {
     /// A new pipe, or `None` when the process already holds [`MAX_PIPES`] or the kernel
     /// refuses (out of descriptors): the caller then copies through user space.
     pub fn open() -> Option<Pipe> {
+        if REFUSED.load(Relaxed) {
+            return None;
+        }
         if OPEN.fetch_add(1, Relaxed) >= MAX_PIPES {
             OPEN.fetch_sub(1, Relaxed);
             return None;
@@ -72,7 +78,13 @@ impl Pipe {
         debug_assert!(self.held == 0);
         let n = ready!(poll_io(from, cx, Interest::READABLE, || {
             splice_once(from, &self.write, self.capacity)
-        }))?;
+        }))
+        .inspect_err(|e| {
+            if unsupported(e) {
+                tracing::info!(error = %e, "the kernel refuses splice: TCP copies through user space from now on");
+                REFUSED.store(true, Relaxed);
+            }
+        })?;
         self.held = n;
         Poll::Ready(Ok(n))
     }
