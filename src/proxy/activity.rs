@@ -161,6 +161,16 @@ impl<S> Watched<S> {
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
+
+    fn note_read(&self, n: usize) {
+        self.activity.on_read();
+        self.stats.metrics.bytes_in.inc_by(n as u64);
+    }
+
+    fn note_written(&self, n: usize) {
+        self.activity.touch();
+        self.stats.metrics.bytes_out.inc_by(n as u64);
+    }
 }
 
 impl super::splice::Endpoint for Watched<tokio::net::TcpStream> {
@@ -169,13 +179,11 @@ impl super::splice::Endpoint for Watched<tokio::net::TcpStream> {
     }
 
     fn moved_in(&self, n: usize) {
-        self.activity.on_read();
-        self.stats.metrics.bytes_in.inc_by(n as u64);
+        self.note_read(n);
     }
 
     fn moved_out(&self, n: usize) {
-        self.activity.touch();
-        self.stats.metrics.bytes_out.inc_by(n as u64);
+        self.note_written(n);
     }
 }
 
@@ -189,8 +197,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.activity.on_read();
-            self.stats.metrics.bytes_in.inc_by(n as u64);
+            self.note_read(n);
         }
         result
     }
@@ -205,8 +212,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
             if n > 0 {
-                self.activity.touch();
-                self.stats.metrics.bytes_out.inc_by(n as u64);
+                self.note_written(n);
             }
         }
         result
@@ -220,8 +226,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
             if n > 0 {
-                self.activity.touch();
-                self.stats.metrics.bytes_out.inc_by(n as u64);
+                self.note_written(n);
             }
         }
         result

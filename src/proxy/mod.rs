@@ -10,7 +10,7 @@ mod connect;
 pub mod gated;
 pub mod http;
 #[cfg(target_os = "linux")]
-pub mod pipe;
+mod pipe;
 pub mod proxy_protocol;
 mod splice;
 pub mod tcp;

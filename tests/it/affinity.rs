@@ -144,14 +144,7 @@ async fn a_cookie_pins_a_client_which_follows_its_node_into_drain_until_the_sess
         moved_after >= Duration::from_millis(900) && moved_after < Duration::from_millis(1500),
         "{moved_after:?}"
     );
-    let (status, _) = proxy
-        .admin(
-            Method::GET,
-            &format!("/v1/pools/web/nodes/{home}/wait?state=drained&timeout=5s"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    proxy.wait_drained("web", &home).await;
 }
 
 #[tokio::test]

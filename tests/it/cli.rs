@@ -1,20 +1,9 @@
 //! The CLI as a new user runs it: `handoff demo`, then `handoff ctl status`.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use crate::common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_handoff");
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_both_nodes_and_ctl_shows_them_up() {

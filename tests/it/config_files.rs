@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_handoff");
+use crate::common::BIN;
 
 #[test]
 fn every_example_config_passes_check() {

@@ -7,8 +7,6 @@ use crate::common::backends::{dead_addr, HttpBackend};
 use crate::common::*;
 use handoff::pool::Health;
 
-const BIN: &str = env!("CARGO_BIN_EXE_handoff");
-
 async fn ctl(proxy: &Proxy, args: &[&str]) -> (i32, String, String) {
     let admin = format!("http://{}", proxy.admin);
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

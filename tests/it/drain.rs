@@ -102,14 +102,7 @@ async fn a_draining_node_finishes_its_requests_and_takes_no_new_ones() {
         (200, true),
         "in-flight request lost: {body}"
     );
-    let (status, node) = proxy
-        .admin(
-            Method::GET,
-            &format!("/v1/pools/web/nodes/{busy}/wait?state=drained&timeout=5s"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{node}");
+    let node = proxy.wait_drained("web", busy).await;
     assert_eq!(node["state"], "drained");
     assert_eq!(node["deadline_closes"], 0);
 }
@@ -180,14 +173,7 @@ async fn a_long_lived_tcp_session_lives_until_the_deadline_then_gets_a_fin() {
         started.elapsed() >= Duration::from_millis(600),
         "closed before the deadline"
     );
-    let (status, node) = proxy
-        .admin(
-            Method::GET,
-            &format!("/v1/pools/p/nodes/{busy}/wait?state=drained&timeout=5s"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{node}");
+    let node = proxy.wait_drained("p", busy).await;
     assert_eq!(node["deadline_closes"], 1);
     let metrics = proxy.metrics().await;
     assert!(
@@ -380,14 +366,7 @@ async fn a_request_still_waiting_at_the_deadline_is_counted_and_served_by_the_si
             json!({}),
         )
         .await;
-    let (status, node) = proxy
-        .admin(
-            Method::GET,
-            &format!("/v1/pools/web/nodes/{busy}/wait?state=drained&timeout=5s"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    let node = proxy.wait_drained("web", busy).await;
     assert_eq!(node["deadline_closes"], 1);
     // The GET had no answer yet when its connection was closed: it is sent again, once, to
     // the sibling.

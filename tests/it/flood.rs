@@ -3,7 +3,7 @@
 //! still served, and afterwards the process holds no more descriptors than before.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,18 +12,8 @@ use tokio::net::TcpStream;
 use crate::common::backends::{read_to_eof, HttpBackend};
 use crate::common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_handoff");
 const LIMIT: usize = 20;
 const FLOOD: usize = 400;
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

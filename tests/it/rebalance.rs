@@ -35,14 +35,7 @@ pools:
     proxy
         .admin_json(Method::POST, "/v1/pools/p/nodes/a/drain", json!({}))
         .await;
-    let (status, _) = proxy
-        .admin(
-            Method::GET,
-            "/v1/pools/p/nodes/a/wait?state=drained&timeout=5s",
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    proxy.wait_drained("p", "a").await;
 
     // 40 clients that keep one connection open and reconnect whenever it is closed.
     let closes = Arc::new(AtomicUsize::new(0));

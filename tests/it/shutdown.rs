@@ -63,16 +63,6 @@ async fn shutdown_closes_tcp_sessions_with_fin_at_the_grace_deadline() {
     assert!(n.is_ok(), "expected FIN, got {n:?}");
 }
 
-/// The real binary, killed on drop if still running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -89,7 +79,7 @@ async fn the_binary_reloads_on_sighup_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("handoff.yaml");
     std::fs::write(&path, http_config(&[("a", a.addr)], "")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_handoff"))
+    let mut child = Command::new(BIN)
         .args(["run", "-c"])
         .arg(&path)
         .args(["--threads", "1"])

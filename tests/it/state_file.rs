@@ -23,14 +23,7 @@ async fn a_drained_node_stays_drained_across_a_restart() {
     proxy
         .admin_json(Method::POST, "/v1/pools/web/nodes/a/drain", json!({}))
         .await;
-    let (status, _) = proxy
-        .admin(
-            Method::GET,
-            "/v1/pools/web/nodes/a/wait?state=drained&timeout=5s",
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    proxy.wait_drained("web", "a").await;
 
     let proxy = proxy.restart().await;
     let (_, node) = proxy

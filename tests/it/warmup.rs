@@ -14,14 +14,7 @@ async fn the_returned_nodes_share_rises_over_the_warmup() {
     proxy
         .admin_json(Method::POST, "/v1/pools/web/nodes/a/drain", json!({}))
         .await;
-    let (status, _) = proxy
-        .admin(
-            Method::GET,
-            "/v1/pools/web/nodes/a/wait?state=drained&timeout=5s",
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    proxy.wait_drained("web", "a").await;
 
     let warmup = Duration::from_secs(3);
     let (status, node) = proxy

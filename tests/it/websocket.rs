@@ -108,14 +108,7 @@ pools:
         panic!("expected a close frame, got {close:?}")
     };
     assert_eq!(frame.code, CloseCode::Away);
-    let (status, view) = proxy
-        .admin(
-            Method::GET,
-            "/v1/pools/ws/nodes/a/wait?state=drained&timeout=5s",
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{view}");
+    let view = proxy.wait_drained("ws", "a").await;
     assert_eq!(view["deadline_closes"], 1);
     eventually("the backend gets a close frame", || {
         !backend_closes.lock().unwrap().is_empty()

@@ -78,7 +78,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Local(data) => once_frame(data),
             ProxyBody::Upstream(up) => {
                 let polled = Pin::new(&mut up.body).poll_frame(cx);
                 match &polled {
@@ -101,12 +101,20 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Local(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            ProxyBody::Local(data) => once_size(data),
             ProxyBody::Upstream(up) => up.body.size_hint(),
         }
     }
+}
+
+/// The one data frame of a body held whole (`None`: sent, or no body at all).
+pub(super) fn once_frame<E>(data: &mut Option<Bytes>) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+    Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
+}
+
+/// The exact size of a body held whole.
+pub(super) fn once_size(data: &Option<Bytes>) -> SizeHint {
+    SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
 }
 
 /// A response handoff makes itself: a status and a one-line plain-text reason.

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
+use super::body::{once_frame, once_size};
 use crate::pool::Node;
 use crate::proxy::gated::Gated;
 
@@ -41,7 +42,7 @@ impl Body for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpBody::Client(body) => Pin::new(body).poll_frame(cx),
-            UpBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            UpBody::Buffered(data) => once_frame(data),
         }
     }
 
@@ -55,9 +56,7 @@ impl Body for UpBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpBody::Client(body) => body.size_hint(),
-            UpBody::Buffered(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            UpBody::Buffered(data) => once_size(data),
         }
     }
 }

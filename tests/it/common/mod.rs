@@ -22,6 +22,19 @@ use handoff::shutdown::Shutdown;
 /// Every wait in the tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The handoff binary, for tests that run it as a user would.
+pub const BIN: &str = env!("CARGO_BIN_EXE_handoff");
+
+/// A child process (the binary, run by a test) that is killed when the test ends.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Health settings that make tests quick: up after 2 checks 100 ms apart.
 pub const FAST_HEALTH: &str = "{ interval: 100ms, timeout: 100ms, healthy_after: 2, unhealthy_after: 2, http: { path: \"/healthz\", version_header: \"X-Version\" } }";
 
@@ -115,6 +128,14 @@ impl Proxy {
             status,
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         )
+    }
+
+    /// Waits (the admin API's long poll, 5 s) until the node is drained; returns its view.
+    pub async fn wait_drained(&self, pool: &str, node: &str) -> serde_json::Value {
+        let path = format!("/v1/pools/{pool}/nodes/{node}/wait?state=drained&timeout=5s");
+        let (status, view) = self.admin(Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{pool}/{node} not drained: {view}");
+        view
     }
 
     /// Drains this instance and starts a new one on the same config file (new ports).
