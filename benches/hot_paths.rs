@@ -53,8 +53,12 @@ fn snapshot(nodes: usize, balance: &str) -> Snapshot {
     for pool in &snap.pools {
         for node in &pool.nodes {
             for _ in 0..2 {
-                node.state
-                    .record_check(true, Some("1.0.0"), pool.health_config());
+                node.state.record_check(
+                    node.state.address_epoch(),
+                    true,
+                    Some("1.0.0"),
+                    pool.health_config(),
+                );
             }
         }
     }
@@ -76,11 +80,11 @@ fn pick(c: &mut Criterion) {
     }
     let snap = snapshot(2, "least_conn");
     let pool = &snap.pools[0];
+    pool.nodes[0].state.set_admin(AdminState::Warming);
     pool.nodes[0]
         .state
         .lifecycle
         .start_warming(Duration::from_secs(3600));
-    pool.nodes[0].state.set_admin(AdminState::Warming);
     c.bench_function("pick/least_conn/2_nodes_one_warming", |b| {
         b.iter(|| black_box(pool.pick(Tried::default())))
     });

@@ -7,7 +7,7 @@
 //! carries node state over by `pool/node`, restart health checks. A config or bind error
 //! changes nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,11 +18,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, ConfigError, ListenerConfig, RebalanceConfig};
+use crate::config::{self, Config, ConfigError, ListenerConfig};
+use crate::control::{Control, StateStore};
 use crate::lifecycle;
 use crate::metrics::{ListenerMetrics, Metrics};
-use crate::persist::{self, Dirty, PersistError};
-use crate::pool::AdminState;
+use crate::persist::{self, PersistError};
 use crate::proxy::{self, ListenerStats};
 use crate::rollout::{self, RolloutState};
 use crate::shutdown::Shutdown;
@@ -81,26 +81,24 @@ async fn bind_one(name: &str, addr: SocketAddr) -> Result<TcpListener, StartErro
 
 pub struct App {
     /// The routing snapshot; the data path loads it, reloads swap it.
-    pub snapshot: ArcSwap<Snapshot>,
-    pub metrics: Metrics,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
+    /// The handle the control plane (lifecycle, rollouts, state file) works through.
+    pub control: Arc<Control>,
+    /// Every rollout this instance knows.
+    pub rollouts: Arc<rollout::Registry>,
     /// The file `POST /v1/reload` and SIGHUP re-read; `None` for the embedded demo config.
     config_path: Option<PathBuf>,
     /// Bearer token for `/v1/*`, read from the variable named by `admin.token_env`.
     admin_token: ArcSwapOption<String>,
-    admin_addr: SocketAddr,
-    control: Mutex<Control>,
-    /// Every rollout this instance knows.
-    pub rollouts: rollout::Registry,
     /// The state file, when configured (fixed at start).
     state_path: Option<PathBuf>,
-    dirty: Option<Dirty>,
-    /// Pools with a rebalance in progress (at most one each).
-    rebalancing: std::sync::Mutex<HashSet<String>>,
+    listeners: Mutex<ListenerTable>,
 }
 
-/// Control-plane state, touched only by start and reload.
-struct Control {
+/// Listeners and health checkers, touched only by start and reload.
+struct ListenerTable {
     listeners: HashMap<String, ListenerEntry>,
     /// Cancels the current generation of health checkers.
     health_stop: CancellationToken,
@@ -116,65 +114,82 @@ struct ListenerEntry {
 }
 
 impl App {
-    /// Starts serving `config` on the sockets in `bound`.
+    /// Starts serving `config` on the listening sockets in `listeners` (by listener name).
+    /// The state file is read and applied first, so no listener accepts and no checker runs
+    /// before a restored drained node is drained. The admin API is the caller's to serve
+    /// ([`crate::admin::serve`]).
     pub async fn start(
         config: Config,
         config_path: Option<PathBuf>,
-        bound: Bound,
+        mut listeners: HashMap<String, TcpListener>,
         shutdown: Shutdown,
     ) -> Result<Arc<App>, StartError> {
-        let Bound {
-            mut listeners,
-            admin,
-        } = bound;
-        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
-            listener: "admin".into(),
-            addr: config.admin.listen,
-            source,
-        })?;
-        let metrics = Metrics::new();
-        let snapshot = Snapshot::build(config.clone(), None, &metrics);
+        let metrics = Arc::new(Metrics::new());
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+            config.clone(),
+            None,
+            &metrics,
+        )));
         let state_path = config.state_file.clone();
         let restored = match &state_path {
             Some(path) => persist::load(path)?,
             None => None,
         };
-        let (dirty, dirty_rx) = Dirty::new();
+        let rollouts = Arc::new(rollout::Registry::default());
+        let (store, writer) = match &state_path {
+            Some(_) => {
+                let (store, writer) = StateStore::new();
+                (Some(store), Some(writer))
+            }
+            None => (None, None),
+        };
+        let control = Arc::new(Control::new(
+            Arc::clone(&snapshot),
+            Arc::clone(&metrics),
+            shutdown.force.clone(),
+            store,
+        ));
         let app = Arc::new(App {
-            rollouts: rollout::Registry::default(),
-            dirty: state_path.as_ref().map(|_| dirty),
-            state_path: state_path.clone(),
-            rebalancing: std::sync::Mutex::new(HashSet::new()),
-            snapshot: ArcSwap::from_pointee(snapshot),
+            snapshot,
             metrics,
-            admin_token: ArcSwapOption::new(token_from_env(&config).map(Arc::new)),
             shutdown,
+            control,
+            rollouts,
+            admin_token: ArcSwapOption::new(token_from_env(&config).map(Arc::new)),
             config_path,
-            admin_addr,
-            control: Mutex::new(Control {
+            state_path: state_path.clone(),
+            listeners: Mutex::new(ListenerTable {
                 listeners: HashMap::new(),
                 health_stop: CancellationToken::new(),
             }),
         });
+        if let (Some(path), Some(writer)) = (state_path, writer) {
+            tokio::spawn(persist::writer(
+                Arc::clone(&app.snapshot),
+                Arc::clone(&app.rollouts),
+                path,
+                writer,
+            ));
+        }
+        if let Some(state) = restored {
+            app.restore(state);
+        }
         {
-            let mut control = app.control.lock().await;
+            let mut table = app.listeners.lock().await;
             for l in &config.listeners {
                 let socket = listeners
                     .remove(&l.name)
                     .ok_or_else(|| StartError::MissingSocket(l.name.clone()))?;
                 let entry = app.start_listener(l, socket, None);
-                control.listeners.insert(l.name.clone(), entry);
+                table.listeners.insert(l.name.clone(), entry);
             }
-            control.health_stop = app.start_health();
+            table.health_stop = app.start_health();
         }
-        if let Some(state) = restored {
-            app.restore(state);
-        }
-        if let Some(path) = state_path {
-            tokio::spawn(persist::writer(Arc::clone(&app), path, dirty_rx));
-        }
-        tokio::spawn(crate::admin::serve(Arc::clone(&app), admin));
-        tracing::info!(admin = %admin_addr, listeners = config.listeners.len(), pools = config.pools.len(), "handoff started");
+        tracing::info!(
+            listeners = config.listeners.len(),
+            pools = config.pools.len(),
+            "handoff started"
+        );
         Ok(app)
     }
 
@@ -243,7 +258,7 @@ impl App {
 
     /// Applies a validated config: nothing changes unless every new listener could be bound.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ReloadError> {
-        let mut control = self.control.lock().await;
+        let mut control = self.listeners.lock().await;
         let mut fresh = HashMap::new();
         for l in &config.listeners {
             let adopt = control
@@ -260,6 +275,9 @@ impl App {
         if config.admin.listen != self.snapshot.load().config.admin.listen {
             tracing::warn!(admin = %config.admin.listen, "admin.listen changed: it takes effect at the next restart");
         }
+        // Old checkers stop before the new snapshot exists: none of them probes a node's old
+        // address into the new one's health (their results are ignored by address epoch too).
+        control.health_stop.cancel();
         let next = Snapshot::build(config.clone(), Some(&self.snapshot.load()), &self.metrics);
         self.snapshot.store(Arc::new(next));
         self.admin_token
@@ -286,14 +304,13 @@ impl App {
                 control.listeners.insert(name, entry);
             }
         }
-        control.health_stop.cancel();
         control.health_stop = self.start_health();
         Ok(())
     }
 
     /// Addresses the listeners are actually bound to, by name.
     pub async fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
-        let control = self.control.lock().await;
+        let control = self.listeners.lock().await;
         control
             .listeners
             .iter()
@@ -303,92 +320,43 @@ impl App {
 
     /// Open client connections of one listener.
     pub async fn listener_connections(&self, name: &str) -> Option<usize> {
-        let control = self.control.lock().await;
+        let control = self.listeners.lock().await;
         control.listeners.get(name).map(|e| e.stats.active())
     }
 
-    /// Applies a state file read at start: admin states by `pool/node` (a node that was
-    /// draining is drained now: its sessions died with the old process), and rollouts, of
+    /// Applies a state file read at start: admin states by `pool/node`, and rollouts, of
     /// which a running one resumes at its current step.
-    fn restore(self: &Arc<Self>, state: persist::StateFile) {
-        let snapshot = self.snapshot.load_full();
+    fn restore(&self, state: persist::StateFile) {
         for (key, record) in state.nodes {
-            let Some((pool, node)) = key.split_once('/') else {
+            let Some(t) = key
+                .split_once('/')
+                .and_then(|(pool, node)| self.control.node(pool, node))
+            else {
+                tracing::info!(node = %key, "state file names a node the config no longer has");
                 continue;
             };
-            let Some(p) = snapshot.pool(pool) else {
-                continue;
-            };
-            let Some(n) = p.node(node) else { continue };
-            match record.state {
-                AdminState::Active => {}
-                AdminState::Draining | AdminState::Drained => {
-                    n.state.restore_admin(AdminState::Drained, record.since_ms)
-                }
-                AdminState::Warming => {
-                    let target = lifecycle::Target {
-                        pool: Arc::clone(p),
-                        node: Arc::clone(n),
-                    };
-                    let generation = n.state.lifecycle.next_generation();
-                    lifecycle::warmup::begin(self, &target, p.config.warmup, generation);
-                }
-            }
-            tracing::info!(node = %key, state = n.state.admin().as_str(), "admin state restored from the state file");
+            lifecycle::restore(
+                &self.control,
+                &t,
+                record.state,
+                record.since_ms,
+                record.enable_pending,
+            );
         }
         for record in state.rollouts {
             let running = record.state == RolloutState::Running;
             let handle = self.rollouts.restore(record);
             if running {
                 handle.event(None, None, "resumed after a restart of handoff");
-                rollout::spawn(self, handle);
+                rollout::spawn(&self.control, &self.rollouts, handle);
             }
         }
+        self.rollouts.prune();
     }
 
-    /// Marks the state file dirty (no-op without one).
-    pub fn persist(&self) {
-        if let Some(d) = &self.dirty {
-            d.mark();
-        }
-    }
-
-    /// Writes the state file now (at shutdown, and for tests).
+    /// Waits until the state file holds the state as it is now (shutdown, tests).
     pub async fn flush_state(&self) {
-        if let Some(path) = &self.state_path {
-            persist::write_now(self, path).await;
-        }
-    }
-
-    /// Starts rebalancing `pool` unless it already is.
-    pub fn start_rebalance(self: &Arc<Self>, pool: &str, cfg: RebalanceConfig) {
-        let fresh = self
-            .rebalancing
-            .lock()
-            .map(|mut set| set.insert(pool.to_string()))
-            .unwrap_or(false);
-        if fresh {
-            tracing::info!(
-                pool,
-                rate = cfg.max_closes_per_sec,
-                "rebalancing long-lived connections"
-            );
-            tokio::spawn(lifecycle::rebalance::run(
-                Arc::clone(self),
-                pool.to_string(),
-                cfg,
-            ));
-        }
-    }
-
-    pub fn rebalance_finished(&self, pool: &str) {
-        if let Ok(mut set) = self.rebalancing.lock() {
-            set.remove(pool);
-        }
-    }
-
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.control.flush().await;
     }
 
     pub fn admin_token(&self) -> Option<Arc<String>> {

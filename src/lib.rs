@@ -7,17 +7,20 @@
 //! - [`app`]: starts the app on caller-bound sockets, owns the snapshot, applies reloads.
 //! - [`proxy`]: accept loops, TCP and HTTP proxying.
 //! - [`health`]: active checks feeding node health and version.
+//! - [`control`]: the narrow handle the control plane works through (snapshot, metrics, state store).
 //! - [`lifecycle`]: drain, enable with warmup, the pair guard, TCP rebalance.
 //! - [`rollout`]: the per-pool upgrade state machine; [`persist`]: the state file.
 //! - [`admin`]: the admin HTTP API; [`metrics`]: Prometheus families.
 //! - [`shutdown`]: token tree, task tracker, lifecycle phase.
 //! - [`cli`]: `run`, `check`, `demo`, `ctl`.
+//! - [`time`]: Unix milliseconds, total RFC 3339, checked deadline arithmetic.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;
@@ -27,3 +30,4 @@ pub mod proxy;
 pub mod rollout;
 pub mod shutdown;
 pub mod snapshot;
+pub mod time;

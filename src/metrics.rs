@@ -1,7 +1,8 @@
 //! Prometheus metrics. Families are built once at start; per-node and per-pool handles are
 //! resolved once when a node or pool is built, so the data path only increments atomics.
-//! Gauges that mirror runtime state (sessions, node state, health, version) are refreshed
-//! from the runtime at scrape time rather than maintained on the data path.
+//! Gauges that mirror runtime state (sessions, node state, health, version) are built afresh
+//! for each scrape ([`StateGauges`]) rather than maintained on the data path, so two scrapes
+//! never see each other's half-set values and removed nodes simply vanish.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -14,15 +15,11 @@ use crate::pool::SessionKind;
 pub struct Metrics {
     registry: Registry,
     pub sessions_total: IntCounterVec,
-    pub sessions_active: IntGaugeVec,
     pub requests_total: IntCounterVec,
     pub request_duration: HistogramVec,
     pub connect_duration: HistogramVec,
     pub connect_failures: IntCounterVec,
     pub retries: IntCounterVec,
-    pub node_state: IntGaugeVec,
-    pub node_health: IntGaugeVec,
-    pub node_version_info: IntGaugeVec,
     pub node_transitions: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub listener_bytes: IntCounterVec,
@@ -68,15 +65,11 @@ impl Metrics {
         let r = Registry::new();
         let m = Metrics {
             sessions_total: counter(&r, "handoff_sessions_total", "Sessions started, by node and kind.", &["pool", "node", "kind"]),
-            sessions_active: gauge(&r, "handoff_sessions_active", "Sessions in progress, by node and kind.", &["pool", "node", "kind"]),
             requests_total: counter(&r, "handoff_requests_total", "HTTP responses sent, by pool, node (\"none\" when no node answered) and status class.", &["pool", "node", "class"]),
             request_duration: histogram(&r, "handoff_request_duration_seconds", "Time from request to response headers, per pool.", &["pool"]),
             connect_duration: histogram(&r, "handoff_connect_duration_seconds", "Upstream TCP connect time, per pool.", &["pool"]),
             connect_failures: counter(&r, "handoff_connect_failures_total", "Upstream connects that failed or timed out.", &["pool", "node"]),
             retries: counter(&r, "handoff_retries_total", "Requests or connections retried on another node.", &["pool"]),
-            node_state: gauge(&r, "handoff_node_state", "Admin state of each node: 1 for the current state, 0 otherwise.", &["pool", "node", "state"]),
-            node_health: gauge(&r, "handoff_node_health", "Health of each node: 1 for the current health, 0 otherwise.", &["pool", "node", "health"]),
-            node_version_info: gauge(&r, "handoff_node_version_info", "Version each node last reported (value is always 1).", &["pool", "node", "version"]),
             node_transitions: counter(&r, "handoff_node_transitions_total", "Node state and health changes, by the state entered.", &["pool", "node", "to"]),
             health_checks: counter(&r, "handoff_health_checks_total", "Active health checks, by result (pass or fail).", &["pool", "node", "result"]),
             listener_bytes: counter(&r, "handoff_listener_bytes_total", "Bytes proxied per listener; direction in = from clients, out = to clients.", &["listener", "direction"]),
@@ -112,12 +105,69 @@ impl Metrics {
 
     /// Prometheus text exposition of everything registered.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
-            tracing::warn!(error = %e, "encoding metrics failed");
+        render(&self.registry)
+    }
+}
+
+fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&registry.gather(), &mut out) {
+        tracing::warn!(error = %e, "encoding metrics failed");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The gauges that mirror runtime state, made for one scrape: the scrape sets every series
+/// from the runtime, then renders them.
+pub struct StateGauges {
+    registry: Registry,
+    pub sessions_active: IntGaugeVec,
+    pub node_state: IntGaugeVec,
+    pub node_health: IntGaugeVec,
+    pub node_version_info: IntGaugeVec,
+}
+
+impl StateGauges {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        StateGauges {
+            sessions_active: gauge(
+                &r,
+                "handoff_sessions_active",
+                "Sessions in progress, by node and kind.",
+                &["pool", "node", "kind"],
+            ),
+            node_state: gauge(
+                &r,
+                "handoff_node_state",
+                "Admin state of each node: 1 for the current state, 0 otherwise.",
+                &["pool", "node", "state"],
+            ),
+            node_health: gauge(
+                &r,
+                "handoff_node_health",
+                "Health of each node: 1 for the current health, 0 otherwise.",
+                &["pool", "node", "health"],
+            ),
+            node_version_info: gauge(
+                &r,
+                "handoff_node_version_info",
+                "Version each node last reported (value is always 1).",
+                &["pool", "node", "version"],
+            ),
+            registry: r,
         }
-        String::from_utf8(out).unwrap_or_default()
+    }
+
+    pub fn render(&self) -> String {
+        render(&self.registry)
+    }
+}
+
+impl Default for StateGauges {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -1,24 +1,31 @@
 //! The state file: admin states and rollouts, so a drained node stays drained and a running
-//! rollout resumes across restarts and reloads. Written atomically (temporary file, fsync,
-//! rename) by one writer task that always writes the latest state; changes only mark it
-//! dirty, so control-plane actions never wait on the disk.
+//! rollout resumes across restarts and reloads. One writer task owns the file and writes it
+//! atomically (temporary file, fsync, rename) every time the state is marked dirty, always
+//! the latest state; a flush waits for that writer rather than writing beside it. Loading
+//! checks the format and every value, so a damaged file stops the start with a reason
+//! instead of changing what runs.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
-use crate::app::App;
+use crate::config::{duration, limits};
+use crate::control::StoreWriter;
 use crate::pool::AdminState;
-use crate::rollout::Rollout;
+use crate::rollout::{Registry, Rollout};
+use crate::snapshot::Snapshot;
+use crate::time::MAX_UNIX_MS;
 
 /// Format version of the file.
 const FORMAT: u32 = 1;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub format: u32,
     /// By `pool/node`.
@@ -27,10 +34,18 @@ pub struct StateFile {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeRecord {
     pub state: AdminState,
     /// Unix ms of the last admin change.
     pub since_ms: u64,
+    /// `enable` is waiting for the node to be up, with this warmup.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration"
+    )]
+    pub enable_pending: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +60,11 @@ pub enum PersistError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("state file {} is not valid (fix or remove it): {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
 }
 
-/// Reads the state file; `None` when there is none yet.
+/// Reads and checks the state file; `None` when there is none yet.
 pub fn load(path: &Path) -> Result<Option<StateFile>, PersistError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -59,12 +76,61 @@ pub fn load(path: &Path) -> Result<Option<StateFile>, PersistError> {
             })
         }
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|source| PersistError::Corrupt {
-            path: path.into(),
-            source,
-        })
+    let state: StateFile = serde_json::from_str(&text).map_err(|source| PersistError::Corrupt {
+        path: path.into(),
+        source,
+    })?;
+    check(&state).map_err(|reason| PersistError::Invalid {
+        path: path.into(),
+        reason,
+    })?;
+    Ok(Some(state))
+}
+
+/// Every value within the ranges the API itself would accept.
+fn check(state: &StateFile) -> Result<(), String> {
+    if state.format != FORMAT {
+        return Err(format!(
+            "format {} is not one this handoff reads (expected {FORMAT})",
+            state.format
+        ));
+    }
+    for (key, n) in &state.nodes {
+        if n.since_ms > MAX_UNIX_MS {
+            return Err(format!(
+                "nodes.{key:?}.since_ms {} is past year 9999",
+                n.since_ms
+            ));
+        }
+        if let Some(w) = n.enable_pending {
+            limits::WARMUP
+                .check(w)
+                .map_err(|e| format!("nodes.{key:?}.enable_pending: {e}"))?;
+        }
+    }
+    for r in &state.rollouts {
+        let at = |field: &str, e: String| format!("rollout {:?}: {field}: {e}", r.id);
+        limits::DRAIN_TIMEOUT
+            .check(r.drain_timeout)
+            .map_err(|e| at("drain_timeout", e))?;
+        limits::READY_TIMEOUT
+            .check(r.ready_timeout)
+            .map_err(|e| at("ready_timeout", e))?;
+        limits::WARMUP
+            .check(r.warmup)
+            .map_err(|e| at("warmup", e))?;
+        if r.node_index > r.order.len() {
+            return Err(at(
+                "node_index",
+                format!(
+                    "{} is past the {} nodes of `order`",
+                    r.node_index,
+                    r.order.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `state` so a crash leaves either the old file or the new one, never half of one.
@@ -86,15 +152,17 @@ pub fn write_atomic(path: &Path, state: &StateFile) -> std::io::Result<()> {
 }
 
 /// The state to write now, read from the runtime.
-pub fn collect(app: &App) -> StateFile {
+pub fn collect(snapshot: &Snapshot, rollouts: &Registry) -> StateFile {
     let mut nodes = BTreeMap::new();
-    for pool in &app.snapshot.load().pools {
+    for pool in &snapshot.pools {
         for node in &pool.nodes {
+            let rec = node.state.record();
             nodes.insert(
                 node.key(),
                 NodeRecord {
-                    state: node.state.admin(),
-                    since_ms: node.state.admin_since_ms(),
+                    state: rec.kind(),
+                    since_ms: rec.since_ms,
+                    enable_pending: rec.pending_warmup,
                 },
             );
         }
@@ -102,46 +170,90 @@ pub fn collect(app: &App) -> StateFile {
     StateFile {
         format: FORMAT,
         nodes,
-        rollouts: app.rollouts.list(),
+        rollouts: rollouts.list(),
     }
 }
 
-/// Marks the state dirty; the writer picks it up.
-pub struct Dirty(watch::Sender<u64>);
-
-impl Dirty {
-    pub fn new() -> (Self, watch::Receiver<u64>) {
-        let (tx, rx) = watch::channel(0);
-        (Dirty(tx), rx)
-    }
-
-    pub fn mark(&self) {
-        self.0.send_modify(|n| *n += 1);
-    }
-}
-
-/// Writes the state file every time it is marked dirty, until shutdown.
-pub async fn writer(app: Arc<App>, path: PathBuf, mut dirty: watch::Receiver<u64>) {
-    let stop = app.shutdown.force.clone();
+/// The one writer of the state file: writes the latest state every time it is marked
+/// dirty, and reports how many marks it has covered (what a flush waits for). Ends when
+/// the requesting side is dropped.
+pub async fn writer(
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    rollouts: Arc<Registry>,
+    path: PathBuf,
+    mut store: StoreWriter,
+) {
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            r = dirty.changed() => if r.is_err() { return },
+        if store.requested.changed().await.is_err() {
+            return;
         }
-        write_now(&app, &path).await;
+        let covers = *store.requested.borrow_and_update();
+        let state = collect(&snapshot.load(), &rollouts);
+        let target = path.clone();
+        match tokio::task::spawn_blocking(move || write_atomic(&target, &state)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(path = %path.display(), error = %e, "writing the state file failed")
+            }
+            Err(e) => tracing::error!(error = %e, "state file writer panicked"),
+        }
+        store.written.send_replace(covers);
     }
 }
 
-/// Writes the current state at once (also used for the final write at shutdown).
-pub async fn write_now(app: &App, path: &Path) {
-    let state = collect(app);
-    let path_owned = path.to_path_buf();
-    let result = tokio::task::spawn_blocking(move || write_atomic(&path_owned, &state)).await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(path = %path.display(), error = %e, "writing the state file failed")
+/// Serde for `Option<Duration>` written as text.
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::text::serialize(d, s),
+            None => s.serialize_none(),
         }
-        Err(e) => tracing::error!(error = %e, "state file writer panicked"),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| super::duration::parse(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Option<StateFile>, PersistError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, text).expect("write");
+        load(&path)
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_trust() {
+        assert!(load_text(r#"{"format":1,"nodes":{},"rollouts":[]}"#).is_ok());
+        let e = load_text(r#"{"format":7,"nodes":{},"rollouts":[]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("format 7"), "{e}");
+        let e = load_text(
+            r#"{"format":1,"nodes":{"web/a":{"state":"drained","since_ms":1,"enable_pending":"999999999h"}},"rollouts":[]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("enable_pending") && e.contains("at most 24h"),
+            "{e}"
+        );
+        let e = load_text(
+            r#"{"format":1,"nodes":{"web/a":{"state":"drained","since_ms":18446744073709551615}},"rollouts":[]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("since_ms"), "{e}");
+        assert!(load_text("{").is_err());
     }
 }

@@ -54,11 +54,10 @@ impl Snapshot {
             .pools
             .iter()
             .map(|p| {
-                let pool = Pool::build(p, &old_nodes, metrics);
-                if let Some(old) = previous.and_then(|s| s.pool(&p.name)) {
-                    pool.prefer.store(old.prefer.load_full());
-                }
-                Arc::new(pool)
+                let control = previous
+                    .and_then(|s| s.pool(&p.name))
+                    .map_or_else(Default::default, |old| Arc::clone(&old.control));
+                Arc::new(Pool::build(p, &old_nodes, control, metrics))
             })
             .collect();
         let by_name: HashMap<&str, &Arc<Pool>> =

@@ -8,6 +8,7 @@ use serde_json::json;
 use super::views::{ListenerView, NodeView, PoolView, StatusView};
 use super::{json_response, AdminError, AdminResponse};
 use crate::app::{App, ReloadError};
+use crate::metrics::StateGauges;
 use crate::pool::{AdminState, Health, SessionKind};
 
 pub async fn status(app: &Arc<App>) -> AdminResponse {
@@ -66,43 +67,43 @@ pub async fn reload(app: &Arc<App>) -> Result<AdminResponse, AdminError> {
     }
 }
 
-/// Sets the gauges that mirror runtime state, just before a scrape. Resetting first drops
-/// the series of nodes a reload removed.
-pub fn refresh_gauges(app: &App) {
-    let m = &app.metrics;
-    m.node_state.reset();
-    m.node_health.reset();
-    m.node_version_info.reset();
-    m.sessions_active.reset();
+/// The whole `/metrics` text: the families kept since start, then the state gauges built
+/// for this scrape alone (no reset-then-set that a concurrent scrape could see half done).
+pub fn metrics_text(app: &App) -> String {
+    let g = StateGauges::new();
+    let now = crate::pool::unix_ms();
     for pool in &app.snapshot.load().pools {
         for (i, node) in pool.nodes.iter().enumerate() {
             let (p, n) = (pool.name.as_str(), node.name.as_str());
             let admin = node.state.admin();
             for s in AdminState::ALL {
-                m.node_state
+                g.node_state
                     .with_label_values(&[p, n, s.as_str()])
                     .set(i64::from(s == admin));
             }
             let health = node.state.health();
             for h in Health::ALL {
-                m.node_health
+                g.node_health
                     .with_label_values(&[p, n, h.as_str()])
                     .set(i64::from(h == health));
             }
             if let Some(v) = node.state.version() {
-                m.node_version_info
+                g.node_version_info
                     .with_label_values(&[p, n, v.as_str()])
                     .set(1);
             }
             for k in SessionKind::ALL {
                 let count = match k {
-                    SessionKind::Affinity => pool.affinity_sessions(i, crate::pool::unix_ms()).0,
+                    SessionKind::Affinity => pool.affinity_sessions(i, now).0,
                     _ => node.state.sessions(k),
                 };
-                m.sessions_active
+                g.sessions_active
                     .with_label_values(&[p, n, k.as_str()])
-                    .set(count as i64);
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
             }
         }
     }
+    let mut text = app.metrics.render();
+    text.push_str(&g.render());
+    text
 }

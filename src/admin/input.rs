@@ -8,13 +8,12 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::AdminError;
-use crate::config::duration;
+use crate::config::limits::{self, Range};
 use crate::pool::{AdminState, Health};
+use crate::rollout::StartRequest;
 
 /// `wait` without `timeout=` waits this long.
 pub const WAIT_DEFAULT: Duration = Duration::from_secs(30);
-/// Longest `wait` accepted.
-pub const WAIT_MAX: Duration = Duration::from_secs(3600);
 
 /// An optional JSON body: empty (or blank) means all defaults.
 pub fn json_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, AdminError> {
@@ -25,9 +24,64 @@ pub fn json_body<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, AdminE
         .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-fn parse_duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, AdminError> {
-    text.map(|t| duration::parse(t).map_err(|e| AdminError::BadRequest(format!("{field}: {e}"))))
-        .transpose()
+/// An optional duration field, checked against its documented range.
+fn parse_duration(
+    field: &str,
+    text: Option<&str>,
+    range: Range,
+) -> Result<Option<Duration>, AdminError> {
+    text.map(|t| {
+        range
+            .parse(t)
+            .map_err(|e| AdminError::BadRequest(format!("{field}: {e}")))
+    })
+    .transpose()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolloutBody {
+    version: String,
+    order: Option<Vec<String>>,
+    drain_timeout: Option<String>,
+    ready_timeout: Option<String>,
+    warmup: Option<String>,
+}
+
+/// `POST /v1/pools/{pool}/rollouts` body: `version` required, the rest optional. Node names
+/// in `order` are checked against the pool by the rollout itself.
+pub fn rollout(body: &[u8]) -> Result<StartRequest, AdminError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(AdminError::BadRequest(
+            "missing body: expected {\"version\": \"...\"}".into(),
+        ));
+    }
+    let b: RolloutBody = json_body(body)?;
+    let version = b.version.trim();
+    if version.is_empty() {
+        return Err(AdminError::BadRequest("version: must not be empty".into()));
+    }
+    if version.len() > limits::VERSION_LEN || version.chars().any(char::is_control) {
+        return Err(AdminError::BadRequest(format!(
+            "version: at most {} bytes, without control characters",
+            limits::VERSION_LEN
+        )));
+    }
+    Ok(StartRequest {
+        version: version.to_string(),
+        order: b.order,
+        drain_timeout: parse_duration(
+            "drain_timeout",
+            b.drain_timeout.as_deref(),
+            limits::DRAIN_TIMEOUT,
+        )?,
+        ready_timeout: parse_duration(
+            "ready_timeout",
+            b.ready_timeout.as_deref(),
+            limits::READY_TIMEOUT,
+        )?,
+        warmup: parse_duration("warmup", b.warmup.as_deref(), limits::WARMUP)?,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,22 +101,27 @@ struct EnableBody {
 /// `POST …/drain` body: `{"timeout":"30s","force":false}`, both optional.
 pub fn drain(body: &[u8]) -> Result<(Option<Duration>, bool), AdminError> {
     let b: DrainBody = json_body(body)?;
-    Ok((parse_duration("timeout", b.timeout.as_deref())?, b.force))
+    Ok((
+        parse_duration("timeout", b.timeout.as_deref(), limits::DRAIN_TIMEOUT)?,
+        b.force,
+    ))
 }
 
 /// `POST …/enable` body: `{"warmup":"10s"}`, optional.
 pub fn enable(body: &[u8]) -> Result<Option<Duration>, AdminError> {
     let b: EnableBody = json_body(body)?;
-    parse_duration("warmup", b.warmup.as_deref())
+    parse_duration("warmup", b.warmup.as_deref(), limits::WARMUP)
 }
 
-/// `GET …/wait?state=S&timeout=D`: the state name (checked) and the timeout (capped).
+/// `GET …/wait?state=S&timeout=D`: the state name and the timeout, both checked.
 pub fn wait_query(query: &str) -> Result<(String, Duration), AdminError> {
     let (mut state, mut timeout) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("state", v)) => state = Some(v.to_string()),
-            Some(("timeout", v)) => timeout = parse_duration("timeout", Some(v))?,
+            Some(("timeout", v)) => {
+                timeout = parse_duration("timeout", Some(v), limits::WAIT_TIMEOUT)?
+            }
             _ => {
                 return Err(AdminError::BadRequest(format!(
                     "unknown query parameter {pair:?}: expected state= and timeout="
@@ -82,7 +141,7 @@ pub fn wait_query(query: &str) -> Result<(String, Duration), AdminError> {
             "unknown state {state:?}: expected active, draining, drained, warming, up, down or unknown"
         )));
     }
-    Ok((state, timeout.unwrap_or(WAIT_DEFAULT).min(WAIT_MAX)))
+    Ok((state, timeout.unwrap_or(WAIT_DEFAULT)))
 }
 
 #[cfg(test)]
@@ -107,13 +166,33 @@ mod tests {
             wait_query("state=drained").unwrap(),
             ("drained".into(), WAIT_DEFAULT)
         );
-        assert_eq!(wait_query("state=up&timeout=2h").unwrap().1, WAIT_MAX);
+        assert_eq!(
+            wait_query("state=up&timeout=1h").unwrap().1,
+            limits::WAIT_TIMEOUT.max
+        );
+        let e = drain(br#"{"timeout":"999999999h"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("timeout") && e.contains("at most 168h"), "{e}");
+        let e = drain(br#"{"timeout":"18446744073709551615h"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("timeout") && e.contains("too large"), "{e}");
+        let e = enable(br#"{"warmup":"999999999h"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("warmup") && e.contains("at most 24h"), "{e}");
+        assert!(rollout(br#"{"version":"2","ready_timeout":"999999999h"}"#).is_err());
+        assert!(rollout(br#"{"version":" "}"#).is_err());
+        assert!(rollout(b"").is_err());
+        assert_eq!(rollout(br#"{"version":" 2.0 "}"#).unwrap().version, "2.0");
         for bad in [
             "",
             "state=zz",
             "state=up&x=1",
             "timeout=1s",
             "state=up&timeout=-1s",
+            "state=up&timeout=2h",
         ] {
             assert!(wait_query(bad).is_err(), "{bad}");
         }

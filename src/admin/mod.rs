@@ -142,20 +142,37 @@ fn text_response(status: StatusCode, content_type: &'static str, body: String) -
     resp
 }
 
+/// After an accept error (out of file descriptors, say), wait this long before retrying
+/// instead of spinning on the error.
+const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Starts serving the admin API on `listener` (the CLI and tests call this once the app
+/// runs); returns the address it serves on.
+pub fn spawn(app: &Arc<App>, listener: TcpListener) -> std::io::Result<std::net::SocketAddr> {
+    let addr = listener.local_addr()?;
+    tracing::info!(admin = %addr, "admin API listening");
+    tokio::spawn(serve(Arc::clone(app), listener));
+    Ok(addr)
+}
+
 /// Serves the admin API until the process has stopped (it stays up while draining, so
 /// operators can watch the drain).
 pub async fn serve(app: Arc<App>, listener: TcpListener) {
     let stop = app.shutdown.force.clone();
     loop {
-        let (stream, _) = tokio::select! {
+        let accepted = tokio::select! {
             _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
                 }
-            },
+            }
         };
         let app = Arc::clone(&app);
         let stop = stop.clone();
@@ -187,11 +204,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
         ["healthz"] => only(&method, &path, Method::GET)
             .map(|()| text_response(StatusCode::OK, "text/plain", "ok\n".into())),
         ["metrics"] => only(&method, &path, Method::GET).map(|()| {
-            handlers::refresh_gauges(app);
             text_response(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                app.metrics.render(),
+                handlers::metrics_text(app),
             )
         }),
         ["v1", rest @ ..] => match authorize(app, &req) {

@@ -9,11 +9,12 @@ use serde_json::json;
 use super::views::NodeView;
 use super::{input, json_response, AdminError, AdminResponse};
 use crate::app::App;
-use crate::lifecycle::{self, Target};
-use crate::rollout::{self, StartRequest};
+use crate::control::NodeRef;
+use crate::lifecycle;
+use crate::rollout;
 
 /// A node by `pool/node` name from the current snapshot, or a 404 naming what is unknown.
-pub(super) fn target(app: &App, pool: &str, node: &str) -> Result<Target, AdminError> {
+pub(super) fn target(app: &App, pool: &str, node: &str) -> Result<NodeRef, AdminError> {
     let snapshot = app.snapshot.load();
     let p = snapshot
         .pool(pool)
@@ -22,7 +23,7 @@ pub(super) fn target(app: &App, pool: &str, node: &str) -> Result<Target, AdminE
         pool: pool.into(),
         node: node.into(),
     })?;
-    Ok(Target {
+    Ok(NodeRef {
         pool: Arc::clone(p),
         node: Arc::clone(n),
     })
@@ -36,7 +37,7 @@ pub async fn drain(
 ) -> Result<AdminResponse, AdminError> {
     let t = target(app, pool, node)?;
     let (timeout, force) = input::drain(&body?)?;
-    lifecycle::drain(app, &t, timeout, force)?;
+    lifecycle::drain(&app.control, &t, timeout, force)?;
     Ok(json_response(
         StatusCode::OK,
         &NodeView::of(&t.node, &t.pool),
@@ -51,7 +52,7 @@ pub fn enable(
 ) -> Result<AdminResponse, AdminError> {
     let t = target(app, pool, node)?;
     let warmup = input::enable(&body?)?;
-    lifecycle::enable(app, &t, warmup);
+    lifecycle::enable(&app.control, &t, warmup);
     Ok(json_response(
         StatusCode::OK,
         &NodeView::of(&t.node, &t.pool),
@@ -87,8 +88,8 @@ pub fn start_rollout(
     pool: &str,
     body: Result<Vec<u8>, AdminError>,
 ) -> Result<AdminResponse, AdminError> {
-    let request: StartRequest = input::json_body(&body?)?;
-    let record = rollout::start(app, pool, request)?;
+    let request = input::rollout(&body?)?;
+    let record = rollout::start(&app.control, &app.rollouts, pool, request)?;
     Ok(json_response(StatusCode::CREATED, &record))
 }
 
@@ -105,6 +106,6 @@ pub fn rollout(app: &Arc<App>, id: &str) -> Result<AdminResponse, AdminError> {
 }
 
 pub fn abort(app: &Arc<App>, id: &str) -> Result<AdminResponse, AdminError> {
-    let record = rollout::abort(app, id)?;
+    let record = rollout::abort(&app.control, &app.rollouts, id)?;
     Ok(json_response(StatusCode::OK, &record))
 }

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::pool::{AdminState, Node, Pool, SessionKind};
+use crate::pool::{Admin, Node, Pool, SessionKind};
+use crate::time::rfc3339;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatusView {
@@ -72,11 +73,6 @@ pub struct SessionsView {
     pub affinity: usize,
 }
 
-pub fn rfc3339(unix_ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 impl NodeView {
     pub fn of(node: &Node, pool: &Pool) -> Self {
         let s = &node.state;
@@ -93,7 +89,8 @@ impl NodeView {
             affinity,
             total: s.active_sessions() + affinity,
         };
-        let admin = s.admin();
+        let rec = s.record();
+        let admin = rec.kind();
         NodeView {
             pool: node.pool.clone(),
             name: node.name.clone(),
@@ -108,16 +105,15 @@ impl NodeView {
             } else {
                 0
             },
-            state_since: rfc3339(s.admin_since_ms()),
+            state_since: rfc3339(rec.since_ms),
             health_since: rfc3339(s.health_since_ms()),
-            deadline: s
-                .lifecycle
-                .drain_deadline_ms()
-                .filter(|_| admin == AdminState::Draining)
-                .map(rfc3339),
+            deadline: match rec.admin {
+                Admin::Draining { deadline_ms } => Some(rfc3339(deadline_ms)),
+                _ => None,
+            },
             deadline_closes: s.lifecycle.deadline_closes.load(Relaxed),
             rebalance_closes: s.lifecycle.rebalance_closes.load(Relaxed),
-            enable_pending: s.lifecycle.enable_pending.load(Relaxed),
+            enable_pending: rec.pending_warmup.is_some(),
             idle_connections: node.idle.len(),
         }
     }

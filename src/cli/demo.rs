@@ -62,6 +62,7 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
     super::init_logging();
     let rt = super::runtime(threads).context("starting the runtime")?;
     rt.block_on(async move {
+        let signals = super::run::Signals::install()?;
         let a = start_backend("a").await?;
         let b = start_backend("b").await?;
         let exe =
@@ -77,14 +78,15 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
         let bound = app::bind(&config)
             .await
             .context("binding the demo's ports (use --listen/--admin to pick others)")?;
-        let app = App::start(config, None, bound, Shutdown::new()).await?;
+        let app = App::start(config, None, bound.listeners, Shutdown::new()).await?;
+        let admin_addr =
+            crate::admin::spawn(&app, bound.admin).context("starting the admin API")?;
         let proxy = app
             .listener_addrs()
             .await
             .get("web")
             .copied()
             .context("demo listener missing")?;
-        let admin_addr = app.admin_addr();
         let pool = app.snapshot.load().pools[0].clone();
         for node in &pool.nodes {
             node.state
@@ -119,7 +121,7 @@ change in `ctl status` while requests keep being answered.)
 
 Press Ctrl-C to stop."#
         );
-        super::run::serve_until_signal(app).await
+        super::run::serve_until_signal(app, signals).await
     })
 }
 

@@ -28,11 +28,12 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
+        let too_large = || format!("invalid duration {text:?}: too large");
         let part = match unit {
             "ms" => Duration::from_millis(number),
             "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.saturating_mul(60)),
-            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            "m" => Duration::from_secs(number.checked_mul(60).ok_or_else(too_large)?),
+            "h" => Duration::from_secs(number.checked_mul(3600).ok_or_else(too_large)?),
             "" => {
                 return Err(format!(
                     "invalid duration {text:?}: missing unit (one of ms, s, m, h)"
@@ -44,7 +45,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
                 ))
             }
         };
-        total = total.saturating_add(part);
+        // Refused rather than saturated: a saturated value would silently mean "for ever".
+        total = total.checked_add(part).ok_or_else(too_large)?;
     }
     Ok(total)
 }
@@ -60,6 +62,24 @@ pub fn format(d: Duration) -> String {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
+    }
+}
+
+/// Serde for a typed duration written as text (`"30s"`), for records the API shows and the
+/// state file keeps: reading refuses what [`parse`] refuses, so a bad stored value is an
+/// error naming its field instead of a silent default.
+pub mod text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -79,7 +99,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "10", "s", "5x", "1.5s", "-1s", "10 s"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "5x",
+            "1.5s",
+            "-1s",
+            "10 s",
+            "99999999999999999999s",
+            "18446744073709551615h",
+            "18446744073709551615s18446744073709551615s",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

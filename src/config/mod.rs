@@ -7,6 +7,7 @@
 pub mod defaults;
 pub mod duration;
 pub mod file;
+pub mod limits;
 mod position;
 mod validate;
 

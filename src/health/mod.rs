@@ -24,6 +24,9 @@ pub fn spawn(pool: &Arc<Pool>, stop: &CancellationToken) {
 
 async fn check_loop(pool: Arc<Pool>, index: usize, stop: CancellationToken) {
     let node = Arc::clone(&pool.nodes[index]);
+    // Checks report into the address epoch this checker was started for: once a reload moves
+    // the node, whatever this (old) checker still finds about the old address is ignored.
+    let epoch = node.state.address_epoch();
     let cfg = pool.health_config();
     let mut tick = interval(cfg.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -39,9 +42,9 @@ async fn check_loop(pool: Arc<Pool>, index: usize, stop: CancellationToken) {
         if !result.ok {
             tracing::debug!(node = %node.key(), reason = %result.reason, "health check failed");
         }
-        if let Some((from, to)) = node
-            .state
-            .record_check(result.ok, result.version.as_deref(), cfg)
+        if let Some((from, to)) =
+            node.state
+                .record_check(epoch, result.ok, result.version.as_deref(), cfg)
         {
             log_flip(&node, from, to, &result.reason);
         }

@@ -10,28 +10,28 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::app::App;
-use crate::pool::{unix_ms, AdminState, Node, NodeState, Pool, SessionKind};
+use crate::control::{Control, NodeRef};
+use crate::pool::{unix_ms, Admin, Effect, Node, NodeState, Pool, SessionKind};
+use crate::time::instant_after;
 
 /// After the close spread, how long closing sessions get before the node is declared
 /// drained anyway (a peer that never acknowledges a FIN must not hold a rollout).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-pub async fn run(
-    app: Arc<App>,
-    pool: Arc<Pool>,
-    node: Arc<Node>,
-    timeout: Duration,
-    generation: u64,
-) {
+/// Waits for drain `epoch` of `t`'s node to finish, then moves it to `drained`.
+pub async fn run(ctl: Arc<Control>, t: NodeRef, timeout: Duration, epoch: u64) {
+    let NodeRef { pool, node } = &t;
     let started = Instant::now();
     let state = &node.state;
-    let life = &state.lifecycle;
     let index = pool.nodes.iter().position(|n| n.name == node.name);
-    let still_draining =
-        |s: &NodeState| s.admin() == AdminState::Draining && s.lifecycle.is_current(generation);
+    let still_draining = |s: &NodeState| {
+        let rec = s.record();
+        matches!(rec.admin, Admin::Draining { .. }) && rec.epoch == epoch
+    };
     // Affinity sessions count until they expire or `session_timeout` passes.
-    let session_window = started + pool.config.drain.session_timeout;
+    let session_window = started
+        .checked_add(pool.config.drain.session_timeout)
+        .unwrap_or_else(|| instant_after(pool.config.drain.session_timeout));
     let affinity = || -> (usize, Option<Instant>) {
         let now_ms = unix_ms();
         if Instant::now() >= session_window {
@@ -39,13 +39,15 @@ pub async fn run(
         }
         let (live, next_expiry) = index.map_or((0, None), |i| pool.affinity_sessions(i, now_ms));
         let wake = next_expiry
-            .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms) + 1));
+            .map(|at| instant_after(Duration::from_millis(at.saturating_sub(now_ms) + 1)));
         (live, wake.map(|w| w.min(session_window)))
     };
-    let deadline = started + timeout;
+    let deadline = started
+        .checked_add(timeout)
+        .unwrap_or_else(|| instant_after(timeout));
     let mut fired_at: Option<Instant> = None;
     loop {
-        if !still_draining(state) {
+        if ctl.stop.is_cancelled() || !still_draining(state) {
             return;
         }
         let (pinned, affinity_wake) = affinity();
@@ -55,7 +57,7 @@ pub async fn run(
         }
         let now = Instant::now();
         if fired_at.is_none() && now >= deadline && active > 0 {
-            fire(&pool, &node);
+            fire(pool, node);
             fired_at = Some(now);
         }
         if let Some(at) = fired_at {
@@ -77,19 +79,21 @@ pub async fn run(
         let limit = wake
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        state
-            .wait_until(limit, |s| !still_draining(s) || s.active_sessions() == 0)
-            .await;
+        tokio::select! {
+            _ = ctl.stop.cancelled() => return,
+            _ = state.wait_until(limit, |s| !still_draining(s) || s.active_sessions() == 0) => {}
+        }
     }
-    if state.transition(AdminState::Draining, AdminState::Drained) {
-        life.clear_drain_deadline();
+    let done = super::background(&ctl, &t, "node drained", |rec| {
+        rec.drained(unix_ms(), epoch).map(|r| (r, Effect::None))
+    });
+    if done {
         let took = started.elapsed();
-        app.metrics
+        ctl.metrics
             .drain_duration
             .with_label_values(&[&pool.name])
             .observe(took.as_secs_f64());
-        tracing::info!(node = %node.key(), took_ms = took.as_millis() as u64, at_deadline = fired_at.is_some(), "node drained");
-        app.persist();
+        tracing::info!(node = %node.key(), took_ms = took.as_millis() as u64, at_deadline = fired_at.is_some(), "drain finished");
     }
 }
 

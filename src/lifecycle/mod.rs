@@ -1,21 +1,23 @@
 //! Operator actions on nodes (design.md §3): drain with a deadline, enable with warmup, the
 //! pair guard, waiting for a state, and TCP rebalancing after a node returns.
 //!
-//! Each action flips the node's atomics at once (so the very next pick sees it) and leaves
-//! the slow part to a background task: [`drain::run`] waits for the last session or the
-//! deadline, [`warmup::run`] ramps a warming node to active. Every action bumps the node's
-//! operation generation, so a task started by an older action stops instead of racing.
+//! Every admin change of a node — operator, rollout or background step — is one pure
+//! transition of its [`Record`](crate::pool::Record), applied under the pool's serialisation
+//! lock together with the pair guard, so two concurrent drains of a pair cannot both pass.
+//! The data path sees the change on its very next pick (an atomic). The slow part runs on a
+//! background task that carries the record's epoch: [`drain::run`] waits for the last
+//! session or the deadline, [`warmup::run`] ramps a warming node to active, and
+//! [`warmup::when_up`] starts a pending enable once the node is up.
 
 pub mod drain;
 pub mod rebalance;
 pub mod warmup;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::App;
-use crate::pool::{unix_ms, AdminState, Health, Node, Pool};
+use crate::control::{Control, NodeRef};
+use crate::pool::{unix_ms, AdminState, Effect, Health, Node, Pool, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -27,14 +29,9 @@ pub enum OpError {
     },
 }
 
-/// A node by pool and index, resolved from one snapshot.
-pub struct Target {
-    pub pool: Arc<Pool>,
-    pub node: Arc<Node>,
-}
-
 /// Refuses a drain that would leave the pool with no node taking new sessions. A node that
-/// takes none itself can always be drained: it removes no capacity.
+/// takes none itself can always be drained: it removes no capacity. Callers hold the pool's
+/// serialisation lock, so the admin states it reads cannot change under it.
 pub fn check_guard(pool: &Pool, node: &Node) -> Result<(), OpError> {
     if !node.state.admits_new() {
         return Ok(());
@@ -70,72 +67,153 @@ pub fn check_guard(pool: &Pool, node: &Node) -> Result<(), OpError> {
     })
 }
 
+/// Applies one transition to `t` under the pool's lock: `step` gets the current record and
+/// returns the next one with its effect, `Ok(None)` for no change, or an error (nothing
+/// changes). Returns the previous and the new record when something changed.
+fn transition<E>(
+    t: &NodeRef,
+    step: impl FnOnce(Record) -> Result<Option<(Record, Effect)>, E>,
+) -> Result<Option<(Record, Record, Effect)>, E> {
+    let _serial = t.pool.control.serialize();
+    let state = &t.node.state;
+    let before = state.record();
+    let Some((next, effect)) = step(before)? else {
+        return Ok(None);
+    };
+    debug_assert!(
+        next.kind() == before.kind() || next.epoch != before.epoch,
+        "a change of admin state starts a new epoch"
+    );
+    state.apply(next, t.pool.config.drain.close_spread);
+    Ok(Some((before, next, effect)))
+}
+
+/// Starts what a transition asks for, after the lock is released.
+fn start(ctl: &Arc<Control>, t: &NodeRef, effect: Effect) {
+    match effect {
+        Effect::None => {}
+        Effect::Drain { epoch, timeout } => {
+            // Idle keep-alive connections would only be reused by mistake: close them now.
+            t.node.idle.clear();
+            tokio::spawn(drain::run(Arc::clone(ctl), t.clone(), timeout, epoch));
+        }
+        Effect::Warm { epoch, warmup } => {
+            tokio::spawn(warmup::run(Arc::clone(ctl), t.clone(), warmup, epoch));
+        }
+        Effect::AwaitUp => {
+            tokio::spawn(warmup::when_up(Arc::clone(ctl), t.clone()));
+        }
+    }
+}
+
+fn log_change(t: &NodeRef, before: Record, next: Record, why: &str) {
+    if before.kind() != next.kind() {
+        tracing::info!(node = %t.node.key(), from = before.kind().as_str(), to = next.kind().as_str(), "{why}");
+    } else if before.pending_warmup != next.pending_warmup {
+        tracing::info!(node = %t.node.key(), state = next.kind().as_str(), enable_pending = next.pending_warmup.is_some(), "{why}");
+    }
+}
+
 /// Drains a node: no new sessions from now on; `drained` when the last one ends, or at the
-/// deadline after closing the rest. Draining a draining or drained node changes nothing.
+/// deadline after closing the rest. Draining a draining or drained node changes nothing but
+/// cancels a pending enable. Refused by the pair guard unless `force`.
 pub fn drain(
-    app: &Arc<App>,
-    t: &Target,
+    ctl: &Arc<Control>,
+    t: &NodeRef,
     timeout: Option<Duration>,
     force: bool,
 ) -> Result<(), OpError> {
-    let state = &t.node.state;
-    if matches!(state.admin(), AdminState::Draining | AdminState::Drained) {
-        return Ok(());
+    let timeout = timeout.unwrap_or(t.pool.config.drain.timeout);
+    let changed = transition(t, |rec| {
+        if rec.needs_guard() && !force {
+            check_guard(&t.pool, &t.node)?;
+        }
+        Ok(rec.drain(unix_ms(), timeout))
+    })?;
+    if let Some((before, next, effect)) = changed {
+        tracing::info!(node = %t.node.key(), from = before.kind().as_str(), timeout = %crate::config::duration::format(timeout), force, "node draining");
+        log_change(t, before, next, "pending enable cancelled by drain");
+        start(ctl, t, effect);
+        ctl.mark_dirty();
     }
-    if !force {
-        check_guard(&t.pool, &t.node)?;
-    }
-    let cfg = t.pool.config.drain;
-    let timeout = timeout.unwrap_or(cfg.timeout);
-    let generation = state.lifecycle.next_generation();
-    state.lifecycle.enable_pending.store(false, Relaxed);
-    state
-        .lifecycle
-        .set_drain_deadline(unix_ms() + timeout.as_millis() as u64, cfg.close_spread);
-    if let Some(from) = state.set_admin(AdminState::Draining) {
-        tracing::info!(node = %t.node.key(), from = from.as_str(), timeout = %crate::config::duration::format(timeout), force, "node draining");
-    }
-    // Idle keep-alive connections would only be reused by mistake: close them now.
-    t.node.idle.clear();
-    tokio::spawn(drain::run(
-        Arc::clone(app),
-        Arc::clone(&t.pool),
-        Arc::clone(&t.node),
-        timeout,
-        generation,
-    ));
-    app.persist();
     Ok(())
 }
 
-/// Enables a drained or draining node: it goes `warming` once its health is up, then
-/// `active` after the warmup. Enabling an active or warming node changes nothing.
-pub fn enable(app: &Arc<App>, t: &Target, warmup: Option<Duration>) {
-    let state = &t.node.state;
-    if matches!(state.admin(), AdminState::Active | AdminState::Warming) {
-        return;
-    }
+/// Enables a drained or draining node: `warming` at once if it is up, else as soon as it is
+/// (a draining node keeps draining meanwhile). Enabling an active or warming node changes
+/// nothing.
+pub fn enable(ctl: &Arc<Control>, t: &NodeRef, warmup: Option<Duration>) {
     let warmup = warmup.unwrap_or(t.pool.config.warmup);
-    let generation = state.lifecycle.next_generation();
-    state.lifecycle.clear_drain_deadline();
-    state.lifecycle.clear_deadline_passed();
-    if state.health() == Health::Up {
-        warmup::begin(app, t, warmup, generation);
-    } else {
-        state.lifecycle.enable_pending.store(true, Relaxed);
-        // A draining node stops draining (its sessions may finish); it takes nothing new
-        // until it is up.
-        state.transition(AdminState::Draining, AdminState::Drained);
-        tracing::info!(node = %t.node.key(), health = state.health().as_str(), "node enabled: warming once it is up");
-        tokio::spawn(warmup::when_up(
-            Arc::clone(app),
-            Arc::clone(&t.pool),
-            Arc::clone(&t.node),
-            warmup,
-            generation,
-        ));
+    let changed = transition::<std::convert::Infallible>(t, |rec| {
+        let up = t.node.state.health() == Health::Up;
+        Ok(rec.enable(unix_ms(), warmup, up))
+    });
+    if let Ok(Some((before, next, effect))) = changed {
+        log_change(t, before, next, "node enabled");
+        if next.pending_warmup.is_some() {
+            tracing::info!(node = %t.node.key(), health = t.node.state.health().as_str(), "node enabled: warming once it is up");
+        }
+        start(ctl, t, effect);
+        ctl.mark_dirty();
     }
-    app.persist();
+}
+
+/// Applies a background step's transition (drain finished, warmup over, pending enable
+/// met its node up), logging and persisting it. Returns whether it changed anything.
+fn background(
+    ctl: &Arc<Control>,
+    t: &NodeRef,
+    why: &str,
+    step: impl FnOnce(Record) -> Option<(Record, Effect)>,
+) -> bool {
+    let changed = transition::<std::convert::Infallible>(t, |rec| Ok(step(rec)));
+    match changed {
+        Ok(Some((before, next, effect))) => {
+            log_change(t, before, next, why);
+            start(ctl, t, effect);
+            ctl.mark_dirty();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Applies an admin state read from the state file at start (before anything serves): a
+/// node that was draining is drained now (its sessions died with the old process), a
+/// warming one warms up again from the start, and a pending enable is kept.
+pub fn restore(
+    ctl: &Arc<Control>,
+    t: &NodeRef,
+    kind: AdminState,
+    since_ms: u64,
+    pending: Option<Duration>,
+) {
+    let warmup = t.pool.config.warmup;
+    background(ctl, t, "admin state restored from the state file", |rec| {
+        let admin = match kind {
+            AdminState::Active => crate::pool::Admin::Active,
+            AdminState::Draining | AdminState::Drained => crate::pool::Admin::Drained,
+            AdminState::Warming => crate::pool::Admin::Warming {
+                until_ms: crate::time::add_ms(unix_ms(), warmup),
+                warmup,
+            },
+        };
+        let next = Record {
+            admin,
+            since_ms,
+            pending_warmup: pending.filter(|_| !kind.admits_new()),
+            epoch: rec.epoch.wrapping_add(1),
+        };
+        let effect = match next.admin {
+            crate::pool::Admin::Warming { warmup, .. } => Effect::Warm {
+                epoch: next.epoch,
+                warmup,
+            },
+            _ if next.pending_warmup.is_some() => Effect::AwaitUp,
+            _ => Effect::None,
+        };
+        Some((next, effect))
+    });
 }
 
 /// Whether `state` names an admin state or a health the node is in now.

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::App;
 use crate::config::RebalanceConfig;
+use crate::control::Control;
 use crate::pool::{Pool, SessionKind};
 
 /// A rebalance gives up after this many rounds in a row without a session to close (say,
@@ -42,10 +42,27 @@ pub fn most_above_share(pool: &Pool) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-pub async fn run(app: Arc<App>, pool_name: String, cfg: RebalanceConfig) {
+/// Starts rebalancing `pool` unless it already is.
+pub fn start(ctl: &Arc<Control>, pool: &str, cfg: RebalanceConfig) {
+    let fresh = ctl
+        .rebalancing
+        .lock()
+        .map(|mut set| set.insert(pool.to_string()))
+        .unwrap_or(false);
+    if fresh {
+        tracing::info!(
+            pool,
+            rate = cfg.max_closes_per_sec,
+            "rebalancing long-lived connections"
+        );
+        tokio::spawn(run(Arc::clone(ctl), pool.to_string(), cfg));
+    }
+}
+
+async fn run(ctl: Arc<Control>, pool_name: String, cfg: RebalanceConfig) {
     let period = Duration::from_secs_f64(1.0 / f64::from(cfg.max_closes_per_sec.max(1)));
     let mut tick = tokio::time::interval(period);
-    let stop = app.shutdown.force.clone();
+    let stop = ctl.stop.clone();
     let mut idle_rounds = 0;
     let mut closed = 0u64;
     loop {
@@ -54,7 +71,7 @@ pub async fn run(app: Arc<App>, pool_name: String, cfg: RebalanceConfig) {
             _ = tick.tick() => {}
         }
         // The current snapshot's pool: rebalancing follows reloads.
-        let Some(pool) = app.snapshot.load().pool(&pool_name).cloned() else {
+        let Some(pool) = ctl.snapshot.load().pool(&pool_name).cloned() else {
             break;
         };
         let Some(i) = most_above_share(&pool) else {
@@ -76,5 +93,7 @@ pub async fn run(app: Arc<App>, pool_name: String, cfg: RebalanceConfig) {
         }
     }
     tracing::info!(pool = %pool_name, closed, "rebalance finished");
-    app.rebalance_finished(&pool_name);
+    if let Ok(mut set) = ctl.rebalancing.lock() {
+        set.remove(&pool_name);
+    }
 }

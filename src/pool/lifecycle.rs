@@ -34,11 +34,10 @@ pub struct Lifecycle {
     close_spread_ms: AtomicU64,
     /// Sessions closed at drain deadlines, ever.
     pub deadline_closes: AtomicU64,
-    /// The current drain reached its deadline (cleared by the next drain or enable): client
-    /// connections last served by this node close gracefully (GOAWAY, `Connection: close`).
+    /// The current drain reached its deadline (cleared by the next drain, or once the node
+    /// serves again): client connections last served by this node close gracefully (GOAWAY,
+    /// `Connection: close`), and sessions that start on it now are closed at once.
     deadline_passed: AtomicBool,
-    /// `enable` was called while the node was not up: it goes warming once it is.
-    pub enable_pending: AtomicBool,
     next_session: AtomicU64,
     live: Box<[AtomicU64]>,
     /// Rebalancing: scan start for the oldest live session (only the controller moves it).
@@ -49,9 +48,6 @@ pub struct Lifecycle {
     rebalance: ArcSwap<CancellationToken>,
     /// Sessions closed by rebalancing, ever.
     pub rebalance_closes: AtomicU64,
-    /// Bumped by every drain or enable: a background step started by an older operation
-    /// sees the change and stops, so operations never race each other's tasks.
-    generation: AtomicU64,
 }
 
 impl Default for Lifecycle {
@@ -80,34 +76,23 @@ impl Lifecycle {
             close_spread_ms: AtomicU64::new(0),
             deadline_closes: AtomicU64::new(0),
             deadline_passed: AtomicBool::new(false),
-            enable_pending: AtomicBool::new(false),
             next_session: AtomicU64::new(0),
             live: (0..LIVE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             scan_from: AtomicU64::new(0),
             rebalance_target: AtomicU64::new(0),
             rebalance: ArcSwap::from_pointee(CancellationToken::new()),
             rebalance_closes: AtomicU64::new(0),
-            generation: AtomicU64::new(0),
         }
     }
 
-    /// Starts a new operation; returns its generation.
-    pub fn next_generation(&self) -> u64 {
-        self.generation.fetch_add(1, SeqCst) + 1
-    }
-
-    /// Whether operation `generation` is still the latest.
-    pub fn is_current(&self, generation: u64) -> bool {
-        self.generation.load(SeqCst) == generation
-    }
-
     fn now_ns(&self) -> u64 {
-        Instant::now().duration_since(self.base).as_nanos() as u64
+        u64::try_from(Instant::now().duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Starts the warmup ramp now.
     pub fn start_warming(&self, warmup: Duration) {
-        self.warmup_ns.store(warmup.as_nanos() as u64, Relaxed);
+        let ns = u64::try_from(warmup.as_nanos()).unwrap_or(u64::MAX);
+        self.warmup_ns.store(ns, Relaxed);
         self.warm_start.store(self.now_ns(), Relaxed);
     }
 
@@ -130,20 +115,20 @@ impl Lifecycle {
     }
 
     pub fn deadline_passed(&self) -> bool {
-        self.deadline_passed.load(Relaxed)
+        self.deadline_passed.load(SeqCst)
     }
 
     /// The node serves again.
     pub fn clear_deadline_passed(&self) {
-        self.deadline_passed.store(false, Relaxed);
+        self.deadline_passed.store(false, SeqCst);
     }
 
-    pub fn set_drain_deadline(&self, unix_ms: u64, spread: Duration) {
-        self.deadline_passed.store(false, Relaxed);
-        self.drain_started.store(crate::pool::unix_ms(), Relaxed);
-        self.drain_deadline.store(unix_ms, Relaxed);
-        self.close_spread_ms
-            .store(spread.as_millis() as u64, Relaxed);
+    pub fn set_drain_deadline(&self, started_ms: u64, deadline_ms: u64, spread: Duration) {
+        self.deadline_passed.store(false, SeqCst);
+        self.drain_started.store(started_ms, Relaxed);
+        self.drain_deadline.store(deadline_ms, Relaxed);
+        let spread_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+        self.close_spread_ms.store(spread_ms, Relaxed);
     }
 
     pub fn drain_started_ms(&self) -> u64 {
@@ -159,10 +144,23 @@ impl Lifecycle {
         CancellationToken::clone(&self.close.load())
     }
 
-    /// Drain deadline reached: every session watching the token closes (spread). Sessions
-    /// started later (affinity continuations) get a fresh token.
+    /// The token a long-lived session (tunnel, TCP) that starts now watches: already
+    /// cancelled when the drain deadline has passed, so a session that starts after it (an
+    /// affinity continuation) is closed at once instead of outliving the drain.
+    pub fn session_close_token(&self) -> CancellationToken {
+        // Token first, flag second: `fire_close` sets the flag before it swaps the token, so
+        // either this token is the one cancelled, or the flag is already visible.
+        let token = self.close_token();
+        if self.deadline_passed() {
+            token.cancel();
+        }
+        token
+    }
+
+    /// Drain deadline reached: every session watching the token closes (spread). Requests
+    /// that start later (affinity continuations) get a fresh token.
     pub fn fire_close(&self) {
-        self.deadline_passed.store(true, Relaxed);
+        self.deadline_passed.store(true, SeqCst);
         self.close.swap(Arc::new(CancellationToken::new())).cancel();
     }
 
@@ -263,7 +261,7 @@ mod tests {
     #[test]
     fn spread_offsets_fall_inside_the_window() {
         let l = Lifecycle::new();
-        l.set_drain_deadline(1, Duration::from_millis(1000));
+        l.set_drain_deadline(0, 1, Duration::from_millis(1000));
         let offsets: Vec<u128> = (0..100).map(|i| l.spread_offset(i).as_millis()).collect();
         assert!(offsets.iter().all(|&o| o < 1000));
         assert!(offsets.iter().any(|&o| o < 250) && offsets.iter().any(|&o| o > 750));

@@ -1,6 +1,7 @@
 //! Pools of interchangeable nodes: node runtime state, the admission rule, session
 //! accounting and node selection.
 
+pub mod admin;
 pub mod affinity;
 mod lifecycle;
 mod node;
@@ -10,10 +11,11 @@ pub mod state;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwapOption;
 
+pub use admin::{Admin, Effect, Record};
 pub use lifecycle::{warmup_factor, Lifecycle};
 pub use node::{unix_ms, Node, NodeState};
 pub use pick::Tried;
@@ -37,8 +39,28 @@ pub struct Pool {
     total_weight: f64,
     /// Rotating start for picks.
     next: AtomicUsize,
+    /// What outlives this snapshot of the pool: its control lock and version preference.
+    pub control: Arc<PoolControl>,
+}
+
+/// A pool's control-plane state, kept across reloads by pool name (one home for each piece).
+#[derive(Default)]
+pub struct PoolControl {
+    /// Serialises every admin transition of the pool's nodes, so the pair guard and the
+    /// change it allows happen as one step (two concurrent drains cannot both pass).
+    serial: Mutex<()>,
     /// During a rollout with `prefer_target_version`: the version new sessions prefer.
     pub prefer: ArcSwapOption<String>,
+}
+
+impl PoolControl {
+    /// Holds the pool's admin transitions off until the guard drops. Never held across an
+    /// await; the data path never takes it.
+    pub fn serialize(&self) -> MutexGuard<'_, ()> {
+        self.serial
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl Pool {
@@ -47,6 +69,7 @@ impl Pool {
     pub fn build(
         config: &PoolConfig,
         previous: &HashMap<String, Arc<Node>>,
+        control: Arc<PoolControl>,
         metrics: &Metrics,
     ) -> Pool {
         let nodes = config
@@ -56,19 +79,27 @@ impl Pool {
                 let key = format!("{}/{}", config.name, n.name);
                 match previous.get(&key) {
                     Some(old) if old.addr == n.addr && old.weight == n.weight => Arc::clone(old),
-                    Some(old) => Arc::new(Node {
-                        pool: config.name.clone(),
-                        name: n.name.clone(),
-                        addr: n.addr,
-                        weight: n.weight,
-                        state: Arc::clone(&old.state),
-                        token: old.token.clone(),
-                        idle: if old.addr == n.addr {
-                            old.idle.clone()
-                        } else {
-                            IdleConns::new()
-                        },
-                    }),
+                    Some(old) => {
+                        let moved = old.addr != n.addr;
+                        if moved {
+                            // What was learnt about the old address says nothing of the new
+                            // one: it must pass its checks (and report its version) there.
+                            old.state.address_changed();
+                        }
+                        Arc::new(Node {
+                            pool: config.name.clone(),
+                            name: n.name.clone(),
+                            addr: n.addr,
+                            weight: n.weight,
+                            state: Arc::clone(&old.state),
+                            token: old.token.clone(),
+                            idle: if moved {
+                                IdleConns::new()
+                            } else {
+                                old.idle.clone()
+                            },
+                        })
+                    }
                     None => Arc::new(Node {
                         pool: config.name.clone(),
                         name: n.name.clone(),
@@ -95,7 +126,7 @@ impl Pool {
             config: config.clone(),
             metrics: PoolMetrics::new(metrics, &config.name),
             next: AtomicUsize::new(0),
-            prefer: ArcSwapOption::empty(),
+            control,
         }
     }
 

@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{
     fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
 };
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 
+use super::admin::{Admin, Record};
 use super::affinity::AffinityTable;
 use super::lifecycle::Lifecycle;
 use super::state::{next_health, AdminState, Health};
@@ -22,6 +23,7 @@ use super::SessionKind;
 use crate::config::HealthConfig;
 use crate::metrics::NodeMetrics;
 use crate::proxy::http::upstream::IdleConns;
+pub use crate::time::unix_ms;
 
 /// A node as the current snapshot sees it.
 pub struct Node {
@@ -38,10 +40,11 @@ pub struct Node {
 
 /// Runtime state of a node, kept across reloads by `pool/node` identity.
 pub struct NodeState {
+    /// The admin state kind, mirrored from `record` for the data path.
     admin: AtomicU8,
+    /// The admin record; written only under the pool's serialisation lock.
+    record: Mutex<Record>,
     health: AtomicU8,
-    /// Unix milliseconds of the last admin state change.
-    admin_since: AtomicU64,
     /// Unix milliseconds of the last health change.
     health_since: AtomicU64,
     /// Current streak of passing checks (0 while failing).
@@ -62,16 +65,13 @@ pub struct NodeState {
     /// Consecutive passing checks that reported the current version (readmission needs
     /// `healthy_after` of them with the target version).
     version_passes: AtomicU32,
+    /// Bumped when a reload moves the node to another address: a check that was probing the
+    /// old address when it moved reports into an older epoch and is ignored.
+    address_epoch: AtomicU64,
     /// Drain deadlines, warmup ramp, deadline closes and rebalance signals.
     pub lifecycle: Lifecycle,
     /// Clients pinned here (pools with affinity).
     pub affinity: AffinityTable,
-}
-
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl NodeState {
@@ -79,8 +79,8 @@ impl NodeState {
         let now = unix_ms();
         NodeState {
             admin: AtomicU8::new(AdminState::Active as u8),
+            record: Mutex::new(Record::new(Admin::Active, now)),
             health: AtomicU8::new(Health::Unknown as u8),
-            admin_since: AtomicU64::new(now),
             health_since: AtomicU64::new(now),
             passes: AtomicU32::new(0),
             fails: AtomicU32::new(0),
@@ -90,6 +90,7 @@ impl NodeState {
             changed: Notify::new(),
             waiters: AtomicUsize::new(0),
             version_passes: AtomicU32::new(0),
+            address_epoch: AtomicU64::new(0),
             lifecycle: Lifecycle::new(),
             affinity: AffinityTable::default(),
         }
@@ -109,8 +110,16 @@ impl NodeState {
         self.admin().admits_new() && self.health() == Health::Up
     }
 
+    /// The admin record (control plane and views; never held across an await).
+    pub fn record(&self) -> Record {
+        *self
+            .record
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub fn admin_since_ms(&self) -> u64 {
-        self.admin_since.load(Relaxed)
+        self.record().since_ms
     }
 
     pub fn health_since_ms(&self) -> u64 {
@@ -143,42 +152,79 @@ impl NodeState {
         // or this sees the waiter and notifies.
         let before = self.sessions[kind as usize].fetch_sub(1, SeqCst);
         debug_assert!(before > 0, "session count underflow");
-        if self.waiters.load(SeqCst) > 0 && self.active_sessions() == 0 {
+        // Every kind read SeqCst: of two sessions of different kinds ending at once on two
+        // threads, the later in the total order sees both decrements and notifies.
+        let active = self.sessions[..3]
+            .iter()
+            .map(|c| c.load(SeqCst))
+            .sum::<usize>();
+        if self.waiters.load(SeqCst) > 0 && active == 0 {
             self.changed.notify_waiters();
         }
     }
 
-    /// Sets the admin state; returns the previous one when it changed.
-    pub fn set_admin(&self, to: AdminState) -> Option<AdminState> {
-        let from = AdminState::from_u8(self.admin.swap(to as u8, SeqCst));
-        if from == to {
-            return None;
+    /// Applies the result of an admin transition and mirrors it where the data path reads
+    /// it (the state kind, the drain deadline and close spread, the warmup ramp). Returns the
+    /// previous kind. The caller holds the pool's serialisation lock.
+    pub fn apply(&self, next: Record, close_spread: Duration) -> AdminState {
+        let mut rec = self
+            .record
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let from = rec.kind();
+        let fresh = rec.epoch != next.epoch || from != next.kind();
+        let life = &self.lifecycle;
+        match next.admin {
+            Admin::Draining { deadline_ms } if fresh => {
+                life.set_drain_deadline(next.since_ms, deadline_ms, close_spread)
+            }
+            Admin::Draining { .. } => {}
+            Admin::Warming { warmup, .. } => {
+                if fresh {
+                    life.start_warming(warmup);
+                }
+                life.clear_drain_deadline();
+                life.clear_deadline_passed();
+            }
+            Admin::Active => {
+                life.clear_drain_deadline();
+                life.clear_deadline_passed();
+            }
+            Admin::Drained => life.clear_drain_deadline(),
         }
-        self.admin_since.store(unix_ms(), Relaxed);
-        self.metrics.transition(to.as_str());
+        *rec = next;
+        self.admin.store(next.kind() as u8, SeqCst);
+        drop(rec);
+        if from != next.kind() {
+            self.metrics.transition(next.kind().as_str());
+        }
         self.changed.notify_waiters();
-        Some(from)
+        from
     }
 
-    /// Moves from `from` to `to` only if the state is still `from` (a concurrent operator
-    /// action wins over a background transition).
-    pub fn transition(&self, from: AdminState, to: AdminState) -> bool {
-        let moved = self
-            .admin
-            .compare_exchange(from as u8, to as u8, SeqCst, SeqCst)
-            .is_ok();
-        if moved {
-            self.admin_since.store(unix_ms(), Relaxed);
-            self.metrics.transition(to.as_str());
-            self.changed.notify_waiters();
-        }
-        moved
-    }
-
-    /// Restores a persisted admin state and its timestamp (start-up only).
-    pub fn restore_admin(&self, state: AdminState, since_ms: u64) {
-        self.admin.store(state as u8, SeqCst);
-        self.admin_since.store(since_ms, Relaxed);
+    /// Forces the admin state kind, for tests and benchmarks that build pools by hand (the
+    /// product changes admin state only through `lifecycle`). Draining has no deadline and
+    /// warming no ramp.
+    pub fn set_admin(&self, to: AdminState) {
+        let admin = match to {
+            AdminState::Active => Admin::Active,
+            AdminState::Draining => Admin::Draining {
+                deadline_ms: crate::time::MAX_UNIX_MS,
+            },
+            AdminState::Drained => Admin::Drained,
+            AdminState::Warming => Admin::Warming {
+                until_ms: unix_ms(),
+                warmup: Duration::ZERO,
+            },
+        };
+        let epoch = self.record().epoch.wrapping_add(1);
+        let next = Record {
+            admin,
+            since_ms: unix_ms(),
+            pending_warmup: None,
+            epoch,
+        };
+        self.apply(next, Duration::ZERO);
     }
 
     /// Consecutive passing checks that reported the current version.
@@ -198,13 +244,39 @@ impl NodeState {
         flipped
     }
 
-    /// Records one active check. Returns `(from, to)` when health flipped, exactly once per flip.
+    /// The epoch a health check must report into (see [`NodeState::record_check`]).
+    pub fn address_epoch(&self) -> u64 {
+        self.address_epoch.load(SeqCst)
+    }
+
+    /// A reload moved the node to another address: health goes back to `unknown`, streaks
+    /// restart and the version is forgotten, so the new address gets no session before it
+    /// passes `healthy_after` checks and the version gate reads it afresh. Admin state stays.
+    pub fn address_changed(&self) {
+        self.address_epoch.fetch_add(1, SeqCst);
+        self.passes.store(0, Relaxed);
+        self.fails.store(0, Relaxed);
+        self.version_passes.store(0, Relaxed);
+        self.version.store(None);
+        if self.health.swap(Health::Unknown as u8, SeqCst) != Health::Unknown as u8 {
+            self.health_since.store(unix_ms(), Relaxed);
+            self.metrics.transition(Health::Unknown.as_str());
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Records one active check of the address as it was at `epoch`. Returns `(from, to)`
+    /// when health flipped, exactly once per flip.
     pub fn record_check(
         &self,
+        epoch: u64,
         ok: bool,
         version: Option<&str>,
         cfg: &HealthConfig,
     ) -> Option<(Health, Health)> {
+        if epoch != self.address_epoch() {
+            return None;
+        }
         let (passes, fails) = if ok {
             self.metrics.checks_pass.inc();
             self.fails.store(0, Relaxed);
@@ -258,7 +330,7 @@ impl NodeState {
         limit: std::time::Duration,
         done: impl Fn(&NodeState) -> bool,
     ) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
+        let deadline = crate::time::instant_after(limit);
         self.waiters.fetch_add(1, SeqCst);
         fence(SeqCst);
         let _waiting = WaiterGuard(&self.waiters);

@@ -44,7 +44,7 @@ impl Pool {
             return None;
         }
         let seq = self.next.fetch_add(1, Relaxed);
-        let prefer = self.prefer.load();
+        let prefer = self.control.prefer.load();
         if let Some(version) = prefer.as_deref() {
             let preferred = |i: usize| {
                 self.nodes[i]
@@ -227,10 +227,20 @@ mod warmup_tests {
              pools: [ {{ name: p, balance: {balance}, nodes: [ {{ name: a, addr: \"127.0.0.1:1\" }}, {{ name: b, addr: \"127.0.0.1:2\" }} ] }} ]\n"
         ))
         .unwrap();
-        let pool = Pool::build(&config.pools[0], &HashMap::new(), &Metrics::new());
+        let pool = Pool::build(
+            &config.pools[0],
+            &HashMap::new(),
+            Default::default(),
+            &Metrics::new(),
+        );
         for node in &pool.nodes {
             for _ in 0..2 {
-                node.state.record_check(true, None, &config.pools[0].health);
+                node.state.record_check(
+                    node.state.address_epoch(),
+                    true,
+                    None,
+                    &config.pools[0].health,
+                );
             }
         }
         pool
@@ -248,8 +258,8 @@ mod warmup_tests {
         for balance in ["least_conn", "round_robin"] {
             let pool = pool(balance);
             let a = &pool.nodes[0].state;
-            a.lifecycle.start_warming(Duration::from_secs(10));
             a.set_admin(AdminState::Warming);
+            a.lifecycle.start_warming(Duration::from_secs(10));
             let start = share_of_a(&pool, 4000);
             tokio::time::advance(Duration::from_secs(5)).await;
             let middle = share_of_a(&pool, 4000);

@@ -90,7 +90,7 @@ pub async fn serve(
     let mut client = Watched::new(client, Arc::clone(&activity), Arc::clone(stats));
     // Control signals, gated so the per-read wake-ups don't poll them (see `gated`).
     let control = async {
-        let close = lifecycle.close_token();
+        let close = lifecycle.session_close_token();
         let rebalance = async {
             loop {
                 let token = lifecycle.rebalance_token();

@@ -13,10 +13,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::views::rfc3339;
-use crate::app::App;
-use crate::config::duration;
+use crate::config::{duration, limits};
+use crate::control::Control;
 use crate::pool::unix_ms;
+use crate::time::rfc3339;
 
 /// Per-node phases, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,9 +82,12 @@ pub struct Rollout {
     /// Target version.
     pub version: String,
     pub order: Vec<String>,
-    pub drain_timeout: String,
-    pub ready_timeout: String,
-    pub warmup: String,
+    #[serde(with = "duration::text")]
+    pub drain_timeout: Duration,
+    #[serde(with = "duration::text")]
+    pub ready_timeout: Duration,
+    #[serde(with = "duration::text")]
+    pub warmup: Duration,
     pub state: RolloutState,
     /// Index into `order` of the node being upgraded.
     pub node_index: usize,
@@ -98,15 +101,15 @@ pub struct Rollout {
     pub timeline: Vec<Event>,
 }
 
-/// What a client asks for (`POST /v1/pools/{pool}/rollouts`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What a client asks for (`POST /v1/pools/{pool}/rollouts`), parsed and range-checked by
+/// `admin::input`; `None` takes the pool's setting.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct StartRequest {
     pub version: String,
     pub order: Option<Vec<String>>,
-    pub drain_timeout: Option<String>,
-    pub ready_timeout: Option<String>,
-    pub warmup: Option<String>,
+    pub drain_timeout: Option<Duration>,
+    pub ready_timeout: Option<Duration>,
+    pub warmup: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +185,24 @@ impl Registry {
         self.all().iter().find(|h| h.lock().id == id).cloned()
     }
 
+    /// Forgets the oldest finished rollouts beyond [`limits::FINISHED_ROLLOUTS_KEPT`], so
+    /// neither the API nor the state file grows for ever.
+    pub fn prune(&self) {
+        let mut all = self.all();
+        let finished = all
+            .iter()
+            .filter(|h| h.lock().state != RolloutState::Running)
+            .count();
+        let mut excess = finished.saturating_sub(limits::FINISHED_ROLLOUTS_KEPT);
+        all.retain(|h| {
+            if excess > 0 && h.lock().state != RolloutState::Running {
+                excess -= 1;
+                return false;
+            }
+            true
+        });
+    }
+
     /// Adds a restored record (state file), keeping ids unique afterwards.
     pub fn restore(&self, record: Rollout) -> Arc<Handle> {
         if let Some(n) = record
@@ -199,29 +220,23 @@ impl Registry {
 }
 
 /// Starts a rollout on `pool`: 201 material, or why not.
-pub fn start(app: &Arc<App>, pool: &str, req: StartRequest) -> Result<Rollout, RolloutError> {
-    let snapshot = app.snapshot.load();
+pub fn start(
+    ctl: &Arc<Control>,
+    rollouts: &Arc<Registry>,
+    pool: &str,
+    req: StartRequest,
+) -> Result<Rollout, RolloutError> {
+    let snapshot = ctl.snapshot.load();
     let p = snapshot
         .pool(pool)
         .ok_or_else(|| RolloutError::UnknownPool(pool.to_string()))?;
-    if req.version.trim().is_empty() {
+    let version = req.version.trim().to_string();
+    if version.is_empty() {
         return Err(RolloutError::Invalid("`version` must not be empty".into()));
     }
-    let parse = |field: &str, text: &Option<String>, default: Duration| match text {
-        None => Ok(default),
-        Some(t) => duration::parse(t).map_err(|e| RolloutError::Invalid(format!("{field}: {e}"))),
-    };
-    let drain_timeout = parse(
-        "drain_timeout",
-        &req.drain_timeout,
-        p.config.rollout.drain_timeout,
-    )?;
-    let ready_timeout = parse(
-        "ready_timeout",
-        &req.ready_timeout,
-        p.config.rollout.ready_timeout,
-    )?;
-    let warmup = parse("warmup", &req.warmup, p.config.warmup)?;
+    let drain_timeout = req.drain_timeout.unwrap_or(p.config.rollout.drain_timeout);
+    let ready_timeout = req.ready_timeout.unwrap_or(p.config.rollout.ready_timeout);
+    let warmup = req.warmup.unwrap_or(p.config.warmup);
     let order = match req.order {
         None => p.nodes.iter().map(|n| n.name.clone()).collect(),
         Some(order) => {
@@ -241,7 +256,7 @@ pub fn start(app: &Arc<App>, pool: &str, req: StartRequest) -> Result<Rollout, R
             order
         }
     };
-    let mut all = app.rollouts.all();
+    let mut all = rollouts.all();
     if let Some(running) = all.iter().find(|h| {
         let r = h.lock();
         r.pool == pool && r.state == RolloutState::Running
@@ -251,15 +266,15 @@ pub fn start(app: &Arc<App>, pool: &str, req: StartRequest) -> Result<Rollout, R
             running: running.lock().id.clone(),
         });
     }
-    let id = format!("{pool}-{}", app.rollouts.next.fetch_add(1, Relaxed) + 1);
+    let id = format!("{pool}-{}", rollouts.next.fetch_add(1, Relaxed) + 1);
     let record = Rollout {
         id,
         pool: pool.to_string(),
-        version: req.version.trim().to_string(),
+        version: version.clone(),
         order,
-        drain_timeout: duration::format(drain_timeout),
-        ready_timeout: duration::format(ready_timeout),
-        warmup: duration::format(warmup),
+        drain_timeout,
+        ready_timeout,
+        warmup,
         state: RolloutState::Running,
         node_index: 0,
         current_node: None,
@@ -276,26 +291,28 @@ pub fn start(app: &Arc<App>, pool: &str, req: StartRequest) -> Result<Rollout, R
     handle.event(
         None,
         None,
-        format!(
-            "rollout of pool {pool} to version {} started",
-            req.version.trim()
-        ),
+        format!("rollout of pool {pool} to version {version} started"),
     );
     let snapshot = handle.snapshot();
-    spawn(app, handle);
-    app.persist();
+    spawn(ctl, rollouts, handle);
+    ctl.mark_dirty();
     Ok(snapshot)
 }
 
-/// Runs (or resumes) a rollout's state machine.
-pub fn spawn(app: &Arc<App>, handle: Arc<Handle>) {
-    tokio::spawn(run::run(Arc::clone(app), handle));
+/// Runs (or resumes) a rollout's state machine; finished rollouts beyond the kept number are
+/// then forgotten.
+pub fn spawn(ctl: &Arc<Control>, rollouts: &Arc<Registry>, handle: Arc<Handle>) {
+    let (ctl, rollouts) = (Arc::clone(ctl), Arc::clone(rollouts));
+    tokio::spawn(async move {
+        run::run(&ctl, handle).await;
+        rollouts.prune();
+        ctl.mark_dirty();
+    });
 }
 
 /// Asks a rollout to stop after its current step.
-pub fn abort(app: &Arc<App>, id: &str) -> Result<Rollout, RolloutError> {
-    let handle = app
-        .rollouts
+pub fn abort(ctl: &Control, rollouts: &Registry, id: &str) -> Result<Rollout, RolloutError> {
+    let handle = rollouts
         .get(id)
         .ok_or_else(|| RolloutError::Unknown(id.to_string()))?;
     {
@@ -305,6 +322,6 @@ pub fn abort(app: &Arc<App>, id: &str) -> Result<Rollout, RolloutError> {
         }
     }
     handle.abort.cancel();
-    app.persist();
+    ctl.mark_dirty();
     Ok(handle.snapshot())
 }

@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{hook, Handle, Phase, RolloutState};
-use crate::app::App;
 use crate::config::duration;
-use crate::lifecycle::{self, Target};
+use crate::control::{Control, NodeRef};
+use crate::lifecycle;
 use crate::pool::{unix_ms, AdminState, Health, NodeState};
+use crate::time::instant_after;
 
 /// How a phase ended, when not in success.
 enum Stop {
@@ -23,7 +24,8 @@ enum Stop {
 /// Extra time past the drain timeout for the deadline closes to finish.
 const DRAIN_SLACK: Duration = Duration::from_secs(15);
 
-pub async fn run(app: Arc<App>, handle: Arc<Handle>) {
+pub async fn run(app: &Arc<Control>, handle: Arc<Handle>) {
+    let app = Arc::clone(app);
     let (pool_name, order, version) = {
         let r = handle.lock();
         (r.pool.clone(), r.order.clone(), r.version.clone())
@@ -56,7 +58,7 @@ pub async fn run(app: Arc<App>, handle: Arc<Handle>) {
                 Some(phase),
                 format!("{node_name}: {}", phase.as_str()),
             );
-            app.persist();
+            app.mark_dirty();
             let started = Instant::now();
             let result = step(&app, &handle, &pool_name, node_name, &version, phase).await;
             app.metrics
@@ -97,20 +99,20 @@ pub async fn run(app: Arc<App>, handle: Arc<Handle>) {
 }
 
 fn finish(
-    app: &Arc<App>,
+    app: &Arc<Control>,
     handle: &Handle,
     pool: &str,
     state: RolloutState,
     reason: Option<String>,
 ) {
     if let Some(p) = app.snapshot.load().pool(pool) {
-        p.prefer.store(None);
+        p.control.prefer.store(None);
     }
     {
         let mut r = handle.lock();
         r.state = state;
         r.reason = reason.clone();
-        r.finished_at = Some(crate::admin::views::rfc3339(unix_ms()));
+        r.finished_at = Some(crate::time::rfc3339(unix_ms()));
     }
     let word = match state {
         RolloutState::Succeeded => "succeeded",
@@ -126,11 +128,11 @@ fn finish(
             None => format!("rollout {word}"),
         },
     );
-    app.persist();
+    app.mark_dirty();
 }
 
 /// Says where an abort left things, node by node.
-fn aborted_reason(app: &App, pool: &str, node: &str, phase: Phase) -> String {
+fn aborted_reason(app: &Control, pool: &str, node: &str, phase: Phase) -> String {
     let states = app
         .snapshot
         .load()
@@ -176,7 +178,7 @@ async fn wait_node(
 }
 
 async fn step(
-    app: &Arc<App>,
+    app: &Arc<Control>,
     handle: &Handle,
     pool: &str,
     node: &str,
@@ -191,15 +193,14 @@ async fn step(
         let n = p
             .node(node)
             .ok_or_else(|| Stop::Failed(format!("node {pool}/{node} no longer exists")))?;
-        Target {
+        NodeRef {
             pool: Arc::clone(p),
             node: Arc::clone(n),
         }
     };
     let (drain_timeout, ready_timeout, warmup) = {
         let r = handle.lock();
-        let d = |t: &str| duration::parse(t).unwrap_or_default();
-        (d(&r.drain_timeout), d(&r.ready_timeout), d(&r.warmup))
+        (r.drain_timeout, r.ready_timeout, r.warmup)
     };
     let state = &target.node.state;
     let key = target.node.key();
@@ -207,41 +208,19 @@ async fn step(
     match phase {
         Phase::Guard => {
             // A sibling must carry the load before this node leaves: wait for one.
-            let deadline = Instant::now() + ready_timeout;
-            loop {
-                if lifecycle::check_guard(&target.pool, &target.node).is_ok() {
-                    return Ok(());
-                }
-                let sibling_changed = target
-                    .pool
-                    .nodes
-                    .iter()
-                    .find(|n| n.name != node)
-                    .map(|n| Arc::clone(&n.state));
-                let Some(sibling) = sibling_changed else {
-                    return Err(Stop::Failed(format!(
-                        "{key} has no sibling to carry the load"
-                    )));
-                };
-                if !wait_node(handle, &sibling, deadline, true, |s| s.admits_new()).await? {
-                    let reason = lifecycle::check_guard(&target.pool, &target.node)
-                        .err()
-                        .map_or_else(String::new, |e| e.to_string());
-                    return Err(Stop::Failed(format!(
-                        "within {}: {reason}",
-                        duration::format(ready_timeout)
-                    )));
-                }
-            }
+            let guard_open = |t: &NodeRef| {
+                let _serial = t.pool.control.serialize();
+                lifecycle::check_guard(&t.pool, &t.node)
+            };
+            wait_for_sibling(handle, &target, ready_timeout, guard_open).await
         }
         Phase::Draining => {
-            // The guard just passed; force avoids failing on a sibling flapping meanwhile.
-            lifecycle::drain(app, &target, Some(drain_timeout), true)
-                .map_err(|e| Stop::Failed(e.to_string()))?;
-            let deadline = Instant::now()
-                + drain_timeout
-                + target.pool.config.drain.close_spread
-                + DRAIN_SLACK;
+            // The same guarded drain an operator gets, never forced: if a sibling stopped
+            // serving since the guard phase, wait for one again (within ready_timeout).
+            let drain = |t: &NodeRef| lifecycle::drain(app, t, Some(drain_timeout), false);
+            wait_for_sibling(handle, &target, ready_timeout, drain).await?;
+            let deadline =
+                instant_after(drain_timeout + target.pool.config.drain.close_spread + DRAIN_SLACK);
             if !wait_node(handle, state, deadline, false, |s| {
                 s.admin() == AdminState::Drained
             })
@@ -274,7 +253,7 @@ async fn step(
                     Err(e) => Err(Stop::Failed(format!("{e}; {key} left drained"))),
                 };
             }
-            let deadline = Instant::now() + ready_timeout;
+            let deadline = instant_after(ready_timeout);
             let reports = |s: &NodeState| s.version().is_some_and(|v| *v == version);
             if wait_node(handle, state, deadline, true, reports).await? {
                 Ok(())
@@ -283,7 +262,7 @@ async fn step(
             }
         }
         Phase::WaitingReady => {
-            let deadline = Instant::now() + ready_timeout;
+            let deadline = instant_after(ready_timeout);
             let ready = |s: &NodeState| {
                 s.version().is_some_and(|v| *v == version)
                     && s.version_passes() >= healthy_after
@@ -300,11 +279,12 @@ async fn step(
                 // From now on a target-version node serves: new sessions prefer such nodes.
                 target
                     .pool
+                    .control
                     .prefer
                     .store(Some(Arc::new(version.to_string())));
             }
             lifecycle::enable(app, &target, Some(warmup));
-            let deadline = Instant::now() + warmup + ready_timeout;
+            let deadline = instant_after(warmup + ready_timeout);
             if wait_node(handle, state, deadline, false, |s| {
                 s.admin() == AdminState::Active
             })
@@ -320,6 +300,48 @@ async fn step(
             }
         }
         Phase::Done => Ok(()),
+    }
+}
+
+/// Runs `attempt` (under the pair guard) until it passes, waiting for a sibling of the node
+/// to serve between attempts, for at most `limit` (or until the rollout is aborted).
+async fn wait_for_sibling(
+    handle: &Handle,
+    target: &NodeRef,
+    limit: Duration,
+    attempt: impl Fn(&NodeRef) -> Result<(), lifecycle::OpError>,
+) -> Result<(), Stop> {
+    let deadline = instant_after(limit);
+    loop {
+        let refused = match attempt(target) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let key = target.node.key();
+        let sibling = target
+            .pool
+            .nodes
+            .iter()
+            .find(|n| n.name != target.node.name && !n.state.admits_new())
+            .or_else(|| {
+                target
+                    .pool
+                    .nodes
+                    .iter()
+                    .find(|n| n.name != target.node.name)
+            })
+            .map(|n| Arc::clone(&n.state));
+        let Some(sibling) = sibling else {
+            return Err(Stop::Failed(format!(
+                "{key} has no sibling to carry the load"
+            )));
+        };
+        if !wait_node(handle, &sibling, deadline, true, |s| s.admits_new()).await? {
+            return Err(Stop::Failed(format!(
+                "within {}: {refused}",
+                duration::format(limit)
+            )));
+        }
     }
 }
 

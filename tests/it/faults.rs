@@ -78,6 +78,7 @@ async fn a_backend_that_black_holes_connects_costs_a_connect_timeout_then_the_si
     if hole_node.state.health() != Health::Up {
         // The first check may itself have hung: mark it up as a check would have.
         hole_node.state.record_check(
+            hole_node.state.address_epoch(),
             true,
             None,
             &proxy.app.snapshot.load().pools[0].config.health,

@@ -91,6 +91,7 @@ async fn connect_failure_is_retried_on_another_node() {
     let node = proxy.node("cache", "dead");
     for _ in 0..3 {
         node.state.record_check(
+            node.state.address_epoch(),
             true,
             None,
             &proxy.app.snapshot.load().pools[0].config.health,

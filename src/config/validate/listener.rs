@@ -7,6 +7,7 @@ use serde_yaml::Value;
 use super::{Validator, LATER};
 use crate::config::defaults as d;
 use crate::config::file::{RawListener, RawRoute};
+use crate::config::limits;
 use crate::config::{ListenerConfig, ListenerKind, RouteConfig, Timeouts};
 use crate::proxy::proxy_protocol::Version as ProxyVersion;
 
@@ -100,27 +101,36 @@ impl Validator {
             ListenerKind::Tcp { .. } => d::TCP_IDLE_TIMEOUT,
         };
         let timeouts = Timeouts {
-            connect: self.positive(
+            connect: self.duration(
                 &format!("{tp}.connect"),
                 t.connect.as_deref(),
                 d::CONNECT_TIMEOUT,
+                limits::LISTENER_TIMEOUT,
             ),
-            idle: self.positive(&format!("{tp}.idle"), t.idle.as_deref(), idle_default),
-            header_read: self.positive(
+            idle: self.duration(
+                &format!("{tp}.idle"),
+                t.idle.as_deref(),
+                idle_default,
+                limits::IDLE_TIMEOUT,
+            ),
+            header_read: self.duration(
                 &format!("{tp}.header_read"),
                 t.header_read.as_deref(),
                 d::HEADER_READ_TIMEOUT,
+                limits::LISTENER_TIMEOUT,
             ),
-            response: self.positive(
+            response: self.duration(
                 &format!("{tp}.response"),
                 t.response.as_deref(),
                 d::RESPONSE_TIMEOUT,
+                limits::LISTENER_TIMEOUT,
             ),
         };
-        let max_connections = raw.max_connections.unwrap_or(d::MAX_CONNECTIONS);
-        if max_connections == 0 {
-            self.err(&format!("{path}.max_connections"), "must be at least 1");
-        }
+        let max_connections = self.number(
+            &format!("{path}.max_connections"),
+            raw.max_connections.unwrap_or(d::MAX_CONNECTIONS),
+            limits::MAX_CONNECTIONS,
+        );
         let proxy_protocol = match raw.proxy_protocol.as_deref() {
             None | Some("none") => None,
             Some("v1") => Some(ProxyVersion::V1),

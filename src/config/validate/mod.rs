@@ -17,6 +17,7 @@ mod tls;
 
 use super::defaults as d;
 use super::file::*;
+use super::limits;
 use super::position::Positions;
 use super::*;
 
@@ -104,22 +105,34 @@ impl Validator {
         }
     }
 
-    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+    /// A duration field: parsed, and checked against its documented range.
+    fn duration(
+        &mut self,
+        path: &str,
+        text: Option<&str>,
+        default: Duration,
+        range: limits::Range,
+    ) -> Duration {
         match text {
             None => default,
-            Some(t) => duration::parse(t).unwrap_or_else(|reason| {
+            Some(t) => range.parse(t).unwrap_or_else(|reason| {
                 self.err(path, reason);
                 default
             }),
         }
     }
 
-    fn positive(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
-        let value = self.duration(path, text, default);
-        if value.is_zero() {
-            self.err(path, "must be greater than 0");
-        }
-        value
+    /// A number field checked against its documented range.
+    fn number<T: PartialOrd + std::fmt::Display + Copy>(
+        &mut self,
+        path: &str,
+        value: T,
+        range: (T, T),
+    ) -> T {
+        limits::number(value, range).unwrap_or_else(|reason| {
+            self.err(path, reason);
+            range.0
+        })
     }
 
     fn top(&mut self, root: Value) -> Option<Config> {
@@ -163,7 +176,12 @@ impl Validator {
             }
         }
         let admin = self.admin(admin.unwrap_or_default());
-        let shutdown_grace = self.duration("shutdown_grace", grace.as_deref(), d::SHUTDOWN_GRACE);
+        let shutdown_grace = self.duration(
+            "shutdown_grace",
+            grace.as_deref(),
+            d::SHUTDOWN_GRACE,
+            limits::SHUTDOWN_GRACE,
+        );
         // Names of pools are known even when a pool has other mistakes, so routes to it don't
         // report a second, misleading "unknown pool".
         let mut pool_names: HashSet<String> = match &pools_raw {

@@ -10,6 +10,7 @@ use crate::config::defaults as d;
 use crate::config::file::{
     RawAffinity, RawDrain, RawHealth, RawHttpCheck, RawNode, RawPool, RawRebalance, RawRollout,
 };
+use crate::config::limits;
 use crate::config::{
     AffinityConfig, AffinityMode, Balance, CheckKind, DrainConfig, HealthConfig, NodeConfig,
     PoolConfig, RebalanceConfig, RolloutConfig, VersionSource,
@@ -47,10 +48,11 @@ impl Validator {
         for (i, n) in raw_nodes {
             let np = format!("{path}.nodes[{i}]");
             self.name(&format!("{np}.name"), &n.name, "node");
-            let weight = n.weight.unwrap_or(d::WEIGHT);
-            if !(1..=10_000).contains(&weight) {
-                self.err(&format!("{np}.weight"), "must be between 1 and 10000");
-            }
+            let weight = self.number(
+                &format!("{np}.weight"),
+                n.weight.unwrap_or(d::WEIGHT),
+                limits::WEIGHT,
+            );
             if let Some(addr) = self.resolve(&format!("{np}.addr"), &n.addr) {
                 nodes.push(NodeConfig {
                     name: n.name,
@@ -70,7 +72,12 @@ impl Validator {
             .and_then(|v| self.item::<RawHealth>(&hp, v))
             .unwrap_or_default();
         let health = self.health(&hp, raw_health);
-        let warmup = self.duration(&format!("{path}.warmup"), raw.warmup.as_deref(), d::WARMUP);
+        let warmup = self.duration(
+            &format!("{path}.warmup"),
+            raw.warmup.as_deref(),
+            d::WARMUP,
+            limits::WARMUP,
+        );
         let dp = format!("{path}.drain");
         let raw_drain = raw
             .drain
@@ -81,16 +88,19 @@ impl Validator {
                 &format!("{dp}.timeout"),
                 raw_drain.timeout.as_deref(),
                 d::DRAIN_TIMEOUT,
+                limits::DRAIN_TIMEOUT,
             ),
             close_spread: self.duration(
                 &format!("{dp}.close_spread"),
                 raw_drain.close_spread.as_deref(),
                 d::DRAIN_CLOSE_SPREAD,
+                limits::CLOSE_SPREAD,
             ),
             session_timeout: self.duration(
                 &format!("{dp}.session_timeout"),
                 raw_drain.session_timeout.as_deref(),
                 d::DRAIN_SESSION_TIMEOUT,
+                limits::SESSION_TIMEOUT,
             ),
         };
         let rp = format!("{path}.rebalance");
@@ -98,13 +108,12 @@ impl Validator {
             .rebalance
             .and_then(|v| self.item::<RawRebalance>(&rp, v))
             .map(|r| {
-                let rate = r.max_closes_per_sec.unwrap_or(d::REBALANCE_CLOSES_PER_SEC);
-                if rate == 0 {
-                    self.err(&format!("{rp}.max_closes_per_sec"), "must be at least 1");
-                }
-                RebalanceConfig {
-                    max_closes_per_sec: rate.max(1),
-                }
+                let max_closes_per_sec = self.number(
+                    &format!("{rp}.max_closes_per_sec"),
+                    r.max_closes_per_sec.unwrap_or(d::REBALANCE_CLOSES_PER_SEC),
+                    limits::CLOSES_PER_SEC,
+                );
+                RebalanceConfig { max_closes_per_sec }
             });
         let op = format!("{path}.rollout");
         let raw_rollout = raw
@@ -125,11 +134,13 @@ impl Validator {
                 &format!("{op}.drain_timeout"),
                 raw_rollout.drain_timeout.as_deref(),
                 drain.timeout,
+                limits::DRAIN_TIMEOUT,
             ),
-            ready_timeout: self.positive(
+            ready_timeout: self.duration(
                 &format!("{op}.ready_timeout"),
                 raw_rollout.ready_timeout.as_deref(),
                 d::ROLLOUT_READY_TIMEOUT,
+                limits::READY_TIMEOUT,
             ),
             hook,
             prefer_target_version: raw_rollout.prefer_target_version.unwrap_or(false),
@@ -139,10 +150,11 @@ impl Validator {
             .affinity
             .and_then(|v| self.item::<RawAffinity>(&ap, v))
             .and_then(|a| {
-                let idle_timeout = self.positive(
+                let idle_timeout = self.duration(
                     &format!("{ap}.idle_timeout"),
                     a.idle_timeout.as_deref(),
                     d::AFFINITY_IDLE_TIMEOUT,
+                    limits::AFFINITY_IDLE,
                 );
                 let mode = match (a.cookie, a.source_ip.unwrap_or(false)) {
                     (Some(_), true) => {
@@ -209,15 +221,17 @@ impl Validator {
     }
 
     fn health(&mut self, path: &str, raw: RawHealth) -> HealthConfig {
-        let interval = self.positive(
+        let interval = self.duration(
             &format!("{path}.interval"),
             raw.interval.as_deref(),
             d::HEALTH_INTERVAL,
+            limits::HEALTH_INTERVAL,
         );
-        let timeout = self.positive(
+        let timeout = self.duration(
             &format!("{path}.timeout"),
             raw.timeout.as_deref(),
             d::HEALTH_TIMEOUT.min(interval),
+            limits::HEALTH_TIMEOUT,
         );
         if timeout > interval {
             self.err(
@@ -225,16 +239,16 @@ impl Validator {
                 "must not be longer than `interval`",
             );
         }
-        let healthy_after = raw.healthy_after.unwrap_or(d::HEALTHY_AFTER);
-        let unhealthy_after = raw.unhealthy_after.unwrap_or(d::UNHEALTHY_AFTER);
-        for (field, value) in [
-            ("healthy_after", healthy_after),
-            ("unhealthy_after", unhealthy_after),
-        ] {
-            if value == 0 {
-                self.err(&format!("{path}.{field}"), "must be at least 1");
-            }
-        }
+        let healthy_after = self.number(
+            &format!("{path}.healthy_after"),
+            raw.healthy_after.unwrap_or(d::HEALTHY_AFTER),
+            limits::CHECK_STREAK,
+        );
+        let unhealthy_after = self.number(
+            &format!("{path}.unhealthy_after"),
+            raw.unhealthy_after.unwrap_or(d::UNHEALTHY_AFTER),
+            limits::CHECK_STREAK,
+        );
         let check = match (raw.http, raw.tcp) {
             (Some(_), Some(_)) => {
                 self.err(path, "choose one check: `http` or `tcp`, not both");

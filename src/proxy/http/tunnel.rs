@@ -159,7 +159,7 @@ pub async fn run(
     let life = &node.state.lifecycle;
     let id = life.next_id();
     let stop = async {
-        let close = life.close_token();
+        let close = life.session_close_token();
         tokio::select! {
             _ = app.shutdown.force.cancelled() => false,
             _ = close.cancelled() => true,

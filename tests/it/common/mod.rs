@@ -57,12 +57,18 @@ impl Proxy {
         let config = handoff::config::load(&config_path)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let bound = app::bind(&config).await.expect("bind");
-        let app = App::start(config, Some(config_path.clone()), bound, Shutdown::new())
-            .await
-            .expect("start");
+        let app = App::start(
+            config,
+            Some(config_path.clone()),
+            bound.listeners,
+            Shutdown::new(),
+        )
+        .await
+        .expect("start");
+        let admin = handoff::admin::spawn(&app, bound.admin).expect("admin API");
         let listeners = app.listener_addrs().await;
         Proxy {
-            admin: app.admin_addr(),
+            admin,
             app,
             config_path,
             listeners,
@@ -149,14 +155,15 @@ impl Proxy {
         let app = App::start(
             config,
             Some(self.config_path.clone()),
-            bound,
+            bound.listeners,
             Shutdown::new(),
         )
         .await
         .expect("start");
+        let admin = handoff::admin::spawn(&app, bound.admin).expect("admin API");
         let listeners = app.listener_addrs().await;
         Proxy {
-            admin: app.admin_addr(),
+            admin,
             app,
             config_path: self.config_path,
             listeners,

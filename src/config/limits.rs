@@ -1,0 +1,125 @@
+//! The range every duration and number from outside may take: config fields, admin bodies and
+//! queries, and the state file all check against these, so a value that would overflow a
+//! deadline, or make a node never checked, is refused with its field, value and limit.
+//! docs/limits.md lists them for operators.
+
+use std::time::Duration;
+
+use super::duration;
+
+/// An inclusive range of durations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+const fn hours(n: u64) -> Duration {
+    Duration::from_secs(n * 3600)
+}
+
+/// A week: the longest any drain, rollout wait or affinity window may be.
+const WEEK: Duration = hours(168);
+const DAY: Duration = hours(24);
+
+/// `shutdown_grace`.
+pub const SHUTDOWN_GRACE: Range = Range::new(ms(0), DAY);
+/// `listeners[].timeouts.connect`, `.header_read`, `.response`.
+pub const LISTENER_TIMEOUT: Range = Range::new(ms(1), DAY);
+/// `listeners[].timeouts.idle` (TCP sessions may be long-lived).
+pub const IDLE_TIMEOUT: Range = Range::new(ms(1), WEEK);
+/// `pools[].health.interval`: a node must be checked at least hourly.
+pub const HEALTH_INTERVAL: Range = Range::new(ms(10), hours(1));
+/// `pools[].health.timeout` (and not longer than the interval).
+pub const HEALTH_TIMEOUT: Range = Range::new(ms(1), hours(1));
+/// `pools[].warmup`, and `warmup` in enable and rollout bodies.
+pub const WARMUP: Range = Range::new(ms(0), DAY);
+/// `pools[].drain.timeout`, `pools[].rollout.drain_timeout`, and the drain body's `timeout`.
+pub const DRAIN_TIMEOUT: Range = Range::new(ms(0), WEEK);
+/// `pools[].drain.close_spread`.
+pub const CLOSE_SPREAD: Range = Range::new(ms(0), hours(1));
+/// `pools[].drain.session_timeout`.
+pub const SESSION_TIMEOUT: Range = Range::new(ms(0), WEEK);
+/// `pools[].rollout.ready_timeout`, and the rollout body's `ready_timeout`.
+pub const READY_TIMEOUT: Range = Range::new(ms(1), WEEK);
+/// `pools[].affinity.idle_timeout`.
+pub const AFFINITY_IDLE: Range = Range::new(ms(1), WEEK);
+/// `timeout=` of the admin `wait` long poll.
+pub const WAIT_TIMEOUT: Range = Range::new(ms(0), hours(1));
+
+/// `pools[].nodes[].weight`.
+pub const WEIGHT: (u32, u32) = (1, 10_000);
+/// `pools[].health.healthy_after` and `unhealthy_after`.
+pub const CHECK_STREAK: (u32, u32) = (1, 1_000);
+/// `listeners[].max_connections`.
+pub const MAX_CONNECTIONS: (usize, usize) = (1, 1_000_000);
+/// `pools[].rebalance.max_closes_per_sec`.
+pub const CLOSES_PER_SEC: (u32, u32) = (1, 100_000);
+/// Finished rollouts kept (in the API and the state file); older ones are forgotten.
+pub const FINISHED_ROLLOUTS_KEPT: usize = 50;
+/// Longest rollout target version, in bytes.
+pub const VERSION_LEN: usize = 256;
+
+impl Range {
+    pub const fn new(min: Duration, max: Duration) -> Range {
+        Range { min, max }
+    }
+
+    /// `d` if it lies in the range; otherwise what is wrong, naming value and limit.
+    pub fn check(&self, d: Duration) -> Result<Duration, String> {
+        if d > self.max {
+            Err(format!(
+                "{} is out of range: at most {}",
+                duration::format(d),
+                duration::format(self.max)
+            ))
+        } else if d < self.min {
+            Err(format!(
+                "{} is out of range: at least {}",
+                duration::format(d),
+                duration::format(self.min)
+            ))
+        } else {
+            Ok(d)
+        }
+    }
+
+    /// Parses `text` and checks it against the range.
+    pub fn parse(&self, text: &str) -> Result<Duration, String> {
+        self.check(duration::parse(text)?)
+    }
+}
+
+/// `value` if it lies in `min..=max`, else what is wrong.
+pub fn number<T: PartialOrd + std::fmt::Display + Copy>(
+    value: T,
+    (min, max): (T, T),
+) -> Result<T, String> {
+    if value < min || value > max {
+        Err(format!(
+            "{value} is out of range: must be between {min} and {max}"
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_value_and_limit() {
+        let e = HEALTH_INTERVAL.parse("999999999h").unwrap_err();
+        assert_eq!(e, "999999999h is out of range: at most 1h");
+        assert_eq!(
+            HEALTH_INTERVAL.parse("1ms").unwrap_err(),
+            "1ms is out of range: at least 10ms"
+        );
+        assert_eq!(DRAIN_TIMEOUT.parse("168h"), Ok(WEEK));
+        assert!(number(0u32, WEIGHT).is_err() && number(5u32, WEIGHT).is_ok());
+    }
+}
