@@ -244,6 +244,12 @@ impl NodeState {
         flipped
     }
 
+    /// Tasks waiting on this node's change signal right now (admin `wait` long polls, drain
+    /// and rollout steps): lets a test know a long poll has arrived without sleeping.
+    pub fn waiters(&self) -> usize {
+        self.waiters.load(SeqCst)
+    }
+
     /// The epoch a health check must report into (see [`NodeState::record_check`]).
     pub fn address_epoch(&self) -> u64 {
         self.address_epoch.load(SeqCst)

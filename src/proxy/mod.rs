@@ -52,7 +52,18 @@ impl ListenerStats {
 }
 
 /// Holds one slot of a listener's connection limit.
-struct ConnSlot(Arc<ListenerStats>);
+pub(crate) struct ConnSlot(Arc<ListenerStats>);
+
+impl ConnSlot {
+    /// One more slot for what continues a connection past its HTTP task (an upgraded
+    /// tunnel): taken while the connection still holds its own, so the count never dips and
+    /// tunnels count toward `max_connections` like the connections they came from.
+    pub(crate) fn continuing(stats: &Arc<ListenerStats>) -> ConnSlot {
+        stats.active.fetch_add(1, Relaxed);
+        stats.metrics.active.inc();
+        ConnSlot(Arc::clone(stats))
+    }
+}
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {

@@ -66,3 +66,29 @@ fn check_reports_an_unreadable_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
+
+#[test]
+fn check_refuses_out_of_range_values_with_their_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - { name: web, listen: \"127.0.0.1:8080\", protocol: http, routes: [ { pool: web } ] }\npools:\n  - name: web\n    nodes: [ { name: a, addr: \"127.0.0.1:1\", weight: 0 } ]\n    health:\n      interval: 999999999h\n      healthy_after: 5000\n    drain: { timeout: 99999999999999999999s }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        ":7:7: pools[0].health.interval: 999999999h is out of range: at most 1h",
+        ":8:7: pools[0].health.healthy_after: 5000 is out of range: must be between 1 and 1000",
+        "pools[0].nodes[0].weight: 0 is out of range: must be between 1 and 10000",
+        "pools[0].drain.timeout: invalid duration \"99999999999999999999s\"",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in:\n{stderr}");
+    }
+}

@@ -209,7 +209,7 @@ async fn drained_with_a_session(drain: &str) -> (Proxy, TcpStream, &'static str)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wait_answers_within_100ms_of_the_last_session_ending() {
+async fn wait_answers_as_the_last_session_ends() {
     let (proxy, long, busy) = drained_with_a_session("{ timeout: 60s }").await;
     let admin = proxy.admin;
     let waiter = tokio::spawn(async move {
@@ -221,8 +221,10 @@ async fn wait_answers_within_100ms_of_the_last_session_ending() {
         .await;
         (status, tokio::time::Instant::now())
     });
-    // Let the long poll arrive before the session ends (it is not drained yet, so it waits).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The long poll must be waiting before the session ends (it is not drained yet): the
+    // drain task waits on the node too, so a second waiter is the long poll.
+    let node = proxy.node("p", &busy);
+    eventually("the long poll is waiting", || node.state.waiters() >= 2).await;
     assert!(
         !waiter.is_finished(),
         "wait answered while a session was open"
@@ -233,8 +235,10 @@ async fn wait_answers_within_100ms_of_the_last_session_ending() {
     let lag = answered.duration_since(ended);
     println!("wait answered {lag:?} after the last session ended");
     assert_eq!(status, 200);
+    // Woken by the session's end, not by a poll: well within a second even on a loaded
+    // 2-core machine (a polling wait would show its period here).
     assert!(
-        lag < Duration::from_millis(100),
+        lag < Duration::from_secs(1),
         "wait answered {lag:?} after the last session ended"
     );
 }

@@ -97,8 +97,11 @@ pools:
     })
     .await;
     let took = active_at.elapsed();
-    // Let the rebalancer notice the shares are even and stop.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The rebalancer notices the shares are even and stops: wait for that, not for a time.
+    eventually("the rebalance finishes", || {
+        !proxy.app.control.rebalancing.lock().unwrap().contains("p")
+    })
+    .await;
     let (na, nb) = (
         a.state.sessions(SessionKind::Tcp),
         b.state.sessions(SessionKind::Tcp),

@@ -84,7 +84,11 @@ pub async fn handle(
             let client = hyper::upgrade::on(&mut req);
             let mut req = req.map(UpBody::Client);
             prepare_request(&mut req, &ctx.forwarded_for, ctx.proto);
-            tunnel::forward(&ctx.app, &pool, req, client, value, timeouts, inflight).await
+            let listener = &ctx.listener;
+            tunnel::forward(
+                &ctx.app, listener, &pool, req, client, value, timeouts, inflight,
+            )
+            .await
         }
         None => match buffer_for_replay(req, timeouts.response).await {
             Ok(mut req) => {

@@ -30,6 +30,7 @@ use crate::pool::{Node, Pool, SessionGuard, SessionKind, Tried};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_node;
 use crate::proxy::gated::Gated;
+use crate::proxy::{ConnSlot, ListenerStats};
 
 /// After a tunnel is told to close, how long a frame in flight may take to finish before the
 /// tunnel is closed without a close frame.
@@ -59,8 +60,10 @@ pub fn requested(req: &Request<Incoming>) -> Option<HeaderValue> {
 
 /// Forwards an upgrade request on a fresh connection; on 101 the tunnel starts on a tracked
 /// task. Connect failures move on to the next node; once sent, it is not retried.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     app: &Arc<App>,
+    listener: &Arc<ListenerStats>,
     pool: &Arc<Pool>,
     mut req: Request<UpBody>,
     client: OnUpgrade,
@@ -124,12 +127,21 @@ pub async fn forward(
         if let Some(v) = agreed {
             resp.headers_mut().insert(UPGRADE, v);
         }
+        // The tunnel is counted before the request's own session ends, so a drain never
+        // sees the node empty between the 101 and the tunnel; it also keeps a connection
+        // slot of the listener for as long as it lives.
+        let held = Held {
+            _session: SessionGuard::new(&node.state, SessionKind::Tunnel),
+            _slot: ConnSlot::continuing(listener),
+        };
+        drop(session);
         app.shutdown.tracker.spawn(run(
             Arc::clone(app),
             Arc::clone(node),
             kind,
             client,
             backend,
+            held,
         ));
         return resp.map(|_| ProxyBody::Local(None));
     }
@@ -140,14 +152,24 @@ pub async fn forward(
     )
 }
 
-/// Splices the two upgraded connections once both upgrades complete.
+/// What a tunnel holds for as long as it lives: its session on the node, and a connection
+/// slot of its listener.
+pub struct Held {
+    _session: SessionGuard,
+    _slot: ConnSlot,
+}
+
+/// Splices the two upgraded connections once both upgrades complete. A tunnel that starts
+/// after its node's drain deadline (an affinity continuation) is closed at once.
 pub async fn run(
     app: Arc<App>,
     node: Arc<Node>,
     kind: Kind,
     client: OnUpgrade,
     backend: OnUpgrade,
+    held: Held,
 ) {
+    let _held = held;
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(e) => {
@@ -155,7 +177,6 @@ pub async fn run(
             return;
         }
     };
-    let _session = SessionGuard::new(&node.state, SessionKind::Tunnel);
     let life = &node.state.lifecycle;
     let id = life.next_id();
     let stop = async {
