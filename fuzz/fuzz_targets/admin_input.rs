@@ -7,10 +7,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let _ = input::drain(data);
     let _ = input::enable(data);
-    let _ = input::json_body::<handoff::rollout::StartRequest>(data);
+    let _ = input::rollout(data);
     if let Ok(query) = std::str::from_utf8(data) {
         if let Ok((_, timeout)) = input::wait_query(query) {
-            assert!(timeout <= input::WAIT_MAX);
+            assert!(timeout <= handoff::config::limits::WAIT_TIMEOUT.max);
         }
         let _ = handoff::config::duration::parse(query);
     }

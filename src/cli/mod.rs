@@ -27,7 +27,7 @@ pub enum Command {
         config: PathBuf,
         /// Worker threads (default: number of cores); 1 runs everything on one thread with
         /// tokio's single-threaded scheduler.
-        #[arg(long, env = "HANDOFF_WORKER_THREADS")]
+        #[arg(long, env = "HANDOFF_WORKER_THREADS", value_parser = threads_range())]
         threads: Option<usize>,
     },
     /// Validate a configuration file; exit 1 with every error.
@@ -44,7 +44,7 @@ pub enum Command {
         #[arg(long, default_value = crate::config::defaults::ADMIN_LISTEN)]
         admin: String,
         /// Worker threads, as for `run`.
-        #[arg(long, env = "HANDOFF_WORKER_THREADS")]
+        #[arg(long, env = "HANDOFF_WORKER_THREADS", value_parser = threads_range())]
         threads: Option<usize>,
     },
     /// The demo's rollout hook (internal).
@@ -104,6 +104,15 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// `--threads` / `HANDOFF_WORKER_THREADS`: 1 to [`MAX_THREADS`].
+fn threads_range() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_THREADS)
+}
+
+/// Most worker threads accepted: far above any core count handoff is run on, far below
+/// what would exhaust the process's threads.
+pub const MAX_THREADS: u64 = 1024;
 
 /// The tokio runtime with `threads` workers (default: one per core).
 pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {

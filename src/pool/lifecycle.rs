@@ -259,6 +259,20 @@ mod tests {
     }
 
     #[test]
+    fn a_session_that_starts_after_the_deadline_is_closed_at_once() {
+        let l = Lifecycle::new();
+        l.set_drain_deadline(0, 1, Duration::ZERO);
+        let before = l.session_close_token();
+        assert!(!before.is_cancelled());
+        l.fire_close();
+        assert!(before.is_cancelled(), "a session open at the deadline closes");
+        assert!(l.session_close_token().is_cancelled(), "one that starts later too");
+        assert!(!l.close_token().is_cancelled(), "requests get a fresh token");
+        l.clear_deadline_passed();
+        assert!(!l.session_close_token().is_cancelled(), "serving again: sessions live");
+    }
+
+    #[test]
     fn spread_offsets_fall_inside_the_window() {
         let l = Lifecycle::new();
         l.set_drain_deadline(0, 1, Duration::from_millis(1000));

@@ -223,7 +223,7 @@ async fn wait_answers_as_the_last_session_ends() {
     });
     // The long poll must be waiting before the session ends (it is not drained yet): the
     // drain task waits on the node too, so a second waiter is the long poll.
-    let node = proxy.node("p", &busy);
+    let node = proxy.node("p", busy);
     eventually("the long poll is waiting", || node.state.waiters() >= 2).await;
     assert!(
         !waiter.is_finished(),

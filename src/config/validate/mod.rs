@@ -232,7 +232,10 @@ impl Validator {
         }
         Some(Config {
             admin,
-            state_file: state_file.filter(|p| !p.is_empty()).map(PathBuf::from),
+            // Relative to the config file's directory, like certificate paths.
+            state_file: state_file
+                .filter(|p| !p.is_empty())
+                .map(|p| self.base.join(p)),
             shutdown_grace,
             listeners,
             pools,
