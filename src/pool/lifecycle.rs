@@ -265,11 +265,23 @@ mod tests {
         let before = l.session_close_token();
         assert!(!before.is_cancelled());
         l.fire_close();
-        assert!(before.is_cancelled(), "a session open at the deadline closes");
-        assert!(l.session_close_token().is_cancelled(), "one that starts later too");
-        assert!(!l.close_token().is_cancelled(), "requests get a fresh token");
+        assert!(
+            before.is_cancelled(),
+            "a session open at the deadline closes"
+        );
+        assert!(
+            l.session_close_token().is_cancelled(),
+            "one that starts later too"
+        );
+        assert!(
+            !l.close_token().is_cancelled(),
+            "requests get a fresh token"
+        );
         l.clear_deadline_passed();
-        assert!(!l.session_close_token().is_cancelled(), "serving again: sessions live");
+        assert!(
+            !l.session_close_token().is_cancelled(),
+            "serving again: sessions live"
+        );
     }
 
     #[test]
