@@ -138,11 +138,11 @@ impl Pool {
         self.nodes.iter().find(|n| n.name == name)
     }
 
-    /// Records a failed upstream connect to node `index` and logs a resulting health flip.
-    pub fn passive_failure(&self, index: usize) {
-        let node = &self.nodes[index];
-        if let Some((from, to)) = node.state.record_passive_failure(&self.config.health) {
-            crate::health::log_flip(node, from, to, "passive connect failures");
-        }
+    /// Records a failed upstream connect to node `index`; returns `(from, to)` when it
+    /// flipped the node's health (the caller logs it, once).
+    pub fn passive_failure(&self, index: usize) -> Option<(Health, Health)> {
+        self.nodes[index]
+            .state
+            .record_passive_failure(&self.config.health)
     }
 }

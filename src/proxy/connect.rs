@@ -26,7 +26,9 @@ pub async fn connect_node(pool: &Pool, index: usize, timeout: Duration) -> io::R
         }
         Err(e) => {
             tracing::debug!(node = %node.key(), addr = %node.addr, error = %e, "upstream connect failed");
-            pool.passive_failure(index);
+            if let Some((from, to)) = pool.passive_failure(index) {
+                crate::health::log_flip(node, from, to, "passive connect failures");
+            }
         }
     }
     result

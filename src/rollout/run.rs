@@ -44,12 +44,14 @@ pub async fn run(app: &Arc<Control>, handle: Arc<Handle>) {
         });
         for &phase in &Phase::ORDER[first..] {
             if handle.abort.is_cancelled() {
+                // Between steps: the next step never starts, and the reason says so.
+                let where_ = format!("{node_name} before {}", phase.as_str());
                 return finish(
                     &app,
                     &handle,
                     &pool_name,
                     RolloutState::Aborted,
-                    Some(aborted_reason(&app, &pool_name, node_name, phase)),
+                    Some(aborted_reason(&app, &pool_name, &where_)),
                 );
             }
             handle.lock().phase = Some(phase);
@@ -78,7 +80,8 @@ pub async fn run(app: &Arc<Control>, handle: Arc<Handle>) {
                     );
                 }
                 Err(Stop::Aborted) => {
-                    let reason = aborted_reason(&app, &pool_name, node_name, phase);
+                    let where_ = format!("{node_name} ({})", phase.as_str());
+                    let reason = aborted_reason(&app, &pool_name, &where_);
                     return finish(
                         &app,
                         &handle,
@@ -132,7 +135,7 @@ fn finish(
 }
 
 /// Says where an abort left things, node by node.
-fn aborted_reason(app: &Control, pool: &str, node: &str, phase: Phase) -> String {
+fn aborted_reason(app: &Control, pool: &str, at: &str) -> String {
     let states = app
         .snapshot
         .load()
@@ -151,10 +154,7 @@ fn aborted_reason(app: &Control, pool: &str, node: &str, phase: Phase) -> String
                 .collect::<Vec<_>>()
                 .join(", ")
         });
-    format!(
-        "aborted at {node} ({}); nodes left: {states}",
-        phase.as_str()
-    )
+    format!("aborted at {at}; nodes left: {states}")
 }
 
 /// Waits until `done` holds for the node, the deadline passes (`Ok(false)`), or — when
