@@ -152,7 +152,11 @@ impl Lifecycle {
         // either this token is the one cancelled, or the flag is already visible.
         let token = self.close_token();
         if self.deadline_passed() {
-            token.cancel();
+            // A token of its own: cancelling the shared one would close every later session
+            // of the node too, even once it serves again.
+            let closed = CancellationToken::new();
+            closed.cancel();
+            return closed;
         }
         token
     }
