@@ -60,8 +60,10 @@ impl Shutdown {
     /// Stops accepting, lets in-flight work finish within `grace`, then cuts what remains.
     /// Returns how many connection tasks had to be cut.
     pub async fn run(&self, grace: Duration) -> usize {
-        self.phase.send_replace(Phase::Draining);
+        // Cancel first, publish second: whoever sees `Draining` can rely on accepting
+        // having stopped.
         self.drain.cancel();
+        self.phase.send_replace(Phase::Draining);
         self.tracker.close();
         let mut cut = 0;
         if tokio::time::timeout(grace, self.tracker.wait())

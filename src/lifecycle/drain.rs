@@ -79,9 +79,15 @@ pub async fn run(ctl: Arc<Control>, t: NodeRef, timeout: Duration, epoch: u64) {
         let limit = wake
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
+        // With only pinned clients left (no active session), "no active session" is already
+        // true: waiting for it would return at once and spin, starving the worker's other
+        // tasks. Then only the affinity expiry (the limit) or a state change wakes us.
+        let wait_for_last = active > 0;
+        let woken =
+            |s: &NodeState| !still_draining(s) || (wait_for_last && s.active_sessions() == 0);
         tokio::select! {
             _ = ctl.stop.cancelled() => return,
-            _ = state.wait_until(limit, |s| !still_draining(s) || s.active_sessions() == 0) => {}
+            _ = state.wait_until(limit, woken) => {}
         }
     }
     let done = super::background(&ctl, &t, "node drained", |rec| {

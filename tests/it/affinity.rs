@@ -8,12 +8,12 @@ use bytes::Bytes;
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::backends::{read_to_eof, tcp_echo_server, HttpBackend};
 use crate::common::*;
-use handoff::pool::Health;
+use handoff::pool::{AdminState, Health, SessionKind};
 
 fn cookie_config(a: SocketAddr, b: SocketAddr) -> String {
     http_config(&[("a", a), ("b", b)], "").replace(
@@ -198,4 +198,98 @@ pools:
         }
     }
     assert_eq!(homes.len(), 1, "one address landed on {homes:?}");
+}
+
+/// Whether `s` is closed by the proxy within `limit` (EOF or reset), after one echo try.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let _ = s.write_all(b"x").await;
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_continues_on_a_node_past_its_drain_deadline_is_closed_at_once() {
+    let (ea, eb) = (tcp_echo_server().await, tcp_echo_server().await);
+    let yaml = format!(
+        r#"admin: {{ listen: "127.0.0.1:0" }}
+listeners:
+  - {{ name: t, listen: "127.0.0.1:0", protocol: tcp, pool: p }}
+pools:
+  - name: p
+    nodes: [ {{ name: a, addr: "{ea}" }}, {{ name: b, addr: "{eb}" }} ]
+    health: {{ interval: 100ms, timeout: 100ms, healthy_after: 1, tcp: {{}} }}
+    affinity: {{ source_ip: true, idle_timeout: 60s }}
+    drain: {{ timeout: 200ms, close_spread: 0s, session_timeout: 30s }}
+"#
+    );
+    let proxy = Proxy::start(&yaml).await;
+    proxy.wait_health("p", "a", Health::Up).await;
+    proxy.wait_health("p", "b", Health::Up).await;
+    let mut first = TcpStream::connect(proxy.addr("t")).await.unwrap();
+    first.write_all(b"x").await.unwrap();
+    let mut byte = [0u8; 1];
+    first.read_exact(&mut byte).await.unwrap();
+    let home = if proxy.node("p", "a").state.sessions(SessionKind::Tcp) == 1 {
+        "a"
+    } else {
+        "b"
+    };
+    let (status, _) = proxy
+        .admin_json(
+            Method::POST,
+            &format!("/v1/pools/p/nodes/{home}/drain"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The deadline closes the session that was open...
+    assert!(
+        closed_within(&mut first, WAIT).await,
+        "the open session outlived the deadline"
+    );
+    let node = proxy.node("p", home);
+    assert_eq!(
+        node.state.admin(),
+        AdminState::Draining,
+        "pinned client keeps it draining"
+    );
+    // ...and a continuation of the pinned client that starts after it is closed at once.
+    let mut late = TcpStream::connect(proxy.addr("t")).await.unwrap();
+    assert!(
+        closed_within(&mut late, WAIT).await,
+        "a session started after the deadline was left open"
+    );
+    // Serving again, the node's new sessions live.
+    let (status, _) = proxy
+        .admin_json(
+            Method::POST,
+            &format!("/v1/pools/p/nodes/{home}/enable"),
+            json!({"warmup": "0s"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let active = node
+        .state
+        .wait_until(WAIT, |s| s.admin() == AdminState::Active)
+        .await;
+    assert!(active);
+    let mut again = TcpStream::connect(proxy.addr("t")).await.unwrap();
+    again.write_all(b"y").await.unwrap();
+    again.read_exact(&mut byte).await.unwrap();
+    assert_eq!(
+        node.state.sessions(SessionKind::Tcp),
+        1,
+        "the client went back home"
+    );
+    assert!(
+        !closed_within(&mut again, Duration::from_millis(500)).await,
+        "a session on the enabled node was closed"
+    );
 }
