@@ -229,26 +229,8 @@ pools:
     drain: {{ timeout: 200ms, close_spread: 0s, session_timeout: 30s }}
 "#
     );
-    let proxy = Proxy::start(&yaml).await;
-    proxy.wait_health("p", "a", Health::Up).await;
-    proxy.wait_health("p", "b", Health::Up).await;
-    let mut first = TcpStream::connect(proxy.addr("t")).await.unwrap();
-    first.write_all(b"x").await.unwrap();
+    let (proxy, mut first, home) = tcp_session_drained(&yaml, json!({})).await;
     let mut byte = [0u8; 1];
-    first.read_exact(&mut byte).await.unwrap();
-    let home = if proxy.node("p", "a").state.sessions(SessionKind::Tcp) == 1 {
-        "a"
-    } else {
-        "b"
-    };
-    let (status, _) = proxy
-        .admin_json(
-            Method::POST,
-            &format!("/v1/pools/p/nodes/{home}/drain"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
     // The deadline closes the session that was open...
     assert!(
         closed_within(&mut first, WAIT).await,

@@ -133,26 +133,8 @@ async fn enable_on_a_draining_node_that_is_down_keeps_it_draining_until_it_is_up
         backends::tcp_echo_server().await,
         backends::tcp_echo_server().await,
     );
-    let proxy = Proxy::start(&tcp_pair_manual_health(ea, eb)).await;
-    proxy.wait_health("p", "a", Health::Up).await;
-    proxy.wait_health("p", "b", Health::Up).await;
-    let mut long = TcpStream::connect(proxy.addr("t")).await.unwrap();
-    long.write_all(b"x").await.unwrap();
-    let mut byte = [0u8; 1];
-    long.read_exact(&mut byte).await.unwrap();
-    let busy = if proxy.node("p", "a").state.sessions(SessionKind::Tcp) == 1 {
-        "a"
-    } else {
-        "b"
-    };
-    let (status, _) = proxy
-        .admin_json(
-            Method::POST,
-            &format!("/v1/pools/p/nodes/{busy}/drain"),
-            json!({"timeout": "60s"}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let drain = json!({"timeout": "60s"});
+    let (proxy, long, busy) = tcp_session_drained(&tcp_pair_manual_health(ea, eb), drain).await;
     let node = proxy.node("p", busy);
     let cfg = proxy
         .app

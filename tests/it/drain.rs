@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::common::backends::{dead_addr, tcp_echo_server, HttpBackend};
@@ -121,16 +121,6 @@ pools:
     )
 }
 
-async fn echo_once(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).await.unwrap();
-    let mut buf = vec![0u8; msg.len()];
-    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
-        .await
-        .expect("echo timed out")
-        .unwrap();
-    assert_eq!(buf, msg);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_lived_tcp_session_lives_until_the_deadline_then_gets_a_fin() {
     let (ea, eb) = (tcp_echo_server().await, tcp_echo_server().await);
@@ -187,25 +177,7 @@ async fn a_long_lived_tcp_session_lives_until_the_deadline_then_gets_a_fin() {
 /// A TCP pair with one long-lived session, whose node (returned) has just been drained.
 async fn drained_with_a_session(drain: &str) -> (Proxy, TcpStream, &'static str) {
     let (ea, eb) = (tcp_echo_server().await, tcp_echo_server().await);
-    let proxy = Proxy::start(&tcp_pair(ea, eb, drain)).await;
-    proxy.wait_health("p", "a", Health::Up).await;
-    proxy.wait_health("p", "b", Health::Up).await;
-    let mut long = TcpStream::connect(proxy.addr("t")).await.unwrap();
-    echo_once(&mut long, b"x").await;
-    let busy = if proxy.node("p", "a").state.sessions(SessionKind::Tcp) == 1 {
-        "a"
-    } else {
-        "b"
-    };
-    let (status, _) = proxy
-        .admin_json(
-            Method::POST,
-            &format!("/v1/pools/p/nodes/{busy}/drain"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
-    (proxy, long, busy)
+    tcp_session_drained(&tcp_pair(ea, eb, drain), json!({})).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

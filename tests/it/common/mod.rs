@@ -344,3 +344,41 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(-1.0)
 }
+
+/// Writes `msg` and reads it back (an echo backend behind the proxy).
+pub async fn echo_once(s: &mut tokio::net::TcpStream, msg: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .expect("echo timed out")
+        .unwrap();
+    assert_eq!(buf, msg);
+}
+
+/// Starts `yaml` (TCP listener `t` in front of pool `p` of echo nodes `a` and `b`), waits
+/// for both to be up, opens one session (echoed once) and drains the node it landed on with
+/// `drain` as the body. Returns the proxy, the open session and that node's name.
+pub async fn tcp_session_drained(
+    yaml: &str,
+    drain: serde_json::Value,
+) -> (Proxy, tokio::net::TcpStream, &'static str) {
+    let proxy = Proxy::start(yaml).await;
+    proxy.wait_health("p", "a", Health::Up).await;
+    proxy.wait_health("p", "b", Health::Up).await;
+    let mut long = tokio::net::TcpStream::connect(proxy.addr("t"))
+        .await
+        .unwrap();
+    echo_once(&mut long, b"x").await;
+    let tcp = handoff::pool::SessionKind::Tcp;
+    let busy = if proxy.node("p", "a").state.sessions(tcp) == 1 {
+        "a"
+    } else {
+        "b"
+    };
+    let path = format!("/v1/pools/p/nodes/{busy}/drain");
+    let (status, view) = proxy.admin_json(Method::POST, &path, drain).await;
+    assert_eq!(status, 200, "{view}");
+    (proxy, long, busy)
+}
