@@ -23,7 +23,7 @@ use crate::control::{Control, StateStore};
 use crate::lifecycle;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::persist::{self, PersistError};
-use crate::proxy::{self, ListenerStats};
+use crate::proxy::{self, DataPlane, ListenerStats};
 use crate::rollout::{self, RolloutState};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
@@ -84,6 +84,8 @@ pub struct App {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Shutdown,
+    /// What the data path gets: the snapshot and the shutdown tokens, nothing else.
+    pub data: Arc<DataPlane>,
     /// The handle the control plane (lifecycle, rollouts, state file) works through.
     pub control: Arc<Control>,
     /// Every rollout this instance knows.
@@ -149,7 +151,12 @@ impl App {
             shutdown.force.clone(),
             store,
         ));
+        let data = Arc::new(DataPlane {
+            snapshot: Arc::clone(&snapshot),
+            shutdown: shutdown.clone(),
+        });
         let app = Arc::new(App {
+            data,
             snapshot,
             metrics,
             shutdown,
@@ -208,7 +215,7 @@ impl App {
         });
         let stop = self.shutdown.accept.child_token();
         tokio::spawn(proxy::accept_loop(
-            Arc::clone(self),
+            Arc::clone(&self.data),
             socket,
             Arc::clone(&stats),
             stop.clone(),

@@ -5,7 +5,7 @@
 //! - [`pool`]: nodes with their two state dimensions, session accounting, node selection.
 //! - [`snapshot`]: the immutable routing view behind one `ArcSwap`.
 //! - [`app`]: starts the app on caller-bound sockets, owns the snapshot, applies reloads.
-//! - [`proxy`]: accept loops, TCP and HTTP proxying.
+//! - [`proxy`]: accept loops, TCP and HTTP proxying, on a [`proxy::DataPlane`] handle (snapshot, shutdown).
 //! - [`health`]: active checks feeding node health and version.
 //! - [`control`]: the narrow handle the control plane works through (snapshot, metrics, state store).
 //! - [`lifecycle`]: drain, enable with warmup, the pair guard, TCP rebalance.

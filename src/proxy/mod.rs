@@ -23,14 +23,22 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
 use crate::metrics::ListenerMetrics;
+use crate::shutdown::Shutdown;
 use crate::snapshot::{ListenerRoutes, Target};
 use activity::{Activity, Watched};
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 /// Per-listener counters that outlive reloads (connections hold them while open).
+/// What the data path needs of the running app, and nothing of its control plane: the
+/// routing snapshot it loads per connection or request, and the shutdown tokens and task
+/// tracker its connections answer to.
+pub struct DataPlane {
+    pub snapshot: Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
+    pub shutdown: Shutdown,
+}
+
 pub struct ListenerStats {
     pub name: Arc<str>,
     active: AtomicUsize,
@@ -75,7 +83,7 @@ impl Drop for ConnSlot {
 /// One HTTP client connection: plain, or TLS terminated first (the handshake is bounded by
 /// the header-read timeout, and a failure is logged and counted, touching nothing else).
 async fn serve_http(
-    app: Arc<App>,
+    plane: Arc<DataPlane>,
     routes: &ListenerRoutes,
     stats: &Arc<ListenerStats>,
     stream: TcpStream,
@@ -87,7 +95,7 @@ async fn serve_http(
     match (&routes.config.tls, &routes.tls) {
         (None, _) => {
             http::serve(
-                app,
+                plane,
                 Arc::clone(stats),
                 timeouts,
                 watched,
@@ -104,7 +112,7 @@ async fn serve_http(
                 match tokio::time::timeout(timeouts.header_read, acceptor.accept(watched)).await {
                     Ok(Ok(tls)) => {
                         http::serve(
-                            app,
+                            plane,
                             Arc::clone(stats),
                             timeouts,
                             tls,
@@ -136,7 +144,7 @@ async fn serve_http(
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 pub async fn accept_loop(
-    app: Arc<App>,
+    plane: Arc<DataPlane>,
     listener: TcpListener,
     stats: Arc<ListenerStats>,
     stop: CancellationToken,
@@ -157,7 +165,7 @@ pub async fn accept_loop(
                 }
             }
         };
-        let routes = app.snapshot.load().listeners.get(&*stats.name).cloned();
+        let routes = plane.snapshot.load().listeners.get(&*stats.name).cloned();
         let Some(routes) = routes else { continue };
         if stats.active.fetch_add(1, Relaxed) >= routes.config.max_connections {
             stats.active.fetch_sub(1, Relaxed);
@@ -169,21 +177,21 @@ pub async fn accept_loop(
         stats.metrics.active.inc();
         let slot = ConnSlot(Arc::clone(&stats));
         let _ = stream.set_nodelay(true);
-        let task_app = Arc::clone(&app);
+        let task_plane = Arc::clone(&plane);
         // One spawn per kind, so a TCP session's task is sized for the TCP future (under
         // 1 KiB), not for the much larger HTTP one.
         match &routes.target {
             Target::Tcp(pool) => {
                 let pool = Arc::clone(pool);
-                app.shutdown.tracker.spawn(async move {
+                plane.shutdown.tracker.spawn(async move {
                     let slot = slot;
-                    tcp::serve(&task_app, pool, &routes.config, &slot.0, stream, peer).await
+                    tcp::serve(&task_plane, pool, &routes.config, &slot.0, stream, peer).await
                 });
             }
             Target::Http(_) => {
-                app.shutdown.tracker.spawn(async move {
+                plane.shutdown.tracker.spawn(async move {
                     let slot = slot;
-                    serve_http(task_app, &routes, &slot.0, stream, peer).await
+                    serve_http(task_plane, &routes, &slot.0, stream, peer).await
                 });
             }
         }

@@ -16,10 +16,10 @@ use super::gated::Gated;
 use super::proxy_protocol;
 use super::splice::{splice, Copied};
 use super::ListenerStats;
-use crate::app::App;
 use crate::config::AffinityMode;
 use crate::config::ListenerConfig;
 use crate::pool::{affinity, unix_ms, Pool, SessionGuard, SessionKind, Tried};
+use crate::proxy::DataPlane;
 
 #[derive(Debug)]
 enum End {
@@ -34,7 +34,7 @@ enum End {
 }
 
 pub async fn serve(
-    app: &App,
+    plane: &DataPlane,
     pool: Arc<Pool>,
     cfg: &ListenerConfig,
     stats: &Arc<ListenerStats>,
@@ -101,7 +101,7 @@ pub async fn serve(
             }
         };
         tokio::select! {
-            _ = app.shutdown.force.cancelled() => End::Cut,
+            _ = plane.shutdown.force.cancelled() => End::Cut,
             _ = close.cancelled() => End::Deadline,
             _ = rebalance => End::Rebalanced,
         }

@@ -25,17 +25,17 @@ use super::headers::{prepare_request, prepare_response, request_host};
 use super::sticky::Client;
 use super::tunnel;
 use super::upstream::{handshake, UpBody};
-use crate::app::App;
 use crate::config::Timeouts;
 use crate::pool::{AdminState, NodeState, Pool, SessionGuard, SessionKind, Tried};
 use crate::proxy::activity::{Activity, InflightGuard};
 use crate::proxy::connect::connect_node;
+use crate::proxy::DataPlane;
 use crate::proxy::ListenerStats;
 use arc_swap::ArcSwapOption;
 
 /// What every request on one client connection shares.
 pub struct ConnCtx {
-    pub app: Arc<App>,
+    pub plane: Arc<DataPlane>,
     pub listener: Arc<ListenerStats>,
     pub peer: SocketAddr,
     /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
@@ -57,7 +57,7 @@ pub async fn handle(
         ctx.activity.set_h2();
     }
     let routed = {
-        let snapshot = ctx.app.snapshot.load();
+        let snapshot = ctx.plane.snapshot.load();
         snapshot.listeners.get(&*ctx.listener.name).map(|l| {
             let pool = l.route(request_host(&req), req.uri().path()).cloned();
             (pool, l.config.timeouts)
@@ -86,7 +86,7 @@ pub async fn handle(
             prepare_request(&mut req, &ctx.forwarded_for, ctx.proto);
             let listener = &ctx.listener;
             tunnel::forward(
-                &ctx.app, listener, &pool, req, client, value, timeouts, inflight,
+                &ctx.plane, listener, &pool, req, client, value, timeouts, inflight,
             )
             .await
         }

@@ -28,8 +28,8 @@ use tokio::time::{sleep_until, Instant};
 use super::activity::{Activity, Verdict};
 use super::gated::Gated;
 use super::ListenerStats;
-use crate::app::App;
 use crate::config::Timeouts;
+use crate::proxy::DataPlane;
 use forward::ConnCtx;
 
 /// Largest request head accepted (HTTP/1.1); a larger one is answered 431. NGINX allows
@@ -42,7 +42,7 @@ const RECHECK_AFTER_CLOSE: Duration = Duration::from_secs(1);
 /// Serves one client connection. `io` is the (watched) client stream, plain or TLS; `proto`
 /// is what `X-Forwarded-Proto` says.
 pub async fn serve<I>(
-    app: Arc<App>,
+    plane: Arc<DataPlane>,
     stats: Arc<ListenerStats>,
     timeouts: Timeouts,
     io: I,
@@ -54,7 +54,7 @@ pub async fn serve<I>(
 {
     let io = TokioIo::new(io);
     let ctx = Arc::new(ConnCtx {
-        app: Arc::clone(&app),
+        plane: Arc::clone(&plane),
         listener: stats,
         peer,
         forwarded_for: headers::forwarded_for(peer.ip()),
@@ -76,7 +76,7 @@ pub async fn serve<I>(
     tokio::pin!(conn);
     // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`
     // is the parent of `drain`, so `drain` always fires first.
-    let mut drain = Gated::new(Box::pin(app.shutdown.drain.clone().cancelled_owned()));
+    let mut drain = Gated::new(Box::pin(plane.shutdown.drain.clone().cancelled_owned()));
     let mut force = None;
     let mut closing = false;
     loop {
@@ -118,7 +118,7 @@ pub async fn serve<I>(
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                force = Some(Gated::new(Box::pin(app.shutdown.force.clone().cancelled_owned())));
+                force = Some(Gated::new(Box::pin(plane.shutdown.force.clone().cancelled_owned())));
             }
             _ = async { force.as_mut().expect("set when drain fired").await }, if force.is_some() => break,
         }

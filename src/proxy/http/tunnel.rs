@@ -24,12 +24,12 @@ use super::body::{local, ProxyBody, Upstream};
 use super::headers::prepare_response;
 use super::upstream::{handshake, UpBody};
 use super::ws::{self, FrameTracker};
-use crate::app::App;
 use crate::config::Timeouts;
 use crate::pool::{Node, Pool, SessionGuard, SessionKind, Tried};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_node;
 use crate::proxy::gated::Gated;
+use crate::proxy::DataPlane;
 use crate::proxy::{ConnSlot, ListenerStats};
 
 /// After a tunnel is told to close, how long a frame in flight may take to finish before the
@@ -62,7 +62,7 @@ pub fn requested(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// task. Connect failures move on to the next node; once sent, it is not retried.
 #[allow(clippy::too_many_arguments)]
 pub async fn forward(
-    app: &Arc<App>,
+    plane: &Arc<DataPlane>,
     listener: &Arc<ListenerStats>,
     pool: &Arc<Pool>,
     mut req: Request<UpBody>,
@@ -135,8 +135,8 @@ pub async fn forward(
             _slot: ConnSlot::continuing(listener),
         };
         drop(session);
-        app.shutdown.tracker.spawn(run(
-            Arc::clone(app),
+        plane.shutdown.tracker.spawn(run(
+            Arc::clone(plane),
             Arc::clone(node),
             kind,
             client,
@@ -162,7 +162,7 @@ pub struct Held {
 /// Splices the two upgraded connections once both upgrades complete. A tunnel that starts
 /// after its node's drain deadline (an affinity continuation) is closed at once.
 pub async fn run(
-    app: Arc<App>,
+    plane: Arc<DataPlane>,
     node: Arc<Node>,
     kind: Kind,
     client: OnUpgrade,
@@ -182,7 +182,7 @@ pub async fn run(
     let stop = async {
         let close = life.session_close_token();
         tokio::select! {
-            _ = app.shutdown.force.cancelled() => false,
+            _ = plane.shutdown.force.cancelled() => false,
             _ = close.cancelled() => true,
         }
     };
