@@ -23,6 +23,7 @@ use crate::control::{Control, StateStore};
 use crate::lifecycle;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::persist::{self, PersistError};
+use crate::pool::affinity::{Keys, MIN_SECRET_LEN};
 use crate::proxy::{self, DataPlane, ListenerStats};
 use crate::rollout::{self, RolloutState};
 use crate::shutdown::Shutdown;
@@ -45,6 +46,10 @@ pub enum StartError {
     },
     #[error("no socket was provided for listener {0:?}")]
     MissingSocket(String),
+    #[error(
+        "affinity_key_env: {var} holds {len} bytes; a shared affinity secret needs at least {min}"
+    )]
+    AffinitySecret { var: String, len: usize, min: usize },
     #[error(transparent)]
     State(#[from] PersistError),
 }
@@ -127,16 +132,18 @@ impl App {
         shutdown: Shutdown,
     ) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
-            config.clone(),
-            None,
-            &metrics,
-        )));
         let state_path = config.state_file.clone();
         let restored = match &state_path {
             Some(path) => persist::load(path)?,
             None => None,
         };
+        let keys = affinity_keys(&config, restored.as_ref())?;
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build_with_keys(
+            config.clone(),
+            None,
+            keys,
+            &metrics,
+        )));
         let rollouts = Arc::new(rollout::Registry::default());
         let (store, writer) = match &state_path {
             Some(_) => {
@@ -181,6 +188,8 @@ impl App {
         if let Some(state) = restored {
             app.restore(state);
         }
+        // Written once at start, so the affinity key is on disk before the first cookie.
+        app.control.mark_dirty();
         {
             let mut table = app.listeners.lock().await;
             for l in &config.listeners {
@@ -276,6 +285,9 @@ impl App {
                 fresh.insert(l.name.clone(), bind_one(&l.name, l.listen).await?);
             }
         }
+        if config.affinity_key_env != self.snapshot.load().config.affinity_key_env {
+            tracing::warn!("affinity_key_env changed: it takes effect at the next restart");
+        }
         if config.state_file != self.state_path {
             tracing::warn!("state_file changed: it takes effect at the next restart");
         }
@@ -369,6 +381,37 @@ impl App {
     pub fn admin_token(&self) -> Option<Arc<String>> {
         self.admin_token.load_full()
     }
+}
+
+/// The affinity keys for this run: from the shared secret when `affinity_key_env` names a
+/// set variable; else those of the state file, so cookies and address pins survive a
+/// restart; else new random ones.
+fn affinity_keys(
+    config: &Config,
+    restored: Option<&persist::StateFile>,
+) -> Result<Arc<Keys>, StartError> {
+    let secret = config
+        .affinity_key_env
+        .as_deref()
+        .and_then(|var| std::env::var(var).ok().map(|v| (var, v)))
+        .filter(|(_, v)| !v.is_empty());
+    if let Some((var, secret)) = secret {
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(StartError::AffinitySecret {
+                var: var.to_string(),
+                len: secret.len(),
+                min: MIN_SECRET_LEN,
+            });
+        }
+        return Ok(Arc::new(Keys::from_secret(&secret)));
+    }
+    if let Some(var) = &config.affinity_key_env {
+        tracing::warn!(var = %var, "affinity_key_env names a variable that is not set: affinity keys are this instance's own");
+    }
+    let stored = restored
+        .and_then(|s| s.affinity_key.as_deref())
+        .and_then(Keys::parse_hex);
+    Ok(Arc::new(stored.map_or_else(Keys::random, Keys::stored)))
 }
 
 fn token_from_env(config: &Config) -> Option<String> {

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{duration, limits};
 use crate::control::StoreWriter;
+use crate::pool::affinity::{KeySource, Keys};
 use crate::pool::AdminState;
 use crate::rollout::{Registry, Rollout};
 use crate::snapshot::Snapshot;
@@ -31,6 +33,10 @@ pub struct StateFile {
     /// By `pool/node`.
     pub nodes: BTreeMap<String, NodeRecord>,
     pub rollouts: Vec<Rollout>,
+    /// The affinity key (32 hex digits), so cookies and address pins survive a restart.
+    /// Absent when the key comes from a shared secret (never written to disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +101,11 @@ fn check(state: &StateFile) -> Result<(), String> {
             state.format
         ));
     }
+    if let Some(key) = &state.affinity_key {
+        if Keys::parse_hex(key).is_none() {
+            return Err("affinity_key must be 32 hex digits".into());
+        }
+    }
     for (key, n) in &state.nodes {
         if n.since_ms > MAX_UNIX_MS {
             return Err(format!(
@@ -138,7 +149,13 @@ pub fn write_atomic(path: &Path, state: &StateFile) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        // Owner-only: the file holds the affinity key, which names nodes in cookies.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
     }
@@ -171,6 +188,7 @@ pub fn collect(snapshot: &Snapshot, rollouts: &Registry) -> StateFile {
         format: FORMAT,
         nodes,
         rollouts: rollouts.list(),
+        affinity_key: (snapshot.keys.source() != KeySource::Secret).then(|| snapshot.keys.to_hex()),
     }
 }
 

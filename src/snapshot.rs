@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::metrics::Metrics;
+use crate::pool::affinity::Keys;
 use crate::pool::{Node, Pool};
 
 pub struct Snapshot {
@@ -15,6 +16,8 @@ pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     /// Listeners by name.
     pub listeners: HashMap<String, Arc<ListenerRoutes>>,
+    /// Affinity keys, kept across reloads (changing them would re-pin every client).
+    pub keys: Arc<Keys>,
 }
 
 /// What a listener does with a connection, resolved to pools.
@@ -39,8 +42,21 @@ pub struct Route {
 }
 
 impl Snapshot {
-    /// Builds a snapshot from a validated config; nodes present in `previous` keep their state.
+    /// Builds a snapshot from a validated config; nodes present in `previous` keep their state,
+    /// and its affinity keys are kept (a first snapshot gets random ones).
     pub fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
+        let keys = previous.map_or_else(|| Arc::new(Keys::random()), |p| Arc::clone(&p.keys));
+        Snapshot::build_with_keys(config, previous, keys, metrics)
+    }
+
+    /// [`Snapshot::build`] with the affinity keys given (start-up: from a secret or the state
+    /// file).
+    pub fn build_with_keys(
+        config: Config,
+        previous: Option<&Snapshot>,
+        keys: Arc<Keys>,
+        metrics: &Metrics,
+    ) -> Snapshot {
         let old_nodes: HashMap<String, Arc<Node>> = previous
             .map(|s| {
                 s.pools
@@ -57,7 +73,7 @@ impl Snapshot {
                 let control = previous
                     .and_then(|s| s.pool(&p.name))
                     .map_or_else(Default::default, |old| Arc::clone(&old.control));
-                Arc::new(Pool::build(p, &old_nodes, control, metrics))
+                Arc::new(Pool::build(p, &old_nodes, control, &keys, metrics))
             })
             .collect();
         let by_name: HashMap<&str, &Arc<Pool>> =
@@ -100,6 +116,7 @@ impl Snapshot {
             config: Arc::new(config),
             pools,
             listeners,
+            keys,
         }
     }
 

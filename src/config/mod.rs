@@ -24,6 +24,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Where admin states and rollouts are persisted, if anywhere.
     pub state_file: Option<PathBuf>,
+    /// Environment variable holding a shared affinity secret, if any: instances with the
+    /// same secret pin a client to the same node, across restarts too.
+    pub affinity_key_env: Option<String>,
     /// Time in-flight work gets after SIGTERM (`shutdown_grace`).
     pub shutdown_grace: Duration,
     pub listeners: Vec<ListenerConfig>,

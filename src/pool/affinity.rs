@@ -75,32 +75,104 @@ impl AffinityTable {
     }
 }
 
-/// The process's keys.
-pub fn keys() -> &'static Keys {
-    static KEYS: OnceLock<Keys> = OnceLock::new();
-    KEYS.get_or_init(Keys::default)
+/// Where a pool's affinity key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySource {
+    /// A secret from the environment variable named by `affinity_key_env`: instances that
+    /// share it pin a client to the same node.
+    Secret,
+    /// The state file: the key of an earlier run, so cookies and address pins survive a
+    /// restart.
+    StateFile,
+    /// Made at random for this run (and written to the state file, if there is one).
+    Random,
 }
 
-/// Process-wide keys for cookie tokens and client ids: random per process, so cookie values
-/// can't be predicted or forged to name a node.
+/// Keys for cookie tokens and client ids. Cookie values can't be predicted or forged to
+/// name a node without the key; the key itself may be durable (see [`KeySource`]), while
+/// fresh client ids also mix in a salt of this process so they never repeat across runs.
 pub struct Keys {
-    state: RandomState,
+    key: [u8; 16],
+    source: KeySource,
+    /// Random per process: client ids made by different runs never collide.
+    salt: u64,
     /// Makes every new client id distinct.
     next_client: AtomicU64,
 }
 
-impl Default for Keys {
-    fn default() -> Self {
-        Keys {
-            state: RandomState::new(),
-            next_client: AtomicU64::new(0),
+/// Fewest bytes of a secret accepted as an affinity key.
+pub const MIN_SECRET_LEN: usize = 16;
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    if getrandom::fill(&mut buf).is_err() {
+        // No OS randomness (never seen on Linux): fall back to std's randomly keyed hasher.
+        for (i, chunk) in buf.chunks_mut(8).enumerate() {
+            let mut h = RandomState::new().build_hasher();
+            h.write_usize(i);
+            let bytes = h.finish().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
     }
+    buf
 }
 
 impl Keys {
+    /// A key made at random.
+    pub fn random() -> Keys {
+        Keys::with(random_bytes(), KeySource::Random)
+    }
+
+    /// A key kept from an earlier run.
+    pub fn stored(key: [u8; 16]) -> Keys {
+        Keys::with(key, KeySource::StateFile)
+    }
+
+    /// A key derived from a shared secret (at least [`MIN_SECRET_LEN`] bytes).
+    pub fn from_secret(secret: &str) -> Keys {
+        let half = |domain: u64| {
+            let mut h = siphasher::sip::SipHasher13::new_with_keys(domain, !domain);
+            h.write(secret.as_bytes());
+            h.finish().to_le_bytes()
+        };
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&half(0x6861_6e64_6f66_6631));
+        key[8..].copy_from_slice(&half(0x6861_6e64_6f66_6632));
+        Keys::with(key, KeySource::Secret)
+    }
+
+    fn with(key: [u8; 16], source: KeySource) -> Keys {
+        Keys {
+            key,
+            source,
+            salt: u64::from_le_bytes(random_bytes()),
+            next_client: AtomicU64::new(0),
+        }
+    }
+
+    pub fn source(&self) -> KeySource {
+        self.source
+    }
+
+    /// The key as 32 hex digits (what the state file keeps).
+    pub fn to_hex(&self) -> String {
+        self.key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 32 hex digits.
+    pub fn parse_hex(text: &str) -> Option<[u8; 16]> {
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut key = [0u8; 16];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(key)
+    }
+
     fn hash(&self, parts: &[&[u8]]) -> u64 {
-        let mut h = self.state.build_hasher();
+        let mut h = siphasher::sip::SipHasher13::new_with_key(&self.key);
         for p in parts {
             h.write(p);
             h.write_u8(0xFF);
@@ -119,7 +191,8 @@ impl Keys {
     /// A fresh client id (never 0), unpredictable to clients.
     pub fn new_client(&self) -> u64 {
         let n = self.next_client.fetch_add(1, Relaxed);
-        self.hash(&[b"client", &n.to_le_bytes()]).max(1)
+        self.hash(&[b"client", &self.salt.to_le_bytes(), &n.to_le_bytes()])
+            .max(1)
     }
 
     /// The client key of an address.
@@ -183,7 +256,7 @@ impl super::Pool {
     /// Source-address affinity: the rendezvous-hash owner among the nodes that take new
     /// sessions (weights ramp with warmup).
     pub fn hash_pick(&self, client: u64, tried: super::Tried) -> Option<usize> {
-        let k = keys();
+        let k = &self.keys;
         (0..self.nodes.len())
             .filter(|&i| !tried.contains(i) && self.nodes[i].state.admits_new())
             .map(|i| {
@@ -276,8 +349,29 @@ mod tests {
     }
 
     #[test]
+    fn durable_keys_name_the_same_nodes_and_clients() {
+        let a = Keys::from_secret("0123456789abcdef-shared");
+        let b = Keys::from_secret("0123456789abcdef-shared");
+        assert_eq!(a.node_token("web", "a"), b.node_token("web", "a"));
+        let ip = "192.0.2.7".parse().unwrap();
+        assert_eq!(a.address(ip), b.address(ip));
+        assert_ne!(
+            a.new_client(),
+            b.new_client(),
+            "client ids differ per process"
+        );
+        let other = Keys::from_secret("another secret of enough length");
+        assert_ne!(a.node_token("web", "a"), other.node_token("web", "a"));
+        let kept = Keys::stored(Keys::parse_hex(&a.to_hex()).unwrap());
+        assert_eq!(kept.node_token("web", "b"), a.node_token("web", "b"));
+        for bad in ["", "00", &"g".repeat(32), &"0".repeat(33)] {
+            assert_eq!(Keys::parse_hex(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn rendezvous_moves_only_the_returning_nodes_share() {
-        let keys = Keys::default();
+        let keys = Keys::random();
         let tokens = ["a", "b", "c"];
         fn owner(keys: &Keys, client: u64, nodes: &[&'static str]) -> &'static str {
             nodes

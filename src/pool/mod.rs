@@ -41,6 +41,8 @@ pub struct Pool {
     next: AtomicUsize,
     /// What outlives this snapshot of the pool: its control lock and version preference.
     pub control: Arc<PoolControl>,
+    /// Affinity keys (node tokens, client ids, address hashing), shared by every pool.
+    pub keys: Arc<affinity::Keys>,
 }
 
 /// A pool's control-plane state, kept across reloads by pool name (one home for each piece).
@@ -70,6 +72,7 @@ impl Pool {
         config: &PoolConfig,
         previous: &HashMap<String, Arc<Node>>,
         control: Arc<PoolControl>,
+        keys: &Arc<affinity::Keys>,
         metrics: &Metrics,
     ) -> Pool {
         let nodes = config
@@ -111,7 +114,7 @@ impl Pool {
                             &n.name,
                         ))),
                         idle: IdleConns::new(),
-                        token: affinity::keys().node_token(&config.name, &n.name),
+                        token: keys.node_token(&config.name, &n.name),
                     }),
                 }
             })
@@ -127,6 +130,7 @@ impl Pool {
             metrics: PoolMetrics::new(metrics, &config.name),
             next: AtomicUsize::new(0),
             control,
+            keys: Arc::clone(keys),
         }
     }
 

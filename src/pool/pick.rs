@@ -231,6 +231,7 @@ mod warmup_tests {
             &config.pools[0],
             &HashMap::new(),
             Default::default(),
+            &std::sync::Arc::new(crate::pool::affinity::Keys::random()),
             &Metrics::new(),
         );
         for node in &pool.nodes {

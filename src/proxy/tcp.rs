@@ -18,7 +18,7 @@ use super::splice::{splice, Copied};
 use super::ListenerStats;
 use crate::config::AffinityMode;
 use crate::config::ListenerConfig;
-use crate::pool::{affinity, unix_ms, Pool, SessionGuard, SessionKind, Tried};
+use crate::pool::{unix_ms, Pool, SessionGuard, SessionKind, Tried};
 use crate::proxy::DataPlane;
 
 #[derive(Debug)]
@@ -44,7 +44,7 @@ pub async fn serve(
     let mut tried = Tried::default();
     // Source-address affinity: continue where the client has a session, else hash.
     let pinned = match pool.config.affinity.as_ref().map(|a| &a.mode) {
-        Some(AffinityMode::SourceIp) => Some(affinity::keys().address(peer.ip())),
+        Some(AffinityMode::SourceIp) => Some(pool.keys.address(peer.ip())),
         _ => None,
     };
     let mut first = pinned.map(|c| {

@@ -23,13 +23,13 @@ fn cookie_config(a: SocketAddr, b: SocketAddr) -> String {
 }
 
 /// A client that keeps the affinity cookie, as a browser would.
-struct Browser {
+pub(crate) struct Browser {
     client: TestClient,
-    cookie: Option<String>,
+    pub(crate) cookie: Option<String>,
 }
 
 impl Browser {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Browser {
             client: client(),
             cookie: None,
@@ -37,7 +37,7 @@ impl Browser {
     }
 
     /// GETs `url`; returns which node answered.
-    async fn get(&mut self, url: &str) -> String {
+    pub(crate) async fn get(&mut self, url: &str) -> String {
         self.get_with_close(url).await.0
     }
 

@@ -9,6 +9,7 @@ mod config_files;
 mod control;
 mod ctl;
 mod drain;
+mod durable_affinity;
 mod faults;
 mod flood;
 mod health;

@@ -155,6 +155,7 @@ impl Validator {
         };
         let (mut admin, mut grace, mut listeners, mut pools_raw) = (None, None, Vec::new(), None);
         let mut state_file = None;
+        let mut affinity_key_env = None;
         for (key, value) in map {
             let Some(key) = key.as_str().map(str::to_string) else {
                 self.err("", format!("top-level keys must be strings, found {key:?}"));
@@ -166,11 +167,14 @@ impl Validator {
                 "listeners" => listeners = self.items("listeners", value),
                 "pools" => pools_raw = Some(value),
                 "state_file" => state_file = self.item::<String>("state_file", value),
+                "affinity_key_env" => {
+                    affinity_key_env = self.item::<String>("affinity_key_env", value)
+                }
                 other => self.err(
                     other,
                     format!(
                         "unknown field `{other}`, expected one of `admin`, `state_file`, \
-                         `shutdown_grace`, `listeners`, `pools`"
+                         `affinity_key_env`, `shutdown_grace`, `listeners`, `pools`"
                     ),
                 ),
             }
@@ -230,12 +234,16 @@ impl Validator {
         if state_file.as_deref() == Some("") {
             self.err("state_file", "must be a file path");
         }
+        if affinity_key_env.as_deref() == Some("") {
+            self.err("affinity_key_env", "must name an environment variable");
+        }
         Some(Config {
             admin,
             // Relative to the config file's directory, like certificate paths.
             state_file: state_file
                 .filter(|p| !p.is_empty())
                 .map(|p| self.base.join(p)),
+            affinity_key_env,
             shutdown_grace,
             listeners,
             pools,

@@ -7,7 +7,7 @@ use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderValue, Request, Response};
 
 use crate::config::AffinityMode;
-use crate::pool::affinity::{find_cookie, keys, parse_cookie};
+use crate::pool::affinity::{find_cookie, parse_cookie};
 use crate::pool::{unix_ms, Pool, Tried};
 
 /// An affinity client of one request.
@@ -25,7 +25,7 @@ impl Client {
         let affinity = pool.config.affinity.as_ref()?;
         Some(match &affinity.mode {
             AffinityMode::SourceIp => Client {
-                key: keys().address(ip),
+                key: pool.keys.address(ip),
                 token: None,
                 cookie: None,
             },
@@ -44,7 +44,7 @@ impl Client {
                         cookie: Some(name.clone()),
                     },
                     None => Client {
-                        key: keys().new_client(),
+                        key: pool.keys.new_client(),
                         token: None,
                         cookie: Some(name.clone()),
                     },
