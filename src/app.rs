@@ -74,7 +74,8 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
     Ok(Bound { listeners, admin })
 }
 
-async fn bind_one(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+/// Binds one listening socket, naming it in the error.
+pub async fn bind_one(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -102,6 +103,24 @@ pub struct App {
     /// The state file, when configured (fixed at start).
     state_path: Option<PathBuf>,
     listeners: Mutex<ListenerTable>,
+    /// This process, as `/v1/status` shows it.
+    pub process: ProcessInfo,
+    /// The generation this process took over from, while it drains (`/v1/status`).
+    pub previous: ArcSwapOption<crate::upgrade::PreviousView>,
+    /// A takeover is handing the state to a new process: admin writes answer 503.
+    pub handing_over: std::sync::atomic::AtomicBool,
+}
+
+/// This process: `/v1/status` `process`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// handoff's version.
+    pub version: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// Takeovers since the first start, plus one.
+    pub generation: u64,
 }
 
 /// Listeners and health checkers, touched only by start and reload.
@@ -118,6 +137,8 @@ struct ListenerEntry {
     local: SocketAddr,
     stop: CancellationToken,
     stats: Arc<ListenerStats>,
+    /// The listening socket (a duplicate of the accept loop's), to hand to a new process.
+    socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl App {
@@ -128,16 +149,35 @@ impl App {
     pub async fn start(
         config: Config,
         config_path: Option<PathBuf>,
+        listeners: HashMap<String, TcpListener>,
+        shutdown: Shutdown,
+    ) -> Result<Arc<App>, StartError> {
+        App::start_with(config, config_path, listeners, shutdown, None).await
+    }
+
+    /// [`App::start`], taking over the runtime state of another process (`inherited`)
+    /// instead of reading the state file.
+    pub async fn start_with(
+        config: Config,
+        config_path: Option<PathBuf>,
         mut listeners: HashMap<String, TcpListener>,
         shutdown: Shutdown,
+        inherited: Option<crate::upgrade::Handover>,
     ) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let state_path = config.state_file.clone();
-        let restored = match &state_path {
-            Some(path) => persist::load(path)?,
-            None => None,
+        let restored = match (&state_path, &inherited) {
+            (Some(path), None) => persist::load(path)?,
+            _ => None,
         };
-        let keys = affinity_keys(&config, restored.as_ref())?;
+        let inherited_key = inherited
+            .as_ref()
+            .and_then(|h| Keys::parse_hex(&h.affinity_key));
+        let keys = match inherited_key {
+            Some(key) if config.affinity_key_env.is_none() => Arc::new(Keys::stored(key)),
+            _ => affinity_keys(&config, restored.as_ref())?,
+        };
+        let generation = inherited.as_ref().map_or(1, |h| h.generation + 1);
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build_with_keys(
             config.clone(),
             None,
@@ -176,6 +216,14 @@ impl App {
                 listeners: HashMap::new(),
                 health_stop: CancellationToken::new(),
             }),
+            process: ProcessInfo {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at: crate::time::rfc3339(crate::time::unix_ms()),
+                generation,
+            },
+            previous: ArcSwapOption::empty(),
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         });
         if let (Some(path), Some(writer)) = (state_path, writer) {
             tokio::spawn(persist::writer(
@@ -187,6 +235,9 @@ impl App {
         }
         if let Some(state) = restored {
             app.restore(state);
+        }
+        if let Some(handover) = inherited {
+            crate::upgrade::apply(&app, handover);
         }
         // Written once at start, so the affinity key is on disk before the first cookie.
         app.control.mark_dirty();
@@ -216,6 +267,7 @@ impl App {
         stats: Option<Arc<ListenerStats>>,
     ) -> ListenerEntry {
         let local = socket.local_addr().unwrap_or(cfg.listen);
+        let dup = std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned();
         let stats = stats.unwrap_or_else(|| {
             Arc::new(ListenerStats::new(
                 &cfg.name,
@@ -235,6 +287,7 @@ impl App {
             local,
             stop,
             stats,
+            socket: dup.ok(),
         }
     }
 
@@ -337,6 +390,39 @@ impl App {
             .collect()
     }
 
+    /// What the draining previous generation still holds (`None` once it exited): shown in
+    /// `/v1/status`, and waited for by this process's drains of the same nodes.
+    pub fn note_previous(&self, view: Option<crate::upgrade::PreviousView>) {
+        for pool in &self.snapshot.load().pools {
+            for node in &pool.nodes {
+                let held = view
+                    .as_ref()
+                    .and_then(|v| v.nodes.get(&node.key()).copied())
+                    .unwrap_or(0);
+                node.state.set_previous_sessions(held);
+            }
+        }
+        self.previous.store(view.map(Arc::new));
+    }
+
+    /// Duplicates of the listening sockets of every listener whose name and address are in
+    /// `wanted` (a new process's config), for a takeover.
+    pub async fn listener_sockets(
+        &self,
+        wanted: &[(String, SocketAddr)],
+    ) -> Vec<(String, std::os::fd::OwnedFd)> {
+        let table = self.listeners.lock().await;
+        wanted
+            .iter()
+            .filter_map(|(name, addr)| {
+                let entry = table.listeners.get(name)?;
+                let same = entry.configured == *addr;
+                let fd = entry.socket.as_ref()?.try_clone().ok()?;
+                same.then(|| (name.clone(), fd))
+            })
+            .collect()
+    }
+
     /// Open client connections of one listener.
     pub async fn listener_connections(&self, name: &str) -> Option<usize> {
         let control = self.listeners.lock().await;
@@ -354,13 +440,13 @@ impl App {
                 tracing::info!(node = %key, "state file names a node the config no longer has");
                 continue;
             };
-            lifecycle::restore(
-                &self.control,
-                &t,
-                record.state,
-                record.since_ms,
-                record.enable_pending,
-            );
+            let carried = lifecycle::Carried {
+                kind: record.state,
+                since_ms: record.since_ms,
+                pending: record.enable_pending,
+                deadline_ms: None,
+            };
+            lifecycle::restore(&self.control, &t, carried);
         }
         for record in state.rollouts {
             let running = record.state == RolloutState::Running;

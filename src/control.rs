@@ -4,6 +4,7 @@
 //! reaches back into the app that composes it.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub struct Control {
     store: Option<StateStore>,
     /// Pools with a rebalance in progress (at most one each).
     pub rebalancing: Mutex<HashSet<String>>,
+    /// Set while a takeover hands the state to another process, and for good once it has:
+    /// the state file is then the new process's to write.
+    store_paused: AtomicBool,
 }
 
 /// A node resolved from one snapshot, with the pool it belongs to.
@@ -50,6 +54,7 @@ impl Control {
             stop,
             store,
             rebalancing: Mutex::new(HashSet::new()),
+            store_paused: AtomicBool::new(false),
         }
     }
 
@@ -66,16 +71,28 @@ impl Control {
 
     /// The state changed: the writer will write it (no-op without a state file).
     pub fn mark_dirty(&self) {
-        if let Some(s) = &self.store {
+        if let Some(s) = self.store.as_ref().filter(|_| !self.store_paused()) {
             s.mark();
         }
     }
 
     /// Waits until the writer has written the state as it is now (shutdown, tests).
     pub async fn flush(&self) {
-        if let Some(s) = &self.store {
+        if let Some(s) = self.store.as_ref().filter(|_| !self.store_paused()) {
             s.flush().await;
         }
+    }
+
+    /// Stops (or resumes) writing the state file, for a takeover.
+    pub fn pause_store(&self, paused: bool) {
+        self.store_paused.store(paused, SeqCst);
+        if !paused {
+            self.mark_dirty();
+        }
+    }
+
+    fn store_paused(&self) -> bool {
+        self.store_paused.load(SeqCst)
     }
 }
 

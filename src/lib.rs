@@ -14,6 +14,8 @@
 //! - [`shutdown`]: token tree, task tracker, lifecycle phase.
 //! - [`cli`]: `run`, `check`, `demo`, `ctl`.
 //! - [`time`]: Unix milliseconds, total RFC 3339, checked deadline arithmetic.
+//! - [`upgrade`]: self-upgrade: sockets and runtime state handed to a new process (the one
+//!   module with `unsafe`, for SCM_RIGHTS, is `upgrade::fds`).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -31,3 +33,4 @@ pub mod rollout;
 pub mod shutdown;
 pub mod snapshot;
 pub mod time;
+pub mod upgrade;

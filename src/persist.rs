@@ -220,7 +220,7 @@ pub async fn writer(
 }
 
 /// Serde for `Option<Duration>` written as text.
-mod optional_duration {
+pub mod optional_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

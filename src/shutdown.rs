@@ -29,6 +29,11 @@ pub struct Shutdown {
     pub force: CancellationToken,
     pub drain: CancellationToken,
     pub accept: CancellationToken,
+    /// A new process took over (self-upgrade): keep-alive clients are asked to reconnect on
+    /// their next response (`Connection: close`; HTTP/2 GOAWAY), which the new process
+    /// accepts. Unlike `drain`, it never closes an idle HTTP/1.1 connection under a client
+    /// that may be sending on it.
+    pub retire: CancellationToken,
     pub tracker: TaskTracker,
     phase: watch::Sender<Phase>,
 }
@@ -45,6 +50,7 @@ impl Shutdown {
         let drain = force.child_token();
         let accept = drain.child_token();
         Shutdown {
+            retire: force.child_token(),
             force,
             drain,
             accept,
@@ -63,6 +69,19 @@ impl Shutdown {
         // Cancel first, publish second: whoever sees `Draining` can rely on accepting
         // having stopped.
         self.drain.cancel();
+        self.wind_down(grace).await
+    }
+
+    /// A new process took over: stop accepting (it accepts on the same sockets), let every
+    /// connection end by itself within `grace` (keep-alive clients are asked to reconnect on
+    /// their next response), then cut what remains.
+    pub async fn retire(&self, grace: Duration) -> usize {
+        self.accept.cancel();
+        self.retire.cancel();
+        self.wind_down(grace).await
+    }
+
+    async fn wind_down(&self, grace: Duration) -> usize {
         self.phase.send_replace(Phase::Draining);
         self.tracker.close();
         let mut cut = 0;

@@ -25,6 +25,8 @@ pub async fn status(app: &Arc<App>) -> AdminResponse {
     }
     let view = StatusView {
         version: env!("CARGO_PKG_VERSION").into(),
+        process: app.process.clone(),
+        previous: app.previous.load_full().map(|p| (*p).clone()),
         listeners,
         pools: snapshot.pools.iter().map(|p| PoolView::of(p)).collect(),
         rollouts: app.rollouts.list(),

@@ -65,6 +65,8 @@ pub enum AdminError {
     ReloadFailed(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("a takeover by a new handoff process is in progress: retry in a moment")]
+    TakingOver,
     #[error("{0}")]
     Guard(#[from] crate::lifecycle::OpError),
     #[error("{0}")]
@@ -83,6 +85,7 @@ impl AdminError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::ReloadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::TakingOver => StatusCode::SERVICE_UNAVAILABLE,
             Self::Guard(_) => StatusCode::CONFLICT,
             Self::Rollout(e) => match e {
                 RolloutError::UnknownPool(_) | RolloutError::Unknown(_) => StatusCode::NOT_FOUND,
@@ -212,6 +215,14 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
         }),
         ["v1", rest @ ..] => match authorize(app, &req) {
             Err(e) => Err(e),
+            // During a takeover the state is on its way to the new process: a write here
+            // would be lost, so it is refused (the new process answers it once it serves).
+            Ok(())
+                if method != Method::GET
+                    && app.handing_over.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Err(AdminError::TakingOver)
+            }
             Ok(()) => match (rest, &method) {
                 (["status"], &Method::GET) => Ok(handlers::status(app).await),
                 (["pools", pool], &Method::GET) => handlers::pool(app, pool),

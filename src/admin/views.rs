@@ -12,6 +12,12 @@ use crate::time::rfc3339;
 pub struct StatusView {
     /// handoff's own version.
     pub version: String,
+    /// This process: pid, version, start time, generation (takeovers since the first start,
+    /// plus one).
+    pub process: crate::app::ProcessInfo,
+    /// The generation this one took over from, while it drains.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub previous: Option<crate::upgrade::PreviousView>,
     pub listeners: Vec<ListenerView>,
     pub pools: Vec<PoolView>,
     pub rollouts: Vec<crate::rollout::Rollout>,

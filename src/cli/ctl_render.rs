@@ -43,9 +43,26 @@ const NODE_HEADER: [&str; 9] = [
 ];
 
 pub fn status(view: &StatusView) -> String {
+    let p = &view.process;
+    let mut out = format!(
+        "handoff {} pid {} generation {} since {}\n",
+        p.version, p.pid, p.generation, p.started_at
+    );
+    if let Some(prev) = &view.previous {
+        out.push_str(&format!(
+            "previous generation: pid {} draining, sessions {} (http_inflight {}, tunnels {}, tcp {}), closes the rest at {}\n",
+            prev.pid,
+            prev.sessions.total,
+            prev.sessions.http_inflight,
+            prev.sessions.tunnels,
+            prev.sessions.tcp,
+            prev.deadline
+        ));
+    }
+    out.push('\n');
     let mut rows = vec![NODE_HEADER.map(String::from).to_vec()];
     rows.extend(view.pools.iter().flat_map(|p| p.nodes.iter().map(node_row)));
-    let mut out = table(&rows);
+    out.push_str(&table(&rows));
     out.push('\n');
     let mut listeners = vec![["LISTENER", "PROTOCOL", "ADDRESS", "CONNECTIONS"]
         .map(String::from)

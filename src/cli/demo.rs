@@ -121,7 +121,8 @@ change in `ctl status` while requests keep being answered.)
 
 Press Ctrl-C to stop."#
         );
-        super::run::serve_until_signal(app, signals).await
+        super::run::serve_until_signal(app, signals, tokio_util::sync::CancellationToken::new())
+            .await
     })
 }
 

@@ -29,6 +29,10 @@ pub enum Command {
         /// tokio's single-threaded scheduler.
         #[arg(long, env = "HANDOFF_WORKER_THREADS", value_parser = threads_range())]
         threads: Option<usize>,
+        /// Take over from the handoff running with this config's `upgrade.socket`: its
+        /// listening sockets and runtime state, without refusing a connection.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration file; exit 1 with every error.
     Check {
@@ -69,7 +73,11 @@ pub enum Command {
 /// Runs a command; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
     let result = match cli.command {
-        Command::Run { config, threads } => run::run(config, threads),
+        Command::Run {
+            config,
+            threads,
+            upgrade,
+        } => run::run(config, threads, upgrade),
         Command::Check { config } => Ok(check::check(&config)),
         Command::Demo {
             listen,

@@ -48,3 +48,9 @@ pub const REBALANCE_CLOSES_PER_SEC: u32 = 20;
 pub const ROLLOUT_READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Affinity: a pinned client idle this long is no longer a session.
 pub const AFFINITY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Self-upgrade: the Unix socket a new process asks for the listeners on, relative to the
+/// config file's directory.
+pub const UPGRADE_SOCKET: &str = "handoff.upgrade.sock";
+/// Self-upgrade: how long the new process may take to serve before the old one gives up on
+/// it and keeps everything.
+pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);

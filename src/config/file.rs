@@ -14,6 +14,14 @@ pub struct RawAdmin {
     pub token_env: Option<String>,
 }
 
+/// `upgrade:` section (self-upgrade).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpgrade {
+    pub socket: Option<String>,
+    pub timeout: Option<String>,
+}
+
 /// One entry of `listeners:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -47,6 +47,8 @@ pub const SESSION_TIMEOUT: Range = Range::new(ms(0), WEEK);
 pub const READY_TIMEOUT: Range = Range::new(ms(1), WEEK);
 /// `pools[].affinity.idle_timeout`.
 pub const AFFINITY_IDLE: Range = Range::new(ms(1), WEEK);
+/// `upgrade.timeout`.
+pub const UPGRADE_TIMEOUT: Range = Range::new(ms(100), hours(1));
 /// `timeout=` of the admin `wait` long poll.
 pub const WAIT_TIMEOUT: Range = Range::new(ms(0), hours(1));
 

@@ -31,6 +31,15 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub listeners: Vec<ListenerConfig>,
     pub pools: Vec<PoolConfig>,
+    /// Self-upgrade: where a new process asks for the sockets, and how long it may take.
+    pub upgrade: UpgradeConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpgradeConfig {
+    /// The Unix socket (resolved against the config file's directory).
+    pub socket: PathBuf,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -51,7 +51,8 @@ pub async fn run(ctl: Arc<Control>, t: NodeRef, timeout: Duration, epoch: u64) {
             return;
         }
         let (pinned, affinity_wake) = affinity();
-        let active = state.active_sessions();
+        // The previous generation's sessions on this node (after a takeover) count too.
+        let active = state.active_sessions() + state.previous_sessions();
         if active == 0 && pinned == 0 {
             break;
         }
@@ -83,8 +84,10 @@ pub async fn run(ctl: Arc<Control>, t: NodeRef, timeout: Duration, epoch: u64) {
         // true: waiting for it would return at once and spin, starving the worker's other
         // tasks. Then only the affinity expiry (the limit) or a state change wakes us.
         let wait_for_last = active > 0;
-        let woken =
-            |s: &NodeState| !still_draining(s) || (wait_for_last && s.active_sessions() == 0);
+        let woken = |s: &NodeState| {
+            !still_draining(s)
+                || (wait_for_last && s.active_sessions() + s.previous_sessions() == 0)
+        };
         tokio::select! {
             _ = ctl.stop.cancelled() => return,
             _ = state.wait_until(limit, woken) => {}

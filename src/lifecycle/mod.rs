@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::control::{Control, NodeRef};
-use crate::pool::{unix_ms, AdminState, Effect, Health, Node, Pool, Record};
+use crate::pool::{unix_ms, Admin, AdminState, Effect, Health, Node, Pool, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -178,36 +178,48 @@ fn background(
     }
 }
 
-/// Applies an admin state read from the state file at start (before anything serves): a
-/// node that was draining is drained now (its sessions died with the old process), a
-/// warming one warms up again from the start, and a pending enable is kept.
-pub fn restore(
-    ctl: &Arc<Control>,
-    t: &NodeRef,
-    kind: AdminState,
-    since_ms: u64,
-    pending: Option<Duration>,
-) {
+/// An admin state carried into this process: from the state file at start, or from the
+/// process this one takes over from.
+#[derive(Debug, Clone, Copy)]
+pub struct Carried {
+    pub kind: AdminState,
+    pub since_ms: u64,
+    pub pending: Option<Duration>,
+    /// A drain deadline that still holds (takeover: the old process's sessions carry on, so
+    /// the drain does too). `None` from a state file: the sessions died with that process.
+    pub deadline_ms: Option<u64>,
+}
+
+/// Applies a carried admin state before anything serves: a node that was draining is
+/// drained now, unless a deadline still holds (takeover), a warming one warms up again from
+/// the start, and a pending enable is kept.
+pub fn restore(ctl: &Arc<Control>, t: &NodeRef, carried: Carried) {
     let warmup = t.pool.config.warmup;
-    background(ctl, t, "admin state restored from the state file", |rec| {
-        let admin = match kind {
-            AdminState::Active => crate::pool::Admin::Active,
-            AdminState::Draining | AdminState::Drained => crate::pool::Admin::Drained,
-            AdminState::Warming => crate::pool::Admin::Warming {
-                until_ms: crate::time::add_ms(unix_ms(), warmup),
+    let now = unix_ms();
+    background(ctl, t, "admin state carried over", |rec| {
+        let admin = match (carried.kind, carried.deadline_ms) {
+            (AdminState::Active, _) => Admin::Active,
+            (AdminState::Draining, Some(deadline_ms)) => Admin::Draining { deadline_ms },
+            (AdminState::Draining | AdminState::Drained, _) => Admin::Drained,
+            (AdminState::Warming, _) => Admin::Warming {
+                until_ms: crate::time::add_ms(now, warmup),
                 warmup,
             },
         };
         let next = Record {
             admin,
-            since_ms,
-            pending_warmup: pending.filter(|_| !kind.admits_new()),
+            since_ms: carried.since_ms,
+            pending_warmup: carried.pending.filter(|_| !carried.kind.admits_new()),
             epoch: rec.epoch.wrapping_add(1),
         };
         let effect = match next.admin {
-            crate::pool::Admin::Warming { warmup, .. } => Effect::Warm {
+            Admin::Warming { warmup, .. } => Effect::Warm {
                 epoch: next.epoch,
                 warmup,
+            },
+            Admin::Draining { deadline_ms } => Effect::Drain {
+                epoch: next.epoch,
+                timeout: Duration::from_millis(deadline_ms.saturating_sub(now)),
             },
             _ if next.pending_warmup.is_some() => Effect::AwaitUp,
             _ => Effect::None,

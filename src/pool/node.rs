@@ -65,6 +65,9 @@ pub struct NodeState {
     /// Consecutive passing checks that reported the current version (readmission needs
     /// `healthy_after` of them with the target version).
     version_passes: AtomicU32,
+    /// Sessions the previous generation (a takeover's old process) still holds on this node:
+    /// a drain here also waits for them.
+    previous_sessions: AtomicUsize,
     /// Bumped when a reload moves the node to another address: a check that was probing the
     /// old address when it moved reports into an older epoch and is ignored.
     address_epoch: AtomicU64,
@@ -91,6 +94,7 @@ impl NodeState {
             waiters: AtomicUsize::new(0),
             version_passes: AtomicU32::new(0),
             address_epoch: AtomicU64::new(0),
+            previous_sessions: AtomicUsize::new(0),
             lifecycle: Lifecycle::new(),
             affinity: AffinityTable::default(),
         }
@@ -248,6 +252,32 @@ impl NodeState {
     /// and rollout steps): lets a test know a long poll has arrived without sleeping.
     pub fn waiters(&self) -> usize {
         self.waiters.load(SeqCst)
+    }
+
+    /// Sessions the previous generation still holds here (see [`NodeState::set_previous_sessions`]).
+    pub fn previous_sessions(&self) -> usize {
+        self.previous_sessions.load(SeqCst)
+    }
+
+    /// The previous generation reported what it holds here; a drain waiting on it wakes
+    /// when that reaches zero.
+    pub fn set_previous_sessions(&self, n: usize) {
+        if self.previous_sessions.swap(n, SeqCst) != n && n == 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Takes over what another handoff process knew of this node's health (a takeover), so
+    /// the new process serves from its first connection instead of waiting for checks.
+    pub fn inherit_health(&self, health: Health, version: Option<String>, version_passes: u32) {
+        self.health.store(health as u8, SeqCst);
+        self.health_since.store(unix_ms(), Relaxed);
+        self.version.store(version.map(Arc::new));
+        self.version_passes.store(version_passes, Relaxed);
+        if health == Health::Up {
+            self.passes.store(version_passes.max(1), Relaxed);
+        }
+        self.changed.notify_waiters();
     }
 
     /// The epoch a health check must report into (see [`NodeState::record_check`]).

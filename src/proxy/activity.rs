@@ -76,6 +76,10 @@ impl Activity {
         self.h2.store(true, Relaxed);
     }
 
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Relaxed)
+    }
+
     /// A request head arrived: the header-read clock stops, the request is in flight.
     pub fn request_started(&self) {
         self.inflight.fetch_add(1, Relaxed);

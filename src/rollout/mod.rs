@@ -168,6 +168,9 @@ impl Handle {
 pub struct Registry {
     all: Mutex<Vec<Arc<Handle>>>,
     next: AtomicU64,
+    /// Cancelled to stop driving every rollout (a takeover hands them to a new process);
+    /// their records stay as they are, at their step.
+    drivers: arc_swap::ArcSwap<CancellationToken>,
 }
 
 impl Registry {
@@ -303,11 +306,40 @@ pub fn start(
 /// then forgotten.
 pub fn spawn(ctl: &Arc<Control>, rollouts: &Arc<Registry>, handle: Arc<Handle>) {
     let (ctl, rollouts) = (Arc::clone(ctl), Arc::clone(rollouts));
+    let paused = CancellationToken::clone(&rollouts.drivers.load());
     tokio::spawn(async move {
-        run::run(&ctl, handle).await;
-        rollouts.prune();
-        ctl.mark_dirty();
+        tokio::select! {
+            // The step in progress is left where it is; whoever resumes redoes it (every
+            // step is idempotent: a drain of a draining node changes nothing).
+            _ = paused.cancelled() => {}
+            _ = run::run(&ctl, handle) => {
+                rollouts.prune();
+                ctl.mark_dirty();
+            }
+        }
     });
+}
+
+impl Registry {
+    /// Stops driving every rollout (a takeover is handing them to another process).
+    pub fn pause(&self) {
+        self.drivers
+            .swap(Arc::new(CancellationToken::new()))
+            .cancel();
+    }
+
+    /// Drives every running rollout again, at its step (a takeover failed).
+    pub fn resume(ctl: &Arc<Control>, rollouts: &Arc<Registry>) {
+        let running: Vec<Arc<Handle>> = rollouts
+            .all()
+            .iter()
+            .filter(|h| h.lock().state == RolloutState::Running)
+            .cloned()
+            .collect();
+        for handle in running {
+            spawn(ctl, rollouts, handle);
+        }
+    }
 }
 
 /// Asks a rollout to stop after its current step.

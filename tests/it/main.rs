@@ -21,6 +21,7 @@ mod rollout;
 mod shutdown;
 mod state_file;
 mod state_storm;
+mod takeover;
 mod tcp;
 mod tls;
 mod warmup;

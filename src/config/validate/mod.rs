@@ -156,6 +156,7 @@ impl Validator {
         let (mut admin, mut grace, mut listeners, mut pools_raw) = (None, None, Vec::new(), None);
         let mut state_file = None;
         let mut affinity_key_env = None;
+        let mut upgrade = None;
         for (key, value) in map {
             let Some(key) = key.as_str().map(str::to_string) else {
                 self.err("", format!("top-level keys must be strings, found {key:?}"));
@@ -163,6 +164,7 @@ impl Validator {
             };
             match key.as_str() {
                 "admin" => admin = self.item::<RawAdmin>("admin", value),
+                "upgrade" => upgrade = self.item::<RawUpgrade>("upgrade", value),
                 "shutdown_grace" => grace = self.item::<String>("shutdown_grace", value),
                 "listeners" => listeners = self.items("listeners", value),
                 "pools" => pools_raw = Some(value),
@@ -174,7 +176,7 @@ impl Validator {
                     other,
                     format!(
                         "unknown field `{other}`, expected one of `admin`, `state_file`, \
-                         `affinity_key_env`, `shutdown_grace`, `listeners`, `pools`"
+                         `affinity_key_env`, `shutdown_grace`, `upgrade`, `listeners`, `pools`"
                     ),
                 ),
             }
@@ -234,6 +236,7 @@ impl Validator {
         if state_file.as_deref() == Some("") {
             self.err("state_file", "must be a file path");
         }
+        let upgrade = self.upgrade(upgrade.unwrap_or_default());
         if affinity_key_env.as_deref() == Some("") {
             self.err("affinity_key_env", "must name an environment variable");
         }
@@ -247,6 +250,7 @@ impl Validator {
             shutdown_grace,
             listeners,
             pools,
+            upgrade,
         })
     }
 
@@ -270,6 +274,22 @@ impl Validator {
             .collect();
         for name in dups {
             self.err(path, format!("{what} name {name:?} is used more than once"));
+        }
+    }
+
+    fn upgrade(&mut self, raw: RawUpgrade) -> UpgradeConfig {
+        let socket = raw.socket.as_deref().unwrap_or(d::UPGRADE_SOCKET);
+        if socket.is_empty() {
+            self.err("upgrade.socket", "must be a file path");
+        }
+        UpgradeConfig {
+            socket: self.base.join(socket),
+            timeout: self.duration(
+                "upgrade.timeout",
+                raw.timeout.as_deref(),
+                d::UPGRADE_TIMEOUT,
+                limits::UPGRADE_TIMEOUT,
+            ),
         }
     }
 

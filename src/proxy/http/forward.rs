@@ -95,7 +95,7 @@ pub async fn handle(
                 let keep_alive_h1 = req.version() < Version::HTTP_2;
                 prepare_request(&mut req, &ctx.forwarded_for, ctx.proto);
                 let client = Client::identify(&pool, &req, ctx.peer.ip());
-                forward(
+                let mut resp = forward(
                     &pool,
                     req,
                     timeouts,
@@ -104,7 +104,13 @@ pub async fn handle(
                     keep_alive_h1,
                     &ctx.served_by,
                 )
-                .await
+                .await;
+                if keep_alive_h1 && ctx.plane.shutdown.retire.is_cancelled() {
+                    // A new process took over: the client reconnects, and reaches it.
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
             }
             Err(refused) => refused,
         },

@@ -77,6 +77,8 @@ pub async fn serve<I>(
     // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`
     // is the parent of `drain`, so `drain` always fires first.
     let mut drain = Gated::new(Box::pin(plane.shutdown.drain.clone().cancelled_owned()));
+    let mut retire = Gated::new(Box::pin(plane.shutdown.retire.clone().cancelled_owned()));
+    let mut retired = false;
     let mut force = None;
     let mut closing = false;
     loop {
@@ -113,6 +115,16 @@ pub async fn serve<I>(
                 break;
             }
             _ = sleep_until(next) => {}
+            _ = &mut retire, if !retired => {
+                // Replaced by a new process: HTTP/2 clients get GOAWAY now (in-flight streams
+                // finish); HTTP/1.1 clients get `Connection: close` on their next response.
+                retired = true;
+                if activity.is_h2() && !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                force = Some(Gated::new(Box::pin(plane.shutdown.force.clone().cancelled_owned())));
+            }
             _ = &mut drain, if force.is_none() => {
                 if !closing {
                     conn.as_mut().graceful_shutdown();

@@ -1,6 +1,7 @@
 //! Test support: the real app on ephemeral loopback ports, real backends, and clients.
 
 pub mod backends;
+pub mod process;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
