@@ -164,7 +164,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
     let stop = app.shutdown.force.clone();
     loop {
         let accepted = tokio::select! {
+            biased;
             _ = stop.cancelled() => break,
+            // Replaced by a new process, which accepts on this same socket: stop taking
+            // connections (those open are served on).
+            _ = app.shutdown.retire.cancelled() => break,
             r = listener.accept() => r,
         };
         let stream = match accepted {
@@ -179,13 +183,33 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
         };
         let app = Arc::clone(&app);
         let stop = stop.clone();
-        tokio::spawn(async move {
+        // Tracked like client connections, so a request this process accepted is answered
+        // before it exits (a takeover's old generation included).
+        let tracker = app.shutdown.tracker.clone();
+        tracker.spawn(async move {
+            let drain = app.shutdown.drain.clone();
             let service = service_fn(move |req| {
                 let app = Arc::clone(&app);
-                async move { Ok::<_, Infallible>(route(&app, req).await) }
+                async move {
+                    let mut resp = route(&app, req).await;
+                    if app.shutdown.retire.is_cancelled() {
+                        // Replaced by a new process: the client's next request goes there.
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.cancelled() => return,
+                _ = drain.cancelled() => {}
+            }
+            // Stopping: answer what is in flight, then close.
+            conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}

@@ -25,7 +25,7 @@ pub fn run(path: PathBuf, threads: Option<usize>, take_over: bool) -> anyhow::Re
         }
     };
     let rt = super::runtime(threads).context("starting the runtime")?;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         // Before anything else: a SIGHUP sent the moment the process starts is a reload
         // request, queued until the app serves, never the default "terminate".
         let signals = Signals::install()?;
@@ -74,7 +74,11 @@ pub fn run(path: PathBuf, threads: Option<usize>, take_over: bool) -> anyhow::Re
             }
         }
         serve_until_signal(app, signals, handed_over).await
-    })
+    });
+    // A thread may still be blocked reading what an earlier generation reports about its
+    // drain: it must not hold this process's exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
 }
 
 /// Binds the listeners a takeover did not hand over (new, or moved to another address).

@@ -33,7 +33,7 @@ pools:
 async fn status(h: &Handoff) -> Value {
     match call(&client(), Method::GET, &h.url("/v1/status"), None).await {
         Some((200, v)) => v,
-        other => panic!("status: {other:?}"),
+        other => panic!("status: {other:?}\n{:#?}", h.log()),
     }
 }
 
@@ -193,5 +193,292 @@ async fn a_takeover_with_an_invalid_config_exits_1_and_changes_nothing() {
         "{failed} of {sent} failed while the takeovers were refused"
     );
     old.assert_alive("after refused takeovers");
+    assert_eq!(status(&old).await["process"]["generation"], 1);
+}
+
+/// Pool `web` (a, b) on an http listener and pool `p` (one echo node) on a tcp listener.
+fn config_with_tcp(
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+    echo: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"admin: {{ listen: "127.0.0.1:0" }}
+shutdown_grace: 30s
+listeners:
+  - {{ name: web, listen: "127.0.0.1:0", protocol: http, routes: [ {{ pool: web }} ] }}
+  - {{ name: t, listen: "127.0.0.1:0", protocol: tcp, pool: p }}
+pools:
+  - name: web
+    nodes: [ {{ name: a, addr: "{a}" }}, {{ name: b, addr: "{b}" }} ]
+    health: {FAST_HEALTH}
+    warmup: 200ms
+  - name: p
+    nodes: [ {{ name: e, addr: "{echo}" }} ]
+    health: {{ interval: 100ms, timeout: 100ms, healthy_after: 1, tcp: {{}} }}
+"#
+    )
+}
+
+/// A deterministic byte stream (xorshift), so the reader can check every byte.
+struct Stream(u64);
+
+impl Stream {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+    }
+}
+
+const STREAM_BYTES: usize = 50 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_stream_crosses_a_takeover_byte_exact_and_generations_count_up() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let echo = crate::common::backends::tcp_echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gen1 = started(dir.path(), &config_with_tcp(a.addr, b.addr, echo)).await;
+    let s = status(&gen1).await;
+    let tcp = s["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "t")
+        .unwrap()["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let up = call(
+        &client(),
+        Method::GET,
+        &gen1.url("/v1/pools/p/nodes/e/wait?state=up&timeout=5s"),
+        None,
+    )
+    .await;
+    assert!(matches!(up, Some((200, _))), "{up:?}");
+    let conn = tokio::net::TcpStream::connect(&tcp).await.unwrap();
+    let (mut r, mut w) = conn.into_split();
+    let written = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::clone(&written);
+    // The stream holds at 40 MiB until both takeovers are done and checked.
+    let (resume, resumed) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(async move {
+        let mut data = Stream(0x9E37_79B9_7F4A_7C15);
+        let mut buf = vec![0u8; CHUNK];
+        let mut resumed = Some(resumed);
+        while progress.load(SeqCst) < STREAM_BYTES {
+            if progress.load(SeqCst) >= 40 * 1024 * 1024 {
+                if let Some(r) = resumed.take() {
+                    let _ = r.await;
+                }
+            }
+            data.fill(&mut buf);
+            w.write_all(&buf).await.unwrap();
+            progress.fetch_add(CHUNK, SeqCst);
+            // Paced over a few seconds, so the takeovers happen mid-stream.
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        w.shutdown().await.unwrap();
+    });
+    let reader = tokio::spawn(async move {
+        let mut want = Stream(0x9E37_79B9_7F4A_7C15);
+        let (mut got, mut expect) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+        let mut total = 0usize;
+        let mut pending = 0usize;
+        loop {
+            let n = r.read(&mut got[pending..]).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            pending += n;
+            if pending == CHUNK {
+                want.fill(&mut expect);
+                assert!(got == expect, "byte mismatch in the chunk at {total}");
+                total += CHUNK;
+                pending = 0;
+            }
+        }
+        assert_eq!(pending, 0, "a partial chunk at the end");
+        total
+    });
+    eventually("10 MiB are through", || {
+        written.load(SeqCst) >= 10 * 1024 * 1024
+    })
+    .await;
+    let config = dir.path().join("handoff.yaml");
+    let mut gen2 = Handoff::take_over(&config).await;
+    // Until the old generation retires, both accept on the shared sockets (admin included).
+    eventually_async(&gen2, |s| s["process"]["generation"] == 2).await;
+    eventually_async(&gen2, |s| s["previous"]["sessions"]["tcp"] == 1).await;
+    // A second takeover while generation 1 still carries the stream.
+    let gen3 = Handoff::take_over(&config).await;
+    eventually_async(&gen3, |s| s["process"]["generation"] == 3).await;
+    assert_eq!(
+        exit_code(&mut gen2).await,
+        Some(0),
+        "generation 2: {:#?}",
+        gen2.log()
+    );
+    gen1.assert_alive("while its TCP session streams");
+    let _ = resume.send(());
+    writer.await.unwrap();
+    let total = tokio::time::timeout(WAIT * 3, reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(total, STREAM_BYTES);
+    assert_eq!(
+        exit_code(&mut gen1).await,
+        Some(0),
+        "generation 1: {:#?}",
+        gen1.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_continues_in_the_new_process_and_succeeds() {
+    let (mut a, mut b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let echo = crate::common::backends::tcp_echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = started(dir.path(), &config_with_tcp(a.addr, b.addr, echo)).await;
+    let start = call(
+        &client(),
+        Method::POST,
+        &old.url("/v1/pools/web/rollouts"),
+        Some(json!({"version": "2.0.0", "ready_timeout": "20s"})),
+    )
+    .await;
+    let Some((201, rollout)) = start else {
+        panic!("{start:?}")
+    };
+    let id = rollout["id"].as_str().unwrap().to_string();
+    let wait_a = call(
+        &client(),
+        Method::GET,
+        &old.url("/v1/pools/web/nodes/a/wait?state=drained&timeout=5s"),
+        None,
+    )
+    .await;
+    assert!(matches!(wait_a, Some((200, _))), "{wait_a:?}");
+    let new = Handoff::take_over(&dir.path().join("handoff.yaml")).await;
+    assert_eq!(exit_code(&mut old).await, Some(0));
+    // The operator upgrades each node while the new process drives the rollout.
+    a.restart("2.0.0").await;
+    let wait_b = call(
+        &client(),
+        Method::GET,
+        &new.url("/v1/pools/web/nodes/b/wait?state=drained&timeout=20s"),
+        None,
+    )
+    .await;
+    assert!(matches!(wait_b, Some((200, _))), "{wait_b:?}");
+    b.restart("2.0.0").await;
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let done = loop {
+        let r = call(
+            &client(),
+            Method::GET,
+            &new.url(&format!("/v1/rollouts/{id}")),
+            None,
+        )
+        .await;
+        let Some((200, r)) = r else { panic!("{r:?}") };
+        if r["state"] != "running" {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout still running: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let timeline = done["timeline"].to_string();
+    assert!(
+        timeline.contains("continued after a takeover"),
+        "{timeline}"
+    );
+}
+
+/// One frame of the upgrade socket's protocol: a 4-byte big-endian length, then JSON.
+fn frame(v: &Value) -> Vec<u8> {
+    let body = v.to_string().into_bytes();
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_that_vanishes_mid_takeover_changes_nothing() {
+    use std::io::{Read, Write};
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = started(dir.path(), &config(a.addr, b.addr)).await;
+    let url = listener_url(&status(&old).await, "/");
+    let load = Load::start(url, 2, Duration::from_secs(20));
+    // A "new process" that asks, takes the handover, and dies before saying it is ready.
+    let mut sock =
+        std::os::unix::net::UnixStream::connect(dir.path().join("handoff.upgrade.sock")).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let hello = json!({"type": "hello", "pid": 1, "listeners": [["web", "127.0.0.1:0"]], "admin": "127.0.0.1:0"});
+    sock.write_all(&frame(&hello)).unwrap();
+    let mut len = [0u8; 4];
+    sock.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    sock.read_exact(&mut body).unwrap();
+    let handover: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(handover["type"], "handover", "{handover}");
+    assert_eq!(handover["state"]["generation"], 1);
+    // While the state is on its way, admin writes are refused, not lost.
+    let drain = call(
+        &client(),
+        Method::POST,
+        &old.url("/v1/pools/web/nodes/a/drain"),
+        Some(json!({})),
+    )
+    .await;
+    assert!(matches!(drain, Some((503, _))), "{drain:?}");
+    drop(sock);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let drain = call(
+            &client(),
+            Method::POST,
+            &old.url("/v1/pools/web/nodes/a/drain"),
+            Some(json!({})),
+        )
+        .await;
+        match drain {
+            Some((200, _)) => break,
+            Some((503, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("admin writes did not come back: {other:?}"),
+        }
+    }
+    let (sent, failed) = load.finish().await;
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} failed around the failed takeover"
+    );
+    old.assert_alive("after the failed takeover");
     assert_eq!(status(&old).await["process"]["generation"], 1);
 }
