@@ -94,6 +94,7 @@ async fn a_takeover_under_load_fails_no_request_and_carries_the_state_over() {
     let cookie = browser.cookie.clone();
 
     let load = Load::start(url.clone(), 4, Duration::from_secs(20));
+    let fresh = FreshConnections::start(listener_addr(&before), 2);
     eventually("the load runs", || {
         load.sent.load(std::sync::atomic::Ordering::SeqCst) > 50
     })
@@ -120,6 +121,12 @@ async fn a_takeover_under_load_fails_no_request_and_carries_the_state_over() {
         failed, 0,
         "{failed} of {sent} requests failed across the takeover"
     );
+    let (sent, failed) = fresh.finish().await;
+    println!("takeover under connection-per-request load: {sent} requests, {failed} failed");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} fresh-connection requests failed"
+    );
 
     let after = status(&new).await;
     assert_eq!(after["process"]["generation"], 2, "{after}");
@@ -136,6 +143,70 @@ async fn a_takeover_under_load_fails_no_request_and_carries_the_state_over() {
     assert_eq!(browser.cookie, cookie, "the cookie was not recognised");
     eventually_async(&new, |s| s.get("previous").is_none()).await;
     new.assert_alive("after the takeover");
+}
+
+fn listener_addr(status: &Value) -> std::net::SocketAddr {
+    status["listeners"][0]["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Clients that open a new connection for every request (`Connection: close`), counting
+/// requests and failures (anything but a complete 200 answer).
+struct FreshConnections {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(usize, usize)>>,
+}
+
+impl FreshConnections {
+    fn start(addr: std::net::SocketAddr, clients: usize) -> FreshConnections {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                tokio::spawn(async move {
+                    let (mut sent, mut failed) = (0, 0);
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        sent += 1;
+                        let answer = async {
+                            let mut s = tokio::net::TcpStream::connect(addr).await?;
+                            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                                .await?;
+                            let mut buf = Vec::new();
+                            s.read_to_end(&mut buf).await?;
+                            Ok::<_, std::io::Error>(buf)
+                        };
+                        match tokio::time::timeout(WAIT, answer).await {
+                            Ok(Ok(buf)) if buf.starts_with(b"HTTP/1.1 200") => {}
+                            other => {
+                                failed += 1;
+                                eprintln!("fresh connection failed: {other:?}");
+                            }
+                        }
+                    }
+                    (sent, failed)
+                })
+            })
+            .collect();
+        FreshConnections { stop, tasks }
+    }
+
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (mut sent, mut failed) = (0, 0);
+        for t in self.tasks {
+            let (s, f) = t.await.unwrap();
+            sent += s;
+            failed += f;
+        }
+        (sent, failed)
+    }
 }
 
 /// Polls the status until `cond` holds (bounded).
