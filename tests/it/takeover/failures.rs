@@ -1,0 +1,153 @@
+//! Takeovers that fail change nothing: an invalid config, no process to take over, a new
+//! process that vanishes mid-way, and a user who may not reach the upgrade socket.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_with_an_invalid_config_exits_1_and_changes_nothing() {
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = started(dir.path(), &config(a.addr, b.addr)).await;
+    let url = listener_url(&status(&old).await, "/");
+    let load = Load::start(url, 2, Duration::from_secs(20));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "listeners: []\npools: [ { name: web, nodes: [] } ]\nbogus: 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--upgrade", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bogus"), "{stderr}");
+    // A config whose upgrade socket nobody listens on: refused, saying so.
+    let lonely = tempfile::tempdir().unwrap();
+    let elsewhere = lonely.path().join("handoff.yaml");
+    std::fs::write(&elsewhere, config(a.addr, b.addr)).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--upgrade", "-c"])
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no handoff is listening"), "{stderr}");
+    let (sent, failed) = load.finish().await;
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} failed while the takeovers were refused"
+    );
+    old.assert_alive("after refused takeovers");
+    assert_eq!(status(&old).await["process"]["generation"], 1);
+}
+
+/// One frame of the upgrade socket's protocol: a 4-byte big-endian length, then JSON.
+fn frame(v: &Value) -> Vec<u8> {
+    let body = v.to_string().into_bytes();
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_that_vanishes_mid_takeover_changes_nothing() {
+    use std::io::{Read, Write};
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = started(dir.path(), &config(a.addr, b.addr)).await;
+    let url = listener_url(&status(&old).await, "/");
+    let load = Load::start(url, 2, Duration::from_secs(20));
+    // A "new process" that asks, takes the handover, and dies before saying it is ready.
+    let mut sock =
+        std::os::unix::net::UnixStream::connect(dir.path().join("handoff.upgrade.sock")).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let hello = json!({"type": "hello", "pid": 1, "listeners": [["web", "127.0.0.1:0"]], "admin": "127.0.0.1:0"});
+    sock.write_all(&frame(&hello)).unwrap();
+    let mut len = [0u8; 4];
+    sock.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    sock.read_exact(&mut body).unwrap();
+    let handover: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(handover["type"], "handover", "{handover}");
+    assert_eq!(handover["state"]["generation"], 1);
+    // While the state is on its way, admin writes are refused, not lost.
+    let drain = call(
+        &client(),
+        Method::POST,
+        &old.url("/v1/pools/web/nodes/a/drain"),
+        Some(json!({})),
+    )
+    .await;
+    assert!(matches!(drain, Some((503, _))), "{drain:?}");
+    drop(sock);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let drain = call(
+            &client(),
+            Method::POST,
+            &old.url("/v1/pools/web/nodes/a/drain"),
+            Some(json!({})),
+        )
+        .await;
+        match drain {
+            Some((200, _)) => break,
+            Some((503, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("admin writes did not come back: {other:?}"),
+        }
+    }
+    let (sent, failed) = load.finish().await;
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} failed around the failed takeover"
+    );
+    old.assert_alive("after the failed takeover");
+    assert_eq!(status(&old).await["process"]["generation"], 1);
+}
+
+#[test]
+fn another_user_cannot_reach_the_upgrade_socket() {
+    // Root can reach any file: the check is whether an unprivileged user can.
+    if !nix::unistd::getuid().is_root()
+        || Command::new("setpriv").arg("--version").output().is_err()
+        || !Path::new("/usr/bin/python3").exists()
+    {
+        eprintln!("skipped: needs root, setpriv and /usr/bin/python3 to act as another user");
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (a, b) = (
+            HttpBackend::start("a", "1.0.0").await,
+            HttpBackend::start("b", "1.0.0").await,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // Let the other user into the directory, so only the socket's own mode stops it.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut old = started(dir.path(), &config(a.addr, b.addr)).await;
+        let sock = dir.path().join("handoff.upgrade.sock");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "upgrade socket mode {mode:o}");
+        let script = format!(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n  s.connect({:?})\nexcept PermissionError:\n  sys.exit(3)\nsys.exit(0)",
+            sock.display().to_string()
+        );
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", &script])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "another user connected: {out:?}");
+        old.assert_alive("after a refused stranger");
+    });
+}
