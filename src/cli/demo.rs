@@ -73,14 +73,33 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
             .replace("{A}", &a.to_string())
             .replace("{B}", &b.to_string())
             .replace("{EXE}", &exe.display().to_string());
-        let config = config::parse(&text)
+        // Written to a file of its own, so a new handoff process can take the proxy over
+        // (`run -c FILE --upgrade`) while the demo backends stay in this one.
+        let dir = std::env::temp_dir().join(format!("handoff-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).context("creating the demo's directory")?;
+        let path = dir.join("handoff.yaml");
+        std::fs::write(&path, &text).context("writing the demo's config")?;
+        let config = config::load(&path)
             .context("the embedded demo config (check --listen and --admin)")?;
         let bound = app::bind(&config)
             .await
             .context("binding the demo's ports (use --listen/--admin to pick others)")?;
-        let app = App::start(config, None, bound.listeners, Shutdown::new()).await?;
+        let admin_for_handover = (
+            config.admin.listen,
+            std::os::fd::AsFd::as_fd(&bound.admin).try_clone_to_owned()?,
+        );
+        let upgrade_socket = config.upgrade.socket.clone();
+        let app = App::start(config, Some(path.clone()), bound.listeners, Shutdown::new()).await?;
         let admin_addr =
             crate::admin::spawn(&app, bound.admin).context("starting the admin API")?;
+        let handed_over = tokio_util::sync::CancellationToken::new();
+        let unix = crate::upgrade::bind(&upgrade_socket).context("the demo's upgrade socket")?;
+        tokio::spawn(crate::upgrade::serve(
+            std::sync::Arc::clone(&app),
+            unix,
+            admin_for_handover,
+            handed_over.clone(),
+        ));
         let proxy = app
             .listener_addrs()
             .await
@@ -115,14 +134,24 @@ Try, in another terminal:
   cargo run --release -- ctl{ctl_admin} rollout start web --version 2.0.0
   cargo run --release -- ctl{ctl_admin} rollout status web-1
   curl -s http://{admin_addr}/metrics | grep '^handoff_requests_total'
+  cargo run --release -- run -c {config} --upgrade
 
 (The rollout's hook "upgrades" each demo backend when it is drained: watch the version
-change in `ctl status` while requests keep being answered.)
+change in `ctl status` while requests keep being answered. The last command starts a new
+handoff process that takes the proxy over without refusing a connection; the backends
+stay here.)
 
-Press Ctrl-C to stop."#
+Press Ctrl-C to stop."#,
+            config = path.display()
         );
-        super::run::serve_until_signal(app, signals, tokio_util::sync::CancellationToken::new())
-            .await
+        let mut signals = signals;
+        let code = super::run::serve_until_signal(app, &mut signals, handed_over.clone()).await?;
+        if handed_over.is_cancelled() {
+            println!("A new handoff process took the proxy over. The demo backends keep running here: press Ctrl-C to stop them.");
+            signals.stopped().await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(code)
     })
 }
 

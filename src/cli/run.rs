@@ -73,7 +73,8 @@ pub fn run(path: PathBuf, threads: Option<usize>, take_over: bool) -> anyhow::Re
                 tracing::warn!(socket = %upgrade_path.display(), error = %e, "self-upgrade unavailable: cannot listen on the upgrade socket");
             }
         }
-        serve_until_signal(app, signals, handed_over).await
+        let mut signals = signals;
+        serve_until_signal(app, &mut signals, handed_over).await
     });
     // A thread may still be blocked reading what an earlier generation reports about its
     // drain: it must not hold this process's exit.
@@ -112,13 +113,21 @@ impl Signals {
             int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
         })
     }
+
+    /// Until SIGTERM or SIGINT.
+    pub async fn stopped(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// Serves until SIGTERM or SIGINT, or until a new generation took over (`handed_over`),
 /// reloading on SIGHUP; then drains within the grace period.
 pub async fn serve_until_signal(
     app: Arc<App>,
-    mut signals: Signals,
+    signals: &mut Signals,
     handed_over: CancellationToken,
 ) -> anyhow::Result<i32> {
     let replaced = loop {

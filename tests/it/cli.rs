@@ -25,8 +25,8 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
     let stdout = child.stdout.take().unwrap();
     let _demo = Running(child);
     // The demo prints its addresses once both nodes are up.
-    let (proxy, admin) = tokio::task::spawn_blocking(move || {
-        let (mut proxy, mut admin) = (None, None);
+    let (proxy, admin, takeover) = tokio::task::spawn_blocking(move || {
+        let (mut proxy, mut admin, mut takeover) = (None, None, None);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let field = |prefix: &str| {
                 line.trim().strip_prefix(prefix).map(|r| {
@@ -40,6 +40,10 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
             };
             proxy = proxy.or_else(|| field("proxy:"));
             admin = admin.or_else(|| field("admin:"));
+            takeover = takeover.or_else(|| {
+                let rest = line.split("run -c ").nth(1)?;
+                Some(rest.strip_suffix(" --upgrade")?.trim().to_string())
+            });
             if line.contains("Press Ctrl-C") {
                 break;
             }
@@ -47,6 +51,7 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
         (
             proxy.expect("proxy address printed"),
             admin.expect("admin address printed"),
+            takeover.expect("takeover command printed"),
         )
     })
     .await
@@ -129,6 +134,32 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
     }
     let (_, body) = get(&client, &format!("http://{proxy}/")).await;
     assert!(body.contains("version 2.0.0"), "{body}");
+
+    // The printed takeover command: a new process takes the proxy over, the backends stay.
+    let new = Command::new(BIN)
+        .args(["run", "-c", &takeover, "--upgrade"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _new = Running(new);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = ctl(&["--json", "status"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if s["process"]["generation"] == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no takeover: {s}");
+        let (status, body) = get(&client, &format!("http://{proxy}/")).await;
+        assert_eq!(status, 200, "a request failed during the takeover: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, body) = get(&client, &format!("http://{proxy}/")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("version 2.0.0"), "{body}");
+    let table = String::from_utf8_lossy(&ctl(&["status"]).stdout).to_string();
+    assert!(table.contains("generation 2"), "{table}");
 }
 
 #[test]
