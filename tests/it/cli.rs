@@ -160,6 +160,22 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
     assert!(body.contains("version 2.0.0"), "{body}");
     let table = String::from_utf8_lossy(&ctl(&["status"]).stdout).to_string();
     assert!(table.contains("generation 2"), "{table}");
+    // The demo lives on with its backends, but its generation of the proxy is done once its
+    // connections end (this client's idle keep-alive ones: closing them ends them).
+    drop(client);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = ctl(&["--json", "status"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if s.get("previous").is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "previous never went: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[test]
