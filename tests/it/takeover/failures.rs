@@ -151,3 +151,50 @@ fn another_user_cannot_reach_the_upgrade_socket() {
         old.assert_alive("after a refused stranger");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_that_misses_the_timeout_changes_nothing() {
+    use std::io::{Read, Write};
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let yaml =
+        config(a.addr, b.addr).replace("upgrade: { timeout: 10s }", "upgrade: { timeout: 1s }");
+    let mut old = started(dir.path(), &yaml).await;
+    // A "new process" that takes the handover and then never says it is ready.
+    let mut sock =
+        std::os::unix::net::UnixStream::connect(dir.path().join("handoff.upgrade.sock")).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let hello = json!({"type": "hello", "pid": 1, "listeners": [["web", "127.0.0.1:0"]], "admin": "127.0.0.1:0"});
+    sock.write_all(&frame(&hello)).unwrap();
+    let mut len = [0u8; 4];
+    sock.read_exact(&mut len).unwrap();
+    let started_at = tokio::time::Instant::now();
+    let deadline = started_at + WAIT;
+    loop {
+        let drain = call(
+            &client(),
+            Method::POST,
+            &old.url("/v1/pools/web/nodes/a/drain"),
+            Some(json!({})),
+        )
+        .await;
+        match drain {
+            Some((200, _)) => break,
+            Some((503, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("admin writes did not come back: {other:?}"),
+        }
+    }
+    let waited = started_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "gave up after {waited:?}, before the 1s timeout"
+    );
+    old.assert_alive("after a takeover that timed out");
+    assert_eq!(status(&old).await["process"]["generation"], 1);
+    drop(sock);
+}
