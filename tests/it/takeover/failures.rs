@@ -56,9 +56,47 @@ fn frame(v: &Value) -> Vec<u8> {
     out
 }
 
+/// A stand-in for a new process: connects to the upgrade socket, says hello, and reads the
+/// handover (its sockets, sent as SCM_RIGHTS, are simply dropped). Returns the connection,
+/// still open, and the handover.
+fn fake_new_process(dir: &Path) -> (std::os::unix::net::UnixStream, Value) {
+    use std::io::{Read, Write};
+    let mut sock =
+        std::os::unix::net::UnixStream::connect(dir.join("handoff.upgrade.sock")).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let hello = json!({"type": "hello", "pid": 1, "listeners": [["web", "127.0.0.1:0"]], "admin": "127.0.0.1:0"});
+    sock.write_all(&frame(&hello)).unwrap();
+    let mut len = [0u8; 4];
+    sock.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    sock.read_exact(&mut body).unwrap();
+    (sock, serde_json::from_slice(&body).unwrap())
+}
+
+/// Drains node a of `h`: the status, or `None` without an answer.
+async fn drain_a(h: &Handoff) -> Option<u16> {
+    let url = h.url("/v1/pools/web/nodes/a/drain");
+    call(&client(), Method::POST, &url, Some(json!({})))
+        .await
+        .map(|(status, _)| status)
+}
+
+/// Waits (bounded) until admin writes are taken again after a refused takeover.
+async fn writes_come_back(h: &Handoff) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match drain_a(h).await {
+            Some(200) => return,
+            Some(503) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("admin writes did not come back: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_that_vanishes_mid_takeover_changes_nothing() {
-    use std::io::{Read, Write};
     let (a, b) = (
         HttpBackend::start("a", "1.0.0").await,
         HttpBackend::start("b", "1.0.0").await,
@@ -68,45 +106,13 @@ async fn a_new_process_that_vanishes_mid_takeover_changes_nothing() {
     let url = listener_url(&status(&old).await, "/");
     let load = Load::start(url, 2, Duration::from_secs(20));
     // A "new process" that asks, takes the handover, and dies before saying it is ready.
-    let mut sock =
-        std::os::unix::net::UnixStream::connect(dir.path().join("handoff.upgrade.sock")).unwrap();
-    sock.set_read_timeout(Some(WAIT)).unwrap();
-    let hello = json!({"type": "hello", "pid": 1, "listeners": [["web", "127.0.0.1:0"]], "admin": "127.0.0.1:0"});
-    sock.write_all(&frame(&hello)).unwrap();
-    let mut len = [0u8; 4];
-    sock.read_exact(&mut len).unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    sock.read_exact(&mut body).unwrap();
-    let handover: Value = serde_json::from_slice(&body).unwrap();
+    let (sock, handover) = fake_new_process(dir.path());
     assert_eq!(handover["type"], "handover", "{handover}");
     assert_eq!(handover["state"]["generation"], 1);
     // While the state is on its way, admin writes are refused, not lost.
-    let drain = call(
-        &client(),
-        Method::POST,
-        &old.url("/v1/pools/web/nodes/a/drain"),
-        Some(json!({})),
-    )
-    .await;
-    assert!(matches!(drain, Some((503, _))), "{drain:?}");
+    assert_eq!(drain_a(&old).await, Some(503));
     drop(sock);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let drain = call(
-            &client(),
-            Method::POST,
-            &old.url("/v1/pools/web/nodes/a/drain"),
-            Some(json!({})),
-        )
-        .await;
-        match drain {
-            Some((200, _)) => break,
-            Some((503, _)) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            other => panic!("admin writes did not come back: {other:?}"),
-        }
-    }
+    writes_come_back(&old).await;
     let (sent, failed) = load.finish().await;
     assert_eq!(
         failed, 0,
@@ -154,7 +160,6 @@ fn another_user_cannot_reach_the_upgrade_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_that_misses_the_timeout_changes_nothing() {
-    use std::io::{Read, Write};
     let (a, b) = (
         HttpBackend::start("a", "1.0.0").await,
         HttpBackend::start("b", "1.0.0").await,
@@ -164,31 +169,9 @@ async fn a_new_process_that_misses_the_timeout_changes_nothing() {
         config(a.addr, b.addr).replace("upgrade: { timeout: 10s }", "upgrade: { timeout: 1s }");
     let mut old = started(dir.path(), &yaml).await;
     // A "new process" that takes the handover and then never says it is ready.
-    let mut sock =
-        std::os::unix::net::UnixStream::connect(dir.path().join("handoff.upgrade.sock")).unwrap();
-    sock.set_read_timeout(Some(WAIT)).unwrap();
-    let hello = json!({"type": "hello", "pid": 1, "listeners": [["web", "127.0.0.1:0"]], "admin": "127.0.0.1:0"});
-    sock.write_all(&frame(&hello)).unwrap();
-    let mut len = [0u8; 4];
-    sock.read_exact(&mut len).unwrap();
+    let (sock, _) = fake_new_process(dir.path());
     let started_at = tokio::time::Instant::now();
-    let deadline = started_at + WAIT;
-    loop {
-        let drain = call(
-            &client(),
-            Method::POST,
-            &old.url("/v1/pools/web/nodes/a/drain"),
-            Some(json!({})),
-        )
-        .await;
-        match drain {
-            Some((200, _)) => break,
-            Some((503, _)) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            other => panic!("admin writes did not come back: {other:?}"),
-        }
-    }
+    writes_come_back(&old).await;
     let waited = started_at.elapsed();
     assert!(
         waited >= Duration::from_millis(900),
