@@ -25,7 +25,7 @@ use crate::metrics::{ListenerMetrics, Metrics};
 use crate::persist::{self, PersistError};
 use crate::pool::affinity::{Keys, MIN_SECRET_LEN};
 use crate::proxy::{self, DataPlane, ListenerStats};
-use crate::rollout::{self, RolloutState};
+use crate::rollout;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
 
@@ -433,10 +433,7 @@ impl App {
     /// which a running one resumes at its current step.
     fn restore(&self, state: persist::StateFile) {
         for (key, record) in state.nodes {
-            let Some(t) = key
-                .split_once('/')
-                .and_then(|(pool, node)| self.control.node(pool, node))
-            else {
+            let Some(t) = self.control.node_by_key(&key) else {
                 tracing::info!(node = %key, "state file names a node the config no longer has");
                 continue;
             };
@@ -448,15 +445,8 @@ impl App {
             };
             lifecycle::restore(&self.control, &t, carried);
         }
-        for record in state.rollouts {
-            let running = record.state == RolloutState::Running;
-            let handle = self.rollouts.restore(record);
-            if running {
-                handle.event(None, None, "resumed after a restart of handoff");
-                rollout::spawn(&self.control, &self.rollouts, handle);
-            }
-        }
-        self.rollouts.prune();
+        let why = "resumed after a restart of handoff";
+        rollout::adopt(&self.control, &self.rollouts, state.rollouts, why);
     }
 
     /// Waits until the state file holds the state as it is now (shutdown, tests).

@@ -69,6 +69,12 @@ impl Control {
         })
     }
 
+    /// A node named `pool/node` (how the state file and a takeover name nodes).
+    pub fn node_by_key(&self, key: &str) -> Option<NodeRef> {
+        let (pool, node) = key.split_once('/')?;
+        self.node(pool, node)
+    }
+
     /// The state changed: the writer will write it (no-op without a state file).
     pub fn mark_dirty(&self) {
         if let Some(s) = self.store.as_ref().filter(|_| !self.store_paused()) {

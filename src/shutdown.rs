@@ -5,6 +5,8 @@
 //! to finish gracefully (hyper's `graceful_shutdown`); cancelling `force` cuts tunnels and TCP
 //! copies. A parent's cancellation reaches its children, so `force` implies the rest.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -34,6 +36,9 @@ pub struct Shutdown {
     /// accepts. Unlike `drain`, it never closes an idle HTTP/1.1 connection under a client
     /// that may be sending on it.
     pub retire: CancellationToken,
+    /// `retire` as a plain flag, for the per-request path (a token's state sits behind a
+    /// mutex).
+    retired: Arc<AtomicBool>,
     pub tracker: TaskTracker,
     phase: watch::Sender<Phase>,
 }
@@ -51,12 +56,19 @@ impl Shutdown {
         let accept = drain.child_token();
         Shutdown {
             retire: force.child_token(),
+            retired: Arc::new(AtomicBool::new(false)),
             force,
             drain,
             accept,
             tracker: TaskTracker::new(),
             phase: watch::Sender::new(Phase::Running),
         }
+    }
+
+    /// Whether a new process took over (see [`Shutdown::retire`]): one atomic load.
+    #[inline]
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
     }
 
     pub fn phase(&self) -> watch::Receiver<Phase> {
@@ -77,6 +89,7 @@ impl Shutdown {
     /// their next response), then cut what remains.
     pub async fn retire(&self, grace: Duration) -> usize {
         self.accept.cancel();
+        self.retired.store(true, Relaxed);
         self.retire.cancel();
         self.wind_down(grace).await
     }

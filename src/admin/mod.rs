@@ -192,7 +192,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
                 let app = Arc::clone(&app);
                 async move {
                     let mut resp = route(&app, req).await;
-                    if app.shutdown.retire.is_cancelled() {
+                    if app.shutdown.is_retired() {
                         // Replaced by a new process: the client's next request goes there.
                         resp.headers_mut()
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));

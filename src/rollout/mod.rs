@@ -342,6 +342,20 @@ impl Registry {
     }
 }
 
+/// Takes over rollout records kept elsewhere (the state file, a takeover): each running one
+/// continues at its step, with `why` in its timeline.
+pub fn adopt(ctl: &Arc<Control>, rollouts: &Arc<Registry>, records: Vec<Rollout>, why: &str) {
+    for record in records {
+        let running = record.state == RolloutState::Running;
+        let handle = rollouts.restore(record);
+        if running {
+            handle.event(None, None, why);
+            spawn(ctl, rollouts, handle);
+        }
+    }
+    rollouts.prune();
+}
+
 /// Asks a rollout to stop after its current step.
 pub fn abort(ctl: &Control, rollouts: &Registry, id: &str) -> Result<Rollout, RolloutError> {
     let handle = rollouts

@@ -39,7 +39,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::lifecycle::{self, Carried};
 use crate::pool::SessionKind;
-use crate::rollout::{self, RolloutState};
+use crate::rollout;
 
 /// How often the draining old generation reports what it still holds.
 const REPORT_EVERY: Duration = Duration::from_millis(200);
@@ -176,10 +176,7 @@ impl Inherited {
 /// Applies a handed-over state before anything serves.
 pub fn apply(app: &Arc<App>, state: Handover) {
     for (key, n) in state.nodes {
-        let Some(t) = key
-            .split_once('/')
-            .and_then(|(pool, node)| app.control.node(pool, node))
-        else {
+        let Some(t) = app.control.node_by_key(&key) else {
             continue;
         };
         t.node
@@ -193,14 +190,8 @@ pub fn apply(app: &Arc<App>, state: Handover) {
         };
         lifecycle::restore(&app.control, &t, carried);
     }
-    for record in state.rollouts {
-        let running = record.state == RolloutState::Running;
-        let handle = app.rollouts.restore(record);
-        if running {
-            handle.event(None, None, "continued after a takeover of handoff");
-            rollout::spawn(&app.control, &app.rollouts, handle);
-        }
-    }
+    let why = "continued after a takeover of handoff";
+    rollout::adopt(&app.control, &app.rollouts, state.rollouts, why);
 }
 
 // ---- the old process -------------------------------------------------------------------

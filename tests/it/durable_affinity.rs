@@ -2,9 +2,7 @@
 //! its node after it, client addresses keep their node, and instances that share a secret
 //! pin a client to the same node.
 
-use std::net::{IpAddr, SocketAddr};
-
-use tokio::net::{TcpSocket, TcpStream};
+use std::net::SocketAddr;
 
 use crate::affinity::Browser;
 use crate::common::backends::{tcp_echo_server, HttpBackend};
@@ -42,12 +40,7 @@ async fn all_up(proxy: &Proxy) {
 
 /// The node a TCP client from 127.0.0.`host` lands on.
 async fn tcp_home(proxy: &Proxy, host: u8) -> &'static str {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(IpAddr::from([127, 0, 0, host]), 0))
-        .unwrap();
-    let mut s: TcpStream = socket.connect(proxy.addr("t")).await.unwrap();
-    echo_once(&mut s, b"x").await;
+    let s = echo_session_from(host, proxy.addr("t")).await;
     let on_a = proxy.node("p", "a").state.sessions(SessionKind::Tcp) == 1;
     drop(s);
     let (a, b) = (proxy.node("p", "a"), proxy.node("p", "b"));

@@ -105,7 +105,7 @@ pub async fn handle(
                     &ctx.served_by,
                 )
                 .await;
-                if keep_alive_h1 && ctx.plane.shutdown.retire.is_cancelled() {
+                if keep_alive_h1 && ctx.plane.shutdown.is_retired() {
                     // A new process took over: the client reconnects, and reaches it.
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -383,3 +383,14 @@ pub async fn tcp_session_drained(
     assert_eq!(status, 200, "{view}");
     (proxy, long, busy)
 }
+
+/// A TCP session to `addr` from 127.0.0.`host` (each its own client address), echoed once.
+pub async fn echo_session_from(host: u8, addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, host], 0)))
+        .unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    echo_once(&mut s, b"x").await;
+    s
+}

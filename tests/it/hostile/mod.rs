@@ -62,10 +62,12 @@ fn count_product_panics() {
 
 mod cases;
 mod gen;
+mod targets;
 mod wire;
 
 use cases::*;
 use gen::*;
+use targets::*;
 use wire::*;
 
 // One case.

@@ -5,10 +5,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_with_an_invalid_config_exits_1_and_changes_nothing() {
-    let (a, b) = (
-        HttpBackend::start("a", "1.0.0").await,
-        HttpBackend::start("b", "1.0.0").await,
-    );
+    let (a, b) = pair().await;
     let dir = tempfile::tempdir().unwrap();
     let mut old = started(dir.path(), &config(a.addr, b.addr)).await;
     let url = listener_url(&status(&old).await, "/");
@@ -97,10 +94,7 @@ async fn writes_come_back(h: &Handoff) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_that_vanishes_mid_takeover_changes_nothing() {
-    let (a, b) = (
-        HttpBackend::start("a", "1.0.0").await,
-        HttpBackend::start("b", "1.0.0").await,
-    );
+    let (a, b) = pair().await;
     let dir = tempfile::tempdir().unwrap();
     let mut old = started(dir.path(), &config(a.addr, b.addr)).await;
     let url = listener_url(&status(&old).await, "/");
@@ -134,10 +128,7 @@ fn another_user_cannot_reach_the_upgrade_socket() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (a, b) = (
-            HttpBackend::start("a", "1.0.0").await,
-            HttpBackend::start("b", "1.0.0").await,
-        );
+        let (a, b) = pair().await;
         let dir = tempfile::tempdir().unwrap();
         // Let the other user into the directory, so only the socket's own mode stops it.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -160,10 +151,7 @@ fn another_user_cannot_reach_the_upgrade_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_that_misses_the_timeout_changes_nothing() {
-    let (a, b) = (
-        HttpBackend::start("a", "1.0.0").await,
-        HttpBackend::start("b", "1.0.0").await,
-    );
+    let (a, b) = pair().await;
     let dir = tempfile::tempdir().unwrap();
     let yaml =
         config(a.addr, b.addr).replace("upgrade: { timeout: 10s }", "upgrade: { timeout: 1s }");

@@ -4,10 +4,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_under_load_fails_no_request_and_carries_the_state_over() {
-    let (a, b) = (
-        HttpBackend::start("a", "1.0.0").await,
-        HttpBackend::start("b", "1.0.0").await,
-    );
+    let (a, b) = pair().await;
     let dir = tempfile::tempdir().unwrap();
     let mut old = started(dir.path(), &config(a.addr, b.addr)).await;
     let before = status(&old).await;

@@ -60,6 +60,14 @@ async fn exit_code(h: &mut Handoff) -> Option<i32> {
     }
 }
 
+/// Backends a and b, both reporting version 1.0.0.
+async fn pair() -> (HttpBackend, HttpBackend) {
+    (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    )
+}
+
 async fn started(dir: &Path, yaml: &str) -> Handoff {
     let path = dir.join("handoff.yaml");
     std::fs::write(&path, yaml).unwrap();

@@ -50,10 +50,7 @@ async fn a_tcp_stream_crosses_a_takeover_byte_exact_and_generations_count_up() {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let (a, b) = (
-        HttpBackend::start("a", "1.0.0").await,
-        HttpBackend::start("b", "1.0.0").await,
-    );
+    let (a, b) = pair().await;
     let echo = crate::common::backends::tcp_echo_server().await;
     let dir = tempfile::tempdir().unwrap();
     let mut gen1 = started(dir.path(), &config_with_tcp(a.addr, b.addr, echo)).await;
@@ -156,10 +153,7 @@ async fn a_tcp_stream_crosses_a_takeover_byte_exact_and_generations_count_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_continues_in_the_new_process_and_succeeds() {
-    let (mut a, mut b) = (
-        HttpBackend::start("a", "1.0.0").await,
-        HttpBackend::start("b", "1.0.0").await,
-    );
+    let (mut a, mut b) = pair().await;
     let echo = crate::common::backends::tcp_echo_server().await;
     let dir = tempfile::tempdir().unwrap();
     let mut old = started(dir.path(), &config_with_tcp(a.addr, b.addr, echo)).await;
@@ -224,12 +218,7 @@ async fn a_rollout_continues_in_the_new_process_and_succeeds() {
 
 /// The node the TCP client from 127.0.0.`host` lands on, read from the admin API.
 async fn tcp_home(h: &Handoff, tcp: std::net::SocketAddr, host: u8) -> String {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(std::net::SocketAddr::from(([127, 0, 0, host], 0)))
-        .unwrap();
-    let mut s = socket.connect(tcp).await.unwrap();
-    echo_once(&mut s, b"x").await;
+    let s = echo_session_from(host, tcp).await;
     let pool = match call(&client(), Method::GET, &h.url("/v1/pools/p"), None).await {
         Some((200, v)) => v,
         other => panic!("{other:?}"),
