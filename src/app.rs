@@ -109,6 +109,8 @@ pub struct App {
     pub previous: ArcSwapOption<crate::upgrade::PreviousView>,
     /// A takeover is handing the state to a new process: admin writes answer 503.
     pub handing_over: std::sync::atomic::AtomicBool,
+    /// The cluster this instance shares admin state with, once joined ([`App::join_cluster`]).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// This process: `/v1/status` `process`.
@@ -177,6 +179,10 @@ impl App {
             Some(key) if config.affinity_key_env.is_none() => Arc::new(Keys::stored(key)),
             _ => affinity_keys(&config, restored.as_ref())?,
         };
+        let keys = match &config.cluster {
+            Some(cluster) => crate::cluster::shared_keys(cluster, keys).await,
+            None => keys,
+        };
         let generation = inherited.as_ref().map_or(1, |h| h.generation + 1);
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build_with_keys(
             config.clone(),
@@ -184,7 +190,7 @@ impl App {
             keys,
             &metrics,
         )));
-        let rollouts = Arc::new(rollout::Registry::default());
+        let rollouts = Arc::new(rollout::Registry::new(config.cluster.is_some()));
         let (store, writer) = match &state_path {
             Some(_) => {
                 let (store, writer) = StateStore::new();
@@ -224,6 +230,7 @@ impl App {
             },
             previous: ArcSwapOption::empty(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            cluster: std::sync::OnceLock::new(),
         });
         if let (Some(path), Some(writer)) = (state_path, writer) {
             tokio::spawn(persist::writer(
@@ -450,6 +457,39 @@ impl App {
     }
 
     /// Waits until the state file holds the state as it is now (shutdown, tests).
+    /// Joins the cluster of the config's `cluster:` (a no-op without one), advertising the
+    /// admin API at `admin`. From then on admin writes go through etcd.
+    pub fn join_cluster(&self, admin: SocketAddr) {
+        let Some(config) = self.snapshot.load().config.cluster.clone() else {
+            return;
+        };
+        let key = self.snapshot.load().keys.to_hex();
+        let cluster = crate::cluster::Cluster::start(
+            config,
+            admin.to_string(),
+            Arc::clone(&self.control),
+            key,
+        );
+        if self.cluster.set(Arc::clone(&cluster)).is_ok() {
+            rollout::shared::follow(
+                Arc::clone(&self.control),
+                Arc::clone(&self.rollouts),
+                cluster,
+            );
+        }
+    }
+
+    /// Leaves the cluster at once (its lease is revoked), if in one.
+    pub async fn leave_cluster(&self) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.leave().await;
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
     pub async fn flush_state(&self) {
         self.control.flush().await;
     }

@@ -32,6 +32,8 @@ pub struct Control {
     /// Set while a takeover hands the state to another process, and for good once it has:
     /// the state file is then the new process's to write.
     store_paused: AtomicBool,
+    /// Bumped at every change of admin state or rollouts (what the cluster publishes).
+    changed: watch::Sender<u64>,
 }
 
 /// A node resolved from one snapshot, with the pool it belongs to.
@@ -55,6 +57,7 @@ impl Control {
             store,
             rebalancing: Mutex::new(HashSet::new()),
             store_paused: AtomicBool::new(false),
+            changed: watch::channel(0).0,
         }
     }
 
@@ -75,8 +78,14 @@ impl Control {
         self.node(pool, node)
     }
 
+    /// Wakes at every [`Control::mark_dirty`].
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     /// The state changed: the writer will write it (no-op without a state file).
     pub fn mark_dirty(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
         if let Some(s) = self.store.as_ref().filter(|_| !self.store_paused()) {
             s.mark();
         }

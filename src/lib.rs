@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod health;

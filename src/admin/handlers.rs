@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use serde_json::json;
 
-use super::views::{ListenerView, NodeView, PoolView, StatusView};
+use super::views::{ListenerView, PoolView, StatusView};
 use super::{json_response, AdminError, AdminResponse};
 use crate::app::{App, ReloadError};
 use crate::metrics::StateGauges;
@@ -46,8 +46,14 @@ pub fn node(app: &App, pool: &str, node: &str) -> Result<AdminResponse, AdminErr
     let t = super::ops::target(app, pool, node)?;
     Ok(json_response(
         StatusCode::OK,
-        &NodeView::of(&t.node, &t.pool),
+        &super::ops::node_answer(app, &t, None),
     ))
+}
+
+/// `GET /v1/cluster`: this instance, whether it is connected, and every live member.
+pub fn cluster(app: &App) -> Result<AdminResponse, AdminError> {
+    let cluster = app.cluster().ok_or(AdminError::NoCluster)?;
+    Ok(json_response(StatusCode::OK, &cluster.view()))
 }
 
 pub async fn reload(app: &Arc<App>) -> Result<AdminResponse, AdminError> {

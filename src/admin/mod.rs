@@ -39,6 +39,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::cluster::ClusterError;
 use crate::config::FieldError;
 use crate::rollout::RolloutError;
 
@@ -71,6 +72,10 @@ pub enum AdminError {
     Guard(#[from] crate::lifecycle::OpError),
     #[error("{0}")]
     Rollout(#[from] crate::rollout::RolloutError),
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("this instance is not part of a cluster (no `cluster:` in its config)")]
+    NoCluster,
 }
 
 impl AdminError {
@@ -87,10 +92,19 @@ impl AdminError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TakingOver => StatusCode::SERVICE_UNAVAILABLE,
             Self::Guard(_) => StatusCode::CONFLICT,
+            Self::Cluster(e) => match e {
+                ClusterError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ClusterError::Guard(_) | ClusterError::Conflict(_) => StatusCode::CONFLICT,
+            },
+            Self::NoCluster => StatusCode::NOT_FOUND,
             Self::Rollout(e) => match e {
                 RolloutError::UnknownPool(_) | RolloutError::Unknown(_) => StatusCode::NOT_FOUND,
                 RolloutError::AlreadyRunning { .. } => StatusCode::CONFLICT,
                 RolloutError::Invalid(_) => StatusCode::BAD_REQUEST,
+                RolloutError::Cluster(ClusterError::Unavailable(_)) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                RolloutError::Cluster(_) => StatusCode::CONFLICT,
             },
         }
     }
@@ -103,7 +117,12 @@ impl AdminError {
             Self::NotFound { path, .. } | Self::MethodNotAllowed { path, .. } => {
                 json!({ "path": path })
             }
-            Self::Guard(crate::lifecycle::OpError::Guard { pool, node, reason }) => {
+            Self::Guard(crate::lifecycle::OpError::Guard { pool, node, reason })
+            | Self::Cluster(ClusterError::Guard(crate::lifecycle::OpError::Guard {
+                pool,
+                node,
+                reason,
+            })) => {
                 json!({ "pool": pool, "node": node, "reason": reason })
             }
             Self::Rollout(RolloutError::AlreadyRunning { pool, running }) => {
@@ -249,23 +268,24 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
             }
             Ok(()) => match (rest, &method) {
                 (["status"], &Method::GET) => Ok(handlers::status(app).await),
+                (["cluster"], &Method::GET) => handlers::cluster(app),
                 (["pools", pool], &Method::GET) => handlers::pool(app, pool),
                 (["pools", pool, "nodes", node], &Method::GET) => handlers::node(app, pool, node),
                 (["pools", pool, "nodes", node, "drain"], &Method::POST) => {
                     ops::drain(app, pool, node, read_body(req).await).await
                 }
                 (["pools", pool, "nodes", node, "enable"], &Method::POST) => {
-                    ops::enable(app, pool, node, read_body(req).await)
+                    ops::enable(app, pool, node, read_body(req).await).await
                 }
                 (["pools", pool, "nodes", node, "wait"], &Method::GET) => {
                     ops::wait(app, pool, node, &query).await
                 }
                 (["pools", pool, "rollouts"], &Method::POST) => {
-                    ops::start_rollout(app, pool, read_body(req).await)
+                    ops::start_rollout(app, pool, read_body(req).await).await
                 }
                 (["rollouts"], &Method::GET) => Ok(ops::rollouts(app)),
                 (["rollouts", id], &Method::GET) => ops::rollout(app, id),
-                (["rollouts", id, "abort"], &Method::POST) => ops::abort(app, id),
+                (["rollouts", id, "abort"], &Method::POST) => ops::abort(app, id).await,
                 (["reload"], &Method::POST) => handlers::reload(app).await,
                 (known, _) if is_endpoint(known) => Err(AdminError::MethodNotAllowed {
                     method: method.clone(),
@@ -284,6 +304,7 @@ fn is_endpoint(rest: &[&str]) -> bool {
     matches!(
         rest,
         ["status"]
+            | ["cluster"]
             | ["reload"]
             | ["rollouts"]
             | ["rollouts", _]

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use http::StatusCode;
 use serde_json::json;
 
-use super::views::NodeView;
+use super::views::{NodeView, SessionsView};
 use super::{input, json_response, AdminError, AdminResponse};
 use crate::app::App;
+use crate::cluster::ops::{Applied, InstanceNode};
 use crate::control::NodeRef;
 use crate::lifecycle;
+use crate::pool::AdminState;
 use crate::rollout;
 
 /// A node by `pool/node` name from the current snapshot, or a 404 naming what is unknown.
@@ -29,6 +31,33 @@ pub(super) fn target(app: &App, pool: &str, node: &str) -> Result<NodeRef, Admin
     })
 }
 
+/// The node JSON. In a cluster, `sessions` are summed over the live instances and
+/// `instances` lists each one's view (this one first); `lagging` names the instances that
+/// had not applied a write when it was answered.
+pub(super) fn node_answer(app: &App, t: &NodeRef, applied: Option<Applied>) -> serde_json::Value {
+    let mut view = NodeView::of(&t.node, &t.pool);
+    let Some(cluster) = app.cluster() else {
+        return json!(view);
+    };
+    let mut instances = vec![InstanceNode {
+        instance: cluster.instance().to_string(),
+        state: view.state.clone(),
+        sessions: view.sessions,
+    }];
+    instances.extend(cluster.instances(&t.node.key()));
+    let mut total = SessionsView::default();
+    for i in &instances {
+        total.add(&i.sessions);
+    }
+    view.sessions = total;
+    let mut answer = json!(view);
+    answer["instances"] = json!(instances);
+    if let Some(applied) = applied {
+        answer["lagging"] = json!(applied.lagging);
+    }
+    answer
+}
+
 pub async fn drain(
     app: &Arc<App>,
     pool: &str,
@@ -37,14 +66,20 @@ pub async fn drain(
 ) -> Result<AdminResponse, AdminError> {
     let t = target(app, pool, node)?;
     let (timeout, force) = input::drain(&body?)?;
-    lifecycle::drain(&app.control, &t, timeout, force)?;
+    let applied = match app.cluster() {
+        Some(cluster) => Some(cluster.drain(&t, timeout, force).await?),
+        None => {
+            lifecycle::drain(&app.control, &t, timeout, force)?;
+            None
+        }
+    };
     Ok(json_response(
         StatusCode::OK,
-        &NodeView::of(&t.node, &t.pool),
+        &node_answer(app, &t, applied),
     ))
 }
 
-pub fn enable(
+pub async fn enable(
     app: &Arc<App>,
     pool: &str,
     node: &str,
@@ -52,15 +87,22 @@ pub fn enable(
 ) -> Result<AdminResponse, AdminError> {
     let t = target(app, pool, node)?;
     let warmup = input::enable(&body?)?;
-    lifecycle::enable(&app.control, &t, warmup);
+    let applied = match app.cluster() {
+        Some(cluster) => Some(cluster.enable(&t, warmup).await?),
+        None => {
+            lifecycle::enable(&app.control, &t, warmup);
+            None
+        }
+    };
     Ok(json_response(
         StatusCode::OK,
-        &NodeView::of(&t.node, &t.pool),
+        &node_answer(app, &t, applied),
     ))
 }
 
 /// Long poll: 200 with the node the moment it is in `state`, 504 with the node (and its
-/// remaining sessions by kind) when `timeout` passes first.
+/// remaining sessions by kind) when `timeout` passes first. In a cluster an admin state
+/// must hold on every live instance (health is each instance's own).
 pub async fn wait(
     app: &Arc<App>,
     pool: &str,
@@ -70,26 +112,30 @@ pub async fn wait(
     let t = target(app, pool, node)?;
     let (state, timeout) = input::wait_query(query)?;
     let node = Arc::clone(&t.node);
-    let reached = t
-        .node
-        .state
-        .wait_until(timeout, |_| lifecycle::is_in(&node, &state) == Some(true))
-        .await;
+    let here = || lifecycle::is_in(&node, &state) == Some(true);
+    let reached = match app.cluster() {
+        Some(cluster) if AdminState::ALL.iter().any(|s| s.as_str() == state) => {
+            cluster
+                .wait_all(&t, timeout, here, |other| other.state == state)
+                .await
+        }
+        _ => t.node.state.wait_until(timeout, |_| here()).await,
+    };
     let status = if reached {
         StatusCode::OK
     } else {
         StatusCode::GATEWAY_TIMEOUT
     };
-    Ok(json_response(status, &NodeView::of(&t.node, &t.pool)))
+    Ok(json_response(status, &node_answer(app, &t, None)))
 }
 
-pub fn start_rollout(
+pub async fn start_rollout(
     app: &Arc<App>,
     pool: &str,
     body: Result<Vec<u8>, AdminError>,
 ) -> Result<AdminResponse, AdminError> {
     let request = input::rollout(&body?)?;
-    let record = rollout::start(&app.control, &app.rollouts, pool, request)?;
+    let record = rollout::start(&app.control, &app.rollouts, pool, request).await?;
     Ok(json_response(StatusCode::CREATED, &record))
 }
 
@@ -105,7 +151,7 @@ pub fn rollout(app: &Arc<App>, id: &str) -> Result<AdminResponse, AdminError> {
     Ok(json_response(StatusCode::OK, &handle.snapshot()))
 }
 
-pub fn abort(app: &Arc<App>, id: &str) -> Result<AdminResponse, AdminError> {
-    let record = rollout::abort(&app.control, &app.rollouts, id)?;
+pub async fn abort(app: &Arc<App>, id: &str) -> Result<AdminResponse, AdminError> {
+    let record = rollout::abort(&app.control, &app.rollouts, id).await?;
     Ok(json_response(StatusCode::OK, &record))
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::pool::{Admin, Node, Pool, SessionKind};
+use crate::pool::{Admin, Node, Pool};
 use crate::time::rfc3339;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,31 +70,13 @@ pub struct NodeView {
     pub idle_connections: usize,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SessionsView {
-    pub total: usize,
-    pub http_inflight: usize,
-    pub tunnels: usize,
-    pub tcp: usize,
-    pub affinity: usize,
-}
+/// A node's sessions by kind (shared with the cluster, which publishes them per instance).
+pub use crate::pool::SessionCounts as SessionsView;
 
 impl NodeView {
     pub fn of(node: &Node, pool: &Pool) -> Self {
         let s = &node.state;
-        let count = |k| s.sessions(k);
-        let affinity = pool
-            .nodes
-            .iter()
-            .position(|n| n.name == node.name)
-            .map_or(0, |i| pool.affinity_sessions(i, crate::pool::unix_ms()).0);
-        let sessions = SessionsView {
-            http_inflight: count(SessionKind::HttpInflight),
-            tunnels: count(SessionKind::Tunnel),
-            tcp: count(SessionKind::Tcp),
-            affinity,
-            total: s.active_sessions() + affinity,
-        };
+        let sessions = SessionsView::of(node, pool);
         let rec = s.record();
         let admin = rec.kind();
         NodeView {

@@ -56,7 +56,7 @@ pub fn run(path: PathBuf, threads: Option<usize>, take_over: bool) -> anyhow::Re
             None => (None, None),
         };
         let app = App::start_with(config, Some(path), listeners, Shutdown::new(), state).await?;
-        crate::admin::spawn(&app, admin).context("starting the admin API")?;
+        let admin_addr = crate::admin::spawn(&app, admin).context("starting the admin API")?;
         if let Some(link) = link {
             if let Err(e) = link.confirm(&app).await {
                 eprintln!("takeover failed at confirmation: {e}");
@@ -64,6 +64,7 @@ pub fn run(path: PathBuf, threads: Option<usize>, take_over: bool) -> anyhow::Re
             }
             tracing::info!(generation = app.process.generation, "took over from the previous generation");
         }
+        app.join_cluster(admin_addr);
         let handed_over = CancellationToken::new();
         match if take_over { upgrade::rebind(&upgrade_path) } else { upgrade::bind(&upgrade_path) } {
             Ok(unix) => {
@@ -144,9 +145,14 @@ pub async fn serve_until_signal(
     let grace = app.snapshot.load().config.shutdown_grace;
     tracing::info!(grace = %config::duration::format(grace), replaced, "shutting down: draining connections");
     let cut = if replaced {
+        // The new generation is this cluster instance now: it publishes under the name.
+        app.leave_cluster().await;
         app.shutdown.retire(grace).await
     } else {
-        app.shutdown.run(grace).await
+        let cut = app.shutdown.run(grace).await;
+        // Sessions held here stayed counted cluster-wide until they ended.
+        app.leave_cluster().await;
+        cut
     };
     // After a takeover the state file is the new generation's: this flush writes nothing.
     app.flush_state().await;

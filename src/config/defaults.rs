@@ -54,3 +54,8 @@ pub const UPGRADE_SOCKET: &str = "handoff.upgrade.sock";
 /// Self-upgrade: how long the new process may take to serve before the old one gives up on
 /// it and keeps everything.
 pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `cluster.prefix`.
+pub const CLUSTER_PREFIX: &str = "/handoff";
+/// `cluster.lease_ttl`.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);

@@ -22,6 +22,16 @@ pub struct RawUpgrade {
     pub timeout: Option<String>,
 }
 
+/// `cluster:` section: instances sharing admin state through etcd.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub etcd: Vec<String>,
+    pub prefix: Option<String>,
+    pub instance: Option<String>,
+    pub lease_ttl: Option<String>,
+}
+
 /// One entry of `listeners:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

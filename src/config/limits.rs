@@ -49,6 +49,8 @@ pub const READY_TIMEOUT: Range = Range::new(ms(1), WEEK);
 pub const AFFINITY_IDLE: Range = Range::new(ms(1), WEEK);
 /// `upgrade.timeout`.
 pub const UPGRADE_TIMEOUT: Range = Range::new(ms(100), hours(1));
+/// `cluster.lease_ttl`: etcd leases count whole seconds.
+pub const LEASE_TTL: Range = Range::new(ms(2_000), hours(1));
 /// `timeout=` of the admin `wait` long poll.
 pub const WAIT_TIMEOUT: Range = Range::new(ms(0), hours(1));
 

@@ -33,6 +33,20 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// Self-upgrade: where a new process asks for the sockets, and how long it may take.
     pub upgrade: UpgradeConfig,
+    /// Shared admin state through etcd, when several instances form one cluster.
+    pub cluster: Option<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd endpoints (`http://host:port`).
+    pub etcd: Vec<String>,
+    /// Key prefix: instances with the same prefix form one cluster. No trailing `/`.
+    pub prefix: String,
+    /// This instance's unique name (default: hostname:admin-port).
+    pub instance: String,
+    /// An instance that stops renewing its lease leaves the cluster after this.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]

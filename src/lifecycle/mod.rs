@@ -139,6 +139,21 @@ pub fn drain(
     Ok(())
 }
 
+/// Applies a drain decided on another cluster instance (or written by this one and read
+/// back): the deadline is the same absolute time everywhere, and the origin already checked
+/// the pair guard against the whole pool.
+pub fn drain_until(ctl: &Arc<Control>, t: &NodeRef, deadline_ms: u64) {
+    let now = unix_ms();
+    let timeout = Duration::from_millis(deadline_ms.saturating_sub(now));
+    let changed = transition::<std::convert::Infallible>(t, |rec| Ok(rec.drain(now, timeout)));
+    if let Ok(Some((before, next, effect))) = changed {
+        tracing::info!(node = %t.node.key(), from = before.kind().as_str(), deadline = %crate::time::rfc3339(deadline_ms), "node draining (cluster)");
+        log_change(t, before, next, "pending enable cancelled by drain");
+        start(ctl, t, effect);
+        ctl.mark_dirty();
+    }
+}
+
 /// Enables a drained or draining node: `warming` at once if it is up, else as soon as it is
 /// (a draining node keeps draining meanwhile). Enabling an active or warming node changes
 /// nothing.

@@ -19,7 +19,7 @@ pub use admin::{Admin, Effect, Record};
 pub use lifecycle::{warmup_factor, Lifecycle};
 pub use node::{unix_ms, Node, NodeState};
 pub use pick::Tried;
-pub use session::{SessionGuard, SessionKind};
+pub use session::{SessionCounts, SessionGuard, SessionKind};
 pub use state::{AdminState, Health};
 
 use crate::config::{Balance, HealthConfig, PoolConfig};

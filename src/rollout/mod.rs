@@ -5,6 +5,7 @@
 
 mod hook;
 mod run;
+pub mod shared;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -122,6 +123,8 @@ pub enum RolloutError {
     Invalid(String),
     #[error("unknown rollout {0:?}")]
     Unknown(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A live rollout: its record, and the token that asks it to stop.
@@ -171,9 +174,27 @@ pub struct Registry {
     /// Cancelled to stop driving every rollout (a takeover hands them to a new process);
     /// their records stay as they are, at their step.
     drivers: arc_swap::ArcSwap<CancellationToken>,
+    /// In a cluster, rollouts live in etcd and only the elected driver runs them
+    /// ([`shared`]); set once this instance has joined.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Set from the start when the config has `cluster:`: records restored from the state
+    /// file are then shown, not driven, until etcd says who drives.
+    clustered: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
+    /// A registry for an instance that is (`clustered`) or is not part of a cluster.
+    pub fn new(clustered: bool) -> Registry {
+        Registry {
+            clustered: std::sync::atomic::AtomicBool::new(clustered),
+            ..Registry::default()
+        }
+    }
+
+    fn clustered(&self) -> bool {
+        self.clustered.load(Relaxed)
+    }
+
     fn all(&self) -> MutexGuard<'_, Vec<Arc<Handle>>> {
         self.all
             .lock()
@@ -223,9 +244,48 @@ impl Registry {
 }
 
 /// Starts a rollout on `pool`: 201 material, or why not.
-pub fn start(
+pub async fn start(
     ctl: &Arc<Control>,
     rollouts: &Arc<Registry>,
+    pool: &str,
+    req: StartRequest,
+) -> Result<Rollout, RolloutError> {
+    if let Some(cluster) = rollouts.cluster.get() {
+        return shared::start(cluster, rollouts, new_record(ctl, rollouts, pool, req)?).await;
+    }
+    if rollouts.clustered() {
+        return Err(crate::cluster::ClusterError::Unavailable("not joined yet".into()).into());
+    }
+    let record = new_record(ctl, rollouts, pool, req)?;
+    let mut all = rollouts.all();
+    if let Some(running) = running_on(&all, pool) {
+        return Err(RolloutError::AlreadyRunning {
+            pool: pool.to_string(),
+            running,
+        });
+    }
+    let handle = Handle::new(record);
+    all.push(Arc::clone(&handle));
+    drop(all);
+    let snapshot = handle.snapshot();
+    spawn(ctl, rollouts, handle);
+    ctl.mark_dirty();
+    Ok(snapshot)
+}
+
+/// The id of the rollout running on `pool`, if one is.
+fn running_on(all: &[Arc<Handle>], pool: &str) -> Option<String> {
+    all.iter().find_map(|h| {
+        let r = h.lock();
+        (r.pool == pool && r.state == RolloutState::Running).then(|| r.id.clone())
+    })
+}
+
+/// A new rollout's record, with the request checked against the pool (and no rollout
+/// running on it, as far as this instance knows).
+fn new_record(
+    ctl: &Arc<Control>,
+    rollouts: &Registry,
     pool: &str,
     req: StartRequest,
 ) -> Result<Rollout, RolloutError> {
@@ -259,18 +319,15 @@ pub fn start(
             order
         }
     };
-    let mut all = rollouts.all();
-    if let Some(running) = all.iter().find(|h| {
-        let r = h.lock();
-        r.pool == pool && r.state == RolloutState::Running
-    }) {
+    if let Some(running) = running_on(&rollouts.all(), pool) {
         return Err(RolloutError::AlreadyRunning {
             pool: pool.to_string(),
-            running: running.lock().id.clone(),
+            running,
         });
     }
     let id = format!("{pool}-{}", rollouts.next.fetch_add(1, Relaxed) + 1);
-    let record = Rollout {
+    let created = unix_ms();
+    Ok(Rollout {
         id,
         pool: pool.to_string(),
         version: version.clone(),
@@ -284,22 +341,15 @@ pub fn start(
         phase: None,
         reason: None,
         abort_requested: false,
-        created_at: rfc3339(unix_ms()),
+        created_at: rfc3339(created),
         finished_at: None,
-        timeline: Vec::new(),
-    };
-    let handle = Handle::new(record);
-    all.push(Arc::clone(&handle));
-    drop(all);
-    handle.event(
-        None,
-        None,
-        format!("rollout of pool {pool} to version {version} started"),
-    );
-    let snapshot = handle.snapshot();
-    spawn(ctl, rollouts, handle);
-    ctl.mark_dirty();
-    Ok(snapshot)
+        timeline: vec![Event {
+            at: rfc3339(created),
+            node: None,
+            phase: None,
+            message: format!("rollout of pool {pool} to version {version} started"),
+        }],
+    })
 }
 
 /// Runs (or resumes) a rollout's state machine; finished rollouts beyond the kept number are
@@ -307,12 +357,13 @@ pub fn start(
 pub fn spawn(ctl: &Arc<Control>, rollouts: &Arc<Registry>, handle: Arc<Handle>) {
     let (ctl, rollouts) = (Arc::clone(ctl), Arc::clone(rollouts));
     let paused = CancellationToken::clone(&rollouts.drivers.load());
+    let cluster = rollouts.cluster.get().cloned();
     tokio::spawn(async move {
         tokio::select! {
             // The step in progress is left where it is; whoever resumes redoes it (every
             // step is idempotent: a drain of a draining node changes nothing).
             _ = paused.cancelled() => {}
-            _ = run::run(&ctl, handle) => {
+            _ = run::run(&ctl, cluster.as_deref(), handle) => {
                 rollouts.prune();
                 ctl.mark_dirty();
             }
@@ -328,8 +379,12 @@ impl Registry {
             .cancel();
     }
 
-    /// Drives every running rollout again, at its step (a takeover failed).
+    /// Drives every running rollout again, at its step (a takeover failed). In a cluster
+    /// the elected driver does that.
     pub fn resume(ctl: &Arc<Control>, rollouts: &Arc<Registry>) {
+        if rollouts.clustered() {
+            return;
+        }
         let running: Vec<Arc<Handle>> = rollouts
             .all()
             .iter()
@@ -348,7 +403,7 @@ pub fn adopt(ctl: &Arc<Control>, rollouts: &Arc<Registry>, records: Vec<Rollout>
     for record in records {
         let running = record.state == RolloutState::Running;
         let handle = rollouts.restore(record);
-        if running {
+        if running && !rollouts.clustered() {
             handle.event(None, None, why);
             spawn(ctl, rollouts, handle);
         }
@@ -357,10 +412,13 @@ pub fn adopt(ctl: &Arc<Control>, rollouts: &Arc<Registry>, records: Vec<Rollout>
 }
 
 /// Asks a rollout to stop after its current step.
-pub fn abort(ctl: &Control, rollouts: &Registry, id: &str) -> Result<Rollout, RolloutError> {
+pub async fn abort(ctl: &Control, rollouts: &Registry, id: &str) -> Result<Rollout, RolloutError> {
     let handle = rollouts
         .get(id)
         .ok_or_else(|| RolloutError::Unknown(id.to_string()))?;
+    if let Some(cluster) = rollouts.cluster.get() {
+        shared::abort(cluster, &handle).await?;
+    }
     {
         let mut r = handle.lock();
         if r.state == RolloutState::Running {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{hook, Handle, Phase, RolloutState};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::duration;
 use crate::control::{Control, NodeRef};
 use crate::lifecycle;
@@ -24,7 +25,7 @@ enum Stop {
 /// Extra time past the drain timeout for the deadline closes to finish.
 const DRAIN_SLACK: Duration = Duration::from_secs(15);
 
-pub async fn run(app: &Arc<Control>, handle: Arc<Handle>) {
+pub async fn run(app: &Arc<Control>, cluster: Option<&Cluster>, handle: Arc<Handle>) {
     let app = Arc::clone(app);
     let (pool_name, order, version) = {
         let r = handle.lock();
@@ -62,7 +63,10 @@ pub async fn run(app: &Arc<Control>, handle: Arc<Handle>) {
             );
             app.mark_dirty();
             let started = Instant::now();
-            let result = step(&app, &handle, &pool_name, node_name, &version, phase).await;
+            let result = step(
+                &app, cluster, &handle, &pool_name, node_name, &version, phase,
+            )
+            .await;
             app.metrics
                 .rollout_step_duration
                 .with_label_values(&[&pool_name, phase.as_str()])
@@ -179,6 +183,7 @@ async fn wait_node(
 
 async fn step(
     app: &Arc<Control>,
+    cluster: Option<&Cluster>,
     handle: &Handle,
     pool: &str,
     node: &str,
@@ -208,16 +213,16 @@ async fn step(
     match phase {
         Phase::Guard => {
             // A sibling must carry the load before this node leaves: wait for one.
-            let guard_open = |t: &NodeRef| {
-                let _serial = t.pool.control.serialize();
-                lifecycle::check_guard(&t.pool, &t.node)
-            };
-            wait_for_sibling(handle, &target, ready_timeout, guard_open).await
+            wait_for_sibling(handle, &target, ready_timeout, Attempt::Guard).await
         }
         Phase::Draining => {
             // The same guarded drain an operator gets, never forced: if a sibling stopped
             // serving since the guard phase, wait for one again (within ready_timeout).
-            let drain = |t: &NodeRef| lifecycle::drain(app, t, Some(drain_timeout), false);
+            let drain = Attempt::Drain {
+                app,
+                cluster,
+                timeout: drain_timeout,
+            };
             wait_for_sibling(handle, &target, ready_timeout, drain).await?;
             let deadline =
                 instant_after(drain_timeout + target.pool.config.drain.close_spread + DRAIN_SLACK);
@@ -268,10 +273,14 @@ async fn step(
                     && s.version_passes() >= healthy_after
                     && s.health() == Health::Up
             };
-            if wait_node(handle, state, deadline, true, ready).await? {
-                Ok(())
-            } else {
-                Err(Stop::Failed(not_ready(&key, state, version, ready_timeout)))
+            if !wait_node(handle, state, deadline, true, ready).await? {
+                return Err(Stop::Failed(not_ready(&key, state, version, ready_timeout)));
+            }
+            match cluster {
+                Some(cluster) => {
+                    everyone_sees_ready(handle, cluster, &key, version, deadline).await
+                }
+                None => Ok(()),
             }
         }
         Phase::Warming => {
@@ -283,7 +292,20 @@ async fn step(
                     .prefer
                     .store(Some(Arc::new(version.to_string())));
             }
-            lifecycle::enable(app, &target, Some(warmup));
+            match cluster {
+                Some(cluster) => {
+                    // Retried while etcd is away; the driver loses its term if that lasts.
+                    while let Err(e) = cluster.enable(&target, Some(warmup)).await {
+                        handle.event(
+                            Some(node),
+                            Some(phase),
+                            format!("enable not written yet: {e}"),
+                        );
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                None => lifecycle::enable(app, &target, Some(warmup)),
+            }
             let deadline = instant_after(warmup + ready_timeout);
             if wait_node(handle, state, deadline, false, |s| {
                 s.admin() == AdminState::Active
@@ -303,20 +325,68 @@ async fn step(
     }
 }
 
+/// What [`wait_for_sibling`] tries until the pair guard lets it.
+enum Attempt<'a> {
+    /// Only check the guard.
+    Guard,
+    /// Drain the node (through the cluster when there is one).
+    Drain {
+        app: &'a Arc<Control>,
+        cluster: Option<&'a Cluster>,
+        timeout: Duration,
+    },
+}
+
+impl Attempt<'_> {
+    /// `Err` with why not (the guard, or etcd away).
+    async fn once(&self, t: &NodeRef) -> Result<(), String> {
+        match self {
+            Attempt::Guard => {
+                let _serial = t.pool.control.serialize();
+                lifecycle::check_guard(&t.pool, &t.node).map_err(|e| e.to_string())
+            }
+            Attempt::Drain {
+                app,
+                cluster: None,
+                timeout,
+            } => lifecycle::drain(app, t, Some(*timeout), false).map_err(|e| e.to_string()),
+            Attempt::Drain {
+                cluster: Some(cluster),
+                timeout,
+                ..
+            } => match cluster.drain(t, Some(*timeout), false).await {
+                Ok(_) => Ok(()),
+                Err(ClusterError::Unavailable(e)) => {
+                    // Not a refusal: wait a moment; the driver loses its term if it lasts.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Err(e)
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+}
+
 /// Runs `attempt` (under the pair guard) until it passes, waiting for a sibling of the node
 /// to serve between attempts, for at most `limit` (or until the rollout is aborted).
 async fn wait_for_sibling(
     handle: &Handle,
     target: &NodeRef,
     limit: Duration,
-    attempt: impl Fn(&NodeRef) -> Result<(), lifecycle::OpError>,
+    attempt: Attempt<'_>,
 ) -> Result<(), Stop> {
     let deadline = instant_after(limit);
     loop {
-        let refused = match attempt(target) {
+        let refused = match attempt.once(target).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        if Instant::now() >= deadline {
+            return Err(Stop::Failed(format!(
+                "within {}: {refused}",
+                duration::format(limit)
+            )));
+        }
         let key = target.node.key();
         let sibling = target
             .pool
@@ -336,10 +406,45 @@ async fn wait_for_sibling(
                 "{key} has no sibling to carry the load"
             )));
         };
+        if sibling.admits_new() {
+            // Refused for another reason (etcd away): try again.
+            continue;
+        }
         if !wait_node(handle, &sibling, deadline, true, |s| s.admits_new()).await? {
             return Err(Stop::Failed(format!(
                 "within {}: {refused}",
                 duration::format(limit)
+            )));
+        }
+    }
+}
+
+/// In a cluster a node is ready when every live instance sees it up with the target
+/// version, not only this one.
+async fn everyone_sees_ready(
+    handle: &Handle,
+    cluster: &Cluster,
+    key: &str,
+    version: &str,
+    deadline: Instant,
+) -> Result<(), Stop> {
+    let mut members = cluster.members();
+    loop {
+        let behind = cluster.all_members(key, |n| {
+            n.health == Health::Up.as_str() && n.version.as_deref() == Some(version)
+        });
+        if behind.is_empty() {
+            return Ok(());
+        }
+        let woke = tokio::select! {
+            _ = handle.abort.cancelled() => return Err(Stop::Aborted),
+            r = members.changed() => r.is_ok(),
+            _ = tokio::time::sleep_until(deadline) => false,
+        };
+        if !woke {
+            return Err(Stop::Failed(format!(
+                "{key} is not seen up with version {version} by {}; {key} left drained",
+                behind.join(", ")
             )));
         }
     }

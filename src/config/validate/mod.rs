@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+mod cluster;
 mod listener;
 mod pool;
 #[cfg(test)]
@@ -157,6 +158,7 @@ impl Validator {
         let mut state_file = None;
         let mut affinity_key_env = None;
         let mut upgrade = None;
+        let mut cluster = None;
         for (key, value) in map {
             let Some(key) = key.as_str().map(str::to_string) else {
                 self.err("", format!("top-level keys must be strings, found {key:?}"));
@@ -165,6 +167,7 @@ impl Validator {
             match key.as_str() {
                 "admin" => admin = self.item::<RawAdmin>("admin", value),
                 "upgrade" => upgrade = self.item::<RawUpgrade>("upgrade", value),
+                "cluster" => cluster = self.item::<RawCluster>("cluster", value),
                 "shutdown_grace" => grace = self.item::<String>("shutdown_grace", value),
                 "listeners" => listeners = self.items("listeners", value),
                 "pools" => pools_raw = Some(value),
@@ -176,7 +179,7 @@ impl Validator {
                     other,
                     format!(
                         "unknown field `{other}`, expected one of `admin`, `state_file`, \
-                         `affinity_key_env`, `shutdown_grace`, `upgrade`, `listeners`, `pools`"
+                         `affinity_key_env`, `shutdown_grace`, `upgrade`, `cluster`, `listeners`, `pools`"
                     ),
                 ),
             }
@@ -237,6 +240,7 @@ impl Validator {
             self.err("state_file", "must be a file path");
         }
         let upgrade = self.upgrade(upgrade.unwrap_or_default());
+        let cluster = cluster.map(|raw| self.cluster(raw, admin.listen));
         if affinity_key_env.as_deref() == Some("") {
             self.err("affinity_key_env", "must name an environment variable");
         }
@@ -251,6 +255,7 @@ impl Validator {
             listeners,
             pools,
             upgrade,
+            cluster,
         })
     }
 

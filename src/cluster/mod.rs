@@ -1,0 +1,272 @@
+//! Cluster (design.md §10): instances that share a `cluster.prefix` share node admin states,
+//! rollouts and the affinity key through etcd, and each publishes what it holds under its
+//! lease.
+//!
+//! - [`session`] keeps one etcd session: connect, lease, read everything at revision R,
+//!   apply it, watch from R+1, publish this instance's [`store::Member`] (the revision it has
+//!   applied, its sessions and health per node). Any error ends the session; the next one
+//!   starts with a full resync, so a lost watch or a compacted revision never leaves an
+//!   instance silently behind.
+//! - [`ops`] writes drains and enables (a transaction conditioned on the pool's node keys,
+//!   so the pair guard holds across instances) and answers once every live member reports
+//!   the write's revision; and the cluster-wide `wait`.
+//! - [`election`] elects the one instance that drives rollouts, and fences its writes.
+//!
+//! Fail static: while etcd is unreachable an instance keeps its last state and serves with
+//! it; writes are refused ([`ClusterError::Unavailable`]) until it has resynced.
+
+pub mod election;
+pub mod ops;
+mod session;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClusterConfig;
+use crate::control::Control;
+use crate::pool::affinity::{KeySource, Keys};
+use store::Member;
+
+/// How long one etcd request may take before the instance counts etcd as unreachable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a drain or enable waits for every live member to apply it.
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster: etcd is unreachable ({0}); admin writes are refused until this instance has reconnected and resynced, and it serves with the state it last knew")]
+    Unavailable(String),
+    #[error(transparent)]
+    Guard(#[from] crate::lifecycle::OpError),
+    #[error("cluster: {0}")]
+    Conflict(String),
+}
+
+/// Rollout records and abort requests as etcd has them (for [`crate::rollout`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RolloutMirror {
+    /// id → the record's JSON.
+    pub records: BTreeMap<String, Vec<u8>>,
+    /// Ids whose abort was requested.
+    pub aborts: BTreeSet<String>,
+}
+
+/// Who drives rollouts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Driver {
+    /// The instance holding the election key, if any.
+    pub holder: Option<String>,
+    /// This instance's term (the key's create revision) while it holds the key.
+    pub term: Option<i64>,
+}
+
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub keys: store::Keys,
+    /// The admin API's address, published for operators.
+    admin: String,
+    since: String,
+    ctl: Arc<Control>,
+    /// Ends the session (process stop, or this process handed over to another).
+    pub stop: CancellationToken,
+    client: Mutex<Option<etcd_client::Client>>,
+    /// Set once a session has resynced; cleared at the first error.
+    connected: AtomicBool,
+    lease: AtomicI64,
+    last_error: Mutex<String>,
+    /// The revision of shared admin state this instance has applied.
+    applied: watch::Sender<i64>,
+    /// Live members by name, as last published (this instance's own included).
+    members: watch::Sender<BTreeMap<String, Member>>,
+    rollouts: watch::Sender<RolloutMirror>,
+    driver: watch::Sender<Driver>,
+    /// `pool/node` → mod revision of its key as applied (0: no key), for the pool's
+    /// compare-and-swap.
+    node_revs: Mutex<HashMap<String, i64>>,
+    /// The affinity key etcd holds (hex), once read.
+    affinity_key: Mutex<Option<String>>,
+    /// This instance's affinity key (hex), offered when etcd has none.
+    own_affinity_key: String,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ClusterView {
+    pub prefix: String,
+    pub instance: String,
+    pub connected: bool,
+    /// The instance driving rollouts, if any.
+    pub driver: Option<String>,
+    /// The revision of shared state this instance has applied.
+    pub revision: i64,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct MemberView {
+    pub instance: String,
+    pub admin: String,
+    pub since: String,
+    pub revision: i64,
+    /// `pool/node` → sessions this instance holds on it.
+    pub sessions: BTreeMap<String, usize>,
+}
+
+/// The affinity keys of an instance joining a cluster: the ones etcd holds (this instance's
+/// are stored there when it holds none), so a cookie issued by any instance names the same
+/// node on all. A shared secret (`affinity_key_env`) wins; without etcd at start the
+/// instance keeps its own and says so.
+pub async fn shared_keys(config: &ClusterConfig, own: Arc<Keys>) -> Arc<Keys> {
+    if own.source() == KeySource::Secret {
+        return own;
+    }
+    match session::shared_affinity_key(config, &own.to_hex()).await {
+        Ok(hex) => match Keys::parse_hex(&hex) {
+            Some(key) => Arc::new(Keys::stored(key)),
+            None => {
+                tracing::error!("cluster: the shared affinity key in etcd is not 32 hex digits; using this instance's own");
+                own
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: could not read the shared affinity key; this instance's cookies are its own until it restarts with etcd reachable");
+            own
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Cluster {
+    /// Starts the session task. `own_key` is this instance's affinity key (hex).
+    pub fn start(
+        config: ClusterConfig,
+        admin: String,
+        ctl: Arc<Control>,
+        own_key: String,
+    ) -> Arc<Cluster> {
+        let cluster = Arc::new(Cluster {
+            keys: store::Keys::new(&config.prefix),
+            config,
+            admin,
+            since: crate::time::rfc3339(crate::time::unix_ms()),
+            stop: ctl.stop.child_token(),
+            ctl,
+            client: Mutex::new(None),
+            connected: AtomicBool::new(false),
+            lease: AtomicI64::new(0),
+            last_error: Mutex::new("not connected yet".into()),
+            applied: watch::channel(0).0,
+            members: watch::channel(BTreeMap::new()).0,
+            rollouts: watch::channel(RolloutMirror::default()).0,
+            driver: watch::channel(Driver::default()).0,
+            node_revs: Mutex::new(HashMap::new()),
+            affinity_key: Mutex::new(None),
+            own_affinity_key: own_key,
+        });
+        tokio::spawn(session::run(Arc::clone(&cluster)));
+        cluster
+    }
+
+    /// Stops the session and revokes the lease: other instances stop counting this one at
+    /// once, and another is elected rollout driver.
+    pub async fn leave(&self) {
+        self.stop.cancel();
+        session::revoke(self).await;
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.config.instance
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(SeqCst)
+    }
+
+    /// The client, when connected and resynced; else why not.
+    fn writable(&self) -> Result<etcd_client::Client, ClusterError> {
+        if !self.connected() {
+            return Err(ClusterError::Unavailable(lock(&self.last_error).clone()));
+        }
+        lock(&self.client)
+            .clone()
+            .ok_or_else(|| ClusterError::Unavailable("no session".into()))
+    }
+
+    pub fn rollouts(&self) -> watch::Receiver<RolloutMirror> {
+        self.rollouts.subscribe()
+    }
+
+    pub fn driver(&self) -> watch::Receiver<Driver> {
+        self.driver.subscribe()
+    }
+
+    pub fn members(&self) -> watch::Receiver<BTreeMap<String, Member>> {
+        self.members.subscribe()
+    }
+
+    /// The affinity key etcd holds, if this instance has read one.
+    pub fn affinity_key(&self) -> Option<String> {
+        lock(&self.affinity_key).clone()
+    }
+
+    pub fn view(&self) -> ClusterView {
+        let members = self.members.borrow();
+        ClusterView {
+            prefix: self.config.prefix.clone(),
+            instance: self.config.instance.clone(),
+            connected: self.connected(),
+            driver: self.driver.borrow().holder.clone(),
+            revision: *self.applied.borrow(),
+            members: members
+                .values()
+                .map(|m| MemberView {
+                    instance: m.instance.clone(),
+                    admin: m.admin.clone(),
+                    since: m.since.clone(),
+                    revision: m.revision,
+                    sessions: m
+                        .nodes
+                        .iter()
+                        .map(|(k, n)| (k.clone(), n.sessions.total))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// This instance's report as it would publish it now.
+    fn member(&self) -> Member {
+        let snapshot = self.ctl.snapshot.load();
+        let mut nodes = BTreeMap::new();
+        for pool in &snapshot.pools {
+            for node in &pool.nodes {
+                nodes.insert(
+                    node.key(),
+                    store::MemberNode {
+                        state: node.state.admin().as_str().to_string(),
+                        health: node.state.health().as_str().to_string(),
+                        version: node.state.version().map(|v| v.to_string()),
+                        sessions: crate::pool::SessionCounts::of(node, pool),
+                    },
+                );
+            }
+        }
+        Member {
+            instance: self.config.instance.clone(),
+            admin: self.admin.clone(),
+            since: self.since.clone(),
+            revision: *self.applied.borrow(),
+            nodes,
+        }
+    }
+}

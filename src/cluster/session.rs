@@ -1,0 +1,424 @@
+//! One etcd session at a time: connect, take a lease, resync, then watch and publish until
+//! something fails; then start again (with backoff) from a full resync. etcd-client does
+//! not reconnect watch or keep-alive streams by itself, so this loop is what does.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions,
+};
+use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
+
+use super::store::{Key, Member, NodeOp};
+use super::{lock, Cluster, REQUEST_TIMEOUT};
+use crate::control::NodeRef;
+use crate::lifecycle;
+
+/// How often the member report is compared with what was published. Session counts are
+/// published at most every [`SESSIONS_EVERY`]; an applied revision at once.
+const PUBLISH_POLL: Duration = Duration::from_millis(20);
+const SESSIONS_EVERY: Duration = Duration::from_millis(100);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Runs sessions until the cluster stops.
+pub async fn run(c: Arc<Cluster>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            _ = c.stop.cancelled() => Ok(()),
+            r = session(&c) => r,
+        };
+        let was_connected = c.connected.swap(false, SeqCst);
+        *lock(&c.client) = None;
+        c.driver.send_replace(Default::default());
+        match outcome {
+            Ok(()) => {}
+            Err(e) => {
+                if was_connected {
+                    tracing::error!(error = %e, "cluster: lost etcd; serving with the last known state, admin writes refused until resynced");
+                } else {
+                    tracing::warn!(error = %e, "cluster: cannot reach etcd");
+                }
+                *lock(&c.last_error) = e;
+            }
+        }
+        if c.stop.is_cancelled() {
+            revoke(&c).await;
+            return;
+        }
+        if started.elapsed() > BACKOFF_MAX * 5 {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::select! {
+            _ = c.stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Gives the lease back on a clean stop, so other instances stop waiting for this one at
+/// once instead of after `lease_ttl` (and a rollout driver is replaced at once).
+pub(super) async fn revoke(c: &Cluster) {
+    let lease = c.lease.swap(0, SeqCst);
+    if lease == 0 {
+        return;
+    }
+    if let Ok(mut client) = connect(c).await {
+        let _ = timeout(REQUEST_TIMEOUT, client.lease_revoke(lease)).await;
+    }
+}
+
+async fn connect(c: &Cluster) -> Result<Client> {
+    connect_to(&c.config.etcd).await
+}
+
+/// Stores `own` as the cluster's affinity key unless etcd holds one, and returns etcd's.
+pub(super) async fn shared_affinity_key(
+    config: &crate::config::ClusterConfig,
+    own: &str,
+) -> Result<String> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let mut client = connect_to(&config.etcd).await?;
+    let key = super::store::Keys::new(&config.prefix).affinity_key();
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.clone(), own, None)])
+        .or_else([TxnOp::get(key.clone(), None)]);
+    let resp = call("storing the affinity key", client.txn(txn)).await?;
+    if resp.succeeded() {
+        return Ok(own.to_string());
+    }
+    let got = call("reading the affinity key", client.get(key, None)).await?;
+    got.kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).to_string())
+        .ok_or_else(|| "the affinity key vanished".to_string())
+}
+
+async fn connect_to(etcd: &[String]) -> Result<Client> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(1), REQUEST_TIMEOUT)
+        .with_keep_alive_while_idle(true);
+    timeout(REQUEST_TIMEOUT, Client::connect(etcd, Some(options)))
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer from {} within {REQUEST_TIMEOUT:?}",
+                etcd.join(", ")
+            )
+        })?
+        .map_err(|e| format!("connecting to {}: {e}", etcd.join(", ")))
+}
+
+/// Bounds an etcd call and names it in the error.
+pub(super) async fn call<T, F>(what: &str, f: F) -> Result<T>
+where
+    F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    match timeout(REQUEST_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
+async fn session(c: &Arc<Cluster>) -> Result<()> {
+    let mut client = connect(c).await?;
+    let ttl = c.config.lease_ttl.as_secs().max(1) as i64;
+    let lease = call("lease grant", client.lease_grant(ttl, None))
+        .await?
+        .id();
+    c.lease.store(lease, SeqCst);
+    let (mut keeper, mut alive) = call("lease keep-alive", client.lease_keep_alive(lease)).await?;
+
+    // Resync: everything at one revision, applied before this instance accepts writes.
+    let all = call(
+        "reading the cluster state",
+        client.get(c.keys.all(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let revision = all.header().map_or(0, |h| h.revision());
+    resync(c, all.kvs(), revision);
+    offer_affinity_key(c, &mut client).await?;
+    *lock(&c.client) = Some(client.clone());
+    let mut published = c.member();
+    put_member(c, &mut client, lease, &published).await?;
+    let mut published_at = Instant::now();
+    c.connected.store(true, SeqCst);
+    tracing::info!(instance = %c.config.instance, revision, members = c.members.borrow().len(), "cluster: connected and resynced");
+    if c.driver.borrow().holder.is_none() {
+        super::election::campaign(c, &mut client, lease).await?;
+    }
+
+    let mut watch = call(
+        "watch",
+        client.watch(
+            c.keys.all(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        ),
+    )
+    .await?;
+    let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(500));
+    let mut keep_alive = interval(every);
+    keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_alive = Instant::now();
+    let mut poll = interval(PUBLISH_POLL);
+    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = keep_alive.tick() => {
+                if last_alive.elapsed() > c.config.lease_ttl {
+                    return Err(format!("no lease keep-alive answer for {:?}", c.config.lease_ttl));
+                }
+                keeper.keep_alive().await.map_err(|e| format!("lease keep-alive: {e}"))?;
+            }
+            msg = alive.message() => match msg.map_err(|e| format!("lease keep-alive: {e}"))? {
+                Some(r) if r.ttl() > 0 => last_alive = Instant::now(),
+                Some(_) => return Err("the lease expired (etcd forgot this instance)".into()),
+                None => return Err("the lease keep-alive stream ended".into()),
+            },
+            msg = watch.message() => {
+                let Some(resp) = msg.map_err(|e| format!("watch: {e}"))? else {
+                    return Err("the watch stream ended".into());
+                };
+                if resp.canceled() || resp.compact_revision() > 0 {
+                    return Err(format!(
+                        "the watch was cancelled ({}; compacted at {}): resyncing",
+                        resp.cancel_reason(),
+                        resp.compact_revision()
+                    ));
+                }
+                let campaign = apply_events(c, resp.events());
+                if campaign {
+                    super::election::campaign(c, &mut client, lease).await?;
+                }
+                let now = c.member();
+                if now.revision != published.revision {
+                    put_member(c, &mut client, lease, &now).await?;
+                    published = now;
+                    published_at = Instant::now();
+                }
+            }
+            _ = poll.tick() => {
+                let now = c.member();
+                let due = now.revision != published.revision
+                    || published_at.elapsed() >= SESSIONS_EVERY;
+                if now != published && due {
+                    put_member(c, &mut client, lease, &now).await?;
+                    published = now;
+                    published_at = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+async fn put_member(c: &Cluster, client: &mut Client, lease: i64, m: &Member) -> Result<()> {
+    let json = serde_json::to_vec(m).map_err(|e| e.to_string())?;
+    call(
+        "publishing this instance",
+        client.put(
+            c.keys.member(&c.config.instance),
+            json,
+            Some(PutOptions::new().with_lease(lease)),
+        ),
+    )
+    .await?;
+    c.members.send_modify(|all| {
+        all.insert(m.instance.clone(), m.clone());
+    });
+    Ok(())
+}
+
+/// Stores this instance's affinity key when etcd has none, and reads the one it has.
+async fn offer_affinity_key(c: &Cluster, client: &mut Client) -> Result<()> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let key = c.keys.affinity_key();
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.clone(), c.own_affinity_key.clone(), None)]);
+    call("storing the affinity key", client.txn(txn)).await?;
+    let got = call("reading the affinity key", client.get(key, None)).await?;
+    if let Some(kv) = got.kvs().first() {
+        note_affinity_key(c, kv.value());
+    }
+    Ok(())
+}
+
+fn note_affinity_key(c: &Cluster, value: &[u8]) {
+    let text = String::from_utf8_lossy(value).to_string();
+    if crate::pool::affinity::Keys::parse_hex(&text).is_none() {
+        tracing::error!(key = %c.keys.affinity_key(), "cluster: the shared affinity key is not 32 hex digits; ignored");
+        return;
+    }
+    if text != c.own_affinity_key && lock(&c.affinity_key).as_deref() != Some(text.as_str()) {
+        tracing::warn!("cluster: etcd holds another affinity key than this instance uses (it started without etcd): cookies of other instances map to other nodes here until this instance restarts");
+    }
+    *lock(&c.affinity_key) = Some(text);
+}
+
+/// Applies the whole state read at `revision`. A node without a key is enabled: etcd's
+/// state is the truth, and an instance that was cut off converges to it.
+fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) {
+    let mut members = BTreeMap::new();
+    let mut mirror = super::RolloutMirror::default();
+    let mut driver = None;
+    let mut ops = std::collections::HashMap::new();
+    for kv in kvs {
+        match c.keys.parse(kv.key()) {
+            Key::Node(node) => {
+                ops.insert(node.to_string(), (kv.mod_revision(), kv.value().to_vec()));
+            }
+            Key::Member(name) => {
+                if let Some(m) = parse_member(c, name, kv.value()) {
+                    members.insert(name.to_string(), m);
+                }
+            }
+            Key::Rollout(id) => {
+                mirror.records.insert(id.to_string(), kv.value().to_vec());
+            }
+            Key::Abort(id) => {
+                mirror.aborts.insert(id.to_string());
+            }
+            Key::Driver => driver = Some(String::from_utf8_lossy(kv.value()).to_string()),
+            Key::AffinityKey => note_affinity_key(c, kv.value()),
+            Key::Other => {}
+        }
+    }
+    let snapshot = c.ctl.snapshot.load();
+    lock(&c.node_revs).clear();
+    for pool in &snapshot.pools {
+        for node in &pool.nodes {
+            let key = node.key();
+            let t = NodeRef {
+                pool: Arc::clone(pool),
+                node: Arc::clone(node),
+            };
+            match ops.remove(&key) {
+                Some((rev, value)) => apply_node(c, &t, rev, &value),
+                None => lifecycle::enable(&c.ctl, &t, None),
+            }
+        }
+    }
+    c.members.send_replace(members);
+    c.rollouts.send_replace(mirror);
+    c.driver.send_replace(super::Driver {
+        holder: driver,
+        term: None,
+    });
+    c.applied.send_replace(revision);
+}
+
+/// Applies watched events in order. Returns whether the driver key went away (campaign).
+fn apply_events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> bool {
+    let mut campaign = false;
+    let mut applied = None;
+    for ev in events {
+        let Some(kv) = ev.kv() else { continue };
+        let put = ev.event_type() == EventType::Put;
+        match c.keys.parse(kv.key()) {
+            Key::Node(node) => {
+                if let Some(t) = c.ctl.node_by_key(node) {
+                    if put {
+                        apply_node(c, &t, kv.mod_revision(), kv.value());
+                    } else {
+                        lock(&c.node_revs).remove(node);
+                        lifecycle::enable(&c.ctl, &t, None);
+                    }
+                }
+                applied = Some(kv.mod_revision());
+            }
+            Key::Member(name) => {
+                let m = if put {
+                    parse_member(c, name, kv.value())
+                } else {
+                    None
+                };
+                c.members.send_modify(|all| match m {
+                    Some(m) => {
+                        all.insert(name.to_string(), m);
+                    }
+                    None => {
+                        all.remove(name);
+                    }
+                });
+            }
+            Key::Rollout(id) => c.rollouts.send_modify(|r| {
+                if put {
+                    r.records.insert(id.to_string(), kv.value().to_vec());
+                } else {
+                    r.records.remove(id);
+                }
+            }),
+            Key::Abort(id) => c.rollouts.send_modify(|r| {
+                if put {
+                    r.aborts.insert(id.to_string());
+                } else {
+                    r.aborts.remove(id);
+                }
+            }),
+            Key::Driver => {
+                let holder = put.then(|| String::from_utf8_lossy(kv.value()).to_string());
+                c.driver.send_modify(|d| {
+                    if holder.as_deref() != Some(c.config.instance.as_str()) {
+                        d.term = None;
+                    }
+                    d.holder = holder.clone();
+                });
+                campaign |= holder.is_none();
+            }
+            Key::AffinityKey if put => note_affinity_key(c, kv.value()),
+            _ => {}
+        }
+    }
+    if let Some(rev) = applied {
+        c.applied.send_modify(|a| *a = (*a).max(rev));
+    }
+    campaign
+}
+
+fn parse_member(c: &Cluster, name: &str, value: &[u8]) -> Option<Member> {
+    match serde_json::from_slice::<Member>(value) {
+        Ok(m) if m.instance == name => Some(m),
+        Ok(m) => {
+            tracing::error!(key = %c.keys.member(name), instance = %m.instance, "cluster: a member record names another instance; ignored");
+            None
+        }
+        Err(e) => {
+            tracing::error!(key = %c.keys.member(name), error = %e, "cluster: a member record does not parse; ignored");
+            None
+        }
+    }
+}
+
+/// Applies one node's operation as etcd has it. The origin checked the pair guard against
+/// the whole pool's keys, so it is applied here without one.
+fn apply_node(c: &Cluster, t: &NodeRef, revision: i64, value: &[u8]) {
+    let key = t.node.key();
+    let op = match serde_json::from_slice::<NodeOp>(value) {
+        Ok(op) => op,
+        Err(e) => {
+            tracing::error!(key = %c.keys.node(&key), error = %e, "cluster: a node operation does not parse; ignored");
+            return;
+        }
+    };
+    lock(&c.node_revs).insert(key, revision);
+    match op {
+        NodeOp::Drain { deadline_ms, .. } => lifecycle::drain_until(&c.ctl, t, deadline_ms),
+        NodeOp::Enable { warmup, .. } => lifecycle::enable(&c.ctl, t, Some(warmup)),
+    }
+}

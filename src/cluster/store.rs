@@ -1,0 +1,193 @@
+//! What the cluster keeps in etcd, under `cluster.prefix`, and the JSON of each value:
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `{prefix}/nodes/{pool}/{node}` | [`NodeOp`]: the last drain or enable of the node | — |
+//! | `{prefix}/rollouts/{id}` | a rollout record (as the API shows it) | — |
+//! | `{prefix}/aborts/{id}` | who asked to abort rollout `id` | — |
+//! | `{prefix}/affinity_key` | the shared affinity key, hex | — |
+//! | `{prefix}/members/{instance}` | [`Member`]: revision applied, sessions, health | the instance's |
+//! | `{prefix}/driver` | the instance that drives rollouts (election) | the driver's |
+//!
+//! Values from etcd are peers' messages: they are parsed strictly, and one that does not
+//! parse is logged with its key and ignored, never applied in part.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::duration;
+use crate::pool::SessionCounts;
+
+/// The keys of one cluster.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// What a key under the prefix is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// `pool/node`.
+    Node(&'a str),
+    Rollout(&'a str),
+    Abort(&'a str),
+    AffinityKey,
+    Member(&'a str),
+    Driver,
+    Other,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Everything of this cluster (with a trailing `/`, so `/a` never matches `/ab/...`).
+    pub fn all(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// `pool/node`'s admin operation.
+    pub fn node(&self, node_key: &str) -> String {
+        format!("{}/nodes/{node_key}", self.prefix)
+    }
+
+    pub fn rollout(&self, id: &str) -> String {
+        format!("{}/rollouts/{id}", self.prefix)
+    }
+
+    pub fn abort(&self, id: &str) -> String {
+        format!("{}/aborts/{id}", self.prefix)
+    }
+
+    pub fn affinity_key(&self) -> String {
+        format!("{}/affinity_key", self.prefix)
+    }
+
+    pub fn member(&self, instance: &str) -> String {
+        format!("{}/members/{instance}", self.prefix)
+    }
+
+    pub fn driver(&self) -> String {
+        format!("{}/driver", self.prefix)
+    }
+
+    /// Classifies a key read from etcd.
+    pub fn parse<'a>(&self, key: &'a [u8]) -> Key<'a> {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return Key::Other;
+        };
+        let Some(rest) = key
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return Key::Other;
+        };
+        if let Some(node) = rest.strip_prefix("nodes/") {
+            return if node.split('/').count() == 2 {
+                Key::Node(node)
+            } else {
+                Key::Other
+            };
+        }
+        if let Some(id) = rest.strip_prefix("rollouts/") {
+            return Key::Rollout(id);
+        }
+        if let Some(id) = rest.strip_prefix("aborts/") {
+            return Key::Abort(id);
+        }
+        if let Some(name) = rest.strip_prefix("members/") {
+            return Key::Member(name);
+        }
+        match rest {
+            "affinity_key" => Key::AffinityKey,
+            "driver" => Key::Driver,
+            _ => Key::Other,
+        }
+    }
+}
+
+/// The last operator (or rollout) action on a node, which every instance applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NodeOp {
+    /// No new sessions; the rest are closed at `deadline_ms` (unix ms, the same on every
+    /// instance).
+    Drain {
+        deadline_ms: u64,
+        at_ms: u64,
+        by: String,
+    },
+    /// Readmit with this warmup once the node is up (on each instance, by its own checks).
+    Enable {
+        #[serde(with = "duration::text")]
+        warmup: Duration,
+        at_ms: u64,
+        by: String,
+    },
+}
+
+/// One instance's report, under its lease: what it has applied and what it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub instance: String,
+    /// The admin API's address.
+    pub admin: String,
+    /// RFC 3339: when the instance joined.
+    pub since: String,
+    /// The etcd revision of the shared state it has applied (like an xDS ACK).
+    pub revision: i64,
+    /// `pool/node` → what this instance sees of the node.
+    pub nodes: BTreeMap<String, MemberNode>,
+}
+
+/// One node as one instance sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberNode {
+    /// Admin state on this instance (`drained` is per instance: its own sessions ended).
+    pub state: String,
+    /// Health by this instance's own checks.
+    pub health: String,
+    pub version: Option<String>,
+    pub sessions: SessionCounts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_back() {
+        let k = Keys::new("/handoff/prod");
+        assert_eq!(k.parse(k.node("web/a").as_bytes()), Key::Node("web/a"));
+        assert_eq!(
+            k.parse(k.rollout("web-1").as_bytes()),
+            Key::Rollout("web-1")
+        );
+        assert_eq!(k.parse(k.member("lb-1").as_bytes()), Key::Member("lb-1"));
+        assert_eq!(k.parse(k.driver().as_bytes()), Key::Driver);
+        assert_eq!(k.parse(k.affinity_key().as_bytes()), Key::AffinityKey);
+        assert_eq!(k.parse(b"/handoff/prodx/driver"), Key::Other);
+        assert_eq!(k.parse(b"/handoff/prod/nodes/a/b/c"), Key::Other);
+        assert_eq!(k.parse(&[0xff, 0xfe]), Key::Other);
+    }
+
+    #[test]
+    fn node_ops_are_strict() {
+        let op: NodeOp =
+            serde_json::from_str(r#"{"op":"enable","warmup":"10s","at_ms":1,"by":"lb-1"}"#)
+                .unwrap();
+        assert!(matches!(op, NodeOp::Enable { warmup, .. } if warmup == Duration::from_secs(10)));
+        assert!(serde_json::from_str::<NodeOp>(r#"{"op":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<NodeOp>(
+            r#"{"op":"drain","deadline_ms":1,"at_ms":1,"by":"x","extra":1}"#
+        )
+        .is_err());
+    }
+}
