@@ -3,7 +3,7 @@
 //! not reconnect watch or keep-alive streams by itself, so this loop is what does.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,21 +103,44 @@ pub(super) async fn shared_affinity_key(
         .ok_or_else(|| "the affinity key vanished".to_string())
 }
 
+/// A client on the first endpoint, in turn from the one after the last used, that answers
+/// a linearizable read (so it is in touch with the quorum's leader). One endpoint per
+/// session: when its member goes, the session fails and the next one tries the others
+/// (tonic's balancing across endpoints keeps sending to a dead one).
 async fn connect_to(etcd: &[String]) -> Result<Client> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let first = NEXT.fetch_add(1, SeqCst);
+    let mut errors = Vec::new();
+    for i in 0..etcd.len() {
+        let endpoint = &etcd[(first + i) % etcd.len()];
+        match connect_one(endpoint).await {
+            Ok(client) => {
+                NEXT.store((first + i) % etcd.len(), SeqCst);
+                return Ok(client);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+async fn connect_one(endpoint: &str) -> Result<Client> {
     let options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(1), REQUEST_TIMEOUT)
-        .with_keep_alive_while_idle(true);
-    timeout(REQUEST_TIMEOUT, Client::connect(etcd, Some(options)))
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    let mut client = timeout(REQUEST_TIMEOUT, Client::connect([endpoint], Some(options)))
         .await
-        .map_err(|_| {
-            format!(
-                "no answer from {} within {REQUEST_TIMEOUT:?}",
-                etcd.join(", ")
-            )
-        })?
-        .map_err(|e| format!("connecting to {}: {e}", etcd.join(", ")))
+        .map_err(|_| format!("{endpoint}: no answer within {REQUEST_TIMEOUT:?}"))?
+        .map_err(|e| format!("{endpoint}: {e}"))?;
+    call(
+        endpoint,
+        client.get("/", Some(GetOptions::new().with_count_only())),
+    )
+    .await?;
+    Ok(client)
 }
 
 /// Bounds an etcd call and names it in the error.

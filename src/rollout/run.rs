@@ -236,6 +236,33 @@ async fn step(
                     state.admin().as_str()
                 )));
             }
+            // The node is about to be restarted: the sessions other instances hold on it
+            // must be over too.
+            if let Some(cluster) = cluster {
+                let limit = deadline.saturating_duration_since(Instant::now());
+                let drained = AdminState::Drained.as_str();
+                let here = || state.admin() == AdminState::Drained;
+                if !cluster
+                    .wait_all(&target, limit, here, |o| o.state == drained)
+                    .await
+                {
+                    let behind: Vec<String> = cluster
+                        .instances(&key)
+                        .into_iter()
+                        .filter(|o| o.state != drained)
+                        .map(|o| {
+                            format!(
+                                "{} ({}, {} sessions)",
+                                o.instance, o.state, o.sessions.total
+                            )
+                        })
+                        .collect();
+                    return Err(Stop::Failed(format!(
+                        "{key} did not drain on {}",
+                        behind.join(", ")
+                    )));
+                }
+            }
             Ok(())
         }
         Phase::WaitingUpgrade => {

@@ -5,6 +5,7 @@ mod common;
 mod admin;
 mod affinity;
 mod cli;
+mod cluster;
 mod config_files;
 mod control;
 mod ctl;

@@ -1,0 +1,158 @@
+//! Fail static: etcd members stopped, all of etcd stopped and restarted, and an instance
+//! cut off from etcd that comes back.
+
+use std::time::Duration;
+
+use http::Method;
+
+use super::*;
+use crate::common::backends::{tcp_echo_server, HttpBackend};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_gone_instances_serve_on_and_refuse_writes_until_it_is_back() {
+    if !etcd_installed("fail static") {
+        return;
+    }
+    let mut etcd = Etcd::start().await;
+    let (a, b) = (
+        HttpBackend::start("a", "1.0").await,
+        HttpBackend::start("b", "1.0").await,
+    );
+    let echo = [tcp_echo_server().await, tcp_echo_server().await];
+    let p = prefix("fail-static");
+    let yaml = |name: &str| config(&etcd.endpoints(), &p, name, [a.addr, b.addr], echo, false);
+    let one = Instance::start(yaml("lb-1"), "lb-1").await;
+    let two = Instance::start(yaml("lb-2"), "lb-2").await;
+
+    // One member down: the other two are a quorum, and drains work as before.
+    etcd.stop(2);
+    let (status, view) = write_once_reconnected(&two, "/v1/pools/web/nodes/b/drain").await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(one.node("web", "b").await["state"], "drained");
+    let (status, view) = one
+        .call(Method::POST, "/v1/pools/web/nodes/b/enable", None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(two.node("web", "b").await["state"], "active");
+
+    // Every member down: both instances serve on, with 0 failed requests.
+    let loads = [
+        Load::start(one.web.clone(), 2, Duration::from_secs(60)),
+        Load::start(two.web.clone(), 2, Duration::from_secs(60)),
+    ];
+    etcd.stop(0);
+    etcd.stop(1);
+    one.wait_connected(false).await;
+    two.wait_connected(false).await;
+    for i in [&one, &two] {
+        let (status, refused) = i
+            .call(Method::POST, "/v1/pools/web/nodes/a/drain", None)
+            .await;
+        assert_eq!(status, 503, "{refused}");
+        let error = refused["error"].as_str().unwrap();
+        assert!(error.contains("etcd is unreachable"), "{error}");
+        assert_eq!(
+            i.node("web", "a").await["state"],
+            "active",
+            "a 503 changed nothing"
+        );
+    }
+    let served = |load: &Load| load.sent.load(std::sync::atomic::Ordering::SeqCst);
+    let before: Vec<usize> = loads.iter().map(served).collect();
+    eventually(
+        "both instances served 200 more requests without etcd",
+        || loads.iter().zip(&before).all(|(l, b)| served(l) > b + 200),
+    )
+    .await;
+
+    // etcd back: each instance resyncs, then accepts writes again.
+    etcd.restart(&[0, 1, 2]).await;
+    one.wait_connected(true).await;
+    two.wait_connected(true).await;
+    let (status, view) = one
+        .call(Method::POST, "/v1/pools/web/nodes/a/drain", None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    let there = two.node("web", "a").await["state"].clone();
+    assert!(there == "draining" || there == "drained", "{there}");
+    let (status, view) = two
+        .call(Method::POST, "/v1/pools/web/nodes/a/enable", None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(one.node("web", "a").await["state"], "active");
+    for load in loads {
+        let (sent, failed) = load.finish().await;
+        assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_etcd_converges_when_it_comes_back() {
+    if !etcd_installed("partition") {
+        return;
+    }
+    let mut etcd = Etcd::start().await;
+    let (a, b) = (
+        HttpBackend::start("a", "1.0").await,
+        HttpBackend::start("b", "1.0").await,
+    );
+    let echo = [tcp_echo_server().await, tcp_echo_server().await];
+    let p = prefix("partition");
+    let all = etcd.endpoints();
+    // lb-2 reaches etcd only through member 2: stopping it cuts lb-2 off.
+    let one = Instance::start(
+        config(&all, &p, "lb-1", [a.addr, b.addr], echo, false),
+        "lb-1",
+    )
+    .await;
+    let two = Instance::start(
+        config(
+            &[etcd.endpoint(2)],
+            &p,
+            "lb-2",
+            [a.addr, b.addr],
+            echo,
+            false,
+        ),
+        "lb-2",
+    )
+    .await;
+    etcd.stop(2);
+    two.wait_connected(false).await;
+    // lb-1 drains a while lb-2 cannot hear it (lb-2's lease runs out: it is not waited for).
+    let (status, view) = one
+        .call(Method::POST, "/v1/pools/web/nodes/a/drain", None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        two.node("web", "a").await["state"],
+        "active",
+        "cut off: last known state"
+    );
+
+    etcd.restart(&[2]).await;
+    two.wait_connected(true).await;
+    let view = two.node("web", "a").await;
+    assert_eq!(
+        view["state"], "drained",
+        "resynced before it said connected: {view}"
+    );
+    let c = client();
+    for _ in 0..100 {
+        let (status, body) = get(&c, &two.web).await;
+        assert_eq!((status, &body[..1]), (200, "b"), "{body}");
+    }
+}
+
+/// A write right after an etcd member stopped: an instance whose session ran through that
+/// member refuses writes (503) until it has resynced through another, within a few seconds.
+async fn write_once_reconnected(at: &Instance, path: &str) -> (u16, serde_json::Value) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, view) = at.call(Method::POST, path, None).await;
+        if status != 503 || tokio::time::Instant::now() > deadline {
+            return (status, view);
+        }
+        at.wait_connected(true).await;
+    }
+}

@@ -1,0 +1,256 @@
+//! Cluster (design.md §10) with the real thing: a 3-member etcd cluster (Debian's
+//! etcd-server) on loopback ports, and handoff instances as separate processes sharing a
+//! prefix. Skipped, saying so, where no etcd binary is installed (`.ci/run` installs it).
+
+mod drain;
+mod failures;
+mod rollout;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use http::Method;
+use serde_json::Value;
+
+use crate::common::process::{call, Handoff};
+use crate::common::*;
+
+const ETCD: &str = "/usr/bin/etcd";
+
+/// `None` (and a note on stderr) when etcd is not installed.
+fn etcd_installed(test: &str) -> bool {
+    let ok = std::path::Path::new(ETCD).exists();
+    if !ok {
+        eprintln!("skipped {test}: {ETCD} not found (apt-get install etcd-server; .ci/run does)");
+    }
+    ok
+}
+
+/// Free loopback ports, reserved together so they differ.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// A 3-member etcd cluster on loopback; every member is killed when it is dropped.
+pub struct Etcd {
+    dir: tempfile::TempDir,
+    client_ports: Vec<u16>,
+    peer_ports: Vec<u16>,
+    members: Vec<Option<Running>>,
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        let ports = free_ports(6);
+        let mut etcd = Etcd {
+            dir: tempfile::tempdir().unwrap(),
+            client_ports: ports[..3].to_vec(),
+            peer_ports: ports[3..].to_vec(),
+            members: vec![None, None, None],
+        };
+        for i in 0..3 {
+            etcd.start_member(i);
+        }
+        etcd.wait_ready(&[0, 1, 2]).await;
+        etcd
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.client_ports[i])
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..3).map(|i| self.endpoint(i)).collect()
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let peers: Vec<String> = (0..3)
+            .map(|j| format!("m{j}=http://127.0.0.1:{}", self.peer_ports[j]))
+            .collect();
+        let peer = format!("http://127.0.0.1:{}", self.peer_ports[i]);
+        let child = Command::new(ETCD)
+            .arg("--name")
+            .arg(format!("m{i}"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("m{i}")))
+            .args(["--listen-client-urls", &self.endpoint(i)])
+            .args(["--advertise-client-urls", &self.endpoint(i)])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &peers.join(",")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "handoff-test"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        self.members[i] = Some(Running(child));
+    }
+
+    /// Waits (bounded) until each of `members` answers a read.
+    async fn wait_ready(&self, members: &[usize]) {
+        for &i in members {
+            let endpoint = self.endpoint(i);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let ok = async {
+                    let mut c = etcd_client::Client::connect([&endpoint], None).await.ok()?;
+                    c.get("/ready", None).await.ok()
+                };
+                if tokio::time::timeout(Duration::from_secs(2), ok)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "etcd member {i} did not become ready"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// Kills member `i` (its data stays for a restart).
+    pub fn stop(&mut self, i: usize) {
+        self.members[i] = None;
+    }
+
+    pub async fn restart(&mut self, members: &[usize]) {
+        for &i in members {
+            self.start_member(i);
+        }
+        self.wait_ready(members).await;
+    }
+}
+
+/// One handoff instance of a cluster, as a separate process with its own directory.
+pub struct Instance {
+    pub h: Handoff,
+    pub name: String,
+    pub web: String,
+    pub tcp: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// Pool `web` (HTTP nodes a and b) and pool `echo` (TCP echo nodes a and b), for instance
+/// `name` of the cluster at `prefix` over `etcd`. With `affinity`, web pins clients by
+/// cookie (a client pinned to a node holds it draining until it goes idle).
+pub fn config(
+    etcd: &[String],
+    prefix: &str,
+    name: &str,
+    web: [SocketAddr; 2],
+    echo: [SocketAddr; 2],
+    affinity: bool,
+) -> String {
+    let affinity = if affinity {
+        r#"affinity: { cookie: "handoff_node", idle_timeout: 60s }"#
+    } else {
+        ""
+    };
+    let endpoints = etcd
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"admin: {{ listen: "127.0.0.1:0" }}
+shutdown_grace: 2s
+cluster: {{ etcd: [{endpoints}], prefix: "{prefix}", instance: "{name}", lease_ttl: 2s }}
+listeners:
+  - {{ name: web, listen: "127.0.0.1:0", protocol: http, routes: [ {{ pool: web }} ] }}
+  - {{ name: tcp, listen: "127.0.0.1:0", protocol: tcp, pool: echo }}
+pools:
+  - name: web
+    nodes: [ {{ name: a, addr: "{}" }}, {{ name: b, addr: "{}" }} ]
+    health: {FAST_HEALTH}
+    {affinity}
+    warmup: 0s
+  - name: echo
+    nodes: [ {{ name: a, addr: "{}" }}, {{ name: b, addr: "{}" }} ]
+    health: {{ interval: 100ms, timeout: 100ms, healthy_after: 1 }}
+    drain: {{ timeout: 60s }}
+"#,
+        web[0], web[1], echo[0], echo[1]
+    )
+}
+
+impl Instance {
+    /// Starts the instance and waits until it has joined (connected) with web/a and web/b up.
+    pub async fn start(yaml: String, name: &str) -> Instance {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("handoff.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let h = Handoff::start(&config).await;
+        let status = admin(&h, Method::GET, "/v1/status", None).await.1;
+        let listen = |i: usize| {
+            status["listeners"][i]["listen"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let instance = Instance {
+            web: format!("http://{}/", listen(0)),
+            tcp: listen(1).parse().unwrap(),
+            name: name.to_string(),
+            h,
+            _dir: dir,
+        };
+        instance.wait_connected(true).await;
+        instance.h.wait_up("a").await;
+        instance.h.wait_up("b").await;
+        instance
+    }
+
+    /// Waits (bounded) until `GET /v1/cluster` says `connected` is `want`.
+    pub async fn wait_connected(&self, want: bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, view) = admin(&self.h, Method::GET, "/v1/cluster", None).await;
+            if view["connected"] == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: connected never became {want}: {view}\n{:#?}",
+                self.name,
+                self.h.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        admin(&self.h, method, path, body).await
+    }
+
+    /// This instance's view of `pool/node`.
+    pub async fn node(&self, pool: &str, node: &str) -> Value {
+        self.call(Method::GET, &format!("/v1/pools/{pool}/nodes/{node}"), None)
+            .await
+            .1
+    }
+}
+
+/// One admin call that must be answered.
+pub async fn admin(h: &Handoff, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    call(&client(), method, &h.url(path), body)
+        .await
+        .unwrap_or_else(|| panic!("no answer to {path}: {:#?}", h.log()))
+}
+
+/// A prefix of its own for each test, so tests may share nothing by accident.
+pub fn prefix(test: &str) -> String {
+    format!("/handoff-test/{test}-{}", std::process::id())
+}
