@@ -26,8 +26,11 @@ pub(super) async fn start(
             running: record.id.clone(),
         });
     }
-    // Shown here at once; the copy from etcd replaces it.
-    rollouts.adopt_record(record.clone());
+    // Shown here at once, unless the copy from etcd already arrived (and a driver here may
+    // already run it: that copy must not be replaced by this older one).
+    if rollouts.get(&record.id).is_none() {
+        rollouts.restore(record.clone());
+    }
     Ok(record)
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::Method;
 
 use super::*;
+use crate::cluster::write_once_reconnected;
 use crate::common::backends::{tcp_echo_server, HttpBackend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,9 +121,7 @@ async fn an_instance_cut_off_from_etcd_converges_when_it_comes_back() {
     etcd.stop(2);
     two.wait_connected(false).await;
     // lb-1 drains a while lb-2 cannot hear it (lb-2's lease runs out: it is not waited for).
-    let (status, view) = one
-        .call(Method::POST, "/v1/pools/web/nodes/a/drain", None)
-        .await;
+    let (status, view) = write_once_reconnected(&one, "/v1/pools/web/nodes/a/drain").await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(
         two.node("web", "a").await["state"],
@@ -141,18 +140,5 @@ async fn an_instance_cut_off_from_etcd_converges_when_it_comes_back() {
     for _ in 0..100 {
         let (status, body) = get(&c, &two.web).await;
         assert_eq!((status, &body[..1]), (200, "b"), "{body}");
-    }
-}
-
-/// A write right after an etcd member stopped: an instance whose session ran through that
-/// member refuses writes (503) until it has resynced through another, within a few seconds.
-async fn write_once_reconnected(at: &Instance, path: &str) -> (u16, serde_json::Value) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, view) = at.call(Method::POST, path, None).await;
-        if status != 503 || tokio::time::Instant::now() > deadline {
-            return (status, view);
-        }
-        at.wait_connected(true).await;
     }
 }

@@ -254,3 +254,17 @@ pub async fn admin(h: &Handoff, method: Method, path: &str, body: Option<Value>)
 pub fn prefix(test: &str) -> String {
     format!("/handoff-test/{test}-{}", std::process::id())
 }
+
+/// A write right after an etcd member stopped: an instance whose session ran through that
+/// member (or that wrote during the election of a new etcd leader) refuses writes (503)
+/// until it has resynced, within a few seconds; an operator retries, and so does this.
+pub async fn write_once_reconnected(at: &Instance, path: &str) -> (u16, serde_json::Value) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, view) = at.call(Method::POST, path, None).await;
+        if status != 503 || tokio::time::Instant::now() > deadline {
+            return (status, view);
+        }
+        at.wait_connected(true).await;
+    }
+}
