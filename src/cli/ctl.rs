@@ -52,6 +52,9 @@ pub enum CtlCommand {
     Rollout(RolloutCommand),
     /// Re-read the config file of the running handoff.
     Reload,
+    /// The cluster this instance belongs to: connected or not, the rollout driver, and
+    /// every live instance with the sessions it holds.
+    Cluster,
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +145,7 @@ fn request_for(command: &CtlCommand) -> anyhow::Result<(Method, String, Option<V
     Ok(match command {
         CtlCommand::Status => (Method::GET, "/v1/status".into(), None),
         CtlCommand::Reload => (Method::POST, "/v1/reload".into(), None),
+        CtlCommand::Cluster => (Method::GET, "/v1/cluster".into(), None),
         CtlCommand::Drain {
             target,
             timeout,
@@ -228,7 +232,20 @@ fn human(command: &CtlCommand, value: &Value, code: i32) -> anyhow::Result<Strin
                 .context("unexpected status JSON")?,
         ),
         CtlCommand::Reload => "reloaded\n".into(),
-        CtlCommand::Drain { .. } | CtlCommand::Enable { .. } => render::node_line(&node()?),
+        CtlCommand::Cluster => render::cluster(
+            &serde_json::from_value(value.clone()).context("unexpected cluster JSON")?,
+        ),
+        CtlCommand::Drain { .. } | CtlCommand::Enable { .. } => {
+            let mut out = render::node_line(&node()?);
+            if let Some(lagging) = value["lagging"].as_array().filter(|l| !l.is_empty()) {
+                let names: Vec<&str> = lagging.iter().filter_map(Value::as_str).collect();
+                out.push_str(&format!(
+                    "warning: not yet applied after 2s by {}\n",
+                    names.join(", ")
+                ));
+            }
+            out
+        }
         CtlCommand::Wait { state, .. } => {
             let n = node()?;
             if code == 0 {

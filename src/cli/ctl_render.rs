@@ -183,3 +183,43 @@ pub fn detail(detail: &Value) -> String {
         other => format!("  {other}"),
     }
 }
+
+/// `handoff ctl cluster`.
+pub fn cluster(view: &crate::cluster::ClusterView) -> String {
+    let mut out = format!(
+        "cluster {} as {}: {}, rollouts driven by {}, revision {}\n",
+        view.prefix,
+        view.instance,
+        if view.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED to etcd (serving with the last known state; writes refused)"
+        },
+        view.driver.as_deref().unwrap_or("nobody"),
+        view.revision
+    );
+    let mut rows = vec![["INSTANCE", "ADMIN", "SINCE", "REVISION", "SESSIONS"]
+        .map(String::from)
+        .to_vec()];
+    for m in &view.members {
+        let held: Vec<String> = m
+            .sessions
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(node, n)| format!("{node}={n}"))
+            .collect();
+        rows.push(vec![
+            m.instance.clone(),
+            m.admin.clone(),
+            m.since.clone(),
+            m.revision.to_string(),
+            if held.is_empty() {
+                "-".into()
+            } else {
+                held.join(" ")
+            },
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}

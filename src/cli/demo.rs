@@ -25,7 +25,7 @@ use crate::shutdown::Shutdown;
 /// The demo's config; `{LISTEN}`, `{ADMIN}`, `{A}`, `{B}` and `{EXE}` are filled in at start.
 /// The rollout hook is this binary's hidden `demo-upgrade` command, which "upgrades" a demo
 /// backend by telling it to report the target version, so a rollout runs end to end.
-const DEMO_CONFIG: &str = r#"
+pub(super) const DEMO_CONFIG: &str = r#"
 admin:
   listen: "{ADMIN}"
 listeners:
@@ -53,7 +53,7 @@ pools:
       hook: { exec: ["{EXE}", "demo-upgrade"] }
 "#;
 
-const INITIAL_VERSION: &str = "1.0.0";
+pub(super) const INITIAL_VERSION: &str = "1.0.0";
 
 /// Path on a demo backend that sets the version it reports (the demo's "upgrade").
 const UPGRADE_PATH: &str = "/_demo/version";
@@ -156,7 +156,7 @@ Press Ctrl-C to stop."#,
 }
 
 /// Starts one demo backend on an ephemeral loopback port.
-async fn start_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
+pub(super) async fn start_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a demo backend")?;

@@ -4,6 +4,7 @@ mod check;
 mod ctl;
 mod ctl_render;
 mod demo;
+mod demo_cluster;
 mod run;
 
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ pub enum Command {
         /// Worker threads, as for `run`.
         #[arg(long, env = "HANDOFF_WORKER_THREADS", value_parser = threads_range())]
         threads: Option<usize>,
+        /// Two instances sharing their admin state through a local etcd (needs the `etcd`
+        /// server on PATH; Debian: etcd-server). The second listens one port above each of
+        /// --listen and --admin.
+        #[arg(long)]
+        cluster: bool,
     },
     /// The demo's rollout hook (internal).
     #[command(hide = true)]
@@ -83,7 +89,14 @@ pub fn main(cli: Cli) -> i32 {
             listen,
             admin,
             threads,
+            cluster: false,
         } => demo::demo(&listen, &admin, threads),
+        Command::Demo {
+            listen,
+            admin,
+            threads,
+            cluster: true,
+        } => demo_cluster::demo(&listen, &admin, threads),
         Command::DemoUpgrade => demo::upgrade_hook(),
         Command::Ctl {
             admin,

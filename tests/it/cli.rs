@@ -197,3 +197,108 @@ fn ctl_exits_2_when_the_admin_api_is_unreachable() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
 }
+
+/// Kills a process the test did not start itself (the demo's etcd) when the test ends, even
+/// by a panic, so a failed test leaves nothing running.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_cluster_runs_two_instances_that_obey_one_drain() {
+    if !std::path::Path::new("/usr/bin/etcd").exists() {
+        eprintln!("skipped demo --cluster: /usr/bin/etcd not found (apt-get install etcd-server; .ci/run does)");
+        return;
+    }
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--cluster",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut demo = Running(child);
+    let (etcd_pid, admins) = tokio::task::spawn_blocking(move || {
+        let (mut pid, mut admins) = (None, Vec::new());
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("(pid ").nth(1) {
+                pid = rest.split(')').next().and_then(|p| p.parse::<u32>().ok());
+            }
+            let instance_line = line.trim_start().starts_with("lb-");
+            if let Some(rest) = line.split("admin http://").nth(1).filter(|_| instance_line) {
+                admins.push(rest.split('/').next().unwrap().to_string());
+            }
+            if line.contains("Press Ctrl-C") {
+                break;
+            }
+        }
+        (pid.expect("etcd pid printed"), admins)
+    })
+    .await
+    .unwrap();
+    let _etcd = KillOnDrop(etcd_pid);
+    assert_eq!(admins.len(), 2, "{admins:?}");
+    let ctl = |admin: &str, args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["ctl", "--admin", &format!("http://{admin}")])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = ctl(&admins[0], &["drain", "web/a"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = ctl(&admins[1], &["--json", "status"]);
+    assert_eq!(code, Some(0), "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let a = &status["pools"][0]["nodes"][0];
+    assert_eq!(
+        (a["name"].as_str(), a["state"].as_str()),
+        (Some("a"), Some("drained")),
+        "{a}"
+    );
+    let (code, out) = ctl(&admins[1], &["cluster"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("lb-1") && out.contains("lb-2") && out.contains("connected"),
+        "{out}"
+    );
+
+    // Ctrl-C stops the demo, and its etcd with it.
+    let pid = demo.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + WAIT;
+    while demo.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let etcd_gone = || {
+        !std::path::Path::new(&format!("/proc/{etcd_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{etcd_pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    };
+    eventually("the demo's etcd stopped", etcd_gone).await;
+}
