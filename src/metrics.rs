@@ -32,6 +32,7 @@ pub struct Metrics {
     pub rebalance_closes: IntCounterVec,
     pub drain_duration: HistogramVec,
     pub rollout_step_duration: HistogramVec,
+    pub cluster_writes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -80,6 +81,7 @@ impl Metrics {
             reloads: counter(&r, "handoff_config_reloads_total", "Config reloads, by result (ok or failed).", &["result"]),
             deadline_closes: counter(&r, "handoff_drain_deadline_closes_total", "Sessions closed at a node's drain deadline, by kind.", &["pool", "node", "kind"]),
             rebalance_closes: counter(&r, "handoff_rebalance_closes_total", "Long-lived TCP sessions closed to rebalance a pool.", &["pool", "node"]),
+            cluster_writes: counter(&r, "handoff_cluster_writes_total", "Drains and enables written to etcd, by result: applied (by every live instance within 2s), lagging (answered naming laggards), refused (etcd unreachable, guard or conflict).", &["result"]),
             drain_duration: {
                 let opts = HistogramOpts::new("handoff_drain_duration_seconds", "Time from drain to drained, per pool.")
                     .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
@@ -126,6 +128,10 @@ pub struct StateGauges {
     pub node_state: IntGaugeVec,
     pub node_health: IntGaugeVec,
     pub node_version_info: IntGaugeVec,
+    pub cluster_connected: IntGaugeVec,
+    pub cluster_members: IntGaugeVec,
+    pub cluster_driver: IntGaugeVec,
+    pub cluster_revision: IntGaugeVec,
 }
 
 impl StateGauges {
@@ -155,6 +161,30 @@ impl StateGauges {
                 "handoff_node_version_info",
                 "Version each node last reported (value is always 1).",
                 &["pool", "node", "version"],
+            ),
+            cluster_connected: gauge(
+                &r,
+                "handoff_cluster_connected",
+                "1 while this instance is connected to etcd and resynced (cluster only).",
+                &["prefix"],
+            ),
+            cluster_members: gauge(
+                &r,
+                "handoff_cluster_members",
+                "Live instances of the cluster, as this one last saw them.",
+                &["prefix"],
+            ),
+            cluster_driver: gauge(
+                &r,
+                "handoff_cluster_driver",
+                "1 while this instance drives the cluster's rollouts.",
+                &["prefix"],
+            ),
+            cluster_revision: gauge(
+                &r,
+                "handoff_cluster_applied_revision",
+                "The etcd revision of shared admin state this instance has applied.",
+                &["prefix"],
             ),
             registry: r,
         }

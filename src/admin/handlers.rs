@@ -111,6 +111,20 @@ pub fn metrics_text(app: &App) -> String {
             }
         }
     }
+    if let Some(cluster) = app.cluster() {
+        let view = cluster.view();
+        let p = [view.prefix.as_str()];
+        g.cluster_connected
+            .with_label_values(&p)
+            .set(i64::from(view.connected));
+        g.cluster_members
+            .with_label_values(&p)
+            .set(i64::try_from(view.members.len()).unwrap_or(i64::MAX));
+        g.cluster_driver.with_label_values(&p).set(i64::from(
+            view.driver.as_deref() == Some(view.instance.as_str()),
+        ));
+        g.cluster_revision.with_label_values(&p).set(view.revision);
+    }
     let mut text = app.metrics.render();
     text.push_str(&g.render());
     text

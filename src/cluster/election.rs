@@ -39,6 +39,15 @@ impl Cluster {
         key: String,
         value: Vec<u8>,
     ) -> Result<bool, ClusterError> {
+        self.fenced(term, TxnOp::put(key, value, None)).await
+    }
+
+    /// Deletes `key` if this instance still drives rollouts in `term`.
+    pub async fn fenced_delete(&self, term: i64, key: String) -> Result<bool, ClusterError> {
+        self.fenced(term, TxnOp::delete(key, None)).await
+    }
+
+    async fn fenced(&self, term: i64, op: TxnOp) -> Result<bool, ClusterError> {
         let mut client = self.writable()?;
         let txn = Txn::new()
             .when([Compare::create_revision(
@@ -46,7 +55,7 @@ impl Cluster {
                 CompareOp::Equal,
                 term,
             )])
-            .and_then([TxnOp::put(key, value, None)]);
+            .and_then([op]);
         let resp = call("writing a rollout", client.txn(txn))
             .await
             .map_err(ClusterError::Unavailable)?;

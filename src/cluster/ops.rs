@@ -79,6 +79,26 @@ impl Cluster {
         force: bool,
         op: impl Fn() -> NodeOp,
     ) -> Result<Applied, ClusterError> {
+        let result = self.write_once(t, force, op).await;
+        let outcome = match &result {
+            Ok(a) if a.lagging.is_empty() => "applied",
+            Ok(_) => "lagging",
+            Err(_) => "refused",
+        };
+        self.ctl
+            .metrics
+            .cluster_writes
+            .with_label_values(&[outcome])
+            .inc();
+        result
+    }
+
+    async fn write_once(
+        &self,
+        t: &NodeRef,
+        force: bool,
+        op: impl Fn() -> NodeOp,
+    ) -> Result<Applied, ClusterError> {
         let mut client = self.writable()?;
         let key = t.node.key();
         for _ in 0..ATTEMPTS {

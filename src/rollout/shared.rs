@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::{spawn, Handle, Registry, Rollout, RolloutError, RolloutState};
 use crate::cluster::{Cluster, ClusterError};
+use crate::config::limits;
 use crate::control::Control;
 
 /// Writes a new rollout to etcd; the driver picks it up from there.
@@ -114,7 +115,9 @@ impl Follower {
             self.driving.clear();
             self.written.clear();
         }
-        // Records: show every one this instance does not run itself.
+        // Records: etcd's are the ones there are (a state file's older ones go), and every
+        // one this instance does not run itself is shown as etcd has it.
+        rollouts.retain(|id| mirror.records.contains_key(id) || self.driving.contains(id));
         for (id, bytes) in &mirror.records {
             if self.driving.contains(id) {
                 continue;
@@ -155,6 +158,7 @@ impl Follower {
                 }
             }
             self.publish(cluster, rollouts, term).await;
+            self.prune(cluster, &mirror, term).await;
         }
         if driver.holder.is_some() {
             self.last_holder = driver.holder;
@@ -191,7 +195,47 @@ impl Follower {
     }
 }
 
+impl Follower {
+    /// Deletes the oldest finished rollouts beyond [`limits::FINISHED_ROLLOUTS_KEPT`] from
+    /// etcd, so the shared state does not grow for ever (each instance's registry follows).
+    async fn prune(
+        &mut self,
+        cluster: &Cluster,
+        mirror: &crate::cluster::RolloutMirror,
+        term: i64,
+    ) {
+        let mut finished: Vec<(String, String)> = mirror
+            .records
+            .iter()
+            .filter_map(|(id, bytes)| {
+                let r: Rollout = serde_json::from_slice(bytes).ok()?;
+                (r.state != RolloutState::Running).then(|| (r.created_at.clone(), id.clone()))
+            })
+            .collect();
+        let excess = finished
+            .len()
+            .saturating_sub(limits::FINISHED_ROLLOUTS_KEPT);
+        finished.sort();
+        for (_, id) in finished.into_iter().take(excess) {
+            if !matches!(
+                cluster.fenced_delete(term, cluster.keys.rollout(&id)).await,
+                Ok(true)
+            ) {
+                return;
+            }
+            let _ = cluster.fenced_delete(term, cluster.keys.abort(&id)).await;
+            self.driving.remove(&id);
+            self.written.remove(&id);
+        }
+    }
+}
+
 impl Registry {
+    /// Forgets the rollouts whose id `keep` refuses.
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.all().retain(|h| keep(&h.lock().id));
+    }
+
     /// Rollouts whose record says running.
     fn running(&self) -> Vec<Arc<Handle>> {
         self.all()

@@ -90,3 +90,51 @@ fn syntax_errors_have_a_position() {
     let e = &err.field_errors()[0];
     assert!(e.line >= 1 && e.reason.contains("YAML"), "{e:?}");
 }
+
+#[test]
+fn cluster_defaults_and_mistakes() {
+    let with = |cluster: &str| format!("{GOOD}cluster: {cluster}\n");
+    let c = parse(&with(r#"{ etcd: ["http://127.0.0.1:2379"] }"#)).expect("valid");
+    let cluster = c.cluster.expect("cluster");
+    assert_eq!(cluster.prefix, "/handoff");
+    assert_eq!(cluster.lease_ttl, Duration::from_secs(10));
+    assert!(cluster.instance.ends_with(":9901"), "{}", cluster.instance);
+    assert!(parse(GOOD).expect("valid").cluster.is_none());
+
+    let bad = with(
+        r#"{ etcd: ["https://e:2379", "e:2379"], prefix: "handoff/", instance: "lb 1", lease_ttl: 1s, colour: red }"#,
+    );
+    let errors = match parse(&bad) {
+        Err(ConfigError::Invalid(e)) => e,
+        other => panic!("expected errors, got {other:?}"),
+    };
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["cluster.colour"],
+        "unknown fields are reported first: {errors:?}"
+    );
+    let errors = match parse(&bad.replace(", colour: red", "")) {
+        Err(ConfigError::Invalid(e)) => e,
+        other => panic!("expected errors, got {other:?}"),
+    };
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "cluster.etcd[0]",
+            "cluster.etcd[1]",
+            "cluster.prefix",
+            "cluster.instance",
+            "cluster.lease_ttl"
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].reason.contains("TLS to etcd is not supported"),
+        "{errors:?}"
+    );
+    assert!(errors[4].reason.contains("at least 2s"), "{errors:?}");
+    let empty = parse(&with("{ etcd: [] }"));
+    assert!(matches!(empty, Err(ConfigError::Invalid(e)) if e[0].path == "cluster.etcd"));
+}

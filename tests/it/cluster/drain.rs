@@ -171,3 +171,83 @@ async fn a_cookie_issued_by_one_instance_reaches_the_same_node_through_the_other
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_drains_of_a_pair_sent_to_two_instances_cannot_both_pass() {
+    if !etcd_installed("pair guard across instances") {
+        return;
+    }
+    let (_etcd, one, two, _a, _b) = pair("guard-race").await;
+    for round in 0..5 {
+        let (first, second) = tokio::join!(
+            one.call(Method::POST, "/v1/pools/web/nodes/a/drain", None),
+            two.call(Method::POST, "/v1/pools/web/nodes/b/drain", None),
+        );
+        let mut statuses = [first.0, second.0];
+        statuses.sort();
+        assert_eq!(statuses, [200, 409], "round {round}: {first:?} {second:?}");
+        // Readmit whichever was drained, on both, before the next round.
+        for node in ["a", "b"] {
+            let (status, view) = one
+                .call(
+                    Method::POST,
+                    &format!("/v1/pools/web/nodes/{node}/enable"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{view}");
+        }
+        for i in [&one, &two] {
+            for node in ["a", "b"] {
+                assert_eq!(i.node("web", node).await["state"], "active");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_names_the_instances_that_did_not_apply_it_within_2s() {
+    if !etcd_installed("lagging instances") {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let (a, b) = (
+        HttpBackend::start("a", "1.0").await,
+        HttpBackend::start("b", "1.0").await,
+    );
+    let echo = [tcp_echo_server().await, tcp_echo_server().await];
+    let p = prefix("lagging");
+    // A long lease: a stopped instance stays a member for the whole test.
+    let yaml = |name: &str| {
+        config(&etcd.endpoints(), &p, name, [a.addr, b.addr], echo, false)
+            .replace("lease_ttl: 2s", "lease_ttl: 30s")
+    };
+    let one = Instance::start(yaml("lb-1"), "lb-1").await;
+    let two = Instance::start(yaml("lb-2"), "lb-2").await;
+    let pid = two.h.proc.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = tokio::time::Instant::now();
+    let (status, view) = one
+        .call(Method::POST, "/v1/pools/web/nodes/a/drain", None)
+        .await;
+    let took = started.elapsed();
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["lagging"], json!(["lb-2"]), "{view}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // Once it runs again it applies the drain.
+    let wait = "/v1/pools/web/nodes/a/wait?state=drained&timeout=5s";
+    let (status, view) = two.call(Method::GET, wait, None).await;
+    assert_eq!(status, 200, "{view}");
+}
