@@ -67,7 +67,7 @@ pub async fn drain(
     let t = target(app, pool, node)?;
     let (timeout, force) = input::drain(&body?)?;
     let applied = match app.cluster() {
-        Some(cluster) => Some(cluster.drain(&t, timeout, force).await?),
+        Some(cluster) => Some(cluster.drain(&t, timeout, force, None).await?),
         None => {
             lifecycle::drain(&app.control, &t, timeout, force)?;
             None
@@ -88,7 +88,7 @@ pub async fn enable(
     let t = target(app, pool, node)?;
     let warmup = input::enable(&body?)?;
     let applied = match app.cluster() {
-        Some(cluster) => Some(cluster.enable(&t, warmup).await?),
+        Some(cluster) => Some(cluster.enable(&t, warmup, None).await?),
         None => {
             lifecycle::enable(&app.control, &t, warmup);
             None

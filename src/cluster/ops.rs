@@ -39,15 +39,17 @@ pub struct InstanceNode {
 }
 
 impl Cluster {
-    /// Drains `t` on every instance: the deadline is fixed here and shared.
+    /// Drains `t` on every instance: the deadline is fixed here and shared. `fence`: the
+    /// rollout driver's term, when the rollout drains (the write fails once it is over).
     pub async fn drain(
         &self,
         t: &NodeRef,
         timeout: Option<Duration>,
         force: bool,
+        fence: Option<i64>,
     ) -> Result<Applied, ClusterError> {
         let timeout = timeout.unwrap_or(t.pool.config.drain.timeout);
-        self.write(t, force, || {
+        self.write(t, force, fence, || {
             let now = unix_ms();
             NodeOp::Drain {
                 deadline_ms: crate::time::add_ms(now, timeout),
@@ -63,9 +65,10 @@ impl Cluster {
         &self,
         t: &NodeRef,
         warmup: Option<Duration>,
+        fence: Option<i64>,
     ) -> Result<Applied, ClusterError> {
         let warmup = warmup.unwrap_or(t.pool.config.warmup);
-        self.write(t, true, || NodeOp::Enable {
+        self.write(t, true, fence, || NodeOp::Enable {
             warmup,
             at_ms: unix_ms(),
             by: self.config.instance.clone(),
@@ -77,9 +80,10 @@ impl Cluster {
         &self,
         t: &NodeRef,
         force: bool,
+        fence: Option<i64>,
         op: impl Fn() -> NodeOp,
     ) -> Result<Applied, ClusterError> {
-        let result = self.write_once(t, force, op).await;
+        let result = self.write_once(t, force, fence, op).await;
         let outcome = match &result {
             Ok(a) if a.lagging.is_empty() => "applied",
             Ok(_) => "lagging",
@@ -97,6 +101,7 @@ impl Cluster {
         &self,
         t: &NodeRef,
         force: bool,
+        fence: Option<i64>,
         op: impl Fn() -> NodeOp,
     ) -> Result<Applied, ClusterError> {
         let mut client = self.writable()?;
@@ -118,6 +123,9 @@ impl Cluster {
                         let rev = revs.get(&k).copied().unwrap_or(0);
                         Compare::mod_revision(self.keys.node(&k), CompareOp::Equal, rev)
                     })
+                    .chain(fence.map(|term| {
+                        Compare::create_revision(self.keys.driver(), CompareOp::Equal, term)
+                    }))
                     .collect::<Vec<_>>()
             };
             let value =
@@ -132,6 +140,11 @@ impl Cluster {
             let revision = resp.header().map_or(0, |h| h.revision());
             if resp.succeeded() {
                 return Ok(self.await_applied(revision).await);
+            }
+            if fence.is_some() && self.driver_now().term != fence {
+                return Err(ClusterError::Conflict(
+                    "this instance no longer drives rollouts (its term ended)".into(),
+                ));
             }
             // Another instance changed the pool first: apply its write, then decide again.
             let _ = tokio::time::timeout(APPLY_WAIT, applied.changed()).await;

@@ -352,6 +352,12 @@ fn new_record(
     })
 }
 
+/// In a cluster, the term this instance drives rollouts in (a rollout runs only there).
+fn driving(cluster: &crate::cluster::Cluster) -> Option<run::Driving<'_>> {
+    let term = cluster.driver_now().term?;
+    Some(run::Driving { cluster, term })
+}
+
 /// Runs (or resumes) a rollout's state machine; finished rollouts beyond the kept number are
 /// then forgotten.
 pub fn spawn(ctl: &Arc<Control>, rollouts: &Arc<Registry>, handle: Arc<Handle>) {
@@ -359,11 +365,19 @@ pub fn spawn(ctl: &Arc<Control>, rollouts: &Arc<Registry>, handle: Arc<Handle>) 
     let paused = CancellationToken::clone(&rollouts.drivers.load());
     let cluster = rollouts.cluster.get().cloned();
     tokio::spawn(async move {
+        // In a cluster only the driver runs rollouts, and its writes carry its term.
+        let driving = match cluster.as_deref() {
+            Some(c) => match driving(c) {
+                Some(d) => Some(d),
+                None => return,
+            },
+            None => None,
+        };
         tokio::select! {
             // The step in progress is left where it is; whoever resumes redoes it (every
             // step is idempotent: a drain of a draining node changes nothing).
             _ = paused.cancelled() => {}
-            _ = run::run(&ctl, cluster.as_deref(), handle) => {
+            _ = run::run(&ctl, driving, handle) => {
                 rollouts.prune();
                 ctl.mark_dirty();
             }

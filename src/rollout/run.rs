@@ -16,6 +16,13 @@ use crate::lifecycle;
 use crate::pool::{unix_ms, AdminState, Health, NodeState};
 use crate::time::instant_after;
 
+/// A rollout driven in a cluster: the cluster, and the driver's term that fences its writes.
+#[derive(Clone, Copy)]
+pub struct Driving<'a> {
+    pub cluster: &'a Cluster,
+    pub term: i64,
+}
+
 /// How a phase ended, when not in success.
 enum Stop {
     Failed(String),
@@ -25,7 +32,7 @@ enum Stop {
 /// Extra time past the drain timeout for the deadline closes to finish.
 const DRAIN_SLACK: Duration = Duration::from_secs(15);
 
-pub async fn run(app: &Arc<Control>, cluster: Option<&Cluster>, handle: Arc<Handle>) {
+pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<Handle>) {
     let app = Arc::clone(app);
     let (pool_name, order, version) = {
         let r = handle.lock();
@@ -183,7 +190,7 @@ async fn wait_node(
 
 async fn step(
     app: &Arc<Control>,
-    cluster: Option<&Cluster>,
+    cluster: Option<Driving<'_>>,
     handle: &Handle,
     pool: &str,
     node: &str,
@@ -238,7 +245,7 @@ async fn step(
             }
             // The node is about to be restarted: the sessions other instances hold on it
             // must be over too.
-            if let Some(cluster) = cluster {
+            if let Some(Driving { cluster, .. }) = cluster {
                 let limit = deadline.saturating_duration_since(Instant::now());
                 let drained = AdminState::Drained.as_str();
                 let here = || state.admin() == AdminState::Drained;
@@ -304,9 +311,7 @@ async fn step(
                 return Err(Stop::Failed(not_ready(&key, state, version, ready_timeout)));
             }
             match cluster {
-                Some(cluster) => {
-                    everyone_sees_ready(handle, cluster, &key, version, deadline).await
-                }
+                Some(d) => everyone_sees_ready(handle, d.cluster, &key, version, deadline).await,
                 None => Ok(()),
             }
         }
@@ -320,9 +325,10 @@ async fn step(
                     .store(Some(Arc::new(version.to_string())));
             }
             match cluster {
-                Some(cluster) => {
-                    // Retried while etcd is away; the driver loses its term if that lasts.
-                    while let Err(e) = cluster.enable(&target, Some(warmup)).await {
+                Some(d) => {
+                    // Retried while etcd is away; the driver loses its term if that lasts
+                    // (and is then stopped by the follower).
+                    while let Err(e) = d.cluster.enable(&target, Some(warmup), Some(d.term)).await {
                         handle.event(
                             Some(node),
                             Some(phase),
@@ -359,7 +365,7 @@ enum Attempt<'a> {
     /// Drain the node (through the cluster when there is one).
     Drain {
         app: &'a Arc<Control>,
-        cluster: Option<&'a Cluster>,
+        cluster: Option<Driving<'a>>,
         timeout: Duration,
     },
 }
@@ -381,7 +387,11 @@ impl Attempt<'_> {
                 cluster: Some(cluster),
                 timeout,
                 ..
-            } => match cluster.drain(t, Some(*timeout), false).await {
+            } => match cluster
+                .cluster
+                .drain(t, Some(*timeout), false, Some(cluster.term))
+                .await
+            {
                 Ok(_) => Ok(()),
                 Err(ClusterError::Unavailable(e)) => {
                     // Not a refusal: wait a moment; the driver loses its term if it lasts.
