@@ -225,12 +225,12 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
                         resp.compact_revision()
                     ));
                 }
-                let campaign = apply_events(c, resp.events());
-                if campaign {
+                let seen = apply_events(c, resp.events());
+                if seen.driver_gone {
                     super::election::campaign(c, &mut client, lease).await?;
                 }
                 let now = c.member();
-                if now.revision != published.revision {
+                if now.revision != published.revision || seen.own_member_gone {
                     put_member(c, &mut client, lease, &now).await?;
                     published = now;
                     published_at = Instant::now();
@@ -346,9 +346,19 @@ fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) {
     c.applied.send_replace(revision);
 }
 
-/// Applies watched events in order. Returns whether the driver key went away (campaign).
-fn apply_events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> bool {
-    let mut campaign = false;
+/// What a batch of watched events asks of the session.
+#[derive(Default)]
+struct Seen {
+    /// Nobody drives rollouts: campaign.
+    driver_gone: bool,
+    /// This instance's member key went away (a previous process of the same instance
+    /// revoked its lease after a takeover, say): publish again.
+    own_member_gone: bool,
+}
+
+/// Applies watched events in order.
+fn apply_events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
+    let mut seen = Seen::default();
     let mut applied = None;
     for ev in events {
         let Some(kv) = ev.kv() else { continue };
@@ -366,6 +376,7 @@ fn apply_events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> bool {
                 applied = Some(kv.mod_revision());
             }
             Key::Member(name) => {
+                seen.own_member_gone |= !put && name == c.config.instance;
                 let m = if put {
                     parse_member(c, name, kv.value())
                 } else {
@@ -402,7 +413,7 @@ fn apply_events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> bool {
                     }
                     d.holder = holder.clone();
                 });
-                campaign |= holder.is_none();
+                seen.driver_gone |= holder.is_none();
             }
             Key::AffinityKey if put => note_affinity_key(c, kv.value()),
             _ => {}
@@ -411,7 +422,7 @@ fn apply_events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> bool {
     if let Some(rev) = applied {
         c.applied.send_modify(|a| *a = (*a).max(rev));
     }
-    campaign
+    seen
 }
 
 fn parse_member(c: &Cluster, name: &str, value: &[u8]) -> Option<Member> {

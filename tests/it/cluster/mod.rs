@@ -5,6 +5,7 @@
 mod drain;
 mod failures;
 mod rollout;
+mod takeover;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -140,6 +141,7 @@ pub struct Instance {
     pub name: String,
     pub web: String,
     pub tcp: SocketAddr,
+    pub config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -205,6 +207,7 @@ impl Instance {
             tcp: listen(1).parse().unwrap(),
             name: name.to_string(),
             h,
+            config,
             _dir: dir,
         };
         instance.wait_connected(true).await;
