@@ -443,10 +443,13 @@ fn parse_member(c: &Cluster, name: &str, value: &[u8]) -> Option<Member> {
 /// the whole pool's keys, so it is applied here without one.
 fn apply_node(c: &Cluster, t: &NodeRef, revision: i64, value: &[u8]) {
     let key = t.node.key();
-    let op = match serde_json::from_slice::<NodeOp>(value) {
+    let op = match serde_json::from_slice::<NodeOp>(value)
+        .map_err(|e| e.to_string())
+        .and_then(|op| op.check().map(|()| op))
+    {
         Ok(op) => op,
         Err(e) => {
-            tracing::error!(key = %c.keys.node(&key), error = %e, "cluster: a node operation does not parse; ignored");
+            tracing::error!(key = %c.keys.node(&key), error = %e, "cluster: a node operation does not parse or is out of range; ignored");
             return;
         }
     };

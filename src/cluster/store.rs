@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::duration;
+use crate::config::{duration, limits};
 use crate::pool::SessionCounts;
 
 /// The keys of one cluster.
@@ -131,6 +131,22 @@ pub enum NodeOp {
     },
 }
 
+impl NodeOp {
+    /// Checks the values against the ranges the admin API enforces: a peer's message is
+    /// input like any other.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            NodeOp::Drain {
+                deadline_ms, at_ms, ..
+            } => {
+                let timeout = Duration::from_millis(deadline_ms.saturating_sub(*at_ms));
+                limits::DRAIN_TIMEOUT.check(timeout).map(drop)
+            }
+            NodeOp::Enable { warmup, .. } => limits::WARMUP.check(*warmup).map(drop),
+        }
+    }
+}
+
 /// One instance's report, under its lease: what it has applied and what it holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,6 +200,19 @@ mod tests {
             serde_json::from_str(r#"{"op":"enable","warmup":"10s","at_ms":1,"by":"lb-1"}"#)
                 .unwrap();
         assert!(matches!(op, NodeOp::Enable { warmup, .. } if warmup == Duration::from_secs(10)));
+        assert!(op.check().is_ok());
+        let long: NodeOp =
+            serde_json::from_str(r#"{"op":"enable","warmup":"1000h","at_ms":1,"by":"lb-1"}"#)
+                .unwrap();
+        assert_eq!(
+            long.check().unwrap_err(),
+            "1000h is out of range: at most 24h"
+        );
+        let drain: NodeOp = serde_json::from_str(
+            r#"{"op":"drain","deadline_ms":18446744073709551615,"at_ms":0,"by":"x"}"#,
+        )
+        .unwrap();
+        assert!(drain.check().is_err());
         assert!(serde_json::from_str::<NodeOp>(r#"{"op":"explode"}"#).is_err());
         assert!(serde_json::from_str::<NodeOp>(
             r#"{"op":"drain","deadline_ms":1,"at_ms":1,"by":"x","extra":1}"#
