@@ -8,46 +8,21 @@ use serde_json::json;
 
 use super::*;
 use crate::affinity::Browser;
-use crate::common::backends::{tcp_echo_server, HttpBackend};
-
-/// Two instances over one 3-member etcd, in front of web a/b and echo a/b.
-async fn pair(test: &str) -> (Etcd, Instance, Instance, HttpBackend, HttpBackend) {
-    let etcd = Etcd::start().await;
-    let (a, b) = (
-        HttpBackend::start("a", "1.0").await,
-        HttpBackend::start("b", "1.0").await,
-    );
-    let echo = [tcp_echo_server().await, tcp_echo_server().await];
-    let p = prefix(test);
-    let yaml = |name: &str| {
-        config(
-            &etcd.endpoints(),
-            &p,
-            name,
-            [a.addr, b.addr],
-            echo,
-            test == "cookie",
-        )
-    };
-    let one = Instance::start(yaml("lb-1"), "lb-1").await;
-    let two = Instance::start(yaml("lb-2"), "lb-2").await;
-    (etcd, one, two, a, b)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_on_one_instance_holds_on_every_instance_when_it_returns() {
-    if !etcd_installed("strong drain") {
+    let Some(Pair {
+        one,
+        two,
+        a,
+        b,
+        etcd: _etcd,
+    }) = Pair::start("strong-drain", Options::default()).await
+    else {
         return;
-    }
-    let (_etcd, one, two, a, b) = pair("strong-drain").await;
+    };
     let (_, view) = one.call(Method::GET, "/v1/cluster", None).await;
-    let members: Vec<&str> = view["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["instance"].as_str().unwrap())
-        .collect();
-    assert_eq!(members, ["lb-1", "lb-2"], "{view}");
+    assert_eq!(member_names(&view), ["lb-1", "lb-2"], "{view}");
     assert_eq!(view["connected"], true);
 
     let (status, drained) = one
@@ -91,10 +66,16 @@ async fn a_drain_on_one_instance_holds_on_every_instance_when_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_on_one_instance_counts_the_sessions_of_the_other() {
-    if !etcd_installed("cluster-wide wait") {
+    let Some(Pair {
+        one,
+        two,
+        etcd: _etcd,
+        a: _a,
+        b: _b,
+    }) = Pair::start("cluster-wait", Options::default()).await
+    else {
         return;
-    }
-    let (_etcd, one, two, _a, _b) = pair("cluster-wait").await;
+    };
     // One TCP session through instance 1; drain the node it landed on, from instance 2.
     let mut session = echo_session_from(1, one.tcp).await;
     let busy = if one.node("echo", "a").await["sessions"]["tcp"] == 1 {
@@ -158,10 +139,20 @@ async fn wait_on_one_instance_counts_the_sessions_of_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_issued_by_one_instance_reaches_the_same_node_through_the_other() {
-    if !etcd_installed("shared affinity key") {
+    let affinity = Options {
+        affinity: true,
+        ..Options::default()
+    };
+    let Some(Pair {
+        one,
+        two,
+        etcd: _etcd,
+        a: _a,
+        b: _b,
+    }) = Pair::start("cookie", affinity).await
+    else {
         return;
-    }
-    let (_etcd, one, two, _a, _b) = pair("cookie").await;
+    };
     for _ in 0..4 {
         let mut browser = Browser::new();
         let first = browser.get(&one.web).await;
@@ -174,10 +165,16 @@ async fn a_cookie_issued_by_one_instance_reaches_the_same_node_through_the_other
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_drains_of_a_pair_sent_to_two_instances_cannot_both_pass() {
-    if !etcd_installed("pair guard across instances") {
+    let Some(Pair {
+        one,
+        two,
+        etcd: _etcd,
+        a: _a,
+        b: _b,
+    }) = Pair::start("guard-race", Options::default()).await
+    else {
         return;
-    }
-    let (_etcd, one, two, _a, _b) = pair("guard-race").await;
+    };
     for round in 0..5 {
         let (first, second) = tokio::join!(
             one.call(Method::POST, "/v1/pools/web/nodes/a/drain", None),
@@ -207,39 +204,28 @@ async fn two_drains_of_a_pair_sent_to_two_instances_cannot_both_pass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_names_the_instances_that_did_not_apply_it_within_2s() {
-    if !etcd_installed("lagging instances") {
-        return;
-    }
-    let etcd = Etcd::start().await;
-    let (a, b) = (
-        HttpBackend::start("a", "1.0").await,
-        HttpBackend::start("b", "1.0").await,
-    );
-    let echo = [tcp_echo_server().await, tcp_echo_server().await];
-    let p = prefix("lagging");
     // A long lease: a stopped instance stays a member for the whole test.
-    let yaml = |name: &str| {
-        config(&etcd.endpoints(), &p, name, [a.addr, b.addr], echo, false)
-            .replace("lease_ttl: 2s", "lease_ttl: 30s")
+    let long_lease = Options {
+        lease_ttl: Some("30s"),
+        ..Options::default()
     };
-    let one = Instance::start(yaml("lb-1"), "lb-1").await;
-    let two = Instance::start(yaml("lb-2"), "lb-2").await;
-    let pid = two.h.proc.0.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let Some(Pair {
+        one,
+        two,
+        etcd: _etcd,
+        a: _a,
+        b: _b,
+    }) = Pair::start("lagging", long_lease).await
+    else {
+        return;
+    };
+    signal(&two.h, "STOP");
     let started = tokio::time::Instant::now();
     let (status, view) = one
         .call(Method::POST, "/v1/pools/web/nodes/a/drain", None)
         .await;
     let took = started.elapsed();
-    assert!(std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&two.h, "CONT");
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["lagging"], json!(["lb-2"]), "{view}");
     assert!(

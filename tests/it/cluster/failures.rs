@@ -6,24 +6,19 @@ use std::time::Duration;
 use http::Method;
 
 use super::*;
-use crate::cluster::write_once_reconnected;
-use crate::common::backends::{tcp_echo_server, HttpBackend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_gone_instances_serve_on_and_refuse_writes_until_it_is_back() {
-    if !etcd_installed("fail static") {
+    let Some(Pair {
+        mut etcd,
+        one,
+        two,
+        a: _a,
+        b: _b,
+    }) = Pair::start("fail-static", Options::default()).await
+    else {
         return;
-    }
-    let mut etcd = Etcd::start().await;
-    let (a, b) = (
-        HttpBackend::start("a", "1.0").await,
-        HttpBackend::start("b", "1.0").await,
-    );
-    let echo = [tcp_echo_server().await, tcp_echo_server().await];
-    let p = prefix("fail-static");
-    let yaml = |name: &str| config(&etcd.endpoints(), &p, name, [a.addr, b.addr], echo, false);
-    let one = Instance::start(yaml("lb-1"), "lb-1").await;
-    let two = Instance::start(yaml("lb-2"), "lb-2").await;
+    };
 
     // One member down: the other two are a quorum, and drains work as before.
     etcd.stop(2);
@@ -89,35 +84,21 @@ async fn with_etcd_gone_instances_serve_on_and_refuse_writes_until_it_is_back() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_cut_off_from_etcd_converges_when_it_comes_back() {
-    if !etcd_installed("partition") {
-        return;
-    }
-    let mut etcd = Etcd::start().await;
-    let (a, b) = (
-        HttpBackend::start("a", "1.0").await,
-        HttpBackend::start("b", "1.0").await,
-    );
-    let echo = [tcp_echo_server().await, tcp_echo_server().await];
-    let p = prefix("partition");
-    let all = etcd.endpoints();
     // lb-2 reaches etcd only through member 2: stopping it cuts lb-2 off.
-    let one = Instance::start(
-        config(&all, &p, "lb-1", [a.addr, b.addr], echo, false),
-        "lb-1",
-    )
-    .await;
-    let two = Instance::start(
-        config(
-            &[etcd.endpoint(2)],
-            &p,
-            "lb-2",
-            [a.addr, b.addr],
-            echo,
-            false,
-        ),
-        "lb-2",
-    )
-    .await;
+    let cut_off = Options {
+        lb2_through: Some(2),
+        ..Options::default()
+    };
+    let Some(Pair {
+        mut etcd,
+        one,
+        two,
+        a: _a,
+        b: _b,
+    }) = Pair::start("partition", cut_off).await
+    else {
+        return;
+    };
     etcd.stop(2);
     two.wait_connected(false).await;
     // lb-1 drains a while lb-2 cannot hear it (lb-2's lease runs out: it is not waited for).

@@ -14,12 +14,13 @@ use std::time::Duration;
 use http::Method;
 use serde_json::Value;
 
+use crate::common::backends::{tcp_echo_server, HttpBackend};
 use crate::common::process::{call, Handoff};
 use crate::common::*;
 
 const ETCD: &str = "/usr/bin/etcd";
 
-/// `None` (and a note on stderr) when etcd is not installed.
+/// Whether etcd is installed (a note on stderr when not: the test is skipped).
 fn etcd_installed(test: &str) -> bool {
     let ok = std::path::Path::new(ETCD).exists();
     if !ok {
@@ -145,22 +146,33 @@ pub struct Instance {
     _dir: tempfile::TempDir,
 }
 
+/// How a test's instances differ from the usual.
+#[derive(Default, Clone, Copy)]
+pub struct Options {
+    /// Web pins clients by cookie (a pinned client holds its node draining until idle).
+    pub affinity: bool,
+    /// `cluster.lease_ttl` (default 2s: a dead instance leaves quickly).
+    pub lease_ttl: Option<&'static str>,
+    /// lb-2 reaches etcd only through this member (so stopping it cuts lb-2 off).
+    pub lb2_through: Option<usize>,
+}
+
 /// Pool `web` (HTTP nodes a and b) and pool `echo` (TCP echo nodes a and b), for instance
-/// `name` of the cluster at `prefix` over `etcd`. With `affinity`, web pins clients by
-/// cookie (a client pinned to a node holds it draining until it goes idle).
-pub fn config(
+/// `name` of the cluster at `prefix` over `etcd`.
+fn config(
     etcd: &[String],
     prefix: &str,
     name: &str,
     web: [SocketAddr; 2],
     echo: [SocketAddr; 2],
-    affinity: bool,
+    o: Options,
 ) -> String {
-    let affinity = if affinity {
+    let affinity = if o.affinity {
         r#"affinity: { cookie: "handoff_node", idle_timeout: 60s }"#
     } else {
         ""
     };
+    let lease_ttl = o.lease_ttl.unwrap_or("2s");
     let endpoints = etcd
         .iter()
         .map(|e| format!("\"{e}\""))
@@ -169,7 +181,7 @@ pub fn config(
     format!(
         r#"admin: {{ listen: "127.0.0.1:0" }}
 shutdown_grace: 2s
-cluster: {{ etcd: [{endpoints}], prefix: "{prefix}", instance: "{name}", lease_ttl: 2s }}
+cluster: {{ etcd: [{endpoints}], prefix: "{prefix}", instance: "{name}", lease_ttl: {lease_ttl} }}
 listeners:
   - {{ name: web, listen: "127.0.0.1:0", protocol: http, routes: [ {{ pool: web }} ] }}
   - {{ name: tcp, listen: "127.0.0.1:0", protocol: tcp, pool: echo }}
@@ -186,6 +198,68 @@ pools:
 "#,
         web[0], web[1], echo[0], echo[1]
     )
+}
+
+/// What every cluster test runs: a 3-member etcd, web backends a and b (version 1.0), two
+/// echo backends, and instances lb-1 then lb-2 (lb-1 is elected rollout driver first) on a
+/// prefix of the test's own. Bind every field (`etcd: _etcd`, not `..`): a field left out of
+/// a pattern is dropped at once, and with it etcd or a backend.
+pub struct Pair {
+    pub etcd: Etcd,
+    pub one: Instance,
+    pub two: Instance,
+    pub a: HttpBackend,
+    pub b: HttpBackend,
+}
+
+impl Pair {
+    /// `None` (and a note on stderr) when etcd is not installed: the test then passes
+    /// without checking anything, and says so.
+    pub async fn start(test: &str, o: Options) -> Option<Pair> {
+        if !etcd_installed(test) {
+            return None;
+        }
+        let etcd = Etcd::start().await;
+        let (a, b) = (
+            HttpBackend::start("a", "1.0").await,
+            HttpBackend::start("b", "1.0").await,
+        );
+        let echo = [tcp_echo_server().await, tcp_echo_server().await];
+        let prefix = format!("/handoff-test/{test}-{}", std::process::id());
+        let all = etcd.endpoints();
+        let only = o.lb2_through.map(|i| vec![etcd.endpoint(i)]);
+        let web = [a.addr, b.addr];
+        let one = Instance::start(config(&all, &prefix, "lb-1", web, echo, o), "lb-1").await;
+        let two_etcd = only.as_deref().unwrap_or(&all);
+        let two = Instance::start(config(two_etcd, &prefix, "lb-2", web, echo, o), "lb-2").await;
+        Some(Pair {
+            etcd,
+            one,
+            two,
+            a,
+            b,
+        })
+    }
+}
+
+/// Polls `probe` every 50 ms until it gives a value, for at most `limit`; panics with
+/// `what` (and the last thing `probe` saw) otherwise. For facts only the admin API shows.
+pub async fn until<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 impl Instance {
@@ -218,20 +292,44 @@ impl Instance {
 
     /// Waits (bounded) until `GET /v1/cluster` says `connected` is `want`.
     pub async fn wait_connected(&self, want: bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, view) = admin(&self.h, Method::GET, "/v1/cluster", None).await;
-            if view["connected"] == want {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}: connected never became {want}: {view}\n{:#?}",
-                self.name,
-                self.h.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("{} is connected: {want}", self.name);
+        until(&what, Duration::from_secs(20), async || {
+            let (_, view) = self.call(Method::GET, "/v1/cluster", None).await;
+            (view["connected"] == want)
+                .then_some(())
+                .ok_or_else(|| view.to_string())
+        })
+        .await
+    }
+
+    /// Waits (bounded) until this instance says `want` drives rollouts.
+    pub async fn wait_driver(&self, want: &str) {
+        let what = format!("{} sees {want} drive rollouts", self.name);
+        until(&what, Duration::from_secs(20), async || {
+            let (_, view) = self.call(Method::GET, "/v1/cluster", None).await;
+            let ok = view["driver"] == want && view["connected"] == true;
+            ok.then_some(()).ok_or_else(|| view.to_string())
+        })
+        .await
+    }
+
+    /// Polls rollout `id` on this instance (bounded) until `done` holds for its record.
+    pub async fn rollout_until(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let what = format!("rollout {id} on {}", self.name);
+        until(&what, limit, async || {
+            let (status, record) = self
+                .call(Method::GET, &format!("/v1/rollouts/{id}"), None)
+                .await;
+            (status == 200 && done(&record))
+                .then(|| record.clone())
+                .ok_or_else(|| record.to_string())
+        })
+        .await
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -253,15 +351,10 @@ pub async fn admin(h: &Handoff, method: Method, path: &str, body: Option<Value>)
         .unwrap_or_else(|| panic!("no answer to {path}: {:#?}", h.log()))
 }
 
-/// A prefix of its own for each test, so tests may share nothing by accident.
-pub fn prefix(test: &str) -> String {
-    format!("/handoff-test/{test}-{}", std::process::id())
-}
-
 /// A write right after an etcd member stopped: an instance whose session ran through that
 /// member (or that wrote during the election of a new etcd leader) refuses writes (503)
 /// until it has resynced, within a few seconds; an operator retries, and so does this.
-pub async fn write_once_reconnected(at: &Instance, path: &str) -> (u16, serde_json::Value) {
+pub async fn write_once_reconnected(at: &Instance, path: &str) -> (u16, Value) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (status, view) = at.call(Method::POST, path, None).await;
@@ -270,4 +363,26 @@ pub async fn write_once_reconnected(at: &Instance, path: &str) -> (u16, serde_js
         }
         at.wait_connected(true).await;
     }
+}
+
+/// Sends `signal` (STOP, CONT) to a test's own child process.
+pub fn signal(h: &Handoff, signal: &str) {
+    let pid = h.proc.0.id().to_string();
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// The `instance` names of a `GET /v1/cluster` answer's members.
+pub fn member_names(view: &Value) -> Vec<String> {
+    view["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| m["instance"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }

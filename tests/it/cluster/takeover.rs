@@ -7,23 +7,19 @@ use http::Method;
 use serde_json::json;
 
 use super::*;
-use crate::common::backends::{tcp_echo_server, HttpBackend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_takes_over_an_instance_and_obeys_the_cluster() {
-    if !etcd_installed("takeover in a cluster") {
+    let Some(Pair {
+        mut one,
+        two,
+        etcd: _etcd,
+        a: _a,
+        b: _b,
+    }) = Pair::start("takeover", Options::default()).await
+    else {
         return;
-    }
-    let etcd = Etcd::start().await;
-    let (a, b) = (
-        HttpBackend::start("a", "1.0").await,
-        HttpBackend::start("b", "1.0").await,
-    );
-    let echo = [tcp_echo_server().await, tcp_echo_server().await];
-    let p = prefix("takeover");
-    let yaml = |name: &str| config(&etcd.endpoints(), &p, name, [a.addr, b.addr], echo, false);
-    let mut one = Instance::start(yaml("lb-1"), "lb-1").await;
-    let two = Instance::start(yaml("lb-2"), "lb-2").await;
+    };
     let load = Load::start(one.web.clone(), 2, Duration::from_secs(60));
 
     let new = Handoff::take_over(&one.config).await;
@@ -38,24 +34,17 @@ async fn a_new_process_takes_over_an_instance_and_obeys_the_cluster() {
     }
     let (_, view) = admin(&new, Method::GET, "/v1/cluster", None).await;
     assert_eq!(view["instance"], "lb-1", "{view}");
-    let members = |v: &serde_json::Value| -> Vec<String> {
-        v["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["instance"].as_str().unwrap().to_string())
-            .collect()
-    };
     // Membership survives the old process revoking its lease (the new one publishes again).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, view) = two.call(Method::GET, "/v1/cluster", None).await;
-        if members(&view) == ["lb-1", "lb-2"] && view["driver"].is_string() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{view}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        "lb-2 sees lb-1 and itself, and a driver",
+        WAIT,
+        async || {
+            let (_, view) = two.call(Method::GET, "/v1/cluster", None).await;
+            let ok = member_names(&view) == ["lb-1", "lb-2"] && view["driver"].is_string();
+            ok.then_some(()).ok_or_else(|| view.to_string())
+        },
+    )
+    .await;
 
     // A drain from lb-2 is applied by the new lb-1 before it returns.
     let (status, drained) = two
