@@ -177,7 +177,7 @@ impl StateGauges {
             cluster_driver: gauge(
                 &r,
                 "handoff_cluster_driver",
-                "1 while this instance drives the cluster's rollouts.",
+                "Rollouts this instance drives (as their elected driver).",
                 &["prefix"],
             ),
             cluster_revision: gauge(

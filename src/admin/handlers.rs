@@ -120,9 +120,14 @@ pub fn metrics_text(app: &App) -> String {
         g.cluster_members
             .with_label_values(&p)
             .set(i64::try_from(view.members.len()).unwrap_or(i64::MAX));
-        g.cluster_driver.with_label_values(&p).set(i64::from(
-            view.driver.as_deref() == Some(view.instance.as_str()),
-        ));
+        let driving = view
+            .drivers
+            .values()
+            .filter(|d| **d == view.instance)
+            .count();
+        g.cluster_driver
+            .with_label_values(&p)
+            .set(i64::try_from(driving).unwrap_or(i64::MAX));
         g.cluster_revision.with_label_values(&p).set(view.revision);
     }
     let mut text = app.metrics.render();

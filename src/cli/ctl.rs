@@ -52,7 +52,7 @@ pub enum CtlCommand {
     Rollout(RolloutCommand),
     /// Re-read the config file of the running handoff.
     Reload,
-    /// The cluster this instance belongs to: connected or not, the rollout driver, and
+    /// The cluster this instance belongs to: connected or not, who drives each rollout, and
     /// every live instance with the sessions it holds.
     Cluster,
 }

@@ -186,8 +186,13 @@ pub fn detail(detail: &Value) -> String {
 
 /// `handoff ctl cluster`.
 pub fn cluster(view: &crate::cluster::ClusterView) -> String {
+    let driven: Vec<String> = view
+        .drivers
+        .iter()
+        .map(|(id, by)| format!("{id} by {by}"))
+        .collect();
     let mut out = format!(
-        "cluster {} as {}: {}, rollouts driven by {}, revision {}\n",
+        "cluster {} as {}: {}, revision {}; rollouts driven: {}\n",
         view.prefix,
         view.instance,
         if view.connected {
@@ -195,8 +200,12 @@ pub fn cluster(view: &crate::cluster::ClusterView) -> String {
         } else {
             "NOT CONNECTED to etcd (serving with the last known state; writes refused)"
         },
-        view.driver.as_deref().unwrap_or("nobody"),
-        view.revision
+        view.revision,
+        if driven.is_empty() {
+            "none".to_string()
+        } else {
+            driven.join(", ")
+        }
     );
     let mut rows = vec![["INSTANCE", "ADMIN", "SINCE", "REVISION", "SESSIONS"]
         .map(String::from)

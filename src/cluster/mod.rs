@@ -10,7 +10,8 @@
 //! - [`ops`] writes drains and enables (a transaction conditioned on the pool's node keys,
 //!   so the pair guard holds across instances) and answers once every live member reports
 //!   the write's revision; and the cluster-wide `wait`.
-//! - [`election`] elects the one instance that drives rollouts, and fences its writes.
+//! - [`election`] elects the one instance that drives each rollout (first the one that
+//!   started it), and fences its writes.
 //!
 //! Fail static: while etcd is unreachable an instance keeps its last state and serves with
 //! it; writes are refused ([`ClusterError::Unavailable`]) until it has resynced.
@@ -58,13 +59,15 @@ pub struct RolloutMirror {
     pub aborts: BTreeSet<String>,
 }
 
-/// Who drives rollouts.
+/// Who drives which rollout: each running rollout has an election of its own, won first by
+/// the instance that started it.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Driver {
-    /// The instance holding the election key, if any.
-    pub holder: Option<String>,
-    /// This instance's term (the key's create revision) while it holds the key.
-    pub term: Option<i64>,
+pub struct Drivers {
+    /// Rollout id → the instance holding its driver key.
+    pub holders: BTreeMap<String, String>,
+    /// Rollout id → this instance's term (the key's create revision) where it holds the key
+    /// in this session.
+    pub mine: BTreeMap<String, i64>,
 }
 
 pub struct Cluster {
@@ -86,7 +89,7 @@ pub struct Cluster {
     /// Live members by name, as last published (this instance's own included).
     members: watch::Sender<BTreeMap<String, Member>>,
     rollouts: watch::Sender<RolloutMirror>,
-    driver: watch::Sender<Driver>,
+    drivers: watch::Sender<Drivers>,
     /// `pool/node` → mod revision of its key as applied (0: no key), for the pool's
     /// compare-and-swap.
     node_revs: Mutex<HashMap<String, i64>>,
@@ -102,8 +105,8 @@ pub struct ClusterView {
     pub prefix: String,
     pub instance: String,
     pub connected: bool,
-    /// The instance driving rollouts, if any.
-    pub driver: Option<String>,
+    /// Running (or just finished) rollouts by id, with the instance that drives each.
+    pub drivers: BTreeMap<String, String>,
     /// The revision of shared state this instance has applied.
     pub revision: i64,
     pub members: Vec<MemberView>,
@@ -168,7 +171,7 @@ impl Cluster {
             applied: watch::channel(0).0,
             members: watch::channel(BTreeMap::new()).0,
             rollouts: watch::channel(RolloutMirror::default()).0,
-            driver: watch::channel(Driver::default()).0,
+            drivers: watch::channel(Drivers::default()).0,
             node_revs: Mutex::new(HashMap::new()),
             affinity_key: Mutex::new(None),
             own_affinity_key: own_key,
@@ -178,7 +181,7 @@ impl Cluster {
     }
 
     /// Stops the session and revokes the lease: other instances stop counting this one at
-    /// once, and another is elected rollout driver.
+    /// once, and another is elected driver of the rollouts this one drove.
     pub async fn leave(&self) {
         self.stop.cancel();
         session::revoke(self).await;
@@ -206,8 +209,8 @@ impl Cluster {
         self.rollouts.subscribe()
     }
 
-    pub fn driver(&self) -> watch::Receiver<Driver> {
-        self.driver.subscribe()
+    pub fn drivers(&self) -> watch::Receiver<Drivers> {
+        self.drivers.subscribe()
     }
 
     pub fn members(&self) -> watch::Receiver<BTreeMap<String, Member>> {
@@ -225,7 +228,7 @@ impl Cluster {
             prefix: self.config.prefix.clone(),
             instance: self.config.instance.clone(),
             connected: self.connected(),
-            driver: self.driver.borrow().holder.clone(),
+            drivers: self.drivers.borrow().holders.clone(),
             revision: *self.applied.borrow(),
             members: members
                 .values()

@@ -39,14 +39,15 @@ pub struct InstanceNode {
 }
 
 impl Cluster {
-    /// Drains `t` on every instance: the deadline is fixed here and shared. `fence`: the
-    /// rollout driver's term, when the rollout drains (the write fails once it is over).
+    /// Drains `t` on every instance: the deadline is fixed here and shared. `fence`: a
+    /// rollout and its driver's term, when a rollout drains (the write fails once the term
+    /// is over).
     pub async fn drain(
         &self,
         t: &NodeRef,
         timeout: Option<Duration>,
         force: bool,
-        fence: Option<i64>,
+        fence: Option<(&str, i64)>,
     ) -> Result<Applied, ClusterError> {
         let timeout = timeout.unwrap_or(t.pool.config.drain.timeout);
         self.write(t, force, fence, || {
@@ -65,7 +66,7 @@ impl Cluster {
         &self,
         t: &NodeRef,
         warmup: Option<Duration>,
-        fence: Option<i64>,
+        fence: Option<(&str, i64)>,
     ) -> Result<Applied, ClusterError> {
         let warmup = warmup.unwrap_or(t.pool.config.warmup);
         self.write(t, true, fence, || NodeOp::Enable {
@@ -80,7 +81,7 @@ impl Cluster {
         &self,
         t: &NodeRef,
         force: bool,
-        fence: Option<i64>,
+        fence: Option<(&str, i64)>,
         op: impl Fn() -> NodeOp,
     ) -> Result<Applied, ClusterError> {
         let result = self.write_once(t, force, fence, op).await;
@@ -101,7 +102,7 @@ impl Cluster {
         &self,
         t: &NodeRef,
         force: bool,
-        fence: Option<i64>,
+        fence: Option<(&str, i64)>,
         op: impl Fn() -> NodeOp,
     ) -> Result<Applied, ClusterError> {
         let mut client = self.writable()?;
@@ -123,9 +124,7 @@ impl Cluster {
                         let rev = revs.get(&k).copied().unwrap_or(0);
                         Compare::mod_revision(self.keys.node(&k), CompareOp::Equal, rev)
                     })
-                    .chain(fence.map(|term| {
-                        Compare::create_revision(self.keys.driver(), CompareOp::Equal, term)
-                    }))
+                    .chain(fence.map(|(id, term)| self.fence(id, term)))
                     .collect::<Vec<_>>()
             };
             let value =
@@ -141,7 +140,7 @@ impl Cluster {
             if resp.succeeded() {
                 return Ok(self.await_applied(revision).await);
             }
-            if fence.is_some() && self.driver_now().term != fence {
+            if fence.is_some_and(|(id, term)| self.term(id) != Some(term)) {
                 return Err(ClusterError::Conflict(
                     "this instance no longer drives rollouts (its term ended)".into(),
                 ));

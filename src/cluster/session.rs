@@ -12,7 +12,7 @@ use etcd_client::{
 };
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 
-use super::store::{Key, Member, NodeOp};
+use super::store::{self, Key, Member, NodeOp};
 use super::{lock, Cluster, REQUEST_TIMEOUT};
 use crate::control::NodeRef;
 use crate::lifecycle;
@@ -37,7 +37,9 @@ pub async fn run(c: Arc<Cluster>) {
         };
         let was_connected = c.connected.swap(false, SeqCst);
         *lock(&c.client) = None;
-        c.driver.send_replace(Default::default());
+        // Terms held in this session end with it (the lease may outlive it a moment: the
+        // next session revokes it, so the keys go at once).
+        c.drivers.send_modify(|d| d.mine.clear());
         match outcome {
             Ok(()) => {}
             Err(e) => {
@@ -157,6 +159,12 @@ where
 
 async fn session(c: &Arc<Cluster>) -> Result<()> {
     let mut client = connect(c).await?;
+    // A lease of an earlier session (a transient error) would hold this instance's driver
+    // keys until it expired, with nobody driving: give it back first.
+    let old = c.lease.swap(0, SeqCst);
+    if old != 0 {
+        let _ = call("revoking the previous lease", client.lease_revoke(old)).await;
+    }
     let ttl = c.config.lease_ttl.as_secs().max(1) as i64;
     let lease = call("lease grant", client.lease_grant(ttl, None))
         .await?
@@ -171,7 +179,7 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
     )
     .await?;
     let revision = all.header().map_or(0, |h| h.revision());
-    resync(c, all.kvs(), revision);
+    let leaderless = resync(c, all.kvs(), revision);
     offer_affinity_key(c, &mut client).await?;
     *lock(&c.client) = Some(client.clone());
     let mut published = c.member();
@@ -179,8 +187,8 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
     let mut published_at = Instant::now();
     c.connected.store(true, SeqCst);
     tracing::info!(instance = %c.config.instance, revision, members = c.members.borrow().len(), "cluster: connected and resynced");
-    if c.driver.borrow().holder.is_none() {
-        super::election::campaign(c, &mut client, lease).await?;
+    for id in leaderless {
+        super::election::campaign(c, &mut client, lease, &id).await?;
     }
 
     let mut watch = call(
@@ -226,8 +234,8 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
                     ));
                 }
                 let seen = apply_events(c, resp.events());
-                if seen.driver_gone {
-                    super::election::campaign(c, &mut client, lease).await?;
+                for id in &seen.leaderless {
+                    super::election::campaign(c, &mut client, lease, id).await?;
                 }
                 let now = c.member();
                 if now.revision != published.revision || seen.own_member_gone {
@@ -295,11 +303,12 @@ fn note_affinity_key(c: &Cluster, value: &[u8]) {
 }
 
 /// Applies the whole state read at `revision`. A node without a key is enabled: etcd's
-/// state is the truth, and an instance that was cut off converges to it.
-fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) {
+/// state is the truth, and an instance that was cut off converges to it. Returns the running
+/// rollouts that have no driver (to campaign for).
+fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) -> Vec<String> {
     let mut members = BTreeMap::new();
     let mut mirror = super::RolloutMirror::default();
-    let mut driver = None;
+    let mut holders = BTreeMap::new();
     let mut ops = std::collections::HashMap::new();
     for kv in kvs {
         match c.keys.parse(kv.key()) {
@@ -317,7 +326,12 @@ fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) {
             Key::Abort(id) => {
                 mirror.aborts.insert(id.to_string());
             }
-            Key::Driver => driver = Some(String::from_utf8_lossy(kv.value()).to_string()),
+            Key::Driver(id) => {
+                holders.insert(
+                    id.to_string(),
+                    String::from_utf8_lossy(kv.value()).to_string(),
+                );
+            }
             Key::AffinityKey => note_affinity_key(c, kv.value()),
             Key::Other => {}
         }
@@ -337,20 +351,27 @@ fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) {
             }
         }
     }
+    let leaderless = mirror
+        .records
+        .iter()
+        .filter(|(id, record)| store::running(record) && !holders.contains_key(*id))
+        .map(|(id, _)| id.clone())
+        .collect();
     c.members.send_replace(members);
     c.rollouts.send_replace(mirror);
-    c.driver.send_replace(super::Driver {
-        holder: driver,
-        term: None,
+    c.drivers.send_replace(super::Drivers {
+        holders,
+        mine: BTreeMap::new(),
     });
     c.applied.send_replace(revision);
+    leaderless
 }
 
 /// What a batch of watched events asks of the session.
 #[derive(Default)]
 struct Seen {
-    /// Nobody drives rollouts: campaign.
-    driver_gone: bool,
+    /// Running rollouts whose driver key went: campaign.
+    leaderless: Vec<String>,
     /// This instance's member key went away (a previous process of the same instance
     /// revoked its lease after a takeover, say): publish again.
     own_member_gone: bool,
@@ -405,15 +426,26 @@ fn apply_events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
                     r.aborts.remove(id);
                 }
             }),
-            Key::Driver => {
+            Key::Driver(id) => {
                 let holder = put.then(|| String::from_utf8_lossy(kv.value()).to_string());
-                c.driver.send_modify(|d| {
-                    if holder.as_deref() != Some(c.config.instance.as_str()) {
-                        d.term = None;
+                c.drivers.send_modify(|d| match &holder {
+                    Some(h) => {
+                        d.holders.insert(id.to_string(), h.clone());
                     }
-                    d.holder = holder.clone();
+                    None => {
+                        d.holders.remove(id);
+                        d.mine.remove(id);
+                    }
                 });
-                seen.driver_gone |= holder.is_none();
+                let running = c
+                    .rollouts
+                    .borrow()
+                    .records
+                    .get(id)
+                    .is_some_and(|r| store::running(r));
+                if holder.is_none() && running {
+                    seen.leaderless.push(id.to_string());
+                }
             }
             Key::AffinityKey if put => note_affinity_key(c, kv.value()),
             _ => {}

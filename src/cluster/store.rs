@@ -7,7 +7,7 @@
 //! | `{prefix}/aborts/{id}` | who asked to abort rollout `id` | — |
 //! | `{prefix}/affinity_key` | the shared affinity key, hex | — |
 //! | `{prefix}/members/{instance}` | [`Member`]: revision applied, sessions, health | the instance's |
-//! | `{prefix}/driver` | the instance that drives rollouts (election) | the driver's |
+//! | `{prefix}/drivers/{id}` | the instance that drives rollout `id` (its election) | the driver's |
 //!
 //! Values from etcd are peers' messages: they are parsed strictly, and one that does not
 //! parse is logged with its key and ignored, never applied in part.
@@ -35,7 +35,8 @@ pub enum Key<'a> {
     Abort(&'a str),
     AffinityKey,
     Member(&'a str),
-    Driver,
+    /// The driver of rollout `id`.
+    Driver(&'a str),
     Other,
 }
 
@@ -72,8 +73,9 @@ impl Keys {
         format!("{}/members/{instance}", self.prefix)
     }
 
-    pub fn driver(&self) -> String {
-        format!("{}/driver", self.prefix)
+    /// Rollout `id`'s driver election key.
+    pub fn driver(&self, id: &str) -> String {
+        format!("{}/drivers/{id}", self.prefix)
     }
 
     /// Classifies a key read from etcd.
@@ -103,9 +105,11 @@ impl Keys {
         if let Some(name) = rest.strip_prefix("members/") {
             return Key::Member(name);
         }
+        if let Some(id) = rest.strip_prefix("drivers/") {
+            return Key::Driver(id);
+        }
         match rest {
             "affinity_key" => Key::AffinityKey,
-            "driver" => Key::Driver,
             _ => Key::Other,
         }
     }
@@ -145,6 +149,16 @@ impl NodeOp {
             NodeOp::Enable { warmup, .. } => limits::WARMUP.check(*warmup).map(drop),
         }
     }
+}
+
+/// Whether a rollout record says it is running: all the cluster reads of a rollout (whether
+/// it needs a driver); the rest is the rollout module's.
+pub fn running(record: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct State<'a> {
+        state: &'a str,
+    }
+    serde_json::from_slice::<State>(record).is_ok_and(|r| r.state == "running")
 }
 
 /// One instance's report, under its lease: what it has applied and what it holds.
@@ -187,9 +201,14 @@ mod tests {
             Key::Rollout("web-1")
         );
         assert_eq!(k.parse(k.member("lb-1").as_bytes()), Key::Member("lb-1"));
-        assert_eq!(k.parse(k.driver().as_bytes()), Key::Driver);
+        assert_eq!(k.parse(k.driver("web-1").as_bytes()), Key::Driver("web-1"));
         assert_eq!(k.parse(k.affinity_key().as_bytes()), Key::AffinityKey);
-        assert_eq!(k.parse(b"/handoff/prodx/driver"), Key::Other);
+        assert_eq!(k.parse(b"/handoff/prodx/drivers/web-1"), Key::Other);
+        assert!(running(
+            br#"{"id":"web-1","state":"running","timeline":[]}"#
+        ));
+        assert!(!running(br#"{"id":"web-1","state":"succeeded"}"#));
+        assert!(!running(b"not json"));
         assert_eq!(k.parse(b"/handoff/prod/nodes/a/b/c"), Key::Other);
         assert_eq!(k.parse(&[0xff, 0xfe]), Key::Other);
     }

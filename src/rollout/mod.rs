@@ -352,23 +352,33 @@ fn new_record(
     })
 }
 
-/// In a cluster, the term this instance drives rollouts in (a rollout runs only there).
-fn driving(cluster: &crate::cluster::Cluster) -> Option<run::Driving<'_>> {
-    let term = cluster.driver_now().term?;
-    Some(run::Driving { cluster, term })
-}
-
 /// Runs (or resumes) a rollout's state machine; finished rollouts beyond the kept number are
 /// then forgotten.
 pub fn spawn(ctl: &Arc<Control>, rollouts: &Arc<Registry>, handle: Arc<Handle>) {
+    spawn_until(ctl, rollouts, handle, CancellationToken::new());
+}
+
+/// [`spawn`], stopping at the current step when `stop` is cancelled (in a cluster: this
+/// instance's term as the rollout's driver ended).
+pub fn spawn_until(
+    ctl: &Arc<Control>,
+    rollouts: &Arc<Registry>,
+    handle: Arc<Handle>,
+    stop: CancellationToken,
+) {
     let (ctl, rollouts) = (Arc::clone(ctl), Arc::clone(rollouts));
     let paused = CancellationToken::clone(&rollouts.drivers.load());
     let cluster = rollouts.cluster.get().cloned();
     tokio::spawn(async move {
-        // In a cluster only the driver runs rollouts, and its writes carry its term.
+        let id = handle.lock().id.clone();
+        // In a cluster only the rollout's driver runs it, and its writes carry its term.
         let driving = match cluster.as_deref() {
-            Some(c) => match driving(c) {
-                Some(d) => Some(d),
+            Some(cluster) => match cluster.term(&id) {
+                Some(term) => Some(run::Driving {
+                    cluster,
+                    rollout: &id,
+                    term,
+                }),
                 None => return,
             },
             None => None,
@@ -377,7 +387,8 @@ pub fn spawn(ctl: &Arc<Control>, rollouts: &Arc<Registry>, handle: Arc<Handle>) 
             // The step in progress is left where it is; whoever resumes redoes it (every
             // step is idempotent: a drain of a draining node changes nothing).
             _ = paused.cancelled() => {}
-            _ = run::run(&ctl, driving, handle) => {
+            _ = stop.cancelled() => {}
+            _ = run::run(&ctl, driving, Arc::clone(&handle)) => {
                 rollouts.prune();
                 ctl.mark_dirty();
             }

@@ -20,7 +20,15 @@ use crate::time::instant_after;
 #[derive(Clone, Copy)]
 pub struct Driving<'a> {
     pub cluster: &'a Cluster,
+    pub rollout: &'a str,
     pub term: i64,
+}
+
+impl<'a> Driving<'a> {
+    /// What the rollout's node writes are conditioned on.
+    fn fence(&self) -> Option<(&'a str, i64)> {
+        Some((self.rollout, self.term))
+    }
 }
 
 /// How a phase ended, when not in success.
@@ -328,7 +336,7 @@ async fn step(
                 Some(d) => {
                     // Retried while etcd is away; the driver loses its term if that lasts
                     // (and is then stopped by the follower).
-                    while let Err(e) = d.cluster.enable(&target, Some(warmup), Some(d.term)).await {
+                    while let Err(e) = d.cluster.enable(&target, Some(warmup), d.fence()).await {
                         handle.event(
                             Some(node),
                             Some(phase),
@@ -389,7 +397,7 @@ impl Attempt<'_> {
                 ..
             } => match cluster
                 .cluster
-                .drain(t, Some(*timeout), false, Some(cluster.term))
+                .drain(t, Some(*timeout), false, cluster.fence())
                 .await
             {
                 Ok(_) => Ok(()),

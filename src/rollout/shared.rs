@@ -1,27 +1,27 @@
 //! Rollouts in a cluster (design.md §10): records live in etcd; every instance shows them;
-//! the one elected driver runs them, and each of its writes is fenced by its term. When the
-//! driver dies its lease goes, another instance wins the election and resumes every running
-//! rollout at its step (each step is idempotent), saying so on the timeline.
+//! each running rollout has one elected driver — first the instance that started it — which
+//! alone runs it, each of its writes fenced by its term. When the driver dies its lease goes,
+//! another instance wins the rollout's election and resumes it at its step (each step is
+//! idempotent), saying so on the timeline.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{spawn, Handle, Registry, Rollout, RolloutError, RolloutState};
-use crate::cluster::{Cluster, ClusterError};
+use tokio_util::sync::CancellationToken;
+
+use super::{spawn_until, Handle, Registry, Rollout, RolloutError, RolloutState};
+use crate::cluster::{Cluster, ClusterError, Drivers, RolloutMirror};
 use crate::config::limits;
 use crate::control::Control;
 
-/// Writes a new rollout to etcd; the driver picks it up from there.
+/// Writes a new rollout to etcd, with this instance as its driver.
 pub(super) async fn start(
     cluster: &Cluster,
     rollouts: &Registry,
     record: Rollout,
 ) -> Result<Rollout, RolloutError> {
     let json = serde_json::to_vec(&record).map_err(|e| RolloutError::Invalid(e.to_string()))?;
-    if !cluster
-        .create(cluster.keys.rollout(&record.id), json)
-        .await?
-    {
+    if !cluster.create_rollout(&record.id, json).await? {
         return Err(RolloutError::AlreadyRunning {
             pool: record.pool.clone(),
             running: record.id.clone(),
@@ -61,24 +61,24 @@ impl Registry {
 }
 
 /// Joins the registry to `cluster` and follows it until the process stops: mirrors the
-/// records, drives them while this instance is elected, publishes what it drives.
+/// records, runs those this instance is elected to drive, publishes what it runs.
 pub fn follow(ctl: Arc<Control>, rollouts: Arc<Registry>, cluster: Arc<Cluster>) {
     if rollouts.cluster.set(Arc::clone(&cluster)).is_err() {
         return;
     }
     tokio::spawn(async move {
         let mut mirror = cluster.rollouts();
-        let mut driver = cluster.driver();
+        let mut drivers = cluster.drivers();
         let mut changes = ctl.changes();
         let mut state = Follower::default();
         loop {
             tokio::select! {
                 _ = cluster.stop.cancelled() => return,
                 r = mirror.changed() => if r.is_err() { return },
-                r = driver.changed() => if r.is_err() { return },
+                r = drivers.changed() => if r.is_err() { return },
                 r = changes.changed() => if r.is_err() { return },
             }
-            let now = driver.borrow_and_update().clone();
+            let now = drivers.borrow_and_update().clone();
             let records = mirror.borrow_and_update().clone();
             changes.borrow_and_update();
             state.step(&ctl, &rollouts, &cluster, now, records).await;
@@ -88,14 +88,12 @@ pub fn follow(ctl: Arc<Control>, rollouts: Arc<Registry>, cluster: Arc<Cluster>)
 
 #[derive(Default)]
 struct Follower {
-    /// The term this instance drives in, while it does.
-    term: Option<i64>,
-    /// Rollouts this instance runs in `term`.
-    driving: HashSet<String>,
-    /// What was last written for each driven rollout.
+    /// Rollouts this instance runs: id → its term, and what stops the run when it ends.
+    driving: HashMap<String, (i64, CancellationToken)>,
+    /// What was last written (or read) for each rollout.
     written: HashMap<String, Vec<u8>>,
-    /// Who drove last (for the timeline of a takeover).
-    last_holder: Option<String>,
+    /// Who drove each rollout last (for the timeline of a takeover).
+    last_holder: HashMap<String, String>,
 }
 
 impl Follower {
@@ -104,22 +102,23 @@ impl Follower {
         ctl: &Arc<Control>,
         rollouts: &Arc<Registry>,
         cluster: &Cluster,
-        driver: crate::cluster::Driver,
-        mirror: crate::cluster::RolloutMirror,
+        drivers: Drivers,
+        mirror: RolloutMirror,
     ) {
-        if self.term.is_some() && driver.term != self.term {
-            // Deposed (or disconnected): stop at the current step; the next driver redoes it.
-            tracing::warn!("cluster: no longer the rollout driver; rollouts stop here and the next driver resumes them");
-            rollouts.pause();
-            self.term = None;
-            self.driving.clear();
-            self.written.clear();
-        }
+        // Deposed (or disconnected): stop at the current step; the next driver redoes it.
+        self.driving.retain(|id, (term, stop)| {
+            let still = drivers.mine.get(id) == Some(term);
+            if !still {
+                tracing::warn!(rollout = %id, "cluster: no longer this rollout's driver; it stops here and the next driver resumes it");
+                stop.cancel();
+            }
+            still
+        });
         // Records: etcd's are the ones there are (a state file's older ones go), and every
         // one this instance does not run itself is shown as etcd has it.
-        rollouts.retain(|id| mirror.records.contains_key(id) || self.driving.contains(id));
+        rollouts.retain(|id| mirror.records.contains_key(id) || self.driving.contains_key(id));
         for (id, bytes) in &mirror.records {
-            if self.driving.contains(id) {
+            if self.driving.contains_key(id) {
                 continue;
             }
             match serde_json::from_slice::<Rollout>(bytes) {
@@ -132,101 +131,106 @@ impl Follower {
                 }
             }
         }
-        if let Some(term) = driver.term {
-            if self.term.is_none() {
-                self.term = Some(term);
+        for (id, &term) in &drivers.mine {
+            if self.driving.contains_key(id) {
+                continue;
             }
-            for handle in rollouts.running() {
-                let id = handle.lock().id.clone();
-                if self.driving.insert(id) {
-                    let message = match &self.last_holder {
-                        Some(prev) if prev != cluster.instance() => {
-                            format!("driven by {} (took over from {prev})", cluster.instance())
-                        }
-                        _ => format!("driven by {}", cluster.instance()),
-                    };
-                    handle.event(None, None, message);
-                    spawn(ctl, rollouts, handle);
+            let Some(handle) = rollouts.get(id) else {
+                continue;
+            };
+            if handle.lock().state != RolloutState::Running {
+                let _ = cluster.release(id, term).await;
+                continue;
+            }
+            let message = match self.last_holder.get(id) {
+                Some(prev) if prev != cluster.instance() => {
+                    format!("driven by {} (took over from {prev})", cluster.instance())
                 }
-            }
-            for id in &mirror.aborts {
-                if let Some(handle) = rollouts.get(id).filter(|_| self.driving.contains(id)) {
-                    if !handle.abort.is_cancelled() {
-                        handle.lock().abort_requested = true;
-                        handle.abort.cancel();
-                    }
-                }
-            }
-            self.publish(cluster, rollouts, term).await;
-            self.prune(cluster, &mirror, term).await;
+                _ => format!("driven by {}", cluster.instance()),
+            };
+            handle.event(None, None, message);
+            let stop = CancellationToken::new();
+            spawn_until(ctl, rollouts, Arc::clone(&handle), stop.clone());
+            self.driving.insert(id.clone(), (term, stop));
         }
-        if driver.holder.is_some() {
-            self.last_holder = driver.holder;
+        for id in &mirror.aborts {
+            if let Some(handle) = rollouts.get(id).filter(|_| self.driving.contains_key(id)) {
+                if !handle.abort.is_cancelled() {
+                    handle.lock().abort_requested = true;
+                    handle.abort.cancel();
+                }
+            }
+        }
+        self.publish(cluster, rollouts, &mirror).await;
+        for (id, holder) in drivers.holders {
+            self.last_holder.insert(id, holder);
         }
     }
 
-    /// Writes every driven rollout whose record changed, fenced by `term`.
-    async fn publish(&mut self, cluster: &Cluster, rollouts: &Registry, term: i64) {
-        for id in self.driving.clone() {
+    /// Writes every driven rollout whose record changed, fenced by its term; a finished one
+    /// is then released (its driver key goes) and old finished ones pruned.
+    async fn publish(&mut self, cluster: &Cluster, rollouts: &Registry, mirror: &RolloutMirror) {
+        let ids: Vec<(String, i64)> = self
+            .driving
+            .iter()
+            .map(|(id, (t, _))| (id.clone(), *t))
+            .collect();
+        for (id, term) in ids {
             let Some(handle) = rollouts.get(&id) else {
                 continue;
             };
-            let Ok(json) = serde_json::to_vec(&handle.snapshot()) else {
+            let record = handle.snapshot();
+            let Ok(json) = serde_json::to_vec(&record) else {
                 continue;
             };
-            if self.written.get(&id) == Some(&json) {
-                continue;
+            if self.written.get(&id) != Some(&json) {
+                match cluster
+                    .fenced_put(&id, term, cluster.keys.rollout(&id), json.clone())
+                    .await
+                {
+                    Ok(true) => {
+                        self.written.insert(id.clone(), json);
+                    }
+                    // The term is over: the drivers watch says so next and this stops it.
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(rollout = %id, error = %e, "cluster: could not write a rollout; retried at its next change");
+                        continue;
+                    }
+                }
             }
-            match cluster
-                .fenced_put(term, cluster.keys.rollout(&id), json.clone())
-                .await
-            {
-                Ok(true) => {
-                    self.written.insert(id, json);
+            if record.state != RolloutState::Running {
+                if let Some((_, stop)) = self.driving.remove(&id) {
+                    stop.cancel();
                 }
-                // The term is over: the driver watch says so next and this stops driving.
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::warn!(rollout = %id, error = %e, "cluster: could not write a rollout; retried at its next change");
-                    return;
-                }
+                let _ = cluster.release(&id, term).await;
+                prune(cluster, mirror).await;
             }
         }
     }
 }
 
-impl Follower {
-    /// Deletes the oldest finished rollouts beyond [`limits::FINISHED_ROLLOUTS_KEPT`] from
-    /// etcd, so the shared state does not grow for ever (each instance's registry follows).
-    async fn prune(
-        &mut self,
-        cluster: &Cluster,
-        mirror: &crate::cluster::RolloutMirror,
-        term: i64,
-    ) {
-        let mut finished: Vec<(String, String)> = mirror
-            .records
-            .iter()
-            .filter_map(|(id, bytes)| {
-                let r: Rollout = serde_json::from_slice(bytes).ok()?;
-                (r.state != RolloutState::Running).then(|| (r.created_at.clone(), id.clone()))
-            })
-            .collect();
-        let excess = finished
-            .len()
-            .saturating_sub(limits::FINISHED_ROLLOUTS_KEPT);
-        finished.sort();
-        for (_, id) in finished.into_iter().take(excess) {
-            if !matches!(
-                cluster.fenced_delete(term, cluster.keys.rollout(&id)).await,
-                Ok(true)
-            ) {
-                return;
-            }
-            let _ = cluster.fenced_delete(term, cluster.keys.abort(&id)).await;
-            self.driving.remove(&id);
-            self.written.remove(&id);
-        }
+/// Deletes the oldest finished rollouts beyond [`limits::FINISHED_ROLLOUTS_KEPT`] from etcd
+/// (each only if unchanged since read), so the shared state does not grow for ever; every
+/// registry follows.
+async fn prune(cluster: &Cluster, mirror: &RolloutMirror) {
+    let mut finished: Vec<(String, &String, &Vec<u8>)> = mirror
+        .records
+        .iter()
+        .filter_map(|(id, bytes)| {
+            let r: Rollout = serde_json::from_slice(bytes).ok()?;
+            (r.state != RolloutState::Running).then(|| (r.created_at.clone(), id, bytes))
+        })
+        .collect();
+    let excess = finished
+        .len()
+        .saturating_sub(limits::FINISHED_ROLLOUTS_KEPT);
+    finished.sort();
+    for (_, id, bytes) in finished.into_iter().take(excess) {
+        let _ = cluster
+            .delete_if_unchanged(cluster.keys.rollout(id), bytes.clone())
+            .await;
+        let _ = cluster.delete(cluster.keys.abort(id)).await;
     }
 }
 
@@ -234,14 +238,5 @@ impl Registry {
     /// Forgets the rollouts whose id `keep` refuses.
     fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.all().retain(|h| keep(&h.lock().id));
-    }
-
-    /// Rollouts whose record says running.
-    fn running(&self) -> Vec<Arc<Handle>> {
-        self.all()
-            .iter()
-            .filter(|h| h.lock().state == RolloutState::Running)
-            .cloned()
-            .collect()
     }
 }

@@ -201,8 +201,7 @@ pools:
 }
 
 /// What every cluster test runs: a 3-member etcd, web backends a and b (version 1.0), two
-/// echo backends, and instances lb-1 then lb-2 (lb-1 is elected rollout driver first) on a
-/// prefix of the test's own. Bind every field (`etcd: _etcd`, not `..`): a field left out of
+/// echo backends, and instances lb-1 then lb-2 on a prefix of the test's own. Bind every field (`etcd: _etcd`, not `..`): a field left out of
 /// a pattern is dropped at once, and with it etcd or a backend.
 pub struct Pair {
     pub etcd: Etcd,
@@ -302,12 +301,12 @@ impl Instance {
         .await
     }
 
-    /// Waits (bounded) until this instance says `want` drives rollouts.
-    pub async fn wait_driver(&self, want: &str) {
-        let what = format!("{} sees {want} drive rollouts", self.name);
+    /// Waits (bounded) until this instance says `want` drives rollout `id`.
+    pub async fn wait_driver(&self, id: &str, want: &str) {
+        let what = format!("{} sees {want} drive {id}", self.name);
         until(&what, Duration::from_secs(20), async || {
             let (_, view) = self.call(Method::GET, "/v1/cluster", None).await;
-            let ok = view["driver"] == want && view["connected"] == true;
+            let ok = view["drivers"][id] == want && view["connected"] == true;
             ok.then_some(()).ok_or_else(|| view.to_string())
         })
         .await

@@ -41,9 +41,10 @@ async fn another_instance_finishes_a_rollout_whose_driver_was_killed() {
     else {
         return;
     };
-    one.wait_driver("lb-1").await;
     let load = Load::start(two.web.clone(), 2, Duration::from_secs(60));
+    // Started on lb-1: lb-1 drives it.
     let id = start_rollout(&one).await;
+    two.wait_driver(&id, "lb-1").await;
     // Instance 2 shows the rollout the driver runs, up to the wait for a's upgrade; the
     // driver moved on only once a was drained on every instance.
     let waiting = two
@@ -68,8 +69,12 @@ async fn another_instance_finishes_a_rollout_whose_driver_was_killed() {
         "{messages:#?}"
     );
     let (_, cluster) = two.call(Method::GET, "/v1/cluster", None).await;
-    assert_eq!(cluster["driver"], "lb-2", "{cluster}");
     assert_eq!(member_names(&cluster), ["lb-2"], "{cluster}");
+    assert_eq!(
+        cluster["drivers"],
+        json!({}),
+        "a finished rollout has no driver: {cluster}"
+    );
     for node in ["a", "b"] {
         let view = two.node("web", node).await;
         assert_eq!(
@@ -95,15 +100,15 @@ async fn a_stalled_driver_that_wakes_up_after_its_term_changes_nothing() {
     else {
         return;
     };
-    two.wait_driver("lb-1").await;
-    // Started on lb-2, driven by lb-1.
-    let id = start_rollout(&two).await;
+    // Started on lb-1, so driven by lb-1; lb-2 shows it.
+    let id = start_rollout(&one).await;
+    two.wait_driver(&id, "lb-1").await;
     two.rollout_until(&id, WAIT, |r| r["phase"] == "waiting_upgrade")
         .await;
 
     // lb-1 stalls past its lease; lb-2 drives on to b.
     signal(&one.h, "STOP");
-    two.wait_driver("lb-2").await;
+    two.wait_driver(&id, "lb-2").await;
     a.set_version("2.0");
     let at_b = |r: &Value| r["current_node"] == "b" && r["phase"] == "waiting_upgrade";
     two.rollout_until(&id, Duration::from_secs(20), at_b).await;
@@ -111,7 +116,7 @@ async fn a_stalled_driver_that_wakes_up_after_its_term_changes_nothing() {
     // lb-1 wakes up believing it drives at a's waiting_upgrade: every write it would make
     // is fenced off by its term, it stops, and it shows lb-2's record.
     signal(&one.h, "CONT");
-    one.wait_driver("lb-2").await;
+    one.wait_driver(&id, "lb-2").await;
     let seen = one
         .rollout_until(&id, WAIT, |r| r["current_node"] == "b")
         .await;
@@ -145,4 +150,37 @@ async fn a_stalled_driver_that_wakes_up_after_its_term_changes_nothing() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_sent_to_another_instance_stops_the_rollout() {
+    let Some(Pair {
+        one,
+        two,
+        etcd: _etcd,
+        a: _a,
+        b: _b,
+    }) = Pair::start("abort", Options::default()).await
+    else {
+        return;
+    };
+    let id = start_rollout(&one).await;
+    two.rollout_until(&id, WAIT, |r| r["phase"] == "waiting_upgrade")
+        .await;
+    let (status, view) = two
+        .call(Method::POST, &format!("/v1/rollouts/{id}/abort"), None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["abort_requested"], true, "{view}");
+    for at in [&one, &two] {
+        let done = at
+            .rollout_until(&id, WAIT, |r| r["state"] != "running")
+            .await;
+        assert_eq!(done["state"], "aborted", "{done}");
+        let reason = done["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("a=drained"), "{reason}");
+    }
+    // Nothing else moved: b kept serving everywhere.
+    assert_eq!(one.node("web", "b").await["state"], "active");
+    assert_eq!(two.node("web", "b").await["state"], "active");
 }
