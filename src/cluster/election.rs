@@ -48,7 +48,7 @@ impl Cluster {
     /// Creates rollout `id` with this instance as its driver, unless a rollout with that id
     /// exists. `Ok(false)`: it exists.
     pub async fn create_rollout(&self, id: &str, record: Vec<u8>) -> Result<bool, ClusterError> {
-        let mut client = self.writable()?;
+        let mut client = self.writable().await?;
         let lease = self.lease.load(SeqCst);
         let (key, driver) = (self.keys.rollout(id), self.keys.driver(id));
         let txn = Txn::new()
@@ -105,7 +105,7 @@ impl Cluster {
     }
 
     async fn fenced(&self, id: &str, term: i64, op: TxnOp) -> Result<bool, ClusterError> {
-        let mut client = self.writable()?;
+        let mut client = self.writable().await?;
         let txn = Txn::new().when([self.fence(id, term)]).and_then([op]);
         let resp = call("writing a rollout", client.txn(txn))
             .await
@@ -128,7 +128,7 @@ impl Cluster {
 
     /// Creates `key` with `value` unless it exists. `Ok(false)`: it exists.
     pub async fn create(&self, key: String, value: Vec<u8>) -> Result<bool, ClusterError> {
-        let mut client = self.writable()?;
+        let mut client = self.writable().await?;
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
@@ -144,7 +144,7 @@ impl Cluster {
         key: String,
         value: Vec<u8>,
     ) -> Result<bool, ClusterError> {
-        let mut client = self.writable()?;
+        let mut client = self.writable().await?;
         let txn = Txn::new()
             .when([Compare::value(key.clone(), CompareOp::Equal, value)])
             .and_then([TxnOp::delete(key, None)]);
@@ -156,7 +156,7 @@ impl Cluster {
 
     /// Deletes `key` (a finished rollout's abort request).
     pub async fn delete(&self, key: String) -> Result<(), ClusterError> {
-        let mut client = self.writable()?;
+        let mut client = self.writable().await?;
         call("deleting a key", client.delete(key, None))
             .await
             .map_err(ClusterError::Unavailable)?;

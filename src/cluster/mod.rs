@@ -22,7 +22,7 @@ mod session;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::SeqCst};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ use store::Member;
 
 /// How long one etcd request may take before the instance counts etcd as unreachable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a write waits for a session being set up before it answers 503.
+pub const RECONNECT_WAIT: Duration = Duration::from_secs(1);
 /// How long a drain or enable waits for every live member to apply it.
 pub const APPLY_WAIT: Duration = Duration::from_secs(2);
 
@@ -81,7 +83,7 @@ pub struct Cluster {
     pub stop: CancellationToken,
     client: Mutex<Option<etcd_client::Client>>,
     /// Set once a session has resynced; cleared at the first error.
-    connected: AtomicBool,
+    connected: watch::Sender<bool>,
     lease: AtomicI64,
     last_error: Mutex<String>,
     /// The revision of shared admin state this instance has applied.
@@ -165,7 +167,7 @@ impl Cluster {
             stop: ctl.stop.child_token(),
             ctl,
             client: Mutex::new(None),
-            connected: AtomicBool::new(false),
+            connected: watch::channel(false).0,
             lease: AtomicI64::new(0),
             last_error: Mutex::new("not connected yet".into()),
             applied: watch::channel(0).0,
@@ -192,11 +194,15 @@ impl Cluster {
     }
 
     pub fn connected(&self) -> bool {
-        self.connected.load(SeqCst)
+        *self.connected.borrow()
     }
 
-    /// The client, when connected and resynced; else why not.
-    fn writable(&self) -> Result<etcd_client::Client, ClusterError> {
+    /// The client, when connected and resynced; else why not. A write that arrives while a
+    /// session is being set up (etcd just came back, or a member went) waits for it a moment
+    /// rather than fail at once.
+    async fn writable(&self) -> Result<etcd_client::Client, ClusterError> {
+        let mut connected = self.connected.subscribe();
+        let _ = tokio::time::timeout(RECONNECT_WAIT, connected.wait_for(|c| *c)).await;
         if !self.connected() {
             return Err(ClusterError::Unavailable(lock(&self.last_error).clone()));
         }

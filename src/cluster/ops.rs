@@ -105,7 +105,7 @@ impl Cluster {
         fence: Option<(&str, i64)>,
         op: impl Fn() -> NodeOp,
     ) -> Result<Applied, ClusterError> {
-        let mut client = self.writable()?;
+        let mut client = self.writable().await?;
         let key = t.node.key();
         for _ in 0..ATTEMPTS {
             let mut applied = self.applied.subscribe();

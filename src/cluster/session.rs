@@ -22,7 +22,7 @@ use crate::lifecycle;
 const PUBLISH_POLL: Duration = Duration::from_millis(20);
 const SESSIONS_EVERY: Duration = Duration::from_millis(100);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -35,7 +35,7 @@ pub async fn run(c: Arc<Cluster>) {
             _ = c.stop.cancelled() => Ok(()),
             r = session(&c) => r,
         };
-        let was_connected = c.connected.swap(false, SeqCst);
+        let was_connected = c.connected.send_replace(false);
         *lock(&c.client) = None;
         // Terms held in this session end with it (the lease may outlive it a moment: the
         // next session revokes it, so the keys go at once).
@@ -55,7 +55,7 @@ pub async fn run(c: Arc<Cluster>) {
             revoke(&c).await;
             return;
         }
-        if started.elapsed() > BACKOFF_MAX * 5 {
+        if started.elapsed() > BACKOFF_MAX * 10 {
             backoff = BACKOFF_MIN;
         }
         tokio::select! {
@@ -185,7 +185,7 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
     let mut published = c.member();
     put_member(c, &mut client, lease, &published).await?;
     let mut published_at = Instant::now();
-    c.connected.store(true, SeqCst);
+    c.connected.send_replace(true);
     tracing::info!(instance = %c.config.instance, revision, members = c.members.borrow().len(), "cluster: connected and resynced");
     for id in leaderless {
         super::election::campaign(c, &mut client, lease, &id).await?;
@@ -390,8 +390,8 @@ fn apply_events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
                     if put {
                         apply_node(c, &t, kv.mod_revision(), kv.value());
                     } else {
-                        lock(&c.node_revs).remove(node);
                         lifecycle::enable(&c.ctl, &t, None);
+                        lock(&c.node_revs).remove(node);
                     }
                 }
                 applied = Some(kv.mod_revision());
@@ -475,19 +475,17 @@ fn parse_member(c: &Cluster, name: &str, value: &[u8]) -> Option<Member> {
 /// the whole pool's keys, so it is applied here without one.
 fn apply_node(c: &Cluster, t: &NodeRef, revision: i64, value: &[u8]) {
     let key = t.node.key();
-    let op = match serde_json::from_slice::<NodeOp>(value)
+    match serde_json::from_slice::<NodeOp>(value)
         .map_err(|e| e.to_string())
         .and_then(|op| op.check().map(|()| op))
     {
-        Ok(op) => op,
+        Ok(NodeOp::Drain { deadline_ms, .. }) => lifecycle::drain_until(&c.ctl, t, deadline_ms),
+        Ok(NodeOp::Enable { warmup, .. }) => lifecycle::enable(&c.ctl, t, Some(warmup)),
         Err(e) => {
             tracing::error!(key = %c.keys.node(&key), error = %e, "cluster: a node operation does not parse or is out of range; ignored");
-            return;
         }
-    };
-    lock(&c.node_revs).insert(key, revision);
-    match op {
-        NodeOp::Drain { deadline_ms, .. } => lifecycle::drain_until(&c.ctl, t, deadline_ms),
-        NodeOp::Enable { warmup, .. } => lifecycle::enable(&c.ctl, t, Some(warmup)),
     }
+    // Only now: a write that reads this revision must also see the state it brought (the
+    // pair guard is checked against the state, the write conditioned on the revision).
+    lock(&c.node_revs).insert(key, revision);
 }

@@ -175,7 +175,7 @@ async fn two_drains_of_a_pair_sent_to_two_instances_cannot_both_pass() {
     else {
         return;
     };
-    for round in 0..5 {
+    for round in 0..20 {
         let (first, second) = tokio::join!(
             one.call(Method::POST, "/v1/pools/web/nodes/a/drain", None),
             two.call(Method::POST, "/v1/pools/web/nodes/b/drain", None),
