@@ -123,3 +123,73 @@ async fn an_instance_cut_off_from_etcd_converges_when_it_comes_back() {
         assert_eq!((status, &body[..1]), (200, "b"), "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_in_etcd_is_ignored_and_changes_nothing() {
+    let Some(Pair {
+        etcd,
+        one,
+        two,
+        a: _a,
+        b: _b,
+    }) = Pair::start("garbage", Options::default()).await
+    else {
+        return;
+    };
+    let (_, view) = one.call(Method::GET, "/v1/cluster", None).await;
+    let prefix = view["prefix"].as_str().unwrap().to_string();
+    let mut client = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .unwrap();
+    let garbage: [(&str, &[u8]); 7] = [
+        ("nodes/web/a", b"{not json"),
+        (
+            "nodes/web/b",
+            br#"{"op":"enable","warmup":"1000h","at_ms":1,"by":"x"}"#,
+        ),
+        (
+            "nodes/echo/a",
+            br#"{"op":"drain","deadline_ms":1,"at_ms":1,"by":"x","bomb":1}"#,
+        ),
+        ("members/evil", b"\xff\xfe"),
+        (
+            "members/lb-9",
+            br#"{"instance":"lb-1","admin":"","since":"","revision":9,"nodes":{}}"#,
+        ),
+        ("rollouts/web-99", b"[]"),
+        ("affinity_key", b"not hex"),
+    ];
+    for (key, value) in garbage {
+        client
+            .put(format!("{prefix}/{key}"), value, None)
+            .await
+            .unwrap();
+    }
+    // Applied in order with a write after them: once it is, the garbage has been seen.
+    let (status, view) = one
+        .call(Method::POST, "/v1/pools/echo/nodes/b/drain", None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    for i in [&one, &two] {
+        for (pool, node) in [("web", "a"), ("web", "b"), ("echo", "a")] {
+            assert_eq!(
+                i.node(pool, node).await["state"],
+                "active",
+                "{} {pool}/{node}",
+                i.name
+            );
+        }
+        let (_, cluster) = i.call(Method::GET, "/v1/cluster", None).await;
+        assert_eq!(member_names(&cluster), ["lb-1", "lb-2"], "{cluster}");
+        let (_, rollouts) = i.call(Method::GET, "/v1/rollouts", None).await;
+        assert_eq!(rollouts["rollouts"], serde_json::json!([]), "{rollouts}");
+    }
+    let log = one.h.log().join("\n");
+    assert!(log.contains("does not parse or is out of range"), "{log}");
+    // Writes still work on the pool whose keys hold garbage.
+    let (status, view) = two
+        .call(Method::POST, "/v1/pools/web/nodes/a/drain", None)
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(one.node("web", "a").await["state"], "drained");
+}
