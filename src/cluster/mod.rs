@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClusterConfig;
 use crate::control::Control;
 use crate::pool::affinity::{KeySource, Keys};
+use crate::pool::SessionKind;
 use store::Member;
 
 /// How long one etcd request may take before the instance counts etcd as unreachable.
@@ -251,6 +252,30 @@ impl Cluster {
                 })
                 .collect(),
         }
+    }
+
+    /// A cheap digest of what the report shows but pinned affinity clients: admin state,
+    /// health, version and session counts of every node (atomics only).
+    fn pulse(&self) -> u64 {
+        let snapshot = self.ctl.snapshot.load();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |v: u64| h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
+        for pool in &snapshot.pools {
+            for node in &pool.nodes {
+                let s = &node.state;
+                mix(s.admin() as u64);
+                mix(s.health() as u64);
+                mix(s.version().map_or(0, |v| Arc::as_ptr(&v) as u64));
+                for kind in [
+                    SessionKind::HttpInflight,
+                    SessionKind::Tunnel,
+                    SessionKind::Tcp,
+                ] {
+                    mix(s.sessions(kind) as u64);
+                }
+            }
+        }
+        h
     }
 
     /// This instance's report as it would publish it now.

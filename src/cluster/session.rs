@@ -21,6 +21,8 @@ use crate::lifecycle;
 /// published at most every [`SESSIONS_EVERY`]; an applied revision at once.
 const PUBLISH_POLL: Duration = Duration::from_millis(20);
 const SESSIONS_EVERY: Duration = Duration::from_millis(100);
+/// How often pinned affinity clients are recounted when nothing else changed.
+const AFFINITY_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -183,6 +185,7 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
     offer_affinity_key(c, &mut client).await?;
     *lock(&c.client) = Some(client.clone());
     let mut published = c.member();
+    let mut published_pulse = c.pulse();
     put_member(c, &mut client, lease, &published).await?;
     let mut published_at = Instant::now();
     c.connected.send_replace(true);
@@ -245,12 +248,17 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
                 }
             }
             _ = poll.tick() => {
-                let now = c.member();
-                let due = now.revision != published.revision
-                    || published_at.elapsed() >= SESSIONS_EVERY;
-                if now != published && due {
-                    put_member(c, &mut client, lease, &now).await?;
-                    published = now;
+                // The full report counts pinned affinity clients (a scan per node): it is
+                // built when the cheap pulse changed, or once a second for affinity expiry.
+                let pulse = c.pulse();
+                let stale = published_at.elapsed() >= SESSIONS_EVERY;
+                if stale && (pulse != published_pulse || published_at.elapsed() >= AFFINITY_EVERY) {
+                    let now = c.member();
+                    if now != published {
+                        put_member(c, &mut client, lease, &now).await?;
+                        published = now;
+                    }
+                    published_pulse = pulse;
                     published_at = Instant::now();
                 }
             }
