@@ -7,35 +7,61 @@ use std::sync::Arc;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
-use rustls_pki_types::ServerName;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
 
-/// Picks the first certificate valid for the client's SNI name, else the first one.
+/// Picks the first certificate whose DNS names cover the client's SNI name, else the first
+/// one. The names are read from each certificate once, when the snapshot is built, not on
+/// every handshake. This only selects what to offer (as NGINX's `server_name` does); the
+/// client still verifies the certificate it gets.
 #[derive(Debug)]
 struct SniResolver {
-    certificates: Vec<Arc<CertifiedKey>>,
+    certificates: Vec<Offered>,
 }
 
-impl SniResolver {
-    fn valid_for(ck: &CertifiedKey, name: &str) -> bool {
-        let (Some(leaf), Ok(name)) = (ck.cert.first(), ServerName::try_from(name)) else {
-            return false;
-        };
-        webpki::EndEntityCert::try_from(leaf)
-            .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+#[derive(Debug)]
+struct Offered {
+    /// The leaf's subject alternative DNS names, lower case; `*.example.com` for wildcards.
+    names: Vec<String>,
+    key: Arc<CertifiedKey>,
+}
+
+impl Offered {
+    fn new(key: &Arc<CertifiedKey>) -> Offered {
+        let names = key
+            .cert
+            .first()
+            .and_then(|leaf| webpki::EndEntityCert::try_from(leaf).ok())
+            .map(|ee| ee.valid_dns_names().map(str::to_ascii_lowercase).collect())
+            .unwrap_or_default();
+        Offered {
+            names,
+            key: Arc::clone(key),
+        }
+    }
+
+    fn covers(&self, sni: &str) -> bool {
+        self.names
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                // A wildcard covers exactly one leftmost label (RFC 6125 §6.4.3).
+                Some(parent) => sni.split_once('.').is_some_and(|(label, rest)| {
+                    !label.is_empty() && rest.eq_ignore_ascii_case(parent)
+                }),
+                None => pattern.eq_ignore_ascii_case(sni),
+            })
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let chosen = hello.server_name().and_then(|name| {
-            self.certificates
-                .iter()
-                .find(|ck| Self::valid_for(ck, name))
-        });
-        chosen.or_else(|| self.certificates.first()).cloned()
+        let chosen = hello
+            .server_name()
+            .and_then(|name| self.certificates.iter().find(|c| c.covers(name)));
+        chosen
+            .or_else(|| self.certificates.first())
+            .map(|c| Arc::clone(&c.key))
     }
 }
 
@@ -46,8 +72,41 @@ pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, rustls::Error> {
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver {
-            certificates: tls.certificates.clone(),
+            certificates: tls.certificates.iter().map(Offered::new).collect(),
         }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offered(names: &[&str]) -> Offered {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let signing = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+        Offered::new(&Arc::new(CertifiedKey::new(
+            vec![cert.der().clone()],
+            signing,
+        )))
+    }
+
+    #[test]
+    fn names_are_read_once_and_matched_like_a_client_would() {
+        let exact = offered(&["api.example.com"]);
+        assert!(exact.covers("api.example.com") && exact.covers("API.Example.com"));
+        assert!(!exact.covers("www.example.com") && !exact.covers("example.com"));
+        let wild = offered(&["*.example.com"]);
+        assert!(wild.covers("www.example.com"));
+        assert!(
+            !wild.covers("example.com")
+                && !wild.covers("a.b.example.com")
+                && !wild.covers(".example.com")
+        );
+    }
 }
