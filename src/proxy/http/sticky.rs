@@ -10,13 +10,14 @@ use crate::config::AffinityMode;
 use crate::pool::affinity::{find_cookie, parse_cookie};
 use crate::pool::{unix_ms, Pool, Tried};
 
-/// An affinity client of one request.
+/// An affinity client of one request. Built on every request to a pool with affinity, so
+/// it holds no heap data: the token is fixed-size, the cookie name stays in the config.
 pub struct Client {
     key: u64,
-    /// Node token from a valid cookie.
-    token: Option<String>,
-    /// Cookie name, in cookie mode.
-    cookie: Option<String>,
+    /// Node token from a valid cookie (16 hex digits).
+    token: Option<[u8; 16]>,
+    /// Cookie mode (else source address).
+    cookie: bool,
 }
 
 impl Client {
@@ -27,7 +28,7 @@ impl Client {
             AffinityMode::SourceIp => Client {
                 key: pool.keys.address(ip),
                 token: None,
-                cookie: None,
+                cookie: false,
             },
             AffinityMode::Cookie(name) => {
                 let found = req
@@ -37,16 +38,18 @@ impl Client {
                     .filter_map(|v| v.to_str().ok())
                     .find_map(|h| find_cookie(h, name))
                     .and_then(parse_cookie);
-                match found {
+                match found
+                    .and_then(|(t, key)| Some((<[u8; 16]>::try_from(t.as_bytes()).ok()?, key)))
+                {
                     Some((token, key)) => Client {
                         key,
-                        token: Some(token.to_string()),
-                        cookie: Some(name.clone()),
+                        token: Some(token),
+                        cookie: true,
                     },
                     None => Client {
                         key: pool.keys.new_client(),
                         token: None,
-                        cookie: Some(name.clone()),
+                        cookie: true,
                     },
                 }
             }
@@ -55,24 +58,32 @@ impl Client {
 
     /// The node for the first attempt: where the client continues, else a fresh pick.
     pub fn first_pick(&self, pool: &Pool) -> Option<usize> {
-        pool.sticky(self.key, self.token.as_deref(), unix_ms())
+        let token = self
+            .token
+            .as_ref()
+            .and_then(|t| std::str::from_utf8(t).ok());
+        pool.sticky(self.key, token, unix_ms())
             .or_else(|| self.next_pick(pool, Tried::default()))
     }
 
     /// A pick after `tried` failed.
     pub fn next_pick(&self, pool: &Pool, tried: Tried) -> Option<usize> {
-        match self.cookie {
-            Some(_) => pool.pick(tried),
-            None => pool.hash_pick(self.key, tried),
+        if self.cookie {
+            pool.pick(tried)
+        } else {
+            pool.hash_pick(self.key, tried)
         }
     }
 
     /// Node `index` served the client: pin it there, and (re)issue the cookie if it changed.
     pub fn served<B>(&self, pool: &Pool, index: usize, resp: &mut Response<B>) {
         pool.pin(self.key, index, unix_ms());
-        let Some(name) = &self.cookie else { return };
+        let Some(AffinityMode::Cookie(name)) = pool.config.affinity.as_ref().map(|a| &a.mode)
+        else {
+            return;
+        };
         let token = &pool.nodes[index].token;
-        if self.token.as_deref() == Some(token.as_str()) {
+        if self.token.as_ref().map(|t| &t[..]) == Some(token.as_bytes()) {
             return;
         }
         let cookie = format!(
