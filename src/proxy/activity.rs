@@ -146,12 +146,20 @@ impl Drop for InflightGuard {
     }
 }
 
-/// The client socket, watched: bytes read count as `in`, bytes written as `out`.
+/// The client socket, watched: bytes read count as `in`, bytes written as `out`. Bytes are
+/// added up here and moved to the listener's shared counters every [`FLUSH_BYTES`], at EOF,
+/// at shutdown and when the connection ends, so small reads and writes of many connections
+/// on many cores do not all write one shared counter.
 pub struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
     stats: Arc<ListenerStats>,
+    pending_in: u64,
+    pending_out: u64,
 }
+
+/// Bytes a connection counts by itself before it adds them to the listener's counters.
+const FLUSH_BYTES: u64 = 64 * 1024;
 
 impl<S> Watched<S> {
     pub fn new(inner: S, activity: Arc<Activity>, stats: Arc<ListenerStats>) -> Self {
@@ -159,6 +167,8 @@ impl<S> Watched<S> {
             inner,
             activity,
             stats,
+            pending_in: 0,
+            pending_out: 0,
         }
     }
 
@@ -166,14 +176,41 @@ impl<S> Watched<S> {
         &mut self.inner
     }
 
-    fn note_read(&self, n: usize) {
+    fn note_read(&mut self, n: usize) {
         self.activity.on_read();
-        self.stats.metrics.bytes_in.inc_by(n as u64);
+        self.pending_in += n as u64;
+        if self.pending_in >= FLUSH_BYTES {
+            self.flush_counts();
+        }
     }
 
-    fn note_written(&self, n: usize) {
+    fn note_written(&mut self, n: usize) {
         self.activity.touch();
-        self.stats.metrics.bytes_out.inc_by(n as u64);
+        self.pending_out += n as u64;
+        if self.pending_out >= FLUSH_BYTES {
+            self.flush_counts();
+        }
+    }
+
+    fn flush_counts(&mut self) {
+        if self.pending_in > 0 {
+            self.stats
+                .metrics
+                .bytes_in
+                .inc_by(std::mem::take(&mut self.pending_in));
+        }
+        if self.pending_out > 0 {
+            self.stats
+                .metrics
+                .bytes_out
+                .inc_by(std::mem::take(&mut self.pending_out));
+        }
+    }
+}
+
+impl<S> Drop for Watched<S> {
+    fn drop(&mut self) {
+        self.flush_counts();
     }
 }
 
@@ -182,12 +219,15 @@ impl super::splice::Endpoint for Watched<tokio::net::TcpStream> {
         Some(&self.inner)
     }
 
+    // Spliced bytes move in large chunks: counted straight away.
     fn moved_in(&self, n: usize) {
-        self.note_read(n);
+        self.activity.on_read();
+        self.stats.metrics.bytes_in.inc_by(n as u64);
     }
 
     fn moved_out(&self, n: usize) {
-        self.note_written(n);
+        self.activity.touch();
+        self.stats.metrics.bytes_out.inc_by(n as u64);
     }
 }
 
@@ -202,6 +242,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.note_read(n);
+        } else if matches!(result, Poll::Ready(Ok(()))) {
+            // EOF: what was read is all there will be.
+            self.flush_counts();
         }
         result
     }
@@ -245,6 +288,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.flush_counts();
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

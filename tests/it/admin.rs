@@ -205,3 +205,36 @@ async fn metrics_expose_the_handoff_families() {
     );
     assert!(text.contains("handoff_node_state{node=\"a\",pool=\"web\",state=\"active\"} 1"));
 }
+
+#[tokio::test]
+async fn http_bytes_are_counted_per_listener_once_a_connection_ends() {
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let proxy = Proxy::start(&http_config(&[("a", a.addr)], "")).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    // One client, one keep-alive connection: dropped after two requests.
+    {
+        let c = client();
+        for _ in 0..2 {
+            assert_eq!(get(&c, &proxy.url("web", "/")).await.0, 200);
+        }
+    }
+    let series =
+        |dir: &str| format!("handoff_listener_bytes_total{{direction=\"{dir}\",listener=\"web\"}}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = proxy.metrics().await;
+        let (bytes_in, bytes_out) = (
+            metric_value(&text, &series("in")),
+            metric_value(&text, &series("out")),
+        );
+        // Two request heads in (over 2×30 bytes), two answers out (over 2×60 bytes).
+        if bytes_in > 60.0 && bytes_out > 120.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "in {bytes_in}, out {bytes_out}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
