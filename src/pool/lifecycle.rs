@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -42,10 +42,9 @@ pub struct Lifecycle {
     live: Box<[AtomicU64]>,
     /// Rebalancing: scan start for the oldest live session (only the controller moves it).
     scan_from: AtomicU64,
-    /// Rebalancing: id + 1 of the session asked to close; 0 for none.
-    rebalance_target: AtomicU64,
-    /// Cancelled (and replaced) whenever `rebalance_target` changes.
-    rebalance: ArcSwap<CancellationToken>,
+    /// Rebalancing: each live session's own close request, by slot (beside `live`), so
+    /// asking one session to close wakes that session only, not every session of the node.
+    rebalance: Box<[ArcSwapOption<CancellationToken>]>,
     /// Sessions closed by rebalancing, ever.
     pub rebalance_closes: AtomicU64,
 }
@@ -79,8 +78,7 @@ impl Lifecycle {
             next_session: AtomicU64::new(0),
             live: (0..LIVE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             scan_from: AtomicU64::new(0),
-            rebalance_target: AtomicU64::new(0),
-            rebalance: ArcSwap::from_pointee(CancellationToken::new()),
+            rebalance: (0..LIVE_SLOTS).map(|_| ArcSwapOption::empty()).collect(),
             rebalance_closes: AtomicU64::new(0),
         }
     }
@@ -185,10 +183,16 @@ impl Lifecycle {
     }
 
     /// Registers a live TCP session; returns its id (ids grow with age order).
-    pub fn register(&self) -> u64 {
+    /// Registers a live session: its id, and the token cancelled when rebalancing asks it
+    /// to close.
+    pub fn register(&self) -> (u64, CancellationToken) {
         let id = self.next_session.fetch_add(1, Relaxed);
-        self.live[(id as usize) % LIVE_SLOTS].store(id + 1, Relaxed);
-        id
+        let slot = (id as usize) % LIVE_SLOTS;
+        let token = CancellationToken::new();
+        // The token first: whoever sees the id live finds its token.
+        self.rebalance[slot].store(Some(Arc::new(token.clone())));
+        self.live[slot].store(id + 1, SeqCst);
+        (id, token)
     }
 
     pub fn unregister(&self, id: u64) {
@@ -213,20 +217,14 @@ impl Lifecycle {
         None
     }
 
-    /// Asks session `id` to close (rebalancing).
+    /// Asks session `id` to close (rebalancing), if it is still live.
     pub fn ask_to_close(&self, id: u64) {
-        self.rebalance_target.store(id + 1, SeqCst);
-        let old = self.rebalance.swap(Arc::new(CancellationToken::new()));
-        old.cancel();
-    }
-
-    /// The token a session waits on for rebalance requests, and whether `id` is targeted.
-    pub fn rebalance_token(&self) -> CancellationToken {
-        CancellationToken::clone(&self.rebalance.load())
-    }
-
-    pub fn is_rebalance_target(&self, id: u64) -> bool {
-        self.rebalance_target.load(SeqCst) == id + 1
+        let slot = (id as usize) % LIVE_SLOTS;
+        if self.live[slot].load(SeqCst) == id + 1 {
+            if let Some(token) = &*self.rebalance[slot].load() {
+                token.cancel();
+            }
+        }
     }
 }
 
@@ -250,7 +248,7 @@ mod tests {
     #[test]
     fn live_registry_finds_the_oldest() {
         let l = Lifecycle::new();
-        let ids: Vec<u64> = (0..5).map(|_| l.register()).collect();
+        let ids: Vec<u64> = (0..5).map(|_| l.register().0).collect();
         assert_eq!(l.oldest_live(), Some(0));
         l.unregister(ids[0]);
         l.unregister(ids[2]);
@@ -260,6 +258,19 @@ mod tests {
         l.unregister(ids[3]);
         l.unregister(ids[4]);
         assert_eq!(l.oldest_live(), None);
+    }
+
+    #[test]
+    fn a_rebalance_request_reaches_its_session_only() {
+        let l = Lifecycle::new();
+        let sessions: Vec<(u64, CancellationToken)> = (0..3).map(|_| l.register()).collect();
+        l.ask_to_close(sessions[1].0);
+        let asked: Vec<bool> = sessions.iter().map(|(_, t)| t.is_cancelled()).collect();
+        assert_eq!(asked, [false, true, false]);
+        // A session that already ended is not asked for (nor is whoever holds its slot).
+        l.unregister(sessions[2].0);
+        l.ask_to_close(sessions[2].0);
+        assert!(!sessions[2].1.is_cancelled());
     }
 
     #[test]

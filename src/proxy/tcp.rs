@@ -85,25 +85,16 @@ pub async fn serve(
         }
     }
     let lifecycle = &node.state.lifecycle;
-    let id = lifecycle.register();
+    let (id, rebalance) = lifecycle.register();
     let activity = Arc::new(Activity::new());
     let mut client = Watched::new(client, Arc::clone(&activity), Arc::clone(stats));
     // Control signals, gated so the per-read wake-ups don't poll them (see `gated`).
     let control = async {
         let close = lifecycle.session_close_token();
-        let rebalance = async {
-            loop {
-                let token = lifecycle.rebalance_token();
-                token.cancelled().await;
-                if lifecycle.is_rebalance_target(id) {
-                    return;
-                }
-            }
-        };
         tokio::select! {
             _ = plane.shutdown.force.cancelled() => End::Cut,
             _ = close.cancelled() => End::Deadline,
-            _ = rebalance => End::Rebalanced,
+            _ = rebalance.cancelled() => End::Rebalanced,
         }
     };
     let mut control = Gated::new(Box::pin(control));
