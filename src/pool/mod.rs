@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod affinity;
+pub mod attempts;
 mod lifecycle;
 mod node;
 mod pick;
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwapOption;
 
 pub use admin::{Admin, Effect, Record};
+pub use attempts::{Attempts, Strategy};
 pub use lifecycle::{warmup_factor, Lifecycle};
 pub use node::{unix_ms, Node, NodeState};
 pub use pick::Tried;

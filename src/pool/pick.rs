@@ -213,7 +213,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod warmup_tests {
+pub(crate) mod warmup_tests {
     use std::collections::HashMap;
     use std::time::Duration;
 
@@ -221,7 +221,7 @@ mod warmup_tests {
     use crate::metrics::Metrics;
     use crate::pool::{AdminState, Pool, Tried};
 
-    fn pool(balance: &str) -> Pool {
+    pub(crate) fn pool(balance: &str) -> Pool {
         let config = parse(&format!(
             "listeners: [ {{ name: l, listen: \"127.0.0.1:0\", protocol: tcp, pool: p }} ]\n\
              pools: [ {{ name: p, balance: {balance}, nodes: [ {{ name: a, addr: \"127.0.0.1:1\" }}, {{ name: b, addr: \"127.0.0.1:2\" }} ] }} ]\n"

@@ -18,7 +18,7 @@ use super::splice::{splice, Copied};
 use super::ListenerStats;
 use crate::config::AffinityMode;
 use crate::config::ListenerConfig;
-use crate::pool::{unix_ms, Pool, SessionGuard, SessionKind, Tried};
+use crate::pool::{unix_ms, Attempts, Pool, SessionGuard, SessionKind, Strategy, Tried};
 use crate::proxy::DataPlane;
 
 #[derive(Debug)]
@@ -41,30 +41,25 @@ pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
 ) {
-    let mut tried = Tried::default();
     // Source-address affinity: continue where the client has a session, else hash.
     let pinned = match pool.config.affinity.as_ref().map(|a| &a.mode) {
         Some(AffinityMode::SourceIp) => Some(pool.keys.address(peer.ip())),
         _ => None,
     };
-    let mut first = pinned.map(|c| {
-        pool.sticky(c, None, unix_ms())
-            .or_else(|| pool.hash_pick(c, tried))
-    });
+    let mut attempts = match pinned {
+        Some(c) => {
+            let first = pool
+                .sticky(c, None, unix_ms())
+                .or_else(|| pool.hash_pick(c, Tried::default()));
+            Attempts::new(&pool, Strategy::Hash(c), Some(first))
+        }
+        None => Attempts::new(&pool, Strategy::Balance, None),
+    };
     let (index, mut backend, _session) = loop {
-        let next = match (first.take(), pinned) {
-            (Some(pick), _) => pick,
-            (None, Some(c)) => pool.hash_pick(c, tried),
-            (None, None) => pool.pick(tried),
-        };
-        let Some(i) = next else {
+        let Some(i) = attempts.next_node() else {
             tracing::debug!(listener = %stats.name, %peer, pool = %pool.name, "no node can take the session: closing");
             return;
         };
-        if !tried.is_empty() {
-            pool.metrics.retries.inc();
-        }
-        tried.add(i);
         let session = SessionGuard::new(&pool.nodes[i].state, SessionKind::Tcp);
         if let Ok(stream) = connect_node(&pool, i, cfg.timeouts.connect).await {
             break (i, stream, session);

@@ -26,7 +26,7 @@ use super::sticky::Client;
 use super::tunnel;
 use super::upstream::{handshake, UpBody};
 use crate::config::Timeouts;
-use crate::pool::{AdminState, NodeState, Pool, SessionGuard, SessionKind, Tried};
+use crate::pool::{AdminState, Attempts, NodeState, Pool, SessionGuard, SessionKind, Strategy};
 use crate::proxy::activity::{Activity, InflightGuard};
 use crate::proxy::connect::connect_node;
 use crate::proxy::DataPlane;
@@ -207,21 +207,13 @@ async fn forward(
     } else {
         None
     };
-    let mut tried = Tried::default();
     let mut unreachable = false;
     let mut lost = false;
-    let mut first = client.as_ref().map(|c| c.first_pick(pool));
-    loop {
-        let next = match (first.take(), &client) {
-            (Some(pick), _) => pick,
-            (None, Some(c)) => c.next_pick(pool, tried),
-            (None, None) => pool.pick(tried),
-        };
-        let Some(i) = next else { break };
-        if !tried.is_empty() {
-            pool.metrics.retries.inc();
-        }
-        tried.add(i);
+    let mut attempts = match &client {
+        Some(c) => c.attempts(pool),
+        None => Attempts::new(pool, Strategy::Balance, None),
+    };
+    while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
         loop {

@@ -8,7 +8,7 @@ use http::{HeaderValue, Request, Response};
 
 use crate::config::AffinityMode;
 use crate::pool::affinity::{find_cookie, parse_cookie};
-use crate::pool::{unix_ms, Pool, Tried};
+use crate::pool::{unix_ms, Attempts, Pool, Strategy, Tried};
 
 /// An affinity client of one request. Built on every request to a pool with affinity, so
 /// it holds no heap data: the token is fixed-size, the cookie name stays in the config.
@@ -56,23 +56,25 @@ impl Client {
         })
     }
 
-    /// The node for the first attempt: where the client continues, else a fresh pick.
-    pub fn first_pick(&self, pool: &Pool) -> Option<usize> {
+    /// The nodes to try for this client: where it continues first, then fresh picks
+    /// (balanced for cookie clients, hashed for source-address ones).
+    pub fn attempts<'p>(&self, pool: &'p Pool) -> Attempts<'p> {
+        let strategy = if self.cookie {
+            Strategy::Balance
+        } else {
+            Strategy::Hash(self.key)
+        };
         let token = self
             .token
             .as_ref()
             .and_then(|t| std::str::from_utf8(t).ok());
-        pool.sticky(self.key, token, unix_ms())
-            .or_else(|| self.next_pick(pool, Tried::default()))
-    }
-
-    /// A pick after `tried` failed.
-    pub fn next_pick(&self, pool: &Pool, tried: Tried) -> Option<usize> {
-        if self.cookie {
-            pool.pick(tried)
-        } else {
-            pool.hash_pick(self.key, tried)
-        }
+        let first = pool
+            .sticky(self.key, token, unix_ms())
+            .or_else(|| match strategy {
+                Strategy::Balance => pool.pick(Tried::default()),
+                Strategy::Hash(key) => pool.hash_pick(key, Tried::default()),
+            });
+        Attempts::new(pool, strategy, Some(first))
     }
 
     /// Node `index` served the client: pin it there, and (re)issue the cookie if it changed.

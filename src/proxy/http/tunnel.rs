@@ -25,7 +25,7 @@ use super::headers::prepare_response;
 use super::upstream::{handshake, UpBody};
 use super::ws::{self, FrameTracker};
 use crate::config::Timeouts;
-use crate::pool::{Node, Pool, SessionGuard, SessionKind, Tried};
+use crate::pool::{Attempts, Node, Pool, SessionGuard, SessionKind, Strategy};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_node;
 use crate::proxy::gated::Gated;
@@ -79,12 +79,8 @@ pub async fn forward(
     req.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     req.headers_mut().insert(UPGRADE, upgrade);
-    let mut tried = Tried::default();
-    while let Some(i) = pool.pick(tried) {
-        if !tried.is_empty() {
-            pool.metrics.retries.inc();
-        }
-        tried.add(i);
+    let mut attempts = Attempts::new(pool, Strategy::Balance, None);
+    while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
         let Ok(stream) = connect_node(pool, i, timeouts.connect).await else {
