@@ -9,6 +9,7 @@ mod cluster;
 mod config_files;
 mod control;
 mod ctl;
+mod desync;
 mod drain;
 mod durable_affinity;
 mod faults;
