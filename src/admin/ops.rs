@@ -34,10 +34,24 @@ pub(super) fn target(app: &App, pool: &str, node: &str) -> Result<NodeRef, Admin
 /// The node JSON. In a cluster, `sessions` are summed over the live instances and
 /// `instances` lists each one's view (this one first); `lagging` names the instances that
 /// had not applied a write when it was answered.
-pub(super) fn node_answer(app: &App, t: &NodeRef, applied: Option<Applied>) -> serde_json::Value {
+#[derive(serde::Serialize)]
+pub(super) struct NodeAnswer {
+    #[serde(flatten)]
+    view: NodeView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instances: Option<Vec<InstanceNode>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lagging: Option<Vec<String>>,
+}
+
+pub(super) fn node_answer(app: &App, t: &NodeRef, applied: Option<Applied>) -> NodeAnswer {
     let mut view = NodeView::of(&t.node, &t.pool);
     let Some(cluster) = app.cluster() else {
-        return json!(view);
+        return NodeAnswer {
+            view,
+            instances: None,
+            lagging: None,
+        };
     };
     let mut instances = vec![InstanceNode {
         instance: cluster.instance().to_string(),
@@ -50,12 +64,11 @@ pub(super) fn node_answer(app: &App, t: &NodeRef, applied: Option<Applied>) -> s
         total.add(&i.sessions);
     }
     view.sessions = total;
-    let mut answer = json!(view);
-    answer["instances"] = json!(instances);
-    if let Some(applied) = applied {
-        answer["lagging"] = json!(applied.lagging);
+    NodeAnswer {
+        view,
+        instances: Some(instances),
+        lagging: applied.map(|a| a.lagging),
     }
-    answer
 }
 
 pub async fn drain(
