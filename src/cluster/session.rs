@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, WatchOptions,
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, KeyValue, PutOptions,
+    TlsOptions, WatchOptions,
 };
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 
 use super::store::{self, Key, Member, NodeOp};
 use super::{lock, Cluster, REQUEST_TIMEOUT};
+use crate::config::ClusterTls;
 use crate::control::NodeRef;
 use crate::lifecycle;
 
@@ -81,7 +83,7 @@ pub(super) async fn revoke(c: &Cluster) {
 }
 
 async fn connect(c: &Cluster) -> Result<Client> {
-    connect_to(&c.config.etcd).await
+    connect_to(&c.config.etcd, c.config.tls.as_ref()).await
 }
 
 /// Stores `own` as the cluster's affinity key unless etcd holds one, and returns etcd's.
@@ -90,7 +92,7 @@ pub(super) async fn shared_affinity_key(
     own: &str,
 ) -> Result<String> {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-    let mut client = connect_to(&config.etcd).await?;
+    let mut client = connect_to(&config.etcd, config.tls.as_ref()).await?;
     let key = super::store::Keys::new(&config.prefix).affinity_key();
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -111,13 +113,13 @@ pub(super) async fn shared_affinity_key(
 /// a linearizable read (so it is in touch with the quorum's leader). One endpoint per
 /// session: when its member goes, the session fails and the next one tries the others
 /// (tonic's balancing across endpoints keeps sending to a dead one).
-async fn connect_to(etcd: &[String]) -> Result<Client> {
+async fn connect_to(etcd: &[String], tls: Option<&ClusterTls>) -> Result<Client> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let first = NEXT.fetch_add(1, SeqCst);
     let mut errors = Vec::new();
     for i in 0..etcd.len() {
         let endpoint = &etcd[(first + i) % etcd.len()];
-        match connect_one(endpoint).await {
+        match connect_one(endpoint, tls).await {
             Ok(client) => {
                 NEXT.store((first + i) % etcd.len(), SeqCst);
                 return Ok(client);
@@ -128,13 +130,23 @@ async fn connect_to(etcd: &[String]) -> Result<Client> {
     Err(errors.join("; "))
 }
 
-async fn connect_one(endpoint: &str) -> Result<Client> {
-    let options = ConnectOptions::new()
+async fn connect_one(endpoint: &str, tls: Option<&ClusterTls>) -> Result<Client> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(1), REQUEST_TIMEOUT)
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
+    if let Some(tls) = tls {
+        let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca));
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &tls.server_name {
+            t = t.domain_name(name.clone());
+        }
+        options = options.with_tls(t);
+    }
     let mut client = timeout(REQUEST_TIMEOUT, Client::connect([endpoint], Some(options)))
         .await
         .map_err(|_| format!("{endpoint}: no answer within {REQUEST_TIMEOUT:?}"))?

@@ -30,6 +30,20 @@ pub struct RawCluster {
     pub prefix: Option<String>,
     pub instance: Option<String>,
     pub lease_ttl: Option<String>,
+    pub tls: Option<RawClusterTls>,
+}
+
+/// `cluster.tls:` TLS to etcd (https endpoints).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClusterTls {
+    /// CA that signed etcd's certificates (PEM).
+    pub ca: String,
+    /// Client certificate and key, when etcd checks clients (`--client-cert-auth`).
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// Name to verify etcd's certificate against (default: the endpoint's host).
+    pub server_name: Option<String>,
 }
 
 /// One entry of `listeners:`.

@@ -47,6 +47,17 @@ pub struct ClusterConfig {
     pub instance: String,
     /// An instance that stops renewing its lease leaves the cluster after this.
     pub lease_ttl: Duration,
+    /// TLS to etcd (`https://` endpoints), read when the config is loaded.
+    pub tls: Option<ClusterTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// PEM of the CA that signed etcd's certificates.
+    pub ca: Vec<u8>,
+    /// PEM certificate chain and key presented to etcd, if any.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]

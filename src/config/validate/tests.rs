@@ -131,10 +131,52 @@ fn cluster_defaults_and_mistakes() {
         "{errors:?}"
     );
     assert!(
-        errors[0].reason.contains("TLS to etcd is not supported"),
+        errors[0]
+            .reason
+            .contains("https:// endpoints need `cluster.tls`"),
         "{errors:?}"
     );
     assert!(errors[4].reason.contains("at least 2s"), "{errors:?}");
     let empty = parse(&with("{ etcd: [] }"));
     assert!(matches!(empty, Err(ConfigError::Invalid(e)) if e[0].path == "cluster.etcd"));
+}
+
+#[test]
+fn cluster_tls_files_are_read_and_endpoints_must_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let with = |cluster: String| format!("{GOOD}cluster: {cluster}\n");
+    let good = with(format!(
+        r#"{{ etcd: ["https://127.0.0.1:2379"], tls: {{ ca: "{}" }} }}"#,
+        ca.display()
+    ));
+    let c = parse(&good).expect("valid");
+    assert!(c
+        .cluster
+        .unwrap()
+        .tls
+        .unwrap()
+        .ca
+        .starts_with(b"-----BEGIN CERTIFICATE"));
+    let bad = with(format!(
+        r#"{{ etcd: ["http://127.0.0.1:2379"], tls: {{ ca: "{}", cert: "{}" }} }}"#,
+        dir.path().join("missing.pem").display(),
+        ca.display()
+    ));
+    let errors = match parse(&bad) {
+        Err(ConfigError::Invalid(e)) => e,
+        other => panic!("expected errors, got {other:?}"),
+    };
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["cluster.etcd[0]", "cluster.tls.ca"], "{errors:?}");
+    assert!(
+        errors[0].reason.contains("every endpoint is https://"),
+        "{errors:?}"
+    );
+    assert!(errors[1].reason.contains("cannot read"), "{errors:?}");
 }

@@ -6,6 +6,7 @@ mod drain;
 mod failures;
 mod rollout;
 mod takeover;
+mod tls;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
