@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use super::session::call;
-use super::{lock, Cluster, ClusterError, Drivers};
+use super::{lock, Cluster, ClusterError};
 
 /// Tries to become the driver of rollout `id` (when nobody is). Errors only when etcd does
 /// not answer.
@@ -161,11 +161,6 @@ impl Cluster {
             .await
             .map_err(ClusterError::Unavailable)?;
         Ok(())
-    }
-
-    /// Who drives which rollout, by this instance's view.
-    pub fn drivers_now(&self) -> Drivers {
-        self.drivers.borrow().clone()
     }
 
     /// This instance's term for rollout `id`, while it drives it.

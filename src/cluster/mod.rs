@@ -224,11 +224,6 @@ impl Cluster {
         self.members.subscribe()
     }
 
-    /// The affinity key etcd holds, if this instance has read one.
-    pub fn affinity_key(&self) -> Option<String> {
-        lock(&self.affinity_key).clone()
-    }
-
     pub fn view(&self) -> ClusterView {
         let members = self.members.borrow();
         ClusterView {

@@ -6,7 +6,6 @@
 //! write lands on, so two drains of a pair sent to two instances cannot both pass. A write
 //! that loses the race waits for the winner to be applied here and tries again.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
@@ -251,14 +250,6 @@ impl Cluster {
             .filter(|m| m.instance != self.config.instance)
             .filter(|m| !m.nodes.get(key).is_some_and(&check))
             .map(|m| m.instance.clone())
-            .collect()
-    }
-
-    /// Sessions summed per kind over the other live members' views of `key`.
-    pub fn sessions_elsewhere(&self, key: &str) -> BTreeMap<String, SessionCounts> {
-        self.instances(key)
-            .into_iter()
-            .map(|n| (n.instance, n.sessions))
             .collect()
     }
 }
