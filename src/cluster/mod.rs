@@ -10,12 +10,14 @@
 //! - [`ops`] writes drains and enables (a transaction conditioned on the pool's node keys,
 //!   so the pair guard holds across instances) and answers once every live member reports
 //!   the write's revision; and the cluster-wide `wait`.
+//! - [`apply`] applies what etcd holds: the whole state at a resync, then watched events.
 //! - [`election`] elects the one instance that drives each rollout (first the one that
 //!   started it), and fences its writes.
 //!
 //! Fail static: while etcd is unreachable an instance keeps its last state and serves with
 //! it; writes are refused ([`ClusterError::Unavailable`]) until it has resynced.
 
+mod apply;
 pub mod election;
 pub mod ops;
 mod session;

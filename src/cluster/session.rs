@@ -2,22 +2,19 @@
 //! something fails; then start again (with backoff) from a full resync. etcd-client does
 //! not reconnect watch or keep-alive streams by itself, so this loop is what does.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, KeyValue, PutOptions,
-    TlsOptions, WatchOptions,
+    Certificate, Client, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions, WatchOptions,
 };
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 
-use super::store::{self, Key, Member, NodeOp};
+use super::apply;
+use super::store::Member;
 use super::{lock, Cluster, REQUEST_TIMEOUT};
 use crate::config::ClusterTls;
-use crate::control::NodeRef;
-use crate::lifecycle;
 
 /// How often the member report is compared with what was published. Session counts are
 /// published at most every [`SESSIONS_EVERY`]; an applied revision at once.
@@ -86,26 +83,37 @@ async fn connect(c: &Cluster) -> Result<Client> {
     connect_to(&c.config.etcd, c.config.tls.as_ref()).await
 }
 
-/// Stores `own` as the cluster's affinity key unless etcd holds one, and returns etcd's.
+/// Stores `own` as the cluster's affinity key unless etcd holds one, and returns etcd's
+/// (at start, before the snapshot is built).
 pub(super) async fn shared_affinity_key(
     config: &crate::config::ClusterConfig,
     own: &str,
 ) -> Result<String> {
-    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
     let mut client = connect_to(&config.etcd, config.tls.as_ref()).await?;
     let key = super::store::Keys::new(&config.prefix).affinity_key();
+    store_affinity_key(&mut client, key, own).await
+}
+
+/// One transaction: `own` at `key` when there is none, else the value there.
+async fn store_affinity_key(client: &mut Client, key: String, own: &str) -> Result<String> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key.clone(), own, None)])
-        .or_else([TxnOp::get(key.clone(), None)]);
+        .or_else([TxnOp::get(key, None)]);
     let resp = call("storing the affinity key", client.txn(txn)).await?;
     if resp.succeeded() {
         return Ok(own.to_string());
     }
-    let got = call("reading the affinity key", client.get(key, None)).await?;
-    got.kvs()
-        .first()
-        .map(|kv| String::from_utf8_lossy(kv.value()).to_string())
+    resp.op_responses()
+        .into_iter()
+        .find_map(|r| match r {
+            TxnOpResponse::Get(got) => got
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).to_string()),
+            _ => None,
+        })
         .ok_or_else(|| "the affinity key vanished".to_string())
 }
 
@@ -193,7 +201,7 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
     )
     .await?;
     let revision = all.header().map_or(0, |h| h.revision());
-    let leaderless = resync(c, all.kvs(), revision);
+    let leaderless = apply::resync(c, all.kvs(), revision);
     offer_affinity_key(c, &mut client).await?;
     *lock(&c.client) = Some(client.clone());
     let mut published = c.member();
@@ -248,7 +256,7 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
                         resp.compact_revision()
                     ));
                 }
-                let seen = apply_events(c, resp.events());
+                let seen = apply::events(c, resp.events());
                 for id in &seen.leaderless {
                     super::election::campaign(c, &mut client, lease, id).await?;
                 }
@@ -295,217 +303,9 @@ async fn put_member(c: &Cluster, client: &mut Client, lease: i64, m: &Member) ->
     Ok(())
 }
 
-/// Stores this instance's affinity key when etcd has none, and reads the one it has.
+/// Stores this instance's affinity key when etcd has none, and notes the one it has.
 async fn offer_affinity_key(c: &Cluster, client: &mut Client) -> Result<()> {
-    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-    let key = c.keys.affinity_key();
-    let txn = Txn::new()
-        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(key.clone(), c.own_affinity_key.clone(), None)]);
-    call("storing the affinity key", client.txn(txn)).await?;
-    let got = call("reading the affinity key", client.get(key, None)).await?;
-    if let Some(kv) = got.kvs().first() {
-        note_affinity_key(c, kv.value());
-    }
+    let held = store_affinity_key(client, c.keys.affinity_key(), &c.own_affinity_key).await?;
+    apply::note_affinity_key(c, held.as_bytes());
     Ok(())
-}
-
-fn note_affinity_key(c: &Cluster, value: &[u8]) {
-    let text = String::from_utf8_lossy(value).to_string();
-    if crate::pool::affinity::Keys::parse_hex(&text).is_none() {
-        tracing::error!(key = %c.keys.affinity_key(), "cluster: the shared affinity key is not 32 hex digits; ignored");
-        return;
-    }
-    if text != c.own_affinity_key && lock(&c.affinity_key).as_deref() != Some(text.as_str()) {
-        tracing::warn!("cluster: etcd holds another affinity key than this instance uses (it started without etcd): cookies of other instances map to other nodes here until this instance restarts");
-    }
-    *lock(&c.affinity_key) = Some(text);
-}
-
-/// Applies the whole state read at `revision`. A node without a key is enabled: etcd's
-/// state is the truth, and an instance that was cut off converges to it. Returns the running
-/// rollouts that have no driver (to campaign for).
-fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) -> Vec<String> {
-    let mut members = BTreeMap::new();
-    let mut mirror = super::RolloutMirror::default();
-    let mut holders = BTreeMap::new();
-    let mut ops = std::collections::HashMap::new();
-    for kv in kvs {
-        match c.keys.parse(kv.key()) {
-            Key::Node(node) => {
-                ops.insert(node.to_string(), (kv.mod_revision(), kv.value().to_vec()));
-            }
-            Key::Member(name) => {
-                if let Some(m) = parse_member(c, name, kv.value()) {
-                    members.insert(name.to_string(), m);
-                }
-            }
-            Key::Rollout(id) => {
-                mirror.records.insert(id.to_string(), kv.value().to_vec());
-            }
-            Key::Abort(id) => {
-                mirror.aborts.insert(id.to_string());
-            }
-            Key::Driver(id) => {
-                holders.insert(
-                    id.to_string(),
-                    String::from_utf8_lossy(kv.value()).to_string(),
-                );
-            }
-            Key::AffinityKey => note_affinity_key(c, kv.value()),
-            Key::Other => {}
-        }
-    }
-    let snapshot = c.ctl.snapshot.load();
-    lock(&c.node_revs).clear();
-    for pool in &snapshot.pools {
-        for node in &pool.nodes {
-            let key = node.key();
-            let t = NodeRef {
-                pool: Arc::clone(pool),
-                node: Arc::clone(node),
-            };
-            match ops.remove(&key) {
-                Some((rev, value)) => apply_node(c, &t, rev, &value),
-                None => lifecycle::enable(&c.ctl, &t, None),
-            }
-        }
-    }
-    let leaderless = mirror
-        .records
-        .iter()
-        .filter(|(id, record)| store::running(record) && !holders.contains_key(*id))
-        .map(|(id, _)| id.clone())
-        .collect();
-    c.members.send_replace(members);
-    c.rollouts.send_replace(mirror);
-    c.drivers.send_replace(super::Drivers {
-        holders,
-        mine: BTreeMap::new(),
-    });
-    c.applied.send_replace(revision);
-    leaderless
-}
-
-/// What a batch of watched events asks of the session.
-#[derive(Default)]
-struct Seen {
-    /// Running rollouts whose driver key went: campaign.
-    leaderless: Vec<String>,
-    /// This instance's member key went away (a previous process of the same instance
-    /// revoked its lease after a takeover, say): publish again.
-    own_member_gone: bool,
-}
-
-/// Applies watched events in order.
-fn apply_events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
-    let mut seen = Seen::default();
-    let mut applied = None;
-    for ev in events {
-        let Some(kv) = ev.kv() else { continue };
-        let put = ev.event_type() == EventType::Put;
-        match c.keys.parse(kv.key()) {
-            Key::Node(node) => {
-                if let Some(t) = c.ctl.node_by_key(node) {
-                    if put {
-                        apply_node(c, &t, kv.mod_revision(), kv.value());
-                    } else {
-                        lifecycle::enable(&c.ctl, &t, None);
-                        lock(&c.node_revs).remove(node);
-                    }
-                }
-                applied = Some(kv.mod_revision());
-            }
-            Key::Member(name) => {
-                seen.own_member_gone |= !put && name == c.config.instance;
-                let m = if put {
-                    parse_member(c, name, kv.value())
-                } else {
-                    None
-                };
-                c.members.send_modify(|all| match m {
-                    Some(m) => {
-                        all.insert(name.to_string(), m);
-                    }
-                    None => {
-                        all.remove(name);
-                    }
-                });
-            }
-            Key::Rollout(id) => c.rollouts.send_modify(|r| {
-                if put {
-                    r.records.insert(id.to_string(), kv.value().to_vec());
-                } else {
-                    r.records.remove(id);
-                }
-            }),
-            Key::Abort(id) => c.rollouts.send_modify(|r| {
-                if put {
-                    r.aborts.insert(id.to_string());
-                } else {
-                    r.aborts.remove(id);
-                }
-            }),
-            Key::Driver(id) => {
-                let holder = put.then(|| String::from_utf8_lossy(kv.value()).to_string());
-                c.drivers.send_modify(|d| match &holder {
-                    Some(h) => {
-                        d.holders.insert(id.to_string(), h.clone());
-                    }
-                    None => {
-                        d.holders.remove(id);
-                        d.mine.remove(id);
-                    }
-                });
-                let running = c
-                    .rollouts
-                    .borrow()
-                    .records
-                    .get(id)
-                    .is_some_and(|r| store::running(r));
-                if holder.is_none() && running {
-                    seen.leaderless.push(id.to_string());
-                }
-            }
-            Key::AffinityKey if put => note_affinity_key(c, kv.value()),
-            _ => {}
-        }
-    }
-    if let Some(rev) = applied {
-        c.applied.send_modify(|a| *a = (*a).max(rev));
-    }
-    seen
-}
-
-fn parse_member(c: &Cluster, name: &str, value: &[u8]) -> Option<Member> {
-    match serde_json::from_slice::<Member>(value) {
-        Ok(m) if m.instance == name => Some(m),
-        Ok(m) => {
-            tracing::error!(key = %c.keys.member(name), instance = %m.instance, "cluster: a member record names another instance; ignored");
-            None
-        }
-        Err(e) => {
-            tracing::error!(key = %c.keys.member(name), error = %e, "cluster: a member record does not parse; ignored");
-            None
-        }
-    }
-}
-
-/// Applies one node's operation as etcd has it. The origin checked the pair guard against
-/// the whole pool's keys, so it is applied here without one.
-fn apply_node(c: &Cluster, t: &NodeRef, revision: i64, value: &[u8]) {
-    let key = t.node.key();
-    match serde_json::from_slice::<NodeOp>(value)
-        .map_err(|e| e.to_string())
-        .and_then(|op| op.check().map(|()| op))
-    {
-        Ok(NodeOp::Drain { deadline_ms, .. }) => lifecycle::drain_until(&c.ctl, t, deadline_ms),
-        Ok(NodeOp::Enable { warmup, .. }) => lifecycle::enable(&c.ctl, t, Some(warmup)),
-        Err(e) => {
-            tracing::error!(key = %c.keys.node(&key), error = %e, "cluster: a node operation does not parse or is out of range; ignored");
-        }
-    }
-    // Only now: a write that reads this revision must also see the state it brought (the
-    // pair guard is checked against the state, the write conditioned on the revision).
-    lock(&c.node_revs).insert(key, revision);
 }

@@ -6,6 +6,7 @@
 mod hook;
 mod run;
 pub mod shared;
+mod wait;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};

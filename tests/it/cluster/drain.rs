@@ -11,16 +11,10 @@ use crate::affinity::Browser;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_on_one_instance_holds_on_every_instance_when_it_returns() {
-    let Some(Pair {
-        one,
-        two,
-        a,
-        b,
-        etcd: _etcd,
-    }) = Pair::start("strong-drain", Options::default()).await
-    else {
+    let Some(pair) = Pair::start("strong-drain", Options::default()).await else {
         return;
     };
+    let Pair { one, two, a, b, .. } = &pair;
     let (_, view) = one.call(Method::GET, "/v1/cluster", None).await;
     assert_eq!(member_names(&view), ["lb-1", "lb-2"], "{view}");
     assert_eq!(view["connected"], true);
@@ -66,16 +60,10 @@ async fn a_drain_on_one_instance_holds_on_every_instance_when_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_on_one_instance_counts_the_sessions_of_the_other() {
-    let Some(Pair {
-        one,
-        two,
-        etcd: _etcd,
-        a: _a,
-        b: _b,
-    }) = Pair::start("cluster-wait", Options::default()).await
-    else {
+    let Some(pair) = Pair::start("cluster-wait", Options::default()).await else {
         return;
     };
+    let Pair { one, two, .. } = &pair;
     // One TCP session through instance 1; drain the node it landed on, from instance 2.
     let mut session = echo_session_from(1, one.tcp).await;
     let busy = if one.node("echo", "a").await["sessions"]["tcp"] == 1 {
@@ -143,16 +131,10 @@ async fn a_cookie_issued_by_one_instance_reaches_the_same_node_through_the_other
         affinity: true,
         ..Options::default()
     };
-    let Some(Pair {
-        one,
-        two,
-        etcd: _etcd,
-        a: _a,
-        b: _b,
-    }) = Pair::start("cookie", affinity).await
-    else {
+    let Some(pair) = Pair::start("cookie", affinity).await else {
         return;
     };
+    let Pair { one, two, .. } = &pair;
     for _ in 0..4 {
         let mut browser = Browser::new();
         let first = browser.get(&one.web).await;
@@ -165,16 +147,10 @@ async fn a_cookie_issued_by_one_instance_reaches_the_same_node_through_the_other
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_drains_of_a_pair_sent_to_two_instances_cannot_both_pass() {
-    let Some(Pair {
-        one,
-        two,
-        etcd: _etcd,
-        a: _a,
-        b: _b,
-    }) = Pair::start("guard-race", Options::default()).await
-    else {
+    let Some(pair) = Pair::start("guard-race", Options::default()).await else {
         return;
     };
+    let Pair { one, two, .. } = &pair;
     for round in 0..20 {
         let (first, second) = tokio::join!(
             one.call(Method::POST, "/v1/pools/web/nodes/a/drain", None),
@@ -209,16 +185,10 @@ async fn a_drain_names_the_instances_that_did_not_apply_it_within_2s() {
         lease_ttl: Some("30s"),
         ..Options::default()
     };
-    let Some(Pair {
-        one,
-        two,
-        etcd: _etcd,
-        a: _a,
-        b: _b,
-    }) = Pair::start("lagging", long_lease).await
-    else {
+    let Some(pair) = Pair::start("lagging", long_lease).await else {
         return;
     };
+    let Pair { one, two, .. } = &pair;
     signal(&two.h, "STOP");
     let started = tokio::time::Instant::now();
     let (status, view) = one

@@ -9,20 +9,14 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_gone_instances_serve_on_and_refuse_writes_until_it_is_back() {
-    let Some(Pair {
-        mut etcd,
-        one,
-        two,
-        a: _a,
-        b: _b,
-    }) = Pair::start("fail-static", Options::default()).await
-    else {
+    let Some(mut pair) = Pair::start("fail-static", Options::default()).await else {
         return;
     };
+    let Pair { etcd, one, two, .. } = &mut pair;
 
     // One member down: the other two are a quorum, and drains work as before.
     etcd.stop(2);
-    let (status, view) = write_once_reconnected(&two, "/v1/pools/web/nodes/b/drain").await;
+    let (status, view) = write_once_reconnected(two, "/v1/pools/web/nodes/b/drain").await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(one.node("web", "b").await["state"], "drained");
     let (status, view) = one
@@ -89,20 +83,14 @@ async fn an_instance_cut_off_from_etcd_converges_when_it_comes_back() {
         lb2_through: Some(2),
         ..Options::default()
     };
-    let Some(Pair {
-        mut etcd,
-        one,
-        two,
-        a: _a,
-        b: _b,
-    }) = Pair::start("partition", cut_off).await
-    else {
+    let Some(mut pair) = Pair::start("partition", cut_off).await else {
         return;
     };
+    let Pair { etcd, one, two, .. } = &mut pair;
     etcd.stop(2);
     two.wait_connected(false).await;
     // lb-1 drains a while lb-2 cannot hear it (lb-2's lease runs out: it is not waited for).
-    let (status, view) = write_once_reconnected(&one, "/v1/pools/web/nodes/a/drain").await;
+    let (status, view) = write_once_reconnected(one, "/v1/pools/web/nodes/a/drain").await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(
         two.node("web", "a").await["state"],
@@ -126,16 +114,10 @@ async fn an_instance_cut_off_from_etcd_converges_when_it_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_in_etcd_is_ignored_and_changes_nothing() {
-    let Some(Pair {
-        etcd,
-        one,
-        two,
-        a: _a,
-        b: _b,
-    }) = Pair::start("garbage", Options::default()).await
-    else {
+    let Some(pair) = Pair::start("garbage", Options::default()).await else {
         return;
     };
+    let Pair { etcd, one, two, .. } = &pair;
     let (_, view) = one.call(Method::GET, "/v1/cluster", None).await;
     let prefix = view["prefix"].as_str().unwrap().to_string();
     let mut client = etcd_client::Client::connect(etcd.endpoints(), None)

@@ -31,19 +31,13 @@ async fn start_rollout(at: &Instance) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_instance_finishes_a_rollout_whose_driver_was_killed() {
-    let Some(Pair {
-        mut one,
-        two,
-        a,
-        b,
-        etcd: _etcd,
-    }) = Pair::start("driver-killed", Options::default()).await
-    else {
+    let Some(mut pair) = Pair::start("driver-killed", Options::default()).await else {
         return;
     };
+    let Pair { one, two, a, b, .. } = &mut pair;
     let load = Load::start(two.web.clone(), 2, Duration::from_secs(60));
     // Started on lb-1: lb-1 drives it.
-    let id = start_rollout(&one).await;
+    let id = start_rollout(one).await;
     two.wait_driver(&id, "lb-1").await;
     // Instance 2 shows the rollout the driver runs, up to the wait for a's upgrade; the
     // driver moved on only once a was drained on every instance.
@@ -93,18 +87,12 @@ async fn another_instance_finishes_a_rollout_whose_driver_was_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_driver_that_wakes_up_after_its_term_changes_nothing() {
-    let Some(Pair {
-        one,
-        two,
-        a,
-        b,
-        etcd: _etcd,
-    }) = Pair::start("driver-stalled", Options::default()).await
-    else {
+    let Some(pair) = Pair::start("driver-stalled", Options::default()).await else {
         return;
     };
+    let Pair { one, two, a, b, .. } = &pair;
     // Started on lb-1, so driven by lb-1; lb-2 shows it.
-    let id = start_rollout(&one).await;
+    let id = start_rollout(one).await;
     two.wait_driver(&id, "lb-1").await;
     two.rollout_until(&id, WAIT, |r| r["phase"] == "waiting_upgrade")
         .await;
@@ -157,17 +145,11 @@ async fn a_stalled_driver_that_wakes_up_after_its_term_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_sent_to_another_instance_stops_the_rollout() {
-    let Some(Pair {
-        one,
-        two,
-        etcd: _etcd,
-        a: _a,
-        b: _b,
-    }) = Pair::start("abort", Options::default()).await
-    else {
+    let Some(pair) = Pair::start("abort", Options::default()).await else {
         return;
     };
-    let id = start_rollout(&one).await;
+    let Pair { one, two, .. } = &pair;
+    let id = start_rollout(one).await;
     two.rollout_until(&id, WAIT, |r| r["phase"] == "waiting_upgrade")
         .await;
     let (status, view) = two
