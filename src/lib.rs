@@ -13,6 +13,7 @@
 //! - [`admin`]: the admin HTTP API; [`metrics`]: Prometheus families.
 //! - [`shutdown`]: token tree, task tracker, lifecycle phase.
 //! - [`cli`]: `run`, `check`, `demo`, `ctl`.
+//! - [`gated`]: a future polled only when its own waker fired (control signals in I/O loops).
 //! - [`time`]: Unix milliseconds, total RFC 3339, checked deadline arithmetic.
 //! - [`upgrade`]: self-upgrade: sockets and runtime state handed to a new process (the one
 //!   module with `unsafe`, for SCM_RIGHTS, is `upgrade::fds`).
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod gated;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;

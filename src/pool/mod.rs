@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod affinity;
 pub mod attempts;
+mod idle;
 mod lifecycle;
 mod node;
 mod pick;
@@ -26,7 +27,7 @@ pub use state::{AdminState, Health};
 
 use crate::config::{Balance, HealthConfig, PoolConfig};
 use crate::metrics::{Metrics, NodeMetrics, PoolMetrics};
-use crate::proxy::http::upstream::IdleConns;
+pub use idle::{CloseWatch, IdleConns, Upstream};
 
 /// A pool as one snapshot sees it. Rebuilt on reload; node states carry over.
 pub struct Pool {

@@ -19,10 +19,10 @@ use super::admin::{Admin, Record};
 use super::affinity::AffinityTable;
 use super::lifecycle::Lifecycle;
 use super::state::{next_health, AdminState, Health};
+use super::IdleConns;
 use super::SessionKind;
 use crate::config::HealthConfig;
 use crate::metrics::NodeMetrics;
-use crate::proxy::http::upstream::IdleConns;
 pub use crate::time::unix_ms;
 
 /// A node as the current snapshot sees it.

@@ -172,6 +172,10 @@ impl<S> Watched<S> {
         }
     }
 
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }

@@ -7,14 +7,16 @@
 
 pub mod activity;
 mod connect;
-pub mod gated;
+pub mod h1;
 pub mod http;
 #[cfg(target_os = "linux")]
 mod pipe;
 pub mod proxy_protocol;
 mod splice;
+pub mod sticky;
 pub mod tcp;
 pub mod tls;
+pub mod ws;
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::metrics::ListenerMetrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{ListenerRoutes, Target};
 use activity::{Activity, Watched};
+use http::ConnCtx;
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
@@ -62,17 +65,6 @@ impl ListenerStats {
 /// Holds one slot of a listener's connection limit.
 pub(crate) struct ConnSlot(Arc<ListenerStats>);
 
-impl ConnSlot {
-    /// One more slot for what continues a connection past its HTTP task (an upgraded
-    /// tunnel): taken while the connection still holds its own, so the count never dips and
-    /// tunnels count toward `max_connections` like the connections they came from.
-    pub(crate) fn continuing(stats: &Arc<ListenerStats>) -> ConnSlot {
-        stats.active.fetch_add(1, Relaxed);
-        stats.metrics.active.inc();
-        ConnSlot(Arc::clone(stats))
-    }
-}
-
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
@@ -94,16 +86,8 @@ async fn serve_http(
     let timeouts = routes.config.timeouts;
     match (&routes.config.tls, &routes.tls) {
         (None, _) => {
-            http::serve(
-                plane,
-                Arc::clone(stats),
-                timeouts,
-                watched,
-                activity,
-                peer,
-                "http",
-            )
-            .await
+            let ctx = ConnCtx::new(plane, Arc::clone(stats), peer, activity, "http");
+            h1::serve(ctx, timeouts, watched, false).await
         }
         (Some(_), Some(acceptor)) => {
             // Boxed: the TLS state is twice the size of a plain connection's, and every
@@ -111,16 +95,9 @@ async fn serve_http(
             Box::pin(async move {
                 match tokio::time::timeout(timeouts.header_read, acceptor.accept(watched)).await {
                     Ok(Ok(tls)) => {
-                        http::serve(
-                            plane,
-                            Arc::clone(stats),
-                            timeouts,
-                            tls,
-                            activity,
-                            peer,
-                            "https",
-                        )
-                        .await
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let ctx = ConnCtx::new(plane, Arc::clone(stats), peer, activity, "https");
+                        h1::serve(ctx, timeouts, tls, h2).await
                     }
                     Ok(Err(e)) => {
                         stats.metrics.tls_failures.inc();

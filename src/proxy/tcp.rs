@@ -12,12 +12,12 @@ use tokio::time::{sleep_until, Instant};
 
 use super::activity::{Activity, Verdict, Watched};
 use super::connect::connect_node;
-use super::gated::Gated;
 use super::proxy_protocol;
 use super::splice::{splice, Copied};
 use super::ListenerStats;
 use crate::config::AffinityMode;
 use crate::config::ListenerConfig;
+use crate::gated::Gated;
 use crate::pool::{unix_ms, Attempts, Pool, SessionGuard, SessionKind, Strategy, Tried};
 use crate::proxy::DataPlane;
 

@@ -1,9 +1,8 @@
-//! The response body handoff sends to clients: a backend's body passed through (which, when
-//! it ends cleanly, returns the upstream connection to the node's pool and ends the session),
-//! or a short local body for responses handoff makes itself.
+//! The response body handoff sends to HTTP/2 clients: a backend's body passed through (its
+//! end ends the session and closes the upstream connection), or a short local body for
+//! responses handoff makes itself.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,7 +10,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::upstream::Sender;
-use crate::pool::{Node, SessionGuard};
+use crate::pool::SessionGuard;
 use crate::proxy::activity::InflightGuard;
 
 pub enum ProxyBody {
@@ -26,8 +25,7 @@ pub struct Upstream {
 }
 
 struct Finish {
-    node: Arc<Node>,
-    sender: Sender,
+    _sender: Sender,
     _session: SessionGuard,
     _inflight: InflightGuard,
 }
@@ -35,7 +33,6 @@ struct Finish {
 impl Upstream {
     pub fn new(
         body: Incoming,
-        node: Arc<Node>,
         sender: Sender,
         session: SessionGuard,
         inflight: InflightGuard,
@@ -43,29 +40,22 @@ impl Upstream {
         Upstream {
             body,
             finish: Some(Finish {
-                node,
-                sender,
+                _sender: sender,
                 _session: session,
                 _inflight: inflight,
             }),
         }
     }
 
-    /// Releases the session; the connection goes back to the pool only after a clean end.
-    fn release(&mut self, clean: bool) {
-        if let Some(f) = self.finish.take() {
-            if clean {
-                f.node.idle.put(f.sender);
-            }
-        }
+    /// Releases the session and the connection.
+    fn release(&mut self) {
+        self.finish.take();
     }
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        // Bodies that are empty from the start (HEAD, 204, 304) are never polled.
-        let clean = self.body.is_end_stream();
-        self.release(clean);
+        self.release();
     }
 }
 
@@ -82,9 +72,8 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(up) => {
                 let polled = Pin::new(&mut up.body).poll_frame(cx);
                 match &polled {
-                    Poll::Ready(None) => up.release(true),
-                    Poll::Ready(Some(Err(_))) => up.release(false),
-                    Poll::Ready(Some(Ok(_))) if up.body.is_end_stream() => up.release(true),
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => up.release(),
+                    Poll::Ready(Some(Ok(_))) if up.body.is_end_stream() => up.release(),
                     _ => {}
                 }
                 polled

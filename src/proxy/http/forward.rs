@@ -1,15 +1,14 @@
-//! One HTTP request: route it, pick a node, send it over a pooled (or new) upstream
+//! One HTTP/2 request: route it, pick a node, send it over a new HTTP/1.1 upstream
 //! connection, and stream the response back.
 //!
 //! Failures before a response are retried on another node: always when the request never
-//! left (connect failed, or a stale pooled connection handed it back unsent); and once for
+//! left (connect failed); and once for
 //! idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) when the connection died
 //! after sending (a backend crash or restart racing the request). Their bodies, up to
 //! 64 KiB, are buffered so they can be sent again verbatim; other methods are never sent
 //! twice.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,35 +21,18 @@ use tokio::time::{timeout, Instant};
 
 use super::body::{local, ProxyBody, Upstream};
 use super::headers::{prepare_request, prepare_response, request_host};
-use super::sticky::Client;
-use super::tunnel;
 use super::upstream::{handshake, UpBody};
+use super::ConnCtx;
 use crate::config::Timeouts;
 use crate::pool::{AdminState, Attempts, NodeState, Pool, SessionGuard, SessionKind, Strategy};
-use crate::proxy::activity::{Activity, InflightGuard};
+use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_node;
-use crate::proxy::DataPlane;
-use crate::proxy::ListenerStats;
+use crate::proxy::sticky::Client;
 use arc_swap::ArcSwapOption;
-
-/// What every request on one client connection shares.
-pub struct ConnCtx {
-    pub plane: Arc<DataPlane>,
-    pub listener: Arc<ListenerStats>,
-    pub peer: SocketAddr,
-    /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
-    pub forwarded_for: HeaderValue,
-    pub activity: Arc<Activity>,
-    /// `http` or `https`, for `X-Forwarded-Proto`.
-    pub proto: &'static str,
-    /// The node that answered the last request: when its drain deadline passes, this client
-    /// connection closes gracefully (GOAWAY, or `Connection: close`) and reconnects.
-    pub served_by: ArcSwapOption<NodeState>,
-}
 
 pub async fn handle(
     ctx: Arc<ConnCtx>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let inflight = InflightGuard::new(&ctx.activity);
     if req.version() == Version::HTTP_2 {
@@ -79,41 +61,34 @@ pub async fn handle(
         }
     };
     let started = Instant::now();
-    let resp = match tunnel::requested(&req) {
-        Some(value) => {
-            let client = hyper::upgrade::on(&mut req);
-            let mut req = req.map(UpBody::Client);
+    let resp = match buffer_for_replay(req, timeouts.response).await {
+        Ok(mut req) => {
+            let keep_alive_h1 = req.version() < Version::HTTP_2;
             prepare_request(&mut req, &ctx.forwarded_for, ctx.proto);
-            let listener = &ctx.listener;
-            tunnel::forward(
-                &ctx.plane, listener, &pool, req, client, value, timeouts, inflight,
+            let cookies = req
+                .headers()
+                .get_all(http::header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes());
+            let client = Client::identify(&pool, cookies, ctx.peer.ip());
+            let mut resp = forward(
+                &pool,
+                req,
+                timeouts,
+                inflight,
+                client,
+                keep_alive_h1,
+                &ctx.served_by,
             )
-            .await
-        }
-        None => match buffer_for_replay(req, timeouts.response).await {
-            Ok(mut req) => {
-                let keep_alive_h1 = req.version() < Version::HTTP_2;
-                prepare_request(&mut req, &ctx.forwarded_for, ctx.proto);
-                let client = Client::identify(&pool, &req, ctx.peer.ip());
-                let mut resp = forward(
-                    &pool,
-                    req,
-                    timeouts,
-                    inflight,
-                    client,
-                    keep_alive_h1,
-                    &ctx.served_by,
-                )
-                .await;
-                if keep_alive_h1 && ctx.plane.shutdown.is_retired() {
-                    // A new process took over: the client reconnects, and reaches it.
-                    resp.headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                resp
+            .await;
+            if keep_alive_h1 && ctx.plane.shutdown.is_retired() {
+                // A new process took over: the client reconnects, and reaches it.
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Err(refused) => refused,
-        },
+            resp
+        }
+        Err(refused) => refused,
     };
     pool.metrics
         .request_duration
@@ -216,86 +191,81 @@ async fn forward(
     while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
-        loop {
-            let (mut sender, pooled) = match node.idle.take().await {
-                Some(sender) => (sender, true),
-                None => match connect_node(pool, i, timeouts.connect).await {
-                    Ok(stream) => match handshake(stream, node).await {
-                        Ok(sender) => (sender, false),
-                        Err(_) => {
-                            unreachable = true;
-                            break;
-                        }
-                    },
-                    Err(_) => {
-                        unreachable = true;
-                        break;
-                    }
-                },
-            };
-            match timeout(timeouts.response, sender.try_send_request(req)).await {
+        let mut sender = match connect_node(pool, i, timeouts.connect).await {
+            Ok(stream) => match handshake(stream, node).await {
+                Ok(sender) => sender,
                 Err(_) => {
-                    node.state.metrics.response(504);
-                    tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
-                    return local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the backend did not answer in time",
-                    );
+                    unreachable = true;
+                    continue;
                 }
-                Ok(Ok(mut resp)) => {
-                    node.state.metrics.response(resp.status().as_u16());
-                    prepare_response(&mut resp);
-                    if let Some(c) = &client {
-                        c.served(pool, i, &mut resp);
-                    }
-                    // Refcount traffic only when the node changes.
-                    if !served_by
-                        .load()
-                        .as_ref()
-                        .is_some_and(|n| Arc::ptr_eq(n, &node.state))
-                    {
-                        served_by.store(Some(Arc::clone(&node.state)));
-                    }
-                    if keep_alive_h1 && node.state.admin() == AdminState::Draining {
-                        // A client still served by a draining node (an affinity
-                        // continuation) reconnects for its next request and picks anew.
-                        resp.headers_mut()
-                            .insert(CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    let node = Arc::clone(node);
-                    return resp.map(|body| {
-                        ProxyBody::Upstream(Upstream::new(body, node, sender, session, inflight))
-                    });
-                }
-                Ok(Err(mut e)) => match e.take_message() {
-                    // Never written: the connection was already closing. A pooled one is
-                    // simply stale; a fresh one failing means the node is in trouble.
-                    Some(back) => {
-                        req = back;
-                        if !pooled {
-                            unreachable = true;
-                            break;
-                        }
-                    }
-                    None => {
-                        tracing::info!(node = %node.key(), error = %e.error(), "backend failed before answering");
-                        match replay.take() {
-                            Some((head, body)) => {
-                                req = Request::from_parts(head, UpBody::Buffered(body));
-                                lost = true;
-                                break;
-                            }
-                            None => {
-                                node.state.metrics.response(502);
-                                return local(
-                                    StatusCode::BAD_GATEWAY,
-                                    "the backend closed the connection before answering",
-                                );
-                            }
-                        }
-                    }
-                },
+            },
+            Err(_) => {
+                unreachable = true;
+                continue;
             }
+        };
+        match timeout(timeouts.response, sender.try_send_request(req)).await {
+            Err(_) => {
+                node.state.metrics.response(504);
+                tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
+                return local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the backend did not answer in time",
+                );
+            }
+            Ok(Ok(mut resp)) => {
+                node.state.metrics.response(resp.status().as_u16());
+                prepare_response(&mut resp);
+                if let Some(cookie) = client
+                    .as_ref()
+                    .and_then(|c| c.served(pool, i))
+                    .and_then(|c| HeaderValue::try_from(c).ok())
+                {
+                    resp.headers_mut().append(http::header::SET_COOKIE, cookie);
+                }
+                // Refcount traffic only when the node changes.
+                if !served_by
+                    .load()
+                    .as_ref()
+                    .is_some_and(|n| Arc::ptr_eq(n, &node.state))
+                {
+                    served_by.store(Some(Arc::clone(&node.state)));
+                }
+                if keep_alive_h1 && node.state.admin() == AdminState::Draining {
+                    // A client still served by a draining node (an affinity
+                    // continuation) reconnects for its next request and picks anew.
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                return resp.map(|body| {
+                    ProxyBody::Upstream(Upstream::new(body, sender, session, inflight))
+                });
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                // Never written: a fresh connection failing means the node is in trouble.
+                Some(back) => {
+                    req = back;
+                    unreachable = true;
+                    continue;
+                }
+                None => {
+                    tracing::info!(node = %node.key(), error = %e.error(), "backend failed before answering");
+                    match replay.take() {
+                        Some((head, body)) => {
+                            req = Request::from_parts(head, UpBody::Buffered(body));
+                            lost = true;
+                            continue;
+                        }
+                        None => {
+                            node.state.metrics.response(502);
+                            return local(
+                                StatusCode::BAD_GATEWAY,
+                                "the backend closed the connection before answering",
+                            );
+                        }
+                    }
+                }
+            },
         }
     }
     let (status, reason) = if lost {

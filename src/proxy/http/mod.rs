@@ -1,78 +1,94 @@
-//! HTTP proxying: one hyper server connection per client (HTTP/1.1, or HTTP/2 with prior
-//! knowledge), a request handler in [`forward`], pooled upstream connections in
-//! [`upstream`], header rewriting in [`headers`], and the response body in [`body`].
+//! HTTP/2 from clients (with prior knowledge, or `h2` by ALPN): one hyper HTTP/2 server
+//! connection per client, a request handler in [`forward`] that sends each request to a
+//! node over HTTP/1.1 ([`upstream`]), header rewriting in [`headers`], and the response body
+//! in [`body`]. HTTP/1.x clients take handoff's own path, [`crate::proxy::h1`].
 //!
-//! Per connection, one watchdog timer enforces the idle and header-read timeouts (see
-//! [`crate::proxy::activity`]); on drain the connection is closed gracefully (in-flight
-//! requests finish, keep-alive stops), and on force it is cut.
+//! Per connection, one watchdog timer enforces the idle timeout (see
+//! [`crate::proxy::activity`]); on drain the connection gets GOAWAY (in-flight streams
+//! finish), and on force it is cut.
 
 pub mod body;
 mod forward;
 pub mod headers;
-mod sticky;
-mod tunnel;
 pub mod upstream;
-pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 
 use super::activity::{Activity, Verdict};
-use super::gated::Gated;
 use super::ListenerStats;
 use crate::config::Timeouts;
+use crate::gated::Gated;
+use crate::pool::NodeState;
 use crate::proxy::DataPlane;
-use forward::ConnCtx;
-
-/// Largest request head accepted (HTTP/1.1); a larger one is answered 431. NGINX allows
-/// 4 × 8 KiB by default, HAProxy 16 KiB; 64 KiB leaves room for big cookies.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// After asking an idle connection to close, when to look at it again.
 const RECHECK_AFTER_CLOSE: Duration = Duration::from_secs(1);
 
-/// Serves one client connection. `io` is the (watched) client stream, plain or TLS; `proto`
-/// is what `X-Forwarded-Proto` says.
-pub async fn serve<I>(
-    plane: Arc<DataPlane>,
-    stats: Arc<ListenerStats>,
-    timeouts: Timeouts,
-    io: I,
-    activity: Arc<Activity>,
-    peer: SocketAddr,
-    proto: &'static str,
-) where
+/// What every request on one client connection shares.
+pub struct ConnCtx {
+    pub plane: Arc<DataPlane>,
+    pub listener: Arc<ListenerStats>,
+    pub peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
+    pub forwarded_for: HeaderValue,
+    pub activity: Arc<Activity>,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    /// The node that answered the last request: when its drain deadline passes, this client
+    /// connection closes gracefully (GOAWAY, or `Connection: close`) and reconnects.
+    pub served_by: ArcSwapOption<NodeState>,
+}
+
+impl ConnCtx {
+    pub fn new(
+        plane: Arc<DataPlane>,
+        listener: Arc<ListenerStats>,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+        proto: &'static str,
+    ) -> Self {
+        ConnCtx {
+            plane,
+            listener,
+            peer,
+            forwarded_for: headers::forwarded_for(peer.ip()),
+            activity,
+            proto,
+            served_by: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Whether the node that served the last request has passed its drain deadline.
+    pub fn served_by_closed(&self) -> bool {
+        self.served_by
+            .load()
+            .as_ref()
+            .is_some_and(|n| n.lifecycle.deadline_passed())
+    }
+}
+
+/// Serves one HTTP/2 client connection (`io` has the connection preface still to read).
+pub async fn serve_h2<I>(ctx: Arc<ConnCtx>, timeouts: Timeouts, io: I)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(io);
-    let ctx = Arc::new(ConnCtx {
-        plane: Arc::clone(&plane),
-        listener: stats,
-        peer,
-        forwarded_for: headers::forwarded_for(peer.ip()),
-        activity: Arc::clone(&activity),
-        proto,
-        served_by: ArcSwapOption::empty(),
-    });
+    let activity = Arc::clone(&ctx.activity);
+    activity.set_h2();
+    let plane = Arc::clone(&ctx.plane);
+    let peer = ctx.peer;
     let watch = Arc::clone(&ctx);
     let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // handoff's own watchdog enforces header-read and idle timeouts (hyper's header timer
-    // would also cut idle keep-alive connections at the header-read timeout).
-    builder
-        .http1()
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_buf_size(MAX_HEADER_BYTES);
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`
     // is the parent of `drain`, so `drain` always fires first.
@@ -82,23 +98,14 @@ pub async fn serve<I>(
     let mut force = None;
     let mut closing = false;
     loop {
-        // Checked at every watchdog tick (at least every quarter of the header-read timeout).
-        if !closing
-            && watch
-                .served_by
-                .load()
-                .as_ref()
-                .is_some_and(|n| n.lifecycle.deadline_passed())
-        {
+        // Checked at every watchdog tick.
+        if !closing && watch.served_by_closed() {
             conn.as_mut().graceful_shutdown();
             closing = true;
         }
         let next = match activity.verdict(timeouts.idle, Some(timeouts.header_read)) {
             Verdict::CheckAt(at) => at,
-            Verdict::SlowHead => {
-                tracing::debug!(%peer, "request head not received within the header-read timeout: closing");
-                break;
-            }
+            Verdict::SlowHead => break,
             Verdict::Idle => {
                 if !closing {
                     conn.as_mut().graceful_shutdown();
@@ -115,11 +122,10 @@ pub async fn serve<I>(
                 break;
             }
             _ = sleep_until(next) => {}
+            // Replaced by a new process, or draining: GOAWAY now (in-flight streams finish).
             _ = &mut retire, if !retired => {
-                // Replaced by a new process: HTTP/2 clients get GOAWAY now (in-flight streams
-                // finish); HTTP/1.1 clients get `Connection: close` on their next response.
                 retired = true;
-                if activity.is_h2() && !closing {
+                if !closing {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }

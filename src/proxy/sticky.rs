@@ -3,9 +3,6 @@
 
 use std::net::IpAddr;
 
-use http::header::{COOKIE, SET_COOKIE};
-use http::{HeaderValue, Request, Response};
-
 use crate::config::AffinityMode;
 use crate::pool::affinity::{find_cookie, parse_cookie};
 use crate::pool::{unix_ms, Attempts, Pool, Strategy, Tried};
@@ -21,8 +18,12 @@ pub struct Client {
 }
 
 impl Client {
-    /// Identifies the client, for pools with affinity.
-    pub fn identify<B>(pool: &Pool, req: &Request<B>, ip: IpAddr) -> Option<Client> {
+    /// Identifies the client, for pools with affinity, from its `Cookie` field values.
+    pub fn identify<'a>(
+        pool: &Pool,
+        mut cookies: impl Iterator<Item = &'a [u8]>,
+        ip: IpAddr,
+    ) -> Option<Client> {
         let affinity = pool.config.affinity.as_ref()?;
         Some(match &affinity.mode {
             AffinityMode::SourceIp => Client {
@@ -31,12 +32,8 @@ impl Client {
                 cookie: false,
             },
             AffinityMode::Cookie(name) => {
-                let found = req
-                    .headers()
-                    .get_all(COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .find_map(|h| find_cookie(h, name))
+                let found = cookies
+                    .find_map(|h| find_cookie(std::str::from_utf8(h).ok()?, name))
                     .and_then(parse_cookie);
                 match found
                     .and_then(|(t, key)| Some((<[u8; 16]>::try_from(t.as_bytes()).ok()?, key)))
@@ -77,23 +74,21 @@ impl Client {
         Attempts::new(pool, strategy, Some(first))
     }
 
-    /// Node `index` served the client: pin it there, and (re)issue the cookie if it changed.
-    pub fn served<B>(&self, pool: &Pool, index: usize, resp: &mut Response<B>) {
+    /// Node `index` served the client: pin it there. Returns the `Set-Cookie` value to send
+    /// when the client's cookie must be (re)issued.
+    pub fn served(&self, pool: &Pool, index: usize) -> Option<String> {
         pool.pin(self.key, index, unix_ms());
         let Some(AffinityMode::Cookie(name)) = pool.config.affinity.as_ref().map(|a| &a.mode)
         else {
-            return;
+            return None;
         };
         let token = &pool.nodes[index].token;
         if self.token.as_ref().map(|t| &t[..]) == Some(token.as_bytes()) {
-            return;
+            return None;
         }
-        let cookie = format!(
+        Some(format!(
             "{name}={token}.{:x}; Path=/; HttpOnly; SameSite=Lax",
             self.key
-        );
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            resp.headers_mut().append(SET_COOKIE, v);
-        }
+        ))
     }
 }

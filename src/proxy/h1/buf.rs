@@ -1,0 +1,190 @@
+//! I/O buffers that exist only while a message is in flight.
+//!
+//! A connection takes a buffer when bytes arrive and gives it back when it goes idle with
+//! nothing left unread, so an idle keep-alive connection holds none. Freed buffers wait on
+//! a per-thread free list (no lock: each worker thread has its own) for the next request.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// A buffer's usual size: a typical head and body, or one read of a streamed body.
+pub const SIZE: usize = 16 * 1024;
+/// Free buffers kept per worker thread.
+const FREE_PER_THREAD: usize = 256;
+
+thread_local! {
+    static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Bytes read and not yet consumed: `mem[start..end]`.
+pub struct Buf {
+    mem: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Buf {
+    /// A buffer from this thread's free list, or a new one.
+    pub fn take() -> Buf {
+        let mem = FREE
+            .with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; SIZE].into_boxed_slice());
+        Buf {
+            mem,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The unconsumed bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.mem[self.start..self.end]
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Marks `n` bytes at the front as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.start += n.min(self.len());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Makes room for at least one more byte, keeping the unconsumed bytes: moves them to
+    /// the front, or grows the buffer (a request head larger than [`SIZE`]) up to `limit`.
+    fn make_room(&mut self, limit: usize) {
+        if self.end < self.mem.len() {
+            return;
+        }
+        if self.start > 0 {
+            self.mem.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        } else if self.mem.len() < limit {
+            let mut bigger = vec![0u8; limit.min(self.mem.len() * 2).max(SIZE)];
+            bigger[..self.end].copy_from_slice(&self.mem[..self.end]);
+            self.mem = bigger.into_boxed_slice();
+        }
+    }
+
+    /// Reads once from `io`, appending; `Ok(0)` at EOF (or when `limit` bytes are already
+    /// held). Data is only ever appended, so earlier offsets stay valid until `consume`.
+    pub fn poll_read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        cx: &mut Context<'_>,
+        limit: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.make_room(limit);
+        if self.end == self.mem.len() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut rb = ReadBuf::new(&mut self.mem[self.end..]);
+        match Pin::new(io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                self.end += n;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Reads what a socket holds without waiting (`WouldBlock` when nothing).
+    pub fn try_read_from(&mut self, s: &tokio::net::TcpStream, limit: usize) -> io::Result<usize> {
+        self.make_room(limit);
+        if self.end == self.mem.len() {
+            return Ok(0);
+        }
+        let n = s.try_read(&mut self.mem[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Reads once from `io` (see [`Buf::poll_read_from`]).
+    pub async fn read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        limit: usize,
+    ) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_from(io, cx, limit)).await
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        // Only buffers of the usual size are kept; grown ones (rare big heads) are freed.
+        if self.mem.len() == SIZE {
+            let mem = std::mem::take(&mut self.mem);
+            let _ = FREE.try_with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < FREE_PER_THREAD {
+                    f.push(mem);
+                }
+            });
+        }
+    }
+}
+
+/// Output bytes (a rewritten head, and small bodies sent with it), reused like [`Buf`].
+pub struct Out(pub Vec<u8>);
+
+thread_local! {
+    static FREE_OUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Out {
+    pub fn take() -> Out {
+        Out(FREE_OUT
+            .with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(2048)))
+    }
+}
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        if self.0.capacity() <= 4 * SIZE {
+            let mut v = std::mem::take(&mut self.0);
+            v.clear();
+            let _ = FREE_OUT.try_with(|f| {
+                let mut f = f.borrow_mut();
+                if f.len() < FREE_PER_THREAD {
+                    f.push(v);
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_append_consume_and_grow_up_to_the_limit() {
+        let data = vec![7u8; 3 * SIZE];
+        let mut src: &[u8] = &data;
+        let mut b = Buf::take();
+        while b.read_from(&mut src, 2 * SIZE).await.unwrap() > 0 {}
+        assert_eq!(b.len(), 2 * SIZE, "stops at the limit");
+        b.consume(SIZE);
+        assert_eq!(b.len(), SIZE);
+        while b.read_from(&mut src, 2 * SIZE).await.unwrap() > 0 {}
+        assert_eq!(b.len(), 2 * SIZE, "moved to the front to read more");
+        b.consume(usize::MAX);
+        assert!(b.is_empty());
+    }
+}

@@ -1,0 +1,408 @@
+//! One HTTP/1.x request, from its head to the end of its response: route it, pick a node,
+//! send it over a pooled (or new) connection, and relay the response, all on the client
+//! connection's own task.
+//!
+//! Failures before a response are retried on another node: always when the request never
+//! left (connect failed); for idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE, TRACE)
+//! on a pooled connection the backend had just closed, and once more on another node when
+//! the connection died after sending (a backend crash or restart racing the request). Their
+//! bodies, up to 64 KiB, are read whole first so the same bytes can be sent again; other
+//! methods are never sent twice.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+use httparse::EMPTY_HEADER;
+use tokio::io::AsyncWriteExt;
+use tokio::time::{timeout, Instant};
+
+use super::buf::{Buf, Out};
+use super::framing::BodyLen;
+use super::head::{self, Refusal, MAX_FIELDS};
+use super::send::{self, Decision, Failure, Head};
+use super::tunnel::{self, Kind};
+use super::{relay, ClientIo, Next};
+use crate::config::Timeouts;
+use crate::pool::{AdminState, Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
+use crate::proxy::activity::InflightGuard;
+use crate::proxy::connect::connect_node;
+use crate::proxy::http::ConnCtx;
+use crate::proxy::sticky::Client;
+
+/// Largest request head accepted; a larger one is answered 431. NGINX allows 4 × 8 KiB by
+/// default, HAProxy 16 KiB; 64 KiB leaves room for big cookies.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Bodies of idempotent requests up to this size are read whole so the request can be sent
+/// again after a failure; larger ones stream and are not retried once sent.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// A request, checked and rewritten for the backend.
+pub struct Plan {
+    pub body: BodyLen,
+    pub keep_alive: bool,
+    pub upgrade: Option<Kind>,
+    pub idempotent: bool,
+    pub is_head: bool,
+    pub minor: u8,
+    pub pool: Arc<Pool>,
+    pub timeouts: Timeouts,
+    pub client: Option<Client>,
+    /// The head for the backend, and the whole body when it is held.
+    pub out: Out,
+}
+
+/// A response handoff makes itself.
+struct Local {
+    status: u16,
+    reason: &'static str,
+}
+
+impl From<Refusal> for Local {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Bad(reason) => Local {
+                status: 400,
+                reason,
+            },
+            Refusal::TooLarge => Local {
+                status: 431,
+                reason: "the request head is too large",
+            },
+            Refusal::NotImplemented(reason) => Local {
+                status: 501,
+                reason,
+            },
+        }
+    }
+}
+
+/// Serves the request at the front of `buf` (reading until its head is complete).
+pub async fn one<I: ClientIo>(
+    ctx: &ConnCtx,
+    io: &mut I,
+    buf: &mut Buf,
+    closing: &AtomicBool,
+) -> Next {
+    let (mut plan, head_len) = loop {
+        let planned = {
+            let mut fields = [EMPTY_HEADER; MAX_FIELDS];
+            match head::parse_request(buf.data(), &mut fields) {
+                Ok(Some(req)) => Some(plan(ctx, &req).map(|p| (p, req.len))),
+                Ok(None) => None,
+                Err(r) => Some(Err((Local::from(r), false))),
+            }
+        };
+        match planned {
+            Some(Ok(p)) => break p,
+            Some(Err((local, to_head))) => return respond_local(io, &local, to_head, false).await,
+            None => {}
+        }
+        if buf.len() >= MAX_HEAD {
+            return respond_local(io, &Refusal::TooLarge.into(), false, false).await;
+        }
+        match buf.read_from(io, MAX_HEAD).await {
+            Ok(0) | Err(_) => return Next::Close,
+            Ok(_) => {}
+        }
+    };
+    let _inflight = InflightGuard::new(&ctx.activity);
+    buf.consume(head_len);
+    let started = Instant::now();
+    let pool = Arc::clone(&plan.pool);
+    let next = forward(ctx, io, buf, closing, &mut plan).await;
+    pool.metrics
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
+    next
+}
+
+/// Checks, routes and rewrites a parsed head. An error is answered locally (the flag says
+/// whether the request was a HEAD).
+fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool)> {
+    let info = head::inspect(req).map_err(|r| (Local::from(r), false))?;
+    let is_head = info.is_head;
+    let local = |status, reason| Err((Local { status, reason }, is_head));
+    let (pool, timeouts) = {
+        let snapshot = ctx.plane.snapshot.load();
+        match snapshot.listeners.get(&*ctx.listener.name) {
+            None => return local(503, "this listener is being removed"),
+            Some(l) => match l.route(info.host, info.path) {
+                None => return local(404, "no route matches this host and path"),
+                Some(pool) => (Arc::clone(pool), l.config.timeouts),
+            },
+        }
+    };
+    let cookies = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+        .map(|h| h.value);
+    let client = Client::identify(&pool, cookies, ctx.peer.ip());
+    let mut out = Out::take();
+    head::write_request(
+        &mut out.0,
+        req,
+        &info,
+        ctx.forwarded_for.as_bytes(),
+        ctx.proto,
+    );
+    Ok(Plan {
+        body: info.body,
+        keep_alive: info.keep_alive,
+        upgrade: info.upgrade.map(|v| {
+            if v.eq_ignore_ascii_case(b"websocket") {
+                Kind::WebSocket
+            } else {
+                Kind::Other
+            }
+        }),
+        idempotent: info.idempotent,
+        is_head,
+        minor: req.minor,
+        pool,
+        timeouts,
+        client,
+        out,
+    })
+}
+
+/// Writes a local response. `keep_alive`: the request was read whole and the connection
+/// may carry the next one.
+async fn respond_local<I: ClientIo>(
+    io: &mut I,
+    local: &Local,
+    to_head: bool,
+    keep_alive: bool,
+) -> Next {
+    let mut out = Out::take();
+    head::write_local(&mut out.0, local.status, local.reason, to_head, !keep_alive);
+    let written = io.write_all(&out.0).await.and(io.flush().await);
+    match (written, keep_alive) {
+        (Ok(()), true) => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// Why no node answered.
+#[derive(Clone, Copy)]
+enum NoAnswer {
+    NoNode,
+    Unreachable,
+    Lost,
+}
+
+async fn forward<I: ClientIo>(
+    ctx: &ConnCtx,
+    io: &mut I,
+    buf: &mut Buf,
+    closing: &AtomicBool,
+    p: &mut Plan,
+) -> Next {
+    let pool = Arc::clone(&p.pool);
+    let multi = pool.nodes.len() > 1;
+    // Whether the whole request goes out in one write (and can go out again).
+    let whole = match p.body {
+        BodyLen::Empty => true,
+        BodyLen::Length(n) if n <= MAX_REPLAY_BODY && p.idempotent && multi => {
+            if !read_body(io, buf, n as usize, p.timeouts).await {
+                return Next::Close;
+            }
+            true
+        }
+        BodyLen::Length(n) => n as usize <= buf.len(),
+        _ => false,
+    };
+    if let (true, BodyLen::Length(n)) = (whole, p.body) {
+        p.out.0.extend_from_slice(&buf.data()[..n as usize]);
+        buf.consume(n as usize);
+    }
+    let replayable = whole && p.idempotent;
+    let mut replays = usize::from(replayable && multi);
+    let mut why = NoAnswer::NoNode;
+    let mut attempts = match &p.client {
+        Some(c) => c.attempts(&pool),
+        None => Attempts::new(&pool, Strategy::Balance, None),
+    };
+    let mut ub = Buf::take();
+    'nodes: while let Some(i) = attempts.next_node() {
+        let node = &pool.nodes[i];
+        let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
+        let mut stale = 0;
+        loop {
+            let pooled = if p.upgrade.is_none() {
+                node.idle.take()
+            } else {
+                None
+            };
+            let (mut up, reused) = match pooled {
+                Some(up) => (up, true),
+                None => match connect_node(&pool, i, p.timeouts.connect).await {
+                    Ok(s) => (Upstream::new(s, &node.state.lifecycle), false),
+                    Err(_) => {
+                        why = NoAnswer::Unreachable;
+                        continue 'nodes;
+                    }
+                },
+            };
+            let decide = |_status, body, body_read| Decision {
+                keep_alive: p.keep_alive
+                    && body_read
+                    && !closing.load(Relaxed)
+                    && !ctx.plane.shutdown.is_retired()
+                    // A client still served by a draining node (an affinity continuation)
+                    // reconnects for its next request and picks anew.
+                    && node.state.admin() != AdminState::Draining
+                    && body != BodyLen::UntilClose
+                    && !(body == BodyLen::Chunked && p.minor == 0),
+                set_cookie: p.client.as_ref().and_then(|c| c.served(&pool, i)),
+            };
+            // A request still waiting at the node's drain deadline loses its connection
+            // (and is sent again elsewhere if it can be).
+            let exchange = async {
+                tokio::select! {
+                    r = send::request(io, buf, &mut up.stream, &mut ub, p, whole, decide) => r,
+                    _ = &mut up.close => Err(Failure::Upstream { answered: false }),
+                }
+            };
+            let sent = timeout(p.timeouts.response, exchange).await;
+            match sent {
+                Err(_) => {
+                    node.state.metrics.response(504);
+                    tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
+                    let local = Local {
+                        status: 504,
+                        reason: "the backend did not answer in time",
+                    };
+                    return respond_local(io, &local, p.is_head, whole && p.keep_alive).await;
+                }
+                Ok(Ok(head)) => {
+                    return respond(ctx, io, p, i, up, ub, head, session).await;
+                }
+                Ok(Err(Failure::Client { bad: false })) => return Next::Close,
+                Ok(Err(Failure::Client { bad: true })) => {
+                    let local = Local {
+                        status: 400,
+                        reason: "invalid chunked framing",
+                    };
+                    return respond_local(io, &local, false, false).await;
+                }
+                Ok(Err(Failure::Upstream { answered })) => {
+                    // A pooled connection the backend closed as the request went out.
+                    if replayable && reused && !answered && stale < 2 {
+                        stale += 1;
+                        ub.consume(usize::MAX);
+                        continue;
+                    }
+                    tracing::info!(node = %node.key(), "backend failed before answering");
+                    if replays > 0 {
+                        replays -= 1;
+                        why = NoAnswer::Lost;
+                        ub.consume(usize::MAX);
+                        continue 'nodes;
+                    }
+                    node.state.metrics.response(502);
+                    let local = Local {
+                        status: 502,
+                        reason: "the backend closed the connection before answering",
+                    };
+                    return respond_local(io, &local, p.is_head, false).await;
+                }
+            }
+        }
+    }
+    let local = match why {
+        NoAnswer::Lost => Local {
+            status: 502,
+            reason: "the backend closed the connection before answering",
+        },
+        NoAnswer::Unreachable => Local {
+            status: 502,
+            reason: "no node of the pool could be reached",
+        },
+        NoAnswer::NoNode if p.upgrade.is_some() => Local {
+            status: 503,
+            reason: "no node of the pool can take the upgrade",
+        },
+        NoAnswer::NoNode => Local {
+            status: 503,
+            reason: "no healthy node in the pool",
+        },
+    };
+    pool.metrics.local_response(local.status);
+    respond_local(io, &local, p.is_head, whole && p.keep_alive).await
+}
+
+/// Reads until the first `n` body bytes are held (bounded by the response timeout: a client
+/// that stalls gets 408).
+async fn read_body<I: ClientIo>(io: &mut I, buf: &mut Buf, n: usize, timeouts: Timeouts) -> bool {
+    let limit = n.max(super::buf::SIZE);
+    let read = async {
+        while buf.len() < n {
+            match buf.read_from(io, limit).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    };
+    match timeout(timeouts.response, read).await {
+        Ok(done) => done,
+        Err(_) => {
+            let local = Local {
+                status: 408,
+                reason: "the request body did not arrive in time",
+            };
+            respond_local(io, &local, false, false).await;
+            false
+        }
+    }
+}
+
+/// Relays a final response; on 101 to an upgrade request, hands both connections on to
+/// become a tunnel.
+#[allow(clippy::too_many_arguments)]
+async fn respond<I: ClientIo>(
+    ctx: &ConnCtx,
+    io: &mut I,
+    p: &Plan,
+    index: usize,
+    mut up: Upstream,
+    mut ub: Buf,
+    head: Head,
+    session: SessionGuard,
+) -> Next {
+    let node = &p.pool.nodes[index];
+    node.state.metrics.response(head.status);
+    // Refcount traffic only when the node changes.
+    if !ctx
+        .served_by
+        .load()
+        .as_ref()
+        .is_some_and(|n| Arc::ptr_eq(n, &node.state))
+    {
+        ctx.served_by.store(Some(Arc::clone(&node.state)));
+    }
+    ub.consume(head.len);
+    if head.tunnel {
+        let kind = p.upgrade.unwrap_or(Kind::Other);
+        return Next::Tunnel(Box::new(tunnel::Start {
+            node: Arc::clone(node),
+            kind,
+            backend: up.stream,
+            head: head.out,
+            early: ub,
+            session,
+        }));
+    }
+    let clean = relay::response(io, &mut up, &mut ub, head.out, head.body, p.minor).await;
+    if clean && !head.upstream_closes && ub.is_empty() {
+        node.idle.put(up);
+    }
+    drop(session);
+    if clean && head.keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}

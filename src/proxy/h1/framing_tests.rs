@@ -1,0 +1,206 @@
+//! RFC 9112 framing, rule by rule.
+
+use super::*;
+
+fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<Header<'a>> {
+    pairs
+        .iter()
+        .map(|(n, v)| Header {
+            name: n,
+            value: v.as_bytes(),
+        })
+        .collect()
+}
+
+#[test]
+fn request_without_framing_headers_has_no_body() {
+    assert_eq!(request_body(&h(&[("host", "x")]), 1), Ok(BodyLen::Empty));
+    assert_eq!(
+        request_body(&h(&[("content-length", "0")]), 1),
+        Ok(BodyLen::Length(0))
+    );
+}
+
+#[test]
+fn content_length_repeated_with_one_value_is_that_length() {
+    assert_eq!(
+        request_body(&h(&[("Content-Length", "12")]), 1),
+        Ok(BodyLen::Length(12))
+    );
+    let same = h(&[("content-length", "5"), ("content-length", "5, 5")]);
+    assert_eq!(request_body(&same, 1), Ok(BodyLen::Length(5)));
+}
+
+#[test]
+fn content_length_values_that_differ_or_are_not_numbers_are_refused() {
+    for bad in [
+        &[("content-length", "5"), ("content-length", "6")][..],
+        &[("content-length", "5, 6")],
+        &[("content-length", "+5")],
+        &[("content-length", "-1")],
+        &[("content-length", "0x10")],
+        &[("content-length", "")],
+        &[("content-length", "99999999999999999999")],
+    ] {
+        assert_eq!(request_body(&h(bad), 1), Err(Bad::BadLength), "{bad:?}");
+    }
+}
+
+#[test]
+fn transfer_encoding_with_content_length_is_refused() {
+    let both = h(&[("content-length", "6"), ("transfer-encoding", "chunked")]);
+    assert_eq!(request_body(&both, 1), Err(Bad::LengthAndCoding));
+}
+
+#[test]
+fn only_exactly_chunked_frames_a_request() {
+    assert_eq!(
+        request_body(&h(&[("Transfer-Encoding", "Chunked")]), 1),
+        Ok(BodyLen::Chunked)
+    );
+    assert_eq!(
+        request_body(&h(&[("transfer-encoding", " chunked ")]), 1),
+        Ok(BodyLen::Chunked)
+    );
+    for te in [
+        "chunked, identity",
+        "xchunked",
+        "gzip",
+        "gzip, chunked",
+        "chunked, chunked",
+        ",",
+    ] {
+        assert_eq!(
+            request_body(&h(&[("transfer-encoding", te)]), 1),
+            Err(Bad::BadCoding),
+            "{te:?}"
+        );
+    }
+    let split = h(&[
+        ("transfer-encoding", "gzip"),
+        ("transfer-encoding", "chunked"),
+    ]);
+    assert_eq!(request_body(&split, 1), Err(Bad::BadCoding));
+}
+
+#[test]
+fn transfer_encoding_in_an_http10_request_is_refused() {
+    let te = h(&[("transfer-encoding", "chunked")]);
+    assert_eq!(request_body(&te, 0), Err(Bad::CodingInHttp10));
+}
+
+#[test]
+fn responses_to_head_and_1xx_204_304_have_no_body() {
+    let cl = h(&[("content-length", "10")]);
+    assert_eq!(response_body(&cl, 200, true), Ok((BodyLen::Empty, false)));
+    for status in [100, 101, 103, 204, 304] {
+        assert_eq!(
+            response_body(&cl, status, false),
+            Ok((BodyLen::Empty, false))
+        );
+    }
+}
+
+#[test]
+fn response_framing_chunked_wins_length_and_otherwise_until_close() {
+    let cl = h(&[("content-length", "10")]);
+    assert_eq!(
+        response_body(&cl, 200, false),
+        Ok((BodyLen::Length(10), false))
+    );
+    let chunked = h(&[("transfer-encoding", "gzip, chunked")]);
+    assert_eq!(
+        response_body(&chunked, 200, false),
+        Ok((BodyLen::Chunked, false))
+    );
+    let both = h(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
+    assert_eq!(
+        response_body(&both, 200, false),
+        Ok((BodyLen::Chunked, true))
+    );
+    let gzip = h(&[("transfer-encoding", "gzip")]);
+    assert_eq!(
+        response_body(&gzip, 200, false),
+        Ok((BodyLen::UntilClose, true))
+    );
+    assert_eq!(
+        response_body(&[], 200, false),
+        Ok((BodyLen::UntilClose, true))
+    );
+    let bad = h(&[("content-length", "1"), ("content-length", "2")]);
+    assert_eq!(response_body(&bad, 200, false), Err(Bad::BadLength));
+}
+
+#[test]
+fn bare_lf_is_found() {
+    assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: x\r\n\r\n"));
+    assert!(has_bare_lf(b"\n"));
+    assert!(has_bare_lf(b"GET / HTTP/1.1\r\nHost: x\r\n\n"));
+}
+
+fn scan_all(body: &[u8]) -> Result<(usize, bool), Bad> {
+    let mut c = Chunked::default();
+    let n = c.scan(body)?;
+    Ok((n, c.is_done()))
+}
+
+#[test]
+fn chunked_bodies_with_extensions_and_trailers_end_where_they_end() {
+    let body = b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 1\r\n\r\nGET /next";
+    assert_eq!(scan_all(body), Ok((body.len() - 9, true)));
+    let plain = b"A\r\n0123456789\r\n0\r\n\r\n";
+    assert_eq!(scan_all(plain), Ok((plain.len(), true)));
+}
+
+#[test]
+fn chunked_bodies_are_followed_byte_by_byte() {
+    let body = b"3\r\nabc\r\n0\r\nt: 1\r\n\r\n";
+    let mut c = Chunked::default();
+    let mut held = Vec::new();
+    let mut data = Vec::new();
+    for &b in body {
+        held.push(b);
+        loop {
+            match c.step(&held).unwrap() {
+                Piece::Incomplete => break,
+                Piece::Data(n) => {
+                    data.extend_from_slice(&held[..n]);
+                    held.drain(..n);
+                }
+                Piece::Framing(n) | Piece::End(n) => {
+                    held.drain(..n);
+                }
+            }
+        }
+    }
+    assert!(c.is_done() && held.is_empty());
+    assert_eq!(data, b"abc");
+}
+
+#[test]
+fn invalid_chunk_sizes_are_refused() {
+    for bad in [
+        &b"zz\r\n"[..],
+        b"\r\n",
+        b"-1\r\n",
+        b" 5\r\n",
+        b"5\n",
+        b"5;a\nb\r\n",
+        b"5;\x00\r\n",
+        b"10000000000000000\r\n",
+        b"5\r\nhello0\r\n",
+        b"0\r\nbad header\r\n\r\n",
+        b"0\r\nx: 1\n\r\n",
+    ] {
+        let mut c = Chunked::default();
+        assert_eq!(
+            c.scan(bad).err(),
+            Some(Bad::BadChunk),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    let long = vec![b'a'; MAX_CHUNK_LINE + 10];
+    assert_eq!(Chunked::default().scan(&long), Err(Bad::BadChunk));
+}

@@ -1,0 +1,406 @@
+//! Request and response heads: parsed by httparse, checked, and written out again for the
+//! next hop in one pass over the parsed fields (names keep the case they came with).
+//!
+//! Dropped on the way through: hop-by-hop fields (RFC 9110 §7.6.1, with the de-facto
+//! `keep-alive` and `proxy-connection`) and any field `Connection` names; Content-Length and
+//! Transfer-Encoding, which are written again from the framing handoff decided, so the next
+//! hop frames the message exactly as handoff did. Added to requests: `X-Forwarded-For`
+//! (joined to earlier values) and `X-Forwarded-Proto`.
+
+use std::io::Write;
+
+use httparse::Header;
+
+use super::framing::{self, Bad, BodyLen};
+
+/// Field lines accepted in one head; more is answered 431 (NGINX and HAProxy allow about
+/// as many).
+pub const MAX_FIELDS: usize = 128;
+
+/// Why a request is answered by handoff itself, and the connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400, with what is wrong.
+    Bad(&'static str),
+    /// 431: the head is too large or has too many fields.
+    TooLarge,
+    /// 501: a method or coding handoff does not proxy.
+    NotImplemented(&'static str),
+}
+
+impl From<Bad> for Refusal {
+    fn from(b: Bad) -> Self {
+        Refusal::Bad(match b {
+            Bad::LengthAndCoding => "Transfer-Encoding together with Content-Length",
+            Bad::BadLength => "an invalid or ambiguous Content-Length",
+            Bad::BadCoding => "a Transfer-Encoding other than chunked",
+            Bad::CodingInHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
+            Bad::BareLf => "a line ending in a bare LF",
+            Bad::BadChunk => "invalid chunked framing",
+            Bad::Malformed => "a malformed request head",
+        })
+    }
+}
+
+/// A parsed request head (borrowing the read buffer).
+pub struct Request<'h, 'b> {
+    /// Length of the head, CRLFCRLF included.
+    pub len: usize,
+    pub method: &'b str,
+    pub target: &'b str,
+    pub minor: u8,
+    pub headers: &'h [Header<'b>],
+}
+
+/// Parses a request head at the front of `buf`; `Ok(None)` while it is incomplete.
+pub fn parse_request<'h, 'b>(
+    buf: &'b [u8],
+    fields: &'h mut [Header<'b>],
+) -> Result<Option<Request<'h, 'b>>, Refusal> {
+    let mut req = httparse::Request::new(fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
+        Err(e) => return Err(Refusal::Bad(parse_error(e))),
+    };
+    if framing::has_bare_lf(&buf[..len]) {
+        return Err(Bad::BareLf.into());
+    }
+    Ok(Some(Request {
+        len,
+        method: req.method.unwrap_or(""),
+        target: req.path.unwrap_or(""),
+        minor: req.version.unwrap_or(1),
+        headers: req.headers,
+    }))
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "an invalid header name (whitespace before the colon?)",
+        httparse::Error::HeaderValue => "an invalid header value (obs-fold, or a control byte?)",
+        httparse::Error::NewLine | httparse::Error::Token => "a malformed request line",
+        httparse::Error::Version => "an unsupported HTTP version",
+        _ => "a malformed request head",
+    }
+}
+
+/// Each comma-separated token of every `name` field.
+fn tokens<'a>(headers: &'a [Header<'a>], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|&c| c == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
+fn has_token(headers: &[Header<'_>], name: &str, token: &[u8]) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// Whether a field is not passed on as it is: hop-by-hop, named by `Connection`, or
+/// rewritten by handoff. Most names are ruled out by their length alone.
+fn dropped(name: &str, headers: &[Header<'_>], request: bool) -> bool {
+    let fixed = match name.len() {
+        2 => name.eq_ignore_ascii_case("te"),
+        7 => name.eq_ignore_ascii_case("trailer") || name.eq_ignore_ascii_case("upgrade"),
+        10 => name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive"),
+        14 => name.eq_ignore_ascii_case("content-length"),
+        15 => request && name.eq_ignore_ascii_case("x-forwarded-for"),
+        16 => name.eq_ignore_ascii_case("proxy-connection"),
+        17 => {
+            name.eq_ignore_ascii_case("transfer-encoding")
+                || (request && name.eq_ignore_ascii_case("x-forwarded-proto"))
+        }
+        18 => name.eq_ignore_ascii_case("proxy-authenticate"),
+        19 => name.eq_ignore_ascii_case("proxy-authorization"),
+        _ => false,
+    };
+    fixed || connection_names(headers, name)
+}
+
+/// Whether `Connection` lists `name` (beyond the usual close / keep-alive / upgrade).
+fn connection_names(headers: &[Header<'_>], name: &str) -> bool {
+    tokens(headers, "connection").any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// What handoff needs to know of a request to route and forward it.
+pub struct RequestInfo<'b> {
+    pub body: BodyLen,
+    pub keep_alive: bool,
+    /// The `Upgrade` value of an upgrade request (`Connection: upgrade`, HTTP/1.1).
+    pub upgrade: Option<&'b [u8]>,
+    /// The host to route by: the absolute-form target's authority, or `Host`.
+    pub host: Option<&'b str>,
+    /// The target in origin form (or `*`), as sent to the backend.
+    pub target: &'b str,
+    /// The path to route by (the target without its query).
+    pub path: &'b str,
+    pub idempotent: bool,
+    pub is_head: bool,
+}
+
+/// Checks a request and works out its framing, routing and keep-alive.
+pub fn inspect<'b>(req: &Request<'_, 'b>) -> Result<RequestInfo<'b>, Refusal> {
+    let headers = req.headers;
+    let body = framing::request_body(headers, req.minor)?;
+    if req.method == "CONNECT" {
+        return Err(Refusal::NotImplemented("CONNECT is not proxied"));
+    }
+    let mut hosts = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let host_field = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::Bad("more than one Host field"));
+    }
+    let host_field = host_field.and_then(|h| std::str::from_utf8(h.value).ok());
+    let (authority, target) = split_target(req.target)?;
+    if req.minor == 1 && host_field.is_none() {
+        return Err(Refusal::Bad("an HTTP/1.1 request without Host"));
+    }
+    let keep_alive = if req.minor == 0 {
+        has_token(headers, "connection", b"keep-alive")
+    } else {
+        !has_token(headers, "connection", b"close")
+    };
+    let upgrade = if req.minor == 1 && has_token(headers, "connection", b"upgrade") {
+        headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .map(|h| h.value)
+    } else {
+        None
+    };
+    Ok(RequestInfo {
+        body,
+        keep_alive,
+        upgrade,
+        host: authority.or(host_field),
+        target,
+        path: target.split('?').next().unwrap_or(target),
+        idempotent: matches!(
+            req.method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
+        is_head: req.method == "HEAD",
+    })
+}
+
+/// Splits an absolute-form target (`http://host/path`) into its authority and origin form.
+fn split_target(target: &str) -> Result<(Option<&str>, &str), Refusal> {
+    if target.starts_with('/') || target == "*" {
+        return Ok((None, target));
+    }
+    let rest = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+        .ok_or(Refusal::Bad(
+            "a request target that is neither a path nor an absolute URI",
+        ))?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    Ok((Some(authority), if path.is_empty() { "/" } else { path }))
+}
+
+/// Writes the request head for the backend into `out`.
+pub fn write_request(
+    out: &mut Vec<u8>,
+    req: &Request<'_, '_>,
+    info: &RequestInfo<'_>,
+    forwarded_for: &[u8],
+    proto: &str,
+) {
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    // A query after the path of an absolute-form target stays with it.
+    let target = if req.target.starts_with('/') || req.target == "*" {
+        req.target
+    } else {
+        info.target
+    };
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let has_host = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("host"));
+    if let (false, Some(host)) = (has_host, info.host) {
+        field(out, "Host", host.as_bytes());
+    }
+    for h in req.headers {
+        if !dropped(h.name, req.headers, true) {
+            field(out, h.name, h.value);
+        }
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for prior in req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+    {
+        out.extend_from_slice(prior.value);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(forwarded_for);
+    out.extend_from_slice(b"\r\n");
+    field(out, "X-Forwarded-Proto", proto.as_bytes());
+    framing_field(out, info.body);
+    if let Some(value) = info.upgrade {
+        field(out, "Connection", b"upgrade");
+        field(out, "Upgrade", value);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn framing_field(out: &mut Vec<u8>, body: BodyLen) {
+    match body {
+        BodyLen::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        BodyLen::Chunked => field(out, "Transfer-Encoding", b"chunked"),
+        BodyLen::Empty | BodyLen::UntilClose => {}
+    }
+}
+
+/// A parsed response head (borrowing the upstream read buffer).
+pub struct Response<'h, 'b> {
+    pub len: usize,
+    pub status: u16,
+    pub reason: &'b str,
+    pub minor: u8,
+    pub headers: &'h [Header<'b>],
+}
+
+/// Parses a response head at the front of `buf`; `Ok(None)` while it is incomplete.
+pub fn parse_response<'h, 'b>(
+    buf: &'b [u8],
+    fields: &'h mut [Header<'b>],
+) -> Result<Option<Response<'h, 'b>>, Bad> {
+    let mut resp = httparse::Response::new(fields);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(Response {
+            len,
+            status: resp.code.unwrap_or(0),
+            reason: resp.reason.unwrap_or(""),
+            minor: resp.version.unwrap_or(1),
+            headers: resp.headers,
+        })),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(Bad::Malformed),
+    }
+}
+
+/// What handoff needs to know of a response to relay it.
+pub struct ResponseInfo {
+    pub body: BodyLen,
+    /// The backend connection cannot carry another request after this response.
+    pub upstream_closes: bool,
+}
+
+pub fn inspect_response(resp: &Response<'_, '_>, to_head: bool) -> Result<ResponseInfo, Bad> {
+    let (body, suspect) = framing::response_body(resp.headers, resp.status, to_head)?;
+    let keep_alive = if resp.minor == 0 {
+        has_token(resp.headers, "connection", b"keep-alive")
+    } else {
+        !has_token(resp.headers, "connection", b"close")
+    };
+    Ok(ResponseInfo {
+        body,
+        upstream_closes: suspect || !keep_alive,
+    })
+}
+
+/// How the client side of a response is framed and closed.
+pub struct ClientSide<'a> {
+    /// The client's HTTP/1.x minor version.
+    pub minor: u8,
+    /// The client connection stays open after this response.
+    pub keep_alive: bool,
+    /// A `Set-Cookie` value to add (affinity).
+    pub set_cookie: Option<&'a [u8]>,
+    /// The `Upgrade` value of a 101 that starts a tunnel.
+    pub upgrade: Option<&'a [u8]>,
+}
+
+/// Writes the response head for the client into `out`. A chunked body goes to HTTP/1.0
+/// clients without its coding (they cannot parse it), ended by closing.
+pub fn write_response(
+    out: &mut Vec<u8>,
+    resp: &Response<'_, '_>,
+    body: BodyLen,
+    client: &ClientSide<'_>,
+) {
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(resp.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers {
+        // A bodiless response's Content-Length describes the GET (HEAD) or the cached
+        // representation (304): passed on as it is.
+        let keep_length = body == BodyLen::Empty && h.name.eq_ignore_ascii_case("content-length");
+        if keep_length || !dropped(h.name, resp.headers, false) {
+            field(out, h.name, h.value);
+        }
+    }
+    if let Some(cookie) = client.set_cookie {
+        field(out, "Set-Cookie", cookie);
+    }
+    match body {
+        BodyLen::Chunked if client.minor == 0 => {}
+        other => framing_field(out, other),
+    }
+    if let Some(value) = client.upgrade {
+        field(out, "Connection", b"upgrade");
+        field(out, "Upgrade", value);
+    } else if !client.keep_alive {
+        field(out, "Connection", b"close");
+    } else if client.minor == 0 {
+        field(out, "Connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes an interim (1xx) response for the client, hop-by-hop fields dropped.
+pub fn write_interim(out: &mut Vec<u8>, resp: &Response<'_, '_>) {
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(resp.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers {
+        if !dropped(h.name, resp.headers, false) {
+            field(out, h.name, h.value);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response handoff makes itself: a status and a one-line plain-text reason.
+pub fn write_local(out: &mut Vec<u8>, status: u16, reason: &str, to_head: bool, close: bool) {
+    let phrase = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    // "NNN phrase: reason\n"
+    let len = 3 + 1 + phrase.len() + 2 + reason.len() + 1;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len}\r\n{}\r\n",
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    if !to_head {
+        let _ = writeln!(out, "{status} {phrase}: {reason}");
+    }
+}
+
+#[cfg(test)]
+#[path = "head_tests.rs"]
+mod tests;

@@ -1,0 +1,219 @@
+//! handoff's own HTTP/1.x path, for client connections and pooled upstream connections.
+//!
+//! The client connection's task does everything for its requests: it reads a head into a
+//! buffer taken when bytes arrive, parses it with httparse ([`head`]), decides its framing
+//! ([`framing`]), picks a node, writes the rewritten head and body to a pooled or new
+//! upstream connection, and relays the response ([`exchange`], [`send`], [`relay`]); a 101
+//! turns the two connections into a [`tunnel`]. Nothing is handed between tasks. Between
+//! requests the connection holds no buffer ([`buf`]): an idle keep-alive client costs its
+//! socket and a few hundred bytes of task state.
+//!
+//! Per connection, one watchdog timer enforces the idle and header-read timeouts (see
+//! [`crate::proxy::activity`]). On drain, or when the node that served the last request
+//! passes its drain deadline, an idle connection closes at once and a busy one after its
+//! response, which says `Connection: close`; at the force deadline it is cut.
+
+pub mod buf;
+mod exchange;
+pub mod framing;
+pub mod head;
+mod relay;
+mod rewind;
+mod send;
+pub mod tunnel;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::sleep_until;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::activity::{Verdict, Watched};
+use super::http::ConnCtx;
+use crate::config::Timeouts;
+use crate::gated::Gated;
+use buf::Buf;
+
+/// A client connection: plain TCP, or TLS.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when a read would not block. Plain sockets wait here holding no buffer; TLS
+    /// answers at once (rustls holds its own buffers anyway).
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl ClientIo for Watched<TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().poll_read_ready(cx)
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<Watched<TcpStream>> {}
+
+/// What a connection does after a request.
+pub enum Next {
+    KeepAlive,
+    Close,
+    Tunnel(Box<tunnel::Start>),
+}
+
+/// The HTTP/2 connection preface: a client speaking HTTP/2 with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// After the last response of a closing connection, how long what the client still sends
+/// is read and dropped: closing with unread bytes would reset the connection, and the
+/// client could lose the response (NGINX's lingering close).
+const LINGER: Duration = Duration::from_secs(1);
+
+type Signal = Gated<Pin<Box<WaitForCancellationFutureOwned>>>;
+
+/// Serves one client connection. `h2`: TLS agreed on HTTP/2 by ALPN.
+pub async fn serve<I: ClientIo>(ctx: ConnCtx, timeouts: Timeouts, mut io: I, h2: bool) {
+    if h2 {
+        return super::http::serve_h2(Arc::new(ctx), timeouts, io).await;
+    }
+    let plane = Arc::clone(&ctx.plane);
+    let closing = AtomicBool::new(false);
+    // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`
+    // is the parent of `drain`, so `drain` always fires first.
+    let mut signals = Signals {
+        drain: Gated::new(Box::pin(plane.shutdown.drain.clone().cancelled_owned())),
+        force: None,
+    };
+    let mut held: Option<Buf> = None;
+    let mut first = true;
+    loop {
+        if held.as_ref().is_none_or(Buf::is_empty) {
+            // Idle between requests: no buffer, only the socket's readiness.
+            held = None;
+            if closing.load(Relaxed) {
+                break;
+            }
+            let ready = std::future::poll_fn(|cx| io.poll_read_ready(cx));
+            match guarded(ready, &ctx, &timeouts, &closing, true, &mut signals).await {
+                Some(Ok(())) => {}
+                _ => return,
+            }
+        }
+        let mut buf = held.take().unwrap_or_else(Buf::take);
+        if first {
+            first = false;
+            match preface(&mut io, &mut buf).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    let io = rewind::Rewind::new(buf, io);
+                    return super::http::serve_h2(Arc::new(ctx), timeouts, io).await;
+                }
+                Err(_) => return,
+            }
+        }
+        // Boxed: the request's state lives on the heap only while it is in flight, so the
+        // connection's own future stays small while it idles.
+        let one = Box::pin(exchange::one(&ctx, &mut io, &mut buf, &closing));
+        let next = guarded(one, &ctx, &timeouts, &closing, false, &mut signals).await;
+        match next {
+            Some(Next::KeepAlive) => held = Some(buf),
+            Some(Next::Close) => {
+                linger(&mut io).await;
+                return;
+            }
+            Some(Next::Tunnel(start)) => {
+                return tunnel::run(&plane, io, Some(buf), *start).await;
+            }
+            None => return,
+        }
+    }
+    linger(&mut io).await;
+}
+
+struct Signals {
+    drain: Signal,
+    force: Option<Signal>,
+}
+
+/// Runs `fut` (waiting for a request, or serving one) under the connection's watchdog and
+/// shutdown signals. `None`: the connection is to be closed now.
+async fn guarded<F: Future>(
+    fut: F,
+    ctx: &ConnCtx,
+    timeouts: &Timeouts,
+    closing: &AtomicBool,
+    idle: bool,
+    signals: &mut Signals,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        // Checked at every watchdog tick (at least every quarter of the header-read timeout).
+        if ctx.served_by_closed() {
+            closing.store(true, Relaxed);
+            if idle {
+                return None;
+            }
+        }
+        let next = match ctx
+            .activity
+            .verdict(timeouts.idle, Some(timeouts.header_read))
+        {
+            Verdict::CheckAt(at) => at,
+            Verdict::SlowHead => {
+                tracing::debug!(peer = %ctx.peer, "request head not received within the header-read timeout: closing");
+                return None;
+            }
+            Verdict::Idle => return None,
+        };
+        tokio::select! {
+            r = &mut fut => return Some(r),
+            _ = sleep_until(next) => {}
+            _ = &mut signals.drain, if signals.force.is_none() => {
+                closing.store(true, Relaxed);
+                signals.force = Some(Gated::new(Box::pin(ctx.plane.shutdown.force.clone().cancelled_owned())));
+                if idle {
+                    return None;
+                }
+            }
+            _ = async { signals.force.as_mut().expect("set when drain fired").await }, if signals.force.is_some() => return None,
+        }
+    }
+}
+
+/// Reads the first bytes; `true` when they are the HTTP/2 preface.
+async fn preface<I: ClientIo>(io: &mut I, buf: &mut Buf) -> io::Result<bool> {
+    loop {
+        let held = buf.data();
+        let n = held.len().min(H2_PREFACE.len());
+        if held[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        if buf.read_from(io, buf::SIZE).await? == 0 {
+            return Ok(false);
+        }
+    }
+}
+
+/// Closes the connection after its last response: FIN first, then what the client still
+/// sends is read and dropped, for at most [`LINGER`].
+async fn linger<I: ClientIo>(io: &mut I) {
+    let drain = async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 1024];
+        while let Ok(n) = io.read(&mut sink).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}

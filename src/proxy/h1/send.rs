@@ -1,0 +1,224 @@
+//! Sending a request upstream and reading its response head. While a streamed request body
+//! goes out, the backend is watched: interim responses (`100 Continue`) go to the client at
+//! once, and a final response that comes early ends the upload.
+
+use httparse::EMPTY_HEADER;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::buf::{Buf, Out, SIZE};
+use super::exchange::{Plan, MAX_HEAD};
+use super::framing::{BodyLen, Chunked};
+use super::head::{self, ClientSide, MAX_FIELDS};
+use super::ClientIo;
+
+/// Why an exchange ended before a final response head.
+pub enum Failure {
+    /// The client went away, or its body's framing broke (`bad`) mid-way.
+    Client { bad: bool },
+    /// The backend failed; `answered`: after sending some of a response.
+    Upstream { answered: bool },
+}
+
+/// A final response head, already rewritten for the client.
+pub struct Head {
+    pub status: u16,
+    /// Length of the backend's head at the front of the upstream buffer.
+    pub len: usize,
+    pub body: BodyLen,
+    pub upstream_closes: bool,
+    /// The client connection stays open after this response.
+    pub keep_alive: bool,
+    /// A 101 to an upgrade request: the connections become a tunnel.
+    pub tunnel: bool,
+    /// The head for the client.
+    pub out: Out,
+}
+
+/// How the client side of a final response is decided (keep-alive, affinity cookie), given
+/// its status, its framing and whether the request body was read whole.
+pub struct Decision {
+    pub keep_alive: bool,
+    pub set_cookie: Option<String>,
+}
+
+/// Sends the request (`p.out`, and the rest of the body from the client unless `whole`) and
+/// reads the final response head.
+pub async fn request<I: ClientIo>(
+    io: &mut I,
+    buf: &mut Buf,
+    up: &mut TcpStream,
+    ub: &mut Buf,
+    p: &Plan,
+    whole: bool,
+    mut decide: impl FnMut(u16, BodyLen, bool) -> Decision,
+) -> Result<Head, Failure> {
+    up.write_all(&p.out.0)
+        .await
+        .map_err(|_| Failure::Upstream { answered: false })?;
+    let body_read = whole || body(io, buf, up, ub, p).await?;
+    loop {
+        match parse(ub, p, body_read, &mut decide)? {
+            Parsed::Interim(out, len) => {
+                forward_interim(io, &out).await?;
+                ub.consume(len);
+                continue;
+            }
+            Parsed::Final(head) => return Ok(head),
+            Parsed::Partial => {}
+        }
+        if ub.len() >= MAX_HEAD {
+            return Err(Failure::Upstream { answered: true });
+        }
+        match ub.read_from(up, MAX_HEAD).await {
+            Ok(0) | Err(_) => {
+                return Err(Failure::Upstream {
+                    answered: !ub.is_empty(),
+                })
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+enum Parsed {
+    Partial,
+    Interim(Out, usize),
+    Final(Head),
+}
+
+fn parse(
+    ub: &Buf,
+    p: &Plan,
+    body_read: bool,
+    decide: &mut impl FnMut(u16, BodyLen, bool) -> Decision,
+) -> Result<Parsed, Failure> {
+    let bad = Failure::Upstream { answered: true };
+    let mut fields = [EMPTY_HEADER; MAX_FIELDS];
+    let Some(resp) = head::parse_response(ub.data(), &mut fields).map_err(|_| bad)? else {
+        return Ok(Parsed::Partial);
+    };
+    let mut out = Out::take();
+    if (100..200).contains(&resp.status) && resp.status != 101 {
+        // HTTP/1.0 clients cannot take interim responses: dropped.
+        if p.minor >= 1 {
+            head::write_interim(&mut out.0, &resp);
+        }
+        return Ok(Parsed::Interim(out, resp.len));
+    }
+    let tunnel = resp.status == 101;
+    if tunnel && p.upgrade.is_none() {
+        return Err(Failure::Upstream { answered: true });
+    }
+    let info = head::inspect_response(&resp, p.is_head)
+        .map_err(|_| Failure::Upstream { answered: true })?;
+    let d = decide(resp.status, info.body, body_read);
+    let upgrade = if tunnel {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .map(|h| h.value)
+            .or(Some(b"websocket"))
+    } else {
+        None
+    };
+    let client = ClientSide {
+        minor: p.minor,
+        keep_alive: d.keep_alive,
+        set_cookie: d.set_cookie.as_deref().map(str::as_bytes),
+        upgrade,
+    };
+    head::write_response(&mut out.0, &resp, info.body, &client);
+    Ok(Parsed::Final(Head {
+        status: resp.status,
+        len: resp.len,
+        body: info.body,
+        upstream_closes: info.upstream_closes,
+        keep_alive: d.keep_alive,
+        tunnel,
+        out,
+    }))
+}
+
+async fn forward_interim<I: ClientIo>(io: &mut I, out: &Out) -> Result<(), Failure> {
+    if out.0.is_empty() {
+        return Ok(());
+    }
+    let client = Failure::Client { bad: false };
+    io.write_all(&out.0).await.map_err(|_| client)?;
+    io.flush().await.map_err(|_| Failure::Client { bad: false })
+}
+
+/// Streams the request body from the client. Returns `false` when a final response arrived
+/// before the body was all sent (the rest is never read: the client connection closes).
+async fn body<I: ClientIo>(
+    io: &mut I,
+    buf: &mut Buf,
+    up: &mut TcpStream,
+    ub: &mut Buf,
+    p: &Plan,
+) -> Result<bool, Failure> {
+    enum Left {
+        Bytes(u64),
+        Chunked(Chunked),
+    }
+    let mut left = match p.body {
+        BodyLen::Length(n) => Left::Bytes(n),
+        BodyLen::Chunked => Left::Chunked(Chunked::default()),
+        BodyLen::Empty | BodyLen::UntilClose => return Ok(true),
+    };
+    let gone = Failure::Upstream { answered: false };
+    loop {
+        let (n, done) = match &mut left {
+            Left::Bytes(l) => {
+                let n = (*l).min(buf.len() as u64);
+                *l -= n;
+                (n as usize, *l == 0)
+            }
+            Left::Chunked(c) => {
+                let n = c
+                    .scan(buf.data())
+                    .map_err(|_| Failure::Client { bad: true })?;
+                (n, c.is_done())
+            }
+        };
+        if n > 0 {
+            up.write_all(&buf.data()[..n])
+                .await
+                .map_err(|_| Failure::Upstream { answered: false })?;
+            buf.consume(n);
+        }
+        if done {
+            return Ok(true);
+        }
+        tokio::select! {
+            r = buf.read_from(io, SIZE) => match r {
+                Ok(0) | Err(_) => return Err(Failure::Client { bad: false }),
+                Ok(_) => {}
+            },
+            r = up.readable() => {
+                if r.is_err() {
+                    return Err(gone);
+                }
+                match ub.try_read_from(up, MAX_HEAD) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Ok(0) | Err(_) => return Err(Failure::Upstream { answered: !ub.is_empty() }),
+                    Ok(_) => {
+                        // Interim responses go to the client (it may be waiting for
+                        // `100 Continue` to send the body); a final one ends the upload.
+                        loop {
+                            match parse(ub, p, false, &mut |_, _, _| Decision { keep_alive: false, set_cookie: None })? {
+                                Parsed::Interim(out, len) => {
+                                    forward_interim(io, &out).await?;
+                                    ub.consume(len);
+                                }
+                                Parsed::Final(_) => return Ok(false),
+                                Parsed::Partial => break,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
