@@ -14,6 +14,7 @@ mod drain;
 mod durable_affinity;
 mod faults;
 mod flood;
+mod framing;
 mod health;
 mod hostile;
 mod http;
