@@ -102,7 +102,7 @@ fn has_token(headers: &[Header<'_>], name: &str, token: &[u8]) -> bool {
 
 /// Whether a field is not passed on as it is: hop-by-hop, named by `Connection`, or
 /// rewritten by handoff. Most names are ruled out by their length alone.
-fn dropped(name: &str, headers: &[Header<'_>], request: bool) -> bool {
+pub(crate) fn dropped(name: &str, headers: &[Header<'_>], request: bool) -> bool {
     let fixed = match name.len() {
         2 => name.eq_ignore_ascii_case("te"),
         7 => name.eq_ignore_ascii_case("trailer") || name.eq_ignore_ascii_case("upgrade"),
@@ -256,14 +256,14 @@ pub fn write_request(
     out.extend_from_slice(b"\r\n");
 }
 
-fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+pub(crate) fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
-fn framing_field(out: &mut Vec<u8>, body: BodyLen) {
+pub(crate) fn framing_field(out: &mut Vec<u8>, body: BodyLen) {
     match body {
         BodyLen::Length(n) => {
             let _ = write!(out, "Content-Length: {n}\r\n");

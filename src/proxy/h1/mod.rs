@@ -17,9 +17,9 @@ pub mod buf;
 mod exchange;
 pub mod framing;
 pub mod head;
-mod relay;
+pub(crate) mod relay;
 mod rewind;
-mod send;
+pub(crate) mod send;
 pub mod tunnel;
 
 use std::future::Future;

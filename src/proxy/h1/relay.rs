@@ -15,10 +15,28 @@ use super::framing::{Bad, BodyLen, Chunked, Piece};
 use super::ClientIo;
 use crate::pool::Upstream;
 
-enum Left {
+/// What is left of a body, by its framing.
+pub(crate) enum Left {
     Bytes(u64),
     Chunked(Chunked),
     UntilClose,
+}
+
+impl Left {
+    /// `None`: the body is empty.
+    pub(crate) fn of(body: BodyLen) -> Option<Left> {
+        match body {
+            BodyLen::Empty | BodyLen::Length(0) => None,
+            BodyLen::Length(n) => Some(Left::Bytes(n)),
+            BodyLen::Chunked => Some(Left::Chunked(Chunked::default())),
+            BodyLen::UntilClose => Some(Left::UntilClose),
+        }
+    }
+
+    /// Whether the sender closing ends this body cleanly.
+    pub(crate) fn ends_at_close(&self) -> bool {
+        matches!(self, Left::UntilClose)
+    }
 }
 
 /// Writes `out` (the client's head) and the body after it; `true` when the whole body went
@@ -32,13 +50,8 @@ pub async fn response<I: ClientIo>(
     minor: u8,
 ) -> bool {
     let decode = body == BodyLen::Chunked && minor == 0;
-    let mut left = match body {
-        BodyLen::Empty | BodyLen::Length(0) => {
-            return io.write_all(&out.0).await.is_ok() && io.flush().await.is_ok();
-        }
-        BodyLen::Length(n) => Left::Bytes(n),
-        BodyLen::Chunked => Left::Chunked(Chunked::default()),
-        BodyLen::UntilClose => Left::UntilClose,
+    let Some(mut left) = Left::of(body) else {
+        return io.write_all(&out.0).await.is_ok() && io.flush().await.is_ok();
     };
     loop {
         // Whatever is held goes with the head (one write), then straight from the buffer.
@@ -71,7 +84,7 @@ pub async fn response<I: ClientIo>(
         })
         .await;
         match read {
-            Some(Ok(0)) => return matches!(left, Left::UntilClose),
+            Some(Ok(0)) => return left.ends_at_close(),
             Some(Ok(_)) => {}
             Some(Err(_)) => return false,
             None => {
@@ -84,7 +97,7 @@ pub async fn response<I: ClientIo>(
 
 /// How much of `data` belongs to the body, and whether the body ends there. Copies it into
 /// `out` when `copy` (only the chunk data, when `decode`).
-fn ready(
+pub(crate) fn ready(
     left: &mut Left,
     data: &[u8],
     decode: bool,
