@@ -39,6 +39,8 @@ pub struct Shutdown {
     /// `retire` as a plain flag, for the per-request path (a token's state sits behind a
     /// mutex).
     retired: Arc<AtomicBool>,
+    /// `drain` (or `force`) fired, as a plain flag for the per-request path.
+    draining: Arc<AtomicBool>,
     pub tracker: TaskTracker,
     phase: watch::Sender<Phase>,
 }
@@ -57,6 +59,7 @@ impl Shutdown {
         Shutdown {
             retire: force.child_token(),
             retired: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
             force,
             drain,
             accept,
@@ -71,6 +74,12 @@ impl Shutdown {
         self.retired.load(Relaxed)
     }
 
+    /// Whether the process is shutting down (`drain` fired): one atomic load.
+    #[inline]
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
     pub fn phase(&self) -> watch::Receiver<Phase> {
         self.phase.subscribe()
     }
@@ -80,6 +89,7 @@ impl Shutdown {
     pub async fn run(&self, grace: Duration) -> usize {
         // Cancel first, publish second: whoever sees `Draining` can rely on accepting
         // having stopped.
+        self.draining.store(true, Relaxed);
         self.drain.cancel();
         self.wind_down(grace).await
     }
@@ -107,6 +117,7 @@ impl Shutdown {
                 remaining = cut,
                 "grace period over: closing remaining connections"
             );
+            self.draining.store(true, Relaxed);
             self.force.cancel();
             if tokio::time::timeout(FORCE_WAIT, self.tracker.wait())
                 .await
@@ -118,6 +129,7 @@ impl Shutdown {
                 );
             }
         }
+        self.draining.store(true, Relaxed);
         self.force.cancel();
         self.phase.send_replace(Phase::Stopped);
         cut

@@ -92,6 +92,11 @@ impl Activity {
         self.touch();
     }
 
+    /// How long ago the connection last moved.
+    pub fn quiet_for(&self) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(self.last.load(Relaxed)))
+    }
+
     /// Decides whether `idle` or `header_read` expired. `header_read` is `None` for TCP.
     ///
     /// A head that starts arriving does not wake the watchdog (that would cost a wake-up per

@@ -147,3 +147,30 @@ async fn a_backend_dying_mid_response_fails_that_response_only() {
         (200, "ok".to_string())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_slower_than_the_response_timeout_gets_504_in_time() {
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let proxy = Proxy::start(&http_config(
+        &[("a", a.addr)],
+        "    timeouts: { response: 400ms }\n",
+    ))
+    .await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let started = tokio::time::Instant::now();
+    let answer = raw(
+        &proxy,
+        b"GET /slow/5000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    // The watchdog looks every quarter of the response timeout: 504 within 1.25 times it
+    // (plus scheduling slack), long before the backend's 5 s.
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
+        "504 after {took:?}"
+    );
+    // The connection is fine for the next request.
+    assert_eq!(get(&client(), &proxy.url("web", "/")).await.0, 200);
+}

@@ -9,8 +9,10 @@
 //! bodies, up to 64 KiB, are read whole first so the same bytes can be sent again; other
 //! methods are never sent twice.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 
 use httparse::EMPTY_HEADER;
 use tokio::io::AsyncWriteExt;
@@ -250,6 +252,7 @@ async fn forward<I: ClientIo>(
                     && body_read
                     && !closing.load(Relaxed)
                     && !ctx.plane.shutdown.is_retired()
+                    && !ctx.plane.shutdown.is_draining()
                     // A client still served by a draining node (an affinity continuation)
                     // reconnects for its next request and picks anew.
                     && node.state.admin() != AdminState::Draining
@@ -258,14 +261,28 @@ async fn forward<I: ClientIo>(
                 set_cookie: p.client.as_ref().and_then(|c| c.served(&pool, i)),
             };
             // A request still waiting at the node's drain deadline loses its connection
-            // (and is sent again elsewhere if it can be).
-            let exchange = async {
-                tokio::select! {
-                    r = send::request(io, buf, &mut up.stream, &mut ub, p, whole, decide) => r,
-                    _ = &mut up.close => Err(Failure::Upstream { answered: false }),
-                }
+            // (and is sent again elsewhere if it can be). The response timeout is the
+            // connection watchdog's (`timed_out`), so a request starts no timer.
+            ctx.timed_out.store(false, Relaxed);
+            ctx.waiting_head.store(true, Relaxed);
+            let sent = {
+                let exchange = async {
+                    tokio::select! {
+                        biased;
+                        r = send::request(io, buf, &mut up.stream, &mut ub, p, whole, decide) => r,
+                        _ = &mut up.close => Err(Failure::Upstream { answered: false }),
+                    }
+                };
+                tokio::pin!(exchange);
+                std::future::poll_fn(|cx| {
+                    if ctx.timed_out.load(Relaxed) {
+                        return Poll::Ready(Err(()));
+                    }
+                    exchange.as_mut().poll(cx).map(Ok)
+                })
+                .await
             };
-            let sent = timeout(p.timeouts.response, exchange).await;
+            ctx.waiting_head.store(false, Relaxed);
             match sent {
                 Err(_) => {
                     node.state.metrics.response(504);

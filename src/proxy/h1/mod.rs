@@ -22,7 +22,6 @@ mod rewind;
 pub(crate) mod send;
 pub mod tunnel;
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -32,7 +31,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::sleep_until;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::activity::{Verdict, Watched};
@@ -80,27 +78,43 @@ pub async fn serve<I: ClientIo>(ctx: ConnCtx, timeouts: Timeouts, mut io: I, h2:
     if h2 {
         return super::http::serve_h2(Arc::new(ctx), timeouts, io).await;
     }
-    let plane = Arc::clone(&ctx.plane);
     let closing = AtomicBool::new(false);
-    // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`
-    // is the parent of `drain`, so `drain` always fires first.
-    let mut signals = Signals {
-        drain: Gated::new(Box::pin(plane.shutdown.drain.clone().cancelled_owned())),
-        force: None,
-    };
+    // One timer for the connection's life, reset only when it fires (NGINX's lazy timers):
+    // a request costs no timer of its own.
+    let watchdog = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(watchdog);
+    // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `drain` is
+    // watched while idle (an idle connection closes at once); a busy one reads the flag
+    // when its response goes out. `force` (the parent of `drain`) is watched once drain
+    // fired.
+    let mut drain = Gated::new(Box::pin(ctx.plane.shutdown.drain.clone().cancelled_owned()));
+    let mut force: Option<Signal> = None;
     let mut held: Option<Buf> = None;
     let mut first = true;
     loop {
         if held.as_ref().is_none_or(Buf::is_empty) {
             // Idle between requests: no buffer, only the socket's readiness.
             held = None;
-            if closing.load(Relaxed) {
-                break;
-            }
-            let ready = std::future::poll_fn(|cx| io.poll_read_ready(cx));
-            match guarded(ready, &ctx, &timeouts, &closing, true, &mut signals).await {
-                Some(Ok(())) => {}
-                _ => return,
+            loop {
+                if closing.load(Relaxed) {
+                    return linger(&mut io).await;
+                }
+                tokio::select! {
+                    biased;
+                    r = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => match r {
+                        Ok(()) => break,
+                        Err(_) => return,
+                    },
+                    _ = &mut drain, if force.is_none() => {
+                        closing.store(true, Relaxed);
+                        force = Some(signal(&ctx.plane.shutdown.force));
+                    }
+                    _ = &mut watchdog => {
+                        if tick(&ctx, &timeouts, &closing, watchdog.as_mut(), &mut force) == Tick::Cut {
+                            return;
+                        }
+                    }
+                }
             }
         }
         let mut buf = held.take().unwrap_or_else(Buf::take);
@@ -117,71 +131,83 @@ pub async fn serve<I: ClientIo>(ctx: ConnCtx, timeouts: Timeouts, mut io: I, h2:
         }
         // Boxed: the request's state lives on the heap only while it is in flight, so the
         // connection's own future stays small while it idles.
-        let one = Box::pin(exchange::one(&ctx, &mut io, &mut buf, &closing));
-        let next = guarded(one, &ctx, &timeouts, &closing, false, &mut signals).await;
+        let mut one = Box::pin(exchange::one(&ctx, &mut io, &mut buf, &closing));
+        let next = loop {
+            tokio::select! {
+                biased;
+                r = &mut one => break Some(r),
+                _ = async { force.as_mut().expect("set when drain fired").await }, if force.is_some() => break None,
+                _ = &mut watchdog => {
+                    if tick(&ctx, &timeouts, &closing, watchdog.as_mut(), &mut force) == Tick::Cut {
+                        break None;
+                    }
+                }
+            }
+        };
+        drop(one);
         match next {
             Some(Next::KeepAlive) => held = Some(buf),
-            Some(Next::Close) => {
-                linger(&mut io).await;
-                return;
-            }
+            Some(Next::Close) => return linger(&mut io).await,
             Some(Next::Tunnel(start)) => {
-                return tunnel::run(&plane, io, Some(buf), *start).await;
+                return tunnel::run(&ctx.plane, io, Some(buf), *start).await;
             }
             None => return,
         }
     }
-    linger(&mut io).await;
 }
 
-struct Signals {
-    drain: Signal,
-    force: Option<Signal>,
+fn signal(token: &tokio_util::sync::CancellationToken) -> Signal {
+    Gated::new(Box::pin(token.clone().cancelled_owned()))
 }
 
-/// Runs `fut` (waiting for a request, or serving one) under the connection's watchdog and
-/// shutdown signals. `None`: the connection is to be closed now.
-async fn guarded<F: Future>(
-    fut: F,
+#[derive(PartialEq, Eq)]
+enum Tick {
+    Go,
+    /// Cut the connection now (a slow head, an idle connection, the force deadline).
+    Cut,
+}
+
+/// The watchdog fired: applies the timeouts and the shutdown and drain-deadline closes, and
+/// sets the next look (at least every quarter of the header-read timeout, and of the
+/// response timeout while a response head is awaited).
+fn tick(
     ctx: &ConnCtx,
     timeouts: &Timeouts,
     closing: &AtomicBool,
-    idle: bool,
-    signals: &mut Signals,
-) -> Option<F::Output> {
-    tokio::pin!(fut);
-    loop {
-        // Checked at every watchdog tick (at least every quarter of the header-read timeout).
-        if ctx.served_by_closed() {
-            closing.store(true, Relaxed);
-            if idle {
-                return None;
-            }
-        }
-        let next = match ctx
-            .activity
-            .verdict(timeouts.idle, Some(timeouts.header_read))
-        {
-            Verdict::CheckAt(at) => at,
-            Verdict::SlowHead => {
-                tracing::debug!(peer = %ctx.peer, "request head not received within the header-read timeout: closing");
-                return None;
-            }
-            Verdict::Idle => return None,
-        };
-        tokio::select! {
-            r = &mut fut => return Some(r),
-            _ = sleep_until(next) => {}
-            _ = &mut signals.drain, if signals.force.is_none() => {
-                closing.store(true, Relaxed);
-                signals.force = Some(Gated::new(Box::pin(ctx.plane.shutdown.force.clone().cancelled_owned())));
-                if idle {
-                    return None;
-                }
-            }
-            _ = async { signals.force.as_mut().expect("set when drain fired").await }, if signals.force.is_some() => return None,
-        }
+    watchdog: Pin<&mut tokio::time::Sleep>,
+    force: &mut Option<Signal>,
+) -> Tick {
+    let shutdown = &ctx.plane.shutdown;
+    if force.is_none() && shutdown.is_draining() {
+        closing.store(true, Relaxed);
+        *force = Some(signal(&shutdown.force));
     }
+    if ctx.served_by_closed() {
+        closing.store(true, Relaxed);
+    }
+    let waiting = ctx.waiting_head.load(Relaxed);
+    if waiting && ctx.activity.quiet_for() >= timeouts.response {
+        // The exchange sees it when polled next, right after this tick.
+        ctx.timed_out.store(true, Relaxed);
+    }
+    let next = match ctx
+        .activity
+        .verdict(timeouts.idle, Some(timeouts.header_read))
+    {
+        Verdict::CheckAt(at) => at,
+        Verdict::SlowHead => {
+            tracing::debug!(peer = %ctx.peer, "request head not received within the header-read timeout: closing");
+            return Tick::Cut;
+        }
+        Verdict::Idle => return Tick::Cut,
+    };
+    let next = if waiting {
+        next.min(tokio::time::Instant::now() + timeouts.response / 4)
+    } else {
+        next
+    };
+    watchdog.reset(next);
+    Tick::Go
 }
 
 /// Reads the first bytes; `true` when they are the HTTP/2 preface.

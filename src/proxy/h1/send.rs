@@ -192,6 +192,7 @@ async fn body<I: ClientIo>(
             return Ok(true);
         }
         tokio::select! {
+            biased;
             r = buf.read_from(io, SIZE) => match r {
                 Ok(0) | Err(_) => return Err(Failure::Client { bad: false }),
                 Ok(_) => {}

@@ -13,6 +13,7 @@ pub mod headers;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,10 @@ pub struct ConnCtx {
     /// The node that answered the last request: when its drain deadline passes, this client
     /// connection closes gracefully (GOAWAY, or `Connection: close`) and reconnects.
     pub served_by: ArcSwapOption<NodeState>,
+    /// HTTP/1.x: a request waits for its response head (the watchdog applies the response
+    /// timeout), and the watchdog found it late.
+    pub waiting_head: AtomicBool,
+    pub timed_out: AtomicBool,
 }
 
 impl ConnCtx {
@@ -64,6 +69,8 @@ impl ConnCtx {
             activity,
             proto,
             served_by: ArcSwapOption::empty(),
+            waiting_head: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
         }
     }
 
