@@ -177,6 +177,10 @@ impl<S> Watched<S> {
         }
     }
 
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
     pub fn get_ref(&self) -> &S {
         &self.inner
     }

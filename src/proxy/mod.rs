@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ListenerMetrics;
 use crate::shutdown::Shutdown;
-use crate::snapshot::{ListenerRoutes, Target};
+use crate::snapshot::Target;
 use activity::{Activity, Watched};
 use http::ConnCtx;
 use std::net::SocketAddr;
@@ -72,47 +72,33 @@ impl Drop for ConnSlot {
     }
 }
 
-/// One HTTP client connection: plain, or TLS terminated first (the handshake is bounded by
-/// the header-read timeout, and a failure is logged and counted, touching nothing else).
-async fn serve_http(
+/// One HTTPS client connection: TLS terminated first (the handshake is bounded by the
+/// header-read timeout, and a failure is logged and counted, touching nothing else), then
+/// HTTP/1.x or, by ALPN, HTTP/2.
+async fn serve_tls(
     plane: Arc<DataPlane>,
-    routes: &ListenerRoutes,
-    stats: &Arc<ListenerStats>,
-    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    watched: Watched<TcpStream>,
     peer: SocketAddr,
+    timeouts: crate::config::Timeouts,
+    slot: ConnSlot,
 ) {
-    let activity = Arc::new(Activity::new());
-    let watched = Watched::new(stream, Arc::clone(&activity), Arc::clone(stats));
-    let timeouts = routes.config.timeouts;
-    match (&routes.config.tls, &routes.tls) {
-        (None, _) => {
-            let ctx = ConnCtx::new(plane, Arc::clone(stats), peer, activity, "http");
-            h1::serve(ctx, timeouts, watched, false).await
+    let stats = Arc::clone(&slot.0);
+    let activity = Arc::clone(watched.activity());
+    match tokio::time::timeout(timeouts.header_read, acceptor.accept(watched)).await {
+        Ok(Ok(tls)) => {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let ctx = ConnCtx::new(plane, stats, peer, activity, "https", timeouts, Some(slot));
+            h1::serve(Arc::new(ctx), tls, h2).await
         }
-        (Some(_), Some(acceptor)) => {
-            // Boxed: the TLS state is twice the size of a plain connection's, and every
-            // plain connection's task would otherwise be sized for it.
-            Box::pin(async move {
-                match tokio::time::timeout(timeouts.header_read, acceptor.accept(watched)).await {
-                    Ok(Ok(tls)) => {
-                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let ctx = ConnCtx::new(plane, Arc::clone(stats), peer, activity, "https");
-                        h1::serve(ctx, timeouts, tls, h2).await
-                    }
-                    Ok(Err(e)) => {
-                        stats.metrics.tls_failures.inc();
-                        tracing::debug!(listener = %stats.name, %peer, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        stats.metrics.tls_failures.inc();
-                        tracing::debug!(listener = %stats.name, %peer, "TLS handshake timed out");
-                    }
-                }
-            })
-            .await
+        Ok(Err(e)) => {
+            stats.metrics.tls_failures.inc();
+            tracing::debug!(listener = %stats.name, %peer, error = %e, "TLS handshake failed");
         }
-        // The certificates could not be turned into a TLS config: never serve in clear.
-        (Some(_), None) => {}
+        Err(_) => {
+            stats.metrics.tls_failures.inc();
+            tracing::debug!(listener = %stats.name, %peer, "TLS handshake timed out");
+        }
     }
 }
 
@@ -166,10 +152,37 @@ pub async fn accept_loop(
                 });
             }
             Target::Http(_) => {
-                plane.shutdown.tracker.spawn(async move {
-                    let slot = slot;
-                    serve_http(task_plane, &routes, &slot.0, stream, peer).await
-                });
+                let activity = Arc::new(Activity::new());
+                let watched = Watched::new(stream, Arc::clone(&activity), Arc::clone(&stats));
+                let timeouts = routes.config.timeouts;
+                match (&routes.config.tls, &routes.tls) {
+                    // The task is the connection's future alone (see `h1::serve`): what it
+                    // needs is prepared here.
+                    (None, _) => {
+                        let ctx = ConnCtx::new(
+                            task_plane,
+                            Arc::clone(&stats),
+                            peer,
+                            activity,
+                            "http",
+                            timeouts,
+                            Some(slot),
+                        );
+                        plane
+                            .shutdown
+                            .tracker
+                            .spawn(h1::serve(Arc::new(ctx), watched, false));
+                    }
+                    (Some(_), Some(acceptor)) => {
+                        let acceptor = acceptor.clone();
+                        plane.shutdown.tracker.spawn(serve_tls(
+                            task_plane, acceptor, watched, peer, timeouts, slot,
+                        ));
+                    }
+                    // The certificates could not be turned into a TLS config: never serve
+                    // in clear.
+                    (Some(_), None) => {}
+                }
             }
         }
     }

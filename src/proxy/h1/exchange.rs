@@ -23,7 +23,7 @@ use super::framing::BodyLen;
 use super::head::{self, Refusal, MAX_FIELDS};
 use super::send::{self, Decision, Failure, Head};
 use super::tunnel::{self, Kind};
-use super::{relay, ClientIo, Next};
+use super::{relay, ClientIo, Done, Next};
 use crate::config::Timeouts;
 use crate::pool::{AdminState, Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
 use crate::proxy::activity::InflightGuard;
@@ -79,13 +79,42 @@ impl From<Refusal> for Local {
     }
 }
 
-/// Serves the request at the front of `buf` (reading until its head is complete).
+/// Serves requests while the client sends them: pipelined ones in turn, the first of the
+/// connection (`first`) after a look for the HTTP/2 preface. The buffer lives here, so it
+/// exists only while the connection is busy.
+/// It owns the client connection meanwhile and hands it back with the outcome.
+pub async fn busy<I: ClientIo>(ctx: Arc<ConnCtx>, mut io: I, first: bool) -> (I, Done) {
+    let mut buf = Buf::take();
+    let mut first = first;
+    let closing = &ctx.closing;
+    loop {
+        let done = match one(&ctx, &mut io, &mut buf, closing, std::mem::take(&mut first)).await {
+            Next::KeepAlive if buf.is_empty() => Done::Idle,
+            Next::KeepAlive => continue,
+            Next::Close => Done::Close,
+            Next::Tunnel(start) => Done::Tunnel(start, buf),
+            Next::H2 => Done::H2(buf),
+        };
+        return (io, done);
+    }
+}
+
+/// Serves the request at the front of `buf` (reading until its head is complete). `first`:
+/// the connection's first bytes, which may be the HTTP/2 preface instead.
 pub async fn one<I: ClientIo>(
     ctx: &ConnCtx,
     io: &mut I,
     buf: &mut Buf,
     closing: &AtomicBool,
+    first: bool,
 ) -> Next {
+    if first {
+        match super::preface(io, buf).await {
+            Ok(false) => {}
+            Ok(true) => return Next::H2,
+            Err(_) => return Next::Close,
+        }
+    }
     let (mut plan, head_len) = loop {
         let planned = {
             let mut fields = [EMPTY_HEADER; MAX_FIELDS];

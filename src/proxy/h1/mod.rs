@@ -22,9 +22,10 @@ mod rewind;
 pub(crate) mod send;
 pub mod tunnel;
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,7 +36,6 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::activity::{Verdict, Watched};
 use super::http::ConnCtx;
-use crate::config::Timeouts;
 use crate::gated::Gated;
 use buf::Buf;
 
@@ -56,11 +56,24 @@ impl ClientIo for Watched<TcpStream> {
 
 impl ClientIo for tokio_rustls::server::TlsStream<Watched<TcpStream>> {}
 
+/// How a busy spell of a connection ended.
+pub enum Done {
+    /// Every request read was answered: wait for the next.
+    Idle,
+    Close,
+    /// A tunnel starts, with what the client sent after its upgrade request.
+    Tunnel(Box<tunnel::Start>, Buf),
+    /// The connection opened with the HTTP/2 preface (held in the buffer).
+    H2(Buf),
+}
+
 /// What a connection does after a request.
 pub enum Next {
     KeepAlive,
     Close,
     Tunnel(Box<tunnel::Start>),
+    /// The connection opened with the HTTP/2 preface.
+    H2,
 }
 
 /// The HTTP/2 connection preface: a client speaking HTTP/2 with prior knowledge.
@@ -74,84 +87,132 @@ const LINGER: Duration = Duration::from_secs(1);
 type Signal = Gated<Pin<Box<WaitForCancellationFutureOwned>>>;
 
 /// Serves one client connection. `h2`: TLS agreed on HTTP/2 by ALPN.
-pub async fn serve<I: ClientIo>(ctx: ConnCtx, timeouts: Timeouts, mut io: I, h2: bool) {
-    if h2 {
-        return super::http::serve_h2(Arc::new(ctx), timeouts, io).await;
+pub fn serve<I: ClientIo>(ctx: Arc<ConnCtx>, io: I, h2: bool) -> Conn<I> {
+    let state = if h2 {
+        State::Finish(Box::pin(super::http::serve_h2(Arc::clone(&ctx), io)))
+    } else {
+        State::Idle(io)
+    };
+    Conn {
+        // Fires at once: the first look sets the real deadline.
+        watchdog: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        ctx,
+        force: None,
+        first: true,
+        state,
     }
-    let closing = AtomicBool::new(false);
-    // One timer for the connection's life, reset only when it fires (NGINX's lazy timers):
-    // a request costs no timer of its own.
-    let watchdog = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(watchdog);
-    // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `drain` is
-    // watched while idle (an idle connection closes at once); a busy one reads the flag
-    // when its response goes out. `force` (the parent of `drain`) is watched once drain
-    // fired.
-    let mut drain = Gated::new(Box::pin(ctx.plane.shutdown.drain.clone().cancelled_owned()));
-    let mut force: Option<Signal> = None;
-    let mut held: Option<Buf> = None;
-    let mut first = true;
-    loop {
-        if held.as_ref().is_none_or(Buf::is_empty) {
-            // Idle between requests: no buffer, only the socket's readiness.
-            held = None;
-            loop {
-                if closing.load(Relaxed) {
-                    return linger(&mut io).await;
-                }
-                tokio::select! {
-                    biased;
-                    r = std::future::poll_fn(|cx| io.poll_read_ready(cx)) => match r {
-                        Ok(()) => break,
-                        Err(_) => return,
-                    },
-                    _ = &mut drain, if force.is_none() => {
-                        closing.store(true, Relaxed);
-                        force = Some(signal(&ctx.plane.shutdown.force));
+}
+
+/// A client connection's task, written out by hand so that it holds exactly what an idle
+/// connection needs: its socket, its context, one timer and the shutdown signal once drain
+/// began. An idle keep-alive connection costs this (under 256 bytes with tokio's task
+/// header), its context and tokio's registration of the socket.
+///
+/// - Idle: waits for the socket to be readable, holding no buffer.
+/// - Busy: a boxed future (the requests' state, their buffer included) owns the socket
+///   until every request read was answered, and hands it back.
+/// - Finish: a boxed continuation owns it to the end (HTTP/2, a tunnel, a lingering close).
+///
+/// The timer is the connection's only one, reset only when it fires (NGINX's lazy timers):
+/// a request costs no timer of its own. Each time it applies the idle, header-read and
+/// response timeouts and notices shutdown (an idle connection closes at the first look
+/// after `drain`, within a quarter of the header-read timeout; a busy one says
+/// `Connection: close` on its response) and the serving node's drain deadline. `force`
+/// (gated so per-read wake-ups don't poll it) cuts what remains.
+pub struct Conn<I: ClientIo> {
+    ctx: Arc<ConnCtx>,
+    watchdog: Pin<Box<tokio::time::Sleep>>,
+    force: Option<Box<Signal>>,
+    first: bool,
+    state: State<I>,
+}
+
+type Busy<I> = Pin<Box<dyn Future<Output = (I, Done)> + Send>>;
+
+enum State<I> {
+    Idle(I),
+    Busy(Busy<I>),
+    Finish(Pin<Box<dyn Future<Output = ()> + Send>>),
+    Done,
+}
+
+impl<I: ClientIo> Future for Conn<I> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        loop {
+            // The connection's own work first; the signals and the timer after.
+            match &mut this.state {
+                State::Done => return Poll::Ready(()),
+                State::Finish(rest) => return rest.as_mut().poll(cx),
+                State::Idle(io) => {
+                    if this.ctx.closing.load(Relaxed) {
+                        this.finish_with(linger);
+                        continue;
                     }
-                    _ = &mut watchdog => {
-                        if tick(&ctx, &timeouts, &closing, watchdog.as_mut(), &mut force) == Tick::Cut {
-                            return;
+                    match io.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            let State::Idle(io) = std::mem::replace(&mut this.state, State::Done)
+                            else {
+                                return Poll::Ready(());
+                            };
+                            let first = std::mem::take(&mut this.first);
+                            let busy = exchange::busy(Arc::clone(&this.ctx), io, first);
+                            this.state = State::Busy(Box::pin(busy));
+                            continue;
                         }
+                        Poll::Ready(Err(_)) => return Poll::Ready(()),
+                        Poll::Pending => {}
                     }
                 }
-            }
-        }
-        let mut buf = held.take().unwrap_or_else(Buf::take);
-        if first {
-            first = false;
-            match preface(&mut io, &mut buf).await {
-                Ok(false) => {}
-                Ok(true) => {
-                    let io = rewind::Rewind::new(buf, io);
-                    return super::http::serve_h2(Arc::new(ctx), timeouts, io).await;
-                }
-                Err(_) => return,
-            }
-        }
-        // Boxed: the request's state lives on the heap only while it is in flight, so the
-        // connection's own future stays small while it idles.
-        let mut one = Box::pin(exchange::one(&ctx, &mut io, &mut buf, &closing));
-        let next = loop {
-            tokio::select! {
-                biased;
-                r = &mut one => break Some(r),
-                _ = async { force.as_mut().expect("set when drain fired").await }, if force.is_some() => break None,
-                _ = &mut watchdog => {
-                    if tick(&ctx, &timeouts, &closing, watchdog.as_mut(), &mut force) == Tick::Cut {
-                        break None;
+                State::Busy(busy) => match busy.as_mut().poll(cx) {
+                    Poll::Ready((io, done)) => {
+                        this.after(io, done);
+                        continue;
                     }
+                    Poll::Pending => {}
+                },
+            }
+            if let Some(force) = &mut this.force {
+                if Pin::new(force.as_mut()).poll(cx).is_ready() {
+                    return Poll::Ready(());
                 }
+            }
+            if this.watchdog.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if tick(&this.ctx, this.watchdog.as_mut(), &mut this.force) == Tick::Cut {
+                return Poll::Ready(());
+            }
+            // The reset timer is polled on the next pass, which registers it (and a busy
+            // connection's exchange sees `timed_out`).
+        }
+    }
+}
+
+impl<I: ClientIo> Conn<I> {
+    /// A busy spell ended with `done`.
+    fn after(&mut self, io: I, done: Done) {
+        self.state = match done {
+            Done::Idle => State::Idle(io),
+            Done::Close => State::Finish(Box::pin(linger(io))),
+            Done::H2(buf) => {
+                let io = rewind::Rewind::new(buf, io);
+                State::Finish(Box::pin(super::http::serve_h2(Arc::clone(&self.ctx), io)))
+            }
+            Done::Tunnel(start, buf) => {
+                let ctx = Arc::clone(&self.ctx);
+                State::Finish(Box::pin(async move {
+                    tunnel::run(&ctx.plane, io, Some(buf), *start).await
+                }))
             }
         };
-        drop(one);
-        match next {
-            Some(Next::KeepAlive) => held = Some(buf),
-            Some(Next::Close) => return linger(&mut io).await,
-            Some(Next::Tunnel(start)) => {
-                return tunnel::run(&ctx.plane, io, Some(buf), *start).await;
-            }
-            None => return,
+    }
+
+    fn finish_with<F: Future<Output = ()> + Send + 'static>(&mut self, f: fn(I) -> F) {
+        if let State::Idle(io) = std::mem::replace(&mut self.state, State::Done) {
+            self.state = State::Finish(Box::pin(f(io)));
         }
     }
 }
@@ -168,31 +229,30 @@ enum Tick {
 }
 
 /// The watchdog fired: applies the timeouts and the shutdown and drain-deadline closes, and
-/// sets the next look (at least every quarter of the header-read timeout, and of the
-/// response timeout while a response head is awaited).
+/// sets the next look (at least every quarter of the header-read and response timeouts).
 fn tick(
     ctx: &ConnCtx,
-    timeouts: &Timeouts,
-    closing: &AtomicBool,
     watchdog: Pin<&mut tokio::time::Sleep>,
-    force: &mut Option<Signal>,
+    force: &mut Option<Box<Signal>>,
 ) -> Tick {
+    let closing = &ctx.closing;
+    let timeouts = &ctx.timeouts;
     let shutdown = &ctx.plane.shutdown;
     if force.is_none() && shutdown.is_draining() {
         closing.store(true, Relaxed);
-        *force = Some(signal(&shutdown.force));
+        *force = Some(Box::new(signal(&shutdown.force)));
     }
     if ctx.served_by_closed() {
         closing.store(true, Relaxed);
     }
     let waiting = ctx.waiting_head.load(Relaxed);
-    if waiting && ctx.activity.quiet_for() >= timeouts.response {
+    if waiting && ctx.activity.quiet_for() >= timeouts.response() {
         // The exchange sees it when polled next, right after this tick.
         ctx.timed_out.store(true, Relaxed);
     }
     let next = match ctx
         .activity
-        .verdict(timeouts.idle, Some(timeouts.header_read))
+        .verdict(timeouts.idle(), Some(timeouts.header_read()))
     {
         Verdict::CheckAt(at) => at,
         Verdict::SlowHead => {
@@ -201,17 +261,14 @@ fn tick(
         }
         Verdict::Idle => return Tick::Cut,
     };
-    let next = if waiting {
-        next.min(tokio::time::Instant::now() + timeouts.response / 4)
-    } else {
-        next
-    };
-    watchdog.reset(next);
+    // Also every quarter of the response timeout: a request that starts waiting between two
+    // looks is then answered 504 within 1.25 times it.
+    watchdog.reset(next.min(tokio::time::Instant::now() + timeouts.response() / 4));
     Tick::Go
 }
 
 /// Reads the first bytes; `true` when they are the HTTP/2 preface.
-async fn preface<I: ClientIo>(io: &mut I, buf: &mut Buf) -> io::Result<bool> {
+pub(super) async fn preface<I: ClientIo>(io: &mut I, buf: &mut Buf) -> io::Result<bool> {
     loop {
         let held = buf.data();
         let n = held.len().min(H2_PREFACE.len());
@@ -229,7 +286,7 @@ async fn preface<I: ClientIo>(io: &mut I, buf: &mut Buf) -> io::Result<bool> {
 
 /// Closes the connection after its last response: FIN first, then what the client still
 /// sends is read and dropped, for at most [`LINGER`].
-async fn linger<I: ClientIo>(io: &mut I) {
+async fn linger<I: ClientIo>(mut io: I) {
     let drain = async {
         if io.shutdown().await.is_err() {
             return;
@@ -242,4 +299,62 @@ async fn linger<I: ClientIo>(io: &mut I) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::metrics::Metrics;
+    use crate::proxy::{DataPlane, ListenerStats};
+    use crate::shutdown::Shutdown;
+    use crate::snapshot::Snapshot;
+
+    fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every connection's task is sized for its future while it idles: the per-request
+    /// state and the rare continuations (HTTP/2, tunnels, linger) are boxed.
+    #[tokio::test]
+    async fn a_plain_connections_future_stays_small() {
+        let yaml = "listeners:\n  - { name: web, listen: \"127.0.0.1:0\", protocol: http, routes: [ { pool: p } ] }\npools:\n  - { name: p, nodes: [ { name: a, addr: \"127.0.0.1:1\" } ] }\n";
+        let metrics = Metrics::new();
+        let snapshot = Snapshot::build(config::parse(yaml).expect("config"), None, &metrics);
+        let plane = Arc::new(DataPlane {
+            snapshot: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
+            shutdown: Shutdown::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let peer = stream.local_addr().unwrap();
+        let stats = Arc::new(ListenerStats::new(
+            "web",
+            crate::metrics::ListenerMetrics::new(&metrics, "web"),
+        ));
+        let activity = Arc::new(crate::proxy::activity::Activity::new());
+        let io = Watched::new(stream, Arc::clone(&activity), Arc::clone(&stats));
+        let secs = Duration::from_secs;
+        let timeouts = config::Timeouts {
+            connect: secs(3),
+            idle: secs(60),
+            header_read: secs(10),
+            response: secs(60),
+        };
+        let ctx = ConnCtx::new(plane, stats, peer, activity, "http", timeouts, None);
+        let fut = serve(Arc::new(ctx), io, false);
+        assert!(std::mem::size_of::<tokio::time::Sleep>() > 0);
+        let size = size_of_future(&fut);
+        eprintln!(
+            "serve future: {size} bytes; sleep {} ctx {} io {} timeouts {} gated {}",
+            std::mem::size_of::<tokio::time::Sleep>(),
+            std::mem::size_of::<ConnCtx>(),
+            std::mem::size_of::<Watched<TcpStream>>(),
+            std::mem::size_of::<config::Timeouts>(),
+            std::mem::size_of::<Signal>()
+        );
+        assert!(size <= 1024, "the connection future is {size} bytes");
+    }
 }

@@ -11,9 +11,28 @@ use http::request::Parts;
 use crate::proxy::h1::framing::BodyLen;
 use crate::proxy::h1::head::{dropped, field, framing_field};
 
-/// The `X-Forwarded-For` value for a client address, made once per client connection.
-pub fn forwarded_for(client_ip: IpAddr) -> HeaderValue {
-    HeaderValue::try_from(client_ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+/// A client's address as text, for `X-Forwarded-For`: formatted once per connection and
+/// held inline, so a connection costs no allocation for it.
+#[derive(Clone, Copy)]
+pub struct ClientAddr {
+    text: [u8; 45],
+    len: u8,
+}
+
+impl ClientAddr {
+    pub fn new(ip: IpAddr) -> Self {
+        use std::io::Write;
+        // 45 bytes hold the longest IPv6 text (with an embedded IPv4 address).
+        let mut text = [0u8; 45];
+        let mut rest = &mut text[..];
+        let _ = write!(rest, "{ip}");
+        let len = (45 - rest.len()) as u8;
+        ClientAddr { text, len }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
+    }
 }
 
 /// The request's host: the Host header, or the URI authority (HTTP/2).
@@ -32,7 +51,7 @@ fn passes(name: &HeaderName) -> bool {
 }
 
 /// Writes an HTTP/2 request's head for an HTTP/1.1 backend. `client` is the client's
-/// address as made by [`forwarded_for`].
+/// address (see [`ClientAddr`]).
 pub fn write_request_head(
     out: &mut Vec<u8>,
     parts: &Parts,
@@ -112,6 +131,21 @@ mod tests {
              x-forwarded-for: 10.0.0.1, 192.0.2.7\r\nx-forwarded-proto: https\r\n\
              Content-Length: 3\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn client_addresses_are_written_whole() {
+        for ip in [
+            "192.0.2.7",
+            "2001:db8::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let addr = ClientAddr::new(ip.parse().unwrap());
+            assert_eq!(
+                addr.as_bytes(),
+                ip.parse::<IpAddr>().unwrap().to_string().as_bytes()
+            );
+        }
     }
 
     #[test]

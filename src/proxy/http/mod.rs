@@ -18,14 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 
 use super::activity::{Activity, Verdict};
-use super::ListenerStats;
+use super::{ConnSlot, ListenerStats};
 use crate::config::Timeouts;
 use crate::gated::Gated;
 use crate::pool::NodeState;
@@ -40,7 +39,7 @@ pub struct ConnCtx {
     pub listener: Arc<ListenerStats>,
     pub peer: SocketAddr,
     /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
-    pub forwarded_for: HeaderValue,
+    pub forwarded_for: headers::ClientAddr,
     pub activity: Arc<Activity>,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub proto: &'static str,
@@ -51,26 +50,38 @@ pub struct ConnCtx {
     /// timeout), and the watchdog found it late.
     pub waiting_head: AtomicBool,
     pub timed_out: AtomicBool,
+    /// HTTP/1.x: the connection closes after the response in flight (shutdown, or the
+    /// serving node's drain deadline); an idle one closes at once.
+    pub closing: AtomicBool,
+    /// The listener's timeouts when the connection was accepted.
+    pub timeouts: ConnTimeouts,
+    /// The connection's slot of its listener's limit, held as long as the connection is.
+    _slot: Option<ConnSlot>,
 }
 
 impl ConnCtx {
-    pub fn new(
+    pub(crate) fn new(
         plane: Arc<DataPlane>,
         listener: Arc<ListenerStats>,
         peer: SocketAddr,
         activity: Arc<Activity>,
         proto: &'static str,
+        timeouts: Timeouts,
+        slot: Option<ConnSlot>,
     ) -> Self {
         ConnCtx {
             plane,
             listener,
             peer,
-            forwarded_for: headers::forwarded_for(peer.ip()),
+            forwarded_for: headers::ClientAddr::new(peer.ip()),
             activity,
             proto,
             served_by: ArcSwapOption::empty(),
             waiting_head: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            timeouts: ConnTimeouts::new(&timeouts),
+            _slot: slot,
         }
     }
 
@@ -83,12 +94,46 @@ impl ConnCtx {
     }
 }
 
+/// The timeouts a client connection's watchdog applies, in milliseconds (compact: every
+/// connection holds them).
+#[derive(Clone, Copy)]
+pub struct ConnTimeouts {
+    idle_ms: u32,
+    header_read_ms: u32,
+    response_ms: u32,
+}
+
+impl ConnTimeouts {
+    pub fn new(t: &Timeouts) -> Self {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        ConnTimeouts {
+            idle_ms: ms(t.idle),
+            header_read_ms: ms(t.header_read),
+            response_ms: ms(t.response),
+        }
+    }
+
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms.into())
+    }
+
+    pub fn header_read(&self) -> Duration {
+        Duration::from_millis(self.header_read_ms.into())
+    }
+
+    pub fn response(&self) -> Duration {
+        Duration::from_millis(self.response_ms.into())
+    }
+}
+
 /// Serves one HTTP/2 client connection (`io` has the connection preface still to read).
-pub async fn serve_h2<I>(ctx: Arc<ConnCtx>, timeouts: Timeouts, io: I)
+pub async fn serve_h2<I>(ctx: Arc<ConnCtx>, io: I)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::clone(&ctx.activity);
+    let timeouts = ctx.timeouts;
+    let (idle, header_read) = (timeouts.idle(), timeouts.header_read());
     activity.set_h2();
     let plane = Arc::clone(&ctx.plane);
     let peer = ctx.peer;
@@ -110,7 +155,7 @@ where
             conn.as_mut().graceful_shutdown();
             closing = true;
         }
-        let next = match activity.verdict(timeouts.idle, Some(timeouts.header_read)) {
+        let next = match activity.verdict(idle, Some(header_read)) {
             Verdict::CheckAt(at) => at,
             Verdict::SlowHead => break,
             Verdict::Idle => {
