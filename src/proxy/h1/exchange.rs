@@ -175,8 +175,8 @@ fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool
         &mut out.0,
         req,
         &info,
-        ctx.forwarded_for.as_bytes(),
-        ctx.proto,
+        ctx.client_addr().as_bytes(),
+        ctx.proto(),
     );
     Ok(Plan {
         body: info.body,

@@ -314,10 +314,11 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// Every connection's task is sized for its future while it idles: the per-request
-    /// state and the rare continuations (HTTP/2, tunnels, linger) are boxed.
+    /// An idle connection's memory is its task, its context, its timer and tokio's record of
+    /// its socket: the per-request state and the rare continuations (HTTP/2, tunnels,
+    /// linger) are boxed, and nothing else may creep into the first two.
     #[tokio::test]
-    async fn a_plain_connections_future_stays_small() {
+    async fn an_idle_connection_holds_little() {
         let yaml = "listeners:\n  - { name: web, listen: \"127.0.0.1:0\", protocol: http, routes: [ { pool: p } ] }\npools:\n  - { name: p, nodes: [ { name: a, addr: \"127.0.0.1:1\" } ] }\n";
         let metrics = Metrics::new();
         let snapshot = Snapshot::build(config::parse(yaml).expect("config"), None, &metrics);
@@ -345,16 +346,11 @@ mod tests {
         };
         let ctx = ConnCtx::new(plane, stats, peer, activity, "http", timeouts, None);
         let fut = serve(Arc::new(ctx), io, false);
-        assert!(std::mem::size_of::<tokio::time::Sleep>() > 0);
         let size = size_of_future(&fut);
-        eprintln!(
-            "serve future: {size} bytes; sleep {} ctx {} io {} timeouts {} gated {}",
-            std::mem::size_of::<tokio::time::Sleep>(),
-            std::mem::size_of::<ConnCtx>(),
-            std::mem::size_of::<Watched<TcpStream>>(),
-            std::mem::size_of::<config::Timeouts>(),
-            std::mem::size_of::<Signal>()
-        );
-        assert!(size <= 1024, "the connection future is {size} bytes");
+        // tokio's task cell (a 32-byte header, 24 bytes and the future, a 48-byte trailer)
+        // is 128-byte aligned: a future of at most 152 bytes keeps it at 256.
+        assert!(size <= 152, "the connection future is {size} bytes");
+        let ctx = std::mem::size_of::<ConnCtx>();
+        assert!(ctx <= 112, "the connection context is {ctx} bytes");
     }
 }

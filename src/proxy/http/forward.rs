@@ -118,8 +118,8 @@ async fn forward(
                     &mut out.0,
                     &parts,
                     framing,
-                    ctx.forwarded_for.as_bytes(),
-                    ctx.proto,
+                    ctx.client_addr().as_bytes(),
+                    ctx.proto(),
                 );
                 out.0.extend_from_slice(&bytes);
                 return send_all(
@@ -151,8 +151,8 @@ async fn forward(
         &mut out.0,
         &parts,
         framing,
-        ctx.forwarded_for.as_bytes(),
-        ctx.proto,
+        ctx.client_addr().as_bytes(),
+        ctx.proto(),
     );
     let stream = (!held).then_some(body);
     send_all(
