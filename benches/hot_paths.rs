@@ -122,7 +122,7 @@ Accept: */*\r\nConnection: keep-alive\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n";
     let mut out = Vec::with_capacity(1024);
     c.bench_function("headers/parse_and_rewrite_request", |b| {
         b.iter(|| {
-            let mut fields = [httparse::EMPTY_HEADER; head::MAX_FIELDS];
+            let mut fields = head::fields();
             let req = head::parse_request(black_box(raw), &mut fields)
                 .ok()
                 .flatten()

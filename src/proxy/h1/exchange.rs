@@ -14,13 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
 
-use httparse::EMPTY_HEADER;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{timeout, Instant};
 
 use super::buf::{Buf, Out};
 use super::framing::BodyLen;
-use super::head::{self, Refusal, MAX_FIELDS};
+use super::head::{self, Refusal};
 use super::send::{self, Decision, Failure, Head};
 use super::tunnel::{self, Kind};
 use super::{relay, ClientIo, Done, Next};
@@ -117,7 +116,7 @@ pub async fn one<I: ClientIo>(
     }
     let (mut plan, head_len) = loop {
         let planned = {
-            let mut fields = [EMPTY_HEADER; MAX_FIELDS];
+            let mut fields = head::fields();
             match head::parse_request(buf.data(), &mut fields) {
                 Ok(Some(req)) => Some(plan(ctx, &req).map(|p| (p, req.len))),
                 Ok(None) => None,

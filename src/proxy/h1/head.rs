@@ -8,6 +8,7 @@
 //! (joined to earlier values) and `X-Forwarded-Proto`.
 
 use std::io::Write;
+use std::mem::MaybeUninit;
 
 use httparse::Header;
 
@@ -16,6 +17,29 @@ use super::framing::{self, Bad, BodyLen};
 /// Field lines accepted in one head; more is answered 431 (NGINX and HAProxy allow about
 /// as many).
 pub const MAX_FIELDS: usize = 128;
+
+/// Room for a head's fields, left uninitialised: httparse fills what it parses, so a head
+/// costs no 4 KiB of zeroing.
+pub type Fields<'b> = [MaybeUninit<Header<'b>>; MAX_FIELDS];
+
+pub fn fields<'b>() -> Fields<'b> {
+    [const { MaybeUninit::uninit() }; MAX_FIELDS]
+}
+
+/// Appends `n` in decimal (no formatting machinery on the per-request path).
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
 
 /// Why a request is answered by handoff itself, and the connection closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +79,10 @@ pub struct Request<'h, 'b> {
 /// Parses a request head at the front of `buf`; `Ok(None)` while it is incomplete.
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
-    fields: &'h mut [Header<'b>],
+    fields: &'h mut [MaybeUninit<Header<'b>>],
 ) -> Result<Option<Request<'h, 'b>>, Refusal> {
-    let mut req = httparse::Request::new(fields);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
@@ -266,7 +290,9 @@ pub(crate) fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 pub(crate) fn framing_field(out: &mut Vec<u8>, body: BodyLen) {
     match body {
         BodyLen::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         BodyLen::Chunked => field(out, "Transfer-Encoding", b"chunked"),
         BodyLen::Empty | BodyLen::UntilClose => {}
@@ -285,10 +311,12 @@ pub struct Response<'h, 'b> {
 /// Parses a response head at the front of `buf`; `Ok(None)` while it is incomplete.
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
-    fields: &'h mut [Header<'b>],
+    fields: &'h mut [MaybeUninit<Header<'b>>],
 ) -> Result<Option<Response<'h, 'b>>, Bad> {
-    let mut resp = httparse::Response::new(fields);
-    match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, fields)
+    {
         Ok(httparse::Status::Complete(len)) => Ok(Some(Response {
             len,
             status: resp.code.unwrap_or(0),
@@ -341,7 +369,9 @@ pub fn write_response(
     body: BodyLen,
     client: &ClientSide<'_>,
 ) {
-    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, resp.status.into());
+    out.push(b' ');
     out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers {
@@ -372,7 +402,9 @@ pub fn write_response(
 
 /// Writes an interim (1xx) response for the client, hop-by-hop fields dropped.
 pub fn write_interim(out: &mut Vec<u8>, resp: &Response<'_, '_>) {
-    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, resp.status.into());
+    out.push(b' ');
     out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers {

@@ -3,7 +3,7 @@
 use super::*;
 
 fn rewrite(raw: &str) -> Result<String, Refusal> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut fields = fields();
     let req = parse_request(raw.as_bytes(), &mut fields)?.expect("complete");
     let info = inspect(&req)?;
     let mut out = Vec::new();
@@ -40,7 +40,7 @@ fn framing_fields_are_written_from_the_framing_decided() {
 #[test]
 fn absolute_form_targets_become_origin_form_and_route_by_their_authority() {
     let raw = "GET http://api.test:8080/v1/x?q=1 HTTP/1.1\r\nHost: other\r\n\r\n";
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut fields = fields();
     let req = parse_request(raw.as_bytes(), &mut fields).unwrap().unwrap();
     let info = inspect(&req).unwrap();
     assert_eq!((info.host, info.path), (Some("api.test:8080"), "/v1/x"));
@@ -98,7 +98,7 @@ fn requests_handoff_cannot_frame_or_route_are_refused() {
 #[test]
 fn keep_alive_follows_the_version_and_connection() {
     let ka = |raw: &str| {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut fields = fields();
         let req = parse_request(raw.as_bytes(), &mut fields).unwrap().unwrap();
         inspect(&req).unwrap().keep_alive
     };
@@ -111,7 +111,7 @@ fn keep_alive_follows_the_version_and_connection() {
 }
 
 fn respond(raw: &str, to_head: bool, client: ClientSide<'_>) -> (String, ResponseInfo) {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut fields = fields();
     let resp = parse_response(raw.as_bytes(), &mut fields)
         .unwrap()
         .unwrap();
@@ -181,4 +181,13 @@ fn local_responses_are_complete_messages() {
         head.contains(&format!("Content-Length: {}", body.len())),
         "{text}"
     );
+}
+
+#[test]
+fn decimals_are_written_plainly() {
+    for n in [0u64, 7, 10, 204, 65536, u64::MAX] {
+        let mut out = Vec::new();
+        push_decimal(&mut out, n);
+        assert_eq!(out, n.to_string().as_bytes());
+    }
 }

@@ -2,14 +2,13 @@
 //! goes out, the backend is watched: interim responses (`100 Continue`) go to the client at
 //! once, and a final response that comes early ends the upload.
 
-use httparse::EMPTY_HEADER;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::buf::{Buf, Out, SIZE};
 use super::exchange::{Plan, MAX_HEAD};
 use super::framing::{BodyLen, Chunked};
-use super::head::{self, ClientSide, MAX_FIELDS};
+use super::head::{self, ClientSide};
 use super::ClientIo;
 
 /// Why an exchange ended before a final response head.
@@ -94,7 +93,7 @@ fn parse(
     decide: &mut impl FnMut(u16, BodyLen, bool) -> Decision,
 ) -> Result<Parsed, Failure> {
     let bad = Failure::Upstream { answered: true };
-    let mut fields = [EMPTY_HEADER; MAX_FIELDS];
+    let mut fields = head::fields();
     let Some(resp) = head::parse_response(ub.data(), &mut fields).map_err(|_| bad)? else {
         return Ok(Parsed::Partial);
     };

@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use httparse::EMPTY_HEADER;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -23,7 +22,7 @@ use crate::pool::{Node, SessionGuard, Upstream};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::h1::buf::{Buf, SIZE};
 use crate::proxy::h1::framing::BodyLen;
-use crate::proxy::h1::head::{self, MAX_FIELDS};
+use crate::proxy::h1::head;
 use crate::proxy::h1::relay::{ready, Left};
 use crate::proxy::h1::send::Failure;
 
@@ -81,7 +80,7 @@ pub async fn read_head(up: &mut TcpStream, ub: &mut Buf, to_head: bool) -> Resul
     let bad = Failure::Upstream { answered: true };
     loop {
         let parsed = {
-            let mut fields = [EMPTY_HEADER; MAX_FIELDS];
+            let mut fields = head::fields();
             match head::parse_response(ub.data(), &mut fields) {
                 Err(_) => return Err(bad),
                 Ok(None) => None,
