@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::Lifecycle;
@@ -87,7 +87,16 @@ const IDLE_MAX_AGE: Duration = Duration::from_secs(30);
 
 struct Idle {
     up: Upstream,
-    since: Instant,
+    /// [`coarse_ms`] when it went idle.
+    since_ms: u64,
+}
+
+/// Milliseconds of the coarse monotonic clock (the kernel's last tick: a few milliseconds
+/// of precision, cheaper to read than the precise clock, and plenty for an age of 30 s).
+fn coarse_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
 }
 
 /// A node's idle connections (cloning shares them).
@@ -126,14 +135,16 @@ impl IdleConns {
         // A full queue drops (closes) the connection.
         let _ = self.0.push(Idle {
             up,
-            since: Instant::now(),
+            since_ms: coarse_ms(),
         });
     }
 
     /// Takes an idle connection that is still open, if there is one.
     pub fn take(&self) -> Option<Upstream> {
-        while let Some(Idle { up, since }) = self.0.pop() {
-            if since.elapsed() <= IDLE_MAX_AGE && quiet(&up.stream) {
+        let now = coarse_ms();
+        while let Some(Idle { up, since_ms }) = self.0.pop() {
+            if now.saturating_sub(since_ms) <= IDLE_MAX_AGE.as_millis() as u64 && quiet(&up.stream)
+            {
                 return Some(up);
             }
         }

@@ -9,23 +9,24 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, ReadBuf};
+use bytes::BufMut;
+use tokio::io::AsyncRead;
 
 /// A buffer's usual size: a typical head and body, or one read of a streamed body.
 pub const SIZE: usize = 16 * 1024;
 /// Free buffers kept per worker thread (at most 4 MiB, and only after that many requests
-/// were in flight at once): a request takes two, and a fresh one costs zeroing 16 KiB.
+/// were in flight at once): a request takes two.
 const FREE_PER_THREAD: usize = 256;
 
 thread_local! {
-    static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Bytes read and not yet consumed: `mem[start..end]`.
+/// Bytes read and not yet consumed: `mem[start..]`. Reads go into the vector's spare
+/// capacity (tokio's `BufMut` reads), so a fresh buffer is never zeroed.
 pub struct Buf {
-    mem: Box<[u8]>,
+    mem: Vec<u8>,
     start: usize,
-    end: usize,
 }
 
 impl Buf {
@@ -33,51 +34,47 @@ impl Buf {
     pub fn take() -> Buf {
         let mem = FREE
             .with(|f| f.borrow_mut().pop())
-            .unwrap_or_else(|| vec![0u8; SIZE].into_boxed_slice());
-        Buf {
-            mem,
-            start: 0,
-            end: 0,
-        }
+            .unwrap_or_else(|| Vec::with_capacity(SIZE));
+        Buf { mem, start: 0 }
     }
 
     /// The unconsumed bytes.
     pub fn data(&self) -> &[u8] {
-        &self.mem[self.start..self.end]
+        &self.mem[self.start..]
     }
 
     pub fn len(&self) -> usize {
-        self.end - self.start
+        self.mem.len() - self.start
     }
 
     pub fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.start == self.mem.len()
     }
 
     /// Marks `n` bytes at the front as consumed.
     pub fn consume(&mut self, n: usize) {
         self.start += n.min(self.len());
-        if self.start == self.end {
+        if self.start == self.mem.len() {
             self.start = 0;
-            self.end = 0;
+            self.mem.clear();
         }
     }
 
-    /// Makes room for at least one more byte, keeping the unconsumed bytes: moves them to
-    /// the front, or grows the buffer (a request head larger than [`SIZE`]) up to `limit`.
-    fn make_room(&mut self, limit: usize) {
-        if self.end < self.mem.len() {
-            return;
+    /// Room to read at most this much more without holding more than `limit` bytes;
+    /// makes room first, keeping the unconsumed bytes: moves them to the front, or grows
+    /// the buffer (a request head larger than [`SIZE`]) up to `limit`.
+    fn room(&mut self, limit: usize) -> usize {
+        if self.mem.len() == self.mem.capacity() {
+            if self.start > 0 {
+                self.mem.drain(..self.start);
+                self.start = 0;
+            } else if self.mem.capacity() < limit {
+                let grow = limit.min(self.mem.capacity().max(SIZE / 2) * 2) - self.mem.len();
+                self.mem.reserve_exact(grow);
+            }
         }
-        if self.start > 0 {
-            self.mem.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        } else if self.mem.len() < limit {
-            let mut bigger = vec![0u8; limit.min(self.mem.len() * 2).max(SIZE)];
-            bigger[..self.end].copy_from_slice(&self.mem[..self.end]);
-            self.mem = bigger.into_boxed_slice();
-        }
+        let spare = self.mem.capacity() - self.mem.len();
+        spare.min(limit.saturating_sub(self.len()))
     }
 
     /// Reads once from `io`, appending; `Ok(0)` at EOF (or when `limit` bytes are already
@@ -88,31 +85,21 @@ impl Buf {
         cx: &mut Context<'_>,
         limit: usize,
     ) -> Poll<io::Result<usize>> {
-        self.make_room(limit);
-        if self.end == self.mem.len() {
+        let room = self.room(limit);
+        if room == 0 {
             return Poll::Ready(Ok(0));
         }
-        let mut rb = ReadBuf::new(&mut self.mem[self.end..]);
-        match Pin::new(io).poll_read(cx, &mut rb) {
-            Poll::Ready(Ok(())) => {
-                let n = rb.filled().len();
-                self.end += n;
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        let mut window = (&mut self.mem).limit(room);
+        tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut window)
     }
 
     /// Reads what a socket holds without waiting (`WouldBlock` when nothing).
     pub fn try_read_from(&mut self, s: &tokio::net::TcpStream, limit: usize) -> io::Result<usize> {
-        self.make_room(limit);
-        if self.end == self.mem.len() {
+        let room = self.room(limit);
+        if room == 0 {
             return Ok(0);
         }
-        let n = s.try_read(&mut self.mem[self.end..])?;
-        self.end += n;
-        Ok(n)
+        s.try_read_buf(&mut (&mut self.mem).limit(room))
     }
 
     /// Reads once from `io` (see [`Buf::poll_read_from`]).
@@ -128,8 +115,9 @@ impl Buf {
 impl Drop for Buf {
     fn drop(&mut self) {
         // Only buffers of the usual size are kept; grown ones (rare big heads) are freed.
-        if self.mem.len() == SIZE {
-            let mem = std::mem::take(&mut self.mem);
+        if self.mem.capacity() == SIZE {
+            let mut mem = std::mem::take(&mut self.mem);
+            mem.clear();
             let _ = FREE.try_with(|f| {
                 let mut f = f.borrow_mut();
                 if f.len() < FREE_PER_THREAD {

@@ -204,3 +204,95 @@ fn invalid_chunk_sizes_are_refused() {
     let long = vec![b'a'; MAX_CHUNK_LINE + 10];
     assert_eq!(Chunked::default().scan(&long), Err(Bad::BadChunk));
 }
+
+mod generated {
+    //! Generated heads: whatever handoff accepts, the head it writes for the backend frames
+    //! the body exactly as handoff did; nothing panics on any input.
+    use super::super::{request_body, BodyLen, Chunked};
+    use crate::proxy::h1::head;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    fn field() -> impl Strategy<Value = String> {
+        let names = select(vec![
+            "Host",
+            "Content-Length",
+            "content-length",
+            "Transfer-Encoding",
+            "TE",
+            "Connection",
+            "X-A",
+            "Upgrade",
+            "Cookie",
+            "X-Forwarded-For",
+        ]);
+        let values = select(vec![
+            "x",
+            "0",
+            "5",
+            "5, 5",
+            "5, 6",
+            "-1",
+            "chunked",
+            "Chunked",
+            "gzip, chunked",
+            "chunked, identity",
+            "close",
+            "keep-alive, X-A",
+            "upgrade",
+            "websocket",
+            "",
+            " chunked",
+            "a\tb",
+        ]);
+        let seps = select(vec![": ", ":", " : ", ":\t"]);
+        let ends = select(vec!["\r\n", "\r\n", "\r\n", "\n"]);
+        (names, seps, values, ends).prop_map(|(n, s, v, e)| format!("{n}{s}{v}{e}"))
+    }
+
+    fn request() -> impl Strategy<Value = Vec<u8>> {
+        let lines = select(vec![
+            "GET / HTTP/1.1\r\n",
+            "POST /a?b HTTP/1.1\r\n",
+            "PUT http://h/x HTTP/1.1\r\n",
+            "GET / HTTP/1.0\r\n",
+            "HEAD / HTTP/1.1\r\n",
+        ]);
+        (lines, proptest::collection::vec(field(), 0..6))
+            .prop_map(|(l, f)| format!("{l}{}\r\nbody", f.concat()).into_bytes())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_backend_frames_what_handoff_accepted_the_same_way(raw in request()) {
+            let mut fields = head::fields();
+            let Ok(Some(req)) = head::parse_request(&raw, &mut fields) else { return Ok(()) };
+            let Ok(info) = head::inspect(&req) else { return Ok(()) };
+            let mut out = Vec::new();
+            head::write_request(&mut out, &req, &info, b"192.0.2.7", "http");
+            let mut again = head::fields();
+            let sent = head::parse_request(&out, &mut again)
+                .expect("the rewritten head parses")
+                .expect("and is complete");
+            prop_assert_eq!(sent.len, out.len());
+            let framed = request_body(sent.headers, 1).expect("and frames plainly");
+            prop_assert_eq!(framed, info.body);
+            prop_assert!(info.body != BodyLen::UntilClose);
+        }
+
+        #[test]
+        fn no_input_panics(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut fields = head::fields();
+            if let Ok(Some(req)) = head::parse_request(&raw, &mut fields) {
+                let _ = head::inspect(&req);
+            }
+            let mut fields = head::fields();
+            if let Ok(Some(resp)) = head::parse_response(&raw, &mut fields) {
+                let _ = head::inspect_response(&resp, false);
+            }
+            let _ = Chunked::default().scan(&raw);
+        }
+    }
+}

@@ -126,7 +126,18 @@ fn has_token(headers: &[Header<'_>], name: &str, token: &[u8]) -> bool {
 
 /// Whether a field is not passed on as it is: hop-by-hop, named by `Connection`, or
 /// rewritten by handoff. Most names are ruled out by their length alone.
-pub(crate) fn dropped(name: &str, headers: &[Header<'_>], request: bool) -> bool {
+/// Whether `Connection` names fields (beyond `close`, `keep-alive` and `upgrade`), which are
+/// then hop-by-hop too. Asked once per message, so most fields need no second scan.
+pub(crate) fn names_fields(headers: &[Header<'_>]) -> bool {
+    tokens(headers, "connection").any(|t| {
+        !(t.eq_ignore_ascii_case(b"close")
+            || t.eq_ignore_ascii_case(b"keep-alive")
+            || t.eq_ignore_ascii_case(b"upgrade"))
+    })
+}
+
+/// `named`: what [`names_fields`] said of this message.
+pub(crate) fn dropped(name: &str, headers: &[Header<'_>], request: bool, named: bool) -> bool {
     let fixed = match name.len() {
         2 => name.eq_ignore_ascii_case("te"),
         7 => name.eq_ignore_ascii_case("trailer") || name.eq_ignore_ascii_case("upgrade"),
@@ -142,7 +153,7 @@ pub(crate) fn dropped(name: &str, headers: &[Header<'_>], request: bool) -> bool
         19 => name.eq_ignore_ascii_case("proxy-authorization"),
         _ => false,
     };
-    fixed || connection_names(headers, name)
+    fixed || (named && connection_names(headers, name))
 }
 
 /// Whether `Connection` lists `name` (beyond the usual close / keep-alive / upgrade).
@@ -255,8 +266,9 @@ pub fn write_request(
     if let (false, Some(host)) = (has_host, info.host) {
         field(out, "Host", host.as_bytes());
     }
+    let named = names_fields(req.headers);
     for h in req.headers {
-        if !dropped(h.name, req.headers, true) {
+        if !dropped(h.name, req.headers, true, named) {
             field(out, h.name, h.value);
         }
     }
@@ -374,11 +386,12 @@ pub fn write_response(
     out.push(b' ');
     out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let named = names_fields(resp.headers);
     for h in resp.headers {
         // A bodiless response's Content-Length describes the GET (HEAD) or the cached
         // representation (304): passed on as it is.
         let keep_length = body == BodyLen::Empty && h.name.eq_ignore_ascii_case("content-length");
-        if keep_length || !dropped(h.name, resp.headers, false) {
+        if keep_length || !dropped(h.name, resp.headers, false, named) {
             field(out, h.name, h.value);
         }
     }
@@ -407,8 +420,9 @@ pub fn write_interim(out: &mut Vec<u8>, resp: &Response<'_, '_>) {
     out.push(b' ');
     out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let named = names_fields(resp.headers);
     for h in resp.headers {
-        if !dropped(h.name, resp.headers, false) {
+        if !dropped(h.name, resp.headers, false, named) {
             field(out, h.name, h.value);
         }
     }

@@ -9,7 +9,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use http::request::Parts;
 
 use crate::proxy::h1::framing::BodyLen;
-use crate::proxy::h1::head::{dropped, field, framing_field};
+use crate::proxy::h1::head::{dropped, field, framing_field, names_fields};
 
 /// A client's address as text, for `X-Forwarded-For`: formatted once per connection and
 /// held inline, so a connection costs no allocation for it.
@@ -75,7 +75,7 @@ pub fn request_host(parts: &Parts) -> Option<&str> {
 /// Whether an HTTP/2 request field is passed on (HTTP/2 has no `Connection`, so only the
 /// fixed names are dropped).
 fn passes(name: &HeaderName) -> bool {
-    !dropped(name.as_str(), &[], true)
+    !dropped(name.as_str(), &[], true, false)
 }
 
 /// Writes an HTTP/2 request's head for an HTTP/1.1 backend. `client` is the client's
@@ -118,9 +118,10 @@ pub fn write_request_head(
 /// dropped (HTTP/2 frames bodies itself), a known length kept as `content-length`.
 pub fn response_headers(fields: &[httparse::Header<'_>], body: BodyLen) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(fields.len());
+    let named = names_fields(fields);
     for h in fields {
         let keep_length = body == BodyLen::Empty && h.name.eq_ignore_ascii_case("content-length");
-        if !keep_length && dropped(h.name, fields, false) {
+        if !keep_length && dropped(h.name, fields, false, named) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
