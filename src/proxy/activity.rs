@@ -92,6 +92,11 @@ impl Activity {
         self.touch();
     }
 
+    /// No request in flight and no head arriving.
+    pub fn between_requests(&self) -> bool {
+        self.inflight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0
+    }
+
     /// How long ago the connection last moved.
     pub fn quiet_for(&self) -> Duration {
         Duration::from_millis(self.now_ms().saturating_sub(self.last.load(Relaxed)))

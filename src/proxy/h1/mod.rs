@@ -245,6 +245,11 @@ fn tick(
     if ctx.served_by_closed() {
         closing.store(true, Relaxed);
     }
+    // A closing connection between requests goes now, also one waiting for a head's first
+    // byte inside its busy state (TLS connections wait there: see `ClientIo`).
+    if closing.load(Relaxed) && ctx.activity.between_requests() {
+        return Tick::Cut;
+    }
     let waiting = ctx.waiting_head.load(Relaxed);
     if waiting && ctx.activity.quiet_for() >= timeouts.response() {
         // The exchange sees it when polled next, right after this tick.
