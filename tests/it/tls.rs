@@ -254,3 +254,43 @@ async fn curl_gets_http2_over_tls_and_with_prior_knowledge() {
     assert_eq!(over_tls, "a 1.0.0 2");
     assert_eq!(prior, "a 1.0.0 2");
 }
+
+/// At shutdown an idle keep-alive client over TLS is closed at the watchdog's next look (it
+/// waits for its next head inside its busy state), not left for the grace deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_keep_alive_client_is_closed_when_handoff_drains() {
+    use tokio::io::AsyncReadExt;
+    let backend = HttpBackend::start("a", "1.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let roots = [
+        certificate(dir.path(), "a.test"),
+        certificate(dir.path(), "b.test"),
+    ];
+    let proxy = Proxy::start(&tls_config(backend.addr, dir.path())).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let (mut tls, _, _) = connect(proxy.addr("web"), "a.test", &roots, &[b"http/1.1"]).await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("a 1.0.0") {
+        let n = tokio::time::timeout(WAIT, tls.read(&mut chunk))
+            .await
+            .expect("the answer came")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let shutdown = proxy.app.shutdown.clone();
+    let started = tokio::time::Instant::now();
+    let run = tokio::spawn(async move { shutdown.run(std::time::Duration::from_secs(30)).await });
+    // EOF (or a reset) on the idle connection, long before the 30 s grace period.
+    let closed = tokio::time::timeout(WAIT, tls.read(&mut chunk)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection stayed open: {closed:?}"
+    );
+    assert_eq!(run.await.unwrap(), 0, "a connection had to be cut");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
