@@ -419,15 +419,7 @@ async fn respond<I: ClientIo>(
 ) -> Next {
     let node = &p.pool.nodes[index];
     node.state.metrics.response(head.status);
-    // Refcount traffic only when the node changes.
-    if !ctx
-        .served_by
-        .load()
-        .as_ref()
-        .is_some_and(|n| Arc::ptr_eq(n, &node.state))
-    {
-        ctx.served_by.store(Some(Arc::clone(&node.state)));
-    }
+    ctx.served(&node.state);
     ub.consume(head.len);
     if head.tunnel {
         let kind = p.upgrade.unwrap_or(Kind::Other);

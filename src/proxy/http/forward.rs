@@ -93,39 +93,20 @@ async fn forward(
                     .upper()
                     .is_some_and(|n| n <= MAX_REPLAY_BODY)));
     // The body goes with the head when it is empty or held; otherwise it streams.
-    let (framing, held) = if body.is_end_stream() {
+    let (framing, held, stream) = if body.is_end_stream() {
         let length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
-        (
-            if length {
-                BodyLen::Length(0)
-            } else {
-                BodyLen::Empty
-            },
-            true,
-        )
+        let framing = if length {
+            BodyLen::Length(0)
+        } else {
+            BodyLen::Empty
+        };
+        (framing, None, None)
     } else if replayable {
-        match timeout(
-            timeouts.response,
-            http_body_util::Limited::new(body, MAX_REPLAY_BODY as usize).collect(),
-        )
-        .await
-        {
+        let limited = http_body_util::Limited::new(body, MAX_REPLAY_BODY as usize);
+        match timeout(timeouts.response, limited.collect()).await {
             Ok(Ok(all)) => {
                 let bytes = all.to_bytes();
-                let mut out = Out::take();
-                let framing = BodyLen::Length(bytes.len() as u64);
-                write_request_head(
-                    &mut out.0,
-                    &parts,
-                    framing,
-                    ctx.client_addr().as_bytes(),
-                    ctx.proto(),
-                );
-                out.0.extend_from_slice(&bytes);
-                return send_all(
-                    ctx, pool, &parts, out, None, framing, true, timeouts, inflight,
-                )
-                .await;
+                (BodyLen::Length(bytes.len() as u64), Some(bytes), None)
             }
             Ok(Err(_)) => {
                 return local(
@@ -141,10 +122,11 @@ async fn forward(
             }
         }
     } else {
-        match body.size_hint().exact() {
-            Some(n) => (BodyLen::Length(n), false),
-            None => (BodyLen::Chunked, false),
-        }
+        let framing = match body.size_hint().exact() {
+            Some(n) => BodyLen::Length(n),
+            None => BodyLen::Chunked,
+        };
+        (framing, None, Some(body))
     };
     let mut out = Out::take();
     write_request_head(
@@ -154,7 +136,10 @@ async fn forward(
         ctx.client_addr().as_bytes(),
         ctx.proto(),
     );
-    let stream = (!held).then_some(body);
+    if let Some(bytes) = held {
+        out.0.extend_from_slice(&bytes);
+    }
+    let whole = stream.is_none();
     send_all(
         ctx,
         pool,
@@ -162,7 +147,7 @@ async fn forward(
         out,
         stream,
         framing,
-        replayable && held,
+        replayable && whole,
         timeouts,
         inflight,
     )
@@ -232,14 +217,7 @@ async fn send_all(
                 }
                 Ok(Ok(head)) => {
                     node.state.metrics.response(head.response.status().as_u16());
-                    if !ctx
-                        .served_by
-                        .load()
-                        .as_ref()
-                        .is_some_and(|n| Arc::ptr_eq(n, &node.state))
-                    {
-                        ctx.served_by.store(Some(Arc::clone(&node.state)));
-                    }
+                    ctx.served(&node.state);
                     let cookie = client.as_ref().and_then(|c| c.served(pool, i));
                     let body =
                         UpstreamBody::new(up, ub, &head, Arc::clone(node), session, inflight);

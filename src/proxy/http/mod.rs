@@ -97,6 +97,19 @@ impl ConnCtx {
         headers::ClientAddr::new(self.peer.ip())
     }
 
+    /// `node` answered a request on this connection (the store, and its refcount traffic,
+    /// only when the node changes).
+    pub fn served(&self, node: &Arc<NodeState>) {
+        if !self
+            .served_by
+            .load()
+            .as_ref()
+            .is_some_and(|n| Arc::ptr_eq(n, node))
+        {
+            self.served_by.store(Some(Arc::clone(node)));
+        }
+    }
+
     /// Whether the node that served the last request has passed its drain deadline.
     pub fn served_by_closed(&self) -> bool {
         self.served_by
