@@ -53,6 +53,14 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     g
 }
 
+fn float_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    let g =
+        prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
     let h = HistogramVec::new(opts, labels).expect("static metric definition");
@@ -128,6 +136,10 @@ pub struct StateGauges {
     pub node_state: IntGaugeVec,
     pub node_health: IntGaugeVec,
     pub node_version_info: IntGaugeVec,
+    pub node_requests: IntCounterVec,
+    pub node_errors: IntCounterVec,
+    pub node_latency: prometheus::GaugeVec,
+    pub node_error_ratio: prometheus::GaugeVec,
     pub cluster_connected: IntGaugeVec,
     pub cluster_members: IntGaugeVec,
     pub cluster_driver: IntGaugeVec,
@@ -161,6 +173,30 @@ impl StateGauges {
                 "handoff_node_version_info",
                 "Version each node last reported (value is always 1).",
                 &["pool", "node", "version"],
+            ),
+            node_requests: counter(
+                &r,
+                "handoff_node_requests_total",
+                "Requests each node took part in (every attempt; a TCP node's sessions).",
+                &["pool", "node"],
+            ),
+            node_errors: counter(
+                &r,
+                "handoff_node_errors_total",
+                "Requests each node failed, by cause: 5xx (it answered 5xx), connect (a connect to it failed), no_answer (it closed, reset or timed out before answering).",
+                &["pool", "node", "cause"],
+            ),
+            node_latency: float_gauge(
+                &r,
+                "handoff_node_latency_seconds",
+                "Each node's latency to response headers (TCP: to connect) over the last minute, at quantile 0.5 and 0.99; absent without an answer in that minute.",
+                &["pool", "node", "quantile"],
+            ),
+            node_error_ratio: float_gauge(
+                &r,
+                "handoff_node_error_ratio",
+                "Each node's errors over requests in the last minute (0 without a request).",
+                &["pool", "node"],
             ),
             cluster_connected: gauge(
                 &r,

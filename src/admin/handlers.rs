@@ -9,7 +9,7 @@ use super::views::{ListenerView, PoolView, StatusView};
 use super::{json_response, AdminError, AdminResponse};
 use crate::app::{App, ReloadError};
 use crate::metrics::StateGauges;
-use crate::pool::{AdminState, Health, SessionKind};
+use crate::pool::{AdminState, Cause, Health, SessionKind};
 
 pub async fn status(app: &Arc<App>) -> AdminResponse {
     let addrs = app.listener_addrs().await;
@@ -100,6 +100,27 @@ pub fn metrics_text(app: &App) -> String {
                     .with_label_values(&[p, n, v.as_str()])
                     .set(1);
             }
+            let traffic = &node.state.traffic;
+            let total = traffic.sample();
+            g.node_requests
+                .with_label_values(&[p, n])
+                .inc_by(total.requests);
+            for cause in Cause::ALL {
+                g.node_errors
+                    .with_label_values(&[p, n, cause.as_str()])
+                    .inc_by(total.errors[cause as usize]);
+            }
+            let (recent, _) = traffic.recent();
+            for (q, label) in [(0.5, "0.5"), (0.99, "0.99")] {
+                if let Some(d) = recent.quantile(q) {
+                    g.node_latency
+                        .with_label_values(&[p, n, label])
+                        .set(d.as_secs_f64());
+                }
+            }
+            g.node_error_ratio
+                .with_label_values(&[p, n])
+                .set(recent.error_rate());
             for k in SessionKind::ALL {
                 let count = match k {
                     SessionKind::Affinity => pool.affinity_sessions(i, now).0,

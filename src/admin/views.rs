@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::pool::{Admin, Node, Pool};
+use crate::pool::{Admin, Cause, Node, Pool, Traffic};
 use crate::time::rfc3339;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,6 +68,52 @@ pub struct NodeView {
     pub enable_pending: bool,
     /// Idle pooled upstream HTTP connections.
     pub idle_connections: usize,
+    /// What the node did with its traffic: totals, and the recent window.
+    #[serde(default)]
+    pub traffic: TrafficView,
+}
+
+/// A node's traffic figures (design §11). Requests count every attempt the node took part
+/// in (a TCP node's: its sessions); errors are 5xx answers, failed connects, and connections
+/// closed, reset or timed out before an answer. The window figures and latencies cover the
+/// last `window` (or less, just after a start); latencies are the time from asking the node
+/// to its response head (TCP: to connect), `null` without an answer in the window.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct TrafficView {
+    pub requests: u64,
+    pub errors: u64,
+    pub errors_5xx: u64,
+    pub connect_failures: u64,
+    pub no_answer: u64,
+    pub window: String,
+    pub window_requests: u64,
+    pub window_errors: u64,
+    pub error_rate: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl TrafficView {
+    pub fn of(t: &Traffic) -> Self {
+        let total = t.sample();
+        let (recent, span) = t.recent();
+        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
+        TrafficView {
+            requests: total.requests,
+            errors: total.errors(),
+            errors_5xx: total.errors[Cause::Status5xx as usize],
+            connect_failures: total.errors[Cause::Connect as usize],
+            no_answer: total.errors[Cause::NoAnswer as usize],
+            window: crate::config::duration::format(std::time::Duration::from_secs(
+                span.as_secs().max(1),
+            )),
+            window_requests: recent.requests,
+            window_errors: recent.errors(),
+            error_rate: (recent.error_rate() * 1e4).round() / 1e4,
+            p50_ms: recent.quantile(0.5).map(ms),
+            p99_ms: recent.quantile(0.99).map(ms),
+        }
+    }
 }
 
 /// A node's sessions by kind (shared with the cluster, which publishes them per instance).
@@ -103,6 +149,7 @@ impl NodeView {
             rebalance_closes: s.lifecycle.rebalance_closes.load(Relaxed),
             enable_pending: rec.pending_warmup.is_some(),
             idle_connections: node.idle.len(),
+            traffic: TrafficView::of(&s.traffic),
         }
     }
 }

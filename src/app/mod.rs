@@ -241,6 +241,10 @@ impl App {
                 writer,
             ));
         }
+        tokio::spawn(roll_traffic(
+            Arc::clone(&app.snapshot),
+            app.shutdown.force.clone(),
+        ));
         if let Some(state) = restored {
             app.restore(state);
         }
@@ -439,6 +443,24 @@ impl App {
 
     pub fn admin_token(&self) -> Option<Arc<String>> {
         self.admin_token.load_full()
+    }
+}
+
+/// Takes every node's traffic sample for the sliding window, every
+/// [`traffic::WINDOW_STEP`](crate::pool::traffic::WINDOW_STEP), until `stop`.
+async fn roll_traffic(snapshot: Arc<ArcSwap<Snapshot>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::pool::traffic::WINDOW_STEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for pool in &snapshot.load().pools {
+            for node in &pool.nodes {
+                node.state.traffic.roll();
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,7 @@ pools:
     rollout:
       ready_timeout: 30s
       hook: { exec: ["{EXE}", "demo-upgrade"] }
+      analysis: { window: 10s, min_requests: 20, max_error_rate: 0.05, on_failure: rollback }
 "#;
 
 pub(super) const INITIAL_VERSION: &str = "1.0.0";
@@ -141,6 +143,16 @@ change in `ctl status` while requests keep being answered. The last command star
 handoff process that takes the proxy over without refusing a connection; the backends
 stay here.)
 
+A bad version: 2.0.0-bad passes its health checks but answers 500 to every third request.
+Keep traffic going in one terminal (it stops after a minute and counts the answers):
+  for i in $(seq 1 600); do curl -s -o /dev/null -w '%{{http_code}}\n' http://{proxy}/; sleep 0.1; done | sort | uniq -c
+and in another start a rollout to it; handoff judges the upgraded node on that traffic
+while it warms, drains it and rolls it back to the version it had (the sibling is never
+touched):
+  cargo run --release -- ctl{ctl_admin} rollout start web --version 2.0.0-bad
+  cargo run --release -- ctl{ctl_admin} rollout status ID    # the id it printed, e.g. web-2
+  curl -s http://{admin_addr}/v1/pools/web/nodes/a | grep -o '"traffic":{{[^}}]*}}'
+
 Press Ctrl-C to stop."#,
             config = path.display()
         );
@@ -162,11 +174,15 @@ pub(super) async fn start_backend(name: &'static str) -> anyhow::Result<SocketAd
         .context("binding a demo backend")?;
     let addr = listener.local_addr()?;
     let version = Arc::new(ArcSwap::from_pointee(INITIAL_VERSION.to_string()));
+    let served = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let version = Arc::clone(&version);
+            let served = Arc::clone(&served);
             tokio::spawn(async move {
-                let service = service_fn(move |req| answer(name, Arc::clone(&version), req));
+                let service = service_fn(move |req| {
+                    answer(name, Arc::clone(&version), Arc::clone(&served), req)
+                });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -176,9 +192,16 @@ pub(super) async fn start_backend(name: &'static str) -> anyhow::Result<SocketAd
     Ok(addr)
 }
 
+/// A demo version ending in `-bad` passes its health checks and reports its version, but
+/// answers 500 to every third request: the case rollout analysis catches.
+fn broken(version: &str, served: &AtomicU64) -> bool {
+    version.ends_with("-bad") && served.fetch_add(1, Relaxed) % 3 == 2
+}
+
 async fn answer(
     name: &'static str,
     version: Arc<ArcSwap<String>>,
+    served: Arc<AtomicU64>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let body = match req.uri().path() {
@@ -195,6 +218,14 @@ async fn answer(
                 version.store(Arc::new(new));
             }
             format!("node {name} now reports version {}\n", version.load())
+        }
+        _ if broken(&version.load(), &served) => {
+            let mut resp = Response::new(Full::new(Bytes::from(format!(
+                "node {name} (version {}) failed this request\n",
+                version.load()
+            ))));
+            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            return Ok(resp);
         }
         _ => format!("Hello from node {name} (version {})\n", version.load()),
     };

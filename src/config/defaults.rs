@@ -46,6 +46,13 @@ pub const DRAIN_SESSION_TIMEOUT: Duration = Duration::from_secs(300);
 pub const REBALANCE_CLOSES_PER_SEC: u32 = 20;
 /// Rollout: how long the upgraded node may take to report the target version and pass checks.
 pub const ROLLOUT_READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Rollout analysis: how long an upgraded node is judged after readmission.
+pub const ANALYSIS_WINDOW: Duration = Duration::from_secs(30);
+/// Rollout analysis: no verdict on fewer requests (a third of 50 failing is a clear signal;
+/// one of 5 is noise).
+pub const ANALYSIS_MIN_REQUESTS: u64 = 50;
+/// Rollout analysis: the largest share of the node's requests that may fail.
+pub const ANALYSIS_MAX_ERROR_RATE: f64 = 0.05;
 /// Affinity: a pinned client idle this long is no longer a session.
 pub const AFFINITY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Self-upgrade: the Unix socket a new process asks for the listeners on, relative to the

@@ -136,6 +136,26 @@ pub struct RawRollout {
     pub ready_timeout: Option<String>,
     pub hook: Option<RawHook>,
     pub prefer_target_version: Option<bool>,
+    /// Deserialized on its own (see `RawAnalysis`).
+    pub analysis: Option<serde_yaml::Value>,
+}
+
+/// `pools[].rollout.analysis:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnalysis {
+    pub window: Option<String>,
+    pub min_requests: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ratio: Option<f64>,
+    pub on_failure: Option<String>,
+}
+
+/// `pools[].health.passive:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassive {
+    pub consecutive_5xx: Option<u32>,
 }
 
 /// `pools[].rollout.hook:`.
@@ -164,6 +184,7 @@ pub struct RawHealth {
     pub unhealthy_after: Option<u32>,
     pub http: Option<RawHttpCheck>,
     pub tcp: Option<RawTcpCheck>,
+    pub passive: Option<RawPassive>,
 }
 
 /// `pools[].health.http:`.

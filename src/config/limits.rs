@@ -45,6 +45,14 @@ pub const CLOSE_SPREAD: Range = Range::new(ms(0), hours(1));
 pub const SESSION_TIMEOUT: Range = Range::new(ms(0), WEEK);
 /// `pools[].rollout.ready_timeout`, and the rollout body's `ready_timeout`.
 pub const READY_TIMEOUT: Range = Range::new(ms(1), WEEK);
+/// `pools[].rollout.analysis.window`.
+pub const ANALYSIS_WINDOW: Range = Range::new(ms(100), DAY);
+/// `pools[].rollout.analysis.min_requests`.
+pub const MIN_REQUESTS: (u64, u64) = (1, 10_000_000);
+/// `pools[].rollout.analysis.max_error_rate`: a fraction of requests.
+pub const ERROR_RATE: (f64, f64) = (0.0, 1.0);
+/// `pools[].rollout.analysis.max_p99_ratio`: below 1 every node would fail against itself.
+pub const P99_RATIO: (f64, f64) = (1.0, 1_000.0);
 /// `pools[].affinity.idle_timeout`.
 pub const AFFINITY_IDLE: Range = Range::new(ms(1), WEEK);
 /// `upgrade.timeout`.

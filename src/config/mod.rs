@@ -182,6 +182,35 @@ pub struct RolloutConfig {
     /// Command run after the drain (argv), if any.
     pub hook: Option<Vec<String>>,
     pub prefer_target_version: bool,
+    /// Judge each upgraded node on live traffic (design §11).
+    pub analysis: Option<AnalysisConfig>,
+}
+
+/// `rollout.analysis`: the limits an upgraded node's own traffic must stay within while it
+/// warms (and in phase `analysis` after, until `window` has passed since readmission).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct AnalysisConfig {
+    #[serde(with = "duration::text")]
+    pub window: Duration,
+    /// No verdict on fewer requests.
+    pub min_requests: u64,
+    /// (5xx answers + failed connects + resets and timeouts) / requests, on the node.
+    pub max_error_rate: f64,
+    /// The node's p99 against its siblings' p99 over the same window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ratio: Option<f64>,
+    pub on_failure: OnFailure,
+}
+
+/// What a breach of `rollout.analysis` does beyond draining the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Run the hook again with the node's previous version, and readmit the node once it
+    /// reports that version.
+    Rollback,
+    /// Leave the node drained for the operator.
+    Pause,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -205,6 +234,8 @@ pub struct HealthConfig {
     pub healthy_after: u32,
     pub unhealthy_after: u32,
     pub check: CheckKind,
+    /// `health.passive.consecutive_5xx`: that many 5xx answers in a row mark the node down.
+    pub consecutive_5xx: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

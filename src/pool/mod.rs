@@ -10,10 +10,12 @@ mod node;
 mod pick;
 mod session;
 pub mod state;
+pub mod traffic;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Release};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
@@ -24,6 +26,7 @@ pub use node::{unix_ms, Node, NodeState};
 pub use pick::Tried;
 pub use session::{SessionCounts, SessionGuard, SessionKind};
 pub use state::{AdminState, Health};
+pub use traffic::{Cause, Sample, Traffic};
 
 use crate::config::{Balance, HealthConfig, PoolConfig};
 use crate::metrics::{Metrics, NodeMetrics, PoolMetrics};
@@ -56,6 +59,9 @@ pub struct PoolControl {
     serial: Mutex<()>,
     /// During a rollout with `prefer_target_version`: the version new sessions prefer.
     pub prefer: ArcSwapOption<String>,
+    /// Held (without waiting) while a passive ejection checks the pair guard, so two nodes
+    /// failing at once cannot both be ejected.
+    ejecting: AtomicBool,
 }
 
 impl PoolControl {
@@ -148,8 +154,65 @@ impl Pool {
     /// Records a failed upstream connect to node `index`; returns `(from, to)` when it
     /// flipped the node's health (the caller logs it, once).
     pub fn passive_failure(&self, index: usize) -> Option<(Health, Health)> {
-        self.nodes[index]
-            .state
+        let state = &self.nodes[index].state;
+        let streak = state.traffic.failed(Cause::Connect);
+        state
             .record_passive_failure(&self.config.health)
+            .or_else(|| self.check_ejection(index, streak))
+    }
+
+    /// Node `index` answered `status`, `elapsed` after it was asked.
+    #[inline]
+    pub fn answered(&self, index: usize, status: u16, elapsed: Duration) {
+        let state = &self.nodes[index].state;
+        state.metrics.response(status);
+        let streak = state.traffic.answered(status, elapsed);
+        if streak > 0 {
+            self.log_ejection(index, streak);
+        }
+    }
+
+    /// A TCP session to node `index` connected after `elapsed`.
+    pub fn connected(&self, index: usize, elapsed: Duration) {
+        self.nodes[index].state.traffic.answered(0, elapsed);
+    }
+
+    /// Node `index` closed, reset or timed out before answering. `status` is what handoff
+    /// answers in its place, when it does (the node's response metrics count it).
+    pub fn no_answer(&self, index: usize, status: Option<u16>) {
+        let state = &self.nodes[index].state;
+        if let Some(status) = status {
+            state.metrics.response(status);
+        }
+        let streak = state.traffic.failed(Cause::NoAnswer);
+        self.log_ejection(index, streak);
+    }
+
+    fn log_ejection(&self, index: usize, streak: u32) {
+        if let Some((from, to)) = self.check_ejection(index, streak) {
+            crate::health::log_flip(&self.nodes[index], from, to, "consecutive 5xx answers");
+        }
+    }
+
+    /// Passive ejection (`health.passive.consecutive_5xx`): `streak` errors in a row mark the
+    /// node down, unless no other node would serve (the pair guard). Never waits: when
+    /// another ejection is being decided, this one is decided at the next error.
+    fn check_ejection(&self, index: usize, streak: u32) -> Option<(Health, Health)> {
+        let limit = self.config.health.consecutive_5xx?;
+        if streak < limit || self.control.ejecting.swap(true, Acquire) {
+            return None;
+        }
+        let others_serve = self
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| i != index && n.state.admits_new());
+        let flipped = if others_serve {
+            self.nodes[index].state.eject()
+        } else {
+            None
+        };
+        self.control.ejecting.store(false, Release);
+        flipped
     }
 }

@@ -7,7 +7,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{
-    fence, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
+    Ordering::SeqCst,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use super::admin::{Admin, Record};
 use super::affinity::AffinityTable;
 use super::lifecycle::Lifecycle;
 use super::state::{next_health, AdminState, Health};
+use super::traffic::Traffic;
 use super::IdleConns;
 use super::SessionKind;
 use crate::config::HealthConfig;
@@ -75,6 +77,11 @@ pub struct NodeState {
     pub lifecycle: Lifecycle,
     /// Clients pinned here (pools with affinity).
     pub affinity: AffinityTable,
+    /// Requests, errors and latency of this node's traffic.
+    pub traffic: Traffic,
+    /// Set while a rollout judges this node: its 5xx answers to requests that can be sent
+    /// again go to a sibling instead of the client.
+    probation: AtomicBool,
 }
 
 impl NodeState {
@@ -97,7 +104,19 @@ impl NodeState {
             previous_sessions: AtomicUsize::new(0),
             lifecycle: Lifecycle::new(),
             affinity: AffinityTable::default(),
+            traffic: Traffic::default(),
+            probation: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a rollout is judging this node (see [`NodeState::set_probation`]).
+    #[inline]
+    pub fn on_probation(&self) -> bool {
+        self.probation.load(Relaxed)
+    }
+
+    pub fn set_probation(&self, on: bool) {
+        self.probation.store(on, Relaxed);
     }
 
     pub fn admin(&self) -> AdminState {
@@ -344,6 +363,18 @@ impl NodeState {
         self.passes.store(0, Relaxed);
         let fails = self.fails.fetch_add(1, Relaxed).saturating_add(1);
         self.apply_streak(0, fails, cfg)
+    }
+
+    /// Passive ejection: marks an up node down at once (its checks must then pass
+    /// `healthy_after` times in a row to bring it back). Returns the flip when it happened.
+    pub fn eject(&self) -> Option<(Health, Health)> {
+        if !self.set_health(Health::Up, Health::Down) {
+            return None;
+        }
+        self.passes.store(0, Relaxed);
+        self.version_passes.store(0, Relaxed);
+        self.traffic.reset_streak();
+        Some((Health::Up, Health::Down))
     }
 
     fn apply_streak(

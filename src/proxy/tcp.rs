@@ -61,7 +61,10 @@ pub async fn serve(
             return;
         };
         let session = SessionGuard::new(&pool.nodes[i].state, SessionKind::Tcp);
+        let asked = tokio::time::Instant::now();
         if let Ok(stream) = connect_node(&pool, i, cfg.timeouts.connect).await {
+            // A TCP node's traffic is its sessions, and its latency the time to connect.
+            pool.connected(i, asked.elapsed());
             break (i, stream, session);
         }
     };

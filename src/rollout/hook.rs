@@ -73,3 +73,34 @@ fn tail(bytes: &[u8]) -> String {
     let start = bytes.len().saturating_sub(OUTPUT_TAIL);
     String::from_utf8_lossy(&bytes[start..]).trim().to_string()
 }
+
+/// Why the hook runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    /// Put the target version on the node.
+    Upgrade,
+    /// Put back the version the node had before it failed analysis.
+    Rollback,
+}
+
+/// The `HANDOFF_*` variables the hook gets for node `t` and `version`.
+pub fn env(
+    t: &crate::control::NodeRef,
+    version: &str,
+    action: Action,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("HANDOFF_POOL", t.pool.name.clone()),
+        ("HANDOFF_NODE", t.node.name.clone()),
+        ("HANDOFF_NODE_ADDR", t.node.addr.to_string()),
+        ("HANDOFF_TARGET_VERSION", version.to_string()),
+        (
+            "HANDOFF_ACTION",
+            match action {
+                Action::Upgrade => "upgrade",
+                Action::Rollback => "rollback",
+            }
+            .to_string(),
+        ),
+    ]
+}

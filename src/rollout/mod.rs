@@ -3,105 +3,27 @@
 //! done`. [`run`] is the state machine; this module holds the record (what the API shows and
 //! the state file keeps), the registry, and the start/abort entry points.
 
+mod analysis;
 mod hook;
+mod record;
+mod rollback;
 mod run;
 pub mod shared;
 mod wait;
 
+pub use record::{Event, Phase, Rollback, RollbackState, Rollout, RolloutState};
+
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{duration, limits};
+use crate::config::limits;
 use crate::control::Control;
 use crate::pool::unix_ms;
 use crate::time::rfc3339;
-
-/// Per-node phases, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Guard,
-    Draining,
-    WaitingUpgrade,
-    WaitingReady,
-    Warming,
-    Done,
-}
-
-impl Phase {
-    pub const ORDER: [Phase; 6] = [
-        Phase::Guard,
-        Phase::Draining,
-        Phase::WaitingUpgrade,
-        Phase::WaitingReady,
-        Phase::Warming,
-        Phase::Done,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Guard => "guard",
-            Phase::Draining => "draining",
-            Phase::WaitingUpgrade => "waiting_upgrade",
-            Phase::WaitingReady => "waiting_ready",
-            Phase::Warming => "warming",
-            Phase::Done => "done",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutState {
-    Running,
-    Succeeded,
-    /// Stopped at a step, with the reason.
-    Failed,
-    Aborted,
-}
-
-/// One entry of a rollout's timeline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Event {
-    /// RFC 3339.
-    pub at: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub node: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub phase: Option<Phase>,
-    pub message: String,
-}
-
-/// A rollout as the API shows it and the state file keeps it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Rollout {
-    pub id: String,
-    pub pool: String,
-    /// Target version.
-    pub version: String,
-    pub order: Vec<String>,
-    #[serde(with = "duration::text")]
-    pub drain_timeout: Duration,
-    #[serde(with = "duration::text")]
-    pub ready_timeout: Duration,
-    #[serde(with = "duration::text")]
-    pub warmup: Duration,
-    pub state: RolloutState,
-    /// Index into `order` of the node being upgraded.
-    pub node_index: usize,
-    pub current_node: Option<String>,
-    pub phase: Option<Phase>,
-    /// Why it failed or was aborted, and the state it left the nodes in.
-    pub reason: Option<String>,
-    pub abort_requested: bool,
-    pub created_at: String,
-    pub finished_at: Option<String>,
-    pub timeline: Vec<Event>,
-}
 
 /// What a client asks for (`POST /v1/pools/{pool}/rollouts`), parsed and range-checked by
 /// `admin::input`; `None` takes the pool's setting.
@@ -214,13 +136,10 @@ impl Registry {
     /// neither the API nor the state file grows for ever.
     pub fn prune(&self) {
         let mut all = self.all();
-        let finished = all
-            .iter()
-            .filter(|h| h.lock().state != RolloutState::Running)
-            .count();
+        let finished = all.iter().filter(|h| !h.lock().busy()).count();
         let mut excess = finished.saturating_sub(limits::FINISHED_ROLLOUTS_KEPT);
         all.retain(|h| {
-            if excess > 0 && h.lock().state != RolloutState::Running {
+            if excess > 0 && !h.lock().busy() {
                 excess -= 1;
                 return false;
             }
@@ -278,7 +197,7 @@ pub async fn start(
 fn running_on(all: &[Arc<Handle>], pool: &str) -> Option<String> {
     all.iter().find_map(|h| {
         let r = h.lock();
-        (r.pool == pool && r.state == RolloutState::Running).then(|| r.id.clone())
+        (r.pool == pool && r.busy()).then(|| r.id.clone())
     })
 }
 
@@ -350,6 +269,9 @@ fn new_record(
             phase: None,
             message: format!("rollout of pool {pool} to version {version} started"),
         }],
+        analysis: p.config.rollout.analysis.clone(),
+        previous_versions: BTreeMap::new(),
+        rollback: None,
     })
 }
 
@@ -414,7 +336,7 @@ impl Registry {
         let running: Vec<Arc<Handle>> = rollouts
             .all()
             .iter()
-            .filter(|h| h.lock().state == RolloutState::Running)
+            .filter(|h| h.lock().busy())
             .cloned()
             .collect();
         for handle in running {
@@ -427,7 +349,7 @@ impl Registry {
 /// continues at its step, with `why` in its timeline.
 pub fn adopt(ctl: &Arc<Control>, rollouts: &Arc<Registry>, records: Vec<Rollout>, why: &str) {
     for record in records {
-        let running = record.state == RolloutState::Running;
+        let running = record.busy();
         let handle = rollouts.restore(record);
         if running && !rollouts.clustered() {
             handle.event(None, None, why);

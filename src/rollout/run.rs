@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::analysis::{self, Baseline, Judged, Probation};
 use super::wait::{everyone_sees_ready, wait_for_sibling, wait_node, Attempt};
-use super::{hook, Handle, Phase, RolloutState};
+use super::{hook, rollback, Handle, Phase, RolloutState};
 use crate::cluster::Cluster;
 use crate::config::duration;
 use crate::control::{Control, NodeRef};
@@ -36,17 +37,31 @@ impl<'a> Driving<'a> {
 pub(super) enum Stop {
     Failed(String),
     Aborted,
+    /// The node failed analysis and was drained; the reason, and the rollback to run.
+    Breach(String, Option<super::Rollback>),
 }
 
 /// Extra time past the drain timeout for the deadline closes to finish.
-const DRAIN_SLACK: Duration = Duration::from_secs(15);
+pub(super) const DRAIN_SLACK: Duration = Duration::from_secs(15);
 
 pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<Handle>) {
     let app = Arc::clone(app);
-    let (pool_name, order, version) = {
+    let (pool_name, order, version, analysed, state) = {
         let r = handle.lock();
-        (r.pool.clone(), r.order.clone(), r.version.clone())
+        let analysed = r.analysis.is_some();
+        (
+            r.pool.clone(),
+            r.order.clone(),
+            r.version.clone(),
+            analysed,
+            r.state,
+        )
     };
+    if state != RolloutState::Running {
+        // Resumed after a restart with a rollback under way.
+        return rollback::run(&app, cluster, &handle).await;
+    }
+    let mut judged = None;
     let start = handle.lock().node_index;
     for (index, node_name) in order.iter().enumerate().skip(start) {
         let resume_phase = {
@@ -60,6 +75,9 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
             Phase::ORDER.iter().position(|x| *x == p).unwrap_or(0)
         });
         for &phase in &Phase::ORDER[first..] {
+            if phase == Phase::Analysis && !analysed {
+                continue;
+            }
             if handle.abort.is_cancelled() {
                 // Between steps: the next step never starts, and the reason says so.
                 let where_ = format!("{node_name} before {}", phase.as_str());
@@ -80,7 +98,12 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
             app.mark_dirty();
             let started = Instant::now();
             let result = step(
-                &app, cluster, &handle, &pool_name, node_name, &version, phase,
+                &app,
+                cluster,
+                &handle,
+                &mut judged,
+                (&pool_name, node_name, &version),
+                phase,
             )
             .await;
             app.metrics
@@ -98,6 +121,24 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
                         RolloutState::Failed,
                         Some(reason),
                     );
+                }
+                Err(Stop::Breach(reason, back)) => {
+                    handle.event(Some(node_name), Some(phase), format!("failed: {reason}"));
+                    // The node is drained: no longer judged.
+                    drop(judged.take());
+                    let rolling_back = back.is_some();
+                    handle.lock().rollback = back;
+                    finish(
+                        &app,
+                        &handle,
+                        &pool_name,
+                        RolloutState::Failed,
+                        Some(reason),
+                    );
+                    if rolling_back {
+                        rollback::run(&app, cluster, &handle).await;
+                    }
+                    return;
                 }
                 Err(Stop::Aborted) => {
                     let where_ = format!("{node_name} ({})", phase.as_str());
@@ -181,9 +222,8 @@ async fn step(
     app: &Arc<Control>,
     cluster: Option<Driving<'_>>,
     handle: &Handle,
-    pool: &str,
-    node: &str,
-    version: &str,
+    judged: &mut Option<Judged>,
+    (pool, node, version): (&str, &str, &str),
     phase: Phase,
 ) -> Result<(), Stop> {
     let target = {
@@ -208,6 +248,14 @@ async fn step(
     let healthy_after = target.pool.config.health.healthy_after;
     match phase {
         Phase::Guard => {
+            // What a rollback would go back to (kept from the first look, across resumes).
+            if let Some(v) = state.version() {
+                handle
+                    .lock()
+                    .previous_versions
+                    .entry(node.to_string())
+                    .or_insert_with(|| v.to_string());
+            }
             // A sibling must carry the load before this node leaves: wait for one.
             wait_for_sibling(handle, &target, ready_timeout, Attempt::Guard).await
         }
@@ -264,12 +312,7 @@ async fn step(
         Phase::WaitingUpgrade => {
             handle.lock().reason = None;
             if let Some(argv) = &target.pool.config.rollout.hook {
-                let env = [
-                    ("HANDOFF_POOL", pool.to_string()),
-                    ("HANDOFF_NODE", node.to_string()),
-                    ("HANDOFF_NODE_ADDR", target.node.addr.to_string()),
-                    ("HANDOFF_TARGET_VERSION", version.to_string()),
-                ];
+                let env = hook::env(&target, version, hook::Action::Upgrade);
                 handle.event(
                     Some(node),
                     Some(phase),
@@ -305,6 +348,25 @@ async fn step(
             }
         }
         Phase::Warming => {
+            let analysis = handle.lock().analysis.clone();
+            if let Some(cfg) = &analysis {
+                // Judged from its readmission: on probation and with its baseline taken before
+                // its first request.
+                *judged = Some(Judged {
+                    baseline: Baseline::take(&target),
+                    _probation: Probation::start(state),
+                });
+                handle.event(
+                    Some(node),
+                    Some(phase),
+                    format!(
+                        "analysis started: error rate {} at most over at least {} requests, for {}",
+                        cfg.max_error_rate,
+                        cfg.min_requests,
+                        duration::format(cfg.window)
+                    ),
+                );
+            }
             if target.pool.config.rollout.prefer_target_version {
                 // From now on a target-version node serves: new sessions prefer such nodes.
                 target
@@ -329,11 +391,19 @@ async fn step(
                 None => lifecycle::enable(app, &target, Some(warmup)),
             }
             let deadline = instant_after(warmup + ready_timeout);
-            if wait_node(handle, state, deadline, false, |s| {
+            let active = wait_node(handle, state, deadline, false, |s| {
                 s.admin() == AdminState::Active
-            })
-            .await?
-            {
+            });
+            let warmed = match (&analysis, judged.as_ref()) {
+                (Some(cfg), Some(j)) => tokio::select! {
+                    done = active => done?,
+                    verdict = analysis::watch(cfg, &j.baseline, true) => {
+                        return Err(analysis::breach(app, cluster, handle, &target, verdict).await);
+                    }
+                },
+                _ => active.await?,
+            };
+            if warmed {
                 Ok(())
             } else {
                 Err(Stop::Failed(format!(
@@ -342,6 +412,10 @@ async fn step(
                     state.health().as_str()
                 )))
             }
+        }
+        Phase::Analysis => {
+            let judged = judged.take();
+            analysis::phase(app, cluster, handle, judged, &target, ready_timeout).await
         }
         Phase::Done => Ok(()),
     }

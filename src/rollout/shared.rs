@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{spawn_until, Handle, Registry, Rollout, RolloutError, RolloutState};
+use super::{spawn_until, Handle, Registry, Rollout, RolloutError};
 use crate::cluster::{Cluster, ClusterError, Drivers, RolloutMirror};
 use crate::config::limits;
 use crate::control::Control;
@@ -138,7 +138,7 @@ impl Follower {
             let Some(handle) = rollouts.get(id) else {
                 continue;
             };
-            if handle.lock().state != RolloutState::Running {
+            if !handle.lock().busy() {
                 let _ = cluster.release(id, term).await;
                 continue;
             }
@@ -199,7 +199,7 @@ impl Follower {
                     }
                 }
             }
-            if record.state != RolloutState::Running {
+            if !record.busy() {
                 if let Some((_, stop)) = self.driving.remove(&id) {
                     stop.cancel();
                 }
@@ -219,7 +219,7 @@ async fn prune(cluster: &Cluster, mirror: &RolloutMirror) {
         .iter()
         .filter_map(|(id, bytes)| {
             let r: Rollout = serde_json::from_slice(bytes).ok()?;
-            (r.state != RolloutState::Running).then(|| (r.created_at.clone(), id, bytes))
+            (!r.busy()).then(|| (r.created_at.clone(), id, bytes))
         })
         .collect();
     let excess = finished

@@ -4,6 +4,7 @@ mod common;
 
 mod admin;
 mod affinity;
+mod analysis;
 mod cli;
 mod cluster;
 mod config_files;

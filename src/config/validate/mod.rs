@@ -12,6 +12,7 @@ use serde_yaml::Value;
 mod cluster;
 mod listener;
 mod pool;
+mod rollout;
 #[cfg(test)]
 mod tests;
 mod tls;

@@ -8,12 +8,12 @@ use serde_yaml::Value;
 use super::Validator;
 use crate::config::defaults as d;
 use crate::config::file::{
-    RawAffinity, RawDrain, RawHealth, RawHttpCheck, RawNode, RawPool, RawRebalance, RawRollout,
+    RawAffinity, RawDrain, RawHealth, RawHttpCheck, RawNode, RawPool, RawRebalance,
 };
 use crate::config::limits;
 use crate::config::{
     AffinityConfig, AffinityMode, Balance, CheckKind, DrainConfig, HealthConfig, NodeConfig,
-    PoolConfig, RebalanceConfig, RolloutConfig, VersionSource,
+    PoolConfig, RebalanceConfig, VersionSource,
 };
 
 impl Validator {
@@ -115,36 +115,7 @@ impl Validator {
                 );
                 RebalanceConfig { max_closes_per_sec }
             });
-        let op = format!("{path}.rollout");
-        let raw_rollout = raw
-            .rollout
-            .and_then(|v| self.item::<RawRollout>(&op, v))
-            .unwrap_or_default();
-        let hook = raw_rollout.hook.map(|h| {
-            if h.exec.is_empty() || h.exec[0].is_empty() {
-                self.err(
-                    &format!("{op}.hook.exec"),
-                    "needs a program to run: [\"path\", \"arg\", ...]",
-                );
-            }
-            h.exec
-        });
-        let rollout = RolloutConfig {
-            drain_timeout: self.duration(
-                &format!("{op}.drain_timeout"),
-                raw_rollout.drain_timeout.as_deref(),
-                drain.timeout,
-                limits::DRAIN_TIMEOUT,
-            ),
-            ready_timeout: self.duration(
-                &format!("{op}.ready_timeout"),
-                raw_rollout.ready_timeout.as_deref(),
-                d::ROLLOUT_READY_TIMEOUT,
-                limits::READY_TIMEOUT,
-            ),
-            hook,
-            prefer_target_version: raw_rollout.prefer_target_version.unwrap_or(false),
-        };
+        let rollout = self.rollout(&format!("{path}.rollout"), raw.rollout, &drain);
         let ap = format!("{path}.affinity");
         let affinity = raw
             .affinity
@@ -257,12 +228,27 @@ impl Validator {
             (None, _) => CheckKind::Tcp,
             (Some(h), None) => self.http_check(&format!("{path}.http"), h),
         };
+        let consecutive_5xx = raw.passive.and_then(|p| match p.consecutive_5xx {
+            None => {
+                self.err(
+                    &format!("{path}.passive"),
+                    "needs `consecutive_5xx: N` (5xx answers in a row that mark a node down)",
+                );
+                None
+            }
+            Some(n) => Some(self.number(
+                &format!("{path}.passive.consecutive_5xx"),
+                n,
+                limits::CHECK_STREAK,
+            )),
+        });
         HealthConfig {
             interval,
             timeout,
             healthy_after,
             unhealthy_after,
             check,
+            consecutive_5xx,
         }
     }
 

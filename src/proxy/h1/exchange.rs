@@ -138,13 +138,7 @@ pub async fn one<I: ClientIo>(
     };
     let _inflight = InflightGuard::new(&ctx.activity);
     buf.consume(head_len);
-    let started = Instant::now();
-    let pool = Arc::clone(&plan.pool);
-    let next = forward(ctx, io, buf, closing, &mut plan).await;
-    pool.metrics
-        .request_duration
-        .observe(started.elapsed().as_secs_f64());
-    next
+    forward(ctx, io, buf, closing, &mut plan, Instant::now()).await
 }
 
 /// Checks, routes and rewrites a parsed head. An error is answered locally (the flag says
@@ -222,14 +216,22 @@ enum NoAnswer {
     Lost,
 }
 
+/// Sends the request to a node and relays its answer, or answers itself. `started`: when
+/// the head was read; the pool's request duration runs from it to the response head.
 async fn forward<I: ClientIo>(
     ctx: &ConnCtx,
     io: &mut I,
     buf: &mut Buf,
     closing: &AtomicBool,
     p: &mut Plan,
+    started: Instant,
 ) -> Next {
     let pool = Arc::clone(&p.pool);
+    let observe = |at: Instant| {
+        pool.metrics
+            .request_duration
+            .observe(at.duration_since(started).as_secs_f64())
+    };
     let multi = pool.nodes.len() > 1;
     // Whether the whole request goes out in one write (and can go out again).
     let whole = match p.body {
@@ -255,6 +257,8 @@ async fn forward<I: ClientIo>(
         None => Attempts::new(&pool, Strategy::Balance, None),
     };
     let mut ub = Buf::take();
+    // When the current node was asked: its latency runs from here to its answer.
+    let mut asked = started;
     'nodes: while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
@@ -271,6 +275,7 @@ async fn forward<I: ClientIo>(
                     Ok(s) => (Upstream::new(s, &node.state.lifecycle), false),
                     Err(_) => {
                         why = NoAnswer::Unreachable;
+                        asked = Instant::now();
                         continue 'nodes;
                     }
                 },
@@ -313,7 +318,8 @@ async fn forward<I: ClientIo>(
             ctx.waiting_head.store(false, Relaxed);
             match sent {
                 Err(_) => {
-                    node.state.metrics.response(504);
+                    pool.no_answer(i, Some(504));
+                    observe(Instant::now());
                     tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
                     let local = Local {
                         status: 504,
@@ -322,6 +328,20 @@ async fn forward<I: ClientIo>(
                     return respond_local(io, &local, p.is_head, whole && p.keep_alive).await;
                 }
                 Ok(Ok(head)) => {
+                    let now = Instant::now();
+                    pool.answered(i, head.status, now.duration_since(asked));
+                    if head.status >= 500 && replays > 0 && second_opinion(&pool, i) {
+                        // A node under analysis failed a request that can be sent again:
+                        // a sibling answers it (the node's connection, its answer unread,
+                        // is closed).
+                        tracing::info!(node = %node.key(), status = head.status, "node under analysis answered 5xx; sending the request to a sibling");
+                        replays -= 1;
+                        why = NoAnswer::Lost;
+                        ub.consume(usize::MAX);
+                        asked = now;
+                        continue 'nodes;
+                    }
+                    observe(now);
                     return respond(ctx, io, p, i, up, ub, head, session).await;
                 }
                 Ok(Err(Failure::Client { bad: false })) => return Next::Close,
@@ -341,12 +361,15 @@ async fn forward<I: ClientIo>(
                     }
                     tracing::info!(node = %node.key(), "backend failed before answering");
                     if replays > 0 {
+                        pool.no_answer(i, None);
                         replays -= 1;
                         why = NoAnswer::Lost;
                         ub.consume(usize::MAX);
+                        asked = Instant::now();
                         continue 'nodes;
                     }
-                    node.state.metrics.response(502);
+                    pool.no_answer(i, Some(502));
+                    observe(Instant::now());
                     let local = Local {
                         status: 502,
                         reason: "the backend closed the connection before answering",
@@ -375,7 +398,19 @@ async fn forward<I: ClientIo>(
         },
     };
     pool.metrics.local_response(local.status);
+    observe(Instant::now());
     respond_local(io, &local, p.is_head, whole && p.keep_alive).await
+}
+
+/// Whether a 5xx from node `index` should be retried on a sibling: the node is under
+/// rollout analysis, and another node serves.
+pub(crate) fn second_opinion(pool: &Pool, index: usize) -> bool {
+    pool.nodes[index].state.on_probation()
+        && pool
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(j, n)| j != index && n.state.admits_new())
 }
 
 /// Reads until the first `n` body bytes are held (bounded by the response timeout: a client
@@ -418,7 +453,6 @@ async fn respond<I: ClientIo>(
     session: SessionGuard,
 ) -> Next {
     let node = &p.pool.nodes[index];
-    node.state.metrics.response(head.status);
     ctx.served(&node.state);
     ub.consume(head.len);
     if head.tunnel {

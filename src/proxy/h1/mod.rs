@@ -15,6 +15,7 @@
 
 pub mod buf;
 mod exchange;
+pub(crate) use exchange::second_opinion;
 pub mod framing;
 pub mod head;
 pub(crate) mod relay;

@@ -25,6 +25,7 @@ use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_node;
 use crate::proxy::h1::buf::{Buf, Out};
 use crate::proxy::h1::framing::BodyLen;
+use crate::proxy::h1::second_opinion;
 use crate::proxy::h1::send::Failure;
 use crate::proxy::sticky::Client;
 
@@ -61,10 +62,7 @@ pub async fn handle(
         }
     };
     let started = Instant::now();
-    let resp = forward(&ctx, &pool, parts, body, timeouts, inflight).await;
-    pool.metrics
-        .request_duration
-        .observe(started.elapsed().as_secs_f64());
+    let resp = forward(&ctx, &pool, parts, body, timeouts, inflight, started).await;
     Ok(resp)
 }
 
@@ -83,6 +81,7 @@ async fn forward(
     body: Incoming,
     timeouts: Timeouts,
     inflight: InflightGuard,
+    started: Instant,
 ) -> Response<ProxyBody> {
     let multi = pool.nodes.len() > 1;
     let replayable = idempotent(&parts.method)
@@ -150,6 +149,7 @@ async fn forward(
         replayable && whole,
         timeouts,
         inflight,
+        started,
     )
     .await
 }
@@ -166,7 +166,15 @@ async fn send_all(
     replayable: bool,
     timeouts: Timeouts,
     inflight: InflightGuard,
+    started: Instant,
 ) -> Response<ProxyBody> {
+    let observe = |at: Instant| {
+        pool.metrics
+            .request_duration
+            .observe(at.duration_since(started).as_secs_f64())
+    };
+    // When the current node was asked: its latency runs from here to its answer.
+    let mut asked = started;
     let cookies = parts
         .headers
         .get_all(http::header::COOKIE)
@@ -191,6 +199,7 @@ async fn send_all(
                     Ok(s) => (Upstream::new(s, &node.state.lifecycle), false),
                     Err(_) => {
                         unreachable = true;
+                        asked = Instant::now();
                         continue 'nodes;
                     }
                 },
@@ -208,7 +217,8 @@ async fn send_all(
             };
             match timeout(timeouts.response, exchange).await {
                 Err(_) => {
-                    node.state.metrics.response(504);
+                    pool.no_answer(i, Some(504));
+                    observe(Instant::now());
                     tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
                     return local(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -216,7 +226,17 @@ async fn send_all(
                     );
                 }
                 Ok(Ok(head)) => {
-                    node.state.metrics.response(head.response.status().as_u16());
+                    let now = Instant::now();
+                    let status = head.response.status().as_u16();
+                    pool.answered(i, status, now.duration_since(asked));
+                    if status >= 500 && replays > 0 && second_opinion(pool, i) {
+                        tracing::info!(node = %node.key(), status, "node under analysis answered 5xx; sending the request to a sibling");
+                        replays -= 1;
+                        lost = true;
+                        asked = now;
+                        continue 'nodes;
+                    }
+                    observe(now);
                     ctx.served(&node.state);
                     let cookie = client.as_ref().and_then(|c| c.served(pool, i));
                     let body =
@@ -240,11 +260,14 @@ async fn send_all(
                     }
                     tracing::info!(node = %node.key(), "backend failed before answering");
                     if replays > 0 {
+                        pool.no_answer(i, None);
                         replays -= 1;
                         lost = true;
+                        asked = Instant::now();
                         continue 'nodes;
                     }
-                    node.state.metrics.response(502);
+                    pool.no_answer(i, Some(502));
+                    observe(Instant::now());
                     return local(
                         StatusCode::BAD_GATEWAY,
                         "the backend closed the connection before answering",
@@ -270,5 +293,6 @@ async fn send_all(
         )
     };
     pool.metrics.local_response(status.as_u16());
+    observe(Instant::now());
     local(status, reason)
 }

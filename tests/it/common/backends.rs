@@ -34,6 +34,8 @@ pub struct HttpBackend {
     pub name: &'static str,
     pub addr: SocketAddr,
     version: Arc<Mutex<String>>,
+    /// Percent of proxied requests answered 500 (kept across restarts).
+    failing: Arc<AtomicUsize>,
     pub stats: Arc<Stats>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -44,10 +46,15 @@ impl HttpBackend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
-        Self::serve(name, listener, version)
+        Self::serve(name, listener, version, Arc::default())
     }
 
-    fn serve(name: &'static str, listener: TcpListener, version: &str) -> Self {
+    fn serve(
+        name: &'static str,
+        listener: TcpListener,
+        version: &str,
+        failing: Arc<AtomicUsize>,
+    ) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let version = Arc::new(Mutex::new(version.to_string()));
         let stats = Arc::new(Stats {
@@ -59,6 +66,7 @@ impl HttpBackend {
             name,
             listener,
             Arc::clone(&version),
+            Arc::clone(&failing),
             Arc::clone(&stats),
             stop.clone(),
         ));
@@ -66,6 +74,7 @@ impl HttpBackend {
             name,
             addr,
             version,
+            failing,
             stats,
             stop,
             task: Some(task),
@@ -88,7 +97,14 @@ impl HttpBackend {
     pub async fn restart(&mut self, version: &str) {
         self.stop().await;
         let listener = bind_again(self.addr).await;
-        *self = Self::serve(self.name, listener, version);
+        let failing = Arc::clone(&self.failing);
+        *self = Self::serve(self.name, listener, version, failing);
+    }
+
+    /// From now on, answers 500 to `percent` % of proxied requests, spread evenly (health
+    /// checks still pass: the bad version analysis must catch).
+    pub fn set_failing(&self, percent: usize) {
+        self.failing.store(percent, SeqCst);
     }
 
     pub fn set_version(&self, version: &str) {
@@ -116,6 +132,7 @@ async fn accept_loop(
     name: &'static str,
     listener: TcpListener,
     version: Arc<Mutex<String>>,
+    failing: Arc<AtomicUsize>,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
@@ -125,9 +142,12 @@ async fn accept_loop(
             r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
         };
         let (version, stats, stop) = (Arc::clone(&version), Arc::clone(&stats), stop.clone());
+        let failing = Arc::clone(&failing);
         tokio::spawn(async move {
-            let service =
-                service_fn(move |req| answer(name, Arc::clone(&version), Arc::clone(&stats), req));
+            let service = service_fn(move |req| {
+                let fail = failing.load(SeqCst);
+                answer(name, Arc::clone(&version), fail, Arc::clone(&stats), req)
+            });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::select! {
@@ -141,6 +161,7 @@ async fn accept_loop(
 async fn answer(
     name: &'static str,
     version: Arc<Mutex<String>>,
+    failing: usize,
     stats: Arc<Stats>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -157,8 +178,13 @@ async fn answer(
         let _ = stats
             .checks_at_first_hit
             .compare_exchange(-1, checks, SeqCst, SeqCst);
-        stats.hits.fetch_add(1, SeqCst);
-        if path == "/headers" {
+        let k = stats.hits.fetch_add(1, SeqCst);
+        if (k + 1) * failing / 100 > k * failing / 100 {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{name} {version} failed"),
+            )
+        } else if path == "/headers" {
             let map: serde_json::Map<String, serde_json::Value> = req
                 .headers()
                 .iter()
