@@ -95,6 +95,21 @@ fn pick(c: &mut Criterion) {
     });
 }
 
+/// What each request adds on the data path for rollout analysis and passive ejection: the
+/// node's traffic counters and latency bucket (all atomics).
+fn traffic(c: &mut Criterion) {
+    let snap = snapshot(2, "least_conn");
+    let pool = &snap.pools[0];
+    let elapsed = Duration::from_micros(850);
+    c.bench_function("traffic/answered_200", |b| {
+        b.iter(|| pool.answered(black_box(0), black_box(200), black_box(elapsed)))
+    });
+    let t = &pool.nodes[1].state.traffic;
+    c.bench_function("traffic/sample_and_p99", |b| {
+        b.iter(|| black_box(t.sample().quantile(0.99)))
+    });
+}
+
 fn route(c: &mut Criterion) {
     let snap = snapshot(2, "least_conn");
     let listener = &snap.listeners["web"];
@@ -154,5 +169,13 @@ fn config_load(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, pick, route, headers, proxy_header, config_load);
+criterion_group!(
+    benches,
+    pick,
+    traffic,
+    route,
+    headers,
+    proxy_header,
+    config_load
+);
 criterion_main!(benches);

@@ -130,6 +130,9 @@ fn check(state: &StateFile) -> Result<(), String> {
         limits::WARMUP
             .check(r.warmup)
             .map_err(|e| at("warmup", e))?;
+        if let Some(a) = &r.analysis {
+            a.check().map_err(|e| at("analysis", e))?;
+        }
         if r.node_index > r.order.len() {
             return Err(at(
                 "node_index",

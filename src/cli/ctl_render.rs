@@ -34,12 +34,22 @@ fn node_row(n: &NodeView) -> Vec<String> {
         n.version.clone().unwrap_or_else(|| "-".into()),
         n.sessions.total.to_string(),
         n.effective_weight.to_string(),
+        if n.traffic.window_requests == 0 {
+            "-".into()
+        } else {
+            format!("{:.1}%", n.traffic.error_rate * 100.0)
+        },
+        n.traffic
+            .p99_ms
+            .map_or_else(|| "-".into(), |ms| format!("{ms}ms")),
         n.state_since.clone(),
     ]
 }
 
-const NODE_HEADER: [&str; 9] = [
-    "POOL", "NODE", "ADDR", "STATE", "HEALTH", "VERSION", "SESSIONS", "WEIGHT", "SINCE",
+/// `ERRORS` and `P99` cover the last minute (the node JSON's `traffic` window).
+const NODE_HEADER: [&str; 11] = [
+    "POOL", "NODE", "ADDR", "STATE", "HEALTH", "VERSION", "SESSIONS", "WEIGHT", "ERRORS", "P99",
+    "SINCE",
 ];
 
 pub fn status(view: &StatusView) -> String {
@@ -154,6 +164,21 @@ pub fn rollout(r: &Rollout) -> String {
     }
     if let Some(reason) = &r.reason {
         out.push_str(&format!("reason: {reason}\n"));
+    }
+    if let Some(b) = &r.rollback {
+        let state = match b.state {
+            crate::rollout::RollbackState::Running => "running",
+            crate::rollout::RollbackState::Succeeded => "succeeded",
+            crate::rollout::RollbackState::Failed => "failed",
+        };
+        out.push_str(&format!(
+            "rollback: {} to {}: {state}{}\n",
+            b.node,
+            b.version,
+            b.detail
+                .as_deref()
+                .map_or_else(String::new, |d| format!(" ({d})"))
+        ));
     }
     out.push_str("timeline:\n");
     for e in &r.timeline {

@@ -47,12 +47,12 @@ pools:
       healthy_after: 2
       unhealthy_after: 3
       http: { path: "/healthz", expect_status: 200, version_header: "X-Version" }
-    warmup: 5s
+    warmup: 10s
     drain: { timeout: 30s, close_spread: 1s }
     rollout:
       ready_timeout: 30s
       hook: { exec: ["{EXE}", "demo-upgrade"] }
-      analysis: { window: 10s, min_requests: 20, max_error_rate: 0.05, on_failure: rollback }
+      analysis: { window: 10s, min_requests: 10, max_error_rate: 0.05, on_failure: rollback }
 "#;
 
 pub(super) const INITIAL_VERSION: &str = "1.0.0";

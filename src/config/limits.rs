@@ -119,6 +119,33 @@ pub fn number<T: PartialOrd + std::fmt::Display + Copy>(
     }
 }
 
+impl crate::config::AnalysisConfig {
+    /// Every field within the range `check` accepts (for copies read back from the state
+    /// file).
+    pub fn check(&self) -> Result<(), String> {
+        ANALYSIS_WINDOW
+            .check(self.window)
+            .map_err(|e| format!("window: {e}"))?;
+        number(self.min_requests, MIN_REQUESTS).map_err(|e| format!("min_requests: {e}"))?;
+        fraction(self.max_error_rate, ERROR_RATE).map_err(|e| format!("max_error_rate: {e}"))?;
+        if let Some(r) = self.max_p99_ratio {
+            fraction(r, P99_RATIO).map_err(|e| format!("max_p99_ratio: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A real number in a range (NaN and infinities are refused).
+pub fn fraction(value: f64, (min, max): (f64, f64)) -> Result<f64, String> {
+    if value.is_finite() && value >= min && value <= max {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{value} is out of range: must be between {min} and {max}"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,21 @@ pub(super) async fn on_breach(
         ));
         return (reason, None);
     }
+    // The rollout fails once the node is drained (its in-flight requests finished, or the
+    // deadline closed them), so whoever sees `failed` sees the node out.
+    let state = &target.node.state;
+    let deadline = instant_after(timeout + target.pool.config.drain.close_spread + DRAIN_SLACK);
+    let out = |s: &NodeState| s.admin() == AdminState::Drained;
+    if !wait_node(handle, state, deadline, false, out)
+        .await
+        .unwrap_or(false)
+    {
+        reason.push_str(&format!(
+            "; {key} did not drain (state {})",
+            state.admin().as_str()
+        ));
+        return (reason, None);
+    }
     let hook = target.pool.config.rollout.hook.is_some();
     match (on_failure, previous, hook) {
         (OnFailure::Pause, _, _) => reason.push_str(&format!(

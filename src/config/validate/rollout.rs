@@ -93,16 +93,9 @@ impl Validator {
 
     /// A real number in a range (NaN is refused too).
     fn fraction(&mut self, path: &str, value: f64, range: (f64, f64)) -> f64 {
-        if value.is_finite() && value >= range.0 && value <= range.1 {
-            return value;
-        }
-        self.err(
-            path,
-            format!(
-                "{value} is out of range: must be between {} and {}",
-                range.0, range.1
-            ),
-        );
-        range.0
+        limits::fraction(value, range).unwrap_or_else(|reason| {
+            self.err(path, reason);
+            range.0
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! Validation tests: defaults, every-error reporting with positions, refused fields.
 
 use super::*;
+use crate::config::OnFailure;
 
 const GOOD: &str = r#"
 listeners:
@@ -81,6 +82,92 @@ fn affinity_needs_exactly_one_mode() {
         "{ cookie: sid, idle_timeout: 0s }",
     ] {
         assert!(parse(&with(bad)).is_err(), "{bad} accepted");
+    }
+}
+
+#[test]
+fn rollout_analysis_and_passive_ejection() {
+    let with = |rollout: &str, passive: &str| {
+        GOOD.replace(
+            "      interval: 500ms\n",
+            &format!("      interval: 500ms\n      passive: {passive}\n"),
+        ) + &format!("    rollout: {{ analysis: {rollout} }}\n")
+    };
+    let c = parse(&with("{}", "{ consecutive_5xx: 5 }")).expect("valid");
+    let pool = c.pool("api").unwrap();
+    assert_eq!(pool.health.consecutive_5xx, Some(5));
+    let a = pool.rollout.analysis.as_ref().expect("analysis");
+    assert_eq!(
+        (
+            a.window,
+            a.min_requests,
+            a.max_error_rate,
+            a.max_p99_ratio,
+            a.on_failure
+        ),
+        (Duration::from_secs(30), 50, 0.05, None, OnFailure::Rollback)
+    );
+    let c = parse(&with(
+        "{ window: 2m, min_requests: 10, max_error_rate: 0.01, max_p99_ratio: 2.5, on_failure: pause }",
+        "{ consecutive_5xx: 1 }",
+    ))
+    .expect("valid");
+    let a = c.pool("api").unwrap().rollout.analysis.clone().unwrap();
+    assert_eq!(
+        (a.max_p99_ratio, a.on_failure),
+        (Some(2.5), OnFailure::Pause)
+    );
+    for (rollout, passive, path) in [
+        (
+            "{ on_failure: retry }",
+            "{ consecutive_5xx: 5 }",
+            "rollout.analysis.on_failure",
+        ),
+        (
+            "{ max_error_rate: 1.5 }",
+            "{ consecutive_5xx: 5 }",
+            "rollout.analysis.max_error_rate",
+        ),
+        (
+            "{ max_error_rate: .nan }",
+            "{ consecutive_5xx: 5 }",
+            "rollout.analysis.max_error_rate",
+        ),
+        (
+            "{ max_p99_ratio: 0.5 }",
+            "{ consecutive_5xx: 5 }",
+            "rollout.analysis.max_p99_ratio",
+        ),
+        (
+            "{ min_requests: 0 }",
+            "{ consecutive_5xx: 5 }",
+            "rollout.analysis.min_requests",
+        ),
+        (
+            "{ window: 10ms }",
+            "{ consecutive_5xx: 5 }",
+            "rollout.analysis.window",
+        ),
+        (
+            "{ windw: 10s }",
+            "{ consecutive_5xx: 5 }",
+            "rollout.analysis.windw",
+        ),
+        (
+            "{}",
+            "{ consecutive_5xx: 0 }",
+            "health.passive.consecutive_5xx",
+        ),
+        ("{}", "{}", "health.passive"),
+    ] {
+        let errors = match parse(&with(rollout, passive)) {
+            Err(ConfigError::Invalid(e)) => e,
+            other => panic!("{rollout} {passive} accepted: {other:?}"),
+        };
+        assert!(
+            errors.iter().any(|e| e.path == format!("pools[0].{path}")),
+            "{rollout} {passive}: {errors:?}"
+        );
     }
 }
 
