@@ -30,7 +30,45 @@ pub struct ListenerRoutes {
 
 pub enum Target {
     Http(Vec<Route>),
-    Tcp(Arc<Pool>),
+    Tcp(TcpTarget),
+}
+
+/// Where a tcp listener sends a connection.
+pub struct TcpTarget {
+    /// Connections that no SNI route takes (every one without `sni_routes`).
+    pub default: Option<Arc<Pool>>,
+    /// `(server name pattern, pool)`, in config order (exact names win over wildcards).
+    pub sni: Vec<(String, Arc<Pool>)>,
+}
+
+impl TcpTarget {
+    /// Whether connections are routed by their TLS server name (passed through).
+    pub fn by_sni(&self) -> bool {
+        !self.sni.is_empty()
+    }
+
+    /// The pool for a ClientHello naming `name` (none, or not TLS: the default).
+    pub fn route(&self, name: Option<&str>) -> Option<&Arc<Pool>> {
+        let Some(name) = name else {
+            return self.default.as_ref();
+        };
+        let exact = self
+            .sni
+            .iter()
+            .find(|(pattern, _)| pattern.eq_ignore_ascii_case(name));
+        let wildcard = || {
+            let (_, parent) = name.split_once('.')?;
+            self.sni.iter().find(|(pattern, _)| {
+                pattern
+                    .strip_prefix("*.")
+                    .is_some_and(|p| p.eq_ignore_ascii_case(parent))
+            })
+        };
+        exact
+            .or_else(wildcard)
+            .map(|(_, pool)| pool)
+            .or(self.default.as_ref())
+    }
 }
 
 pub struct Route {
@@ -82,11 +120,20 @@ impl Snapshot {
         let listeners = config
             .listeners
             .iter()
-            .filter_map(|l| {
+            .map(|l| {
                 let target = match &l.kind {
-                    ListenerKind::Tcp { pool } => {
-                        Target::Tcp(Arc::clone(by_name.get(pool.as_str())?))
-                    }
+                    ListenerKind::Tcp { pool, sni_routes } => Target::Tcp(TcpTarget {
+                        default: pool
+                            .as_ref()
+                            .and_then(|p| by_name.get(p.as_str()))
+                            .map(|p| Arc::clone(p)),
+                        sni: sni_routes
+                            .iter()
+                            .filter_map(|r| {
+                                Some((r.sni.clone(), Arc::clone(by_name.get(r.pool.as_str())?)))
+                            })
+                            .collect(),
+                    }),
                     ListenerKind::Http { routes } => Target::Http(
                         routes
                             .iter()
@@ -100,7 +147,8 @@ impl Snapshot {
                             .collect(),
                     ),
                 };
-                let tls = l.tls.as_ref().and_then(|t| match crate::proxy::tls::acceptor(t) {
+                let alpn = matches!(l.kind, ListenerKind::Http { .. });
+                let tls = l.tls.as_ref().and_then(|t| match crate::proxy::tls::acceptor(t, alpn) {
                     Ok(a) => Some(a),
                     Err(e) => {
                         // Certificates were validated when the config was loaded.
@@ -109,7 +157,7 @@ impl Snapshot {
                     }
                 });
                 let routes = ListenerRoutes { config: l.clone(), target, tls };
-                Some((l.name.clone(), Arc::new(routes)))
+                (l.name.clone(), Arc::new(routes))
             })
             .collect();
         Snapshot {

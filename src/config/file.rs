@@ -58,6 +58,9 @@ pub struct RawListener {
     pub routes: Option<Vec<serde_yaml::Value>>,
     #[serde(default)]
     pub pool: Option<String>,
+    /// tcp: route TLS connections by SNI without terminating them (see `RawSniRoute`).
+    #[serde(default)]
+    pub sni_routes: Option<Vec<serde_yaml::Value>>,
     pub max_connections: Option<usize>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
@@ -83,6 +86,14 @@ pub struct RawTimeouts {
 pub struct RawRoute {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
+    pub pool: String,
+}
+
+/// One entry of `listeners[].sni_routes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniRoute {
+    pub sni: String,
     pub pool: String,
 }
 

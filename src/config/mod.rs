@@ -83,7 +83,7 @@ pub struct ListenerConfig {
     pub timeouts: Timeouts,
     /// tcp: PROXY protocol header sent to backends, if any.
     pub proxy_protocol: Option<crate::proxy::proxy_protocol::Version>,
-    /// http: TLS termination, if configured.
+    /// TLS termination, if configured (http and tcp listeners).
     pub tls: Option<TlsConfig>,
 }
 
@@ -99,8 +99,20 @@ pub struct TlsConfig {
 pub enum ListenerKind {
     /// HTTP: first matching route picks the pool.
     Http { routes: Vec<RouteConfig> },
-    /// TCP: every connection goes to one pool.
-    Tcp { pool: String },
+    /// TCP: connections go to `pool`, or with `sni_routes` by the TLS server name (passed
+    /// through untouched), `pool` being the default.
+    Tcp {
+        pool: Option<String>,
+        sni_routes: Vec<SniRouteConfig>,
+    },
+}
+
+/// `listeners[].sni_routes[]`: TLS connections whose ClientHello names `sni` go to `pool`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniRouteConfig {
+    /// Lower case; `*.example.com` matches one label in front of `example.com`.
+    pub sni: String,
+    pub pool: String,
 }
 
 impl ListenerKind {

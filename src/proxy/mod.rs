@@ -15,6 +15,7 @@ pub mod proxy_protocol;
 mod splice;
 pub mod sticky;
 pub mod tcp;
+mod tcp_tls;
 pub mod tls;
 pub mod ws;
 
@@ -144,12 +145,9 @@ pub async fn accept_loop(
         // One spawn per kind, so a TCP session's task is sized for the TCP future (under
         // 1 KiB), not for the much larger HTTP one.
         match &routes.target {
-            Target::Tcp(pool) => {
-                let pool = Arc::clone(pool);
-                plane.shutdown.tracker.spawn(async move {
-                    let slot = slot;
-                    tcp::serve(&task_plane, pool, &routes.config, &slot.0, stream, peer).await
-                });
+            Target::Tcp(_) => {
+                let stats = Arc::clone(&stats);
+                tcp_tls::spawn(&plane, routes, stats, stream, peer, slot);
             }
             Target::Http(_) => {
                 let activity = Arc::new(Activity::new());

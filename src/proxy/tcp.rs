@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, Instant};
 use super::activity::{Activity, Verdict, Watched};
 use super::connect::connect_node;
 use super::proxy_protocol;
-use super::splice::{splice, Copied};
+use super::splice::{splice, Copied, Endpoint};
 use super::ListenerStats;
 use crate::config::AffinityMode;
 use crate::config::ListenerConfig;
@@ -33,14 +33,47 @@ enum End {
     Rebalanced,
 }
 
-pub async fn serve(
+/// A client connection as the session gets it: plain, or TLS-terminated, already watched
+/// (bytes and activity counted), with the bytes to send the backend before any of the
+/// client's (a ClientHello read to route by SNI).
+pub struct Client<C> {
+    pub io: C,
+    pub activity: Arc<Activity>,
+    pub peer: SocketAddr,
+    /// The address the client connected to (for the PROXY header).
+    pub local: SocketAddr,
+    pub first: Vec<u8>,
+}
+
+impl Client<Watched<TcpStream>> {
+    /// A plain client connection, watched from now on.
+    pub fn plain(stream: TcpStream, peer: SocketAddr, stats: &Arc<ListenerStats>) -> Self {
+        let local = stream.local_addr().unwrap_or(peer);
+        let activity = Arc::new(Activity::new());
+        Client {
+            io: Watched::new(stream, Arc::clone(&activity), Arc::clone(stats)),
+            activity,
+            peer,
+            local,
+            first: Vec::new(),
+        }
+    }
+}
+
+pub async fn serve<C: Endpoint>(
     plane: &DataPlane,
     pool: Arc<Pool>,
     cfg: &ListenerConfig,
     stats: &Arc<ListenerStats>,
-    client: TcpStream,
-    peer: SocketAddr,
+    client: Client<C>,
 ) {
+    let Client {
+        io: mut client,
+        activity,
+        peer,
+        local,
+        first,
+    } = client;
     // Source-address affinity: continue where the client has a session, else hash.
     let pinned = match pool.config.affinity.as_ref().map(|a| &a.mode) {
         Some(AffinityMode::SourceIp) => Some(pool.keys.address(peer.ip())),
@@ -75,17 +108,21 @@ pub async fn serve(
     if let Some(version) = cfg.proxy_protocol {
         // The backend sees the client's address: the header goes first, before any byte.
         let mut header = [0u8; proxy_protocol::MAX_LEN];
-        let dst = client.local_addr().unwrap_or(cfg.listen);
-        let n = proxy_protocol::encode(version, peer, dst, &mut header);
+        let n = proxy_protocol::encode(version, peer, local, &mut header);
         if let Err(e) = backend.write_all(&header[..n]).await {
             tracing::debug!(node = %node.key(), error = %e, "sending the PROXY header failed");
             return;
         }
     }
+    if !first.is_empty() {
+        if let Err(e) = backend.write_all(&first).await {
+            tracing::debug!(node = %node.key(), error = %e, "sending the ClientHello failed");
+            return;
+        }
+    }
+    drop(first);
     let lifecycle = &node.state.lifecycle;
     let (id, rebalance) = lifecycle.register();
-    let activity = Arc::new(Activity::new());
-    let mut client = Watched::new(client, Arc::clone(&activity), Arc::clone(stats));
     // Control signals, gated so the per-read wake-ups don't poll them (see `gated`).
     let control = async {
         let close = lifecycle.session_close_token();
@@ -136,7 +173,7 @@ pub async fn serve(
     }
     if !matches!(end, End::Done(_)) {
         // Close gracefully: FIN to both peers.
-        let _ = client.get_mut().shutdown().await;
+        let _ = client.shutdown().await;
         let _ = backend.shutdown().await;
     }
     let node = node.key();

@@ -65,8 +65,9 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The acceptor for a listener's TLS settings.
-pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, rustls::Error> {
+/// The acceptor for a listener's TLS settings; `alpn`: offer h2 and http/1.1 (http
+/// listeners; a tcp listener's bytes are not HTTP to handoff).
+pub fn acceptor(tls: &TlsConfig, alpn: bool) -> Result<TlsAcceptor, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -74,7 +75,9 @@ pub fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, rustls::Error> {
         .with_cert_resolver(Arc::new(SniResolver {
             certificates: tls.certificates.iter().map(Offered::new).collect(),
         }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if alpn {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -27,6 +27,7 @@ mod state_file;
 mod state_storm;
 mod takeover;
 mod tcp;
+mod tcp_tls;
 mod tls;
 mod warmup;
 mod websocket;

@@ -4,11 +4,11 @@ use std::collections::HashSet;
 
 use serde_yaml::Value;
 
-use super::{Validator, LATER};
+use super::Validator;
 use crate::config::defaults as d;
-use crate::config::file::{RawListener, RawRoute};
+use crate::config::file::{RawListener, RawRoute, RawSniRoute};
 use crate::config::limits;
-use crate::config::{ListenerConfig, ListenerKind, RouteConfig, Timeouts};
+use crate::config::{ListenerConfig, ListenerKind, RouteConfig, SniRouteConfig, Timeouts};
 use crate::proxy::proxy_protocol::Version as ProxyVersion;
 
 impl Validator {
@@ -75,15 +75,37 @@ impl Validator {
                         "tcp listeners take one `pool:`, not `routes:`",
                     );
                 }
-                match raw.pool {
-                    Some(pool) => {
-                        check_pool(self, &format!("{path}.pool"), &pool);
-                        ListenerKind::Tcp { pool }
+                if let Some(pool) = &raw.pool {
+                    check_pool(self, &format!("{path}.pool"), pool);
+                }
+                let sp = format!("{path}.sni_routes");
+                let routes: Vec<(usize, RawSniRoute)> = match raw.sni_routes {
+                    Some(items) => self.items(&sp, Value::Sequence(items)),
+                    None => Vec::new(),
+                };
+                let mut sni_routes = Vec::new();
+                for (i, r) in routes {
+                    let rp = format!("{sp}[{i}]");
+                    check_pool(self, &format!("{rp}.pool"), &r.pool);
+                    let sni = r.sni.to_ascii_lowercase();
+                    if !sni_pattern(&sni) {
+                        self.err(
+                            &format!("{rp}.sni"),
+                            format!(
+                                "invalid server name {:?}: expected a DNS name such as \"a.example.com\" or \"*.example.com\"",
+                                r.sni
+                            ),
+                        );
                     }
-                    None => {
-                        self.err(path, "a tcp listener needs `pool:`");
-                        return None;
-                    }
+                    sni_routes.push(SniRouteConfig { sni, pool: r.pool });
+                }
+                if raw.pool.is_none() && sni_routes.is_empty() {
+                    self.err(path, "a tcp listener needs `pool:` (or `sni_routes:`)");
+                    return None;
+                }
+                ListenerKind::Tcp {
+                    pool: raw.pool,
+                    sni_routes,
                 }
             }
             other => {
@@ -146,10 +168,10 @@ impl Validator {
             }
         };
         let tls = match (&kind, raw.tls) {
-            (ListenerKind::Tcp { .. }, Some(_)) => {
+            (ListenerKind::Tcp { sni_routes, .. }, Some(_)) if !sni_routes.is_empty() => {
                 self.err(
                     &format!("{path}.tls"),
-                    format!("`tls` on tcp listeners {LATER} (http listeners terminate TLS)"),
+                    "choose `tls` (terminate TLS here) or `sni_routes` (pass TLS through by server name), not both",
                 );
                 None
             }
@@ -172,4 +194,18 @@ impl Validator {
             tls,
         })
     }
+}
+
+/// A DNS name, or `*.` followed by one: labels of letters, digits and `-`.
+fn sni_pattern(sni: &str) -> bool {
+    let name = sni.strip_prefix("*.").unwrap_or(sni);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }

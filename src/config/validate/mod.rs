@@ -58,9 +58,6 @@ struct Validator {
     base: PathBuf,
 }
 
-/// Which later issue brings a field that is recognised but not implemented yet.
-const LATER: &str = "is not supported yet in this version of handoff";
-
 impl Validator {
     fn err(&mut self, path: &str, reason: impl Into<String>) {
         let (line, col) = self.positions.find(path);

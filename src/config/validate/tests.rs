@@ -57,17 +57,39 @@ fn reports_every_mistake_with_position() {
 }
 
 #[test]
-fn later_capabilities_are_refused_not_ignored() {
-    let bad = GOOD.replace(
-        "    protocol: http",
-        "    protocol: tcp\n    pool: api\n    tls: { certificates: [] }",
-    )
-    .replace(
-        "    routes:\n      - { host: \"API.example.com\", path_prefix: \"/v1\", pool: api }\n      - { pool: api }\n",
-        "",
-    );
-    let err = parse(&bad).unwrap_err().to_string();
-    assert!(err.contains("is not supported yet"), "{err}");
+fn tcp_listeners_route_by_sni_or_terminate_tls() {
+    let tcp = |extra: &str| {
+        GOOD.replace(
+            "    protocol: http\n    routes:\n      - { host: \"API.example.com\", path_prefix: \"/v1\", pool: api }\n      - { pool: api }\n",
+            &format!("    protocol: tcp\n{extra}"),
+        )
+    };
+    let c = parse(&tcp(
+        "    sni_routes: [ { sni: A.example.com, pool: api }, { sni: \"*.example.org\", pool: api } ]\n",
+    ))
+    .expect("valid");
+    let ListenerKind::Tcp { pool, sni_routes } = &c.listeners[0].kind else {
+        panic!()
+    };
+    assert_eq!(pool, &None);
+    assert_eq!(sni_routes[0].sni, "a.example.com");
+    assert!(parse(&tcp("    pool: api\n")).is_ok());
+    for (extra, path) in [
+        ("", "listeners[0]"),
+        ("    sni_routes: [ { sni: \"a b\", pool: api } ]\n", "listeners[0].sni_routes[0].sni"),
+        ("    sni_routes: [ { sni: a.example.com, pool: nope } ]\n", "listeners[0].sni_routes[0].pool"),
+        (
+            "    pool: api\n    sni_routes: [ { sni: a.example.com, pool: api } ]\n    tls: { certificates: [] }\n",
+            "listeners[0].tls",
+        ),
+        ("    pool: api\n    tls: { certificates: [] }\n", "listeners[0].tls.certificates"),
+    ] {
+        let errors = match parse(&tcp(extra)) {
+            Err(ConfigError::Invalid(e)) => e,
+            other => panic!("{extra} accepted: {other:?}"),
+        };
+        assert!(errors.iter().any(|e| e.path == path), "{extra}: {errors:?}");
+    }
 }
 
 #[test]
