@@ -112,6 +112,24 @@ pub struct RawPool {
     pub rebalance: Option<serde_yaml::Value>,
     pub rollout: Option<serde_yaml::Value>,
     pub affinity: Option<serde_yaml::Value>,
+    pub upstream: Option<serde_yaml::Value>,
+}
+
+/// `pools[].upstream:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub protocol: Option<String>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// `pools[].upstream.tls:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+    pub client_cert: Option<RawCertificate>,
 }
 
 /// `pools[].affinity:`.

@@ -9,6 +9,7 @@ pub mod duration;
 pub mod file;
 pub mod limits;
 mod position;
+mod upstream_tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -154,6 +155,38 @@ pub struct PoolConfig {
     pub rollout: RolloutConfig,
     /// Session affinity, if configured.
     pub affinity: Option<AffinityConfig>,
+    /// How handoff speaks to the nodes.
+    pub upstream: UpstreamConfig,
+}
+
+/// `pools[].upstream`: the protocol to the nodes, and TLS.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpstreamConfig {
+    pub protocol: UpstreamProtocol,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, in clear.
+    H2c,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    H2,
+}
+
+/// `pools[].upstream.tls`: PEM read at validation, so `check` and reload see bad files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// Roots that sign the nodes' certificates; the machine's roots when `None`.
+    pub ca: Option<Vec<u8>>,
+    /// The name the nodes' certificates must carry; each node's IP address when `None`.
+    pub server_name: Option<String>,
+    /// `(certificate chain, key)` for backends that ask for a client certificate.
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

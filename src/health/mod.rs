@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Health, Node, Pool};
 
-pub use probe::{probe, ProbeResult};
+pub use probe::{probe, ProbeResult, Reach};
 
 /// Starts a checker for every node of `pool`; all stop when `stop` is cancelled.
 pub fn spawn(pool: &Arc<Pool>, stop: &CancellationToken) {
@@ -37,7 +37,7 @@ async fn check_loop(pool: Arc<Pool>, index: usize, stop: CancellationToken) {
         }
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = probe(node.addr, cfg) => r,
+            r = probe(node.addr, cfg, reach(&pool)) => r,
         };
         if !result.ok {
             tracing::debug!(node = %node.key(), reason = %result.reason, "health check failed");
@@ -51,12 +51,21 @@ async fn check_loop(pool: Arc<Pool>, index: usize, stop: CancellationToken) {
     }
 }
 
+/// How the pool's checks reach its nodes: its protocol and TLS.
+fn reach(pool: &Pool) -> Reach<'_> {
+    Reach {
+        protocol: pool.config.upstream.protocol,
+        tls: pool.tls.as_ref().zip(pool.config.upstream.tls.as_ref()),
+    }
+}
+
 /// Logs and counts one health flip; a node going down also loses its idle upstream
 /// connections, which would only fail the next requests.
 pub fn log_flip(node: &Node, from: Health, to: Health, reason: &str) {
     node.state.metrics.transition(to.as_str());
     if to == Health::Down {
         node.idle.clear();
+        node.h2.clear();
         tracing::warn!(node = %node.key(), from = from.as_str(), to = to.as_str(), reason, "node health changed");
     } else {
         let version = node.state.version();

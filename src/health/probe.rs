@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
 
-use crate::config::{CheckKind, HealthConfig, VersionSource};
+use crate::config::{CheckKind, HealthConfig, UpstreamProtocol, UpstreamTls, VersionSource};
 
 /// A JSON health body larger than this is a failed check, not a memory hazard.
 const MAX_BODY: usize = 64 * 1024;
@@ -33,9 +34,25 @@ impl ProbeResult {
     }
 }
 
+/// How a probe reaches the node: the pool's protocol, and its TLS when it has one (so a
+/// bad certificate fails the check, as it would fail requests).
+#[derive(Clone, Copy)]
+pub struct Reach<'a> {
+    pub protocol: UpstreamProtocol,
+    pub tls: Option<(&'a TlsConnector, &'a UpstreamTls)>,
+}
+
+impl Reach<'_> {
+    /// Plain HTTP/1.1 (and tcp checks): what a pool without `upstream:` gets.
+    pub const PLAIN: Reach<'static> = Reach {
+        protocol: UpstreamProtocol::Http1,
+        tls: None,
+    };
+}
+
 /// Probes `addr` as `cfg` says, within `cfg.timeout`.
-pub async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> ProbeResult {
-    match timeout(cfg.timeout, probe_inner(addr, cfg)).await {
+pub async fn probe(addr: SocketAddr, cfg: &HealthConfig, reach: Reach<'_>) -> ProbeResult {
+    match timeout(cfg.timeout, probe_inner(addr, cfg, reach)).await {
         Ok(r) => r,
         Err(_) => ProbeResult::fail(format!(
             "timed out after {}",
@@ -44,11 +61,37 @@ pub async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> ProbeResult {
     }
 }
 
-async fn probe_inner(addr: SocketAddr, cfg: &HealthConfig) -> ProbeResult {
+async fn probe_inner(addr: SocketAddr, cfg: &HealthConfig, reach: Reach<'_>) -> ProbeResult {
     let stream = match TcpStream::connect(addr).await {
         Ok(s) => s,
         Err(e) => return ProbeResult::fail(format!("connect: {e}")),
     };
+    let _ = stream.set_nodelay(true);
+    // A tcp check is a connect, TLS or not; an http check speaks what requests speak.
+    let tls = reach
+        .tls
+        .filter(|_| matches!(cfg.check, CheckKind::Http { .. }));
+    match tls {
+        None => check(stream, addr, cfg, reach.protocol, false).await,
+        Some((connector, tls)) => match connector.connect(tls.server_name(addr), stream).await {
+            Ok(tls) => check(tls, addr, cfg, reach.protocol, true).await,
+            Err(e) => ProbeResult::fail(format!("TLS: {e}")),
+        },
+    }
+}
+
+/// The check proper, on a connected (and maybe TLS) stream: nothing more for a tcp check,
+/// else a GET in the pool's HTTP version.
+async fn check<S>(
+    io: S,
+    addr: SocketAddr,
+    cfg: &HealthConfig,
+    protocol: UpstreamProtocol,
+    tls: bool,
+) -> ProbeResult
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let CheckKind::Http {
         path,
         host,
@@ -62,25 +105,48 @@ async fn probe_inner(addr: SocketAddr, cfg: &HealthConfig) -> ProbeResult {
             reason: "ok".into(),
         };
     };
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    {
-        Ok(pair) => pair,
-        Err(e) => return ProbeResult::fail(format!("handshake: {e}")),
-    };
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let host = host.clone().unwrap_or_else(|| addr.to_string());
-    let request = http::Request::get(path.as_str())
-        .header(http::header::HOST, host)
-        .header(http::header::USER_AGENT, "handoff-health")
-        .body(Empty::<Bytes>::new());
-    let request = match request {
-        Ok(r) => r,
-        Err(e) => return ProbeResult::fail(format!("building request: {e}")),
+    let sent = match protocol {
+        UpstreamProtocol::Http1 => {
+            let request = http::Request::get(path.as_str())
+                .header(http::header::HOST, host)
+                .header(http::header::USER_AGENT, "handoff-health")
+                .body(Empty::<Bytes>::new());
+            let (mut sender, conn) =
+                match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
+                    Ok(pair) => pair,
+                    Err(e) => return ProbeResult::fail(format!("handshake: {e}")),
+                };
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            match request {
+                Ok(r) => sender.send_request(r).await,
+                Err(e) => return ProbeResult::fail(format!("building request: {e}")),
+            }
+        }
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+            let scheme = if tls { "https" } else { "http" };
+            let request = http::Request::get(format!("{scheme}://{host}{path}"))
+                .header(http::header::USER_AGENT, "handoff-health")
+                .body(Empty::<Bytes>::new());
+            let (mut sender, conn) =
+                match hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                    .await
+                {
+                    Ok(pair) => pair,
+                    Err(e) => return ProbeResult::fail(format!("HTTP/2 handshake: {e}")),
+                };
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            match request {
+                Ok(r) => sender.send_request(r).await,
+                Err(e) => return ProbeResult::fail(format!("building request: {e}")),
+            }
+        }
     };
-    let response = match sender.send_request(request).await {
+    let response = match sent {
         Ok(r) => r,
         Err(e) => return ProbeResult::fail(format!("request: {e}")),
     };

@@ -95,6 +95,7 @@ fn start(ctl: &Arc<Control>, t: &NodeRef, effect: Effect) {
         Effect::Drain { epoch, timeout } => {
             // Idle keep-alive connections would only be reused by mistake: close them now.
             t.node.idle.clear();
+            t.node.h2.clear();
             tokio::spawn(drain::run(Arc::clone(ctl), t.clone(), timeout, epoch));
         }
         Effect::Warm { epoch, warmup } => {

@@ -44,7 +44,7 @@ pub struct CloseWatch {
 }
 
 impl CloseWatch {
-    fn new(life: &Lifecycle) -> Self {
+    pub fn new(life: &Lifecycle) -> Self {
         CloseWatch {
             token: Gated::new(Box::pin(life.close_token().cancelled_owned())),
             offset: life.spread_offset(life.next_id()),

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod affinity;
 pub mod attempts;
+pub mod h2conn;
 mod idle;
 mod lifecycle;
 mod node;
@@ -30,6 +31,7 @@ pub use traffic::{Cause, Sample, Traffic};
 
 use crate::config::{Balance, HealthConfig, PoolConfig};
 use crate::metrics::{Metrics, NodeMetrics, PoolMetrics};
+pub use h2conn::H2Conn;
 pub use idle::{CloseWatch, IdleConns, Upstream};
 
 /// A pool as one snapshot sees it. Rebuilt on reload; node states carry over.
@@ -49,6 +51,8 @@ pub struct Pool {
     pub control: Arc<PoolControl>,
     /// Affinity keys (node tokens, client ids, address hashing), shared by every pool.
     pub keys: Arc<affinity::Keys>,
+    /// TLS to the nodes (`upstream.tls`), built with each snapshot so a reload reloads it.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// A pool's control-plane state, kept across reloads by pool name (one home for each piece).
@@ -110,6 +114,11 @@ impl Pool {
                             } else {
                                 old.idle.clone()
                             },
+                            h2: if moved {
+                                H2Conn::default()
+                            } else {
+                                old.h2.clone()
+                            },
                         })
                     }
                     None => Arc::new(Node {
@@ -123,6 +132,7 @@ impl Pool {
                             &n.name,
                         ))),
                         idle: IdleConns::new(),
+                        h2: H2Conn::default(),
                         token: keys.node_token(&config.name, &n.name),
                     }),
                 }
@@ -140,6 +150,16 @@ impl Pool {
             next: AtomicUsize::new(0),
             control,
             keys: Arc::clone(keys),
+            tls: config.upstream.tls.as_ref().and_then(|t| {
+                match t.client_config(config.upstream.protocol) {
+                    Ok(c) => Some(tokio_rustls::TlsConnector::from(c)),
+                    Err(e) => {
+                        // Checked when the config was loaded; connects fail without it.
+                        tracing::error!(pool = %config.name, error = %e, "building the upstream TLS config failed");
+                        None
+                    }
+                }
+            }),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Node {
     pub state: Arc<NodeState>,
     /// Idle keep-alive HTTP/1.1 connections to this node's address.
     pub idle: IdleConns,
+    /// The HTTP/2 connection to it (h2c and h2 pools).
+    pub h2: super::H2Conn,
     /// The opaque value that names this node in affinity cookies.
     pub token: String,
 }

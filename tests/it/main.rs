@@ -16,6 +16,7 @@ mod durable_affinity;
 mod faults;
 mod flood;
 mod framing;
+mod grpc;
 mod health;
 mod hostile;
 mod http;

@@ -105,7 +105,7 @@ impl Validator {
     }
 
     /// A PEM file (relative to the config file) that holds a `what` block.
-    fn pem(&mut self, path: &str, file: &str, what: &str) -> Option<Vec<u8>> {
+    pub(super) fn pem(&mut self, path: &str, file: &str, what: &str) -> Option<Vec<u8>> {
         let full = self.base.join(file);
         match std::fs::read(&full) {
             Ok(bytes) if String::from_utf8_lossy(&bytes).contains(&format!("{what}-----")) => {

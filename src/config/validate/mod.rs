@@ -16,6 +16,7 @@ mod rollout;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod upstream;
 
 use super::defaults as d;
 use super::file::*;

@@ -153,7 +153,9 @@ impl Validator {
                 };
                 Some(AffinityConfig { mode, idle_timeout })
             });
+        let upstream = self.upstream(&format!("{path}.upstream"), raw.upstream);
         Some(PoolConfig {
+            upstream,
             name: raw.name,
             balance,
             nodes,

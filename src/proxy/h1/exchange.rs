@@ -23,7 +23,7 @@ use super::head::{self, Refusal};
 use super::send::{self, Decision, Failure, Head};
 use super::tunnel::{self, Kind};
 use super::{relay, ClientIo, Done, Next};
-use crate::config::Timeouts;
+use crate::config::{Timeouts, UpstreamProtocol};
 use crate::pool::{AdminState, Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_node;
@@ -153,6 +153,13 @@ fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool
             None => return local(503, "this listener is being removed"),
             Some(l) => match l.route(info.host, info.path) {
                 None => return local(404, "no route matches this host and path"),
+                // HTTP/1.x is not bridged to HTTP/2 backends (see docs/http.md).
+                Some(pool) if pool.config.upstream.protocol != UpstreamProtocol::Http1 => {
+                    return local(
+                        502,
+                        "this pool's backends speak HTTP/2: use HTTP/2 (h2c or TLS with ALPN h2)",
+                    )
+                }
                 Some(pool) => (Arc::clone(pool), l.config.timeouts),
             },
         }

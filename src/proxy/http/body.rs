@@ -9,10 +9,13 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::h2up::H2Body;
 use super::upstream::UpstreamBody;
 
 pub enum ProxyBody {
     Upstream(UpstreamBody),
+    /// A stream of an HTTP/2 backend (h2c and h2 pools).
+    H2(Box<H2Body>),
     Local(Option<Bytes>),
 }
 
@@ -27,6 +30,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBody::Upstream(up) => Pin::new(up).poll_frame(cx),
+            ProxyBody::H2(up) => Pin::new(up.as_mut()).poll_frame(cx),
         }
     }
 
@@ -34,6 +38,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Local(data) => data.is_none(),
             ProxyBody::Upstream(up) => up.is_end_stream(),
+            ProxyBody::H2(up) => up.is_end_stream(),
         }
     }
 
@@ -43,6 +48,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             ProxyBody::Upstream(up) => up.size_hint(),
+            ProxyBody::H2(up) => up.size_hint(),
         }
     }
 }

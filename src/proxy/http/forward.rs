@@ -19,7 +19,7 @@ use super::body::{local, ProxyBody};
 use super::headers::{request_host, write_request_head};
 use super::upstream::{self, UpstreamBody};
 use super::ConnCtx;
-use crate::config::Timeouts;
+use crate::config::{Timeouts, UpstreamProtocol};
 use crate::pool::{Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_node;
@@ -83,6 +83,9 @@ async fn forward(
     inflight: InflightGuard,
     started: Instant,
 ) -> Response<ProxyBody> {
+    if pool.config.upstream.protocol != UpstreamProtocol::Http1 {
+        return super::h2up::forward(ctx, pool, parts, body, timeouts, inflight, started).await;
+    }
     let multi = pool.nodes.len() > 1;
     let replayable = idempotent(&parts.method)
         && (body.is_end_stream()

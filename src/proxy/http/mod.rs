@@ -9,6 +9,7 @@
 
 pub mod body;
 mod forward;
+mod h2up;
 pub mod headers;
 pub mod upstream;
 
