@@ -8,6 +8,7 @@
 pub mod activity;
 mod connect;
 pub mod h1;
+pub mod h2up;
 pub mod http;
 #[cfg(target_os = "linux")]
 mod pipe;

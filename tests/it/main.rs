@@ -30,5 +30,6 @@ mod takeover;
 mod tcp;
 mod tcp_tls;
 mod tls;
+mod upstream_tls;
 mod warmup;
 mod websocket;

@@ -22,7 +22,7 @@ use super::framing::BodyLen;
 use super::head::{self, Refusal};
 use super::send::{self, Decision, Failure, Head};
 use super::tunnel::{self, Kind};
-use super::{relay, ClientIo, Done, Next};
+use super::{bridge, relay, ClientIo, Done, Next};
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::pool::{AdminState, Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
 use crate::proxy::activity::InflightGuard;
@@ -51,6 +51,8 @@ pub struct Plan {
     pub client: Option<Client>,
     /// The head for the backend, and the whole body when it is held.
     pub out: Out,
+    /// For an HTTP/2 pool: the request as HTTP/2 parts (`out` stays empty).
+    pub h2: Option<Box<http::request::Parts>>,
 }
 
 /// A response handoff makes itself.
@@ -138,6 +140,9 @@ pub async fn one<I: ClientIo>(
     };
     let _inflight = InflightGuard::new(&ctx.activity);
     buf.consume(head_len);
+    if let Some(parts) = plan.h2.take() {
+        return bridge::forward(ctx, io, buf, closing, &plan, *parts, Instant::now()).await;
+    }
     forward(ctx, io, buf, closing, &mut plan, Instant::now()).await
 }
 
@@ -153,13 +158,6 @@ fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool
             None => return local(503, "this listener is being removed"),
             Some(l) => match l.route(info.host, info.path) {
                 None => return local(404, "no route matches this host and path"),
-                // HTTP/1.x is not bridged to HTTP/2 backends (see docs/http.md).
-                Some(pool) if pool.config.upstream.protocol != UpstreamProtocol::Http1 => {
-                    return local(
-                        502,
-                        "this pool's backends speak HTTP/2: use HTTP/2 (h2c or TLS with ALPN h2)",
-                    )
-                }
                 Some(pool) => (Arc::clone(pool), l.config.timeouts),
             },
         }
@@ -171,13 +169,24 @@ fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool
         .map(|h| h.value);
     let client = Client::identify(&pool, cookies, ctx.peer.ip());
     let mut out = Out::take();
-    head::write_request(
-        &mut out.0,
-        req,
-        &info,
-        ctx.client_addr().as_bytes(),
-        ctx.proto(),
-    );
+    // An HTTP/2 pool gets the request as HTTP/2 parts (`bridge`), others an HTTP/1.1 head.
+    let h2 = if pool.config.upstream.protocol == UpstreamProtocol::Http1 {
+        head::write_request(
+            &mut out.0,
+            req,
+            &info,
+            ctx.client_addr().as_bytes(),
+            ctx.proto(),
+        );
+        None
+    } else if info.upgrade.is_some() {
+        return local(501, "upgrades are not carried to HTTP/2 backends");
+    } else {
+        match bridge::parts(req) {
+            Ok(parts) => Some(Box::new(parts)),
+            Err(reason) => return local(400, reason),
+        }
+    };
     Ok(Plan {
         body: info.body,
         keep_alive: info.keep_alive,
@@ -195,6 +204,7 @@ fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool
         timeouts,
         client,
         out,
+        h2,
     })
 }
 

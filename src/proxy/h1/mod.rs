@@ -13,6 +13,7 @@
 //! passes its drain deadline, an idle connection closes at once and a busy one after its
 //! response, which says `Connection: close`; at the force deadline it is cut.
 
+pub mod bridge;
 pub mod buf;
 mod exchange;
 pub(crate) use exchange::second_opinion;

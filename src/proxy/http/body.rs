@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::h2up::H2Body;
 use super::upstream::UpstreamBody;
+use crate::proxy::h2up::H2Body;
 
 pub enum ProxyBody {
     Upstream(UpstreamBody),

@@ -20,6 +20,7 @@ use super::headers::{request_host, write_request_head};
 use super::upstream::{self, UpstreamBody};
 use super::ConnCtx;
 use crate::config::{Timeouts, UpstreamProtocol};
+use crate::pool::h2conn::UpBody;
 use crate::pool::{Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_node;
@@ -27,6 +28,7 @@ use crate::proxy::h1::buf::{Buf, Out};
 use crate::proxy::h1::framing::BodyLen;
 use crate::proxy::h1::second_opinion;
 use crate::proxy::h1::send::Failure;
+use crate::proxy::h2up::{self, H2Body};
 use crate::proxy::sticky::Client;
 
 /// Bodies of idempotent requests up to this size are read whole so the request can be sent
@@ -84,7 +86,7 @@ async fn forward(
     started: Instant,
 ) -> Response<ProxyBody> {
     if pool.config.upstream.protocol != UpstreamProtocol::Http1 {
-        return super::h2up::forward(ctx, pool, parts, body, timeouts, inflight, started).await;
+        return to_h2(ctx, pool, parts, body, timeouts, inflight, started).await;
     }
     let multi = pool.nodes.len() > 1;
     let replayable = idempotent(&parts.method)
@@ -298,4 +300,41 @@ async fn send_all(
     pool.metrics.local_response(status.as_u16());
     observe(Instant::now());
     local(status, reason)
+}
+
+/// An HTTP/2 request to an h2c or h2 pool: one stream on the node's connection, the body
+/// and the answer streamed through (see `proxy::h2up`).
+async fn to_h2(
+    ctx: &ConnCtx,
+    pool: &Arc<Pool>,
+    parts: Parts,
+    body: Incoming,
+    timeouts: Timeouts,
+    inflight: InflightGuard,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let cookies = parts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes());
+    let client = Client::identify(pool, cookies, ctx.peer.ip());
+    let grpc = h2up::is_grpc(&parts.headers);
+    let body = UpBody::new(body.map_err(|e| -> h2up::BoxError { Box::new(e) }));
+    let req = h2up::upstream_request(ctx, pool, parts, body);
+    match h2up::send(pool, req, &client, timeouts, started).await {
+        Err(f) => local(f.status, f.reason),
+        Ok(a) => {
+            let node = &pool.nodes[a.index];
+            ctx.served(&node.state);
+            let cookie = client.as_ref().and_then(|c| c.served(pool, a.index));
+            let (mut head, incoming) = a.resp.into_parts();
+            h2up::strip(&mut head.headers);
+            if let Some(v) = cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
+                head.headers.append(http::header::SET_COOKIE, v);
+            }
+            let body = H2Body::new(incoming, Arc::clone(node), grpc, a.session, inflight);
+            Response::from_parts(head, ProxyBody::H2(Box::new(body)))
+        }
+    }
 }

@@ -9,7 +9,6 @@
 
 pub mod body;
 mod forward;
-mod h2up;
 pub mod headers;
 pub mod upstream;
 

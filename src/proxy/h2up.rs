@@ -1,6 +1,7 @@
-//! HTTP/2 to backends (`upstream.protocol: h2c | h2`) for HTTP/2 clients: each request is a
-//! stream on the node's one multiplexed connection (`pool::H2Conn`), flow control left to h2
-//! both ways, bodies and trailers streamed as they come, so gRPC works end to end.
+//! HTTP/2 to backends (`upstream.protocol: h2c | h2`): each request, from an HTTP/2 client
+//! (`http::forward`) or an HTTP/1.x one (`h1::bridge`), is a stream on the node's one
+//! multiplexed connection (`pool::H2Conn`), flow control left to h2 both ways, bodies and
+//! trailers streamed as they come, so gRPC works end to end.
 //!
 //! At the node's drain deadline (spread like every other close) a stream still open ends:
 //! a gRPC one with trailers `grpc-status: 14` (UNAVAILABLE) and a message naming the drain,
@@ -18,19 +19,19 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::{timeout, Instant};
 
-use super::body::{local, ProxyBody};
-use super::ConnCtx;
+use super::http::ConnCtx;
 use crate::config::Timeouts;
 use crate::pool::h2conn::{H2Sender, UpBody};
 use crate::pool::{Attempts, CloseWatch, Node, Pool, SessionGuard, SessionKind, Strategy};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_node;
 use crate::proxy::sticky::Client;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Request fields that belong to one hop (`te` is kept when it is `trailers`, as gRPC
 /// sends it; `x-forwarded-*` are written afresh).
@@ -44,28 +45,32 @@ const HOP: [&str; 7] = [
     "x-forwarded-proto",
 ];
 
-/// Sends an HTTP/2 client's request to a node of an h2c or h2 pool and streams the answer.
-pub async fn forward(
-    ctx: &ConnCtx,
+/// A node's answer: the response (its body still to stream), the node, and the session
+/// the stream holds.
+pub struct Answer {
+    pub resp: Response<Incoming>,
+    pub index: usize,
+    pub session: SessionGuard,
+}
+
+/// Why no node answered: the status and reason handoff answers with.
+pub struct Failed {
+    pub status: StatusCode,
+    pub reason: &'static str,
+}
+
+/// Sends `req` to a node of an h2c or h2 pool, moving to another node while the stream has
+/// not started (connect failed, connection closed), and waits for the response head
+/// within the response timeout. Counts the node's traffic and the pool's request duration.
+pub async fn send(
     pool: &Arc<Pool>,
-    parts: Parts,
-    body: Incoming,
+    req: Request<UpBody>,
+    client: &Option<Client>,
     timeouts: Timeouts,
-    inflight: InflightGuard,
     started: Instant,
-) -> Response<ProxyBody> {
-    let cookies = parts
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .map(|v| v.as_bytes());
-    let client = Client::identify(pool, cookies, ctx.peer.ip());
-    let grpc = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let mut req = Some(upstream_request(ctx, pool, parts, body));
-    let mut attempts = match &client {
+) -> Result<Answer, Failed> {
+    let mut req = Some(req);
+    let mut attempts = match client {
         Some(c) => c.attempts(pool),
         None => Attempts::new(pool, Strategy::Balance, None),
     };
@@ -92,24 +97,20 @@ pub async fn forward(
                 pool.no_answer(i, Some(504));
                 observe(pool, started);
                 tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
-                return local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the backend did not answer in time",
-                );
+                return Err(Failed {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    reason: "the backend did not answer in time",
+                });
             }
             Ok(Ok(resp)) => {
                 let now = Instant::now();
                 pool.answered(i, resp.status().as_u16(), now.duration_since(asked));
                 observe(pool, started);
-                ctx.served(&node.state);
-                let cookie = client.as_ref().and_then(|c| c.served(pool, i));
-                let (mut head, incoming) = resp.into_parts();
-                strip(&mut head.headers);
-                if let Some(v) = cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
-                    head.headers.append(http::header::SET_COOKIE, v);
-                }
-                let body = H2Body::new(incoming, Arc::clone(node), grpc, session, inflight);
-                return Response::from_parts(head, ProxyBody::H2(Box::new(body)));
+                return Ok(Answer {
+                    resp,
+                    index: i,
+                    session,
+                });
             }
             Ok(Err(mut e)) => {
                 tracing::info!(node = %node.key(), error = %e.error(), "HTTP/2 request to the backend failed");
@@ -124,29 +125,37 @@ pub async fn forward(
                     None => {
                         pool.no_answer(i, Some(502));
                         observe(pool, started);
-                        return local(
-                            StatusCode::BAD_GATEWAY,
-                            "the backend reset the stream before answering",
-                        );
+                        return Err(Failed {
+                            status: StatusCode::BAD_GATEWAY,
+                            reason: "the backend reset the stream before answering",
+                        });
                     }
                 }
             }
         }
     }
-    let (status, reason) = if unreachable {
-        (
-            StatusCode::BAD_GATEWAY,
-            "no node of the pool could be reached",
-        )
+    let failed = if unreachable {
+        Failed {
+            status: StatusCode::BAD_GATEWAY,
+            reason: "no node of the pool could be reached",
+        }
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy node in the pool",
-        )
+        Failed {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            reason: "no healthy node in the pool",
+        }
     };
-    pool.metrics.local_response(status.as_u16());
+    pool.metrics.local_response(failed.status.as_u16());
     observe(pool, started);
-    local(status, reason)
+    Err(failed)
+}
+
+/// Whether a request is a gRPC call (its streams end with `grpc-status: 14` at a drain
+/// deadline).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn observe(pool: &Pool, started: Instant) {
@@ -157,11 +166,11 @@ fn observe(pool: &Pool, started: Instant) {
 
 /// The request as the node gets it: an absolute URI (h2 needs `:scheme` and `:authority`),
 /// hop-by-hop fields dropped, `x-forwarded-for` and `x-forwarded-proto` written.
-fn upstream_request(
+pub fn upstream_request(
     ctx: &ConnCtx,
     pool: &Pool,
     mut parts: Parts,
-    body: Incoming,
+    body: UpBody,
 ) -> Request<UpBody> {
     let scheme = if pool.tls.is_some() {
         Scheme::HTTPS
@@ -219,13 +228,12 @@ fn upstream_request(
         }),
     );
     parts.version = http::Version::HTTP_2;
-    let body = body.map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) });
-    Request::from_parts(parts, UpBody::new(body))
+    Request::from_parts(parts, body)
 }
 
 /// Drops the fields that belong to one hop (and `te`, which the caller puts back when it is
 /// `trailers`).
-fn strip(headers: &mut HeaderMap) {
+pub fn strip(headers: &mut HeaderMap) {
     for name in HOP {
         headers.remove(name);
     }
@@ -314,7 +322,7 @@ pub struct H2Body {
 }
 
 impl H2Body {
-    fn new(
+    pub fn new(
         inner: Incoming,
         node: Arc<Node>,
         grpc: bool,
