@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use serde_json::json;
 
-use super::views::{ListenerView, PoolView, StatusView};
+use super::views::{ListenerView, PoolView, SniRouteView, StatusView};
 use super::{json_response, AdminError, AdminResponse};
 use crate::app::{App, ReloadError};
 use crate::metrics::StateGauges;
@@ -21,6 +21,17 @@ pub async fn status(app: &Arc<App>) -> AdminResponse {
             protocol: l.kind.protocol().into(),
             listen: addrs.get(&l.name).copied().unwrap_or(l.listen).to_string(),
             connections: app.listener_connections(&l.name).await.unwrap_or(0),
+            tls: l.tls.is_some(),
+            sni_routes: match &l.kind {
+                crate::config::ListenerKind::Tcp { sni_routes, .. } => sni_routes
+                    .iter()
+                    .map(|r| SniRouteView {
+                        sni: r.sni.clone(),
+                        pool: r.pool.clone(),
+                    })
+                    .collect(),
+                crate::config::ListenerKind::Http { .. } => Vec::new(),
+            },
         });
     }
     let view = StatusView {

@@ -30,6 +30,18 @@ pub struct ListenerView {
     /// Address as bound (the real port when the config says 0).
     pub listen: String,
     pub connections: usize,
+    /// The listener terminates TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// tcp: TLS connections passed through by server name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<SniRouteView>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SniRouteView {
+    pub sni: String,
+    pub pool: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,7 +51,16 @@ pub struct PoolView {
     pub warmup: String,
     /// Nodes that may take new sessions right now.
     pub serving: usize,
+    /// How handoff speaks to the nodes: `http1`, `h2c` or `h2`, and whether over TLS.
+    #[serde(default)]
+    pub upstream: UpstreamView,
     pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct UpstreamView {
+    pub protocol: String,
+    pub tls: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -164,6 +185,13 @@ impl PoolView {
                 .unwrap_or_default(),
             warmup: crate::config::duration::format(pool.config.warmup),
             serving: pool.nodes.iter().filter(|n| n.state.admits_new()).count(),
+            upstream: UpstreamView {
+                protocol: serde_json::to_value(pool.config.upstream.protocol)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                tls: pool.config.upstream.tls.is_some(),
+            },
             nodes: pool.nodes.iter().map(|n| NodeView::of(n, pool)).collect(),
         }
     }
