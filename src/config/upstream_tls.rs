@@ -12,7 +12,7 @@ use super::{UpstreamProtocol, UpstreamTls};
 
 impl UpstreamTls {
     /// The client config: verification against `ca` (or the machine's roots), the client
-    /// certificate when there is one, ALPN `h2` for protocol h2.
+    /// certificate when there is one, ALPN `h2` for protocol h2 and `http/1.1` otherwise.
     pub fn client_config(&self, protocol: UpstreamProtocol) -> Result<Arc<ClientConfig>, String> {
         let mut roots = RootCertStore::empty();
         match &self.ca {
@@ -55,9 +55,10 @@ impl UpstreamTls {
                     .map_err(|e| format!("client_cert: {e}"))?
             }
         };
-        if protocol == UpstreamProtocol::H2 {
-            config.alpn_protocols = vec![b"h2".to_vec()];
-        }
+        config.alpn_protocols = match protocol {
+            UpstreamProtocol::H2 => vec![b"h2".to_vec()],
+            _ => vec![b"http/1.1".to_vec()],
+        };
         Ok(Arc::new(config))
     }
 

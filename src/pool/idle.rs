@@ -10,25 +10,25 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::upstream_io::UpStream;
 use super::Lifecycle;
 use crate::gated::Gated;
 
 /// A connection to a node, and its drain-deadline watch.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: UpStream,
     pub close: CloseWatch,
 }
 
 impl Upstream {
-    pub fn new(stream: TcpStream, lifecycle: &Lifecycle) -> Self {
+    pub fn new(stream: UpStream, lifecycle: &Lifecycle) -> Self {
         Upstream {
             stream,
             close: CloseWatch::new(lifecycle),
@@ -143,7 +143,7 @@ impl IdleConns {
     pub fn take(&self) -> Option<Upstream> {
         let now = coarse_ms();
         while let Some(Idle { up, since_ms }) = self.0.pop() {
-            if now.saturating_sub(since_ms) <= IDLE_MAX_AGE.as_millis() as u64 && quiet(&up.stream)
+            if now.saturating_sub(since_ms) <= IDLE_MAX_AGE.as_millis() as u64 && up.stream.quiet()
             {
                 return Some(up);
             }
@@ -152,29 +152,15 @@ impl IdleConns {
     }
 }
 
-/// Whether an idle connection has nothing to read: a backend that closed it (FIN or RST)
-/// or sent bytes nobody asked for made it readable. The reactor's cached readiness answers
-/// without a system call in the common case.
-fn quiet(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    match stream.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        // Readiness may be left over from reading the last response: look.
-        Poll::Ready(Ok(())) => {
-            let mut probe = [0u8; 1];
-            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        }
-        Poll::Ready(Err(_)) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    async fn pair(listener: &tokio::net::TcpListener) -> (TcpStream, TcpStream) {
-        let s = TcpStream::connect(listener.local_addr().unwrap())
+    async fn pair(
+        listener: &tokio::net::TcpListener,
+    ) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let s = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         (s, listener.accept().await.unwrap().0)
@@ -195,10 +181,9 @@ mod tests {
                 .unwrap()
                 .unwrap();
         }
-        assert!(quiet(&fine));
         let life = Lifecycle::new();
         for s in [closed, talked_to, fine] {
-            idle.put(Upstream::new(s, &life));
+            idle.put(Upstream::new(UpStream::Plain(s), &life));
         }
         assert!(idle.take().is_some(), "the quiet connection");
         assert!(idle.take().is_none());

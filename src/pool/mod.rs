@@ -12,6 +12,7 @@ mod pick;
 mod session;
 pub mod state;
 pub mod traffic;
+pub mod upstream_io;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Release};
@@ -33,6 +34,7 @@ use crate::config::{Balance, HealthConfig, PoolConfig};
 use crate::metrics::{Metrics, NodeMetrics, PoolMetrics};
 pub use h2conn::H2Conn;
 pub use idle::{CloseWatch, IdleConns, Upstream};
+pub use upstream_io::UpStream;
 
 /// A pool as one snapshot sees it. Rebuilt on reload; node states carry over.
 pub struct Pool {

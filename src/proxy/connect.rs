@@ -33,3 +33,42 @@ pub async fn connect_node(pool: &Pool, index: usize, timeout: Duration) -> io::R
     }
     result
 }
+
+/// Connects to node `index` of an HTTP/1.1 pool: TCP, then TLS when the pool has
+/// `upstream.tls` (within the same connect timeout). A TLS failure is the node's, like a
+/// failed connect: logged with the reason and counted.
+pub async fn connect_upstream(
+    pool: &Pool,
+    index: usize,
+    timeout: Duration,
+) -> io::Result<crate::pool::UpStream> {
+    let started = Instant::now();
+    let tcp = connect_node(pool, index, timeout).await?;
+    let (Some(connector), Some(tls)) = (&pool.tls, &pool.config.upstream.tls) else {
+        return Ok(crate::pool::UpStream::Plain(tcp));
+    };
+    let node = &pool.nodes[index];
+    let left = timeout.saturating_sub(started.elapsed());
+    let result = match tokio::time::timeout(
+        left,
+        connector.connect(tls.server_name(node.addr), tcp),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    };
+    match result {
+        Ok(s) => Ok(crate::pool::UpStream::Tls(Box::new(s))),
+        Err(e) => {
+            tracing::warn!(node = %node.key(), error = %e, "TLS to the backend failed");
+            if let Some((from, to)) = pool.passive_failure(index) {
+                crate::health::log_flip(node, from, to, "passive connect failures");
+            }
+            Err(e)
+        }
+    }
+}

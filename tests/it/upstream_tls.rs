@@ -72,6 +72,23 @@ impl Ca {
 /// An HTTP/2-over-TLS backend (ALPN h2) answering `tls {name} {path}` and `/healthz` with
 /// `X-Version: 1.0.0`; with `clients`, it requires a client certificate signed by that CA.
 async fn h2_tls_backend(name: &'static str, ca: &Ca, clients: Option<&Ca>) -> SocketAddr {
+    tls_backend(name, ca, clients, true).await
+}
+
+/// As [`h2_tls_backend`], speaking HTTP/2 (`h2`) or HTTP/1.1.
+async fn tls_backend(name: &'static str, ca: &Ca, clients: Option<&Ca>, h2: bool) -> SocketAddr {
+    tls_backend_counted(name, ca, clients, h2).await.0
+}
+
+/// As [`tls_backend`], with a count of the TLS handshakes it completed.
+async fn tls_backend_counted(
+    name: &'static str,
+    ca: &Ca,
+    clients: Option<&Ca>,
+    h2: bool,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&handshakes);
     let (_, _, chain, key) = ca.sign("backend.test");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -92,17 +109,23 @@ async fn h2_tls_backend(name: &'static str, ca: &Ca, clients: Option<&Ca>) -> So
         }
     };
     let mut config = builder.with_single_cert(chain, key).unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let counted = Arc::clone(&counted);
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let service = service_fn(move |req: Request<Incoming>| async move {
                     let path = req.uri().path().to_string();
                     let body = req
@@ -117,13 +140,19 @@ async fn h2_tls_backend(name: &'static str, ca: &Ca, clients: Option<&Ca>) -> So
                         .insert("x-version", "1.0.0".parse().unwrap());
                     Ok::<_, Infallible>(resp)
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                }
             });
         }
     });
-    addr
+    (addr, handshakes)
 }
 
 /// The proxy in front of `backend`, its pool's `upstream.tls` trusting `ca_pem`.
@@ -133,6 +162,17 @@ async fn proxy(
     ca_pem: &str,
     client: Option<(&str, &str)>,
     check: &str,
+) -> Proxy {
+    proxy_with(dir, backend, ca_pem, client, check, "h2").await
+}
+
+async fn proxy_with(
+    dir: &Path,
+    backend: SocketAddr,
+    ca_pem: &str,
+    client: Option<(&str, &str)>,
+    check: &str,
+    protocol: &str,
 ) -> Proxy {
     std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
     let d = dir.display();
@@ -153,7 +193,7 @@ listeners:
     routes: [ {{ pool: secure }} ]
 pools:
   - name: secure
-    upstream: {{ protocol: h2, tls: {{ ca: "{d}/ca.pem", server_name: backend.test{client_cert} }} }}
+    upstream: {{ protocol: {protocol}, tls: {{ ca: "{d}/ca.pem", server_name: backend.test{client_cert} }} }}
     nodes: [ {{ name: a, addr: "{backend}" }} ]
     health: {{ interval: 100ms, timeout: 100ms, healthy_after: 1, {check} }}
 "#
@@ -287,4 +327,44 @@ async fn an_mtls_backend_serves_only_with_a_client_certificate() {
     with.wait_health("secure", "a", Health::Up).await;
     let (status, body) = get(&client(), &with.url("web", "/x")).await;
     assert_eq!((status, body.as_str()), (200, "tls m /x "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_pool_speaks_tls_to_its_backends_and_reuses_the_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("http1 ca");
+    let (backend, handshakes) = tls_backend_counted("h1", &ca, None, false).await;
+    let check = "http: { path: \"/healthz\", version_header: \"X-Version\" }";
+    let proxy = proxy_with(dir.path(), backend, &ca.pem, None, check, "http1").await;
+    proxy.wait_health("secure", "a", Health::Up).await;
+    let c = client();
+    for i in 0..20 {
+        let (status, body) = get(&c, &proxy.url("web", &format!("/n{i}"))).await;
+        assert_eq!((status, body), (200, format!("tls h1 /n{i} ")));
+    }
+    let req = Request::post(proxy.url("web", "/up"))
+        .body(Full::new(Bytes::from(vec![b'y'; 200_000])))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), "tls h1 /up ".len() + 200_000);
+    // 21 requests and the checks went over pooled TLS connections, not one handshake each
+    // (each check makes its own).
+    let checks = metric_value(
+        &proxy.metrics().await,
+        "handoff_health_checks_total{node=\"a\",pool=\"secure\",result=\"pass\"}",
+    ) as usize;
+    let made = handshakes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        made <= checks + 3,
+        "{made} handshakes for 21 requests and {checks} checks"
+    );
+    // A certificate from another CA: 502.
+    let dir2 = tempfile::tempdir().unwrap();
+    let wrong = Ca::new("other");
+    let proxy = proxy_with(dir2.path(), backend, &wrong.pem, None, "tcp: {}", "http1").await;
+    proxy.wait_health("secure", "a", Health::Up).await;
+    let (status, _) = get(&client(), &proxy.url("web", "/x")).await;
+    assert_eq!(status, 502);
 }

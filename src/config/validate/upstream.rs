@@ -67,10 +67,6 @@ impl Validator {
                 &tp,
                 "h2c is HTTP/2 in clear: use protocol h2 for HTTP/2 over TLS",
             ),
-            (UpstreamProtocol::Http1, Some(_)) => self.err(
-                &tp,
-                "TLS to HTTP/1.1 backends is not built yet: use protocol h2 (HTTP/2 over TLS), or terminate TLS in front of the backend",
-            ),
             _ => {}
         }
         UpstreamConfig { protocol, tls }

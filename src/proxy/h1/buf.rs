@@ -93,15 +93,6 @@ impl Buf {
         tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut window)
     }
 
-    /// Reads what a socket holds without waiting (`WouldBlock` when nothing).
-    pub fn try_read_from(&mut self, s: &tokio::net::TcpStream, limit: usize) -> io::Result<usize> {
-        let room = self.room(limit);
-        if room == 0 {
-            return Ok(0);
-        }
-        s.try_read_buf(&mut (&mut self.mem).limit(room))
-    }
-
     /// Reads once from `io` (see [`Buf::poll_read_from`]).
     pub async fn read_from<R: AsyncRead + Unpin>(
         &mut self,

@@ -26,7 +26,7 @@ use super::{bridge, relay, ClientIo, Done, Next};
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::pool::{AdminState, Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
 use crate::proxy::activity::InflightGuard;
-use crate::proxy::connect::connect_node;
+use crate::proxy::connect::connect_upstream;
 use crate::proxy::http::ConnCtx;
 use crate::proxy::sticky::Client;
 
@@ -288,7 +288,7 @@ async fn forward<I: ClientIo>(
             };
             let (mut up, reused) = match pooled {
                 Some(up) => (up, true),
-                None => match connect_node(&pool, i, p.timeouts.connect).await {
+                None => match connect_upstream(&pool, i, p.timeouts.connect).await {
                     Ok(s) => (Upstream::new(s, &node.state.lifecycle), false),
                     Err(_) => {
                         why = NoAnswer::Unreachable;

@@ -2,8 +2,8 @@
 //! goes out, the backend is watched: interim responses (`100 Continue`) go to the client at
 //! once, and a final response that comes early ends the upload.
 
+use crate::pool::UpStream;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::buf::{Buf, Out, SIZE};
 use super::exchange::{Plan, MAX_HEAD};
@@ -46,7 +46,7 @@ pub struct Decision {
 pub async fn request<I: ClientIo>(
     io: &mut I,
     buf: &mut Buf,
-    up: &mut TcpStream,
+    up: &mut UpStream,
     ub: &mut Buf,
     p: &Plan,
     whole: bool,
@@ -153,7 +153,7 @@ async fn forward_interim<I: ClientIo>(io: &mut I, out: &Out) -> Result<(), Failu
 async fn body<I: ClientIo>(
     io: &mut I,
     buf: &mut Buf,
-    up: &mut TcpStream,
+    up: &mut UpStream,
     ub: &mut Buf,
     p: &Plan,
 ) -> Result<bool, Failure> {
@@ -166,7 +166,6 @@ async fn body<I: ClientIo>(
         BodyLen::Chunked => Left::Chunked(Chunked::default()),
         BodyLen::Empty | BodyLen::UntilClose => return Ok(true),
     };
-    let gone = Failure::Upstream { answered: false };
     loop {
         let (n, done) = match &mut left {
             Left::Bytes(l) => {
@@ -196,12 +195,10 @@ async fn body<I: ClientIo>(
                 Ok(0) | Err(_) => return Err(Failure::Client { bad: false }),
                 Ok(_) => {}
             },
-            r = up.readable() => {
-                if r.is_err() {
-                    return Err(gone);
-                }
-                match ub.try_read_from(up, MAX_HEAD) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // Dropped unfinished when the client's bytes come first: a read either happened
+            // or did not (TLS keeps what it decrypted), so nothing is lost.
+            r = ub.read_from(up, MAX_HEAD) => {
+                match r {
                     Ok(0) | Err(_) => return Err(Failure::Upstream { answered: !ub.is_empty() }),
                     Ok(_) => {
                         // Interim responses go to the client (it may be waiting for

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::pool::UpStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
 use super::buf::{Buf, Out};
@@ -37,7 +37,7 @@ pub enum Kind {
 pub struct Start {
     pub node: Arc<Node>,
     pub kind: Kind,
-    pub backend: TcpStream,
+    pub backend: UpStream,
     /// The 101 head for the client.
     pub head: Out,
     /// Bytes the backend sent after its 101.
@@ -92,7 +92,7 @@ pub async fn run<I: ClientIo>(
     };
     let mut stop = Gated::new(Box::pin(stop));
     let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut br, mut bw) = backend.split();
+    let (mut br, mut bw) = tokio::io::split(&mut backend);
     let mut closing_at: Option<Instant> = None;
     let at_deadline;
     {

@@ -23,7 +23,7 @@ use crate::config::{Timeouts, UpstreamProtocol};
 use crate::pool::h2conn::UpBody;
 use crate::pool::{Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
 use crate::proxy::activity::InflightGuard;
-use crate::proxy::connect::connect_node;
+use crate::proxy::connect::connect_upstream;
 use crate::proxy::h1::buf::{Buf, Out};
 use crate::proxy::h1::framing::BodyLen;
 use crate::proxy::h1::second_opinion;
@@ -200,7 +200,7 @@ async fn send_all(
         loop {
             let (mut up, reused) = match node.idle.take() {
                 Some(up) => (up, true),
-                None => match connect_node(pool, i, timeouts.connect).await {
+                None => match connect_upstream(pool, i, timeouts.connect).await {
                     Ok(s) => (Upstream::new(s, &node.state.lifecycle), false),
                     Err(_) => {
                         unreachable = true;

@@ -10,12 +10,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::pool::UpStream;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::headers::response_headers;
 use crate::pool::{Node, SessionGuard, Upstream};
@@ -31,7 +31,7 @@ const MAX_HEAD: usize = 64 * 1024;
 
 /// Sends the head (and a held body, already in `out`), then streams `body` if given.
 pub async fn send(
-    up: &mut TcpStream,
+    up: &mut UpStream,
     out: &[u8],
     body: Option<&mut Incoming>,
     framing: BodyLen,
@@ -76,7 +76,7 @@ pub struct Head {
 
 /// Reads the final response head into `ub` (interim responses are skipped: hyper's HTTP/2
 /// server answers `100-continue` itself) and consumes it.
-pub async fn read_head(up: &mut TcpStream, ub: &mut Buf, to_head: bool) -> Result<Head, Failure> {
+pub async fn read_head(up: &mut UpStream, ub: &mut Buf, to_head: bool) -> Result<Head, Failure> {
     let bad = Failure::Upstream { answered: true };
     loop {
         let parsed = {
