@@ -24,13 +24,7 @@ impl UpStream {
     pub fn quiet(&self) -> bool {
         let tcp = match self {
             UpStream::Plain(s) => s,
-            UpStream::Tls(s) => {
-                // Plaintext rustls already holds is something nobody asked for.
-                if s.get_ref().1.wants_write() {
-                    return false;
-                }
-                s.get_ref().0
-            }
+            UpStream::Tls(s) => s.get_ref().0,
         };
         let mut cx = Context::from_waker(Waker::noop());
         match tcp.poll_read_ready(&mut cx) {

@@ -141,7 +141,10 @@ pub async fn one<I: ClientIo>(
     let _inflight = InflightGuard::new(&ctx.activity);
     buf.consume(head_len);
     if let Some(parts) = plan.h2.take() {
-        return bridge::forward(ctx, io, buf, closing, &plan, *parts, Instant::now()).await;
+        // Boxed: its state (hyper's stream, the body pump) would otherwise widen every
+        // HTTP/1 request's future, HTTP/2 pool or not.
+        let bridged = bridge::forward(ctx, io, buf, closing, &plan, *parts, Instant::now());
+        return Box::pin(bridged).await;
     }
     forward(ctx, io, buf, closing, &mut plan, Instant::now()).await
 }

@@ -86,7 +86,7 @@ async fn forward(
     started: Instant,
 ) -> Response<ProxyBody> {
     if pool.config.upstream.protocol != UpstreamProtocol::Http1 {
-        return to_h2(ctx, pool, parts, body, timeouts, inflight, started).await;
+        return Box::pin(to_h2(ctx, pool, parts, body, timeouts, inflight, started)).await;
     }
     let multi = pool.nodes.len() > 1;
     let replayable = idempotent(&parts.method)
