@@ -27,6 +27,7 @@ pub struct Metrics {
     pub listener_connections_active: IntGaugeVec,
     pub listener_rejected: IntCounterVec,
     pub tls_failures: IntCounterVec,
+    pub upstream_tls_failures: IntCounterVec,
     pub reloads: IntCounterVec,
     pub deadline_closes: IntCounterVec,
     pub rebalance_closes: IntCounterVec,
@@ -86,6 +87,7 @@ impl Metrics {
             listener_connections_active: gauge(&r, "handoff_listener_connections_active", "Client connections open.", &["listener"]),
             listener_rejected: counter(&r, "handoff_listener_connections_rejected_total", "Client connections closed at once because the listener was at max_connections.", &["listener"]),
             tls_failures: counter(&r, "handoff_tls_handshake_failures_total", "TLS handshakes that failed or timed out.", &["listener"]),
+            upstream_tls_failures: counter(&r, "handoff_upstream_tls_failures_total", "TLS handshakes with nodes that failed (certificate not verified, no client certificate where one is required, timeout); each is also a connect failure.", &["pool", "node"]),
             reloads: counter(&r, "handoff_config_reloads_total", "Config reloads, by result (ok or failed).", &["result"]),
             deadline_closes: counter(&r, "handoff_drain_deadline_closes_total", "Sessions closed at a node's drain deadline, by kind.", &["pool", "node", "kind"]),
             rebalance_closes: counter(&r, "handoff_rebalance_closes_total", "Long-lived TCP sessions closed to rebalance a pool.", &["pool", "node"]),
@@ -251,6 +253,7 @@ pub struct NodeMetrics {
     sessions: [IntCounter; 4],
     requests: [IntCounter; 5],
     pub connect_failures: IntCounter,
+    pub tls_failures: IntCounter,
     pub checks_pass: IntCounter,
     pub checks_fail: IntCounter,
     /// Transitions by the state entered: admin states then health values.
@@ -272,6 +275,7 @@ impl NodeMetrics {
             }),
             requests: CLASSES.map(|c| m.requests_total.with_label_values(&[pool, node, c])),
             connect_failures: m.connect_failures.with_label_values(&[pool, node]),
+            tls_failures: m.upstream_tls_failures.with_label_values(&[pool, node]),
             checks_pass: m.health_checks.with_label_values(&[pool, node, "pass"]),
             checks_fail: m.health_checks.with_label_values(&[pool, node, "fail"]),
             transitions: TRANSITION_TARGETS

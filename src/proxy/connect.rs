@@ -65,6 +65,7 @@ pub async fn connect_upstream(
         Ok(s) => Ok(crate::pool::UpStream::Tls(Box::new(s))),
         Err(e) => {
             tracing::warn!(node = %node.key(), error = %e, "TLS to the backend failed");
+            node.state.metrics.tls_failures.inc();
             if let Some((from, to)) = pool.passive_failure(index) {
                 crate::health::log_flip(node, from, to, "passive connect failures");
             }

@@ -264,10 +264,10 @@ async fn sender(pool: &Pool, index: usize, timeouts: Timeouts) -> Option<H2Sende
                     .as_ref()
                     .map(|t| t.server_name(node.addr))
                     .ok_or_else(|| "no TLS settings".to_string())?;
-                let tls = connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?;
+                let tls = connector.connect(name, tcp).await.map_err(|e| {
+                    node.state.metrics.tls_failures.inc();
+                    format!("TLS: {e}")
+                })?;
                 builder
                     .handshake(TokioIo::new(tls))
                     .await

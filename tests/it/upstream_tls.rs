@@ -276,6 +276,13 @@ async fn a_backend_signed_by_another_ca_gets_502_and_counts_as_a_connect_failure
         ) >= 1.0,
         "{metrics}"
     );
+    assert!(
+        metric_value(
+            &metrics,
+            "handoff_upstream_tls_failures_total{node=\"a\",pool=\"secure\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
     // An http check over the same TLS fails, with the verification error as its reason.
     let dir2 = tempfile::tempdir().unwrap();
     let check = "http: { path: \"/healthz\" }";
