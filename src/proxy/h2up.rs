@@ -121,6 +121,7 @@ pub async fn send(
                         node.h2.clear();
                         req = Some(back);
                         asked = Instant::now();
+                        unreachable = true;
                     }
                     None => {
                         pool.no_answer(i, Some(502));
