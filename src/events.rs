@@ -83,7 +83,10 @@ impl Events {
 
     /// A subscription, and the kept events after `last` (all kept ones for `None`) that it
     /// will not see: subscribe first, then replay, so nothing falls in between.
-    pub fn subscribe(&self, last: Option<u64>) -> (broadcast::Receiver<Arc<Event>>, Vec<Arc<Event>>) {
+    pub fn subscribe(
+        &self,
+        last: Option<u64>,
+    ) -> (broadcast::Receiver<Arc<Event>>, Vec<Arc<Event>>) {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.tx.subscribe();
         let missed = match last {

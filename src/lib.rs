@@ -25,6 +25,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod events;
 pub mod gated;
 pub mod health;
 pub mod lifecycle;

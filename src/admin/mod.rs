@@ -22,6 +22,7 @@
 mod handlers;
 pub mod input;
 mod ops;
+mod stream;
 pub mod views;
 
 use std::convert::Infallible;
@@ -43,7 +44,9 @@ use crate::cluster::ClusterError;
 use crate::config::FieldError;
 use crate::rollout::RolloutError;
 
-pub type AdminResponse = Response<Full<Bytes>>;
+/// A body the admin API sends: a whole one, or the event stream.
+pub type AdminBody = http_body_util::Either<Full<Bytes>, stream::Sse>;
+pub type AdminResponse = Response<AdminBody>;
 
 /// Everything the admin API can refuse, with the status code it answers.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +150,7 @@ impl AdminError {
 
 pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> AdminResponse {
     let bytes = serde_json::to_vec_pretty(body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    let mut resp = Response::new(AdminBody::Left(Full::new(Bytes::from(bytes))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -157,7 +160,7 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> AdminRespons
 }
 
 fn text_response(status: StatusCode, content_type: &'static str, body: String) -> AdminResponse {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = Response::new(AdminBody::Left(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -268,6 +271,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
             }
             Ok(()) => match (rest, &method) {
                 (["status"], &Method::GET) => Ok(handlers::status(app).await),
+                (["events"], &Method::GET) => stream::events(app, &req, &query),
                 (["cluster"], &Method::GET) => handlers::cluster(app),
                 (["pools", pool], &Method::GET) => handlers::pool(app, pool),
                 (["pools", pool, "nodes", node], &Method::GET) => handlers::node(app, pool, node),

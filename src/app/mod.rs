@@ -191,7 +191,10 @@ impl App {
             keys,
             &metrics,
         )));
-        let rollouts = Arc::new(rollout::Registry::new(config.cluster.is_some()));
+        let rollouts = Arc::new(rollout::Registry::new(
+            config.cluster.is_some(),
+            &metrics.events,
+        ));
         let (store, writer) = match &state_path {
             Some(_) => {
                 let (store, writer) = StateStore::new();

@@ -55,6 +55,12 @@ pub enum CtlCommand {
     /// The cluster this instance belongs to: connected or not, who drives each rollout, and
     /// every live instance with the sessions it holds.
     Cluster,
+    /// Follow events as they happen (node state, health and version changes, rollout steps,
+    /// drains done, deadline closes), of every pool or of POOL; until interrupted.
+    Watch {
+        /// Only this pool's events.
+        pool: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +98,9 @@ pub fn ctl(
     json: bool,
     command: CtlCommand,
 ) -> anyhow::Result<i32> {
+    if let CtlCommand::Watch { pool } = &command {
+        return super::ctl_watch::watch(admin, token, json, pool.as_deref());
+    }
     let base: Uri = admin
         .parse()
         .with_context(|| format!("invalid --admin URL {admin:?}"))?;
@@ -146,6 +155,7 @@ fn request_for(command: &CtlCommand) -> anyhow::Result<(Method, String, Option<V
         CtlCommand::Status => (Method::GET, "/v1/status".into(), None),
         CtlCommand::Reload => (Method::POST, "/v1/reload".into(), None),
         CtlCommand::Cluster => (Method::GET, "/v1/cluster".into(), None),
+        CtlCommand::Watch { .. } => bail!("watch follows a stream (see ctl_watch)"),
         CtlCommand::Drain {
             target,
             timeout,
@@ -235,6 +245,7 @@ fn human(command: &CtlCommand, value: &Value, code: i32) -> anyhow::Result<Strin
         CtlCommand::Cluster => render::cluster(
             &serde_json::from_value(value.clone()).context("unexpected cluster JSON")?,
         ),
+        CtlCommand::Watch { .. } => String::new(),
         CtlCommand::Drain { .. } | CtlCommand::Enable { .. } => {
             let mut out = render::node_line(&node()?);
             if let Some(lagging) = value["lagging"].as_array().filter(|l| !l.is_empty()) {

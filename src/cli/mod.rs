@@ -3,6 +3,7 @@
 mod check;
 mod ctl;
 mod ctl_render;
+mod ctl_watch;
 mod demo;
 mod demo_cluster;
 mod run;

@@ -103,6 +103,10 @@ pub async fn run(ctl: Arc<Control>, t: NodeRef, timeout: Duration, epoch: u64) {
             .with_label_values(&[&pool.name])
             .observe(took.as_secs_f64());
         tracing::info!(node = %node.key(), took_ms = took.as_millis() as u64, at_deadline = fired_at.is_some(), "drain finished");
+        node.state.metrics.publish(
+            "drain_done",
+            serde_json::json!({"took_ms": took.as_millis() as u64, "at_deadline": fired_at.is_some()}),
+        );
     }
 }
 
@@ -127,5 +131,13 @@ fn fire(pool: &Pool, node: &Node) {
     for _ in 0..http {
         state.metrics.deadline_close(SessionKind::HttpInflight);
     }
+    state.metrics.publish(
+        "deadline_closes",
+        serde_json::json!({
+            "http_inflight": http,
+            "tunnels": state.sessions(SessionKind::Tunnel),
+            "tcp": state.sessions(SessionKind::Tcp),
+        }),
+    );
     state.lifecycle.fire_close();
 }

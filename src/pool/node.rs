@@ -348,6 +348,7 @@ impl NodeState {
         } else if let Some(v) = version {
             if self.version.load().as_deref().map(String::as_str) != Some(v) {
                 self.version.store(Some(Arc::new(v.to_string())));
+                self.metrics.publish("node_version", v);
                 self.version_passes.store(1, Relaxed);
                 self.changed.notify_waiters();
             } else if self.version_passes.fetch_add(1, Relaxed) < cfg.healthy_after {

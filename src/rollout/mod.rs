@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::limits;
 use crate::control::Control;
+use crate::events::Events;
 use crate::pool::unix_ms;
 use crate::time::rfc3339;
 
@@ -54,13 +55,16 @@ pub enum RolloutError {
 pub struct Handle {
     record: Mutex<Rollout>,
     pub abort: CancellationToken,
+    /// Where timeline entries are published too (`/v1/events`).
+    events: Arc<Events>,
 }
 
 impl Handle {
-    pub fn new(record: Rollout) -> Arc<Self> {
+    pub fn new(record: Rollout, events: &Arc<Events>) -> Arc<Self> {
         Arc::new(Handle {
             record: Mutex::new(record),
             abort: CancellationToken::new(),
+            events: Arc::clone(events),
         })
     }
 
@@ -80,6 +84,16 @@ impl Handle {
         let message = message.into();
         let mut r = self.lock();
         tracing::info!(rollout = %r.id, node = node.unwrap_or(""), phase = phase.map_or("", Phase::as_str), "{message}");
+        self.events.publish(
+            "rollout",
+            Some(&r.pool),
+            node,
+            serde_json::json!({
+                "rollout": r.id,
+                "phase": phase.map(Phase::as_str),
+                "message": message,
+            }),
+        );
         r.timeline.push(Event {
             at: rfc3339(unix_ms()),
             node: node.map(str::to_string),
@@ -103,13 +117,16 @@ pub struct Registry {
     /// Set from the start when the config has `cluster:`: records restored from the state
     /// file are then shown, not driven, until etcd says who drives.
     clustered: std::sync::atomic::AtomicBool,
+    /// The event stream rollouts publish their timelines to.
+    events: Arc<Events>,
 }
 
 impl Registry {
     /// A registry for an instance that is (`clustered`) or is not part of a cluster.
-    pub fn new(clustered: bool) -> Registry {
+    pub fn new(clustered: bool, events: &Arc<Events>) -> Registry {
         Registry {
             clustered: std::sync::atomic::AtomicBool::new(clustered),
+            events: Arc::clone(events),
             ..Registry::default()
         }
     }
@@ -157,7 +174,7 @@ impl Registry {
         {
             self.next.fetch_max(n, Relaxed);
         }
-        let handle = Handle::new(record);
+        let handle = Handle::new(record, &self.events);
         self.all().push(Arc::clone(&handle));
         handle
     }
@@ -184,7 +201,7 @@ pub async fn start(
             running,
         });
     }
-    let handle = Handle::new(record);
+    let handle = Handle::new(record, &rollouts.events);
     all.push(Arc::clone(&handle));
     drop(all);
     let snapshot = handle.snapshot();

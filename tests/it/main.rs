@@ -13,6 +13,7 @@ mod ctl;
 mod desync;
 mod drain;
 mod durable_affinity;
+mod events;
 mod faults;
 mod flood;
 mod framing;
