@@ -1,4 +1,5 @@
-//! Command line (design.md §6): `run`, `check`, `demo`, `ctl`.
+//! Command line (design.md §6): `run`, `check`, `demo`, `ctl`, and `completions` and `man`
+//! for packagers.
 
 mod check;
 mod ctl;
@@ -35,7 +36,18 @@ pub enum Command {
         /// listening sockets and runtime state, without refusing a connection.
         #[arg(long)]
         upgrade: bool,
+        /// Log lines as text, or as one JSON object per line (timestamp, level, message,
+        /// the event's fields, target).
+        #[arg(long, value_enum, env = "HANDOFF_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout: `handoff man > handoff.1`.
+    Man,
     /// Validate a configuration file; exit 1 with every error.
     Check {
         #[arg(short, long, value_name = "FILE")]
@@ -84,7 +96,23 @@ pub fn main(cli: Cli) -> i32 {
             config,
             threads,
             upgrade,
-        } => run::run(config, threads, upgrade),
+            log_format,
+        } => {
+            let _ = LOG_FORMAT.set(log_format);
+            run::run(config, threads, upgrade)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "handoff", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map(|()| 0)
+                .map_err(Into::into)
+        }
         Command::Check { config } => Ok(check::check(&config)),
         Command::Demo {
             listen,
@@ -119,13 +147,27 @@ pub fn main(cli: Cli) -> i32 {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match LOG_FORMAT.get().copied().unwrap_or_default() {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
+
+/// How log lines are written (`run --log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The format `run` asked for, read when logging starts.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 /// `--threads` / `HANDOFF_WORKER_THREADS`: 1 to [`MAX_THREADS`].
 fn threads_range() -> clap::builder::RangedU64ValueParser<usize> {

@@ -21,6 +21,7 @@ mod grpc;
 mod health;
 mod hostile;
 mod http;
+mod packaging;
 mod rebalance;
 mod retries;
 mod rollout;

@@ -1,0 +1,100 @@
+//! What packagers and operators wire up: JSON logs, shell completions, the man page, and
+//! the systemd unit.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::common::*;
+
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    for (shell, marker) in [
+        ("bash", "_handoff()"),
+        ("zsh", "#compdef handoff"),
+        ("fish", "complete -c handoff"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(marker),
+            "{shell}: {}",
+            &text[..text.len().min(200)]
+        );
+        // Every subcommand is completed, ctl's verbs included.
+        assert!(
+            text.contains("rollout") && text.contains("watch"),
+            "{shell}"
+        );
+    }
+    let out = Command::new(BIN).arg("man").output().unwrap();
+    assert!(out.status.success());
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        man.contains(".TH handoff 1") && man.contains("ctl"),
+        "{man}"
+    );
+    let out = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("handoff.yaml");
+    std::fs::write(
+        &config,
+        "admin: { listen: \"127.0.0.1:0\" }\nlisteners:\n  - { name: web, listen: \"127.0.0.1:0\", protocol: http, routes: [ { pool: p } ] }\npools:\n  - { name: p, nodes: [ { name: a, addr: \"127.0.0.1:1\" } ] }\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&config)
+        .args(["--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _run = Running(child);
+    let lines = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let done = line.contains("admin API listening");
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            lines
+        }),
+    )
+    .await
+    .expect("handoff logged its start in time")
+    .unwrap();
+    assert!(lines.len() >= 2, "{lines:?}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for key in ["timestamp", "level", "message", "target"] {
+            assert!(v.get(key).is_some(), "{key} missing: {line}");
+        }
+    }
+    let admin: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert!(
+        admin["admin"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{admin}"
+    );
+}
