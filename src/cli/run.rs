@@ -74,6 +74,9 @@ pub fn run(path: PathBuf, threads: Option<usize>, take_over: bool) -> anyhow::Re
                 tracing::warn!(socket = %upgrade_path.display(), error = %e, "self-upgrade unavailable: cannot listen on the upgrade socket");
             }
         }
+        // systemd (Type=notify): serving now. After a takeover this process is the service's
+        // main process from here on (the unit needs NotifyAccess=all for that).
+        notify(&[sd_notify::NotifyState::MainPid(std::process::id()), sd_notify::NotifyState::Ready]);
         let mut signals = signals;
         serve_until_signal(app, &mut signals, handed_over).await
     });
@@ -134,14 +137,19 @@ pub async fn serve_until_signal(
     let replaced = loop {
         tokio::select! {
             _ = signals.hup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading]);
                 // The outcome is logged and counted by reload itself.
                 let _ = app.reload().await;
+                notify(&[sd_notify::NotifyState::Ready]);
             }
             _ = signals.term.recv() => break false,
             _ = signals.int.recv() => break false,
             _ = handed_over.cancelled() => break true,
         }
     };
+    if !replaced {
+        notify(&[sd_notify::NotifyState::Stopping]);
+    }
     let grace = app.snapshot.load().config.shutdown_grace;
     tracing::info!(grace = %config::duration::format(grace), replaced, "shutting down: draining connections");
     let cut = if replaced {
@@ -158,4 +166,15 @@ pub async fn serve_until_signal(
     app.flush_state().await;
     tracing::info!(cut, "stopped");
     Ok(0)
+}
+
+/// Tells systemd (when it started this process with `NOTIFY_SOCKET`) how the service is;
+/// nothing without it. A failure is logged, never fatal: serving matters more.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
 }

@@ -98,3 +98,96 @@ async fn log_format_json_writes_one_object_per_line() {
         "{admin}"
     );
 }
+
+/// The unit in docs/systemd passes `systemd-analyze verify` (with this build's binary in the
+/// place of /usr/local/bin/handoff).
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("skipped: systemd-analyze not found");
+        return;
+    };
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/systemd/handoff.service"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("handoff.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/handoff", BIN)).unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which(cmd: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(cmd))
+        .find(|p| p.exists())
+        .ok_or(())
+}
+
+/// `run` speaks systemd's notify protocol when `NOTIFY_SOCKET` is set: MAINPID and READY=1
+/// once it serves, RELOADING=1 then READY=1 around a SIGHUP reload, STOPPING=1 at SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_tells_systemd_when_it_is_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&socket).unwrap();
+    let config = dir.path().join("handoff.yaml");
+    std::fs::write(
+        &config,
+        "admin: { listen: \"127.0.0.1:0\" }\nlisteners:\n  - { name: web, listen: \"127.0.0.1:0\", protocol: http, routes: [ { pool: p } ] }\npools:\n  - { name: p, nodes: [ { name: a, addr: \"127.0.0.1:1\" } ] }\n",
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut run = Running(child);
+    let next = || {
+        let notify = &notify;
+        async move {
+            let mut buf = [0u8; 512];
+            let n = tokio::time::timeout(WAIT, notify.recv(&mut buf))
+                .await
+                .expect("a notification in time")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        }
+    };
+    let ready = next().await;
+    assert!(
+        ready.contains("READY=1") && ready.contains(&format!("MAINPID={pid}")),
+        "{ready}"
+    );
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    signal("-HUP");
+    assert!(next().await.contains("RELOADING=1"));
+    assert!(next().await.contains("READY=1"));
+    signal("-TERM");
+    assert!(next().await.contains("STOPPING=1"));
+    let status = tokio::task::spawn_blocking(move || run.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
