@@ -146,7 +146,8 @@ pub struct StateGauges {
     pub node_version_info: IntGaugeVec,
     pub node_requests: IntCounterVec,
     pub node_errors: IntCounterVec,
-    pub node_latency: prometheus::GaugeVec,
+    /// p50 and p99, as two gauges (a `quantile` label is for summaries only).
+    pub node_latency: [prometheus::GaugeVec; 2],
     pub node_error_ratio: prometheus::GaugeVec,
     pub cluster_connected: IntGaugeVec,
     pub cluster_members: IntGaugeVec,
@@ -194,12 +195,20 @@ impl StateGauges {
                 "Requests each node failed, by cause: 5xx (it answered 5xx), connect (a connect to it failed), no_answer (it closed, reset or timed out before answering).",
                 &["pool", "node", "cause"],
             ),
-            node_latency: float_gauge(
-                &r,
-                "handoff_node_latency_seconds",
-                "Each node's latency to response headers (TCP: to connect) over the last minute, at quantile 0.5 and 0.99; absent without an answer in that minute.",
-                &["pool", "node", "quantile"],
-            ),
+            node_latency: [
+                float_gauge(
+                    &r,
+                    "handoff_node_latency_p50_seconds",
+                    "Each node's median latency to response headers (TCP: to connect) over the last minute; absent without an answer in that minute.",
+                    &["pool", "node"],
+                ),
+                float_gauge(
+                    &r,
+                    "handoff_node_latency_p99_seconds",
+                    "Each node's 99th percentile latency to response headers (TCP: to connect) over the last minute; absent without an answer in that minute.",
+                    &["pool", "node"],
+                ),
+            ],
             node_error_ratio: float_gauge(
                 &r,
                 "handoff_node_error_ratio",

@@ -122,11 +122,9 @@ pub fn metrics_text(app: &App) -> String {
                     .inc_by(total.errors[cause as usize]);
             }
             let (recent, _) = traffic.recent();
-            for (q, label) in [(0.5, "0.5"), (0.99, "0.99")] {
+            for (q, gauge) in [0.5, 0.99].into_iter().zip(&g.node_latency) {
                 if let Some(d) = recent.quantile(q) {
-                    g.node_latency
-                        .with_label_values(&[p, n, label])
-                        .set(d.as_secs_f64());
+                    gauge.with_label_values(&[p, n]).set(d.as_secs_f64());
                 }
             }
             g.node_error_ratio

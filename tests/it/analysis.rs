@@ -177,7 +177,7 @@ async fn a_good_version_passes_analysis_and_the_rollout_succeeds() {
     assert!(
         metric_value(
             &metrics,
-            "handoff_node_latency_seconds{node=\"a\",pool=\"web\",quantile=\"0.99\"}"
+            "handoff_node_latency_p99_seconds{node=\"a\",pool=\"web\"}"
         ) > 0.0
     );
 }

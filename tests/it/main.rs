@@ -21,6 +21,7 @@ mod grpc;
 mod health;
 mod hostile;
 mod http;
+mod observability;
 mod packaging;
 mod rebalance;
 mod retries;
