@@ -54,7 +54,12 @@ pub enum AdminError {
     #[error("no such endpoint: {method} {path}")]
     NotFound { method: Method, path: String },
     #[error("method {method} is not allowed on {path}")]
-    MethodNotAllowed { method: Method, path: String },
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        /// What the path does take (the `Allow` header).
+        allow: &'static str,
+    },
     #[error("missing or wrong bearer token")]
     Unauthorized,
     #[error("unknown pool {pool:?}")]
@@ -143,6 +148,10 @@ impl AdminError {
         if matches!(self, Self::Unauthorized) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::MethodNotAllowed { allow, .. } = self {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         resp
     }
@@ -272,6 +281,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
             Ok(()) => match (rest, &method) {
                 (["status"], &Method::GET) => Ok(handlers::status(app).await),
                 (["events"], &Method::GET) => stream::events(app, &req, &query),
+                (["openapi.json"], &Method::GET) => Ok(text_response(
+                    StatusCode::OK,
+                    "application/json",
+                    OPENAPI.to_string(),
+                )),
                 (["cluster"], &Method::GET) => handlers::cluster(app),
                 (["pools", pool], &Method::GET) => handlers::pool(app, pool),
                 (["pools", pool, "nodes", node], &Method::GET) => handlers::node(app, pool, node),
@@ -294,6 +308,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
                 (known, _) if is_endpoint(known) => Err(AdminError::MethodNotAllowed {
                     method: method.clone(),
                     path: path.clone(),
+                    allow: allowed(known),
                 }),
                 _ => Err(not_found()),
             },
@@ -308,6 +323,8 @@ fn is_endpoint(rest: &[&str]) -> bool {
     matches!(
         rest,
         ["status"]
+            | ["events"]
+            | ["openapi.json"]
             | ["cluster"]
             | ["reload"]
             | ["rollouts"]
@@ -318,6 +335,20 @@ fn is_endpoint(rest: &[&str]) -> bool {
             | ["pools", _, "nodes", _]
             | ["pools", _, "nodes", _, "drain" | "enable" | "wait"]
     )
+}
+
+/// The API's description (docs/openapi.json), served at `/v1/openapi.json`.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// The one method an endpoint under `/v1` takes.
+fn allowed(rest: &[&str]) -> &'static str {
+    match rest {
+        ["reload"]
+        | ["rollouts", _, "abort"]
+        | ["pools", _, "rollouts"]
+        | ["pools", _, "nodes", _, "drain" | "enable"] => "POST",
+        _ => "GET",
+    }
 }
 
 /// Largest admin request body accepted.
@@ -340,6 +371,11 @@ fn only(method: &Method, path: &str, allowed: Method) -> Result<(), AdminError> 
         Err(AdminError::MethodNotAllowed {
             method: method.clone(),
             path: path.to_string(),
+            allow: if allowed == Method::POST {
+                "POST"
+            } else {
+                "GET"
+            },
         })
     }
 }

@@ -22,6 +22,7 @@ mod health;
 mod hostile;
 mod http;
 mod observability;
+mod openapi;
 mod packaging;
 mod rebalance;
 mod retries;
