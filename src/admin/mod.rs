@@ -261,6 +261,14 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
     let result = match segments.as_slice() {
         ["healthz"] => only(&method, &path, Method::GET)
             .map(|()| text_response(StatusCode::OK, "text/plain", "ok\n".into())),
+        // The page holds no data: what it shows comes from /v1, with the token.
+        ["dashboard"] => only(&method, &path, Method::GET).map(|()| {
+            text_response(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                DASHBOARD.to_string(),
+            )
+        }),
         ["metrics"] => only(&method, &path, Method::GET).map(|()| {
             text_response(
                 StatusCode::OK,
@@ -336,6 +344,9 @@ fn is_endpoint(rest: &[&str]) -> bool {
             | ["pools", _, "nodes", _, "drain" | "enable" | "wait"]
     )
 }
+
+/// The dashboard: one page, its CSS and JS inline, no external asset.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The API's description (docs/openapi.json), served at `/v1/openapi.json`.
 const OPENAPI: &str = include_str!("../../docs/openapi.json");

@@ -10,6 +10,7 @@ mod cluster;
 mod config_files;
 mod control;
 mod ctl;
+mod dashboard;
 mod desync;
 mod drain;
 mod durable_affinity;

@@ -1,0 +1,51 @@
+"""Drives the dashboard in headless Chromium (Debian's chromium and chromium-driver, with
+selenium from PyPI), as a user would: load /dashboard, see the nodes, drain one with the
+page's button (accepting its confirmation), and see it change without a reload.
+
+    dashboard_check.py ADMIN_URL NODE [SCREENSHOT.png]
+
+Prints "node POOL/NODE STATE HEALTH VERSION" per node, then "changed STATE SECONDS".
+"""
+import sys
+import time
+
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+admin, target = sys.argv[1], sys.argv[2]
+shot = sys.argv[3] if len(sys.argv) > 3 else None
+
+opts = Options()
+for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+    opts.add_argument(arg)
+opts.binary_location = "/usr/bin/chromium"
+driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService("/usr/bin/chromedriver"))
+try:
+    driver.get(admin + "/dashboard")
+    wait = WebDriverWait(driver, 10)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr[data-node]")) >= 2)
+    wait.until(lambda d: all(
+        r.find_element(By.CSS_SELECTOR, '[data-field="version"]').text not in ("", "–")
+        for r in d.find_elements(By.CSS_SELECTOR, "tr[data-node]")))
+    for row in driver.find_elements(By.CSS_SELECTOR, "tr[data-node]"):
+        field = lambda f: row.find_element(By.CSS_SELECTOR, '[data-field="%s"]' % f).text
+        print("node", row.get_attribute("data-node"), field("state"), field("health"), field("version"), flush=True)
+    # Marks this page load: a reload would lose it.
+    driver.execute_script("window.__loaded_once = true")
+    wait.until(lambda d: "live" in d.find_element(By.ID, "live").text)
+    driver.find_element(By.CSS_SELECTOR, 'button[data-action="drain"][data-target="%s"]' % target).click()
+    wait.until(EC.alert_is_present()).accept()
+    started = time.monotonic()
+    state = lambda d: d.find_element(
+        By.CSS_SELECTOR, 'tr[data-node="%s"] [data-field="state"]' % target).text
+    WebDriverWait(driver, 5, poll_frequency=0.02).until(lambda d: state(d) in ("draining", "drained"))
+    took = time.monotonic() - started
+    assert driver.execute_script("return window.__loaded_once === true"), "the page was reloaded"
+    print("changed", state(driver), "%.3f" % took, flush=True)
+    if shot:
+        driver.save_screenshot(shot)
+finally:
+    driver.quit()
