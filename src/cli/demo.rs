@@ -172,8 +172,35 @@ pub(super) async fn start_backend(name: &'static str) -> anyhow::Result<SocketAd
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a demo backend")?;
+    serve_backend(listener, name, INITIAL_VERSION)
+}
+
+/// `handoff demo-backend`: one demo backend in a process of its own (the compose demo's
+/// backend containers), until SIGTERM or SIGINT.
+pub fn backend(listen: &str, name: String, version: String) -> anyhow::Result<i32> {
+    super::init_logging();
+    let rt = super::runtime(Some(1)).context("starting the runtime")?;
+    rt.block_on(async move {
+        let mut signals = super::run::Signals::install()?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        // One backend per process: its name lives as long as the process.
+        let name: &'static str = Box::leak(name.into_boxed_str());
+        let addr = serve_backend(listener, name, &version)?;
+        println!("demo backend {name} (version {version}) listening on {addr}");
+        signals.stopped().await;
+        Ok(0)
+    })
+}
+
+fn serve_backend(
+    listener: TcpListener,
+    name: &'static str,
+    version: &str,
+) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
-    let version = Arc::new(ArcSwap::from_pointee(INITIAL_VERSION.to_string()));
+    let version = Arc::new(ArcSwap::from_pointee(version.to_string()));
     let served = Arc::new(AtomicU64::new(0));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

@@ -73,6 +73,17 @@ pub enum Command {
     /// The demo's rollout hook (internal).
     #[command(hide = true)]
     DemoUpgrade,
+    /// One demo backend (what `demo` runs twice in process): answers with its name and
+    /// version, `/healthz` with `X-Version`; a version ending in `-bad` fails every third
+    /// request. The compose demo in docker/ runs it in each backend container.
+    DemoBackend {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "1.0.0")]
+        version: String,
+        #[arg(long, default_value = "0.0.0.0:8000")]
+        listen: String,
+    },
     /// Talk to a running handoff's admin API.
     Ctl {
         /// Admin API base URL.
@@ -127,6 +138,11 @@ pub fn main(cli: Cli) -> i32 {
             cluster: true,
         } => demo_cluster::demo(&listen, &admin, threads),
         Command::DemoUpgrade => demo::upgrade_hook(),
+        Command::DemoBackend {
+            name,
+            version,
+            listen,
+        } => demo::backend(&listen, name, version),
         Command::Ctl {
             admin,
             token,

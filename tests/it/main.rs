@@ -12,6 +12,7 @@ mod control;
 mod ctl;
 mod dashboard;
 mod desync;
+mod docker;
 mod drain;
 mod durable_affinity;
 mod events;
