@@ -157,7 +157,7 @@ Press Ctrl-C to stop."#,
             config = path.display()
         );
         let mut signals = signals;
-        let code = super::run::serve_until_signal(app, &mut signals, handed_over.clone()).await?;
+        let code = super::run::serve_until_signal(app, &mut signals, handed_over.clone(), None).await?;
         if handed_over.is_cancelled() {
             println!("A new handoff process took the proxy over. The demo backends keep running here: press Ctrl-C to stop them.");
             signals.stopped().await;

@@ -1,5 +1,6 @@
 //! `handoff run -c FILE [--upgrade]`: serve until SIGTERM/SIGINT; SIGHUP reloads; a new
-//! process started with `--upgrade` takes over and this one drains and exits.
+//! process started with `--upgrade` (by hand, or by this one on SIGUSR2) takes over and this
+//! one drains and exits.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -17,6 +18,13 @@ use crate::shutdown::Shutdown;
 use crate::upgrade;
 
 pub fn run(path: PathBuf, threads: Option<usize>, take_over: bool) -> anyhow::Result<i32> {
+    // Resolved now, before an upgrade replaces the binary on disk: SIGUSR2 starts whatever
+    // is at this path then.
+    let successor = Successor {
+        exe: std::env::current_exe().context("locating the handoff binary")?,
+        config: std::path::absolute(&path).unwrap_or_else(|_| path.clone()),
+        threads,
+    };
     let config = match config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -78,7 +86,7 @@ pub fn run(path: PathBuf, threads: Option<usize>, take_over: bool) -> anyhow::Re
         // main process from here on (the unit needs NotifyAccess=all for that).
         notify(&[sd_notify::NotifyState::MainPid(std::process::id()), sd_notify::NotifyState::Ready]);
         let mut signals = signals;
-        serve_until_signal(app, &mut signals, handed_over).await
+        serve_until_signal(app, &mut signals, handed_over, Some(&successor)).await
     });
     // A thread may still be blocked reading what an earlier generation reports about its
     // drain: it must not hold this process's exit.
@@ -107,11 +115,13 @@ pub struct Signals {
     hup: Signal,
     term: Signal,
     int: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
     pub fn install() -> anyhow::Result<Signals> {
         Ok(Signals {
+            usr2: signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?,
             hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
             term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
@@ -127,15 +137,66 @@ impl Signals {
     }
 }
 
+/// What SIGUSR2 starts: the binary now at the path this process was started from, taking
+/// over with the same config (NGINX's binary upgrade; under systemd the new process is in
+/// the service's cgroup, so it can become the main process).
+pub struct Successor {
+    exe: PathBuf,
+    config: PathBuf,
+    threads: Option<usize>,
+}
+
+impl Successor {
+    /// Starts `run -c CONFIG --upgrade`; a task reaps it and logs a failed attempt (this
+    /// process then simply keeps serving).
+    fn start(&self) {
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&self.config)
+            .arg("--upgrade")
+            .stdin(std::process::Stdio::null());
+        if let Some(n) = self.threads {
+            cmd.arg("--threads").arg(n.to_string());
+        }
+        if super::LOG_FORMAT.get() == Some(&super::LogFormat::Json) {
+            cmd.args(["--log-format", "json"]);
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                tracing::info!(exe = %self.exe.display(), pid = child.id().unwrap_or(0), "SIGUSR2: started a new process to take over");
+                tokio::spawn(async move {
+                    match child.wait().await {
+                        Ok(s) if s.success() => {}
+                        Ok(s) => {
+                            tracing::warn!(status = %s, "the new process exited: self-upgrade failed, serving on")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "waiting for the new process failed"),
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(exe = %self.exe.display(), error = %e, "SIGUSR2: could not start a new process; serving on")
+            }
+        }
+    }
+}
+
 /// Serves until SIGTERM or SIGINT, or until a new generation took over (`handed_over`),
-/// reloading on SIGHUP; then drains within the grace period.
+/// reloading on SIGHUP and starting a successor on SIGUSR2 (`run` only); then drains within
+/// the grace period.
 pub async fn serve_until_signal(
     app: Arc<App>,
     signals: &mut Signals,
     handed_over: CancellationToken,
+    successor: Option<&Successor>,
 ) -> anyhow::Result<i32> {
     let replaced = loop {
         tokio::select! {
+            _ = signals.usr2.recv() => match successor {
+                Some(s) => s.start(),
+                None => tracing::info!("SIGUSR2 ignored: the demo's backends live in this process"),
+            },
             _ = signals.hup.recv() => {
                 notify(&[sd_notify::NotifyState::Reloading]);
                 // The outcome is logged and counted by reload itself.

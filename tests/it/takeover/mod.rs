@@ -157,3 +157,4 @@ async fn eventually_async(h: &Handoff, cond: impl Fn(&Value) -> bool) {
 mod failures;
 mod load;
 mod sessions;
+mod signal;
