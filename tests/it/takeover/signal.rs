@@ -35,8 +35,14 @@ async fn sigusr2_starts_a_successor_that_takes_over() {
         failed, 0,
         "{failed} of {sent} requests failed across the takeover"
     );
-    // The successor is not this test's child: stop it by its pid.
-    let _ = std::process::Command::new("kill")
-        .arg(new_pid.to_string())
-        .status();
+}
+
+struct KillPid(u64);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.to_string())
+            .status();
+    }
 }
