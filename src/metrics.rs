@@ -33,6 +33,7 @@ pub struct Metrics {
     pub listener_rejected: IntCounterVec,
     pub tls_failures: IntCounterVec,
     pub upstream_tls_failures: IntCounterVec,
+    pub client_errors: IntCounterVec,
     pub reloads: IntCounterVec,
     pub deadline_closes: IntCounterVec,
     pub rebalance_closes: IntCounterVec,
@@ -92,6 +93,7 @@ impl Metrics {
             listener_connections_active: gauge(&r, "handoff_listener_connections_active", "Client connections open.", &["listener"]),
             listener_rejected: counter(&r, "handoff_listener_connections_rejected_total", "Client connections closed at once because the listener was at max_connections.", &["listener"]),
             tls_failures: counter(&r, "handoff_tls_handshake_failures_total", "TLS handshakes that failed or timed out.", &["listener"]),
+            client_errors: counter(&r, "handoff_client_errors_total", "Requests handoff refused or cut because the client got something wrong, by listener and reason; never charged to a node.", &["listener", "reason"]),
             upstream_tls_failures: counter(&r, "handoff_upstream_tls_failures_total", "TLS handshakes with nodes that failed (certificate not verified, no client certificate where one is required, timeout); each is also a connect failure.", &["pool", "node"]),
             reloads: counter(&r, "handoff_config_reloads_total", "Config reloads, by result (ok or failed).", &["result"]),
             deadline_closes: counter(&r, "handoff_drain_deadline_closes_total", "Sessions closed at a node's drain deadline, by kind.", &["pool", "node", "kind"]),
@@ -367,6 +369,61 @@ fn class_index(status: u16) -> usize {
     (usize::from(status / 100).clamp(1, 5)) - 1
 }
 
+/// What a client got wrong (`handoff_client_errors_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError {
+    /// Broken framing or Host, a malformed head: 400.
+    BadRequest = 0,
+    /// A head over the limit: 431.
+    HeadTooLarge = 1,
+    /// CONNECT, a transfer coding handoff does not do, an upgrade it cannot carry: 501.
+    NotImplemented = 2,
+    /// The body stopped coming: 408.
+    BodyTimeout = 3,
+    /// Broken chunked framing in the body: 400.
+    BadBody = 4,
+    /// The client closed before its body was whole.
+    BodyCut = 5,
+    /// No route matches its host and path: 404.
+    NoRoute = 6,
+}
+
+impl ClientError {
+    pub const ALL: [ClientError; 7] = [
+        ClientError::BadRequest,
+        ClientError::HeadTooLarge,
+        ClientError::NotImplemented,
+        ClientError::BodyTimeout,
+        ClientError::BadBody,
+        ClientError::BodyCut,
+        ClientError::NoRoute,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientError::BadRequest => "bad_request",
+            ClientError::HeadTooLarge => "head_too_large",
+            ClientError::NotImplemented => "not_implemented",
+            ClientError::BodyTimeout => "body_timeout",
+            ClientError::BadBody => "bad_body",
+            ClientError::BodyCut => "body_cut",
+            ClientError::NoRoute => "no_route",
+        }
+    }
+
+    /// The reason for a status handoff answered a client with, if it is a client fault.
+    pub fn of_status(status: u16) -> Option<ClientError> {
+        match status {
+            400 => Some(ClientError::BadRequest),
+            404 => Some(ClientError::NoRoute),
+            408 => Some(ClientError::BodyTimeout),
+            431 => Some(ClientError::HeadTooLarge),
+            501 => Some(ClientError::NotImplemented),
+            _ => None,
+        }
+    }
+}
+
 /// A listener's metric handles, resolved once per listener.
 pub struct ListenerMetrics {
     pub bytes_in: IntCounter,
@@ -375,6 +432,7 @@ pub struct ListenerMetrics {
     pub rejected: IntCounter,
     pub active: prometheus::IntGauge,
     pub tls_failures: IntCounter,
+    client_errors: [IntCounter; 7],
 }
 
 impl ListenerMetrics {
@@ -386,6 +444,13 @@ impl ListenerMetrics {
             rejected: m.listener_rejected.with_label_values(&[listener]),
             active: m.listener_connections_active.with_label_values(&[listener]),
             tls_failures: m.tls_failures.with_label_values(&[listener]),
+            client_errors: ClientError::ALL
+                .map(|e| m.client_errors.with_label_values(&[listener, e.as_str()])),
         }
+    }
+
+    /// Counts a client fault (logged at debug by the caller, never charged to a node).
+    pub fn client_error(&self, e: ClientError) {
+        self.client_errors[e as usize].inc();
     }
 }

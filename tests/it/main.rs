@@ -6,6 +6,7 @@ mod admin;
 mod affinity;
 mod analysis;
 mod cli;
+mod client_faults;
 mod cluster;
 mod config_files;
 mod control;

@@ -24,6 +24,7 @@ use super::send::{self, Decision, Failure, Head};
 use super::tunnel::{self, Kind};
 use super::{bridge, relay, ClientIo, Done, Next};
 use crate::config::{Timeouts, UpstreamProtocol};
+use crate::metrics::ClientError;
 use crate::pool::{AdminState, Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_upstream;
@@ -127,10 +128,17 @@ pub async fn one<I: ClientIo>(
         };
         match planned {
             Some(Ok(p)) => break p,
-            Some(Err((local, to_head))) => return respond_local(io, &local, to_head, false).await,
+            Some(Err((local, to_head))) => {
+                if let Some(e) = ClientError::of_status(local.status) {
+                    ctx.listener.metrics.client_error(e);
+                    tracing::debug!(peer = %ctx.peer, status = local.status, reason = local.reason, "client error");
+                }
+                return respond_local(io, &local, to_head, false).await;
+            }
             None => {}
         }
         if buf.len() >= MAX_HEAD {
+            ctx.listener.metrics.client_error(ClientError::HeadTooLarge);
             return respond_local(io, &Refusal::TooLarge.into(), false, false).await;
         }
         match buf.read_from(io, MAX_HEAD).await {
@@ -257,7 +265,7 @@ async fn forward<I: ClientIo>(
     let whole = match p.body {
         BodyLen::Empty => true,
         BodyLen::Length(n) if n <= MAX_REPLAY_BODY && p.idempotent && multi => {
-            if !read_body(io, buf, n as usize, p.timeouts).await {
+            if !read_body(ctx, io, buf, n as usize, p.timeouts).await {
                 return Next::Close;
             }
             true
@@ -322,7 +330,7 @@ async fn forward<I: ClientIo>(
                 let exchange = async {
                     tokio::select! {
                         biased;
-                        r = send::request(io, buf, &mut up.stream, &mut ub, p, whole, decide) => r,
+                        r = send::request(io, buf, &mut up.stream, &mut ub, p, whole, &ctx.uploading, decide) => r,
                         _ = &mut up.close => Err(Failure::Upstream { answered: false }),
                     }
                 };
@@ -336,6 +344,16 @@ async fn forward<I: ClientIo>(
                 .await
             };
             ctx.waiting_head.store(false, Relaxed);
+            if ctx.uploading.swap(false, Relaxed) && sent.is_err() {
+                // The client stopped sending its body: its fault, not the node's. The
+                // upstream connection, which got part of the request, is dropped.
+                ctx.listener.metrics.client_error(ClientError::BodyTimeout);
+                let local = Local {
+                    status: 408,
+                    reason: "the request body did not arrive in time",
+                };
+                return respond_local(io, &local, false, false).await;
+            }
             match sent {
                 Err(_) => {
                     pool.no_answer(i, Some(504));
@@ -364,8 +382,12 @@ async fn forward<I: ClientIo>(
                     observe(now);
                     return respond(ctx, io, p, i, up, ub, head, session).await;
                 }
-                Ok(Err(Failure::Client { bad: false })) => return Next::Close,
+                Ok(Err(Failure::Client { bad: false })) => {
+                    ctx.listener.metrics.client_error(ClientError::BodyCut);
+                    return Next::Close;
+                }
                 Ok(Err(Failure::Client { bad: true })) => {
+                    ctx.listener.metrics.client_error(ClientError::BadBody);
                     let local = Local {
                         status: 400,
                         reason: "invalid chunked framing",
@@ -435,7 +457,13 @@ pub(crate) fn second_opinion(pool: &Pool, index: usize) -> bool {
 
 /// Reads until the first `n` body bytes are held (bounded by the response timeout: a client
 /// that stalls gets 408).
-async fn read_body<I: ClientIo>(io: &mut I, buf: &mut Buf, n: usize, timeouts: Timeouts) -> bool {
+async fn read_body<I: ClientIo>(
+    ctx: &ConnCtx,
+    io: &mut I,
+    buf: &mut Buf,
+    n: usize,
+    timeouts: Timeouts,
+) -> bool {
     let limit = n.max(super::buf::SIZE);
     let read = async {
         while buf.len() < n {
@@ -453,6 +481,7 @@ async fn read_body<I: ClientIo>(io: &mut I, buf: &mut Buf, n: usize, timeouts: T
                 status: 408,
                 reason: "the request body did not arrive in time",
             };
+            ctx.listener.metrics.client_error(ClientError::BodyTimeout);
             respond_local(io, &local, false, false).await;
             false
         }

@@ -158,7 +158,9 @@ pub(crate) fn dropped(name: &str, headers: &[Header<'_>], request: bool, named: 
 
 /// Whether `Connection` lists `name` (beyond the usual close / keep-alive / upgrade).
 fn connection_names(headers: &[Header<'_>], name: &str) -> bool {
-    tokens(headers, "connection").any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    // `Connection: host` cannot take Host away (RFC 9112 §3.2: it is end to end).
+    !name.eq_ignore_ascii_case("host")
+        && tokens(headers, "connection").any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// What handoff needs to know of a request to route and forward it.

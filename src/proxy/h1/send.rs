@@ -3,6 +3,8 @@
 //! once, and a final response that comes early ends the upload.
 
 use crate::pool::UpStream;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
 use tokio::io::AsyncWriteExt;
 
 use super::buf::{Buf, Out, SIZE};
@@ -42,7 +44,9 @@ pub struct Decision {
 }
 
 /// Sends the request (`p.out`, and the rest of the body from the client unless `whole`) and
-/// reads the final response head.
+/// reads the final response head. `uploading` says, while it holds, that the client still
+/// owes body bytes (a stall is then the client's fault).
+#[allow(clippy::too_many_arguments)]
 pub async fn request<I: ClientIo>(
     io: &mut I,
     buf: &mut Buf,
@@ -50,12 +54,16 @@ pub async fn request<I: ClientIo>(
     ub: &mut Buf,
     p: &Plan,
     whole: bool,
+    uploading: &AtomicBool,
     mut decide: impl FnMut(u16, BodyLen, bool) -> Decision,
 ) -> Result<Head, Failure> {
     up.write_all(&p.out.0)
         .await
         .map_err(|_| Failure::Upstream { answered: false })?;
+    // While the rest of the body comes from the client, a stall is the client's.
+    uploading.store(!whole, Relaxed);
     let body_read = whole || body(io, buf, up, ub, p).await?;
+    uploading.store(false, Relaxed);
     loop {
         match parse(ub, p, body_read, &mut decide)? {
             Parsed::Interim(out, len) => {

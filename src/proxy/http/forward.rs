@@ -20,6 +20,7 @@ use super::headers::{request_host, write_request_head};
 use super::upstream::{self, UpstreamBody};
 use super::ConnCtx;
 use crate::config::{Timeouts, UpstreamProtocol};
+use crate::metrics::ClientError;
 use crate::pool::h2conn::UpBody;
 use crate::pool::{Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
 use crate::proxy::activity::InflightGuard;
@@ -51,10 +52,11 @@ pub async fn handle(
     let (pool, timeouts) = match routed {
         Some((Some(pool), timeouts)) => (pool, timeouts),
         Some((None, _)) => {
+            ctx.listener.metrics.client_error(ClientError::NoRoute);
             return Ok(local(
                 StatusCode::NOT_FOUND,
                 "no route matches this host and path",
-            ))
+            ));
         }
         None => {
             return Ok(local(
@@ -113,16 +115,18 @@ async fn forward(
                 (BodyLen::Length(bytes.len() as u64), Some(bytes), None)
             }
             Ok(Err(_)) => {
+                ctx.listener.metrics.client_error(ClientError::BodyCut);
                 return local(
                     StatusCode::BAD_REQUEST,
                     "the request body could not be read",
-                )
+                );
             }
             Err(_) => {
+                ctx.listener.metrics.client_error(ClientError::BodyTimeout);
                 return local(
                     StatusCode::REQUEST_TIMEOUT,
                     "the request body did not arrive in time",
-                )
+                );
             }
         }
     } else {
@@ -253,6 +257,7 @@ async fn send_all(
                     return resp;
                 }
                 Ok(Err(Failure::Client { .. })) => {
+                    ctx.listener.metrics.client_error(ClientError::BodyCut);
                     return local(
                         StatusCode::BAD_REQUEST,
                         "the request body could not be read",

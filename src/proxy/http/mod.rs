@@ -48,6 +48,9 @@ pub struct ConnCtx {
     /// timeout), and the watchdog found it late.
     pub waiting_head: AtomicBool,
     pub timed_out: AtomicBool,
+    /// HTTP/1.x: the client's body is still being sent on: a stall then is the client's
+    /// (408), not the node's.
+    pub uploading: AtomicBool,
     /// HTTP/1.x: the connection closes after the response in flight (shutdown, or the
     /// serving node's drain deadline); an idle one closes at once.
     pub closing: AtomicBool,
@@ -76,6 +79,7 @@ impl ConnCtx {
             served_by: ArcSwapOption::empty(),
             waiting_head: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
+            uploading: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             timeouts: ConnTimeouts::new(&timeouts),
             _slot: slot,
