@@ -143,3 +143,32 @@ async fn a_flood_of_malformed_requests_leaves_every_node_up_and_uncharged() {
         b.hits()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_reach_the_backend_on_every_method_and_absolute_form_sets_host() {
+    let (_a, _b, proxy) = pair_with("", FAST_HEALTH).await;
+    for method in ["GET", "HEAD", "DELETE", "OPTIONS", "POST"] {
+        // By length, then chunked: the backend echoes the body it got.
+        let by_length = format!("{method} /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+        let got = exchange(&proxy, by_length.as_bytes(), Duration::from_secs(5)).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{method}: {got}");
+        if method != "HEAD" {
+            assert!(got.ends_with("hello"), "{method} by length: {got}");
+        }
+        let chunked = format!("{method} /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+        let got = exchange(&proxy, chunked.as_bytes(), Duration::from_secs(5)).await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{method} chunked: {got}");
+        if method != "HEAD" {
+            assert!(got.ends_with("hello world"), "{method} chunked: {got}");
+        }
+    }
+    // Absolute form: the URI's authority is the Host the backend sees (RFC 9112 §3.2.2).
+    let got = exchange(
+        &proxy,
+        b"GET http://app.test/headers HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("\"host\":\"app.test\""), "{got}");
+}

@@ -254,23 +254,22 @@ pub fn write_request(
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
     // A query after the path of an absolute-form target stays with it.
-    let target = if req.target.starts_with('/') || req.target == "*" {
-        req.target
-    } else {
-        info.target
-    };
+    let absolute = !(req.target.starts_with('/') || req.target == "*");
+    let target = if absolute { info.target } else { req.target };
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let has_host = req
         .headers
         .iter()
         .any(|h| h.name.eq_ignore_ascii_case("host"));
-    if let (false, Some(host)) = (has_host, info.host) {
+    // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
+    if let (true, Some(host)) = (absolute || !has_host, info.host) {
         field(out, "Host", host.as_bytes());
     }
     let named = names_fields(req.headers);
     for h in req.headers {
-        if !dropped(h.name, req.headers, true, named) {
+        let replaced = absolute && h.name.eq_ignore_ascii_case("host");
+        if !replaced && !dropped(h.name, req.headers, true, named) {
             field(out, h.name, h.value);
         }
     }
