@@ -105,6 +105,7 @@ async fn a_flood_of_malformed_requests_leaves_every_node_up_and_uncharged() {
         (b"GET / HTTP/1.1\nHost: x\n\n".to_vec(), "bad_request"),
         (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "bad_request"),
         (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n".to_vec(), "bad_request"),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n".to_vec(), "bad_request"),
         (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec(), "not_implemented"),
         (huge.into_bytes(), "head_too_large"),
     ];

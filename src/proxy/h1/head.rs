@@ -193,7 +193,14 @@ pub fn inspect<'b>(req: &Request<'_, 'b>) -> Result<RequestInfo<'b>, Refusal> {
     if hosts.next().is_some() {
         return Err(Refusal::Bad("more than one Host field"));
     }
-    let host_field = host_field.and_then(|h| std::str::from_utf8(h.value).ok());
+    let host_field = match host_field {
+        None => None,
+        // uri-host [":" port] (RFC 9112 §3.2): no space, no userinfo, nothing after.
+        Some(h) => match std::str::from_utf8(h.value) {
+            Ok(v) if valid_host(v) => Some(v),
+            _ => return Err(Refusal::Bad("an invalid Host field")),
+        },
+    };
     let (authority, target) = split_target(req.target)?;
     if req.minor == 1 && host_field.is_none() {
         return Err(Refusal::Bad("an HTTP/1.1 request without Host"));
@@ -224,6 +231,12 @@ pub fn inspect<'b>(req: &Request<'_, 'b>) -> Result<RequestInfo<'b>, Refusal> {
         ),
         is_head: req.method == "HEAD",
     })
+}
+
+/// A Host value: empty (allowed by RFC 9112 when the target has no authority), or an
+/// authority without userinfo.
+fn valid_host(v: &str) -> bool {
+    v.is_empty() || (!v.contains('@') && http::uri::Authority::try_from(v).is_ok())
 }
 
 /// Splits an absolute-form target (`http://host/path`) into its authority and origin form.

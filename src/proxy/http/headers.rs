@@ -63,13 +63,13 @@ impl ClientAddr {
     }
 }
 
-/// The request's host: the Host header, or the URI authority (HTTP/2).
+/// The request's host: the URI authority (`:authority` in HTTP/2), else the Host header.
 pub fn request_host(parts: &Parts) -> Option<&str> {
     parts
-        .headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(HOST).and_then(|v| v.to_str().ok()))
 }
 
 /// Whether an HTTP/2 request field is passed on (HTTP/2 has no `Connection`, so only the
@@ -92,13 +92,14 @@ pub fn write_request_head(
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(HOST) {
-        if let Some(authority) = parts.uri.authority() {
-            field(out, "host", authority.as_str().as_bytes());
-        }
+    // `:authority` is the request's host (RFC 9113 §8.3.1); a `host` field is used only
+    // without one.
+    let authority = parts.uri.authority();
+    if let Some(authority) = authority {
+        field(out, "host", authority.as_str().as_bytes());
     }
     for (name, value) in &parts.headers {
-        if passes(name) {
+        if passes(name) && !(authority.is_some() && name == HOST) {
             field(out, name.as_str(), value.as_bytes());
         }
     }
