@@ -24,6 +24,8 @@ pub struct Activity {
     /// 1 + milliseconds since `start` when the first byte of a request head arrived while no
     /// request was in flight; 0 when no head is being read.
     head_started: AtomicU64,
+    /// Whether any byte came from the client yet.
+    read_any: AtomicBool,
     /// The connection speaks HTTP/2: control frames (PING, WINDOW_UPDATE, SETTINGS) arrive
     /// between requests, so the header-read clock does not apply once a request came.
     h2: AtomicBool,
@@ -48,6 +50,7 @@ impl Activity {
             inflight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            read_any: AtomicBool::new(false),
         }
     }
 
@@ -66,6 +69,9 @@ impl Activity {
     fn on_read(&self) {
         let now = self.now_ms();
         self.last.store(now, Relaxed);
+        if !self.read_any.load(Relaxed) {
+            self.read_any.store(true, Relaxed);
+        }
         if self.inflight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
             self.head_started.store(now + 1, Relaxed);
         }
@@ -115,7 +121,12 @@ impl Activity {
             return Verdict::CheckAt(now + tick.unwrap_or(idle));
         }
         if let Some(limit) = header_read.filter(|_| !self.h2.load(Relaxed)) {
-            let started = self.head_started.load(Relaxed);
+            // The first head's clock runs from accept: a connection that never sends a byte
+            // is cut like one that sends half a head (NGINX's client_header_timeout).
+            let started = match self.head_started.load(Relaxed) {
+                0 if !self.read_any.load(Relaxed) => 1,
+                started => started,
+            };
             if started != 0 {
                 let deadline = self.at(started - 1) + limit;
                 return if now >= deadline {

@@ -173,3 +173,40 @@ async fn bodies_reach_the_backend_on_every_method_and_absolute_form_sets_host() 
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(got.contains("\"host\":\"app.test\""), "{got}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_byte_is_closed_within_the_header_timeout() {
+    let (_a, _b, proxy) = pair_with("    timeouts: { header_read: 1s }\n", FAST_HEALTH).await;
+    let mut silent = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("the silent connection was closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let took = started.elapsed();
+    // The watchdog looks every quarter of header_read: closed between 1 and 1.25 s.
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    // A keep-alive connection between requests keeps the (longer) idle timeout.
+    let mut kept = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).ends_with("1.0.0") {
+        let n = tokio::time::timeout(WAIT, kept.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let still = tokio::time::timeout(Duration::from_millis(1600), kept.read(&mut buf)).await;
+    assert!(
+        still.is_err(),
+        "the idle keep-alive connection was closed early: {still:?}"
+    );
+}
