@@ -126,10 +126,12 @@ behind an HTTP proxy. Both nodes are up.
 
   proxy:  http://{proxy}/
   admin:  http://{admin_addr}/v1/status
+  dashboard: http://{admin_addr}/dashboard
 
 Try, in another terminal:
   for i in $(seq 1 10); do curl -s http://{proxy}/; done
   cargo run --release -- ctl{ctl_admin} status
+  cargo run --release -- ctl{ctl_admin} watch          # events as they happen (another terminal)
   cargo run --release -- ctl{ctl_admin} drain web/a
   cargo run --release -- ctl{ctl_admin} wait web/a --state drained
   cargo run --release -- ctl{ctl_admin} enable web/a
