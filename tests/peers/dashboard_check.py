@@ -11,6 +11,7 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
@@ -25,22 +26,27 @@ opts.binary_location = "/usr/bin/chromium"
 driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService("/usr/bin/chromedriver"))
 try:
     driver.get(admin + "/dashboard")
-    wait = WebDriverWait(driver, 10)
+    wait = WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,))
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr[data-node]")) >= 2)
     wait.until(lambda d: all(
         r.find_element(By.CSS_SELECTOR, '[data-field="version"]').text not in ("", "–")
         for r in d.find_elements(By.CSS_SELECTOR, "tr[data-node]")))
-    for row in driver.find_elements(By.CSS_SELECTOR, "tr[data-node]"):
-        field = lambda f: row.find_element(By.CSS_SELECTOR, '[data-field="%s"]' % f).text
-        print("node", row.get_attribute("data-node"), field("state"), field("health"), field("version"), flush=True)
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('tr[data-node]')].map(r => [r.dataset.node,"
+        " ...['state', 'health', 'version'].map(f => r.querySelector(`[data-field=\"${f}\"]`).textContent)])")
+    for node, state_, health, version in rows:
+        print("node", node, state_, health, version, flush=True)
     # Marks this page load: a reload would lose it.
     driver.execute_script("window.__loaded_once = true")
     wait.until(lambda d: "live" in d.find_element(By.ID, "live").text)
     driver.find_element(By.CSS_SELECTOR, 'button[data-action="drain"][data-target="%s"]' % target).click()
     wait.until(EC.alert_is_present()).accept()
     started = time.monotonic()
-    state = lambda d: d.find_element(
-        By.CSS_SELECTOR, 'tr[data-node="%s"] [data-field="state"]' % target).text
+    # Read in the page, in one step: the table is re-rendered as events come, so an element
+    # found a moment ago may be gone.
+    state = lambda d: d.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
+        'tr[data-node="%s"] [data-field="state"]' % target)
     WebDriverWait(driver, 5, poll_frequency=0.02).until(lambda d: state(d) in ("draining", "drained"))
     took = time.monotonic() - started
     assert driver.execute_script("return window.__loaded_once === true"), "the page was reloaded"
