@@ -48,6 +48,10 @@ pub struct ListenerStats {
     pub name: Arc<str>,
     active: AtomicUsize,
     pub metrics: ListenerMetrics,
+    /// Refusals at `max_connections` since the last warning about them, and when (unix
+    /// seconds) that warning was written: at most one a second.
+    refused: AtomicUsize,
+    refused_logged: std::sync::atomic::AtomicU64,
 }
 
 impl ListenerStats {
@@ -56,6 +60,26 @@ impl ListenerStats {
             name: name.into(),
             active: AtomicUsize::new(0),
             metrics,
+            refused: AtomicUsize::new(0),
+            refused_logged: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a connection refused at the limit, and warns about them at most once a second
+    /// (a flood must not turn into a flood of log lines).
+    fn refused(&self, limit: usize) {
+        self.metrics.rejected.inc();
+        self.refused.fetch_add(1, Relaxed);
+        let now = crate::time::unix_ms() / 1000;
+        let last = self.refused_logged.load(Relaxed);
+        if now > last
+            && self
+                .refused_logged
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let n = self.refused.swap(0, Relaxed);
+            tracing::warn!(listener = %self.name, refused = n, max_connections = limit, "connections refused at max_connections (at most one such line a second)");
         }
     }
 
@@ -134,7 +158,7 @@ pub async fn accept_loop(
         let Some(routes) = routes else { continue };
         if stats.active.fetch_add(1, Relaxed) >= routes.config.max_connections {
             stats.active.fetch_sub(1, Relaxed);
-            stats.metrics.rejected.inc();
+            stats.refused(routes.config.max_connections);
             tracing::debug!(listener = %stats.name, %peer, "connection limit reached: closing");
             continue;
         }

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -190,4 +191,65 @@ async fn run_tells_systemd_when_it_is_ready_reloading_and_stopping() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Connections refused at `max_connections` are logged, at most one line a second, besides
+/// the metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_at_max_connections_are_logged_once_a_second() {
+    use crate::common::process::Handoff;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("handoff.yaml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &config,
+        format!("admin: {{ listen: \"127.0.0.1:0\" }}\nlisteners:\n  - {{ name: web, listen: \"127.0.0.1:{port}\", protocol: http, max_connections: 2, routes: [ {{ pool: p }} ] }}\npools:\n  - {{ name: p, nodes: [ {{ name: a, addr: \"127.0.0.1:1\" }} ] }}\n"),
+    )
+    .unwrap();
+    let h = Handoff::start(&config).await;
+    let held: Vec<tokio::net::TcpStream> = futures_util::future::join_all(
+        (0..2).map(|_| tokio::net::TcpStream::connect(("127.0.0.1", port))),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    // Both held connections are counted before the flood starts.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, m) = send(http::Method::GET, &h.url("/metrics"), None).await;
+        let m = String::from_utf8_lossy(&m).to_string();
+        if metric_value(&m, "handoff_listener_connections_active{listener=\"web\"}") == 2.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..50 {
+        let _ = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let lines = loop {
+        let lines: Vec<String> = h
+            .log()
+            .into_iter()
+            .filter(|l| l.contains("connections refused at max_connections"))
+            .collect();
+        if !lines.is_empty() {
+            break lines;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal logged: {:#?}",
+            h.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // 50 refusals in well under a few seconds: a line or two, not fifty.
+    assert!(lines.len() <= 3, "{lines:#?}");
+    drop(held);
 }
