@@ -297,17 +297,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
-    if base.scheme_str().is_some_and(|s| s != "http") {
-        bail!("only http:// admin URLs are supported");
-    }
-    let authority = base
-        .authority()
-        .context("the admin URL needs a host and port")?
-        .clone();
-    let port = authority.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((authority.host().trim_matches(['[', ']']), port)).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
+    let (mut sender, authority) = connect(base).await?;
     let mut req = Request::builder()
         .method(method)
         .uri(path)
@@ -326,4 +316,25 @@ async fn call(
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, body))
+}
+
+/// An HTTP/1.1 connection to the admin API at `base`, and its authority (for `Host`).
+pub(super) async fn connect(
+    base: &Uri,
+) -> anyhow::Result<(
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    http::uri::Authority,
+)> {
+    if base.scheme_str().is_some_and(|s| s != "http") {
+        bail!("only http:// admin URLs are supported");
+    }
+    let authority = base
+        .authority()
+        .context("the admin URL needs a host and port")?
+        .clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((authority.host().trim_matches(['[', ']']), port)).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok((sender, authority))
 }

@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full};
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 /// Exit code when the admin API cannot be reached at all.
 const UNREACHABLE: i32 = 2;
@@ -59,17 +57,7 @@ async fn follow(
     pool: Option<&str>,
     last: &mut Option<u64>,
 ) -> anyhow::Result<Follow> {
-    if base.scheme_str().is_some_and(|s| s != "http") {
-        bail!("only http:// admin URLs are supported");
-    }
-    let authority = base
-        .authority()
-        .context("the admin URL needs a host and port")?
-        .clone();
-    let port = authority.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((authority.host().trim_matches(['[', ']']), port)).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
+    let (mut sender, authority) = super::ctl::connect(base).await?;
     let path = match pool {
         Some(p) => format!("/v1/events?pool={p}"),
         None => "/v1/events".to_string(),
@@ -82,7 +70,7 @@ async fn follow(
         req = req.header("last-event-id", id.to_string());
     }
     let resp = sender
-        .send_request(req.body(Empty::<bytes::Bytes>::new())?)
+        .send_request(req.body(Full::new(bytes::Bytes::new()))?)
         .await?;
     if resp.status() != StatusCode::OK {
         let status = resp.status();

@@ -277,26 +277,19 @@ async fn sender(pool: &Pool, index: usize, timeouts: Timeouts) -> Option<H2Sende
             }
         }
     };
-    match timeout(timeouts.connect, handshake).await {
+    let error = match timeout(timeouts.connect, handshake).await {
         Ok(Ok((sender, ()))) => {
             node.h2.put(sender.clone());
-            Some(sender)
+            return Some(sender);
         }
-        Ok(Err(e)) => {
-            tracing::warn!(node = %node.key(), error = %e, "HTTP/2 connection to the backend failed");
-            if let Some((from, to)) = pool.passive_failure(index) {
-                crate::health::log_flip(node, from, to, "passive connect failures");
-            }
-            None
-        }
-        Err(_) => {
-            tracing::warn!(node = %node.key(), "HTTP/2 handshake with the backend timed out");
-            if let Some((from, to)) = pool.passive_failure(index) {
-                crate::health::log_flip(node, from, to, "passive connect failures");
-            }
-            None
-        }
+        Ok(Err(e)) => e,
+        Err(_) => "the handshake timed out".to_string(),
+    };
+    tracing::warn!(node = %node.key(), error = %error, "HTTP/2 connection to the backend failed");
+    if let Some((from, to)) = pool.passive_failure(index) {
+        crate::health::log_flip(node, from, to, "passive connect failures");
     }
+    None
 }
 
 /// Runs a connection until it ends (its streams done and no sender left, or an error).

@@ -22,6 +22,7 @@ use super::buf::{Buf, Out, SIZE};
 use super::exchange::Plan;
 use super::framing::BodyLen;
 use super::head::{self, field, push_decimal};
+use super::local::{respond_local, Local};
 use super::relay::{ready, Left};
 use super::{ClientIo, Next};
 use crate::pool::h2conn::UpBody;
@@ -157,16 +158,19 @@ pub async fn forward<I: ClientIo>(
     };
     let whole = pumped.is_ok();
     let answer = match (answer, pumped) {
-        (_, Err(true)) => return local(io, 400, "invalid chunked framing", false, false).await,
+        (_, Err(true)) => {
+            let local = Local {
+                status: 400,
+                reason: "invalid chunked framing",
+            };
+            return respond_local(io, &local, false, false).await;
+        }
         (Err(f), _) => {
-            return local(
-                io,
-                f.status.as_u16(),
-                f.reason,
-                p.is_head,
-                whole && p.keep_alive,
-            )
-            .await
+            let local = Local {
+                status: f.status.as_u16(),
+                reason: f.reason,
+            };
+            return respond_local(io, &local, p.is_head, whole && p.keep_alive).await;
         }
         (Ok(a), _) => a,
     };
@@ -326,21 +330,4 @@ async fn relay_body<I: ClientIo>(io: &mut I, body: &mut H2Body, framing: Framing
         return false;
     }
     io.flush().await.is_ok()
-}
-
-/// A response handoff makes itself.
-async fn local<I: ClientIo>(
-    io: &mut I,
-    status: u16,
-    reason: &str,
-    to_head: bool,
-    keep_alive: bool,
-) -> Next {
-    let mut out = Out::take();
-    head::write_local(&mut out.0, status, reason, to_head, !keep_alive);
-    let written = io.write_all(&out.0).await.and(io.flush().await);
-    match (written, keep_alive) {
-        (Ok(()), true) => Next::KeepAlive,
-        _ => Next::Close,
-    }
 }

@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::io::AsyncWriteExt;
 use tokio::time::{timeout, Instant};
 
 use super::buf::{Buf, Out};
 use super::framing::BodyLen;
 use super::head::{self, Refusal};
+use super::local::{respond_local, Local};
 use super::send::{self, Decision, Failure, Head};
 use super::tunnel::{self, Kind};
 use super::{bridge, relay, ClientIo, Done, Next};
@@ -54,31 +54,6 @@ pub struct Plan {
     pub out: Out,
     /// For an HTTP/2 pool: the request as HTTP/2 parts (`out` stays empty).
     pub h2: Option<Box<http::request::Parts>>,
-}
-
-/// A response handoff makes itself.
-struct Local {
-    status: u16,
-    reason: &'static str,
-}
-
-impl From<Refusal> for Local {
-    fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::Bad(reason) => Local {
-                status: 400,
-                reason,
-            },
-            Refusal::TooLarge => Local {
-                status: 431,
-                reason: "the request head is too large",
-            },
-            Refusal::NotImplemented(reason) => Local {
-                status: 501,
-                reason,
-            },
-        }
-    }
 }
 
 /// Serves requests while the client sends them: pipelined ones in turn, the first of the
@@ -217,23 +192,6 @@ fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool
         out,
         h2,
     })
-}
-
-/// Writes a local response. `keep_alive`: the request was read whole and the connection
-/// may carry the next one.
-async fn respond_local<I: ClientIo>(
-    io: &mut I,
-    local: &Local,
-    to_head: bool,
-    keep_alive: bool,
-) -> Next {
-    let mut out = Out::take();
-    head::write_local(&mut out.0, local.status, local.reason, to_head, !keep_alive);
-    let written = io.write_all(&out.0).await.and(io.flush().await);
-    match (written, keep_alive) {
-        (Ok(()), true) => Next::KeepAlive,
-        _ => Next::Close,
-    }
 }
 
 /// Why no node answered.

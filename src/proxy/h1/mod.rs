@@ -19,6 +19,7 @@ mod exchange;
 pub(crate) use exchange::second_opinion;
 pub mod framing;
 pub mod head;
+mod local;
 pub(crate) mod relay;
 mod rewind;
 pub(crate) mod send;

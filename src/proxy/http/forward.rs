@@ -184,12 +184,7 @@ async fn send_all(
     };
     // When the current node was asked: its latency runs from here to its answer.
     let mut asked = started;
-    let cookies = parts
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .map(|v| v.as_bytes());
-    let client = Client::identify(pool, cookies, ctx.peer.ip());
+    let client = client_of(ctx, pool, parts);
     let is_head = parts.method == Method::HEAD;
     let mut replays = usize::from(replayable && pool.nodes.len() > 1);
     let (mut unreachable, mut lost) = (false, false);
@@ -318,12 +313,7 @@ async fn to_h2(
     inflight: InflightGuard,
     started: Instant,
 ) -> Response<ProxyBody> {
-    let cookies = parts
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .map(|v| v.as_bytes());
-    let client = Client::identify(pool, cookies, ctx.peer.ip());
+    let client = client_of(ctx, pool, &parts);
     let grpc = h2up::is_grpc(&parts.headers);
     let body = UpBody::new(body.map_err(|e| -> h2up::BoxError { Box::new(e) }));
     let req = h2up::upstream_request(ctx, pool, parts, body);
@@ -342,4 +332,14 @@ async fn to_h2(
             Response::from_parts(head, ProxyBody::H2(Box::new(body)))
         }
     }
+}
+
+/// The client as the pool's affinity knows it (its cookie, or its address).
+fn client_of(ctx: &ConnCtx, pool: &Pool, parts: &Parts) -> Option<Client> {
+    let cookies = parts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes());
+    Client::identify(pool, cookies, ctx.peer.ip())
 }
