@@ -113,9 +113,12 @@ async fn serve_tls(
     let activity = Arc::clone(watched.activity());
     match tokio::time::timeout(timeouts.header_read, acceptor.accept(watched)).await {
         Ok(Ok(tls)) => {
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let speaks = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => h1::Speaks::H2,
+                _ => h1::Speaks::Http1,
+            };
             let ctx = ConnCtx::new(plane, stats, peer, activity, "https", timeouts, Some(slot));
-            h1::serve(Arc::new(ctx), tls, h2).await
+            h1::serve(Arc::new(ctx), tls, speaks).await
         }
         Ok(Err(e)) => {
             stats.metrics.tls_failures.inc();
@@ -191,10 +194,11 @@ pub async fn accept_loop(
                             timeouts,
                             Some(slot),
                         );
-                        plane
-                            .shutdown
-                            .tracker
-                            .spawn(h1::serve(Arc::new(ctx), watched, false));
+                        plane.shutdown.tracker.spawn(h1::serve(
+                            Arc::new(ctx),
+                            watched,
+                            h1::Speaks::Sniff,
+                        ));
                     }
                     (Some(_), Some(acceptor)) => {
                         let acceptor = acceptor.clone();

@@ -3,6 +3,7 @@
 //! responses, HEAD / 204 / 304, interim responses and `100-continue`, HTTP/1.0 clients,
 //! large bodies, and header names that keep their case.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,29 +17,59 @@ use handoff::pool::Health;
 const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nX-Backend-Case: Kept\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
 const BIG: usize = 4 << 20;
 
-/// A backend that answers by path with fixed bytes, and records every byte it received.
-struct Scripted {
-    addr: std::net::SocketAddr,
+/// A backend that answers by path with fixed bytes, and records every byte it received
+/// (health checks left out).
+pub(crate) struct Scripted {
+    pub addr: std::net::SocketAddr,
     raw: Arc<Mutex<Vec<u8>>>,
+    /// Requests it answered, health checks left out.
+    answered: Arc<AtomicUsize>,
+    /// Connections that ended in the middle of a request (the peer gave up on it).
+    cut: Arc<AtomicUsize>,
 }
 
 impl Scripted {
-    async fn start() -> Scripted {
+    pub async fn start() -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let raw = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&raw);
+        let (answered, cut) = (Arc::default(), Arc::default());
+        let log = Log {
+            raw: Arc::clone(&raw),
+            answered: Arc::clone(&answered),
+            cut: Arc::clone(&cut),
+        };
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(serve(s, Arc::clone(&log)));
+                tokio::spawn(serve(s, log.clone()));
             }
         });
-        Scripted { addr, raw }
+        Scripted {
+            addr,
+            raw,
+            answered,
+            cut,
+        }
     }
 
-    fn received(&self) -> String {
+    pub fn received(&self) -> String {
         String::from_utf8_lossy(&self.raw.lock().unwrap()).into_owned()
     }
+
+    pub fn answered(&self) -> usize {
+        self.answered.load(Relaxed)
+    }
+
+    pub fn cut(&self) -> usize {
+        self.cut.load(Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct Log {
+    raw: Arc<Mutex<Vec<u8>>>,
+    answered: Arc<AtomicUsize>,
+    cut: Arc<AtomicUsize>,
 }
 
 async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
@@ -52,7 +83,7 @@ async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     }
 }
 
-async fn serve(mut s: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
+async fn serve(mut s: TcpStream, log: Log) {
     let mut buf = Vec::new();
     loop {
         let (head_len, method, path, length, chunked, expect) = loop {
@@ -77,12 +108,16 @@ async fn serve(mut s: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
                 );
             }
             if !read_more(&mut s, &mut buf).await {
+                if !buf.is_empty() {
+                    log.cut.fetch_add(1, Relaxed);
+                }
                 return;
             }
         };
         let head: Vec<u8> = buf.drain(..head_len).collect();
-        if path != "/healthz" {
-            log.lock().unwrap().extend_from_slice(&head);
+        let health = path == "/healthz";
+        if !health {
+            log.raw.lock().unwrap().extend_from_slice(&head);
         }
         if expect && s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
             return;
@@ -105,12 +140,17 @@ async fn serve(mut s: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
                 break n;
             }
             if !read_more(&mut s, &mut buf).await {
+                if !health {
+                    log.raw.lock().unwrap().extend_from_slice(&buf);
+                    log.cut.fetch_add(1, Relaxed);
+                }
                 return;
             }
         };
         let body: Vec<u8> = buf.drain(..body_len).collect();
-        if path != "/healthz" {
-            log.lock().unwrap().extend_from_slice(&body);
+        if !health {
+            log.raw.lock().unwrap().extend_from_slice(&body);
+            log.answered.fetch_add(1, Relaxed);
         }
         let answer: Vec<u8> = match (method.as_str(), path.as_str()) {
             ("HEAD", "/head") => b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n".to_vec(),
@@ -140,7 +180,7 @@ async fn serve(mut s: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
     }
 }
 
-async fn proxy_with_script() -> (Scripted, Proxy) {
+pub(crate) async fn proxy_with_script() -> (Scripted, Proxy) {
     let backend = Scripted::start().await;
     let proxy = Proxy::start(&http_config(&[("a", backend.addr)], "")).await;
     proxy.wait_health("web", "a", Health::Up).await;

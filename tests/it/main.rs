@@ -16,6 +16,7 @@ mod desync;
 mod docker;
 mod drain;
 mod durable_affinity;
+mod edge_http;
 mod events;
 mod faults;
 mod flood;

@@ -108,6 +108,76 @@ async fn each_hostname_gets_its_certificate_and_h2_when_offered() {
     assert_eq!(headers["host"], "a.test");
 }
 
+/// Reads what the server sends until it closes (or stays quiet for a second).
+async fn read_until_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(std::time::Duration::from_secs(1), s.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    out
+}
+
+/// ALPN decides the protocol on TLS (issue 17): a connection that agreed on h2 is spoken to
+/// only in HTTP/2 (HTTP/1.1 bytes get a GOAWAY with PROTOCOL_ERROR), one that agreed on
+/// http/1.1 (or nothing) only in HTTP/1.1 (the HTTP/2 preface gets an HTTP/1.1 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_alone_decides_the_protocol_on_tls() {
+    let backend = HttpBackend::start("a", "1.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let roots = [
+        certificate(dir.path(), "a.test"),
+        certificate(dir.path(), "b.test"),
+    ];
+    let proxy = Proxy::start(&tls_config(backend.addr, dir.path())).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let hits = backend.hits();
+
+    let (mut tls, _, alpn) = connect(proxy.addr("web"), "a.test", &roots, &[b"h2"]).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_close(&mut tls).await;
+    assert!(
+        !got.starts_with(b"HTTP/1"),
+        "h2 connection answered in HTTP/1.x: {got:?}"
+    );
+    // Frames: 9-byte headers; a GOAWAY (type 7) whose error code is PROTOCOL_ERROR (1).
+    let mut at = 0;
+    let mut goaway = None;
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        if got[at + 3] == 7 && at + 9 + 8 <= got.len() {
+            let code = &got[at + 9 + 4..at + 9 + 8];
+            goaway = Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]]));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(goaway, Some(1), "no GOAWAY(PROTOCOL_ERROR) in {got:?}");
+
+    for offered in [&[&b"http/1.1"[..]][..], &[][..]] {
+        let (mut tls, _, alpn) = connect(proxy.addr("web"), "a.test", &roots, offered).await;
+        assert_eq!(alpn.as_deref(), offered.first().copied());
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let got = read_until_close(&mut tls).await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 400"),
+            "offered {offered:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(backend.hits(), hits, "a request reached the backend");
+}
+
 #[tokio::test]
 async fn a_failed_handshake_is_counted_and_harms_no_one_else() {
     let backend = HttpBackend::start("a", "1.0.0").await;

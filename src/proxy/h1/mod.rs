@@ -89,10 +89,21 @@ const LINGER: Duration = Duration::from_secs(1);
 
 type Signal = Gated<Pin<Box<WaitForCancellationFutureOwned>>>;
 
-/// Serves one client connection. `h2`: TLS agreed on HTTP/2 by ALPN.
-pub fn serve<I: ClientIo>(ctx: Arc<ConnCtx>, io: I, h2: bool) -> Conn<I> {
-    let state = if h2 {
-        State::Finish(Box::pin(super::http::serve_h2(Arc::clone(&ctx), io)))
+/// How a client connection's protocol is known.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Speaks {
+    /// Cleartext: HTTP/1.x, or HTTP/2 with prior knowledge (its preface is looked for).
+    Sniff,
+    /// TLS agreed on http/1.1, or on nothing: HTTP/1.x only.
+    Http1,
+    /// TLS agreed on h2: HTTP/2 only (RFC 9113 §3.3).
+    H2,
+}
+
+/// Serves one client connection.
+pub fn serve<I: ClientIo>(ctx: Arc<ConnCtx>, io: I, speaks: Speaks) -> Conn<I> {
+    let state = if speaks == Speaks::H2 {
+        State::Finish(Box::pin(h2_only(Arc::clone(&ctx), io)))
     } else {
         State::Idle(io)
     };
@@ -101,7 +112,7 @@ pub fn serve<I: ClientIo>(ctx: Arc<ConnCtx>, io: I, h2: bool) -> Conn<I> {
         watchdog: Box::pin(tokio::time::sleep(Duration::ZERO)),
         ctx,
         force: None,
-        first: true,
+        first: speaks == Speaks::Sniff,
         state,
     }
 }
@@ -126,6 +137,7 @@ pub struct Conn<I: ClientIo> {
     ctx: Arc<ConnCtx>,
     watchdog: Pin<Box<tokio::time::Sleep>>,
     force: Option<Box<Signal>>,
+    /// The next head is the connection's first, and HTTP/2's preface is looked for.
     first: bool,
     state: State<I>,
 }
@@ -275,6 +287,38 @@ fn tick(
     Tick::Go
 }
 
+/// The server's (empty) SETTINGS, then GOAWAY with PROTOCOL_ERROR and no stream processed.
+const GOAWAY_PROTOCOL_ERROR: [u8; 26] = [
+    0, 0, 0, 4, 0, 0, 0, 0, 0, // SETTINGS, empty
+    0, 0, 8, 7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes
+    0, 0, 0, 0, 0, 0, 0, 1, // last stream 0, PROTOCOL_ERROR
+];
+
+/// A TLS connection that agreed on h2 by ALPN speaks HTTP/2 only: anything but the preface
+/// is a connection error of type PROTOCOL_ERROR (RFC 9113 §3.4), answered with a GOAWAY,
+/// never in HTTP/1.1.
+async fn h2_only<I: ClientIo>(ctx: Arc<ConnCtx>, mut io: I) {
+    let mut buf = Buf::take();
+    let read = tokio::time::timeout(ctx.timeouts.header_read(), preface(&mut io, &mut buf));
+    match read.await {
+        Ok(Ok(true)) => {
+            let io = rewind::Rewind::new(buf, io);
+            super::http::serve_h2(ctx, io).await
+        }
+        Ok(Ok(false)) if !buf.is_empty() => {
+            drop(buf);
+            ctx.listener
+                .metrics
+                .client_error(crate::metrics::ClientError::BadRequest);
+            tracing::debug!(peer = %ctx.peer, "not the HTTP/2 preface on an h2 connection");
+            if io.write_all(&GOAWAY_PROTOCOL_ERROR).await.is_ok() {
+                linger(io).await
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Reads the first bytes; `true` when they are the HTTP/2 preface.
 pub(super) async fn preface<I: ClientIo>(io: &mut I, buf: &mut Buf) -> io::Result<bool> {
     loop {
@@ -371,7 +415,7 @@ mod tests {
         let busy = size_of_future(&exchange::busy(Arc::clone(&ctx), io2, false));
         println!("busy future: {busy} bytes");
         assert!(busy <= BUSY_MAX, "the per-request future is {busy} bytes");
-        let fut = serve(ctx, io, false);
+        let fut = serve(ctx, io, Speaks::Sniff);
         let size = size_of_future(&fut);
         // tokio's task cell (a 32-byte header, 24 bytes and the future, a 48-byte trailer)
         // is 128-byte aligned: a future of at most 152 bytes keeps it at 256.
