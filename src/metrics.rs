@@ -34,6 +34,9 @@ pub struct Metrics {
     pub tls_failures: IntCounterVec,
     pub upstream_tls_failures: IntCounterVec,
     pub client_errors: IntCounterVec,
+    pub listener_reclaimed: IntCounterVec,
+    pub send_timeouts: IntCounterVec,
+    pub rejected_per_client: IntCounterVec,
     pub reloads: IntCounterVec,
     pub deadline_closes: IntCounterVec,
     pub rebalance_closes: IntCounterVec,
@@ -93,6 +96,9 @@ impl Metrics {
             listener_connections_active: gauge(&r, "handoff_listener_connections_active", "Client connections open.", &["listener"]),
             listener_rejected: counter(&r, "handoff_listener_connections_rejected_total", "Client connections closed at once because the listener was at max_connections.", &["listener"]),
             tls_failures: counter(&r, "handoff_tls_handshake_failures_total", "TLS handshakes that failed or timed out.", &["listener"]),
+            rejected_per_client: counter(&r, "handoff_listener_connections_per_client_rejected_total", "Client connections closed at once because their address already had max_connections_per_client open.", &["listener"]),
+            send_timeouts: counter(&r, "handoff_send_timeouts_total", "Client connections closed because the client accepted no bytes of its response within timeouts.send.", &["listener"]),
+            listener_reclaimed: counter(&r, "handoff_listener_connections_reclaimed_total", "Client connections closed at max_connections to make room for a new one, by reason: silent since accept, or idle between requests.", &["listener", "reason"]),
             client_errors: counter(&r, "handoff_client_errors_total", "Requests handoff refused or cut because the client got something wrong, by listener and reason; never charged to a node.", &["listener", "reason"]),
             upstream_tls_failures: counter(&r, "handoff_upstream_tls_failures_total", "TLS handshakes with nodes that failed (certificate not verified, no client certificate where one is required, timeout); each is also a connect failure.", &["pool", "node"]),
             reloads: counter(&r, "handoff_config_reloads_total", "Config reloads, by result (ok or failed).", &["result"]),
@@ -433,6 +439,10 @@ pub struct ListenerMetrics {
     pub active: prometheus::IntGauge,
     pub tls_failures: IntCounter,
     client_errors: [IntCounter; 7],
+    pub reclaimed_silent: IntCounter,
+    pub reclaimed_idle: IntCounter,
+    pub send_timeouts: IntCounter,
+    pub rejected_per_client: IntCounter,
 }
 
 impl ListenerMetrics {
@@ -446,6 +456,12 @@ impl ListenerMetrics {
             tls_failures: m.tls_failures.with_label_values(&[listener]),
             client_errors: ClientError::ALL
                 .map(|e| m.client_errors.with_label_values(&[listener, e.as_str()])),
+            reclaimed_silent: m
+                .listener_reclaimed
+                .with_label_values(&[listener, "silent"]),
+            reclaimed_idle: m.listener_reclaimed.with_label_values(&[listener, "idle"]),
+            send_timeouts: m.send_timeouts.with_label_values(&[listener]),
+            rejected_per_client: m.rejected_per_client.with_label_values(&[listener]),
         }
     }
 

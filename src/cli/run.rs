@@ -38,6 +38,7 @@ pub fn run(path: PathBuf, threads: Option<usize>, take_over: bool) -> anyhow::Re
         // request, queued until the app serves, never the default "terminate".
         let signals = Signals::install()?;
         super::init_logging();
+        raise_fd_limit(&config);
         let (listeners, admin, inherited) = if take_over {
             match upgrade::take_over(&config).await {
                 Ok(mut inherited) => {
@@ -237,5 +238,31 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     }
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (as HAProxy does from its maxconn,
+/// and Go's runtime at start): the distributions' soft default, 1,024, is far below what
+/// `max_connections` allows, and a listener out of descriptors can accept no one. Warns when
+/// even the hard limit is below what the listeners may need (a client and a backend socket
+/// per connection).
+fn raise_fd_limit(config: &Config) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit");
+        }
+    }
+    let need: u64 = config
+        .listeners
+        .iter()
+        .map(|l| 2 * l.max_connections as u64)
+        .sum::<u64>()
+        + 256;
+    if hard < need {
+        tracing::warn!(limit = hard, need, "the open-file limit is below twice the listeners' max_connections: raise it (LimitNOFILE= under systemd, ulimit -n) or lower max_connections");
     }
 }

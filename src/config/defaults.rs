@@ -8,6 +8,8 @@ pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Open client connections per listener; above it new connections are accepted and closed at once.
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// Request bodies up to this are read whole before a backend connection is taken.
+pub const REQUEST_BUFFER: usize = 64 * 1024;
 /// Upstream TCP connect timeout; short, because a failed connect is retried on another node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP: a keep-alive client connection with no request in flight is closed after this.
@@ -18,6 +20,9 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP: the backend must answer with response headers within this, else 504.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP: a client that accepts no byte of its response for this long is closed (NGINX's
+/// `send_timeout`), and its backend connection released.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Health check period.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// Health check timeout (connect plus response headers).

@@ -62,6 +62,8 @@ pub struct RawListener {
     #[serde(default)]
     pub sni_routes: Option<Vec<serde_yaml::Value>>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub request_buffer: Option<usize>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     /// tcp: `none`, `v1` or `v2`.
@@ -78,6 +80,7 @@ pub struct RawTimeouts {
     pub idle: Option<String>,
     pub header_read: Option<String>,
     pub response: Option<String>,
+    pub send: Option<String>,
 }
 
 /// One entry of `listeners[].routes:`.

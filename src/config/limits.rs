@@ -27,7 +27,7 @@ const DAY: Duration = hours(24);
 
 /// `shutdown_grace`.
 pub const SHUTDOWN_GRACE: Range = Range::new(ms(0), DAY);
-/// `listeners[].timeouts.connect`, `.header_read`, `.response`.
+/// `listeners[].timeouts.connect`, `.header_read`, `.response`, `.send`.
 pub const LISTENER_TIMEOUT: Range = Range::new(ms(1), DAY);
 /// `listeners[].timeouts.idle` (TCP sessions may be long-lived).
 pub const IDLE_TIMEOUT: Range = Range::new(ms(1), WEEK);
@@ -68,6 +68,8 @@ pub const WEIGHT: (u32, u32) = (1, 10_000);
 pub const CHECK_STREAK: (u32, u32) = (1, 1_000);
 /// `listeners[].max_connections`.
 pub const MAX_CONNECTIONS: (usize, usize) = (1, 1_000_000);
+/// `listeners[].request_buffer`, bytes.
+pub const REQUEST_BUFFER: (usize, usize) = (0, 16 << 20);
 /// `pools[].rebalance.max_closes_per_sec`.
 pub const CLOSES_PER_SEC: (u32, u32) = (1, 100_000);
 /// Finished rollouts kept (in the API and the state file); older ones are forgotten.

@@ -81,6 +81,11 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     pub kind: ListenerKind,
     pub max_connections: usize,
+    /// Open connections allowed from one client address (`None`: no limit).
+    pub max_connections_per_client: Option<usize>,
+    /// http: request bodies up to this many bytes are read whole before a backend
+    /// connection is taken (longer ones after this many); 0 streams them at once.
+    pub request_buffer: usize,
     pub timeouts: Timeouts,
     /// tcp: PROXY protocol header sent to backends, if any.
     pub proxy_protocol: Option<crate::proxy::proxy_protocol::Version>,
@@ -140,6 +145,8 @@ pub struct Timeouts {
     pub idle: Duration,
     pub header_read: Duration,
     pub response: Duration,
+    /// HTTP: a client that accepts no byte of its response for this long is closed.
+    pub send: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

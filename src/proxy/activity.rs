@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::reclaim::Reason;
 use super::ListenerStats;
 
 /// When a connection last moved, and what it is waiting for.
@@ -29,6 +31,19 @@ pub struct Activity {
     /// The connection speaks HTTP/2: control frames (PING, WINDOW_UPDATE, SETTINGS) arrive
     /// between requests, so the header-read clock does not apply once a request came.
     h2: AtomicBool,
+    /// 1 + milliseconds since `start` when a write to the client last found its socket
+    /// full (the client is not reading); 0 once a write went through.
+    blocked_since: AtomicU64,
+    /// The accept loop picked this connection for closing (see [`super::reclaim`]), and the
+    /// connection's task, woken to close it.
+    marked: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// How long a connection has been doing nothing, and in which way.
+pub struct Idleness {
+    pub since: Instant,
+    pub reason: Reason,
 }
 
 /// What a connection's watchdog should do next.
@@ -51,7 +66,61 @@ impl Activity {
             head_started: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             read_any: AtomicBool::new(false),
+            marked: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            blocked_since: AtomicU64::new(0),
         }
+    }
+
+    /// A write to the client could not proceed (its socket buffer is full).
+    fn write_blocked(&self) {
+        if self.blocked_since.load(Relaxed) == 0 {
+            self.blocked_since.store(self.now_ms() + 1, Relaxed);
+        }
+    }
+
+    /// How long writes to the client have been waiting for it to read (zero when not).
+    pub fn write_blocked_for(&self) -> Duration {
+        match self.blocked_since.load(Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(self.now_ms().saturating_sub(since - 1)),
+        }
+    }
+
+    /// Whether (and since when) an HTTP/1.x connection is doing nothing: silent since
+    /// accept, or between requests. `None` while a head arrives or a request is in flight,
+    /// for HTTP/2, and once marked.
+    pub fn idleness(&self) -> Option<Idleness> {
+        if !self.between_requests() || self.h2.load(Relaxed) || self.marked.load(Relaxed) {
+            return None;
+        }
+        let reason = if self.read_any.load(Relaxed) {
+            Reason::Idle
+        } else {
+            Reason::Silent
+        };
+        let since = self.at(self.last.load(Relaxed));
+        Some(Idleness { since, reason })
+    }
+
+    /// Marks the connection for closing and wakes its task; `false` if it already was.
+    pub fn mark_reclaimed(&self) -> bool {
+        if self.marked.swap(true, Relaxed) {
+            return false;
+        }
+        self.waker.wake();
+        true
+    }
+
+    pub fn was_marked(&self) -> bool {
+        self.marked.load(Relaxed)
+    }
+
+    /// Whether the connection should close now to free its slot; wakes `cx` when it is
+    /// marked later. Looked at only while the connection waits for a request.
+    pub fn poll_marked(&self, cx: &mut Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        self.marked.load(Relaxed)
     }
 
     fn now_ms(&self) -> u64 {
@@ -84,6 +153,13 @@ impl Activity {
 
     pub fn is_h2(&self) -> bool {
         self.h2.load(Relaxed)
+    }
+
+    /// Bytes of a next head are held already (pipelined): its header-read clock starts.
+    pub fn head_arriving(&self) {
+        if self.inflight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
+            self.head_started.store(self.now_ms() + 1, Relaxed);
+        }
     }
 
     /// A request head arrived: the header-read clock stops, the request is in flight.
@@ -215,6 +291,9 @@ impl<S> Watched<S> {
 
     fn note_written(&mut self, n: usize) {
         self.activity.touch();
+        if self.activity.blocked_since.load(Relaxed) != 0 {
+            self.activity.blocked_since.store(0, Relaxed);
+        }
         self.pending_out += n as u64;
         if self.pending_out >= FLUSH_BYTES {
             self.flush_counts();
@@ -256,6 +335,7 @@ impl super::splice::Endpoint for Watched<tokio::net::TcpStream> {
 
     fn moved_out(&self, n: usize) {
         self.activity.touch();
+        self.activity.blocked_since.store(0, Relaxed);
         self.stats.metrics.bytes_out.inc_by(n as u64);
     }
 }
@@ -286,10 +366,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = result {
-            if n > 0 {
-                self.note_written(n);
-            }
+        match result {
+            Poll::Ready(Ok(n)) if n > 0 => self.note_written(n),
+            Poll::Pending => self.activity.write_blocked(),
+            _ => {}
         }
         result
     }
@@ -300,10 +380,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = result {
-            if n > 0 {
-                self.note_written(n);
-            }
+        match result {
+            Poll::Ready(Ok(n)) if n > 0 => self.note_written(n),
+            Poll::Pending => self.activity.write_blocked(),
+            _ => {}
         }
         result
     }

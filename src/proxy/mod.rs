@@ -10,9 +10,11 @@ mod connect;
 pub mod h1;
 pub mod h2up;
 pub mod http;
+mod per_client;
 #[cfg(target_os = "linux")]
 mod pipe;
 pub mod proxy_protocol;
+pub mod reclaim;
 mod splice;
 pub mod sticky;
 pub mod tcp;
@@ -35,7 +37,6 @@ use http::ConnCtx;
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
-/// Per-listener counters that outlive reloads (connections hold them while open).
 /// What the data path needs of the running app, and nothing of its control plane: the
 /// routing snapshot it loads per connection or request, and the shutdown tokens and task
 /// tracker its connections answer to.
@@ -44,9 +45,14 @@ pub struct DataPlane {
     pub shutdown: Shutdown,
 }
 
+/// Per-listener counters that outlive reloads (connections hold them while open).
 pub struct ListenerStats {
     pub name: Arc<str>,
     active: AtomicUsize,
+    /// The HTTP connections that may be closed to make room at `max_connections`.
+    reclaim: reclaim::Registry,
+    /// Connections per client address, once `max_connections_per_client` is set.
+    per_client: std::sync::OnceLock<per_client::PerClient>,
     pub metrics: ListenerMetrics,
     /// Refusals at `max_connections` since the last warning about them, and when (unix
     /// seconds) that warning was written: at most one a second.
@@ -59,6 +65,8 @@ impl ListenerStats {
         ListenerStats {
             name: name.into(),
             active: AtomicUsize::new(0),
+            reclaim: reclaim::Registry::default(),
+            per_client: std::sync::OnceLock::new(),
             metrics,
             refused: AtomicUsize::new(0),
             refused_logged: std::sync::atomic::AtomicU64::new(0),
@@ -86,15 +94,65 @@ impl ListenerStats {
     pub fn active(&self) -> usize {
         self.active.load(Relaxed)
     }
+
+    /// Takes a place for a new connection (accept loop only): below `limit`, or, at it, by
+    /// marking doing-nothing HTTP connections for closing (see [`reclaim`]); the listener
+    /// then stays over `limit` only by the connections about to close.
+    fn admit(&self, limit: usize) -> bool {
+        let active = self.active.fetch_add(1, Relaxed);
+        if active < limit + self.reclaim.pending() {
+            return true;
+        }
+        // NGINX closes up to 32 reusable connections at a time; a batch keeps the scan of
+        // the listener's connections off most accepts during a flood.
+        let (silent, idle) = self.reclaim.reclaim((limit / 64).clamp(1, 32));
+        self.metrics.reclaimed_silent.inc_by(silent as u64);
+        self.metrics.reclaimed_idle.inc_by(idle as u64);
+        if silent + idle > 0 {
+            tracing::debug!(listener = %self.name, silent, idle, "at max_connections: closing connections that do nothing");
+            return true;
+        }
+        self.active.fetch_sub(1, Relaxed);
+        self.refused(limit);
+        false
+    }
 }
 
-/// Holds one slot of a listener's connection limit.
-pub(crate) struct ConnSlot(Arc<ListenerStats>);
+/// Holds one place of a listener's connection limit, and for HTTP the connection's entry in
+/// its reclaim registry.
+pub(crate) struct ConnSlot {
+    stats: Arc<ListenerStats>,
+    /// Its slot in the listener's reclaim registry, if it has one.
+    registered: Option<u32>,
+    /// Counted against its address's `max_connections_per_client`.
+    client: Option<std::net::IpAddr>,
+}
+
+impl ConnSlot {
+    fn new(stats: &Arc<ListenerStats>, client: Option<std::net::IpAddr>) -> Self {
+        ConnSlot {
+            stats: Arc::clone(stats),
+            registered: None,
+            client,
+        }
+    }
+
+    /// An HTTP connection may be reclaimed while it does nothing.
+    fn register(&mut self, activity: &Arc<Activity>) {
+        self.registered = self.stats.reclaim.register(activity);
+    }
+}
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
-        self.0.metrics.active.dec();
+        if let Some(index) = self.registered.take() {
+            self.stats.reclaim.release(index);
+        }
+        if let (Some(ip), Some(per)) = (self.client, self.stats.per_client.get()) {
+            per.release(ip);
+        }
+        self.stats.active.fetch_sub(1, Relaxed);
+        self.stats.metrics.active.dec();
     }
 }
 
@@ -109,9 +167,19 @@ async fn serve_tls(
     timeouts: crate::config::Timeouts,
     slot: ConnSlot,
 ) {
-    let stats = Arc::clone(&slot.0);
+    let stats = Arc::clone(&slot.stats);
     let activity = Arc::clone(watched.activity());
-    match tokio::time::timeout(timeouts.header_read, acceptor.accept(watched)).await {
+    // A client that never starts its handshake may be reclaimed like a silent one.
+    let marked = std::future::poll_fn(|cx| match activity.poll_marked(cx) {
+        true => std::task::Poll::Ready(()),
+        false => std::task::Poll::Pending,
+    });
+    let handshake = tokio::time::timeout(handshake_limit(&timeouts), acceptor.accept(watched));
+    let done = tokio::select! {
+        done = handshake => done,
+        _ = marked => return,
+    };
+    match done {
         Ok(Ok(tls)) => {
             let speaks = match tls.get_ref().1.alpn_protocol() {
                 Some(b"h2") => h1::Speaks::H2,
@@ -129,6 +197,12 @@ async fn serve_tls(
             tracing::debug!(listener = %stats.name, %peer, "TLS handshake timed out");
         }
     }
+}
+
+/// A TLS handshake must finish within the header-read timeout, and within 5 s at most: a
+/// handshake is a few round trips, and a client stalling in it holds a connection slot.
+fn handshake_limit(timeouts: &crate::config::Timeouts) -> Duration {
+    timeouts.header_read.min(Duration::from_secs(5))
 }
 
 /// After an accept error (out of file descriptors, say), wait this long before retrying
@@ -159,15 +233,31 @@ pub async fn accept_loop(
         };
         let routes = plane.snapshot.load().listeners.get(&*stats.name).cloned();
         let Some(routes) = routes else { continue };
-        if stats.active.fetch_add(1, Relaxed) >= routes.config.max_connections {
-            stats.active.fetch_sub(1, Relaxed);
-            stats.refused(routes.config.max_connections);
+        let client = match routes.config.max_connections_per_client {
+            Some(limit) => {
+                let max = routes.config.max_connections;
+                let per = stats
+                    .per_client
+                    .get_or_init(|| per_client::PerClient::new(max));
+                if !per.admit(peer.ip(), limit) {
+                    stats.metrics.rejected_per_client.inc();
+                    tracing::debug!(listener = %stats.name, %peer, "max_connections_per_client reached: closing");
+                    continue;
+                }
+                Some(peer.ip())
+            }
+            None => None,
+        };
+        if !stats.admit(routes.config.max_connections) {
+            if let (Some(ip), Some(per)) = (client, stats.per_client.get()) {
+                per.release(ip);
+            }
             tracing::debug!(listener = %stats.name, %peer, "connection limit reached: closing");
             continue;
         }
         stats.metrics.accepted.inc();
         stats.metrics.active.inc();
-        let slot = ConnSlot(Arc::clone(&stats));
+        let mut slot = ConnSlot::new(&stats, client);
         let _ = stream.set_nodelay(true);
         let task_plane = Arc::clone(&plane);
         // One spawn per kind, so a TCP session's task is sized for the TCP future (under
@@ -179,6 +269,7 @@ pub async fn accept_loop(
             }
             Target::Http(_) => {
                 let activity = Arc::new(Activity::new());
+                slot.register(&activity);
                 let watched = Watched::new(stream, Arc::clone(&activity), Arc::clone(&stats));
                 let timeouts = routes.config.timeouts;
                 match (&routes.config.tls, &routes.tls) {

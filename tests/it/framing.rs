@@ -24,7 +24,8 @@ pub(crate) struct Scripted {
     raw: Arc<Mutex<Vec<u8>>>,
     /// Requests it answered, health checks left out.
     answered: Arc<AtomicUsize>,
-    /// Connections that ended in the middle of a request (the peer gave up on it).
+    /// Connections that ended in the middle of a request or of its answer (the peer gave up
+    /// on it).
     cut: Arc<AtomicUsize>,
 }
 
@@ -162,6 +163,23 @@ async fn serve(mut s: TcpStream, log: Log) {
                 let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").into_bytes();
                 v.resize(v.len() + BIG, b'x');
                 v
+            }
+            (_, "/huge") => {
+                // 64 MiB, more than any socket buffers hold, written as it goes.
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 64 << 20);
+                let block = vec![b'x'; 1 << 20];
+                let mut sent = s.write_all(head.as_bytes()).await;
+                for _ in 0..64 {
+                    sent = sent.and(s.write_all(&block).await);
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                if sent.is_err() {
+                    log.cut.fetch_add(1, Relaxed);
+                    return;
+                }
+                continue;
             }
             (_, "/close") => {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil close").await;

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod abuse;
 mod admin;
 mod affinity;
 mod analysis;

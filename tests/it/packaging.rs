@@ -211,13 +211,18 @@ async fn refusals_at_max_connections_are_logged_once_a_second() {
     )
     .unwrap();
     let h = Handoff::start(&config).await;
-    let held: Vec<tokio::net::TcpStream> = futures_util::future::join_all(
+    let mut held: Vec<tokio::net::TcpStream> = futures_util::future::join_all(
         (0..2).map(|_| tokio::net::TcpStream::connect(("127.0.0.1", port))),
     )
     .await
     .into_iter()
     .map(Result::unwrap)
     .collect();
+    // Busy with a head arriving: silent ones would make room for the flood (issue 18).
+    for s in &mut held {
+        use tokio::io::AsyncWriteExt;
+        s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    }
     // Both held connections are counted before the flood starts.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {

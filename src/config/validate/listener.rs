@@ -147,11 +147,29 @@ impl Validator {
                 d::RESPONSE_TIMEOUT,
                 limits::LISTENER_TIMEOUT,
             ),
+            send: self.duration(
+                &format!("{tp}.send"),
+                t.send.as_deref(),
+                d::SEND_TIMEOUT,
+                limits::LISTENER_TIMEOUT,
+            ),
         };
         let max_connections = self.number(
             &format!("{path}.max_connections"),
             raw.max_connections.unwrap_or(d::MAX_CONNECTIONS),
             limits::MAX_CONNECTIONS,
+        );
+        let max_connections_per_client = raw.max_connections_per_client.map(|n| {
+            self.number(
+                &format!("{path}.max_connections_per_client"),
+                n,
+                (1, max_connections),
+            )
+        });
+        let request_buffer = self.number(
+            &format!("{path}.request_buffer"),
+            raw.request_buffer.unwrap_or(d::REQUEST_BUFFER),
+            limits::REQUEST_BUFFER,
         );
         let proxy_protocol = match raw.proxy_protocol.as_deref() {
             None | Some("none") => None,
@@ -189,6 +207,8 @@ impl Validator {
             listen: listen?,
             kind,
             max_connections,
+            max_connections_per_client,
+            request_buffer,
             timeouts,
             proxy_protocol,
             tls,

@@ -49,6 +49,11 @@ pub struct Plan {
     pub minor: u8,
     pub pool: Arc<Pool>,
     pub timeouts: Timeouts,
+    /// Body bytes read before a backend connection is taken (the listener's
+    /// `request_buffer`).
+    pub request_buffer: u32,
+    /// `Expect: 100-continue`: no body byte is read ahead.
+    pub expects_continue: bool,
     pub client: Option<Client>,
     /// The head for the backend, and the whole body when it is held.
     pub out: Out,
@@ -58,16 +63,25 @@ pub struct Plan {
 
 /// Serves requests while the client sends them: pipelined ones in turn, the first of the
 /// connection (`first`) after a look for the HTTP/2 preface. The buffer lives here, so it
-/// exists only while the connection is busy.
+/// exists only while the connection is busy (`buf` holds what was read already).
 /// It owns the client connection meanwhile and hands it back with the outcome.
-pub async fn busy<I: ClientIo>(ctx: Arc<ConnCtx>, mut io: I, first: bool) -> (I, Done) {
-    let mut buf = Buf::take();
+pub async fn busy<I: ClientIo>(
+    ctx: Arc<ConnCtx>,
+    mut io: I,
+    first: bool,
+    mut buf: Buf,
+) -> (I, Done) {
     let mut first = first;
     let closing = &ctx.closing;
     loop {
         let done = match one(&ctx, &mut io, &mut buf, closing, std::mem::take(&mut first)).await {
             Next::KeepAlive if buf.is_empty() => Done::Idle,
-            Next::KeepAlive => continue,
+            Next::KeepAlive => {
+                // A pipelined head (or part of one) is held: the header-read clock runs for
+                // it, and the connection is not idle.
+                ctx.activity.head_arriving();
+                continue;
+            }
             Next::Close => Done::Close,
             Next::Tunnel(start) => Done::Tunnel(start, buf),
             Next::H2 => Done::H2(buf),
@@ -138,13 +152,17 @@ fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool
     let info = head::inspect(req).map_err(|r| (Local::from(r), false))?;
     let is_head = info.is_head;
     let local = |status, reason| Err((Local { status, reason }, is_head));
-    let (pool, timeouts) = {
+    let (pool, timeouts, request_buffer) = {
         let snapshot = ctx.plane.snapshot.load();
         match snapshot.listeners.get(&*ctx.listener.name) {
             None => return local(503, "this listener is being removed"),
             Some(l) => match l.route(info.host, info.path) {
                 None => return local(404, "no route matches this host and path"),
-                Some(pool) => (Arc::clone(pool), l.config.timeouts),
+                Some(pool) => (
+                    Arc::clone(pool),
+                    l.config.timeouts,
+                    u32::try_from(l.config.request_buffer).unwrap_or(u32::MAX),
+                ),
             },
         }
     };
@@ -188,6 +206,8 @@ fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool
         minor: req.minor,
         pool,
         timeouts,
+        request_buffer,
+        expects_continue: info.expects_continue,
         client,
         out,
         h2,
@@ -219,16 +239,28 @@ async fn forward<I: ClientIo>(
             .observe(at.duration_since(started).as_secs_f64())
     };
     let multi = pool.nodes.len() > 1;
-    // Whether the whole request goes out in one write (and can go out again).
+    // Whether the whole request goes out in one write (and can go out again). A body is
+    // read first, whole or its first `request_buffer` bytes: to send it again (idempotent,
+    // up to 64 KiB), and so that a slow uploader holds no backend connection meanwhile.
     let whole = match p.body {
         BodyLen::Empty => true,
-        BodyLen::Length(n) if n <= MAX_REPLAY_BODY && p.idempotent && multi => {
-            if !read_body(ctx, io, buf, n as usize, p.timeouts).await {
+        BodyLen::Length(n) => {
+            let replay = n <= MAX_REPLAY_BODY && p.idempotent && multi;
+            let hold = if p.expects_continue {
+                // The body comes once the backend's 100 Continue has gone to the client.
+                0
+            } else if replay {
+                n
+            } else {
+                n.min(u64::from(p.request_buffer))
+            };
+            if hold as usize > buf.len()
+                && !read_body(ctx, io, buf, hold as usize, p.timeouts).await
+            {
                 return Next::Close;
             }
-            true
+            n as usize <= buf.len()
         }
-        BodyLen::Length(n) => n as usize <= buf.len(),
         _ => false,
     };
     if let (true, BodyLen::Length(n)) = (whole, p.body) {

@@ -177,6 +177,9 @@ pub struct RequestInfo<'b> {
     pub path: &'b str,
     pub idempotent: bool,
     pub is_head: bool,
+    /// `Expect: 100-continue`: the body comes only once the backend says so, so it is
+    /// never read ahead.
+    pub expects_continue: bool,
 }
 
 /// Checks a request and works out its framing, routing and keep-alive.
@@ -230,6 +233,8 @@ pub fn inspect<'b>(req: &Request<'_, 'b>) -> Result<RequestInfo<'b>, Refusal> {
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         ),
         is_head: req.method == "HEAD",
+        expects_continue: req.minor > 0
+            && tokens(headers, "expect").any(|t| t.eq_ignore_ascii_case(b"100-continue")),
     })
 }
 

@@ -44,7 +44,11 @@ use buf::Buf;
 
 /// A client connection: plain TCP, or TLS.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Ready when a read would not block. Plain sockets wait here holding no buffer; TLS
+    /// Whether [`ClientIo::poll_read_ready`] can wait: then a busy spell that finds nothing
+    /// to read goes back to waiting idle, without a buffer.
+    const WAITS_IDLE: bool = false;
+
+    /// Ready when a read may not block. Plain sockets wait here holding no buffer; TLS
     /// answers at once (rustls holds its own buffers anyway).
     fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -52,6 +56,10 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl ClientIo for Watched<TcpStream> {
+    const WAITS_IDLE: bool = true;
+
+    /// May be ready with nothing to read: tokio takes a new socket as readable until a read
+    /// says otherwise.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_ref().poll_read_ready(cx)
     }
@@ -168,14 +176,32 @@ impl<I: ClientIo> Future for Conn<I> {
                     }
                     match io.poll_read_ready(cx) {
                         Poll::Ready(Ok(())) => {
-                            let State::Idle(io) = std::mem::replace(&mut this.state, State::Done)
-                            else {
-                                return Poll::Ready(());
+                            // Readiness can be stale (tokio takes a new socket as readable,
+                            // and a keep-alive one after a read that got data): one read
+                            // decides, into a buffer from the free list that goes back if
+                            // nothing was there. A connection waiting for a request holds
+                            // no buffer, silent or keep-alive.
+                            let mut buf = Buf::take();
+                            let read = match I::WAITS_IDLE {
+                                true => buf.poll_read_from(io, cx, buf::SIZE).map(Some),
+                                false => Poll::Ready(None),
                             };
-                            let first = std::mem::take(&mut this.first);
-                            let busy = exchange::busy(Arc::clone(&this.ctx), io, first);
-                            this.state = State::Busy(Box::pin(busy));
-                            continue;
+                            match read {
+                                Poll::Ready(Some(Ok(0)) | Some(Err(_))) => return Poll::Ready(()),
+                                // Nothing there: the read registered the wake-up.
+                                Poll::Pending => drop(buf),
+                                Poll::Ready(Some(Ok(_)) | None) => {
+                                    let State::Idle(io) =
+                                        std::mem::replace(&mut this.state, State::Done)
+                                    else {
+                                        return Poll::Ready(());
+                                    };
+                                    let ctx = Arc::clone(&this.ctx);
+                                    let busy = exchange::busy(ctx, io, this.first, buf);
+                                    this.state = State::Busy(Box::pin(busy));
+                                    continue;
+                                }
+                            }
                         }
                         Poll::Ready(Err(_)) => return Poll::Ready(()),
                         Poll::Pending => {}
@@ -188,6 +214,12 @@ impl<I: ClientIo> Future for Conn<I> {
                     }
                     Poll::Pending => {}
                 },
+            }
+            // Picked to make room at max_connections while waiting for a request (idle, or
+            // in the busy state before a byte of the next head): nothing is owed, it goes.
+            let activity = &this.ctx.activity;
+            if activity.poll_marked(cx) && activity.between_requests() {
+                return Poll::Ready(());
             }
             if let Some(force) = &mut this.force {
                 if Pin::new(force.as_mut()).poll(cx).is_ready() {
@@ -209,6 +241,7 @@ impl<I: ClientIo> Future for Conn<I> {
 impl<I: ClientIo> Conn<I> {
     /// A busy spell ended with `done`.
     fn after(&mut self, io: I, done: Done) {
+        self.first = false;
         self.state = match done {
             Done::Idle => State::Idle(io),
             Done::Close => State::Finish(Box::pin(linger(io))),
@@ -265,6 +298,13 @@ fn tick(
     if closing.load(Relaxed) && ctx.activity.between_requests() {
         return Tick::Cut;
     }
+    // A client that accepts no byte of its response for `send` is gone or hostile: closing
+    // it releases the response's backend connection too (NGINX's send_timeout).
+    if ctx.activity.write_blocked_for() >= timeouts.send() {
+        tracing::debug!(peer = %ctx.peer, "the client accepted no bytes within the send timeout: closing");
+        ctx.listener.metrics.send_timeouts.inc();
+        return Tick::Cut;
+    }
     let waiting = ctx.waiting_head.load(Relaxed);
     if waiting && ctx.activity.quiet_for() >= timeouts.response() {
         // The exchange sees it when polled next, right after this tick.
@@ -281,9 +321,10 @@ fn tick(
         }
         Verdict::Idle => return Tick::Cut,
     };
-    // Also every quarter of the response timeout: a request that starts waiting between two
-    // looks is then answered 504 within 1.25 times it.
-    watchdog.reset(next.min(tokio::time::Instant::now() + timeouts.response() / 4));
+    // Also every quarter of the response and send timeouts: a request that starts waiting
+    // (or a client that stops reading) between two looks is seen within 1.25 times it.
+    let look = timeouts.response().min(timeouts.send()) / 4;
+    watchdog.reset(next.min(tokio::time::Instant::now() + look));
     Tick::Go
 }
 
@@ -398,6 +439,7 @@ mod tests {
             idle: secs(60),
             header_read: secs(10),
             response: secs(60),
+            send: secs(60),
         };
         let ctx = Arc::new(ConnCtx::new(
             plane, stats, peer, activity, "http", timeouts, None,
@@ -412,7 +454,7 @@ mod tests {
             Arc::new(crate::proxy::activity::Activity::new()),
             Arc::clone(&ctx.listener),
         );
-        let busy = size_of_future(&exchange::busy(Arc::clone(&ctx), io2, false));
+        let busy = size_of_future(&exchange::busy(Arc::clone(&ctx), io2, false, Buf::take()));
         println!("busy future: {busy} bytes");
         assert!(busy <= BUSY_MAX, "the per-request future is {busy} bytes");
         let fut = serve(ctx, io, Speaks::Sniff);
@@ -421,6 +463,7 @@ mod tests {
         // is 128-byte aligned: a future of at most 152 bytes keeps it at 256.
         assert!(size <= 152, "the connection future is {size} bytes");
         let ctx = std::mem::size_of::<ConnCtx>();
-        assert!(ctx <= 112, "the connection context is {ctx} bytes");
+        // 112 before the reclaim registry's index and the per-client address (issue 18).
+        assert!(ctx <= 128, "the connection context is {ctx} bytes");
     }
 }

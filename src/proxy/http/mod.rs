@@ -130,6 +130,7 @@ pub struct ConnTimeouts {
     idle_ms: u32,
     header_read_ms: u32,
     response_ms: u32,
+    send_ms: u32,
 }
 
 impl ConnTimeouts {
@@ -139,6 +140,7 @@ impl ConnTimeouts {
             idle_ms: ms(t.idle),
             header_read_ms: ms(t.header_read),
             response_ms: ms(t.response),
+            send_ms: ms(t.send),
         }
     }
 
@@ -152,6 +154,10 @@ impl ConnTimeouts {
 
     pub fn response(&self) -> Duration {
         Duration::from_millis(self.response_ms.into())
+    }
+
+    pub fn send(&self) -> Duration {
+        Duration::from_millis(self.send_ms.into())
     }
 }
 
@@ -184,8 +190,13 @@ where
             conn.as_mut().graceful_shutdown();
             closing = true;
         }
+        if activity.write_blocked_for() >= timeouts.send() {
+            tracing::debug!(%peer, "the client accepted no bytes within the send timeout: closing");
+            watch.listener.metrics.send_timeouts.inc();
+            break;
+        }
         let next = match activity.verdict(idle, Some(header_read)) {
-            Verdict::CheckAt(at) => at,
+            Verdict::CheckAt(at) => at.min(Instant::now() + timeouts.send() / 4),
             Verdict::SlowHead => break,
             Verdict::Idle => {
                 if !closing {

@@ -101,7 +101,8 @@ async fn wait_on_one_instance_counts_the_sessions_of_the_other() {
         "{view}"
     );
 
-    // A long poll in flight; the session closes; the answer follows within 100 ms.
+    // A long poll in flight; the session closes; the answer follows within the publishing
+    // period and a watch.
     let long = format!("/v1/pools/echo/nodes/{busy}/wait?state=drained&timeout=10s");
     let url = two.h.url(&long);
     let poll = tokio::spawn(async move {
@@ -119,8 +120,10 @@ async fn wait_on_one_instance_counts_the_sessions_of_the_other() {
     assert_eq!(view["sessions"]["total"], 0, "{view}");
     let after = answered - closed;
     eprintln!("cluster-wide wait answered {after:?} after the session closed");
+    // Counts are published at most every 100 ms, then travel through etcd's watch: a few
+    // hundred ms on a loaded 2-core machine (a poll of the counts would take seconds).
     assert!(
-        after < Duration::from_millis(100),
+        after < Duration::from_millis(500),
         "answered {after:?} after the close"
     );
 }
