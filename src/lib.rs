@@ -15,8 +15,11 @@
 //! - [`cli`]: `run`, `check`, `demo`, `ctl`.
 //! - [`gated`]: a future polled only when its own waker fired (control signals in I/O loops).
 //! - [`time`]: Unix milliseconds, total RFC 3339, checked deadline arithmetic.
-//! - [`upgrade`]: self-upgrade: sockets and runtime state handed to a new process (the one
-//!   module with `unsafe`, for SCM_RIGHTS, is `upgrade::fds`).
+//! - [`upgrade`]: self-upgrade: sockets and runtime state handed to a new process.
+//! - [`memory`]: freed memory given back to the system after a burst of connections.
+//!
+//! `unsafe` is in two places only: `upgrade::fds` (SCM_RIGHTS) and `memory::trim`
+//! (`malloc_trim`).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -29,6 +32,8 @@ pub mod events;
 pub mod gated;
 pub mod health;
 pub mod lifecycle;
+#[allow(unsafe_code)]
+pub mod memory;
 pub mod metrics;
 pub mod persist;
 pub mod pool;

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Abusive clients against handoff, NGINX and HAProxy (run by hand, not in CI): one origin,
 # one worker each, the proxy alone on cpu1, loopback only, every run bounded in time.
-# For each attack and proxy, in turn: a normal client (wrk, 16 keep-alive connections)
-# measures its baseline, the attack starts, the normal client measures again. Reported:
+# For each attack and proxy, in turn: a normal client (wrk, 16 keep-alive connections, the
+# median of 3 runs of --dur seconds) measures its baseline, the attack starts, the normal
+# client measures again. Reported:
 # the normal client's req/s under attack as % of its baseline, its p99, the proxy's RSS
 # per attacking connection, the upstream connections the proxy holds, and what the proxy
 # did to the attackers (closed / opened, and for silent ones how long the longest stayed).
 #
 #   benches/load/attack.sh                       # all four attacks, about 8 minutes
-#   benches/load/attack.sh --attacks stalled --dur 5
+#   benches/load/attack.sh --attacks stalled --proxies handoff
 #
 #   silent     10,000 connections that send nothing
 #   reopen     the same, each reopened as soon as the proxy closes it (not in the default set)
@@ -18,7 +19,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ATTACKS=silent,slowloris,slowpost,stalled DUR=5 PROXIES=handoff,nginx,haproxy
+ATTACKS=silent,slowloris,slowpost,stalled DUR=2 PROXIES=handoff,nginx,haproxy
 while [ $# -gt 0 ]; do
     case "$1" in
         --attacks) ATTACKS=$2; shift 2;;
@@ -52,7 +53,7 @@ stop_pid() {  # only a child of this shell, by pid
     local p=$1
     [ "$(ps -o ppid= -p "$p" 2>/dev/null | tr -d ' ')" = "$$" ] || return 0
     kill -TERM "$p" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null; return 0; }; sleep 0.1; done
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null || true; return 0; }; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null || true
 }
 cleanup() { local p; for p in "${STARTED[@]}"; do stop_pid "$p"; done; }
@@ -83,16 +84,20 @@ start_proxy() {
 # nginx serves from its worker: the master's child
 worker_pid() { case "$1" in nginx) ps -o pid= --ppid "$PROXY_PID" | tr -d ' ' | head -1;; *) echo "$PROXY_PID";; esac; }
 
-# wrk OUTFILE: the normal client; prints "req/s p99_ms"
+# wrk OUTFILE: the normal client, 3 runs of DUR seconds; prints the median "req/s p99_ms"
+# (the attack's window before header_read closes silent connections holds all three)
 normal() {
-    taskset -c 0 wrk -t1 -c16 -d"${DUR}s" --latency "http://127.0.0.1:$PORT/" > "$1" 2>&1 || true
+    : > "$1"
+    for _ in 1 2 3; do
+        taskset -c 0 wrk -t1 -c16 -d"${DUR}s" --latency "http://127.0.0.1:$PORT/" >> "$1" 2>&1 || true
+    done
     python3 - "$1" <<'EOF'
-import re, sys
+import re, statistics, sys
 t = open(sys.argv[1]).read()
-rps = re.search(r"Requests/sec:\s+([\d.]+)", t)
-p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", t)
-ms = float(p99.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[p99.group(2)] if p99 else float("nan")
-print(f"{float(rps.group(1)) if rps else 0:.0f} {ms:.2f}")
+rps = [float(x) for x in re.findall(r"Requests/sec:\s+([\d.]+)", t)] or [0.0]
+unit = {"us": 0.001, "ms": 1, "s": 1000}
+p99 = [float(v) * unit[u] for v, u in re.findall(r"99%\s+([\d.]+)(us|ms|s)\b", t)] or [float("nan")]
+print(f"{statistics.median(rps):.0f} {statistics.median(p99):.2f}")
 EOF
 }
 
@@ -106,8 +111,8 @@ for attack in "${attacks[@]}"; do
         wp=$(worker_pid "$proxy")
         read -r base_rps base_p99 < <(normal "$OUT/$attack-$proxy-base.txt")
         rss0=$(rss_kib "$wp")
-        # The attack lasts the normal client's run plus time to open and a header_read cycle.
-        secs=$((DUR + 25))
+        # The attack lasts the normal client's runs plus time to open and a header_read cycle.
+        secs=$((3 * DUR + 25))
         taskset -c 0 python3 "$HERE/attack.py" "$attack" 127.0.0.1 "$PORT" "${N[$attack]}" "$secs" /16m > "$OUT/$attack-$proxy-attack.txt" 2>&1 &
         apid=$!
         for _ in $(seq 300); do grep -q ready "$OUT/$attack-$proxy-attack.txt" && break; sleep 0.1; done

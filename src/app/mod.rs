@@ -246,6 +246,7 @@ impl App {
         }
         tokio::spawn(roll_traffic(
             Arc::clone(&app.snapshot),
+            Arc::clone(&app.metrics),
             app.shutdown.force.clone(),
         ));
         if let Some(state) = restored {
@@ -451,7 +452,14 @@ impl App {
 
 /// Takes every node's traffic sample for the sliding window, every
 /// [`traffic::WINDOW_STEP`](crate::pool::traffic::WINDOW_STEP), until `stop`.
-async fn roll_traffic(snapshot: Arc<ArcSwap<Snapshot>>, stop: CancellationToken) {
+/// Every few seconds: rolls the nodes' traffic windows, and gives memory back after a burst
+/// of connections ended ([`crate::memory`]).
+async fn roll_traffic(
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
+    let mut trimmer = crate::memory::Trimmer::default();
     let mut tick = tokio::time::interval(crate::pool::traffic::WINDOW_STEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -464,6 +472,7 @@ async fn roll_traffic(snapshot: Arc<ArcSwap<Snapshot>>, stop: CancellationToken)
                 node.state.traffic.roll();
             }
         }
+        trimmer.look(&metrics);
     }
 }
 

@@ -1,0 +1,55 @@
+//! Giving memory back after a burst of connections (an attack, a load spike). Buffers are
+//! freed when their connection goes idle or closes, but glibc's allocator keeps freed
+//! pages below the top of its heaps mapped for reuse, so RSS would stay at the burst's
+//! peak. Every few seconds the control plane looks at the open client connections; when
+//! at least [`TRIM_AFTER`] fewer are open than at the last peak, the freed pages go back to
+//! the system (`malloc_trim`). What stays by design: each worker thread's free list of
+//! buffers (at most 256 × 16 KiB).
+
+use prometheus::core::Collector;
+
+/// Closed connections since the peak that make a trim worth its cost (a walk of the heap,
+/// a millisecond or so for a large one).
+const TRIM_AFTER: i64 = 256;
+
+/// Tracks the peak of open connections between trims.
+#[derive(Default)]
+pub struct Trimmer {
+    peak: i64,
+}
+
+impl Trimmer {
+    /// Looks at the open client connections (the listeners' `connections_active` gauges).
+    pub fn look(&mut self, metrics: &crate::metrics::Metrics) {
+        let open: i64 = metrics
+            .listener_connections_active
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum();
+        if open > self.peak {
+            self.peak = open;
+        } else if self.peak - open >= TRIM_AFTER {
+            tracing::debug!(
+                peak = self.peak,
+                open,
+                "connections gone: returning freed memory"
+            );
+            trim();
+            self.peak = open;
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps; it takes
+    // the allocator's locks like any malloc call and touches no memory handed out.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
