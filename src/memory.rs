@@ -10,7 +10,7 @@ use prometheus::core::Collector;
 
 /// Closed connections since the peak that make a trim worth its cost (a walk of the heap,
 /// a millisecond or so for a large one).
-const TRIM_AFTER: i64 = 256;
+const TRIM_AFTER: i64 = 64;
 
 /// Tracks the peak of open connections between trims.
 #[derive(Default)]

@@ -217,8 +217,9 @@ impl<I: ClientIo> Future for Conn<I> {
             }
             // Picked to make room at max_connections while waiting for a request (idle, or
             // in the busy state before a byte of the next head): nothing is owed, it goes.
+            // (A request in flight is never marked: it skips the waker registration.)
             let activity = &this.ctx.activity;
-            if activity.poll_marked(cx) && activity.between_requests() {
+            if activity.between_requests() && activity.poll_marked(cx) {
                 return Poll::Ready(());
             }
             if let Some(force) = &mut this.force {
