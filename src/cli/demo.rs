@@ -86,6 +86,7 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
         let bound = app::bind(&config)
             .await
             .context("binding the demo's ports (use --listen/--admin to pick others)")?;
+        super::run::raise_fd_limit(&config);
         let admin_for_handover = (
             config.admin.listen,
             std::os::fd::AsFd::as_fd(&bound.admin).try_clone_to_owned()?,

@@ -246,7 +246,7 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 /// `max_connections` allows, and a listener out of descriptors can accept no one. Warns when
 /// even the hard limit is below what the listeners may need (a client and a backend socket
 /// per connection).
-fn raise_fd_limit(config: &Config) {
+pub(super) fn raise_fd_limit(config: &Config) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
