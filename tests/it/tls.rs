@@ -37,6 +37,25 @@ fn tls_config(backend: SocketAddr, dir: &Path) -> String {
     ))
 }
 
+/// A backend behind a TLS listener with certificates for a.test and b.test (the roots a
+/// client trusts); the directory holds the certificate files.
+async fn tls_proxy() -> (
+    HttpBackend,
+    tempfile::TempDir,
+    [CertificateDer<'static>; 2],
+    Proxy,
+) {
+    let backend = HttpBackend::start("a", "1.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let roots = [
+        certificate(dir.path(), "a.test"),
+        certificate(dir.path(), "b.test"),
+    ];
+    let proxy = Proxy::start(&tls_config(backend.addr, dir.path())).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    (backend, dir, roots, proxy)
+}
+
 /// Connects with TLS; returns the stream, the certificate served and the ALPN agreed.
 async fn connect(
     addr: SocketAddr,
@@ -129,14 +148,7 @@ async fn read_until_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8>
 /// http/1.1 (or nothing) only in HTTP/1.1 (the HTTP/2 preface gets an HTTP/1.1 400).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_alone_decides_the_protocol_on_tls() {
-    let backend = HttpBackend::start("a", "1.0.0").await;
-    let dir = tempfile::tempdir().unwrap();
-    let roots = [
-        certificate(dir.path(), "a.test"),
-        certificate(dir.path(), "b.test"),
-    ];
-    let proxy = Proxy::start(&tls_config(backend.addr, dir.path())).await;
-    proxy.wait_health("web", "a", Health::Up).await;
+    let (backend, _dir, roots, proxy) = tls_proxy().await;
     let hits = backend.hits();
 
     let (mut tls, _, alpn) = connect(proxy.addr("web"), "a.test", &roots, &[b"h2"]).await;
@@ -330,14 +342,7 @@ async fn curl_gets_http2_over_tls_and_with_prior_knowledge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tls_keep_alive_client_is_closed_when_handoff_drains() {
     use tokio::io::AsyncReadExt;
-    let backend = HttpBackend::start("a", "1.0.0").await;
-    let dir = tempfile::tempdir().unwrap();
-    let roots = [
-        certificate(dir.path(), "a.test"),
-        certificate(dir.path(), "b.test"),
-    ];
-    let proxy = Proxy::start(&tls_config(backend.addr, dir.path())).await;
-    proxy.wait_health("web", "a", Health::Up).await;
+    let (backend, _dir, roots, proxy) = tls_proxy().await;
     let (mut tls, _, _) = connect(proxy.addr("web"), "a.test", &roots, &[b"http/1.1"]).await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .await
