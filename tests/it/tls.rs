@@ -342,7 +342,7 @@ async fn curl_gets_http2_over_tls_and_with_prior_knowledge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tls_keep_alive_client_is_closed_when_handoff_drains() {
     use tokio::io::AsyncReadExt;
-    let (backend, _dir, roots, proxy) = tls_proxy().await;
+    let (_backend, _dir, roots, proxy) = tls_proxy().await;
     let (mut tls, _, _) = connect(proxy.addr("web"), "a.test", &roots, &[b"http/1.1"]).await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .await
