@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use super::buf::{Buf, Out};
 use super::framing::BodyLen;
@@ -255,7 +255,7 @@ async fn forward<I: ClientIo>(
                 n.min(u64::from(p.request_buffer))
             };
             if hold as usize > buf.len()
-                && !read_body(ctx, io, buf, hold as usize, p.timeouts).await
+                && !send::read_body(ctx, io, buf, hold as usize, p.timeouts).await
             {
                 return Next::Close;
             }
@@ -443,39 +443,6 @@ pub(crate) fn second_opinion(pool: &Pool, index: usize) -> bool {
             .iter()
             .enumerate()
             .any(|(j, n)| j != index && n.state.admits_new())
-}
-
-/// Reads until the first `n` body bytes are held (bounded by the response timeout: a client
-/// that stalls gets 408).
-async fn read_body<I: ClientIo>(
-    ctx: &ConnCtx,
-    io: &mut I,
-    buf: &mut Buf,
-    n: usize,
-    timeouts: Timeouts,
-) -> bool {
-    let limit = n.max(super::buf::SIZE);
-    let read = async {
-        while buf.len() < n {
-            match buf.read_from(io, limit).await {
-                Ok(0) | Err(_) => return false,
-                Ok(_) => {}
-            }
-        }
-        true
-    };
-    match timeout(timeouts.response, read).await {
-        Ok(done) => done,
-        Err(_) => {
-            let local = Local {
-                status: 408,
-                reason: "the request body did not arrive in time",
-            };
-            ctx.listener.metrics.client_error(ClientError::BodyTimeout);
-            respond_local(io, &local, false, false).await;
-            false
-        }
-    }
 }
 
 /// Relays a final response; on 101 to an upgrade request, hands both connections on to

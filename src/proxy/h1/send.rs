@@ -1,16 +1,22 @@
 //! Sending a request upstream and reading its response head. While a streamed request body
 //! goes out, the backend is watched: interim responses (`100 Continue`) go to the client at
-//! once, and a final response that comes early ends the upload.
+//! once, and a final response that comes early ends the upload. A body held before it is
+//! sent (for a replay, or `request_buffer`) is read here too.
 
+use crate::config::Timeouts;
+use crate::metrics::ClientError;
 use crate::pool::UpStream;
+use crate::proxy::http::ConnCtx;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
 
 use super::buf::{Buf, Out, SIZE};
 use super::exchange::{Plan, MAX_HEAD};
 use super::framing::{BodyLen, Chunked};
 use super::head::{self, ClientSide};
+use super::local::{respond_local, Local};
 use super::ClientIo;
 
 /// Why an exchange ended before a final response head.
@@ -224,6 +230,39 @@ async fn body<I: ClientIo>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Reads until the first `n` body bytes are held (bounded by the response timeout: a client
+/// that stalls gets 408).
+pub(super) async fn read_body<I: ClientIo>(
+    ctx: &ConnCtx,
+    io: &mut I,
+    buf: &mut Buf,
+    n: usize,
+    timeouts: Timeouts,
+) -> bool {
+    let limit = n.max(SIZE);
+    let read = async {
+        while buf.len() < n {
+            match buf.read_from(io, limit).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    };
+    match timeout(timeouts.response, read).await {
+        Ok(done) => done,
+        Err(_) => {
+            let local = Local {
+                status: 408,
+                reason: "the request body did not arrive in time",
+            };
+            ctx.listener.metrics.client_error(ClientError::BodyTimeout);
+            respond_local(io, &local, false, false).await;
+            false
         }
     }
 }
