@@ -289,11 +289,7 @@ async fn clients_that_never_read_cost_at_most_64_kib_each() {
     const CLIENTS: usize = 50;
     let backend = crate::framing::Scripted::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = dir.path().join("handoff.yaml");
     std::fs::write(
         &config,

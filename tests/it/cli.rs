@@ -180,11 +180,7 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
 
 #[test]
 fn ctl_exits_2_when_the_admin_api_is_unreachable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let out = Command::new(BIN)
         .args([
             "ctl",

@@ -50,25 +50,16 @@ async fn headless_chromium_sees_both_nodes_and_a_drain_clicked_on_the_page() {
     let Some(py) = browser() else { return };
     let (_a, _b, proxy) = http_pair_up().await;
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(90),
+    let text = run_peer(
         tokio::process::Command::new(py)
             .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/dashboard_check.py"))
             .arg(format!("http://{}", proxy.admin))
             .arg("web/a")
-            .arg(&shot)
-            .kill_on_drop(true)
-            .output(),
+            .arg(&shot),
+        std::time::Duration::from_secs(90),
+        "the browser",
     )
-    .await
-    .expect("the browser finished in time")
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .await;
     let lines: Vec<&str> = text.lines().collect();
     for node in ["web/a", "web/b"] {
         let line = format!("node {node} active up 1.0.0");

@@ -22,14 +22,6 @@ fn docker() -> bool {
     answers && compose
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_demo_replaces_both_backend_containers_under_load_with_nothing_failed() {
     if !docker() {

@@ -72,23 +72,14 @@ impl Server {
 
 /// Runs a client to its end and returns its output lines.
 async fn run_client(py: &PathBuf, args: &[&str]) -> Vec<String> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
+    let text = run_peer(
         tokio::process::Command::new(py)
             .arg(peer_script())
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
+            .args(args),
+        Duration::from_secs(60),
+        "the grpc client",
     )
-    .await
-    .expect("client finished in time")
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .await;
     text.lines().map(str::to_string).collect()
 }
 

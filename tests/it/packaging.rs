@@ -200,11 +200,7 @@ async fn refusals_at_max_connections_are_logged_once_a_second() {
     use crate::common::process::Handoff;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("handoff.yaml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     std::fs::write(
         &config,
         format!("admin: {{ listen: \"127.0.0.1:0\" }}\nlisteners:\n  - {{ name: web, listen: \"127.0.0.1:{port}\", protocol: http, max_connections: 2, routes: [ {{ pool: p }} ] }}\npools:\n  - {{ name: p, nodes: [ {{ name: a, addr: \"127.0.0.1:1\" }} ] }}\n"),

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::buf::{Buf, Out, SIZE};
 use super::exchange::Plan;
 use super::framing::BodyLen;
-use super::head::{self, field, push_decimal};
+use super::head::{self, field};
 use super::local::{respond_local, Local};
 use super::relay::{ready, Left};
 use super::{ClientIo, Next};
@@ -192,14 +192,14 @@ pub async fn forward<I: ClientIo>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let framing = match (bodiless, length) {
-        (true, _) => Framing::None,
-        (false, Some(n)) => Framing::Length(n),
-        (false, None) if p.minor >= 1 => Framing::Chunked,
-        (false, None) => Framing::UntilClose,
+        (true, _) => BodyLen::Empty,
+        (false, Some(n)) => BodyLen::Length(n),
+        (false, None) if p.minor >= 1 => BodyLen::Chunked,
+        (false, None) => BodyLen::UntilClose,
     };
     let keep_alive = whole
         && p.keep_alive
-        && framing != Framing::UntilClose
+        && framing != BodyLen::UntilClose
         && !closing.load(Relaxed)
         && !ctx.plane.shutdown.is_draining()
         && !ctx.plane.shutdown.is_retired()
@@ -223,7 +223,7 @@ pub async fn forward<I: ClientIo>(
     drop(out);
     let inflight = InflightGuard::new(&ctx.activity);
     let mut body = H2Body::new(incoming, node, grpc, answer.session, inflight);
-    if framing == Framing::None {
+    if framing == BodyLen::Empty {
         return if io.flush().await.is_ok() && keep_alive {
             Next::KeepAlive
         } else {
@@ -237,14 +237,6 @@ pub async fn forward<I: ClientIo>(
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
 /// The status line and fields for the client: the backend's fields but those of one hop,
 /// and the framing handoff chose.
 fn write_head(
@@ -252,7 +244,7 @@ fn write_head(
     minor: u8,
     status: StatusCode,
     headers: &HeaderMap,
-    framing: Framing,
+    framing: BodyLen,
     keep_alive: bool,
 ) {
     out.extend_from_slice(if minor == 0 {
@@ -271,15 +263,7 @@ fn write_head(
         }
         field(out, n, value.as_bytes());
     }
-    match framing {
-        Framing::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => field(out, "transfer-encoding", b"chunked"),
-        Framing::None | Framing::UntilClose => {}
-    }
+    head::framing_field(out, framing);
     match (keep_alive, minor) {
         (false, _) => field(out, "connection", b"close"),
         (true, 0) => field(out, "connection", b"keep-alive"),
@@ -288,8 +272,8 @@ fn write_head(
 }
 
 /// Writes the body as `framing` says; `false` when it could not be relayed whole.
-async fn relay_body<I: ClientIo>(io: &mut I, body: &mut H2Body, framing: Framing) -> bool {
-    let chunked = framing == Framing::Chunked;
+async fn relay_body<I: ClientIo>(io: &mut I, body: &mut H2Body, framing: BodyLen) -> bool {
+    let chunked = framing == BodyLen::Chunked;
     let mut scratch = Vec::new();
     loop {
         let frame = match body.frame().await {

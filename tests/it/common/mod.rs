@@ -27,6 +27,31 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub const BIN: &str = env!("CARGO_BIN_EXE_handoff");
 
 /// A child process (the binary, run by a test) that is killed when the test ends.
+/// A port free on loopback a moment ago, for a config a separate process binds.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a peer program (a Python client, a checker) to its end, within `limit`; asserts it
+/// succeeded, showing its output otherwise, and returns its standard output.
+pub async fn run_peer(cmd: &mut tokio::process::Command, limit: Duration, what: &str) -> String {
+    let out = tokio::time::timeout(limit, cmd.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+        .unwrap_or_else(|e| panic!("{what} could not start: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{what}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 pub struct Running(pub std::process::Child);
 
 impl Drop for Running {
