@@ -17,6 +17,7 @@
 //! - [`time`]: Unix milliseconds, total RFC 3339, checked deadline arithmetic.
 //! - [`upgrade`]: self-upgrade: sockets and runtime state handed to a new process.
 //! - [`memory`]: freed memory given back to the system after a burst of connections.
+//! - [`child`]: child processes in a group of their own (rollout hooks), killed as a whole.
 //!
 //! `unsafe` is in two places only: `upgrade::fds` (SCM_RIGHTS) and `memory::trim`
 //! (`malloc_trim`).
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod child;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -104,7 +104,7 @@ impl Metrics {
             reloads: counter(&r, "handoff_config_reloads_total", "Config reloads, by result (ok or failed).", &["result"]),
             deadline_closes: counter(&r, "handoff_drain_deadline_closes_total", "Sessions closed at a node's drain deadline, by kind.", &["pool", "node", "kind"]),
             rebalance_closes: counter(&r, "handoff_rebalance_closes_total", "Long-lived TCP sessions closed to rebalance a pool.", &["pool", "node"]),
-            cluster_writes: counter(&r, "handoff_cluster_writes_total", "Drains and enables written to etcd, by result: applied (by every live instance within 2s), lagging (answered naming laggards), refused (etcd unreachable, guard or conflict).", &["result"]),
+            cluster_writes: counter(&r, "handoff_cluster_writes_total", "Drains and enables written to etcd, by result: applied (by every live instance within 2s), lagging (answered naming laggards), refused (etcd unreachable, guard or conflict; never applied), unknown (answered 504: etcd did not tell in time; settled later).", &["result"]),
             drain_duration: {
                 let opts = HistogramOpts::new("handoff_drain_duration_seconds", "Time from drain to drained, per pool.")
                     .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]);

@@ -103,6 +103,7 @@ impl AdminError {
             Self::Cluster(e) => match e {
                 ClusterError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ClusterError::Guard(_) | ClusterError::Conflict(_) => StatusCode::CONFLICT,
+                ClusterError::Unknown { .. } => StatusCode::GATEWAY_TIMEOUT,
             },
             Self::NoCluster => StatusCode::NOT_FOUND,
             Self::Rollout(e) => match e {
@@ -112,6 +113,7 @@ impl AdminError {
                 RolloutError::Cluster(ClusterError::Unavailable(_)) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
+                RolloutError::Cluster(ClusterError::Unknown { .. }) => StatusCode::GATEWAY_TIMEOUT,
                 RolloutError::Cluster(_) => StatusCode::CONFLICT,
             },
         }
@@ -136,6 +138,16 @@ impl AdminError {
             Self::Rollout(RolloutError::AlreadyRunning { pool, running }) => {
                 json!({ "pool": pool, "running": running })
             }
+            Self::Cluster(ClusterError::Unknown {
+                write,
+                what,
+                reason,
+            })
+            | Self::Rollout(RolloutError::Cluster(ClusterError::Unknown {
+                write,
+                what,
+                reason,
+            })) => json!({ "write": write, "what": what, "reason": reason }),
             _ => serde_json::Value::Null,
         }
     }

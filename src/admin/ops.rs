@@ -42,6 +42,10 @@ pub(super) struct NodeAnswer {
     instances: Option<Vec<InstanceNode>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lagging: Option<Vec<String>>,
+    /// Those of `lagging` whose lease went after the write (cut off: they may still serve
+    /// with the state they knew).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost: Option<Vec<String>>,
 }
 
 pub(super) fn node_answer(app: &App, t: &NodeRef, applied: Option<Applied>) -> NodeAnswer {
@@ -51,11 +55,13 @@ pub(super) fn node_answer(app: &App, t: &NodeRef, applied: Option<Applied>) -> N
             view,
             instances: None,
             lagging: None,
+            lost: None,
         };
     };
     let mut instances = vec![InstanceNode {
         instance: cluster.instance().to_string(),
         state: view.state.clone(),
+        health: Some(view.health.clone()),
         sessions: view.sessions,
     }];
     instances.extend(cluster.instances(&t.node.key()));
@@ -67,6 +73,7 @@ pub(super) fn node_answer(app: &App, t: &NodeRef, applied: Option<Applied>) -> N
     NodeAnswer {
         view,
         instances: Some(instances),
+        lost: applied.as_ref().map(|a| a.lost.clone()),
         lagging: applied.map(|a| a.lagging),
     }
 }
@@ -152,8 +159,36 @@ pub async fn start_rollout(
     Ok(json_response(StatusCode::CREATED, &record))
 }
 
+/// A rollout as the API shows it: in a cluster, with who drives it and in which term (a
+/// hook compares that with its `HANDOFF_DRIVER_TERM` before a destructive step).
+#[derive(serde::Serialize)]
+struct RolloutAnswer {
+    #[serde(flatten)]
+    record: rollout::Rollout,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    driver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    term: Option<i64>,
+}
+
+fn rollout_answer(app: &App, record: rollout::Rollout) -> RolloutAnswer {
+    let driving = app.cluster().and_then(|c| c.driver_of(&record.id));
+    let (driver, term) = driving.map_or((None, None), |(d, t)| (Some(d), Some(t)));
+    RolloutAnswer {
+        record,
+        driver,
+        term,
+    }
+}
+
 pub fn rollouts(app: &Arc<App>) -> AdminResponse {
-    json_response(StatusCode::OK, &json!({ "rollouts": app.rollouts.list() }))
+    let all: Vec<RolloutAnswer> = app
+        .rollouts
+        .list()
+        .into_iter()
+        .map(|r| rollout_answer(app, r))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "rollouts": all }))
 }
 
 pub fn rollout(app: &Arc<App>, id: &str) -> Result<AdminResponse, AdminError> {
@@ -161,7 +196,10 @@ pub fn rollout(app: &Arc<App>, id: &str) -> Result<AdminResponse, AdminError> {
         .rollouts
         .get(id)
         .ok_or_else(|| rollout::RolloutError::Unknown(id.to_string()))?;
-    Ok(json_response(StatusCode::OK, &handle.snapshot()))
+    Ok(json_response(
+        StatusCode::OK,
+        &rollout_answer(app, handle.snapshot()),
+    ))
 }
 
 pub async fn abort(app: &Arc<App>, id: &str) -> Result<AdminResponse, AdminError> {

@@ -92,6 +92,16 @@ pub struct NodeView {
     /// What the node did with its traffic: totals, and the recent window.
     #[serde(default)]
     pub traffic: TrafficView,
+    /// Recent admin state and health changes, and cluster write outcomes, oldest first.
+    #[serde(default)]
+    pub history: Vec<HistoryView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryView {
+    /// RFC 3339.
+    pub at: String,
+    pub event: String,
 }
 
 /// A node's traffic figures (design §11). Requests count every attempt the node took part
@@ -171,6 +181,15 @@ impl NodeView {
             enable_pending: rec.pending_warmup.is_some(),
             idle_connections: node.idle.len(),
             traffic: TrafficView::of(&s.traffic),
+            history: s
+                .history
+                .entries()
+                .into_iter()
+                .map(|(at, event)| HistoryView {
+                    at: rfc3339(at),
+                    event,
+                })
+                .collect(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod ctl_render;
 mod ctl_watch;
 mod demo;
 mod demo_cluster;
+mod hook_guard;
 mod run;
 
 use std::path::PathBuf;
@@ -73,6 +74,16 @@ pub enum Command {
     /// The demo's rollout hook (internal).
     #[command(hide = true)]
     DemoUpgrade,
+    /// Runs a cluster rollout's hook and kills its process group when the driver's lease
+    /// could expire (internal: handoff starts it).
+    #[command(hide = true)]
+    HookGuard {
+        /// Time left under the lease at start; each line on stdin renews it.
+        #[arg(long)]
+        within_ms: u64,
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// One demo backend (what `demo` runs twice in process): answers with its name and
     /// version, `/healthz` with `X-Version`; a version ending in `-bad` fails every third
     /// request. The compose demo in docker/ runs it in each backend container.
@@ -102,6 +113,8 @@ pub enum Command {
 
 /// Runs a command; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
+    // This binary can watch a cluster rollout's hooks from outside (`hook-guard`).
+    crate::rollout::use_hook_guard("/proc/self/exe".into());
     let result = match cli.command {
         Command::Run {
             config,
@@ -138,6 +151,9 @@ pub fn main(cli: Cli) -> i32 {
             cluster: true,
         } => demo_cluster::demo(&listen, &admin, threads),
         Command::DemoUpgrade => demo::upgrade_hook(),
+        Command::HookGuard { within_ms, command } => {
+            hook_guard::run(std::time::Duration::from_millis(within_ms), &command)
+        }
         Command::DemoBackend {
             name,
             version,

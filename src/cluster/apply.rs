@@ -3,11 +3,12 @@
 //! local drain uses; values that do not parse are logged with their key and ignored.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use etcd_client::{EventType, KeyValue};
 
-use super::store::{self, Key, Member, NodeOp};
+use super::store::{self, Key, Member, NodeOp, View};
 use super::{lock, Cluster};
 use crate::control::NodeRef;
 use crate::lifecycle;
@@ -31,9 +32,19 @@ pub(super) fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) -> Vec<S
     let mut members = BTreeMap::new();
     let mut mirror = super::RolloutMirror::default();
     let mut holders = BTreeMap::new();
+    let mut terms = BTreeMap::new();
+    let mut views = BTreeMap::new();
     let mut ops = std::collections::HashMap::new();
     for kv in kvs {
         match c.keys.parse(kv.key()) {
+            Key::View(name) => {
+                if let Some(v) = parse_view(c, name, kv.value()) {
+                    views.insert(name.to_string(), v);
+                }
+            }
+            Key::Fence(name) if name == c.config.instance => {
+                c.fence_rev.store(kv.mod_revision(), SeqCst);
+            }
             Key::Node(node) => {
                 ops.insert(node.to_string(), (kv.mod_revision(), kv.value().to_vec()));
             }
@@ -53,9 +64,10 @@ pub(super) fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) -> Vec<S
                     id.to_string(),
                     String::from_utf8_lossy(kv.value()).to_string(),
                 );
+                terms.insert(id.to_string(), kv.create_revision());
             }
             Key::AffinityKey => note_affinity_key(c, kv.value()),
-            Key::Other => {}
+            Key::Fence(_) | Key::Other => {}
         }
     }
     let snapshot = c.ctl.snapshot.load();
@@ -80,12 +92,15 @@ pub(super) fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) -> Vec<S
         .map(|(id, _)| id.clone())
         .collect();
     c.members.send_replace(members);
+    c.views.send_replace(views);
     c.rollouts.send_replace(mirror);
     c.drivers.send_replace(super::Drivers {
         holders,
+        terms,
         mine: BTreeMap::new(),
     });
     c.applied.send_replace(revision);
+    c.seen.send_replace(revision);
     leaderless
 }
 
@@ -97,16 +112,39 @@ pub(super) struct Seen {
     /// This instance's member key went away (a previous process of the same instance
     /// revoked its lease after a takeover, say): publish again.
     pub own_member_gone: bool,
+    /// The same for this instance's view.
+    pub own_view_gone: bool,
 }
 
 /// Applies watched events in order.
 pub(super) fn events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
     let mut seen = Seen::default();
     let mut applied = None;
+    let mut last = 0;
     for ev in events {
         let Some(kv) = ev.kv() else { continue };
         let put = ev.event_type() == EventType::Put;
+        last = last.max(kv.mod_revision());
         match c.keys.parse(kv.key()) {
+            Key::View(name) => {
+                seen.own_view_gone |= !put && name == c.config.instance;
+                let v = if put {
+                    parse_view(c, name, kv.value())
+                } else {
+                    None
+                };
+                c.views.send_modify(|all| match v {
+                    Some(v) => {
+                        all.insert(name.to_string(), v);
+                    }
+                    None => {
+                        all.remove(name);
+                    }
+                });
+            }
+            Key::Fence(name) if name == c.config.instance && put => {
+                c.fence_rev.fetch_max(kv.mod_revision(), SeqCst);
+            }
             Key::Node(node) => {
                 if let Some(t) = c.ctl.node_by_key(node) {
                     if put {
@@ -153,9 +191,11 @@ pub(super) fn events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
                 c.drivers.send_modify(|d| match &holder {
                     Some(h) => {
                         d.holders.insert(id.to_string(), h.clone());
+                        d.terms.insert(id.to_string(), kv.create_revision());
                     }
                     None => {
                         d.holders.remove(id);
+                        d.terms.remove(id);
                         d.mine.remove(id);
                     }
                 });
@@ -176,7 +216,21 @@ pub(super) fn events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
     if let Some(rev) = applied {
         c.applied.send_modify(|a| *a = (*a).max(rev));
     }
+    // Events come in revision order: every change up to the last one is now known here.
+    c.seen.send_if_modified(|s| {
+        let moved = last > *s;
+        *s = (*s).max(last);
+        moved
+    });
     seen
+}
+
+fn parse_view(c: &Cluster, name: &str, value: &[u8]) -> Option<View> {
+    serde_json::from_slice::<View>(value)
+        .map_err(|e| {
+            tracing::error!(key = %c.keys.view(name), error = %e, "cluster: an instance's view does not parse; ignored");
+        })
+        .ok()
 }
 
 fn parse_member(c: &Cluster, name: &str, value: &[u8]) -> Option<Member> {

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
+use super::commit::{Outcome, Write};
 use super::session::call;
 use super::{lock, Cluster, ClusterError};
 
@@ -40,6 +41,7 @@ fn won(c: &Cluster, id: &str, term: i64) {
     tracing::info!(rollout = %id, instance = %c.config.instance, term, "cluster: this instance drives the rollout");
     c.drivers.send_modify(|d| {
         d.holders.insert(id.to_string(), c.config.instance.clone());
+        d.terms.insert(id.to_string(), term);
         d.mine.insert(id.to_string(), term);
     });
 }
@@ -48,29 +50,31 @@ impl Cluster {
     /// Creates rollout `id` with this instance as its driver, unless a rollout with that id
     /// exists. `Ok(false)`: it exists.
     pub async fn create_rollout(&self, id: &str, record: Vec<u8>) -> Result<bool, ClusterError> {
-        let mut client = self.writable().await?;
         let lease = self.lease.load(SeqCst);
         let (key, driver) = (self.keys.rollout(id), self.keys.driver(id));
-        let txn = Txn::new()
-            .when([
+        let write = Write {
+            what: format!("start of rollout {id}"),
+            node: None,
+            compares: vec![
                 Compare::create_revision(key.clone(), CompareOp::Equal, 0),
                 Compare::create_revision(driver.clone(), CompareOp::Equal, 0),
-            ])
-            .and_then([
+            ],
+            ops: vec![
                 TxnOp::put(key, record, None),
                 TxnOp::put(
                     driver,
                     self.config.instance.clone(),
                     Some(PutOptions::new().with_lease(lease)),
                 ),
-            ]);
-        let resp = call("creating a rollout", client.txn(txn))
-            .await
-            .map_err(ClusterError::Unavailable)?;
-        if resp.succeeded() {
-            won(self, id, resp.header().map_or(0, |h| h.revision()));
+            ],
+        };
+        match self.commit(write).await? {
+            Outcome::Committed(c) => {
+                won(self, id, c.revision);
+                Ok(true)
+            }
+            Outcome::Refused => Ok(false),
         }
-        Ok(resp.succeeded())
     }
 
     /// Writes `value` at `key` if this instance still drives rollout `id` in `term`.
@@ -126,16 +130,21 @@ impl Cluster {
         Compare::create_revision(self.keys.driver(id), CompareOp::Equal, term)
     }
 
-    /// Creates `key` with `value` unless it exists. `Ok(false)`: it exists.
-    pub async fn create(&self, key: String, value: Vec<u8>) -> Result<bool, ClusterError> {
-        let mut client = self.writable().await?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, None)]);
-        let resp = call("creating a key", client.txn(txn))
-            .await
-            .map_err(ClusterError::Unavailable)?;
-        Ok(resp.succeeded())
+    /// Creates `key` with `value` unless it exists (`what` names the write). `Ok(false)`: it
+    /// exists.
+    pub async fn create(
+        &self,
+        what: String,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<bool, ClusterError> {
+        let write = Write {
+            what,
+            node: None,
+            compares: vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)],
+            ops: vec![TxnOp::put(key, value, None)],
+        };
+        Ok(matches!(self.commit(write).await?, Outcome::Committed(_)))
     }
 
     /// Deletes `key` if it still holds `value`.

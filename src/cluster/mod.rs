@@ -1,4 +1,4 @@
-//! Cluster (design.md §10): instances that share a `cluster.prefix` share node admin states,
+//! Cluster (docs/cluster.md): instances that share a `cluster.prefix` share node admin states,
 //! rollouts and the affinity key through etcd, and each publishes what it holds under its
 //! lease.
 //!
@@ -7,9 +7,15 @@
 //!   applied, its sessions and health per node). Any error ends the session; the next one
 //!   starts with a full resync, so a lost watch or a compacted revision never leaves an
 //!   instance silently behind.
-//! - [`ops`] writes drains and enables (a transaction conditioned on the pool's node keys,
-//!   so the pair guard holds across instances) and answers once every live member reports
-//!   the write's revision; and the cluster-wide `wait`.
+//! - [`ops`] writes drains and enables (a transaction conditioned on the pool's node keys
+//!   and on every instance's [`store::View`], so the pair guard ([`guard`]) holds for every
+//!   instance's own view of the nodes) and answers once every member live at the write
+//!   reports its revision, naming those that did not; and the cluster-wide `wait`.
+//! - [`commit`] makes every admin write's answer true: a write whose outcome etcd did not
+//!   tell is settled (read back, or cancelled for good) before it is answered, or answered
+//!   504 "outcome unknown" and settled later.
+//! - [`term`] bounds what a rollout driver does to its lease: its hooks are killed before
+//!   the lease could expire in etcd, even when this process is frozen.
 //! - [`apply`] applies what etcd holds: the whole state at a resync, then watched events.
 //! - [`election`] elects the one instance that drives each rollout (first the one that
 //!   started it), and fences its writes.
@@ -18,14 +24,17 @@
 //! it; writes are refused ([`ClusterError::Unavailable`]) until it has resynced.
 
 mod apply;
+mod commit;
 pub mod election;
+pub mod guard;
 pub mod ops;
 mod session;
 pub mod store;
+pub mod term;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicI64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -36,7 +45,7 @@ use crate::config::ClusterConfig;
 use crate::control::Control;
 use crate::pool::affinity::{KeySource, Keys};
 use crate::pool::SessionKind;
-use store::Member;
+use store::{Member, View};
 
 /// How long one etcd request may take before the instance counts etcd as unreachable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -53,6 +62,14 @@ pub enum ClusterError {
     Guard(#[from] crate::lifecycle::OpError),
     #[error("cluster: {0}")]
     Conflict(String),
+    /// etcd did not say whether the write was applied, and no member could tell in time.
+    #[error("outcome unknown")]
+    Unknown {
+        /// The write's id, as `write_outcome` events name it.
+        write: String,
+        what: String,
+        reason: String,
+    },
 }
 
 /// Rollout records and abort requests as etcd has them (for [`crate::rollout`]).
@@ -70,12 +87,16 @@ pub struct RolloutMirror {
 pub struct Drivers {
     /// Rollout id → the instance holding its driver key.
     pub holders: BTreeMap<String, String>,
+    /// Rollout id → the term of its driver (the driver key's create revision).
+    pub terms: BTreeMap<String, i64>,
     /// Rollout id → this instance's term (the key's create revision) where it holds the key
     /// in this session.
     pub mine: BTreeMap<String, i64>,
 }
 
 pub struct Cluster {
+    /// This cluster, for tasks that outlive a call (settling a write in the background).
+    me: Weak<Cluster>,
     pub config: ClusterConfig,
     pub keys: store::Keys,
     /// The admin API's address, published for operators.
@@ -98,6 +119,18 @@ pub struct Cluster {
     /// `pool/node` → mod revision of its key as applied (0: no key), for the pool's
     /// compare-and-swap.
     node_revs: Mutex<HashMap<String, i64>>,
+    /// Every live instance's view of the nodes (this one's as published).
+    views: watch::Sender<BTreeMap<String, View>>,
+    /// The revision up to which this instance has seen every change under the prefix (the
+    /// resync's, then each watched event's): a view changed after it is one not yet read.
+    seen: watch::Sender<i64>,
+    /// The mod revision of this instance's write fence as last known ([`commit`]).
+    fence_rev: AtomicI64,
+    /// One admin write of this instance at a time (held on while an unknown outcome is
+    /// settled in the background).
+    writes: Arc<tokio::sync::Mutex<()>>,
+    /// The lease's safe deadline and the hooks bound by it.
+    pub term: term::Term,
     /// The affinity key etcd holds (hex), once read.
     affinity_key: Mutex<Option<String>>,
     /// This instance's affinity key (hex), offered when etcd has none.
@@ -110,8 +143,12 @@ pub struct ClusterView {
     pub prefix: String,
     pub instance: String,
     pub connected: bool,
-    /// Running (or just finished) rollouts by id, with the instance that drives each.
+    /// Running (or just finished) rollouts by id, with the instance that drives each. Empty
+    /// while not connected: a cut-off instance claims no driver role, its own or another's.
     pub drivers: BTreeMap<String, String>,
+    /// `members` is what this instance last knew before it lost etcd (not connected).
+    #[serde(default)]
+    pub members_stale: bool,
     /// The revision of shared state this instance has applied.
     pub revision: i64,
     pub members: Vec<MemberView>,
@@ -162,7 +199,8 @@ impl Cluster {
         ctl: Arc<Control>,
         own_key: String,
     ) -> Arc<Cluster> {
-        let cluster = Arc::new(Cluster {
+        let cluster = Arc::new_cyclic(|me| Cluster {
+            me: me.clone(),
             keys: store::Keys::new(&config.prefix),
             config,
             admin,
@@ -178,6 +216,11 @@ impl Cluster {
             rollouts: watch::channel(RolloutMirror::default()).0,
             drivers: watch::channel(Drivers::default()).0,
             node_revs: Mutex::new(HashMap::new()),
+            views: watch::channel(BTreeMap::new()).0,
+            seen: watch::channel(0).0,
+            fence_rev: AtomicI64::new(0),
+            writes: Arc::new(tokio::sync::Mutex::new(())),
+            term: term::Term::default(),
             affinity_key: Mutex::new(None),
             own_affinity_key: own_key,
         });
@@ -214,6 +257,22 @@ impl Cluster {
             .ok_or_else(|| ClusterError::Unavailable("no session".into()))
     }
 
+    /// Who drives rollout `id`, and in which term, as etcd last said; `None` while this
+    /// instance is cut off (it cannot know).
+    pub fn driver_of(&self, id: &str) -> Option<(String, i64)> {
+        if !self.connected() {
+            return None;
+        }
+        let d = self.drivers.borrow();
+        Some((d.holders.get(id)?.clone(), *d.terms.get(id)?))
+    }
+
+    /// Waits until some instance's view of the nodes changes, for at most `limit`.
+    pub async fn views_changed(&self, limit: Duration) {
+        let mut views = self.views.subscribe();
+        let _ = tokio::time::timeout(limit, views.changed()).await;
+    }
+
     pub fn rollouts(&self) -> watch::Receiver<RolloutMirror> {
         self.rollouts.subscribe()
     }
@@ -228,11 +287,17 @@ impl Cluster {
 
     pub fn view(&self) -> ClusterView {
         let members = self.members.borrow();
+        let connected = self.connected();
         ClusterView {
             prefix: self.config.prefix.clone(),
             instance: self.config.instance.clone(),
-            connected: self.connected(),
-            drivers: self.drivers.borrow().holders.clone(),
+            connected,
+            drivers: if connected {
+                self.drivers.borrow().holders.clone()
+            } else {
+                BTreeMap::new()
+            },
+            members_stale: !connected,
             revision: *self.applied.borrow(),
             members: members
                 .values()
@@ -273,6 +338,24 @@ impl Cluster {
             }
         }
         h
+    }
+
+    /// What this instance sees of every node now (published as its [`View`]).
+    fn own_view(&self) -> View {
+        let snapshot = self.ctl.snapshot.load();
+        let mut nodes = BTreeMap::new();
+        for pool in &snapshot.pools {
+            for node in &pool.nodes {
+                nodes.insert(
+                    node.key(),
+                    store::ViewNode {
+                        state: node.state.admin().as_str().to_string(),
+                        health: node.state.health().as_str().to_string(),
+                    },
+                );
+            }
+        }
+        View { nodes }
     }
 
     /// This instance's report as it would publish it now.

@@ -2,19 +2,21 @@
 //! the cluster-wide `wait`.
 //!
 //! A write is a transaction conditioned on the mod revision of every node key of the pool
-//! as this instance applied them: the pair guard is checked against the same state the
-//! write lands on, so two drains of a pair sent to two instances cannot both pass. A write
-//! that loses the race waits for the winner to be applied here and tries again.
+//! as this instance applied them, and (for a guarded drain) on every instance's view being
+//! the one the guard read: the pair guard is checked against the same state the write lands
+//! on, so two drains of a pair sent to two instances cannot both pass, and a node going down
+//! on some instance meanwhile is seen. A write that loses the race waits for the winner to
+//! be applied here and tries again. [`super::commit`] makes its answer true.
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, TxnOp};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::session::call;
+use super::commit::{Committed, Outcome, Write};
 use super::store::NodeOp;
-use super::{lock, Cluster, ClusterError, APPLY_WAIT};
+use super::{guard, lock, Cluster, ClusterError, APPLY_WAIT};
 use crate::control::NodeRef;
 use crate::lifecycle;
 use crate::pool::{unix_ms, SessionCounts};
@@ -25,8 +27,12 @@ const ATTEMPTS: usize = 5;
 /// What a write's answer adds to the node JSON.
 #[derive(Debug, Default, Serialize)]
 pub struct Applied {
-    /// Live members that had not applied the write when the answer was sent.
+    /// Members live at the write that had not applied it when the answer was sent,
+    /// including those whose lease went meanwhile.
     pub lagging: Vec<String>,
+    /// Those of `lagging` whose lease expired (or who left) after the write: cut off, they
+    /// may still serve with the state they knew.
+    pub lost: Vec<String>,
 }
 
 /// One member's view of a node, in the cluster-wide `wait` answer.
@@ -34,6 +40,9 @@ pub struct Applied {
 pub struct InstanceNode {
     pub instance: String,
     pub state: String,
+    /// Health by that instance's own checks, as it last published it.
+    #[serde(default)]
+    pub health: Option<String>,
     pub sessions: SessionCounts,
 }
 
@@ -87,6 +96,7 @@ impl Cluster {
         let outcome = match &result {
             Ok(a) if a.lagging.is_empty() => "applied",
             Ok(_) => "lagging",
+            Err(ClusterError::Unknown { .. }) => "unknown",
             Err(_) => "refused",
         };
         self.ctl
@@ -104,48 +114,65 @@ impl Cluster {
         fence: Option<(&str, i64)>,
         op: impl Fn() -> NodeOp,
     ) -> Result<Applied, ClusterError> {
-        let mut client = self.writable().await?;
         let key = t.node.key();
+        let draining = matches!(op(), NodeOp::Drain { .. });
+        let what = format!("{} of {key}", if draining { "drain" } else { "enable" });
         for _ in 0..ATTEMPTS {
             let mut applied = self.applied.subscribe();
+            let mut views = self.views.subscribe();
             let compares = {
                 let _serial = t.pool.control.serialize();
-                let draining = matches!(op(), NodeOp::Drain { .. });
+                let mut compares = Vec::new();
                 if draining && !force && t.node.state.record().needs_guard() {
+                    // Read before the views: every view the guard reads is at least this new,
+                    // and one that changed after it (a node went down somewhere) fails the
+                    // write, which then looks again.
+                    let seen = *self.seen.borrow();
                     lifecycle::check_guard(&t.pool, &t.node)?;
+                    self.check_guard_everywhere(t)?;
+                    compares.push(
+                        Compare::mod_revision(self.keys.views(), CompareOp::Less, seen + 1)
+                            .with_prefix(),
+                    );
                 }
                 let revs = lock(&self.node_revs);
-                t.pool
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        let k = n.key();
-                        let rev = revs.get(&k).copied().unwrap_or(0);
-                        Compare::mod_revision(self.keys.node(&k), CompareOp::Equal, rev)
-                    })
-                    .chain(fence.map(|(id, term)| self.fence(id, term)))
-                    .collect::<Vec<_>>()
+                compares.extend(
+                    t.pool
+                        .nodes
+                        .iter()
+                        .map(|n| {
+                            let k = n.key();
+                            let rev = revs.get(&k).copied().unwrap_or(0);
+                            Compare::mod_revision(self.keys.node(&k), CompareOp::Equal, rev)
+                        })
+                        .chain(fence.map(|(id, term)| self.fence(id, term))),
+                );
+                compares
             };
             let value =
                 serde_json::to_vec(&op()).map_err(|e| ClusterError::Conflict(e.to_string()))?;
-            let txn =
-                Txn::new()
-                    .when(compares)
-                    .and_then([TxnOp::put(self.keys.node(&key), value, None)]);
-            let resp = call("writing the node's state", client.txn(txn))
-                .await
-                .map_err(ClusterError::Unavailable)?;
-            let revision = resp.header().map_or(0, |h| h.revision());
-            if resp.succeeded() {
-                return Ok(self.await_applied(revision).await);
+            let write = Write {
+                what: what.clone(),
+                node: Some(key.clone()),
+                compares,
+                ops: vec![TxnOp::put(self.keys.node(&key), value, None)],
+            };
+            match self.commit(write).await? {
+                Outcome::Committed(c) => return Ok(self.await_applied(c).await),
+                Outcome::Refused => {}
             }
             if fence.is_some_and(|(id, term)| self.term(id) != Some(term)) {
                 return Err(ClusterError::Conflict(
                     "this instance no longer drives rollouts (its term ended)".into(),
                 ));
             }
-            // Another instance changed the pool first: apply its write, then decide again.
-            let _ = tokio::time::timeout(APPLY_WAIT, applied.changed()).await;
+            // Another instance changed the pool, or a view changed, first: read it, then
+            // decide again.
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = views.changed() => {}
+                _ = tokio::time::sleep(APPLY_WAIT) => {}
+            }
             if !self.connected() {
                 return Err(ClusterError::Unavailable(self.last_error()));
             }
@@ -156,50 +183,97 @@ impl Cluster {
         )))
     }
 
-    /// Waits until every live member (this one included) reports `revision`, for at most
-    /// [`APPLY_WAIT`]; names those that did not.
-    async fn await_applied(&self, revision: i64) -> Applied {
+    /// The pair guard for every other live instance, each by its own view of the nodes: the
+    /// shared admin state is this instance's (the write is conditioned on it).
+    fn check_guard_everywhere(&self, t: &NodeRef) -> Result<(), ClusterError> {
+        let mut views = self.views.borrow().clone();
+        views.remove(&self.config.instance);
+        let names: Vec<&str> = t.pool.nodes.iter().map(|n| n.name.as_str()).collect();
+        let admitted = |name: &str| {
+            t.pool
+                .node(name)
+                .is_some_and(|n| n.state.admin().admits_new())
+        };
+        guard::check(&t.pool.name, &names, &t.node.name, admitted, &views).map_err(|reason| {
+            ClusterError::Guard(lifecycle::OpError::Guard {
+                pool: t.pool.name.clone(),
+                node: t.node.name.clone(),
+                reason,
+            })
+        })
+    }
+
+    /// Waits until every member live at the write (this one included) reports its revision,
+    /// for at most [`APPLY_WAIT`]; names those that did not, and among them those whose lease
+    /// went meanwhile (`lost`: they may still serve with what they knew).
+    async fn await_applied(&self, c: Committed) -> Applied {
+        let revision = c.revision;
         let deadline = Instant::now() + APPLY_WAIT;
         let mut members = self.members.subscribe();
         let mut applied = self.applied.subscribe();
+        let mut seen = self.seen.subscribe();
+        // Live at the write: as the transaction read them, else as known here now.
+        let live: Vec<String> = c
+            .live
+            .unwrap_or_else(|| self.members.borrow().keys().cloned().collect())
+            .into_iter()
+            .filter(|m| *m != self.config.instance)
+            .collect();
         loop {
             let own = *applied.borrow_and_update() >= revision;
-            let lagging: Vec<String> = {
+            // A member missing once this instance has seen past the write left after it.
+            let past = *seen.borrow_and_update() >= revision;
+            let (mut lagging, mut lost) = (Vec::new(), Vec::new());
+            {
                 let all = members.borrow_and_update();
-                all.values()
-                    .filter(|m| m.instance != self.config.instance && m.revision < revision)
-                    .map(|m| m.instance.clone())
-                    .collect()
-            };
+                for name in &live {
+                    match all.get(name) {
+                        Some(m) if m.revision >= revision => {}
+                        None if past => lost.push(name.clone()),
+                        _ => lagging.push(name.clone()),
+                    }
+                }
+            }
             if own && lagging.is_empty() {
-                return Applied::default();
+                return Applied {
+                    lagging: lost.clone(),
+                    lost,
+                };
             }
             let woke = tokio::select! {
                 r = members.changed() => r.is_ok(),
                 r = applied.changed() => r.is_ok(),
+                r = seen.changed() => r.is_ok(),
                 _ = tokio::time::sleep_until(deadline) => false,
             };
             if !woke {
-                let mut lagging = lagging;
                 if !own {
                     lagging.insert(0, self.config.instance.clone());
                 }
-                tracing::warn!(revision, lagging = ?lagging, "cluster: members did not apply a write within {APPLY_WAIT:?}");
-                return Applied { lagging };
+                lagging.extend(lost.iter().cloned());
+                tracing::warn!(revision, lagging = ?lagging, lost = ?lost, "cluster: members did not apply a write within {APPLY_WAIT:?}");
+                return Applied { lagging, lost };
             }
         }
     }
 
     /// Every other live member's view of node `key` (`pool/node`).
     pub fn instances(&self, key: &str) -> Vec<InstanceNode> {
+        let views = self.views.borrow();
         self.members
             .borrow()
             .values()
             .filter(|m| m.instance != self.config.instance)
             .filter_map(|m| {
+                // The view is published at once on a flip; the report only with sessions.
+                let health = views
+                    .get(&m.instance)
+                    .and_then(|v| v.nodes.get(key))
+                    .map(|v| v.health.clone());
                 m.nodes.get(key).map(|n| InstanceNode {
                     instance: m.instance.clone(),
                     state: n.state.clone(),
+                    health: health.or_else(|| Some(n.health.clone())),
                     sessions: n.sessions,
                 })
             })

@@ -2,6 +2,7 @@
 //! something fails; then start again (with backoff) from a full resync. etcd-client does
 //! not reconnect watch or keep-alive streams by itself, so this loop is what does.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use etcd_client::{
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 
 use super::apply;
-use super::store::Member;
+use super::store::{Member, View};
+use super::term::keep_alive_every;
 use super::{lock, Cluster, REQUEST_TIMEOUT};
 use crate::config::ClusterTls;
 
@@ -37,6 +39,9 @@ pub async fn run(c: Arc<Cluster>) {
             r = session(&c) => r,
         };
         let was_connected = c.connected.send_replace(false);
+        // Before anything else, and before the next session gives the lease back: the hooks
+        // run under this session's terms stop here.
+        c.term.end();
         *lock(&c.client) = None;
         // Terms held in this session end with it (the lease may outlive it a moment: the
         // next session revokes it, so the keys go at once).
@@ -70,6 +75,9 @@ pub async fn run(c: Arc<Cluster>) {
 /// Gives the lease back on a clean stop, so other instances stop waiting for this one at
 /// once instead of after `lease_ttl` (and a rollout driver is replaced at once).
 pub(super) async fn revoke(c: &Cluster) {
+    // The hooks under this lease's terms go first: a successor is elected as soon as the
+    // lease is gone.
+    c.term.end();
     let lease = c.lease.swap(0, SeqCst);
     if lease == 0 {
         return;
@@ -138,7 +146,7 @@ async fn connect_to(etcd: &[String], tls: Option<&ClusterTls>) -> Result<Client>
     Err(errors.join("; "))
 }
 
-async fn connect_one(endpoint: &str, tls: Option<&ClusterTls>) -> Result<Client> {
+pub(super) async fn connect_one(endpoint: &str, tls: Option<&ClusterTls>) -> Result<Client> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
@@ -188,10 +196,15 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
         let _ = call("revoking the previous lease", client.lease_revoke(old)).await;
     }
     let ttl = c.config.lease_ttl.as_secs().max(1) as i64;
-    let lease = call("lease grant", client.lease_grant(ttl, None))
-        .await?
-        .id();
+    let sent = Instant::now();
+    let granted = call("lease grant", client.lease_grant(ttl, None)).await?;
+    let lease = granted.id();
     c.lease.store(lease, SeqCst);
+    // etcd counts whole seconds; the shorter of asked and granted is the one to trust.
+    let lease_ttl = Duration::from_secs(granted.ttl().clamp(1, ttl) as u64);
+    c.term.renewed(sent, lease_ttl);
+    let _deadline =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(end_term_at_deadline(Arc::clone(c))));
     let (mut keeper, mut alive) = call("lease keep-alive", client.lease_keep_alive(lease)).await?;
 
     // Resync: everything at one revision, applied before this instance accepts writes.
@@ -207,6 +220,8 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
     let mut published = c.member();
     let mut published_pulse = c.pulse();
     put_member(c, &mut client, lease, &published).await?;
+    let mut view = c.own_view();
+    put_view(c, &mut client, lease, &view).await?;
     let mut published_at = Instant::now();
     c.connected.send_replace(true);
     tracing::info!(instance = %c.config.instance, revision, members = c.members.borrow().len(), "cluster: connected and resynced");
@@ -226,22 +241,33 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
         ),
     )
     .await?;
-    let every = Duration::from_millis((ttl as u64 * 1000 / 3).max(500));
-    let mut keep_alive = interval(every);
+    let mut keep_alive = interval(keep_alive_every(lease_ttl));
     keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_alive = Instant::now();
+    // Send times of the keep-alives not answered yet, in order (answers come in order).
+    let mut unanswered: VecDeque<Instant> = VecDeque::new();
+    let mut safe_until = c.term.safe_until();
     let mut poll = interval(PUBLISH_POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        let deadline = (*safe_until.borrow_and_update()).unwrap_or_else(Instant::now);
         tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(format!(
+                    "no lease keep-alive answered in time (lease_ttl {lease_ttl:?}): this instance stops acting under its lease before etcd could expire it"
+                ));
+            }
+            r = safe_until.changed() => if r.is_err() { return Ok(()) },
             _ = keep_alive.tick() => {
-                if last_alive.elapsed() > c.config.lease_ttl {
-                    return Err(format!("no lease keep-alive answer for {:?}", c.config.lease_ttl));
-                }
+                unanswered.push_back(Instant::now());
                 keeper.keep_alive().await.map_err(|e| format!("lease keep-alive: {e}"))?;
             }
             msg = alive.message() => match msg.map_err(|e| format!("lease keep-alive: {e}"))? {
-                Some(r) if r.ttl() > 0 => last_alive = Instant::now(),
+                Some(r) if r.ttl() > 0 => {
+                    if let Some(sent) = unanswered.pop_front() {
+                        let granted = Duration::from_secs(r.ttl().clamp(1, ttl) as u64);
+                        c.term.renewed(sent, granted.min(lease_ttl));
+                    }
+                }
                 Some(_) => return Err("the lease expired (etcd forgot this instance)".into()),
                 None => return Err("the lease keep-alive stream ended".into()),
             },
@@ -266,8 +292,20 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
                     published = now;
                     published_at = Instant::now();
                 }
+                let now = c.own_view();
+                if now != view || seen.own_view_gone {
+                    put_view(c, &mut client, lease, &now).await?;
+                    view = now;
+                }
             }
             _ = poll.tick() => {
+                // A flip of admin state or health is published at once: drains on other
+                // instances are guarded by it.
+                let now = c.own_view();
+                if now != view {
+                    put_view(c, &mut client, lease, &now).await?;
+                    view = now;
+                }
                 // The full report counts pinned affinity clients (a scan per node): it is
                 // built when the cheap pulse changed, or once a second for affinity expiry.
                 let pulse = c.pulse();
@@ -286,6 +324,26 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
     }
 }
 
+/// Ends this session's terms at the lease's safe deadline, on time even while the session
+/// loop waits for etcd: the hooks are killed and the rollouts stop being driven here.
+async fn end_term_at_deadline(c: Arc<Cluster>) {
+    let mut until = c.term.safe_until();
+    loop {
+        let Some(deadline) = *until.borrow_and_update() else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::error!(instance = %c.config.instance, "cluster: the lease was not renewed in time; this instance drives nothing from now on");
+                c.term.end();
+                c.drivers.send_modify(|d| d.mine.clear());
+                return;
+            }
+            r = until.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 async fn put_member(c: &Cluster, client: &mut Client, lease: i64, m: &Member) -> Result<()> {
     let json = serde_json::to_vec(m).map_err(|e| e.to_string())?;
     call(
@@ -300,6 +358,20 @@ async fn put_member(c: &Cluster, client: &mut Client, lease: i64, m: &Member) ->
     c.members.send_modify(|all| {
         all.insert(m.instance.clone(), m.clone());
     });
+    Ok(())
+}
+
+async fn put_view(c: &Cluster, client: &mut Client, lease: i64, v: &View) -> Result<()> {
+    let json = serde_json::to_vec(v).map_err(|e| e.to_string())?;
+    call(
+        "publishing this instance's view",
+        client.put(
+            c.keys.view(&c.config.instance),
+            json,
+            Some(PutOptions::new().with_lease(lease)),
+        ),
+    )
+    .await?;
     Ok(())
 }
 

@@ -8,6 +8,8 @@
 //! | `{prefix}/affinity_key` | the shared affinity key, hex | — |
 //! | `{prefix}/members/{instance}` | [`Member`]: revision applied, sessions, health | the instance's |
 //! | `{prefix}/drivers/{id}` | the instance that drives rollout `id` (its election) | the driver's |
+//! | `{prefix}/views/{instance}` | [`View`]: admin state and health of every node, as it sees them | the instance's |
+//! | `{prefix}/fences/{instance}` | the id of the instance's last admin write (see [`super::commit`]) | — |
 //!
 //! Values from etcd are peers' messages: they are parsed strictly, and one that does not
 //! parse is logged with its key and ignored, never applied in part.
@@ -37,6 +39,8 @@ pub enum Key<'a> {
     Member(&'a str),
     /// The driver of rollout `id`.
     Driver(&'a str),
+    View(&'a str),
+    Fence(&'a str),
     Other,
 }
 
@@ -78,6 +82,27 @@ impl Keys {
         format!("{}/drivers/{id}", self.prefix)
     }
 
+    /// What `instance` sees of the nodes (the cluster-wide pair guard reads every one).
+    pub fn view(&self, instance: &str) -> String {
+        format!("{}/views/{instance}", self.prefix)
+    }
+
+    /// Every instance's view (a prefix).
+    pub fn views(&self) -> String {
+        format!("{}/views/", self.prefix)
+    }
+
+    /// Every live member (a prefix).
+    pub fn members(&self) -> String {
+        format!("{}/members/", self.prefix)
+    }
+
+    /// `instance`'s write fence: every admin write of the instance moves it, so a write
+    /// whose outcome is unknown can be told apart, and cancelled, later.
+    pub fn fence(&self, instance: &str) -> String {
+        format!("{}/fences/{instance}", self.prefix)
+    }
+
     /// Classifies a key read from etcd.
     pub fn parse<'a>(&self, key: &'a [u8]) -> Key<'a> {
         let Ok(key) = std::str::from_utf8(key) else {
@@ -107,6 +132,12 @@ impl Keys {
         }
         if let Some(id) = rest.strip_prefix("drivers/") {
             return Key::Driver(id);
+        }
+        if let Some(name) = rest.strip_prefix("views/") {
+            return Key::View(name);
+        }
+        if let Some(name) = rest.strip_prefix("fences/") {
+            return Key::Fence(name);
         }
         match rest {
             "affinity_key" => Key::AffinityKey,
@@ -188,6 +219,32 @@ pub struct MemberNode {
     pub sessions: SessionCounts,
 }
 
+/// What one instance sees of every node, under its lease: admin state and health only, so
+/// it changes when one of them flips (rarely), never with session counts. A drain's
+/// transaction is conditioned on every view being the one its pair guard read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct View {
+    /// `pool/node` → what this instance sees of it.
+    pub nodes: BTreeMap<String, ViewNode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewNode {
+    /// Admin state on that instance (`active`, `warming`, `draining`, `drained`).
+    pub state: String,
+    /// Health by that instance's own checks (`up`, `down`, `unknown`).
+    pub health: String,
+}
+
+impl ViewNode {
+    /// Whether the instance sends new sessions to the node.
+    pub fn serving(&self) -> bool {
+        matches!(self.state.as_str(), "active" | "warming") && self.health == "up"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +260,10 @@ mod tests {
         assert_eq!(k.parse(k.member("lb-1").as_bytes()), Key::Member("lb-1"));
         assert_eq!(k.parse(k.driver("web-1").as_bytes()), Key::Driver("web-1"));
         assert_eq!(k.parse(k.affinity_key().as_bytes()), Key::AffinityKey);
+        assert_eq!(k.parse(k.view("lb-1").as_bytes()), Key::View("lb-1"));
+        assert_eq!(k.parse(k.fence("lb-1").as_bytes()), Key::Fence("lb-1"));
+        assert!(k.view("lb-1").starts_with(&k.views()));
+        assert!(k.member("lb-1").starts_with(&k.members()));
         assert_eq!(k.parse(b"/handoff/prodx/drivers/web-1"), Key::Other);
         assert!(running(
             br#"{"id":"web-1","state":"running","timeline":[]}"#

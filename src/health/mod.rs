@@ -63,6 +63,9 @@ fn reach(pool: &Pool) -> Reach<'_> {
 /// connections, which would only fail the next requests.
 pub fn log_flip(node: &Node, from: Health, to: Health, reason: &str) {
     node.state.metrics.transition(to.as_str());
+    node.state
+        .history
+        .note(format!("health {} ({reason})", to.as_str()));
     if to == Health::Down {
         node.idle.clear();
         node.h2.clear();

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod affinity;
 pub mod attempts;
 pub mod h2conn;
+pub mod history;
 mod idle;
 mod lifecycle;
 mod node;

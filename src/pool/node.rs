@@ -84,6 +84,8 @@ pub struct NodeState {
     /// Set while a rollout judges this node: its 5xx answers to requests that can be sent
     /// again go to a sibling instead of the client.
     probation: AtomicBool,
+    /// Recent admin state and health changes, and cluster write outcomes.
+    pub history: super::history::History,
 }
 
 impl NodeState {
@@ -108,6 +110,7 @@ impl NodeState {
             affinity: AffinityTable::default(),
             traffic: Traffic::default(),
             probation: AtomicBool::new(false),
+            history: Default::default(),
         }
     }
 
@@ -222,6 +225,7 @@ impl NodeState {
         drop(rec);
         if from != next.kind() {
             self.metrics.transition(next.kind().as_str());
+            self.history.note(format!("state {}", next.kind().as_str()));
         }
         self.changed.notify_waiters();
         from
@@ -318,6 +322,7 @@ impl NodeState {
         if self.health.swap(Health::Unknown as u8, SeqCst) != Health::Unknown as u8 {
             self.health_since.store(unix_ms(), Relaxed);
             self.metrics.transition(Health::Unknown.as_str());
+            self.history.note("health unknown (address changed)");
         }
         self.changed.notify_waiters();
     }

@@ -11,6 +11,7 @@ mod run;
 pub mod shared;
 mod wait;
 
+pub use hook::use_hook_guard;
 pub use record::{Event, Phase, Rollback, RollbackState, Rollout, RolloutState};
 
 use std::collections::BTreeMap;

@@ -181,7 +181,13 @@ async fn back(
     let Some(argv) = &target.pool.config.rollout.hook else {
         return Err(format!("the rollout hook was removed; {key} left drained"));
     };
-    let env = hook::env(&target, &rollback.version, hook::Action::Rollback);
+    let (id, term) = super::run::term_of(handle, cluster);
+    let env = hook::env(
+        &target,
+        &rollback.version,
+        hook::Action::Rollback,
+        (&id, term),
+    );
     handle.event(
         Some(&rollback.node),
         None,
@@ -193,9 +199,15 @@ async fn back(
     );
     // A rollback is not abortable: the node is drained and must come back.
     let never = tokio_util::sync::CancellationToken::new();
-    hook::run(argv, &env, ready_timeout, &never)
-        .await
-        .map_err(|e| format!("{e}; {key} left drained"))?;
+    hook::run(
+        argv,
+        &env,
+        ready_timeout,
+        &never,
+        cluster.map(|d| &d.cluster.term),
+    )
+    .await
+    .map_err(|e| format!("{e}; {key} left drained"))?;
     let healthy_after = target.pool.config.health.healthy_after;
     let version = rollback.version.as_str();
     let ready = |s: &NodeState| {

@@ -39,6 +39,9 @@ pub(super) enum Stop {
     Aborted,
     /// The node failed analysis and was drained; the reason, and the rollback to run.
     Breach(String, Option<super::Rollback>),
+    /// In a cluster: this driver's term ended mid-step; the step is left for the next
+    /// driver to redo.
+    Deposed,
 }
 
 /// Extra time past the drain timeout for the deadline closes to finish.
@@ -138,6 +141,14 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
                     if rolling_back {
                         rollback::run(&app, cluster, &handle).await;
                     }
+                    return;
+                }
+                Err(Stop::Deposed) => {
+                    handle.event(
+                        Some(node_name),
+                        Some(phase),
+                        "this driver's term ended; the next driver redoes this step",
+                    );
                     return;
                 }
                 Err(Stop::Aborted) => {
@@ -312,15 +323,18 @@ async fn step(
         Phase::WaitingUpgrade => {
             handle.lock().reason = None;
             if let Some(argv) = &target.pool.config.rollout.hook {
-                let env = hook::env(&target, version, hook::Action::Upgrade);
+                let (id, term) = term_of(handle, cluster);
+                let env = hook::env(&target, version, hook::Action::Upgrade, (&id, term));
                 handle.event(
                     Some(node),
                     Some(phase),
                     format!("running hook {}", argv.join(" ")),
                 );
-                return match hook::run(argv, &env, ready_timeout, &handle.abort).await {
+                let term = cluster.map(|d| &d.cluster.term);
+                return match hook::run(argv, &env, ready_timeout, &handle.abort, term).await {
                     Ok(()) => Ok(()),
                     Err(hook::HookError::Aborted) => Err(Stop::Aborted),
+                    Err(hook::HookError::TermEnded) => Err(Stop::Deposed),
                     Err(e) => Err(Stop::Failed(format!("{e}; {key} left drained"))),
                 };
             }
@@ -418,6 +432,14 @@ async fn step(
             analysis::phase(app, cluster, handle, judged, &target, ready_timeout).await
         }
         Phase::Done => Ok(()),
+    }
+}
+
+/// The rollout's id and its driver's term (0 outside a cluster), for the hook.
+pub(super) fn term_of<'a>(handle: &Handle, cluster: Option<Driving<'a>>) -> (String, i64) {
+    match cluster {
+        Some(d) => (d.rollout.to_string(), d.term),
+        None => (handle.lock().id.clone(), 0),
     }
 }
 

@@ -40,6 +40,7 @@ pub(super) async fn abort(cluster: &Cluster, handle: &Handle) -> Result<(), Clus
     let id = handle.lock().id.clone();
     cluster
         .create(
+            format!("abort of rollout {id}"),
             cluster.keys.abort(&id),
             cluster.instance().as_bytes().to_vec(),
         )

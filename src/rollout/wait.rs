@@ -70,10 +70,16 @@ impl Attempt<'_> {
                 .await
             {
                 Ok(_) => Ok(()),
-                Err(ClusterError::Unavailable(e)) => {
+                Err(ClusterError::Unavailable(e) | ClusterError::Unknown { reason: e, .. }) => {
                     // Not a refusal: wait a moment; the driver loses its term if it lasts.
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     Err(e)
+                }
+                Err(e @ ClusterError::Guard(_)) => {
+                    // Another instance has no other node: wait for its view to change
+                    // (this instance's own sibling may well serve, so nothing here wakes it).
+                    cluster.cluster.views_changed(Duration::from_secs(1)).await;
+                    Err(e.to_string())
                 }
                 Err(e) => Err(e.to_string()),
             },

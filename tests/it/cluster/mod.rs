@@ -4,6 +4,10 @@
 
 mod drain;
 mod failures;
+mod fencing;
+mod outcomes;
+mod partitions;
+mod relay;
 mod rollout;
 mod takeover;
 mod tls;
@@ -127,6 +131,30 @@ impl Etcd {
     /// Kills member `i` (its data stays for a restart).
     pub fn stop(&mut self, i: usize) {
         self.members[i] = None;
+    }
+
+    /// Freezes member `i` (SIGSTOP): it holds its connections and answers nothing.
+    pub fn freeze(&self, i: usize) {
+        self.signal_member(i, "STOP");
+    }
+
+    /// Lets a frozen member `i` run again (SIGCONT).
+    pub fn thaw(&self, i: usize) {
+        self.signal_member(i, "CONT");
+    }
+
+    fn signal_member(&self, i: usize, signal: &str) {
+        let pid = self.members[i].as_ref().expect("member running").0.id();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Member `i`'s client address.
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.client_ports[i]))
     }
 
     pub async fn restart(&mut self, members: &[usize]) {
