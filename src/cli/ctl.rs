@@ -1,7 +1,8 @@
 //! `handoff ctl`: a thin client of the admin API, with human output by default and `--json`
 //! for scripts. Exit codes: 0 success; 1 the API refused (its error is printed); 2 the admin
 //! API could not be reached; 3 conflict (409: pair guard, rollout already running); 4 timed
-//! out (504: `wait`); 5 the rollout failed or was aborted (`rollout status`).
+//! out (504: `wait`, or a cluster write whose outcome is unknown); 5 the rollout failed or
+//! was aborted (`rollout status`).
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -124,7 +125,8 @@ pub fn ctl(
     };
     if json {
         println!("{}", String::from_utf8_lossy(&bytes).trim_end());
-    } else if code == REFUSED || code == CONFLICT {
+    } else if code == REFUSED || code == CONFLICT || value["error"].is_string() {
+        // A 504 with an error (a cluster write whose outcome is unknown) is said as one.
         let error = value["error"].as_str().unwrap_or("request refused");
         eprintln!("handoff ctl: {error} ({status})");
         if let Some(detail) = value.get("detail").filter(|d| !d.is_null()) {
