@@ -2,6 +2,11 @@
 //! the routing snapshot, the metrics, the stop token for background steps, and the state
 //! store. It holds nothing of the listeners or the admin server, so the control plane never
 //! reaches back into the app that composes it.
+//!
+//! It also owns what the snapshot is built from: the config file as last applied and the
+//! runtime member changes made against it ([`crate::members`]). A reload, an admin API
+//! change of a pool's nodes, and (in a cluster) one made on another instance all rebuild the
+//! snapshot here, in one place, and restart the health checkers with it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -12,6 +17,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
+use crate::members::{MemberError, Membership};
 use crate::metrics::Metrics;
 use crate::pool::{Node, Pool};
 use crate::snapshot::Snapshot;
@@ -34,6 +41,10 @@ pub struct Control {
     store_paused: AtomicBool,
     /// Bumped at every change of admin state or rollouts (what the cluster publishes).
     changed: watch::Sender<u64>,
+    /// The file as last applied, and the runtime member changes made against it.
+    members: Mutex<(Arc<Config>, Membership)>,
+    /// Cancels the current generation of health checkers.
+    health: Mutex<CancellationToken>,
 }
 
 /// A node resolved from one snapshot, with the pool it belongs to.
@@ -51,14 +62,99 @@ impl Control {
         store: Option<StateStore>,
     ) -> Control {
         Control {
-            snapshot,
             metrics,
             stop,
             store,
             rebalancing: Mutex::new(HashSet::new()),
             store_paused: AtomicBool::new(false),
             changed: watch::channel(0).0,
+            members: Mutex::new((
+                Arc::new(snapshot.load().config.as_ref().clone()),
+                Membership::default(),
+            )),
+            health: Mutex::new(CancellationToken::new()),
+            snapshot,
         }
+    }
+
+    /// Notes the file the first snapshot was built from, with `changes` (restored or handed
+    /// over) already applied to it.
+    pub fn set_members(&self, file: Config, changes: Membership) {
+        *lock(&self.members) = (Arc::new(file), changes);
+    }
+
+    /// The file as last applied.
+    pub fn file(&self) -> Arc<Config> {
+        Arc::clone(&lock(&self.members).0)
+    }
+
+    /// The runtime member changes (what the state file and a takeover carry).
+    pub fn membership(&self) -> Membership {
+        lock(&self.members).1.clone()
+    }
+
+    /// What `file` would keep of the runtime member changes (a reload's check before it
+    /// changes anything).
+    pub fn rebased(&self, file: &Config) -> Result<Membership, MemberError> {
+        let members = lock(&self.members);
+        members.1.rebase(&members.0, file)
+    }
+
+    /// Applies a new file (a reload): runtime member changes are rebased onto it.
+    pub fn install_file(&self, file: Config) -> Result<(), MemberError> {
+        let mut members = lock(&self.members);
+        let changes = members.1.rebase(&members.0, &file)?;
+        self.install(&mut members, file, changes, |_| {});
+        Ok(())
+    }
+
+    /// Changes the pools' members: `change` edits the runtime changes (against the file);
+    /// on `Ok` the snapshot is rebuilt with them, `prepare` sees it before anything else
+    /// does (to set a new node's admin state before it can be picked), and it is installed.
+    /// On `Err` nothing changed.
+    pub fn change_members(
+        &self,
+        change: impl FnOnce(&mut Membership, &Config) -> Result<(), MemberError>,
+        prepare: impl FnOnce(&Snapshot),
+    ) -> Result<(), MemberError> {
+        let mut members = lock(&self.members);
+        let mut next = members.1.clone();
+        change(&mut next, &members.0)?;
+        let file = members.0.as_ref().clone();
+        self.install(&mut members, file, next, prepare);
+        Ok(())
+    }
+
+    fn install(
+        &self,
+        members: &mut (Arc<Config>, Membership),
+        file: Config,
+        changes: Membership,
+        prepare: impl FnOnce(&Snapshot),
+    ) {
+        let effective = changes.effective(&file);
+        let next = Snapshot::build(effective, Some(&self.snapshot.load()), &self.metrics);
+        prepare(&next);
+        self.snapshot.store(Arc::new(next));
+        *members = (Arc::new(file), changes);
+        self.restart_health();
+        self.mark_dirty();
+    }
+
+    /// Starts a health checker per pool of the current snapshot, stopping the previous ones
+    /// (a node's state is kept by identity; a result probed at an old address is ignored).
+    pub fn restart_health(&self) {
+        let mut health = lock(&self.health);
+        health.cancel();
+        *health = self.stop.child_token();
+        for pool in &self.snapshot.load().pools {
+            crate::health::spawn(pool, &health);
+        }
+    }
+
+    /// Stops every health checker (a takeover handed the nodes over).
+    pub fn stop_health(&self) {
+        lock(&self.health).cancel();
     }
 
     /// `pool/node` in the current snapshot.
@@ -157,4 +253,8 @@ impl StateStore {
             tracing::error!("the state file writer did not write within {FLUSH_WAIT:?}");
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

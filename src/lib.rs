@@ -34,6 +34,7 @@ pub mod events;
 pub mod gated;
 pub mod health;
 pub mod lifecycle;
+pub mod members;
 #[allow(unsafe_code)]
 pub mod memory;
 pub mod metrics;

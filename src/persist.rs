@@ -12,15 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{duration, limits};
-use crate::control::StoreWriter;
+use crate::control::{Control, StoreWriter};
+use crate::members::Membership;
 use crate::pool::affinity::{KeySource, Keys};
 use crate::pool::AdminState;
 use crate::rollout::{Registry, Rollout};
-use crate::snapshot::Snapshot;
 use crate::time::MAX_UNIX_MS;
 
 /// Format version of the file.
@@ -37,6 +36,10 @@ pub struct StateFile {
     /// Absent when the key comes from a shared secret (never written to disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity_key: Option<String>,
+    /// Nodes added, changed or removed at runtime (admin API, DNS), relative to the config
+    /// file: applied to the file at start.
+    #[serde(default, skip_serializing_if = "Membership::is_empty")]
+    pub membership: Membership,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,7 +175,8 @@ pub fn write_atomic(path: &Path, state: &StateFile) -> std::io::Result<()> {
 }
 
 /// The state to write now, read from the runtime.
-pub fn collect(snapshot: &Snapshot, rollouts: &Registry) -> StateFile {
+pub fn collect(control: &Control, rollouts: &Registry) -> StateFile {
+    let snapshot = control.snapshot.load();
     let mut nodes = BTreeMap::new();
     for pool in &snapshot.pools {
         for node in &pool.nodes {
@@ -192,6 +196,7 @@ pub fn collect(snapshot: &Snapshot, rollouts: &Registry) -> StateFile {
         nodes,
         rollouts: rollouts.list(),
         affinity_key: (snapshot.keys.source() != KeySource::Secret).then(|| snapshot.keys.to_hex()),
+        membership: control.membership(),
     }
 }
 
@@ -199,7 +204,7 @@ pub fn collect(snapshot: &Snapshot, rollouts: &Registry) -> StateFile {
 /// dirty, and reports how many marks it has covered (what a flush waits for). Ends when
 /// the requesting side is dropped.
 pub async fn writer(
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    control: Arc<Control>,
     rollouts: Arc<Registry>,
     path: PathBuf,
     mut store: StoreWriter,
@@ -209,7 +214,7 @@ pub async fn writer(
             return;
         }
         let covers = *store.requested.borrow_and_update();
-        let state = collect(&snapshot.load(), &rollouts);
+        let state = collect(&control, &rollouts);
         let target = path.clone();
         match tokio::task::spawn_blocking(move || write_atomic(&target, &state)).await {
             Ok(Ok(())) => {}

@@ -83,6 +83,7 @@ pub async fn reload(app: &Arc<App>) -> Result<AdminResponse, AdminError> {
         Err(ReloadError::Config(e)) => Err(AdminError::InvalidConfig(e.field_errors())),
         Err(ReloadError::NoFile) => Err(AdminError::Conflict(ReloadError::NoFile.to_string())),
         Err(e @ ReloadError::Start(_)) => Err(AdminError::ReloadFailed(e.to_string())),
+        Err(e @ ReloadError::Members(_)) => Err(AdminError::Conflict(e.to_string())),
     }
 }
 

@@ -2,6 +2,7 @@
 //! state, so every input is refused with a clear 400 before anything changes — and so the
 //! parsers can be fuzzed on their own.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -197,4 +198,140 @@ mod tests {
             assert!(wait_query(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// A node to add (`POST /v1/pools/{pool}/nodes`), checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewNode {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// `state: "drained"`: added but held out until enabled.
+    pub drained: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddNodeBody {
+    name: Option<String>,
+    addr: Option<String>,
+    weight: Option<u32>,
+    state: Option<String>,
+}
+
+/// `POST /v1/pools/{pool}/nodes` body: `name` and `addr` required.
+pub fn add_node(body: &[u8]) -> Result<NewNode, AdminError> {
+    let b: AddNodeBody = json_body(body)?;
+    let name = b
+        .name
+        .ok_or_else(|| AdminError::BadRequest("name: required".into()))?;
+    if !crate::config::valid_name(&name) {
+        return Err(AdminError::BadRequest(format!(
+            "name: invalid node name {name:?}: use letters, digits, '-', '_' or '.', at most 64 bytes"
+        )));
+    }
+    let addr = node_addr(
+        b.addr
+            .as_deref()
+            .ok_or_else(|| AdminError::BadRequest("addr: required".into()))?,
+    )?;
+    let weight = node_weight(b.weight)?.unwrap_or(crate::config::defaults::WEIGHT);
+    let drained = match b.state.as_deref() {
+        None | Some("active") => false,
+        Some("drained") => true,
+        Some(other) => {
+            return Err(AdminError::BadRequest(format!(
+                "state: {other:?} is not a state a node can be added in: \"active\" or \"drained\""
+            )))
+        }
+    };
+    Ok(NewNode {
+        name,
+        addr,
+        weight,
+        drained,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchNodeBody {
+    addr: Option<String>,
+    weight: Option<u32>,
+}
+
+/// `PATCH /v1/pools/{pool}/nodes/{node}` body: `addr` and/or `weight`.
+pub fn patch_node(body: &[u8]) -> Result<(Option<SocketAddr>, Option<u32>), AdminError> {
+    let b: PatchNodeBody = json_body(body)?;
+    if b.addr.is_none() && b.weight.is_none() {
+        return Err(AdminError::BadRequest(
+            "nothing to change: expected {\"weight\": N} and/or {\"addr\": \"IP:PORT\"}".into(),
+        ));
+    }
+    let addr = b.addr.as_deref().map(node_addr).transpose()?;
+    Ok((addr, node_weight(b.weight)?))
+}
+
+/// `DELETE /v1/pools/{pool}/nodes/{node}?drain=true&force=true&timeout=30s`.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Removal {
+    pub drain: bool,
+    pub force: bool,
+    pub timeout: Option<Duration>,
+}
+
+pub fn remove_query(query: &str) -> Result<Removal, AdminError> {
+    let mut r = Removal::default();
+    let flag = |name: &str, v: &str| match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(AdminError::BadRequest(format!(
+            "{name}: expected true or false, got {v:?}"
+        ))),
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("drain", v)) => r.drain = flag("drain", v)?,
+            Some(("force", v)) => r.force = flag("force", v)?,
+            Some(("timeout", v)) => {
+                r.timeout = parse_duration("timeout", Some(v), limits::DRAIN_TIMEOUT)?
+            }
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown query parameter {pair:?}: expected drain=, force= and timeout="
+                )))
+            }
+        }
+    }
+    if r.timeout.is_some() && !r.drain {
+        return Err(AdminError::BadRequest(
+            "timeout: only with drain=true (the drain's timeout)".into(),
+        ));
+    }
+    Ok(r)
+}
+
+/// An IP address and port: a node's address is never a name resolved once (DNS discovery
+/// follows names).
+fn node_addr(text: &str) -> Result<SocketAddr, AdminError> {
+    let addr: SocketAddr = text.trim().parse().map_err(|_| {
+        AdminError::BadRequest(format!(
+            "addr: {text:?} is not an IP address and port (like \"10.0.0.13:8000\" or \"[::1]:8000\")"
+        ))
+    })?;
+    if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(AdminError::BadRequest(format!(
+            "addr: {addr} cannot be a node's address (port 0, unspecified or multicast)"
+        )));
+    }
+    Ok(addr)
+}
+
+fn node_weight(weight: Option<u32>) -> Result<Option<u32>, AdminError> {
+    weight
+        .map(|w| {
+            limits::number(w, limits::WEIGHT)
+                .map_err(|e| AdminError::BadRequest(format!("weight: {e}")))
+        })
+        .transpose()
 }

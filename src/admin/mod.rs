@@ -6,7 +6,10 @@
 //! | `GET /metrics`                           | Prometheus text      |
 //! | `GET /v1/status`                         | [`handlers::status`] |
 //! | `GET /v1/pools/{pool}`                   | [`handlers::pool`]   |
+//! | `POST /v1/pools/{pool}/nodes`            | [`nodes::add`]       |
 //! | `GET /v1/pools/{pool}/nodes/{node}`      | [`handlers::node`]   |
+//! | `PATCH /v1/pools/{pool}/nodes/{node}`    | [`nodes::patch`]     |
+//! | `DELETE /v1/pools/{pool}/nodes/{node}`   | [`nodes::remove`]    |
 //! | `POST /v1/pools/{pool}/nodes/{node}/drain` | [`ops::drain`]     |
 //! | `POST /v1/pools/{pool}/nodes/{node}/enable`| [`ops::enable`]    |
 //! | `GET /v1/pools/{pool}/nodes/{node}/wait`   | [`ops::wait`]      |
@@ -21,6 +24,7 @@
 
 mod handlers;
 pub mod input;
+mod nodes;
 mod ops;
 mod stream;
 pub mod views;
@@ -42,6 +46,7 @@ use tokio::net::TcpListener;
 use crate::app::App;
 use crate::cluster::ClusterError;
 use crate::config::FieldError;
+use crate::members::MemberError;
 use crate::rollout::RolloutError;
 
 /// A body the admin API sends: a whole one, or the event stream.
@@ -84,6 +89,8 @@ pub enum AdminError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("this instance is not part of a cluster (no `cluster:` in its config)")]
     NoCluster,
+    #[error(transparent)]
+    Members(#[from] crate::members::MemberError),
 }
 
 impl AdminError {
@@ -106,6 +113,12 @@ impl AdminError {
                 ClusterError::Unknown { .. } => StatusCode::GATEWAY_TIMEOUT,
             },
             Self::NoCluster => StatusCode::NOT_FOUND,
+            Self::Members(e) => match e {
+                MemberError::UnknownPool(_) | MemberError::UnknownNode { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                _ => StatusCode::CONFLICT,
+            },
             Self::Rollout(e) => match e {
                 RolloutError::UnknownPool(_) | RolloutError::Unknown(_) => StatusCode::NOT_FOUND,
                 RolloutError::AlreadyRunning { .. } => StatusCode::CONFLICT,
@@ -308,7 +321,16 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
                 )),
                 (["cluster"], &Method::GET) => handlers::cluster(app),
                 (["pools", pool], &Method::GET) => handlers::pool(app, pool),
+                (["pools", pool, "nodes"], &Method::POST) => {
+                    nodes::add(app, pool, read_body(req).await).await
+                }
                 (["pools", pool, "nodes", node], &Method::GET) => handlers::node(app, pool, node),
+                (["pools", pool, "nodes", node], &Method::PATCH) => {
+                    nodes::patch(app, pool, node, read_body(req).await).await
+                }
+                (["pools", pool, "nodes", node], &Method::DELETE) => {
+                    nodes::remove(app, pool, node, &query).await
+                }
                 (["pools", pool, "nodes", node, "drain"], &Method::POST) => {
                     ops::drain(app, pool, node, read_body(req).await).await
                 }
@@ -352,6 +374,7 @@ fn is_endpoint(rest: &[&str]) -> bool {
             | ["rollouts", _, "abort"]
             | ["pools", _]
             | ["pools", _, "rollouts"]
+            | ["pools", _, "nodes"]
             | ["pools", _, "nodes", _]
             | ["pools", _, "nodes", _, "drain" | "enable" | "wait"]
     )
@@ -363,13 +386,15 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// The API's description (docs/openapi.json), served at `/v1/openapi.json`.
 const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
-/// The one method an endpoint under `/v1` takes.
+/// The methods an endpoint under `/v1` takes (the `Allow` header of a 405).
 fn allowed(rest: &[&str]) -> &'static str {
     match rest {
         ["reload"]
         | ["rollouts", _, "abort"]
         | ["pools", _, "rollouts"]
+        | ["pools", _, "nodes"]
         | ["pools", _, "nodes", _, "drain" | "enable"] => "POST",
+        ["pools", _, "nodes", _] => "GET, PATCH, DELETE",
         _ => "GET",
     }
 }

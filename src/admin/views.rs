@@ -68,6 +68,9 @@ pub struct NodeView {
     pub pool: String,
     pub name: String,
     pub addr: String,
+    /// Where the node comes from: `config`, `api` or `dns`.
+    #[serde(default = "config_source")]
+    pub source: String,
     pub state: String,
     pub health: String,
     pub version: Option<String>,
@@ -95,6 +98,10 @@ pub struct NodeView {
     /// Recent admin state and health changes, and cluster write outcomes, oldest first.
     #[serde(default)]
     pub history: Vec<HistoryView>,
+}
+
+fn config_source() -> String {
+    "config".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +167,7 @@ impl NodeView {
             pool: node.pool.clone(),
             name: node.name.clone(),
             addr: node.addr.to_string(),
+            source: node.source.as_str().to_string(),
             state: admin.as_str().into(),
             health: s.health().as_str().into(),
             version: s.version().map(|v| v.to_string()),

@@ -63,6 +63,9 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The new file clashes with nodes added at runtime.
+    #[error("reload refused, running config kept: {0}")]
+    Members(#[from] crate::members::MemberError),
 }
 
 /// Binds every listener of `config` and the admin API.
@@ -126,11 +129,9 @@ pub struct ProcessInfo {
     pub generation: u64,
 }
 
-/// Listeners and health checkers, touched only by start and reload.
+/// Listeners, touched only by start and reload.
 struct ListenerTable {
     listeners: HashMap<String, ListenerEntry>,
-    /// Cancels the current generation of health checkers.
-    health_stop: CancellationToken,
 }
 
 struct ListenerEntry {
@@ -185,8 +186,18 @@ impl App {
             None => keys,
         };
         let generation = inherited.as_ref().map_or(1, |h| h.generation + 1);
+        // Nodes added, changed or removed at runtime, as the previous process left them.
+        let carried = match (&inherited, &restored) {
+            (Some(h), _) => h.membership.clone(),
+            (None, Some(r)) => r.membership.clone(),
+            (None, None) => Default::default(),
+        };
+        let (membership, dropped) = carried.fit(&config);
+        for why in dropped {
+            tracing::warn!("runtime member change dropped: {why}");
+        }
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build_with_keys(
-            config.clone(),
+            membership.effective(&config),
             None,
             keys,
             &metrics,
@@ -208,6 +219,7 @@ impl App {
             shutdown.force.clone(),
             store,
         ));
+        control.set_members(config.clone(), membership);
         let data = Arc::new(DataPlane {
             snapshot: Arc::clone(&snapshot),
             shutdown: shutdown.clone(),
@@ -224,7 +236,6 @@ impl App {
             state_path: state_path.clone(),
             listeners: Mutex::new(ListenerTable {
                 listeners: HashMap::new(),
-                health_stop: CancellationToken::new(),
             }),
             process: ProcessInfo {
                 pid: std::process::id(),
@@ -238,7 +249,7 @@ impl App {
         });
         if let (Some(path), Some(writer)) = (state_path, writer) {
             tokio::spawn(persist::writer(
-                Arc::clone(&app.snapshot),
+                Arc::clone(&app.control),
                 Arc::clone(&app.rollouts),
                 path,
                 writer,
@@ -266,7 +277,7 @@ impl App {
                 let entry = app.start_listener(l, socket, None);
                 table.listeners.insert(l.name.clone(), entry);
             }
-            table.health_stop = app.start_health();
+            app.control.restart_health();
         }
         tracing::info!(
             listeners = config.listeners.len(),
@@ -307,14 +318,6 @@ impl App {
         }
     }
 
-    fn start_health(&self) -> CancellationToken {
-        let stop = self.shutdown.force.child_token();
-        for pool in &self.snapshot.load().pools {
-            crate::health::spawn(pool, &stop);
-        }
-        stop
-    }
-
     /// Re-reads the config file and applies it.
     pub async fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
         let result = self.reload_inner().await;
@@ -344,6 +347,8 @@ impl App {
     /// Applies a validated config: nothing changes unless every new listener could be bound.
     pub async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ReloadError> {
         let mut control = self.listeners.lock().await;
+        // Nodes added at runtime under a name the new file now uses: refused before anything.
+        self.control.rebased(&config)?;
         let mut fresh = HashMap::new();
         for l in &config.listeners {
             let adopt = control
@@ -363,11 +368,10 @@ impl App {
         if config.admin.listen != self.snapshot.load().config.admin.listen {
             tracing::warn!(admin = %config.admin.listen, "admin.listen changed: it takes effect at the next restart");
         }
-        // Old checkers stop before the new snapshot exists: none of them probes a node's old
-        // address into the new one's health (their results are ignored by address epoch too).
-        control.health_stop.cancel();
-        let next = Snapshot::build(config.clone(), Some(&self.snapshot.load()), &self.metrics);
-        self.snapshot.store(Arc::new(next));
+        // The runtime member changes the file left alone are kept; the health checkers
+        // restart with the new snapshot (a result probed at a node's old address is ignored
+        // by address epoch).
+        self.control.install_file(config.clone())?;
         self.admin_token
             .store(token_from_env(&config).map(Arc::new));
         let wanted: HashMap<&str, &ListenerConfig> = config
@@ -392,7 +396,6 @@ impl App {
                 control.listeners.insert(name, entry);
             }
         }
-        control.health_stop = self.start_health();
         Ok(())
     }
 

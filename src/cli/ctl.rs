@@ -51,6 +51,9 @@ pub enum CtlCommand {
     /// Rollouts: start, status, abort.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// A pool's members at runtime: add, set (weight, address), remove.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Re-read the config file of the running handoff.
     Reload,
     /// The cluster this instance belongs to: connected or not, who drives each rollout, and
@@ -85,6 +88,44 @@ pub enum RolloutCommand {
     Status { id: Option<String> },
     /// Stop a rollout after its current step.
     Abort { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Add node POOL/NODE at ADDR (IP:PORT): it takes sessions once up, warming up; with
+    /// --drained it is held out until enabled.
+    Add {
+        /// POOL/NODE
+        target: String,
+        addr: String,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        drained: bool,
+    },
+    /// Change a node's weight, or its address (only while drained with no session).
+    Set {
+        /// POOL/NODE
+        target: String,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Remove a node: at once when drained with no session; with --drain, drain it and
+    /// remove it once drained.
+    Remove {
+        /// POOL/NODE
+        target: String,
+        #[arg(long)]
+        drain: bool,
+        /// Override the pair guard (with --drain).
+        #[arg(long)]
+        force: bool,
+        /// The drain's deadline (with --drain).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
 }
 
 const REFUSED: i32 = 1;
@@ -195,6 +236,58 @@ fn request_for(command: &CtlCommand) -> anyhow::Result<(Method, String, Option<V
                 None,
             )
         }
+        CtlCommand::Node(NodeCommand::Add {
+            target,
+            addr,
+            weight,
+            drained,
+        }) => {
+            let (p, n) = split_target(target)?;
+            let mut body = json!({ "name": n, "addr": addr });
+            if let Some(w) = weight {
+                body["weight"] = json!(w);
+            }
+            if *drained {
+                body["state"] = json!("drained");
+            }
+            (Method::POST, format!("/v1/pools/{p}/nodes"), Some(body))
+        }
+        CtlCommand::Node(NodeCommand::Set {
+            target,
+            weight,
+            addr,
+        }) => {
+            let (p, n) = split_target(target)?;
+            let mut body = json!({});
+            if let Some(w) = weight {
+                body["weight"] = json!(w);
+            }
+            if let Some(a) = addr {
+                body["addr"] = json!(a);
+            }
+            (
+                Method::PATCH,
+                format!("/v1/pools/{p}/nodes/{n}"),
+                Some(body),
+            )
+        }
+        CtlCommand::Node(NodeCommand::Remove {
+            target,
+            drain,
+            force,
+            timeout,
+        }) => {
+            let (p, n) = split_target(target)?;
+            let mut query = format!("drain={drain}&force={force}");
+            if let Some(t) = timeout {
+                query.push_str(&format!("&timeout={t}"));
+            }
+            (
+                Method::DELETE,
+                format!("/v1/pools/{p}/nodes/{n}?{query}"),
+                None,
+            )
+        }
         CtlCommand::Rollout(RolloutCommand::Start {
             pool,
             version,
@@ -248,6 +341,20 @@ fn human(command: &CtlCommand, value: &Value, code: i32) -> anyhow::Result<Strin
             &serde_json::from_value(value.clone()).context("unexpected cluster JSON")?,
         ),
         CtlCommand::Watch { .. } => String::new(),
+        CtlCommand::Node(NodeCommand::Remove { .. }) => {
+            let n = node()?;
+            if code == 0 && value["state"] != "draining" {
+                format!("{}/{} removed\n", n.pool, n.name)
+            } else {
+                format!(
+                    "{}/{} draining: removed once drained\n{}",
+                    n.pool,
+                    n.name,
+                    render::node_line(&n)
+                )
+            }
+        }
+        CtlCommand::Node(_) => render::node_line(&node()?),
         CtlCommand::Drain { .. } | CtlCommand::Enable { .. } => {
             let mut out = render::node_line(&node()?);
             if let Some(lagging) = value["lagging"].as_array().filter(|l| !l.is_empty()) {

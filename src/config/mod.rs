@@ -11,6 +11,7 @@ pub mod limits;
 mod position;
 mod upstream_tls;
 mod validate;
+pub use validate::valid_name;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -277,6 +278,31 @@ pub struct NodeConfig {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Where the node comes from: the file, or (at runtime) the admin API or DNS.
+    pub source: NodeSource,
+}
+
+/// Where a node comes from (`source` in the API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeSource {
+    /// The config file.
+    #[default]
+    Config,
+    /// Added through the admin API.
+    Api,
+    /// Found by DNS discovery.
+    Dns,
+}
+
+impl NodeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeSource::Config => "config",
+            NodeSource::Api => "api",
+            NodeSource::Dns => "dns",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

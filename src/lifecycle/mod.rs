@@ -194,6 +194,22 @@ fn background(
     }
 }
 
+/// A node just added at runtime: held out until it is up, then warmed over the pool's warmup
+/// (or, with `hold`, held out until an `enable`).
+pub fn added(ctl: &Arc<Control>, t: &NodeRef, hold: bool) {
+    let warmup = t.pool.config.warmup;
+    background(ctl, t, "node added", |rec| {
+        let next = Record {
+            admin: crate::pool::Admin::Drained,
+            since_ms: unix_ms(),
+            pending_warmup: (!hold).then_some(warmup),
+            epoch: rec.epoch.wrapping_add(1),
+        };
+        let effect = if hold { Effect::None } else { Effect::AwaitUp };
+        Some((next, effect))
+    });
+}
+
 /// An admin state carried into this process: from the state file at start, or from the
 /// process this one takes over from.
 #[derive(Debug, Clone, Copy)]

@@ -110,6 +110,7 @@ impl Pool {
                             name: n.name.clone(),
                             addr: n.addr,
                             weight: n.weight,
+                            source: n.source,
                             state: Arc::clone(&old.state),
                             token: old.token.clone(),
                             idle: if moved {
@@ -129,6 +130,7 @@ impl Pool {
                         name: n.name.clone(),
                         addr: n.addr,
                         weight: n.weight,
+                        source: n.source,
                         state: Arc::new(NodeState::new(NodeMetrics::new(
                             metrics,
                             &config.name,

@@ -40,6 +40,8 @@ pub struct Node {
     pub h2: super::H2Conn,
     /// The opaque value that names this node in affinity cookies.
     pub token: String,
+    /// The file, the admin API or DNS.
+    pub source: crate::config::NodeSource,
 }
 
 /// Runtime state of a node, kept across reloads by `pool/node` identity.

@@ -298,6 +298,7 @@ async fn hand_over(
     let sockets = app.listener_sockets(&listeners).await;
     let state = state::collect(
         &app.snapshot.load(),
+        app.control.membership(),
         app.rollouts.list(),
         app.process.generation,
     );

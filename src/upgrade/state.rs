@@ -48,6 +48,9 @@ pub struct Handover {
     /// By `pool/node`.
     pub nodes: BTreeMap<String, NodeHandover>,
     pub rollouts: Vec<Rollout>,
+    /// Nodes added, changed or removed at runtime, relative to the config file.
+    #[serde(default)]
+    pub membership: crate::members::Membership,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,7 +87,12 @@ pub struct PreviousSessions {
 }
 
 /// The state of `snapshot` to hand over.
-pub fn collect(snapshot: &Snapshot, rollouts: Vec<Rollout>, generation: u64) -> Handover {
+pub fn collect(
+    snapshot: &Snapshot,
+    membership: crate::members::Membership,
+    rollouts: Vec<Rollout>,
+    generation: u64,
+) -> Handover {
     let mut nodes = BTreeMap::new();
     for pool in &snapshot.pools {
         for node in &pool.nodes {
@@ -113,5 +121,6 @@ pub fn collect(snapshot: &Snapshot, rollouts: Vec<Rollout>, generation: u64) -> 
         affinity_key: snapshot.keys.to_hex(),
         nodes,
         rollouts,
+        membership,
     }
 }

@@ -55,7 +55,8 @@ async fn headless_chromium_sees_both_nodes_and_a_drain_clicked_on_the_page() {
             .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/dashboard_check.py"))
             .arg(format!("http://{}", proxy.admin))
             .arg("web/a")
-            .arg(&shot),
+            .arg(&shot)
+            .arg(format!("127.0.0.1:{}", free_port())),
         std::time::Duration::from_secs(90),
         "the browser",
     )
@@ -73,5 +74,10 @@ async fn headless_chromium_sees_both_nodes_and_a_drain_clicked_on_the_page() {
     assert!(secs < 1.0, "the drain showed after {secs} s");
     // It really was drained, by the page.
     assert_ne!(proxy.node("web", "a").state.admin().as_str(), "active");
+    // A node added through the API showed up live.
+    assert!(
+        lines.iter().any(|l| l.starts_with("added web/c ")),
+        "the added node never showed: {text}"
+    );
     println!("dashboard: {changed}; screenshot {}", shot.display());
 }

@@ -26,6 +26,7 @@ mod grpc;
 mod health;
 mod hostile;
 mod http;
+mod members;
 mod observability;
 mod openapi;
 mod packaging;

@@ -2,12 +2,16 @@
 selenium from PyPI), as a user would: load /dashboard, see the nodes, drain one with the
 page's button (accepting its confirmation), and see it change without a reload.
 
-    dashboard_check.py ADMIN_URL NODE [SCREENSHOT.png]
+    dashboard_check.py ADMIN_URL NODE [SCREENSHOT.png [NEW_NODE_ADDR]]
 
-Prints "node POOL/NODE STATE HEALTH VERSION" per node, then "changed STATE SECONDS".
+Prints "node POOL/NODE STATE HEALTH VERSION" per node, then "changed STATE SECONDS"; with
+NEW_NODE_ADDR, adds node "c" at that address through the API and prints "added POOL/c
+SECONDS" once its row shows (no reload).
 """
+import json
 import sys
 import time
+import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -18,6 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 admin, target = sys.argv[1], sys.argv[2]
 shot = sys.argv[3] if len(sys.argv) > 3 else None
+new_addr = sys.argv[4] if len(sys.argv) > 4 else None
 
 opts = Options()
 for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
@@ -51,6 +56,20 @@ try:
     took = time.monotonic() - started
     assert driver.execute_script("return window.__loaded_once === true"), "the page was reloaded"
     print("changed", state(driver), "%.3f" % took, flush=True)
+    if new_addr:
+        pool = target.split("/")[0]
+        req = urllib.request.Request(
+            "%s/v1/pools/%s/nodes" % (admin, pool),
+            data=json.dumps({"name": "c", "addr": new_addr}).encode(),
+            headers={"content-type": "application/json"}, method="POST")
+        started = time.monotonic()
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 201, r.status
+        row = 'tr[data-node="%s/c"]' % pool
+        WebDriverWait(driver, 5, poll_frequency=0.02).until(
+            lambda d: d.execute_script("return document.querySelector(arguments[0]) !== null", row))
+        assert driver.execute_script("return window.__loaded_once === true"), "the page was reloaded"
+        print("added %s/c %.3f" % (pool, time.monotonic() - started), flush=True)
     if shot:
         driver.save_screenshot(shot)
 finally:

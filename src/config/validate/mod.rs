@@ -325,15 +325,21 @@ impl Validator {
     }
 
     fn name(&mut self, path: &str, name: &str, what: &str) {
-        let ok = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok {
+        if !valid_name(name) {
             self.err(
                 path,
-                format!("invalid {what} name {name:?}: use letters, digits, '-', '_' or '.'"),
+                format!("invalid {what} name {name:?}: use letters, digits, '-', '_' or '.', at most 64 bytes"),
             );
         }
     }
+}
+
+/// The rule for pool, node and listener names (the admin API's added nodes too): letters,
+/// digits, `-`, `_` and `.`, at most 64 bytes; they appear in URLs, metrics labels and keys.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }

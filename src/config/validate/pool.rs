@@ -13,7 +13,7 @@ use crate::config::file::{
 use crate::config::limits;
 use crate::config::{
     AffinityConfig, AffinityMode, Balance, CheckKind, DrainConfig, HealthConfig, NodeConfig,
-    PoolConfig, RebalanceConfig, VersionSource,
+    NodeSource, PoolConfig, RebalanceConfig, VersionSource,
 };
 
 impl Validator {
@@ -58,6 +58,7 @@ impl Validator {
                     name: n.name,
                     addr,
                     weight,
+                    source: NodeSource::Config,
                 });
             }
         }
