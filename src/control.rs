@@ -133,12 +133,60 @@ impl Control {
         prepare: impl FnOnce(&Snapshot),
     ) {
         let effective = changes.effective(&file);
-        let next = Snapshot::build(effective, Some(&self.snapshot.load()), &self.metrics);
+        let before = self.snapshot.load_full();
+        let next = Arc::new(Snapshot::build(effective, Some(&before), &self.metrics));
         prepare(&next);
-        self.snapshot.store(Arc::new(next));
+        self.snapshot.store(Arc::clone(&next));
         *members = (Arc::new(file), changes);
         self.restart_health();
         self.mark_dirty();
+        self.say_member_changes(&before, &next);
+    }
+
+    /// Publishes `node_added` / `node_removed` and counts every member change between two
+    /// snapshots, whoever made it (a reload, the API, another instance, DNS).
+    fn say_member_changes(&self, before: &Snapshot, after: &Snapshot) {
+        let count = |pool: &str, change: &str, node: &Node| {
+            self.metrics
+                .membership_changes
+                .with_label_values(&[pool, change, node.source.as_str()])
+                .inc();
+        };
+        for pool in &after.pools {
+            let old = before.pool(&pool.name);
+            for node in &pool.nodes {
+                match old.and_then(|p| p.node(&node.name)) {
+                    None => {
+                        count(&pool.name, "added", node);
+                        node.state.metrics.publish(
+                            "node_added",
+                            serde_json::json!({
+                                "addr": node.addr.to_string(),
+                                "weight": node.weight,
+                                "source": node.source.as_str(),
+                                "state": node.state.admin().as_str(),
+                            }),
+                        );
+                    }
+                    Some(o) if o.addr != node.addr || o.weight != node.weight => {
+                        count(&pool.name, "changed", node);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for pool in &before.pools {
+            let new = after.pool(&pool.name);
+            for node in &pool.nodes {
+                if new.and_then(|p| p.node(&node.name)).is_none() {
+                    count(&pool.name, "removed", node);
+                    node.state.metrics.publish(
+                        "node_removed",
+                        serde_json::json!({ "addr": node.addr.to_string(), "source": node.source.as_str() }),
+                    );
+                }
+            }
+        }
     }
 
     /// Starts a health checker per pool of the current snapshot, stopping the previous ones

@@ -284,6 +284,55 @@ impl Membership {
         (next, dropped)
     }
 
+    /// These changes without what DNS discovery found (each instance resolves for itself):
+    /// what a cluster shares.
+    pub fn shared(&self, pool: &str) -> PoolChanges {
+        let mut changes = self.pools.get(pool).cloned().unwrap_or_default();
+        changes.added.retain(|_, a| a.source != NodeSource::Dns);
+        changes
+    }
+
+    /// Takes `shared` as the shared changes of `pool` (all pools when `pool` is `None`: a
+    /// cluster's resync), keeping this instance's DNS nodes, fitted to `file`. Returns what
+    /// did not fit.
+    pub fn take_shared(
+        &mut self,
+        file: &Config,
+        pool: Option<&str>,
+        shared: &BTreeMap<String, PoolChanges>,
+    ) -> Vec<String> {
+        let mut next = Membership::default();
+        for (name, changes) in &self.pools {
+            if pool.is_some_and(|p| p != name) {
+                next.pools.insert(name.clone(), changes.clone());
+                continue;
+            }
+            let dns: BTreeMap<String, Added> = changes
+                .added
+                .iter()
+                .filter(|(_, a)| a.source == NodeSource::Dns)
+                .map(|(n, a)| (n.clone(), a.clone()))
+                .collect();
+            if !dns.is_empty() {
+                next.pools.entry(name.clone()).or_default().added = dns;
+            }
+        }
+        for (name, changes) in shared {
+            if pool.is_some_and(|p| p != name) {
+                continue;
+            }
+            let entry = next.pools.entry(name.clone()).or_default();
+            for (n, a) in &changes.added {
+                entry.added.entry(n.clone()).or_insert_with(|| a.clone());
+            }
+            entry.changed = changes.changed.clone();
+            entry.removed = changes.removed.clone();
+        }
+        let (fitted, dropped) = next.fit(file);
+        *self = fitted;
+        dropped
+    }
+
     /// The pool's nodes as they run, and as the file has them.
     fn current<'a>(
         &self,

@@ -111,6 +111,10 @@ impl AdminError {
                 ClusterError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ClusterError::Guard(_) | ClusterError::Conflict(_) => StatusCode::CONFLICT,
                 ClusterError::Unknown { .. } => StatusCode::GATEWAY_TIMEOUT,
+                ClusterError::Members(
+                    MemberError::UnknownPool(_) | MemberError::UnknownNode { .. },
+                ) => StatusCode::NOT_FOUND,
+                ClusterError::Members(_) => StatusCode::CONFLICT,
             },
             Self::NoCluster => StatusCode::NOT_FOUND,
             Self::Members(e) => match e {
@@ -127,6 +131,7 @@ impl AdminError {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 RolloutError::Cluster(ClusterError::Unknown { .. }) => StatusCode::GATEWAY_TIMEOUT,
+                RolloutError::Cluster(ClusterError::Members(_)) => StatusCode::CONFLICT,
                 RolloutError::Cluster(_) => StatusCode::CONFLICT,
             },
         }

@@ -1,21 +1,24 @@
 //! Admin handlers that change a pool's members at runtime: add a node, change its address or
 //! weight, remove it (at once when drained with no session, or once drained). Every input is
-//! checked before anything changes; the change itself is one snapshot rebuild
-//! ([`crate::control::Control::change_members`]).
+//! checked before anything changes. On one instance the change is one snapshot rebuild
+//! ([`crate::control::Control::change_members`]); in a cluster it is written through etcd
+//! and answered like a drain, once every live instance applied it
+//! ([`crate::cluster::Cluster::change_members`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use serde_json::json;
 
 use super::ops::{node_answer, target};
 use super::{input, json_response, AdminError, AdminResponse};
 use crate::app::App;
+use crate::cluster::store::NodeOp;
+use crate::cluster::{ops::Applied, Cluster};
 use crate::config::{NodeConfig, NodeSource};
 use crate::control::{Control, NodeRef};
 use crate::lifecycle;
-use crate::pool::AdminState;
+use crate::pool::{unix_ms, AdminState};
 use crate::snapshot::Snapshot;
 
 /// Extra time past a removal's drain deadline for the deadline closes to finish.
@@ -27,9 +30,6 @@ pub async fn add(
     body: Result<Vec<u8>, AdminError>,
 ) -> Result<AdminResponse, AdminError> {
     let new = input::add_node(&body?)?;
-    if app.cluster().is_some() {
-        return Err(in_a_cluster());
-    }
     let ctl = &app.control;
     let node = NodeConfig {
         name: new.name.clone(),
@@ -37,25 +37,49 @@ pub async fn add(
         weight: new.weight,
         source: NodeSource::Api,
     };
-    ctl.change_members(
-        |m, file| m.add(file, pool, node),
-        // Held out before anyone can pick it: until it is up (then warmed), or enabled.
-        |snapshot| {
-            if let Some(t) = node_in(snapshot, pool, &new.name) {
-                lifecycle::added(ctl, &t, new.drained);
-            }
-        },
-    )?;
+    let applied = match app.cluster() {
+        Some(cluster) => {
+            let key = format!("{pool}/{}", new.name);
+            // Held out until enabled: a drain every instance applies. Otherwise whatever an
+            // earlier node of that name left is cleared.
+            let op = new.drained.then(|| {
+                let now = unix_ms();
+                NodeOp::Drain {
+                    deadline_ms: now,
+                    at_ms: now,
+                    by: cluster.instance().to_string(),
+                }
+            });
+            let what = format!("addition of {key}");
+            let add = |m: &mut crate::members::Membership, file: &crate::config::Config| {
+                m.add(file, pool, node.clone())
+            };
+            Some(
+                cluster
+                    .change_members(pool, what, add, vec![(key, op)])
+                    .await?,
+            )
+        }
+        None => {
+            ctl.change_members(
+                |m, file| m.add(file, pool, node),
+                // Held out before anyone can pick it: until it is up (then warmed), or
+                // until enabled.
+                |snapshot| {
+                    if let Some(t) = node_in(snapshot, pool, &new.name) {
+                        lifecycle::added(ctl, &t, new.drained);
+                    }
+                },
+            )?;
+            None
+        }
+    };
     let t = target(app, pool, &new.name)?;
     tracing::info!(node = %t.node.key(), addr = %new.addr, weight = new.weight, held = new.drained, "node added through the admin API");
-    changed(ctl, &t, "added", "added through the admin API");
-    t.node.state.metrics.publish(
-        "node_added",
-        json!({ "addr": new.addr.to_string(), "weight": new.weight, "source": "api", "state": t.node.state.admin().as_str() }),
-    );
+    t.node.state.history.note("added through the admin API");
     Ok(json_response(
         StatusCode::CREATED,
-        &node_answer(app, &t, None),
+        &node_answer(app, &t, applied),
     ))
 }
 
@@ -67,23 +91,23 @@ pub async fn patch(
 ) -> Result<AdminResponse, AdminError> {
     let (addr, weight) = input::patch_node(&body?)?;
     let t = target(app, pool, node)?;
-    if app.cluster().is_some() {
-        return Err(in_a_cluster());
-    }
     let moving = addr.filter(|a| *a != t.node.addr);
     if moving.is_some() {
-        let sessions = t.node.state.active_sessions();
-        let state = t.node.state.admin();
-        if state != AdminState::Drained || sessions > 0 {
-            return Err(AdminError::Conflict(format!(
-                "the address of {} changes only while it is drained with no session: it is {} with {sessions} sessions (drain it first)",
-                t.node.key(),
-                state.as_str()
-            )));
-        }
+        idle_everywhere(app, &t, "its address changes")?;
     }
-    app.control
-        .change_members(|m, file| m.set(file, pool, node, addr, weight), |_| {})?;
+    let set = |m: &mut crate::members::Membership, file: &crate::config::Config| {
+        m.set(file, pool, node, addr, weight)
+    };
+    let applied = match app.cluster() {
+        Some(cluster) => {
+            let what = format!("change of {}", t.node.key());
+            Some(cluster.change_members(pool, what, set, Vec::new()).await?)
+        }
+        None => {
+            app.control.change_members(set, |_| {})?;
+            None
+        }
+    };
     let t = target(app, pool, node)?;
     let what = match (moving, weight) {
         (Some(a), Some(w)) => format!("address {a}, weight {w}"),
@@ -92,8 +116,11 @@ pub async fn patch(
         (None, None) => "nothing changed".into(),
     };
     tracing::info!(node = %t.node.key(), %what, "node changed through the admin API");
-    changed(&app.control, &t, "changed", &format!("{what} (admin API)"));
-    Ok(json_response(StatusCode::OK, &node_answer(app, &t, None)))
+    t.node.state.history.note(format!("{what} (admin API)"));
+    Ok(json_response(
+        StatusCode::OK,
+        &node_answer(app, &t, applied),
+    ))
 }
 
 pub async fn remove(
@@ -104,28 +131,36 @@ pub async fn remove(
 ) -> Result<AdminResponse, AdminError> {
     let q = input::remove_query(query)?;
     let t = target(app, pool, node)?;
-    if app.cluster().is_some() {
-        return Err(in_a_cluster());
-    }
     // Refused now rather than after a drain: the pool's last node.
     app.control
         .membership()
         .remove(&app.control.file(), pool, node)?;
-    let sessions = t.node.state.active_sessions();
-    let state = t.node.state.admin();
-    if state == AdminState::Drained && sessions == 0 {
+    if idle_everywhere(app, &t, "it is removed").is_ok() {
         let view = node_answer(app, &t, None);
-        take_out(&app.control, &t)?;
+        let applied = take_out(&app.control, app.cluster(), &t).await?;
+        let mut view = serde_json::to_value(view).unwrap_or_default();
+        if let Some(a) = applied {
+            view["lagging"] = serde_json::json!(a.lagging);
+            view["lost"] = serde_json::json!(a.lost);
+        }
         return Ok(json_response(StatusCode::OK, &view));
     }
     if !q.drain {
-        return Err(AdminError::Conflict(format!(
-            "{} is {} with {sessions} sessions: a node is removed once drained with no session (DELETE with ?drain=true drains it and removes it then)",
-            t.node.key(),
-            state.as_str()
-        )));
+        return Err(idle_everywhere(
+            app,
+            &t,
+            "it is removed (DELETE with ?drain=true drains it and removes it then)",
+        )
+        .err()
+        .unwrap_or_else(|| AdminError::Conflict("not drained".into())));
     }
-    lifecycle::drain(&app.control, &t, q.timeout, q.force)?;
+    let applied = match app.cluster() {
+        Some(cluster) => Some(cluster.drain(&t, q.timeout, q.force, None).await?),
+        None => {
+            lifecycle::drain(&app.control, &t, q.timeout, q.force)?;
+            None
+        }
+    };
     t.node
         .state
         .history
@@ -135,27 +170,74 @@ pub async fn remove(
         + REMOVE_SLACK;
     tokio::spawn(remove_when_drained(
         Arc::clone(&app.control),
+        app.cluster().cloned(),
         t.clone(),
         limit,
     ));
     Ok(json_response(
         StatusCode::ACCEPTED,
-        &node_answer(app, &t, None),
+        &node_answer(app, &t, applied),
     ))
 }
 
-/// Removes the node once it is drained with no session; gives up (saying so) if it is
-/// enabled again meanwhile, or does not get there within `limit`.
-async fn remove_when_drained(ctl: Arc<Control>, t: NodeRef, limit: Duration) {
+/// `Ok` when the node is drained with no session here and on every other live instance;
+/// else a 409 saying where it is not, before `why`.
+fn idle_everywhere(app: &App, t: &NodeRef, why: &str) -> Result<(), AdminError> {
+    let state = t.node.state.admin();
+    let sessions = t.node.state.active_sessions();
+    let mut busy = Vec::new();
+    if state != AdminState::Drained || sessions > 0 {
+        busy.push(format!("{} with {sessions} sessions", state.as_str()));
+    }
+    if let Some(cluster) = app.cluster() {
+        for other in cluster.instances(&t.node.key()) {
+            if other.state != AdminState::Drained.as_str() || other.sessions.total > 0 {
+                busy.push(format!(
+                    "{} with {} sessions on {}",
+                    other.state, other.sessions.total, other.instance
+                ));
+            }
+        }
+    }
+    if busy.is_empty() {
+        return Ok(());
+    }
+    Err(AdminError::Conflict(format!(
+        "{} must be drained with no session before {why}: it is {} (drain it first)",
+        t.node.key(),
+        busy.join(", ")
+    )))
+}
+
+/// Removes the node once it is drained with no session (on every instance); gives up
+/// (saying so) if it is enabled again meanwhile, or does not get there within `limit`.
+async fn remove_when_drained(
+    ctl: Arc<Control>,
+    cluster: Option<Arc<Cluster>>,
+    t: NodeRef,
+    limit: Duration,
+) {
     let state = &t.node.state;
-    let settled = state
-        .wait_until(limit, |s| {
-            s.admin() != AdminState::Draining
-                && (s.admin() != AdminState::Drained || s.active_sessions() == 0)
-        })
-        .await;
+    let here = || state.admin() == AdminState::Drained && state.active_sessions() == 0;
+    let settled = match &cluster {
+        Some(c) => {
+            let drained = AdminState::Drained.as_str();
+            c.wait_all(&t, limit, here, |o| {
+                o.state == drained && o.sessions.total == 0
+            })
+            .await
+        }
+        None => {
+            state
+                .wait_until(limit, |s| {
+                    s.admin() != AdminState::Draining
+                        && (s.admin() != AdminState::Drained || s.active_sessions() == 0)
+                })
+                .await
+        }
+    };
     let key = t.node.key();
-    if !settled || state.admin() != AdminState::Drained {
+    if !settled || !here() {
         tracing::warn!(node = %key, state = state.admin().as_str(), "node not removed: it did not stay drained (enabled again, or still draining at the limit)");
         state.history.note("removal given up: not drained");
         return;
@@ -165,34 +247,36 @@ async fn remove_when_drained(ctl: Arc<Control>, t: NodeRef, limit: Duration) {
     if !current.is_some_and(|c| Arc::ptr_eq(&c.node.state, state)) {
         return;
     }
-    match take_out(&ctl, &t) {
-        Ok(()) => {}
-        Err(e) => tracing::warn!(node = %key, error = %e, "node not removed"),
+    if let Err(e) = take_out(&ctl, cluster.as_ref(), &t).await {
+        tracing::warn!(node = %key, error = %e, "node not removed");
     }
 }
 
-/// Removes the node from its pool, and says so.
-fn take_out(ctl: &Control, t: &NodeRef) -> Result<(), AdminError> {
+/// Removes the node from its pool (on every instance, with its admin state's key).
+async fn take_out(
+    ctl: &Control,
+    cluster: Option<&Arc<Cluster>>,
+    t: &NodeRef,
+) -> Result<Option<Applied>, AdminError> {
     let (pool, node) = (t.pool.name.as_str(), t.node.name.as_str());
-    ctl.change_members(|m, file| m.remove(file, pool, node), |_| {})?;
+    let remove = |m: &mut crate::members::Membership, file: &crate::config::Config| {
+        m.remove(file, pool, node)
+    };
+    let applied = match cluster {
+        Some(c) => {
+            let what = format!("removal of {}", t.node.key());
+            Some(
+                c.change_members(pool, what, remove, vec![(t.node.key(), None)])
+                    .await?,
+            )
+        }
+        None => {
+            ctl.change_members(remove, |_| {})?;
+            None
+        }
+    };
     tracing::info!(node = %t.node.key(), addr = %t.node.addr, "node removed");
-    ctl.metrics
-        .membership_changes
-        .with_label_values(&[pool, "removed", t.node.source.as_str()])
-        .inc();
-    t.node.state.metrics.publish(
-        "node_removed",
-        json!({ "addr": t.node.addr.to_string(), "source": t.node.source.as_str() }),
-    );
-    Ok(())
-}
-
-fn changed(ctl: &Control, t: &NodeRef, change: &str, note: &str) {
-    ctl.metrics
-        .membership_changes
-        .with_label_values(&[&t.pool.name, change, t.node.source.as_str()])
-        .inc();
-    t.node.state.history.note(note);
+    Ok(applied)
 }
 
 fn node_in(snapshot: &Snapshot, pool: &str, node: &str) -> Option<NodeRef> {
@@ -201,10 +285,4 @@ fn node_in(snapshot: &Snapshot, pool: &str, node: &str) -> Option<NodeRef> {
         pool: Arc::clone(p),
         node: Arc::clone(p.node(node)?),
     })
-}
-
-fn in_a_cluster() -> AdminError {
-    AdminError::Conflict(
-        "nodes cannot yet be added, changed or removed at runtime on a cluster instance".into(),
-    )
 }

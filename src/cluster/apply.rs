@@ -12,6 +12,7 @@ use super::store::{self, Key, Member, NodeOp, View};
 use super::{lock, Cluster};
 use crate::control::NodeRef;
 use crate::lifecycle;
+use crate::members::PoolChanges;
 
 pub(super) fn note_affinity_key(c: &Cluster, value: &[u8]) {
     let text = String::from_utf8_lossy(value).to_string();
@@ -34,9 +35,17 @@ pub(super) fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) -> Vec<S
     let mut holders = BTreeMap::new();
     let mut terms = BTreeMap::new();
     let mut views = BTreeMap::new();
+    let mut pools = BTreeMap::new();
     let mut ops = std::collections::HashMap::new();
+    lock(&c.pool_revs).clear();
     for kv in kvs {
         match c.keys.parse(kv.key()) {
+            Key::PoolNodes(pool) => {
+                if let Some(changes) = parse_pool_nodes(c, pool, kv.value()) {
+                    pools.insert(pool.to_string(), changes);
+                }
+                lock(&c.pool_revs).insert(pool.to_string(), kv.mod_revision());
+            }
             Key::View(name) => {
                 if let Some(v) = parse_view(c, name, kv.value()) {
                     views.insert(name.to_string(), v);
@@ -70,6 +79,8 @@ pub(super) fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) -> Vec<S
             Key::Fence(_) | Key::Other => {}
         }
     }
+    // Members first: the node operations below may name nodes added at runtime.
+    take_pool_nodes(c, None, &pools);
     let snapshot = c.ctl.snapshot.load();
     lock(&c.node_revs).clear();
     for pool in &snapshot.pools {
@@ -126,6 +137,19 @@ pub(super) fn events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
         let put = ev.event_type() == EventType::Put;
         last = last.max(kv.mod_revision());
         match c.keys.parse(kv.key()) {
+            Key::PoolNodes(pool) => {
+                let changes = if put {
+                    parse_pool_nodes(c, pool, kv.value())
+                } else {
+                    Some(Default::default())
+                };
+                if let Some(changes) = changes {
+                    let shared = BTreeMap::from([(pool.to_string(), changes)]);
+                    take_pool_nodes(c, Some(pool), &shared);
+                }
+                lock(&c.pool_revs).insert(pool.to_string(), kv.mod_revision());
+                applied = Some(kv.mod_revision());
+            }
             Key::View(name) => {
                 seen.own_view_gone |= !put && name == c.config.instance;
                 let v = if put {
@@ -223,6 +247,63 @@ pub(super) fn events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
         moved
     });
     seen
+}
+
+fn parse_pool_nodes(c: &Cluster, pool: &str, value: &[u8]) -> Option<PoolChanges> {
+    serde_json::from_slice::<PoolChanges>(value)
+        .map_err(|e| {
+            tracing::error!(key = %c.keys.pool_nodes(pool), error = %e, "cluster: a pool's runtime members do not parse; ignored");
+        })
+        .ok()
+        .filter(|changes| {
+            let bad = changes
+                .added
+                .iter()
+                .find(|(name, a)| !crate::config::valid_name(name) || crate::config::limits::number(a.weight, crate::config::limits::WEIGHT).is_err());
+            if let Some((name, _)) = bad {
+                tracing::error!(key = %c.keys.pool_nodes(pool), node = %name, "cluster: a pool's runtime members name an invalid node; ignored");
+            }
+            bad.is_none()
+        })
+}
+
+/// Takes etcd's runtime members of `pool` (every pool at a resync), rebuilding the snapshot
+/// when they change what runs here. A node new here is held out until it is up, then warmed
+/// (its shared admin state, if any, is applied after).
+fn take_pool_nodes(c: &Cluster, pool: Option<&str>, shared: &BTreeMap<String, PoolChanges>) {
+    let ctl = &c.ctl;
+    let before = ctl.snapshot.load_full();
+    let mut unchanged = true;
+    let result = ctl.change_members(
+        |m, file| {
+            let old = m.clone();
+            for why in m.take_shared(file, pool, shared) {
+                tracing::warn!("cluster: runtime member change not applied here: {why}");
+            }
+            unchanged = *m == old;
+            if unchanged {
+                // Nothing to rebuild.
+                return Err(crate::members::MemberError::Conflict(String::new()));
+            }
+            Ok(())
+        },
+        |next| {
+            for p in &next.pools {
+                for n in &p.nodes {
+                    if before.pool(&p.name).and_then(|o| o.node(&n.name)).is_none() {
+                        let t = NodeRef {
+                            pool: Arc::clone(p),
+                            node: Arc::clone(n),
+                        };
+                        lifecycle::added(ctl, &t, false);
+                    }
+                }
+            }
+        },
+    );
+    if let (Err(e), false) = (result, unchanged) {
+        tracing::error!(error = %e, "cluster: runtime members not applied");
+    }
 }
 
 fn parse_view(c: &Cluster, name: &str, value: &[u8]) -> Option<View> {

@@ -62,6 +62,8 @@ pub enum ClusterError {
     Guard(#[from] crate::lifecycle::OpError),
     #[error("cluster: {0}")]
     Conflict(String),
+    #[error(transparent)]
+    Members(crate::members::MemberError),
     /// etcd did not say whether the write was applied, and no member could tell in time.
     #[error("outcome unknown")]
     Unknown {
@@ -119,6 +121,8 @@ pub struct Cluster {
     /// `pool/node` → mod revision of its key as applied (0: no key), for the pool's
     /// compare-and-swap.
     node_revs: Mutex<HashMap<String, i64>>,
+    /// `pool` → mod revision of its runtime members key as applied (0: none).
+    pool_revs: Mutex<HashMap<String, i64>>,
     /// Every live instance's view of the nodes (this one's as published).
     views: watch::Sender<BTreeMap<String, View>>,
     /// The revision up to which this instance has seen every change under the prefix (the
@@ -216,6 +220,7 @@ impl Cluster {
             rollouts: watch::channel(RolloutMirror::default()).0,
             drivers: watch::channel(Drivers::default()).0,
             node_revs: Mutex::new(HashMap::new()),
+            pool_revs: Mutex::new(HashMap::new()),
             views: watch::channel(BTreeMap::new()).0,
             seen: watch::channel(0).0,
             fence_rev: AtomicI64::new(0),

@@ -327,3 +327,68 @@ impl Cluster {
             .collect()
     }
 }
+
+impl Cluster {
+    /// Changes `pool`'s runtime members on every instance: `change` edits them as this
+    /// instance applied them (etcd's), written as one transaction conditioned on the key's
+    /// revision, with `node_ops` (`pool/node` → its operation, or `None` to delete its key)
+    /// in the same transaction. Answered like a drain: once every member live at the write
+    /// applied it, or naming those that did not.
+    pub async fn change_members(
+        &self,
+        pool: &str,
+        what: String,
+        change: impl Fn(
+            &mut crate::members::Membership,
+            &crate::config::Config,
+        ) -> Result<(), crate::members::MemberError>,
+        node_ops: Vec<(String, Option<NodeOp>)>,
+    ) -> Result<Applied, ClusterError> {
+        for _ in 0..ATTEMPTS {
+            let mut applied = self.applied.subscribe();
+            let rev = lock(&self.pool_revs).get(pool).copied().unwrap_or(0);
+            let mut next = self.ctl.membership();
+            change(&mut next, &self.ctl.file()).map_err(ClusterError::Members)?;
+            let shared = next.shared(pool);
+            let value =
+                serde_json::to_vec(&shared).map_err(|e| ClusterError::Conflict(e.to_string()))?;
+            let mut ops = vec![TxnOp::put(self.keys.pool_nodes(pool), value, None)];
+            for (node, op) in &node_ops {
+                ops.push(match op {
+                    Some(op) => TxnOp::put(
+                        self.keys.node(node),
+                        serde_json::to_vec(op)
+                            .map_err(|e| ClusterError::Conflict(e.to_string()))?,
+                        None,
+                    ),
+                    None => TxnOp::delete(self.keys.node(node), None),
+                });
+            }
+            let write = Write {
+                what: what.clone(),
+                node: None,
+                compares: vec![Compare::mod_revision(
+                    self.keys.pool_nodes(pool),
+                    CompareOp::Equal,
+                    rev,
+                )],
+                ops,
+            };
+            match self.commit(write).await? {
+                Outcome::Committed(c) => return Ok(self.await_applied(c).await),
+                Outcome::Refused => {}
+            }
+            // Another instance changed the pool's members first: read it, then decide again.
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep(APPLY_WAIT) => {}
+            }
+            if !self.connected() {
+                return Err(ClusterError::Unavailable(self.last_error()));
+            }
+        }
+        Err(ClusterError::Conflict(format!(
+            "the members of pool {pool} kept changing on other instances; nothing changed, try again"
+        )))
+    }
+}

@@ -9,6 +9,7 @@
 //! | `{prefix}/members/{instance}` | [`Member`]: revision applied, sessions, health | the instance's |
 //! | `{prefix}/drivers/{id}` | the instance that drives rollout `id` (its election) | the driver's |
 //! | `{prefix}/views/{instance}` | [`View`]: admin state and health of every node, as it sees them | the instance's |
+//! | `{prefix}/pool_nodes/{pool}` | [`crate::members::PoolChanges`]: nodes added, changed and removed at runtime | — |
 //! | `{prefix}/fences/{instance}` | the id of the instance's last admin write (see [`super::commit`]) | — |
 //!
 //! Values from etcd are peers' messages: they are parsed strictly, and one that does not
@@ -41,6 +42,8 @@ pub enum Key<'a> {
     Driver(&'a str),
     View(&'a str),
     Fence(&'a str),
+    /// A pool's runtime member changes.
+    PoolNodes(&'a str),
     Other,
 }
 
@@ -97,6 +100,11 @@ impl Keys {
         format!("{}/members/", self.prefix)
     }
 
+    /// `pool`'s runtime member changes.
+    pub fn pool_nodes(&self, pool: &str) -> String {
+        format!("{}/pool_nodes/{pool}", self.prefix)
+    }
+
     /// `instance`'s write fence: every admin write of the instance moves it, so a write
     /// whose outcome is unknown can be told apart, and cancelled, later.
     pub fn fence(&self, instance: &str) -> String {
@@ -138,6 +146,9 @@ impl Keys {
         }
         if let Some(name) = rest.strip_prefix("fences/") {
             return Key::Fence(name);
+        }
+        if let Some(pool) = rest.strip_prefix("pool_nodes/") {
+            return Key::PoolNodes(pool);
         }
         match rest {
             "affinity_key" => Key::AffinityKey,
@@ -262,6 +273,10 @@ mod tests {
         assert_eq!(k.parse(k.affinity_key().as_bytes()), Key::AffinityKey);
         assert_eq!(k.parse(k.view("lb-1").as_bytes()), Key::View("lb-1"));
         assert_eq!(k.parse(k.fence("lb-1").as_bytes()), Key::Fence("lb-1"));
+        assert_eq!(
+            k.parse(k.pool_nodes("web").as_bytes()),
+            Key::PoolNodes("web")
+        );
         assert!(k.view("lb-1").starts_with(&k.views()));
         assert!(k.member("lb-1").starts_with(&k.members()));
         assert_eq!(k.parse(b"/handoff/prodx/drivers/web-1"), Key::Other);

@@ -5,6 +5,7 @@
 mod drain;
 mod failures;
 mod fencing;
+mod members;
 mod outcomes;
 mod partitions;
 mod relay;
