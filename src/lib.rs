@@ -17,6 +17,8 @@
 //! - [`time`]: Unix milliseconds, total RFC 3339, checked deadline arithmetic.
 //! - [`upgrade`]: self-upgrade: sockets and runtime state handed to a new process.
 //! - [`memory`]: freed memory given back to the system after a burst of connections.
+//! - [`members`]: nodes added, changed and removed at runtime, as a difference from the file;
+//!   [`discovery`]: a pool's nodes following a DNS name.
 //! - [`child`]: child processes in a group of their own (rollout hooks), killed as a whole.
 //!
 //! `unsafe` is in two places only: `upgrade::fds` (SCM_RIGHTS) and `memory::trim`
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod events;
 pub mod gated;
 pub mod health;

@@ -115,6 +115,8 @@ pub struct App {
     pub handing_over: std::sync::atomic::AtomicBool,
     /// The cluster this instance shares admin state with, once joined ([`App::join_cluster`]).
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The pools' DNS discovery tasks.
+    discovery: crate::discovery::Discovery,
 }
 
 /// This process: `/v1/status` `process`.
@@ -246,6 +248,7 @@ impl App {
             previous: ArcSwapOption::empty(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
             cluster: std::sync::OnceLock::new(),
+            discovery: Default::default(),
         });
         if let (Some(path), Some(writer)) = (state_path, writer) {
             tokio::spawn(persist::writer(
@@ -278,6 +281,7 @@ impl App {
                 table.listeners.insert(l.name.clone(), entry);
             }
             app.control.restart_health();
+            app.discovery.sync(&app.control, &config);
         }
         tracing::info!(
             listeners = config.listeners.len(),
@@ -372,6 +376,7 @@ impl App {
         // restart with the new snapshot (a result probed at a node's old address is ignored
         // by address epoch).
         self.control.install_file(config.clone())?;
+        self.discovery.sync(&self.control, &config);
         self.admin_token
             .store(token_from_env(&config).map(Arc::new));
         let wanted: HashMap<&str, &ListenerConfig> = config

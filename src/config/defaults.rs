@@ -71,3 +71,6 @@ pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CLUSTER_PREFIX: &str = "/handoff";
 /// `cluster.lease_ttl`.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// `pools[].discovery.interval`: how often a discovered name is resolved again.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);

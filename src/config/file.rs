@@ -116,6 +116,18 @@ pub struct RawPool {
     pub rollout: Option<serde_yaml::Value>,
     pub affinity: Option<serde_yaml::Value>,
     pub upstream: Option<serde_yaml::Value>,
+    pub discovery: Option<serde_yaml::Value>,
+}
+
+/// `pools[].discovery:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub dns: String,
+    pub port: Option<u16>,
+    pub interval: Option<String>,
+    pub srv: Option<bool>,
+    pub resolver: Option<String>,
 }
 
 /// `pools[].upstream:`.

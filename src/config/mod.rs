@@ -165,6 +165,23 @@ pub struct PoolConfig {
     pub affinity: Option<AffinityConfig>,
     /// How handoff speaks to the nodes.
     pub upstream: UpstreamConfig,
+    /// Nodes found by DNS, if configured.
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// `pools[].discovery`: the pool's nodes follow a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// The name resolved (A and AAAA records, or SRV with `srv`).
+    pub name: String,
+    /// The nodes' port (from the SRV records with `srv`).
+    pub port: Option<u16>,
+    /// How often the name is resolved again (a cached answer is reused within its TTL).
+    pub interval: Duration,
+    /// Read SRV records: each gives a target (resolved), a port and a weight.
+    pub srv: bool,
+    /// The DNS server to ask; the system's (`/etc/resolv.conf`) when `None`.
+    pub resolver: Option<SocketAddr>,
 }
 
 /// `pools[].upstream`: the protocol to the nodes, and TLS.

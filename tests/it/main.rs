@@ -14,6 +14,7 @@ mod control;
 mod ctl;
 mod dashboard;
 mod desync;
+mod discovery;
 mod docker;
 mod drain;
 mod durable_affinity;

@@ -55,7 +55,7 @@ fn flip_node(
         let deadline = Instant::now() + STORM;
         let mut round = offset;
         while !stop.load(SeqCst) && Instant::now() < deadline {
-            let (op, body) = if round % 2 == 0 {
+            let (op, body) = if round.is_multiple_of(2) {
                 ("drain", json!({ "force": true, "timeout": "1s" }))
             } else {
                 let warmup = if round % 4 == 1 { "0s" } else { "1s" };

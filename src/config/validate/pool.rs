@@ -8,12 +8,12 @@ use serde_yaml::Value;
 use super::Validator;
 use crate::config::defaults as d;
 use crate::config::file::{
-    RawAffinity, RawDrain, RawHealth, RawHttpCheck, RawNode, RawPool, RawRebalance,
+    RawAffinity, RawDiscovery, RawDrain, RawHealth, RawHttpCheck, RawNode, RawPool, RawRebalance,
 };
 use crate::config::limits;
 use crate::config::{
-    AffinityConfig, AffinityMode, Balance, CheckKind, DrainConfig, HealthConfig, NodeConfig,
-    NodeSource, PoolConfig, RebalanceConfig, VersionSource,
+    AffinityConfig, AffinityMode, Balance, CheckKind, DiscoveryConfig, DrainConfig, HealthConfig,
+    NodeConfig, NodeSource, PoolConfig, RebalanceConfig, VersionSource,
 };
 
 impl Validator {
@@ -35,8 +35,16 @@ impl Validator {
         let node_count = raw.nodes.len();
         let raw_nodes: Vec<(usize, RawNode)> =
             self.items(&format!("{path}.nodes"), Value::Sequence(raw.nodes));
-        if node_count == 0 {
-            self.err(&format!("{path}.nodes"), "a pool needs at least one node");
+        let discovery = raw.discovery.and_then(|v| {
+            let dp = format!("{path}.discovery");
+            let d = self.item::<RawDiscovery>(&dp, v)?;
+            Some(self.discovery(&dp, d))
+        });
+        if node_count == 0 && discovery.is_none() {
+            self.err(
+                &format!("{path}.nodes"),
+                "a pool needs at least one node (or discovery:)",
+            );
         }
         if node_count > d::MAX_NODES_PER_POOL {
             self.err(
@@ -166,7 +174,60 @@ impl Validator {
             rebalance,
             rollout,
             affinity,
+            discovery,
         })
+    }
+
+    fn discovery(&mut self, path: &str, raw: RawDiscovery) -> DiscoveryConfig {
+        let name = raw.dns.trim().trim_end_matches('.').to_string();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            self.err(
+                &format!("{path}.dns"),
+                format!("invalid DNS name {:?}", raw.dns),
+            );
+        }
+        let srv = raw.srv.unwrap_or(false);
+        match (raw.port, srv) {
+            (None, false) => self.err(
+                &format!("{path}.port"),
+                "required (the nodes' port), unless srv: true",
+            ),
+            (Some(0), _) => self.err(&format!("{path}.port"), "must not be 0"),
+            _ => {}
+        }
+        let interval = self.duration(
+            &format!("{path}.interval"),
+            raw.interval.as_deref(),
+            d::DISCOVERY_INTERVAL,
+            limits::DISCOVERY_INTERVAL,
+        );
+        let resolver = raw.resolver.as_deref().and_then(|text| {
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            if parsed.is_none() {
+                self.err(
+                    &format!("{path}.resolver"),
+                    format!("invalid resolver {text:?}: expected IP or IP:PORT"),
+                );
+            }
+            parsed
+        });
+        DiscoveryConfig {
+            name,
+            port: raw.port,
+            interval,
+            srv,
+            resolver,
+        }
     }
 
     /// Node addresses may be host names; they are resolved once, when the config is loaded.

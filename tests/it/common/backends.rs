@@ -49,6 +49,12 @@ impl HttpBackend {
         Self::serve(name, listener, version, Arc::default())
     }
 
+    /// Starts on `addr` (another loopback address, say: several "hosts" on one port).
+    pub async fn start_at(name: &'static str, version: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        Self::serve(name, listener, version, Arc::default())
+    }
+
     fn serve(
         name: &'static str,
         listener: TcpListener,
