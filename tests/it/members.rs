@@ -318,6 +318,17 @@ async fn a_node_added_through_the_api_is_kept_by_a_takeover() {
     );
     std::fs::write(&path, text).unwrap();
     let old = Handoff::start(&path).await;
+    // d: held out until enabled, a state the takeover must carry too.
+    let held =
+        json!({ "name": "d", "addr": format!("127.0.0.1:{}", free_port()), "state": "drained" });
+    let answer = call(
+        &client(),
+        Method::POST,
+        &old.url("/v1/pools/web/nodes"),
+        Some(held),
+    )
+    .await;
+    assert!(matches!(answer, Some((201, _))), "{answer:?}");
     let body = json!({ "name": "c", "addr": c.addr.to_string() });
     let answer = call(
         &client(),
@@ -341,6 +352,19 @@ async fn a_node_added_through_the_api_is_kept_by_a_takeover() {
     assert_eq!(view["source"], "api");
     assert_eq!(view["addr"], c.addr.to_string());
     new.wait_up("c").await;
+    let (_, d) = call(
+        &client(),
+        Method::GET,
+        &new.url("/v1/pools/web/nodes/d"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (d["state"].as_str(), d["source"].as_str()),
+        (Some("drained"), Some("api")),
+        "{d}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
