@@ -17,6 +17,14 @@
 //!
 //! Discovered nodes are this instance's own (each instance of a cluster resolves for
 //! itself): they are kept in the state file and carried by a self-upgrade, not shared.
+//!
+//! A node the file gives by host name (`addr: "backend.internal:8000"`) is resolved when the
+//! config is loaded, and then again every `resolve_interval` (the system's resolver, as at
+//! load). While the name still resolves to the node's address nothing happens; once it no
+//! longer does, the node moves, never cut: it is drained (under the pair guard), given the
+//! new address once drained with no session, and readmitted (health `unknown`, then
+//! warming once up). A node an operator drained keeps its state; only its address follows.
+//! An empty or failed answer changes nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -40,6 +48,8 @@ const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 #[derive(Default)]
 pub struct Discovery {
     tasks: Mutex<HashMap<String, (DiscoveryConfig, CancellationToken)>>,
+    /// The task that follows the host names of file nodes, with its interval.
+    hosts: Mutex<Option<(std::time::Duration, CancellationToken)>>,
 }
 
 impl Discovery {
@@ -71,6 +81,136 @@ impl Discovery {
                 stop.clone(),
             ));
             tasks.insert(pool.to_string(), (cfg.clone(), stop));
+        }
+        drop(tasks);
+        let named = config
+            .pools
+            .iter()
+            .any(|p| p.nodes.iter().any(|n| n.host.is_some()));
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let same = hosts
+            .as_ref()
+            .is_some_and(|(every, _)| named && *every == config.resolve_interval);
+        if !same {
+            if let Some((_, stop)) = hosts.take() {
+                stop.cancel();
+            }
+            if named {
+                let stop = ctl.stop.child_token();
+                tokio::spawn(follow_hosts(
+                    Arc::clone(ctl),
+                    config.resolve_interval,
+                    stop.clone(),
+                ));
+                *hosts = Some((config.resolve_interval, stop));
+            }
+        }
+    }
+}
+
+/// Follows the host names of the file's nodes (every pool), every `every`.
+async fn follow_hosts(ctl: Arc<Control>, every: std::time::Duration, stop: CancellationToken) {
+    // Nodes this task drained to move them: readmitted once moved.
+    let mut moving = std::collections::HashSet::new();
+    // The failure last logged per node, so each change of condition is logged once.
+    let mut failing: HashMap<String, String> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let file = ctl.file();
+        for pool in &file.pools {
+            for node in pool.nodes.iter() {
+                let Some(host) = &node.host else { continue };
+                let key = format!("{}/{}", pool.name, node.name);
+                let answer =
+                    tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(host.clone()))
+                        .await
+                        .map_err(|_| format!("no answer within {RESOLVE_TIMEOUT:?}"))
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                        .map(|addrs| addrs.collect::<Vec<SocketAddr>>());
+                match answer {
+                    Ok(addrs) if !addrs.is_empty() => {
+                        if failing.remove(&key).is_some() {
+                            tracing::info!(node = %key, %host, "node's host name resolves again");
+                        }
+                        if let Some(t) = ctl.node(&pool.name, &node.name) {
+                            follow_host(&ctl, &t, host, &addrs, &mut moving);
+                        }
+                    }
+                    answer => {
+                        let (reason, detail) = match answer {
+                            Ok(_) => ("empty", "no address in the answer".to_string()),
+                            Err(e) => ("error", e),
+                        };
+                        ctl.metrics
+                            .discovery_errors
+                            .with_label_values(&[&pool.name, reason])
+                            .inc();
+                        if failing.get(&key) != Some(&detail) {
+                            tracing::warn!(node = %key, %host, error = %detail, "node's host name gives no usable answer; the node keeps its address");
+                            failing.insert(key, detail);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One step of moving node `t` to where its host name now points.
+fn follow_host(
+    ctl: &Arc<Control>,
+    t: &NodeRef,
+    host: &str,
+    addrs: &[SocketAddr],
+    moving: &mut std::collections::HashSet<String>,
+) {
+    let key = t.node.key();
+    if addrs.contains(&t.node.addr) {
+        return;
+    }
+    let target = addrs[0];
+    let state = &t.node.state;
+    match state.admin() {
+        AdminState::Active | AdminState::Warming => match lifecycle::drain(ctl, t, None, false) {
+            Ok(()) => {
+                tracing::info!(node = %key, %host, from = %t.node.addr, to = %target, "node's host name moved: draining it to move it");
+                state
+                    .history
+                    .note(format!("{host} now resolves to {target}: draining to move"));
+                moving.insert(key);
+            }
+            // No other node serves yet: it stays (and is tried again next time).
+            Err(e) => {
+                tracing::debug!(node = %key, error = %e, "node's host name moved; not drained yet")
+            }
+        },
+        AdminState::Draining => {}
+        AdminState::Drained if state.active_sessions() > 0 => {}
+        AdminState::Drained => {
+            let (pool, name) = (t.pool.name.as_str(), t.node.name.as_str());
+            let moved = ctl.change_members(
+                |m, file| m.set(file, pool, name, Some(target), None),
+                |_| {},
+            );
+            if let Err(e) = moved {
+                tracing::warn!(node = %key, error = %e, "node not moved");
+                return;
+            }
+            tracing::info!(node = %key, %host, to = %target, "node moved to its host name's new address");
+            let Some(t) = ctl.node(pool, name) else {
+                return;
+            };
+            t.node
+                .state
+                .history
+                .note(format!("moved to {target} ({host})"));
+            if moving.remove(&key) {
+                // Drained here to move: readmitted, warming once up at the new address.
+                lifecycle::enable(ctl, &t, None);
+            }
         }
     }
 }
@@ -225,6 +365,7 @@ fn follow(ctl: &Arc<Control>, pool: &str, found: &Found) {
                         addr: *addr,
                         weight: *weight,
                         source: NodeSource::Dns,
+                        host: None,
                     };
                     m.add(file, pool, node)?;
                 }

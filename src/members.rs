@@ -373,6 +373,7 @@ impl PoolChanges {
                     addr: added.addr,
                     weight: added.weight,
                     source: added.source,
+                    host: None,
                 });
             }
         }

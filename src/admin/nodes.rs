@@ -36,6 +36,7 @@ pub async fn add(
         addr: new.addr,
         weight: new.weight,
         source: NodeSource::Api,
+        host: None,
     };
     let applied = match app.cluster() {
         Some(cluster) => {

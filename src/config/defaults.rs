@@ -74,3 +74,6 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// `pools[].discovery.interval`: how often a discovered name is resolved again.
 pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `resolve_interval`: how often node addresses written as host names are resolved again.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);

@@ -31,6 +31,8 @@ pub struct Config {
     pub affinity_key_env: Option<String>,
     /// Time in-flight work gets after SIGTERM (`shutdown_grace`).
     pub shutdown_grace: Duration,
+    /// How often node addresses written as host names are resolved again.
+    pub resolve_interval: Duration,
     pub listeners: Vec<ListenerConfig>,
     pub pools: Vec<PoolConfig>,
     /// Self-upgrade: where a new process asks for the sockets, and how long it may take.
@@ -297,6 +299,8 @@ pub struct NodeConfig {
     pub weight: u32,
     /// Where the node comes from: the file, or (at runtime) the admin API or DNS.
     pub source: NodeSource,
+    /// `HOST:PORT` as the file wrote it, when the host is a name: the node follows it.
+    pub host: Option<String>,
 }
 
 /// Where a node comes from (`source` in the API).

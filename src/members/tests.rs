@@ -18,6 +18,7 @@ fn node(name: &str, addr: &str) -> NodeConfig {
         addr: addr.parse().unwrap(),
         weight: 100,
         source: NodeSource::Api,
+        host: None,
     }
 }
 

@@ -305,3 +305,114 @@ async fn srv_records_give_each_node_its_port_and_weight() {
     assert!(weights.contains(&(a.addr.to_string(), 10)), "{weights:?}");
     assert!(weights.contains(&(b.addr.to_string(), 30)), "{weights:?}");
 }
+
+/// A node given by host name follows the name: handoff runs in a mount namespace of its own
+/// whose /etc/hosts the test rewrites (as a DNS change would), so the system resolver it
+/// uses at load and after sees the change. Needs root and `unshare` (util-linux).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_given_by_host_name_moves_with_the_name_never_cut() {
+    let root = nix_is_root();
+    if !root || !std::path::Path::new("/usr/bin/unshare").exists() {
+        eprintln!("skipped: needs root and unshare (a mount namespace with its own /etc/hosts)");
+        return;
+    }
+    let port = shared_port().await;
+    let old = HttpBackend::start_at("old", "1.0", SocketAddr::new(ip(2), port)).await;
+    let new = HttpBackend::start_at("new", "1.0", SocketAddr::new(ip(3), port)).await;
+    let b = HttpBackend::start("b", "1.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.2 backend.test\n").unwrap();
+    let config = dir.path().join("handoff.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"admin: {{ listen: "127.0.0.1:0" }}
+resolve_interval: 200ms
+listeners:
+  - {{ name: web, listen: "127.0.0.1:0", protocol: http, routes: [ {{ pool: web }} ] }}
+pools:
+  - name: web
+    nodes: [ {{ name: a, addr: "backend.test:{port}" }}, {{ name: b, addr: "{}" }} ]
+    health: {FAST_HEALTH}
+    warmup: 500ms
+    drain: {{ timeout: 5s }}
+"#,
+            b.addr
+        ),
+    )
+    .unwrap();
+    let script = "mount --bind \"$0\" /etc/hosts && exec \"$@\"";
+    let hosts_arg = hosts.display().to_string();
+    let h = crate::common::process::Handoff::start_in(
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            &hosts_arg,
+        ],
+        &config,
+    )
+    .await;
+    h.wait_up("a").await;
+    h.wait_up("b").await;
+    let node = |view: &Value| {
+        (
+            view["addr"].as_str().unwrap_or_default().to_string(),
+            view["state"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let url = |path: &str| h.url(path);
+    let get_node = || async {
+        crate::common::process::call(&client(), Method::GET, &url("/v1/pools/web/nodes/a"), None)
+            .await
+            .map(|(_, v)| node(&v))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        get_node().await,
+        (format!("127.0.0.2:{port}"), "active".to_string())
+    );
+    let (_, status) =
+        crate::common::process::call(&client(), Method::GET, &url("/v1/status"), None)
+            .await
+            .unwrap();
+    let web = format!(
+        "http://{}/",
+        status["listeners"][0]["listen"].as_str().unwrap()
+    );
+    let load = Load::start(web, 4, Duration::from_secs(60));
+    eventually("the old address serves", || old.hits() > 0).await;
+
+    // The name moves (rewritten in place: the bind mount shows the new content).
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.3 backend.test\n").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = get_node().await;
+        if now == (format!("127.0.0.3:{port}"), "active".to_string()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a is {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved = old.hits();
+    eventually("the new address serves", || new.hits() > 0).await;
+    let (sent, failed) = load.finish().await;
+    assert_eq!(failed, 0, "of {sent}");
+    assert!(
+        old.hits() <= moved + 4,
+        "the old address took new requests after the move"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

@@ -158,6 +158,7 @@ impl Validator {
         let mut affinity_key_env = None;
         let mut upgrade = None;
         let mut cluster = None;
+        let mut resolve_interval = None;
         for (key, value) in map {
             let Some(key) = key.as_str().map(str::to_string) else {
                 self.err("", format!("top-level keys must be strings, found {key:?}"));
@@ -168,6 +169,9 @@ impl Validator {
                 "upgrade" => upgrade = self.item::<RawUpgrade>("upgrade", value),
                 "cluster" => cluster = self.item::<RawCluster>("cluster", value),
                 "shutdown_grace" => grace = self.item::<String>("shutdown_grace", value),
+                "resolve_interval" => {
+                    resolve_interval = self.item::<String>("resolve_interval", value)
+                }
                 "listeners" => listeners = self.items("listeners", value),
                 "pools" => pools_raw = Some(value),
                 "state_file" => state_file = self.item::<String>("state_file", value),
@@ -178,7 +182,8 @@ impl Validator {
                     other,
                     format!(
                         "unknown field `{other}`, expected one of `admin`, `state_file`, \
-                         `affinity_key_env`, `shutdown_grace`, `upgrade`, `cluster`, `listeners`, `pools`"
+                         `affinity_key_env`, `shutdown_grace`, `resolve_interval`, `upgrade`, `cluster`, \
+                         `listeners`, `pools`"
                     ),
                 ),
             }
@@ -189,6 +194,12 @@ impl Validator {
             grace.as_deref(),
             d::SHUTDOWN_GRACE,
             limits::SHUTDOWN_GRACE,
+        );
+        let resolve_interval = self.duration(
+            "resolve_interval",
+            resolve_interval.as_deref(),
+            d::RESOLVE_INTERVAL,
+            limits::DISCOVERY_INTERVAL,
         );
         // Names of pools are known even when a pool has other mistakes, so routes to it don't
         // report a second, misleading "unknown pool".
@@ -251,6 +262,7 @@ impl Validator {
                 .map(|p| self.base.join(p)),
             affinity_key_env,
             shutdown_grace,
+            resolve_interval,
             listeners,
             pools,
             upgrade,

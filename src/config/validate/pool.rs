@@ -62,11 +62,17 @@ impl Validator {
                 limits::WEIGHT,
             );
             if let Some(addr) = self.resolve(&format!("{np}.addr"), &n.addr) {
+                let host = n
+                    .addr
+                    .parse::<SocketAddr>()
+                    .is_err()
+                    .then(|| n.addr.clone());
                 nodes.push(NodeConfig {
                     name: n.name,
                     addr,
                     weight,
                     source: NodeSource::Config,
+                    host,
                 });
             }
         }
@@ -230,7 +236,8 @@ impl Validator {
         }
     }
 
-    /// Node addresses may be host names; they are resolved once, when the config is loaded.
+    /// Node addresses may be host names: resolved here when the config is loaded, then
+    /// followed at runtime ([`crate::discovery`]).
     fn resolve(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
         if let Ok(a) = text.parse::<SocketAddr>() {
             return Some(a);

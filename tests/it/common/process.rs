@@ -40,12 +40,35 @@ impl Handoff {
         Self::spawn(config, &["--upgrade"], |_| {}).await
     }
 
+    /// Starts `wrapper... handoff run -c config` (a command that sets up the process's
+    /// environment, then runs the rest of its arguments).
+    pub async fn start_in(wrapper: &[&str], config: &Path) -> Handoff {
+        Self::spawn_in(wrapper, config, &[], |_| {}).await
+    }
+
     async fn spawn(
         config: &Path,
         extra: &[&str],
         on_first_output: impl FnOnce(u32) + Send + 'static,
     ) -> Handoff {
-        let mut child = Command::new(BIN)
+        Self::spawn_in(&[], config, extra, on_first_output).await
+    }
+
+    async fn spawn_in(
+        wrapper: &[&str],
+        config: &Path,
+        extra: &[&str],
+        on_first_output: impl FnOnce(u32) + Send + 'static,
+    ) -> Handoff {
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(["run", "-c"])
             .arg(config)
             .args(extra)
