@@ -54,6 +54,17 @@ pub struct NodeRef {
     pub node: Arc<Node>,
 }
 
+impl NodeRef {
+    /// `pool/node` in `snapshot`.
+    pub fn of(snapshot: &Snapshot, pool: &str, node: &str) -> Option<NodeRef> {
+        let p = snapshot.pool(pool)?;
+        Some(NodeRef {
+            pool: Arc::clone(p),
+            node: Arc::clone(p.node(node)?),
+        })
+    }
+}
+
 impl Control {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
@@ -207,13 +218,7 @@ impl Control {
 
     /// `pool/node` in the current snapshot.
     pub fn node(&self, pool: &str, node: &str) -> Option<NodeRef> {
-        let snapshot = self.snapshot.load();
-        let p = snapshot.pool(pool)?;
-        let n = p.node(node)?;
-        Some(NodeRef {
-            pool: Arc::clone(p),
-            node: Arc::clone(n),
-        })
+        NodeRef::of(&self.snapshot.load(), pool, node)
     }
 
     /// A node named `pool/node` (how the state file and a takeover name nodes).

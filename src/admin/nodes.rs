@@ -19,7 +19,6 @@ use crate::config::{NodeConfig, NodeSource};
 use crate::control::{Control, NodeRef};
 use crate::lifecycle;
 use crate::pool::{unix_ms, AdminState};
-use crate::snapshot::Snapshot;
 
 /// Extra time past a removal's drain deadline for the deadline closes to finish.
 const REMOVE_SLACK: Duration = Duration::from_secs(15);
@@ -67,7 +66,7 @@ pub async fn add(
                 // Held out before anyone can pick it: until it is up (then warmed), or
                 // until enabled.
                 |snapshot| {
-                    if let Some(t) = node_in(snapshot, pool, &new.name) {
+                    if let Some(t) = NodeRef::of(snapshot, pool, &new.name) {
                         lifecycle::added(ctl, &t, new.drained);
                     }
                 },
@@ -278,12 +277,4 @@ async fn take_out(
     };
     tracing::info!(node = %t.node.key(), addr = %t.node.addr, "node removed");
     Ok(applied)
-}
-
-fn node_in(snapshot: &Snapshot, pool: &str, node: &str) -> Option<NodeRef> {
-    let p = snapshot.pool(pool)?;
-    Some(NodeRef {
-        pool: Arc::clone(p),
-        node: Arc::clone(p.node(node)?),
-    })
 }

@@ -27,7 +27,7 @@ use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::session::{call, connect_one};
+use super::etcd::{call, connect_one};
 use super::{Cluster, ClusterError, RECONNECT_WAIT};
 
 /// How long a write whose outcome is unknown may spend finding out before it is answered

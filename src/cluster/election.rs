@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 use super::commit::{Outcome, Write};
-use super::session::call;
+use super::etcd::call;
 use super::{lock, Cluster, ClusterError};
 
 /// Tries to become the driver of rollout `id` (when nobody is). Errors only when etcd does

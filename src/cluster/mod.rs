@@ -26,6 +26,7 @@
 mod apply;
 mod commit;
 pub mod election;
+mod etcd;
 pub mod guard;
 pub mod ops;
 mod session;

@@ -92,12 +92,8 @@ async fn hooks_never_overlap(test: &str, fault: Fault) {
     let script = hook(dir.path());
     let through = relays(&etcd).await;
     let spec = |name, etcd| Spec {
-        name,
-        etcd,
-        a: a.addr,
-        b: b.addr,
-        lease_ttl: "2s",
         hook: Some(script.clone()),
+        ..Spec::new(name, etcd, a.addr, b.addr)
     };
     let mut one = start(&p, spec("lb-1", endpoints(&through))).await;
     let two = start(&p, spec("lb-2", etcd.endpoints())).await;

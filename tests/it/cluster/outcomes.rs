@@ -82,14 +82,7 @@ async fn no_write_answered_503_is_ever_found_applied() {
     );
     let p = prefix("frozen-member");
     let through = relays(&etcd).await;
-    let spec = |name, etcd| Spec {
-        name,
-        etcd,
-        a: a.addr,
-        b: b.addr,
-        lease_ttl: "2s",
-        hook: None,
-    };
+    let spec = |name, etcd| Spec::new(name, etcd, a.addr, b.addr);
     // lb-1 knows every member (through relays, to see which one its session uses); lb-2
     // knows member 0 only, so nothing can tell it what happened while 0 is frozen.
     let one = start(&p, spec("lb-1", endpoints(&through))).await;

@@ -24,6 +24,20 @@ pub struct Spec {
     pub hook: Option<PathBuf>,
 }
 
+impl Spec {
+    /// Instance `name` through `etcd`, with nodes a and b, the smallest lease and no hook.
+    pub fn new(name: &'static str, etcd: Vec<String>, a: SocketAddr, b: SocketAddr) -> Spec {
+        Spec {
+            name,
+            etcd,
+            a,
+            b,
+            lease_ttl: "2s",
+            hook: None,
+        }
+    }
+}
+
 /// A prefix of the test's own.
 pub fn prefix(test: &str) -> String {
     format!("/handoff-test/{test}-{}", std::process::id())
@@ -129,14 +143,7 @@ async fn a_drain_that_would_leave_any_instance_without_a_serving_node_gets_409()
         HttpBackend::start("b", "1.0").await,
     );
     let p = prefix("split-health");
-    let spec = |name, a| Spec {
-        name,
-        etcd: etcd.endpoints(),
-        a,
-        b: b.addr,
-        lease_ttl: "2s",
-        hook: None,
-    };
+    let spec = |name, a| Spec::new(name, etcd.endpoints(), a, b.addr);
     // lb-2 lost its path to a: its a is an address where nothing listens.
     let one = start(&p, spec("lb-1", a.addr)).await;
     let two = start(&p, spec("lb-2", crate::common::backends::dead_addr().await)).await;
@@ -217,14 +224,7 @@ async fn a_drain_answered_while_an_instance_is_cut_off_names_it() {
     );
     let p = prefix("cut-off-lagging");
     let through = relays(&etcd).await;
-    let spec = |name, etcd| Spec {
-        name,
-        etcd,
-        a: a.addr,
-        b: b.addr,
-        lease_ttl: "2s",
-        hook: None,
-    };
+    let spec = |name, etcd| Spec::new(name, etcd, a.addr, b.addr);
     let one = start(&p, spec("lb-1", etcd.endpoints())).await;
     let two = start(&p, spec("lb-2", endpoints(&through))).await;
     two.h.wait_up("a").await;
