@@ -208,6 +208,8 @@ pub struct NewNode {
     pub weight: u32,
     /// `state: "drained"`: added but held out until enabled.
     pub drained: bool,
+    /// The node a replace rollout is provisioning, that this one replaces.
+    pub replaces: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +219,7 @@ struct AddNodeBody {
     addr: Option<String>,
     weight: Option<u32>,
     state: Option<String>,
+    replaces: Option<String>,
 }
 
 /// `POST /v1/pools/{pool}/nodes` body: `name` and `addr` required.
@@ -250,6 +253,7 @@ pub fn add_node(body: &[u8]) -> Result<NewNode, AdminError> {
         addr,
         weight,
         drained,
+        replaces: b.replaces,
     })
 }
 

@@ -29,6 +29,9 @@ pub async fn add(
     body: Result<Vec<u8>, AdminError>,
 ) -> Result<AdminResponse, AdminError> {
     let new = input::add_node(&body?)?;
+    if let Some(old) = &new.replaces {
+        return replacement(app, pool, old, new.clone()).await;
+    }
     let ctl = &app.control;
     let node = NodeConfig {
         name: new.name.clone(),
@@ -81,6 +84,40 @@ pub async fn add(
         StatusCode::CREATED,
         &node_answer(app, &t, applied),
     ))
+}
+
+/// A replacement offered to the replace rollout provisioning `old`: the rollout adds it.
+async fn replacement(
+    app: &Arc<App>,
+    pool: &str,
+    old: &str,
+    new: input::NewNode,
+) -> Result<AdminResponse, AdminError> {
+    target(app, pool, old)?;
+    let offer = crate::rollout::Replacement {
+        name: new.name.clone(),
+        addr: new.addr,
+    };
+    app.rollouts
+        .offer(pool, old, offer)
+        .map_err(AdminError::Conflict)?;
+    // Added by the rollout in a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(t) = target(app, pool, &new.name) {
+            return Ok(json_response(
+                StatusCode::CREATED,
+                &node_answer(app, &t, None),
+            ));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(AdminError::Conflict(format!(
+                "the replacement of {pool}/{old} was taken by the rollout but not added yet: see the rollout's timeline"
+            )));
+        }
+        let mut changes = app.control.changes();
+        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+    }
 }
 
 pub async fn patch(

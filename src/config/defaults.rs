@@ -77,3 +77,6 @@ pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// `resolve_interval`: how often node addresses written as host names are resolved again.
 pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `rollout.preview.header`: the request header that asks for the target version.
+pub const PREVIEW_HEADER: &str = "x-handoff-preview";

@@ -182,6 +182,17 @@ pub struct RawRollout {
     pub prefer_target_version: Option<bool>,
     /// Deserialized on its own (see `RawAnalysis`).
     pub analysis: Option<serde_yaml::Value>,
+    pub strategy: Option<String>,
+    pub preview: Option<RawPreview>,
+}
+
+/// `pools[].rollout.preview:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreview {
+    pub header: Option<String>,
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
 }
 
 /// `pools[].rollout.analysis:`.

@@ -37,6 +37,8 @@ pub const HEALTH_INTERVAL: Range = Range::new(ms(10), hours(1));
 pub const HEALTH_TIMEOUT: Range = Range::new(ms(1), hours(1));
 /// `pools[].discovery.interval`.
 pub const DISCOVERY_INTERVAL: Range = Range::new(ms(100), hours(1));
+/// `pools[].rollout.preview.for`.
+pub const PREVIEW_FOR: Range = Range::new(ms(0), DAY);
 /// `pools[].warmup`, and `warmup` in enable and rollout bodies.
 pub const WARMUP: Range = Range::new(ms(0), DAY);
 /// `pools[].drain.timeout`, `pools[].rollout.drain_timeout`, and the drain body's `timeout`.

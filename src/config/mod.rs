@@ -254,8 +254,35 @@ pub struct RolloutConfig {
     /// Command run after the drain (argv), if any.
     pub hook: Option<Vec<String>>,
     pub prefer_target_version: bool,
-    /// Judge each upgraded node on live traffic (design §11).
+    /// Judge each upgraded node on live traffic.
     pub analysis: Option<AnalysisConfig>,
+    /// Upgrade each node in place, or bring its replacement up beside it first.
+    pub strategy: Strategy,
+    /// Requests naming the target version reach a new node before it is admitted.
+    pub preview: Option<PreviewConfig>,
+}
+
+/// `rollout.strategy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Drain the node, upgrade it (the hook, or an operator), readmit it.
+    #[default]
+    InPlace,
+    /// Start a new node at the target version beside the old one (the hook's `provision`),
+    /// admit it, then drain and remove the old one (`retire`): never one node short.
+    Replace,
+}
+
+/// `rollout.preview`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PreviewConfig {
+    /// The request header whose value, equal to the target version, routes a request to a
+    /// node reporting it (a cookie `handoff_preview=<version>` does too).
+    pub header: String,
+    /// How long a replace rollout waits in phase `preview` before admitting the new node.
+    #[serde(with = "duration::text")]
+    pub for_: Duration,
 }
 
 /// `rollout.analysis`: the limits an upgraded node's own traffic must stay within while it

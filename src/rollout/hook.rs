@@ -61,7 +61,7 @@ pub async fn run(
     limit: Duration,
     abort: &CancellationToken,
     term: Option<&Term>,
-) -> Result<(), HookError> {
+) -> Result<String, HookError> {
     let program = argv.first().cloned().unwrap_or_default();
     let mut safe_until = term.map(Term::safe_until);
     let left = |u: &Option<Instant>| u.map(|u| u.saturating_duration_since(Instant::now()));
@@ -142,7 +142,7 @@ pub async fn run(
         return Err(HookError::TermEnded);
     }
     if output.status.success() {
-        Ok(())
+        Ok(stdout)
     } else {
         let status = match stderr.lines().last() {
             Some(line) => format!("{} ({line})", output.status),
@@ -172,6 +172,11 @@ pub enum Action {
     Upgrade,
     /// Put back the version the node had before it failed analysis.
     Rollback,
+    /// Replace: start a new node at the target version beside this one, and print its
+    /// address (`ADDR` or `NAME ADDR`) on the last line of stdout.
+    Provision,
+    /// Replace: this node was removed from the pool; stop it.
+    Retire,
 }
 
 /// The `HANDOFF_*` variables the hook gets for node `t` and `version`.
@@ -196,6 +201,8 @@ pub fn env(
             match action {
                 Action::Upgrade => "upgrade",
                 Action::Rollback => "rollback",
+                Action::Provision => "provision",
+                Action::Retire => "retire",
             }
             .to_string(),
         ),

@@ -6,13 +6,16 @@
 mod analysis;
 mod hook;
 mod record;
+mod replace;
 mod rollback;
 mod run;
 pub mod shared;
 mod wait;
 
 pub use hook::use_hook_guard;
-pub use record::{Event, Phase, Rollback, RollbackState, Rollout, RolloutState};
+pub use record::{
+    Event, Phase, Replacement, Rollback, RollbackState, Rollout, RolloutState, Strategy,
+};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -56,6 +59,8 @@ pub enum RolloutError {
 pub struct Handle {
     record: Mutex<Rollout>,
     pub abort: CancellationToken,
+    /// Woken when an operator offers a replacement (`"replaces"`) to a replace rollout.
+    pub offered: tokio::sync::Notify,
     /// Where timeline entries are published too (`/v1/events`).
     events: Arc<Events>,
 }
@@ -65,6 +70,7 @@ impl Handle {
         Arc::new(Handle {
             record: Mutex::new(record),
             abort: CancellationToken::new(),
+            offered: tokio::sync::Notify::new(),
             events: Arc::clone(events),
         })
     }
@@ -290,6 +296,8 @@ fn new_record(
         analysis: p.config.rollout.analysis.clone(),
         previous_versions: BTreeMap::new(),
         rollback: None,
+        strategy: p.config.rollout.strategy,
+        replacements: BTreeMap::new(),
     })
 }
 
@@ -360,6 +368,42 @@ impl Registry {
         for handle in running {
             spawn(ctl, rollouts, handle);
         }
+    }
+}
+
+impl Registry {
+    /// An operator's replacement for node `old` of `pool` (`POST .../nodes` with
+    /// `"replaces"`), for the replace rollout waiting for one there. `Err`: why it is not
+    /// wanted (nothing changed).
+    pub fn offer(&self, pool: &str, old: &str, new: Replacement) -> Result<(), String> {
+        let handle = self
+            .all()
+            .iter()
+            .find(|h| {
+                let r = h.lock();
+                r.pool == pool && r.busy()
+            })
+            .cloned()
+            .ok_or_else(|| format!("no rollout runs on pool {pool}: \"replaces\" names the node a replace rollout is provisioning"))?;
+        {
+            let mut r = handle.lock();
+            let waiting = r.strategy == Strategy::Replace
+                && r.current_node.as_deref() == Some(old)
+                && r.phase == Some(Phase::Provisioning)
+                && !r.replacements.contains_key(old);
+            if !waiting {
+                return Err(format!(
+                    "rollout {} is not waiting for a replacement of {old} (strategy {:?}, node {:?}, phase {:?})",
+                    r.id,
+                    r.strategy,
+                    r.current_node,
+                    r.phase.map(Phase::as_str)
+                ));
+            }
+            r.replacements.insert(old.to_string(), new);
+        }
+        handle.offered.notify_waiters();
+        Ok(())
     }
 }
 

@@ -5,12 +5,19 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::Strategy;
 use crate::config::{duration, AnalysisConfig};
 
 /// Per-node phases, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Replace: the hook starts the new node (or an operator adds it, `"replaces"`).
+    Provisioning,
+    /// Replace: requests asking for the target version reach the new node, others not.
+    Preview,
+    /// Replace: the old node is removed once drained, then the hook's `retire`.
+    Retiring,
     Guard,
     Draining,
     WaitingUpgrade,
@@ -42,6 +49,29 @@ impl Phase {
             Phase::Warming => "warming",
             Phase::Analysis => "analysis",
             Phase::Done => "done",
+            Phase::Provisioning => "provisioning",
+            Phase::Preview => "preview",
+            Phase::Retiring => "retiring",
+        }
+    }
+
+    /// The phases of one node in a replace rollout: the new node first, the old one after.
+    pub const REPLACE_ORDER: [Phase; 8] = [
+        Phase::Provisioning,
+        Phase::WaitingReady,
+        Phase::Preview,
+        Phase::Warming,
+        Phase::Analysis,
+        Phase::Draining,
+        Phase::Retiring,
+        Phase::Done,
+    ];
+
+    /// The phases of `strategy`, in order.
+    pub fn order(strategy: Strategy) -> &'static [Phase] {
+        match strategy {
+            Strategy::InPlace => &Phase::ORDER,
+            Strategy::Replace => &Phase::REPLACE_ORDER,
         }
     }
 }
@@ -104,6 +134,19 @@ pub struct Rollout {
     /// After a failed analysis with `on_failure: rollback`: the node going back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    /// `in_place` or `replace`.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Replace: each old node's replacement, once provisioned.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replacements: BTreeMap<String, Replacement>,
+}
+
+/// The node that replaces an old one in a replace rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replacement {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
 }
 
 /// A node being rolled back to the version it had before, after it failed analysis.

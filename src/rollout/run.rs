@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::analysis::{self, Baseline, Judged, Probation};
 use super::wait::{everyone_sees_ready, wait_for_sibling, wait_node, Attempt};
-use super::{hook, rollback, Handle, Phase, RolloutState};
+use super::{hook, rollback, Handle, Phase, RolloutState, Strategy};
 use crate::cluster::Cluster;
 use crate::config::duration;
 use crate::control::{Control, NodeRef};
@@ -49,7 +49,7 @@ pub(super) const DRAIN_SLACK: Duration = Duration::from_secs(15);
 
 pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<Handle>) {
     let app = Arc::clone(app);
-    let (pool_name, order, version, analysed, state) = {
+    let (pool_name, order, version, analysed, state, strategy) = {
         let r = handle.lock();
         let analysed = r.analysis.is_some();
         (
@@ -58,8 +58,10 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
             r.version.clone(),
             analysed,
             r.state,
+            r.strategy,
         )
     };
+    let phases = Phase::order(strategy);
     if state != RolloutState::Running {
         // Resumed after a restart with a rollback under way.
         return rollback::run(&app, cluster, &handle).await;
@@ -74,10 +76,8 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
             r.current_node = Some(node_name.clone());
             resume
         };
-        let first = resume_phase.map_or(0, |p| {
-            Phase::ORDER.iter().position(|x| *x == p).unwrap_or(0)
-        });
-        for &phase in &Phase::ORDER[first..] {
+        let first = resume_phase.map_or(0, |p| phases.iter().position(|x| *x == p).unwrap_or(0));
+        for &phase in &phases[first..] {
             if phase == Phase::Analysis && !analysed {
                 continue;
             }
@@ -100,15 +100,13 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
             );
             app.mark_dirty();
             let started = Instant::now();
-            let result = step(
-                &app,
-                cluster,
-                &handle,
-                &mut judged,
-                (&pool_name, node_name, &version),
-                phase,
-            )
-            .await;
+            let at = (pool_name.as_str(), node_name.as_str(), version.as_str());
+            let result = match strategy {
+                Strategy::InPlace => step(&app, cluster, &handle, &mut judged, at, phase).await,
+                Strategy::Replace => {
+                    super::replace::step(&app, cluster, &handle, &mut judged, at, phase).await
+                }
+            };
             app.metrics
                 .rollout_step_duration
                 .with_label_values(&[&pool_name, phase.as_str()])
@@ -229,7 +227,7 @@ fn aborted_reason(app: &Control, pool: &str, at: &str) -> String {
     format!("aborted at {at}; nodes left: {states}")
 }
 
-async fn step(
+pub(super) async fn step(
     app: &Arc<Control>,
     cluster: Option<Driving<'_>>,
     handle: &Handle,
@@ -332,7 +330,7 @@ async fn step(
                 );
                 let term = cluster.map(|d| &d.cluster.term);
                 return match hook::run(argv, &env, ready_timeout, &handle.abort, term).await {
-                    Ok(()) => Ok(()),
+                    Ok(_) => Ok(()),
                     Err(hook::HookError::Aborted) => Err(Stop::Aborted),
                     Err(hook::HookError::TermEnded) => Err(Stop::Deposed),
                     Err(e) => Err(Stop::Failed(format!("{e}; {key} left drained"))),
@@ -431,7 +429,8 @@ async fn step(
             let judged = judged.take();
             analysis::phase(app, cluster, handle, judged, &target, ready_timeout).await
         }
-        Phase::Done => Ok(()),
+        // Replace phases: the replace flow's own (see `replace`).
+        Phase::Done | Phase::Provisioning | Phase::Preview | Phase::Retiring => Ok(()),
     }
 }
 

@@ -32,6 +32,7 @@ mod observability;
 mod openapi;
 mod packaging;
 mod rebalance;
+mod replace;
 mod retries;
 mod rollout;
 mod shutdown;

@@ -6,7 +6,11 @@ use super::Validator;
 use crate::config::defaults as d;
 use crate::config::file::{RawAnalysis, RawRollout};
 use crate::config::limits;
-use crate::config::{AnalysisConfig, DrainConfig, OnFailure, RolloutConfig};
+use std::time::Duration;
+
+use crate::config::{
+    AnalysisConfig, DrainConfig, OnFailure, PreviewConfig, RolloutConfig, Strategy,
+};
 
 impl Validator {
     pub(super) fn rollout(
@@ -48,6 +52,35 @@ impl Validator {
             hook,
             prefer_target_version: raw.prefer_target_version.unwrap_or(false),
             analysis,
+            strategy: match raw.strategy.as_deref() {
+                None | Some("in_place") => Strategy::InPlace,
+                Some("replace") => Strategy::Replace,
+                Some(other) => {
+                    self.err(
+                        &format!("{path}.strategy"),
+                        format!("unknown strategy {other:?}: expected \"in_place\" or \"replace\""),
+                    );
+                    Strategy::InPlace
+                }
+            },
+            preview: raw.preview.map(|p| {
+                let header = p.header.unwrap_or_else(|| d::PREVIEW_HEADER.to_string());
+                if header.is_empty() || http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    self.err(
+                        &format!("{path}.preview.header"),
+                        format!("invalid header name {header:?}"),
+                    );
+                }
+                PreviewConfig {
+                    header: header.to_ascii_lowercase(),
+                    for_: self.duration(
+                        &format!("{path}.preview.for"),
+                        p.for_.as_deref(),
+                        Duration::ZERO,
+                        limits::PREVIEW_FOR,
+                    ),
+                }
+            }),
         }
     }
 

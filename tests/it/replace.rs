@@ -1,0 +1,256 @@
+//! Replace rollouts: the hook starts each new node as a real process (`handoff
+//! demo-backend`) at a new port beside the old one; the old node is drained and removed
+//! only once the new one serves, then retired. A replacement that fails analysis is drained
+//! and removed, and the old node never stops serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+
+use crate::common::backends::HttpBackend;
+use crate::common::*;
+
+/// The hook: `provision` starts a demo backend at the target version on a free port (in a
+/// session of its own, so it outlives the hook) and prints its address; `retire` stops the
+/// backend at the node's address (or notes an old node that was not started here).
+fn hook(dir: &Path) -> PathBuf {
+    let d = dir.display();
+    let script = dir.join("hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"set -e
+mkdir -p "{d}/pids"
+case "$HANDOFF_ACTION" in
+provision)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  setsid "{BIN}" demo-backend --name "new-$HANDOFF_NODE" --version "$HANDOFF_TARGET_VERSION" --listen "127.0.0.1:$port" >/dev/null 2>&1 < /dev/null &
+  echo $! > "{d}/pids/$port"
+  for i in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null && break
+    sleep 0.05
+  done
+  echo "provision $HANDOFF_NODE 127.0.0.1:$port" >> "{d}/log"
+  echo "127.0.0.1:$port"
+  ;;
+retire)
+  port=${{HANDOFF_NODE_ADDR##*:}}
+  [ -f "{d}/pids/$port" ] && kill "$(cat "{d}/pids/$port")" || true
+  echo "retire $HANDOFF_NODE $HANDOFF_NODE_ADDR" >> "{d}/log"
+  ;;
+esac
+"#
+        ),
+    )
+    .unwrap();
+    script
+}
+
+fn yaml(a: std::net::SocketAddr, b: std::net::SocketAddr, script: &Path, analysis: &str) -> String {
+    format!(
+        r#"admin: {{ listen: "127.0.0.1:0" }}
+listeners:
+  - {{ name: web, listen: "127.0.0.1:0", protocol: http, routes: [ {{ pool: web }} ] }}
+pools:
+  - name: web
+    nodes: [ {{ name: a, addr: "{a}" }}, {{ name: b, addr: "{b}" }} ]
+    health: {FAST_HEALTH}
+    warmup: 500ms
+    drain: {{ timeout: 5s }}
+    rollout: {{ strategy: replace, ready_timeout: 20s, hook: {{ exec: ["/bin/sh", "{}"] }}{analysis} }}
+"#,
+        script.display()
+    )
+}
+
+/// Samples the pool's `serving` count every 100 ms until stopped; the smallest seen.
+struct Serving {
+    stop: Arc<AtomicBool>,
+    least: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    fn start(proxy: &Proxy) -> Serving {
+        let (stop, least) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(usize::MAX)),
+        );
+        let url = format!("http://{}/v1/pools/web", proxy.admin);
+        let (s, l) = (Arc::clone(&stop), Arc::clone(&least));
+        let task = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            while !s.load(SeqCst) && tokio::time::Instant::now() < deadline {
+                let (_, body) = send(Method::GET, &url, None).await;
+                let pool: Value = serde_json::from_slice(&body).unwrap_or_default();
+                if let Some(n) = pool["serving"].as_u64() {
+                    l.fetch_min(n as usize, SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Serving { stop, least, task }
+    }
+
+    async fn finish(self) -> usize {
+        self.stop.store(true, SeqCst);
+        let _ = self.task.await;
+        self.least.load(SeqCst)
+    }
+}
+
+fn log(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Stops every backend the hook started and did not retire.
+fn stop_started(dir: &Path) {
+    for entry in std::fs::read_dir(dir.join("pids"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(pid) = std::fs::read_to_string(entry.path()) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+async fn start_rollout(proxy: &Proxy, version: &str) -> String {
+    let (status, started) = proxy
+        .admin_json(
+            Method::POST,
+            "/v1/pools/web/rollouts",
+            json!({ "version": version }),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(started["strategy"], "replace", "{started}");
+    started["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_rollout_is_never_a_node_short_and_retires_the_old_nodes() {
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&yaml(a.addr, b.addr, &hook(dir.path()), "")).await;
+    proxy
+        .wait_health("web", "a", handoff::pool::Health::Up)
+        .await;
+    proxy
+        .wait_health("web", "b", handoff::pool::Health::Up)
+        .await;
+    let load = Load::start(proxy.url("web", "/"), 4, Duration::from_secs(90));
+    let serving = Serving::start(&proxy);
+
+    let id = start_rollout(&proxy, "2.0.0").await;
+    let done = proxy.rollout_end(&id, Duration::from_secs(60)).await;
+    let least = serving.finish().await;
+    let (sent, failed) = load.finish().await;
+    stop_started(dir.path());
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(failed, 0, "of {sent}");
+    assert!(
+        least >= 2,
+        "the pool served with {least} node(s) at some point"
+    );
+
+    let (_, pool) = proxy.admin(Method::GET, "/v1/pools/web", None).await;
+    let nodes: Vec<(String, String)> = pool["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["version"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("a-2.0.0".to_string(), "2.0.0".to_string()),
+            ("b-2.0.0".to_string(), "2.0.0".to_string())
+        ],
+        "{pool}"
+    );
+    let lines = log(dir.path());
+    for old in [&a, &b] {
+        let retire = format!("retire {} {}", old.name, old.addr);
+        assert!(lines.contains(&retire), "{retire} missing: {lines:#?}");
+    }
+    let phases: Vec<&str> = done["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["phase"].as_str())
+        .collect();
+    for phase in [
+        "provisioning",
+        "waiting_ready",
+        "warming",
+        "draining",
+        "retiring",
+    ] {
+        assert!(phases.contains(&phase), "{phase}: {phases:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_that_fails_analysis_is_removed_and_the_old_node_keeps_serving() {
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let analysis = ", analysis: { window: 3s, min_requests: 20, max_error_rate: 0.05 }";
+    let proxy = Proxy::start(&yaml(a.addr, b.addr, &hook(dir.path()), analysis)).await;
+    proxy
+        .wait_health("web", "a", handoff::pool::Health::Up)
+        .await;
+    proxy
+        .wait_health("web", "b", handoff::pool::Health::Up)
+        .await;
+    let load = Load::start(proxy.url("web", "/"), 4, Duration::from_secs(90));
+    let serving = Serving::start(&proxy);
+
+    // Version 2.0.0-bad answers 500 to every third request.
+    let id = start_rollout(&proxy, "2.0.0-bad").await;
+    let done = proxy.rollout_end(&id, Duration::from_secs(60)).await;
+    let least = serving.finish().await;
+    let (sent, failed) = load.finish().await;
+    stop_started(dir.path());
+    assert_eq!(done["state"], "failed", "{done}");
+    let reason = done["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("analysis of web/a-2.0.0-bad failed")
+            && reason.contains("drained and removed")
+            && reason.contains("web/a kept serving"),
+        "{reason}"
+    );
+    assert!(
+        least >= 2,
+        "the pool served with {least} node(s) at some point"
+    );
+    assert!(failed * 100 < sent, "{failed} of {sent} failed");
+    let (_, pool) = proxy.admin(Method::GET, "/v1/pools/web", None).await;
+    let nodes: Vec<(&str, &str)> = pool["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(nodes, [("a", "active"), ("b", "active")], "{pool}");
+}
