@@ -129,6 +129,9 @@ pub struct TrafficView {
     pub error_rate: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Requests routed here as previews (counted in `requests` too).
+    #[serde(default)]
+    pub preview_requests: u64,
 }
 
 impl TrafficView {
@@ -150,6 +153,7 @@ impl TrafficView {
             error_rate: (recent.error_rate() * 1e4).round() / 1e4,
             p50_ms: recent.quantile(0.5).map(ms),
             p99_ms: recent.quantile(0.99).map(ms),
+            preview_requests: t.previews(),
         }
     }
 }

@@ -58,6 +58,18 @@ pub struct Pool {
     pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
+/// What a preview request carries: `header: version`, or the cookie
+/// `handoff_preview=version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    /// Lowercase.
+    pub header: String,
+    pub version: String,
+}
+
+/// The cookie that asks for a preview, like the header.
+pub const PREVIEW_COOKIE: &str = "handoff_preview";
+
 /// A pool's control-plane state, kept across reloads by pool name (one home for each piece).
 #[derive(Default)]
 pub struct PoolControl {
@@ -66,6 +78,9 @@ pub struct PoolControl {
     serial: Mutex<()>,
     /// During a rollout with `prefer_target_version`: the version new sessions prefer.
     pub prefer: ArcSwapOption<String>,
+    /// During a rollout with `preview`: requests asking for its target version go to a node
+    /// reporting it, admitted or not.
+    pub preview: ArcSwapOption<Preview>,
     /// Held (without waiting) while a passive ejection checks the pair guard, so two nodes
     /// failing at once cannot both be ejected.
     ejecting: AtomicBool,

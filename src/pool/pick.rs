@@ -59,6 +59,44 @@ impl Pool {
         self.pick_among(seq, tried, |_| true)
     }
 
+    /// A preview request's node: while a rollout previews its target version, a request
+    /// whose preview header (or `handoff_preview` cookie) names that version goes to an up
+    /// node reporting it, admitted or not. `None`: not a preview request, or no such node
+    /// (routing is then unchanged). Costs one `ArcSwap` load when no preview runs.
+    pub fn preview_node<'h>(
+        &self,
+        mut headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    ) -> Option<usize> {
+        let preview = self.control.preview.load();
+        let pv = preview.as_deref()?;
+        let version = pv.version.as_bytes();
+        let asked = headers.any(|(name, value)| {
+            if name.eq_ignore_ascii_case(pv.header.as_bytes()) {
+                value == version
+            } else if name.eq_ignore_ascii_case(b"cookie") {
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|c| super::affinity::find_cookie(c, super::PREVIEW_COOKIE))
+                    == Some(pv.version.as_str())
+            } else {
+                false
+            }
+        });
+        if !asked {
+            return None;
+        }
+        let n = self.nodes.len();
+        let start = self.next.fetch_add(1, Relaxed);
+        let found = (0..n).map(|k| (start + k) % n).find(|&i| {
+            let s = &self.nodes[i].state;
+            s.health() == super::Health::Up
+                && s.admin() != AdminState::Draining
+                && s.version().is_some_and(|v| v.as_bytes() == version)
+        })?;
+        self.nodes[found].state.traffic.preview();
+        Some(found)
+    }
+
     fn pick_among(
         &self,
         seq: usize,

@@ -58,6 +58,9 @@ pub struct Traffic {
     /// Errors in a row (reset by any answer below 500): passive ejection reads it.
     streak: AtomicU32,
     latency: AtomicHistogram,
+    /// Requests routed here as previews (also in `requests`): before its admission the node
+    /// serves only these.
+    previews: AtomicU64,
     /// Control plane only: samples taken every [`WINDOW_STEP`], oldest first, spanning
     /// [`WINDOW`].
     ring: Mutex<VecDeque<(Instant, Sample)>>,
@@ -77,6 +80,7 @@ impl Default for Traffic {
             requests: AtomicU64::new(0),
             errors: Default::default(),
             streak: AtomicU32::new(0),
+            previews: AtomicU64::new(0),
             latency: AtomicHistogram::new(GROUPING_POWER, MAX_VALUE_POWER)
                 .expect("static histogram parameters"),
             ring: Mutex::new(VecDeque::new()),
@@ -109,6 +113,16 @@ impl Traffic {
         self.requests.fetch_add(1, Relaxed);
         self.errors[cause as usize].fetch_add(1, Relaxed);
         self.streak.fetch_add(1, Relaxed).saturating_add(1)
+    }
+
+    /// A request routed here because it asked for this node's version (a preview).
+    pub fn preview(&self) {
+        self.previews.fetch_add(1, Relaxed);
+    }
+
+    /// Preview requests routed here, ever.
+    pub fn previews(&self) -> u64 {
+        self.previews.load(Relaxed)
     }
 
     /// Starts a new streak (the node was ejected, or came back).

@@ -26,7 +26,7 @@ use tokio::time::{timeout, Instant};
 use super::http::ConnCtx;
 use crate::config::Timeouts;
 use crate::pool::h2conn::{H2Sender, UpBody};
-use crate::pool::{Attempts, CloseWatch, Node, Pool, SessionGuard, SessionKind, Strategy};
+use crate::pool::{CloseWatch, Node, Pool, SessionGuard, SessionKind};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_node;
 use crate::proxy::sticky::Client;
@@ -69,11 +69,13 @@ pub async fn send(
     timeouts: Timeouts,
     started: Instant,
 ) -> Result<Answer, Failed> {
+    let preview = pool.preview_node(
+        req.headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    );
     let mut req = Some(req);
-    let mut attempts = match client {
-        Some(c) => c.attempts(pool),
-        None => Attempts::new(pool, Strategy::Balance, None),
-    };
+    let mut attempts = crate::proxy::sticky::attempts(pool, client, preview);
     let mut asked = started;
     let mut unreachable = false;
     while let Some(i) = attempts.next_node() {

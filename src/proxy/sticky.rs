@@ -92,3 +92,17 @@ impl Client {
         ))
     }
 }
+
+/// The nodes a request tries: a preview's node first (it asked for the version a rollout
+/// previews), else where the client's affinity continues, else fresh picks.
+pub fn attempts<'p>(
+    pool: &'p Pool,
+    client: &Option<Client>,
+    preview: Option<usize>,
+) -> Attempts<'p> {
+    match (client, preview) {
+        (_, Some(node)) => Attempts::new(pool, Strategy::Balance, Some(Some(node))),
+        (Some(c), None) => c.attempts(pool),
+        (None, None) => Attempts::new(pool, Strategy::Balance, None),
+    }
+}

@@ -70,6 +70,30 @@ pub(super) async fn step(
     }
 }
 
+/// An abort before the old node was touched (`draining`) takes the replacement out again,
+/// so the pool is as it was; from `draining` on, the old node is on its way out and its
+/// replacement stays.
+pub(super) async fn aborted(
+    app: &Arc<Control>,
+    cluster: Option<Driving<'_>>,
+    handle: &Handle,
+    pool: &str,
+    old: &str,
+    phase: Phase,
+) {
+    let before_draining = Phase::REPLACE_ORDER
+        .iter()
+        .position(|p| *p == phase)
+        .is_some_and(|i| i < 5);
+    if !before_draining {
+        return;
+    }
+    if let Ok(new) = replacement(handle, old) {
+        let reason = discard(app, cluster, handle, pool, old, &new.name, "aborted".into()).await;
+        handle.event(Some(old), Some(phase), reason);
+    }
+}
+
 /// The replacement of `old`, once provisioned.
 fn replacement(handle: &Handle, old: &str) -> Result<Replacement, Stop> {
     handle

@@ -62,6 +62,15 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
         )
     };
     let phases = Phase::order(strategy);
+    // Requests asking for the target version reach a node reporting it from now on.
+    if let Some(p) = app.snapshot.load().pool(&pool_name) {
+        if let Some(cfg) = &p.config.rollout.preview {
+            p.control.preview.store(Some(Arc::new(crate::pool::Preview {
+                header: cfg.header.clone(),
+                version: version.clone(),
+            })));
+        }
+    }
     if state != RolloutState::Running {
         // Resumed after a restart with a rollback under way.
         return rollback::run(&app, cluster, &handle).await;
@@ -84,6 +93,10 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
             if handle.abort.is_cancelled() {
                 // Between steps: the next step never starts, and the reason says so.
                 let where_ = format!("{node_name} before {}", phase.as_str());
+                if strategy == Strategy::Replace {
+                    super::replace::aborted(&app, cluster, &handle, &pool_name, node_name, phase)
+                        .await;
+                }
                 return finish(
                     &app,
                     &handle,
@@ -151,6 +164,12 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
                 }
                 Err(Stop::Aborted) => {
                     let where_ = format!("{node_name} ({})", phase.as_str());
+                    if strategy == Strategy::Replace {
+                        super::replace::aborted(
+                            &app, cluster, &handle, &pool_name, node_name, phase,
+                        )
+                        .await;
+                    }
                     let reason = aborted_reason(&app, &pool_name, &where_);
                     return finish(
                         &app,
@@ -180,6 +199,7 @@ fn finish(
 ) {
     if let Some(p) = app.snapshot.load().pool(pool) {
         p.control.prefer.store(None);
+        p.control.preview.store(None);
     }
     {
         let mut r = handle.lock();

@@ -254,3 +254,99 @@ async fn a_replacement_that_fails_analysis_is_removed_and_the_old_node_keeps_ser
         .collect();
     assert_eq!(nodes, [("a", "active"), ("b", "active")], "{pool}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_admission_only_preview_requests_reach_the_new_node_and_an_abort_removes_it() {
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let preview = ", preview: { header: \"X-Handoff-Preview\", for: 30s }";
+    let proxy = Proxy::start(&yaml(a.addr, b.addr, &hook(dir.path()), preview)).await;
+    proxy
+        .wait_health("web", "a", handoff::pool::Health::Up)
+        .await;
+    proxy
+        .wait_health("web", "b", handoff::pool::Health::Up)
+        .await;
+    let id = start_rollout(&proxy, "2.0.0").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, r) = proxy
+            .admin(Method::GET, &format!("/v1/rollouts/{id}"), None)
+            .await;
+        if r["phase"] == "preview" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never in preview: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = client();
+    let url = proxy.url("web", "/");
+    let ask = |header: Option<(&'static str, &'static str)>| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut req = http::Request::get(url);
+            if let Some((k, v)) = header {
+                req = req.header(k, v);
+            }
+            let resp = client
+                .request(
+                    req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).to_string())
+        }
+    };
+    for _ in 0..20 {
+        let (status, body) = ask(Some(("x-handoff-preview", "2.0.0"))).await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("node new-a (version 2.0.0)"),
+            "a preview request: {body}"
+        );
+        let (status, body) = ask(Some(("cookie", "handoff_preview=2.0.0"))).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("new-a"), "a preview cookie: {body}");
+        let (_, body) = ask(None).await;
+        assert!(
+            !body.contains("new-"),
+            "a plain request reached the new node: {body}"
+        );
+        let (_, body) = ask(Some(("x-handoff-preview", "9.9.9"))).await;
+        assert!(!body.contains("new-"), "another version: {body}");
+    }
+    let (_, node) = proxy
+        .admin(Method::GET, "/v1/pools/web/nodes/a-2.0.0", None)
+        .await;
+    assert_eq!(node["state"], "drained", "not admitted: {node}");
+    assert_eq!(node["traffic"]["preview_requests"], 40, "{node}");
+
+    // An abort in preview takes the replacement out; the pool is as before.
+    let (status, _) = proxy
+        .admin(Method::POST, &format!("/v1/rollouts/{id}/abort"), None)
+        .await;
+    assert_eq!(status, 200);
+    let done = proxy.rollout_end(&id, Duration::from_secs(20)).await;
+    stop_started(dir.path());
+    assert_eq!(done["state"], "aborted", "{done}");
+    let (_, pool) = proxy.admin(Method::GET, "/v1/pools/web", None).await;
+    let names: Vec<&str> = pool["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"], "{pool}");
+}

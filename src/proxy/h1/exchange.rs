@@ -25,7 +25,7 @@ use super::tunnel::{self, Kind};
 use super::{bridge, relay, ClientIo, Done, Next};
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::metrics::ClientError;
-use crate::pool::{AdminState, Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
+use crate::pool::{AdminState, Pool, SessionGuard, SessionKind, Upstream};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_upstream;
 use crate::proxy::http::ConnCtx;
@@ -55,6 +55,8 @@ pub struct Plan {
     /// `Expect: 100-continue`: no body byte is read ahead.
     pub expects_continue: bool,
     pub client: Option<Client>,
+    /// A preview request's node (it asked for the version a rollout previews).
+    pub preview: Option<usize>,
     /// The head for the backend, and the whole body when it is held.
     pub out: Out,
     /// For an HTTP/2 pool: the request as HTTP/2 parts (`out` stays empty).
@@ -172,6 +174,7 @@ fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool
         .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
         .map(|h| h.value);
     let client = Client::identify(&pool, cookies, ctx.peer.ip());
+    let preview = pool.preview_node(req.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
     let mut out = Out::take();
     // An HTTP/2 pool gets the request as HTTP/2 parts (`bridge`), others an HTTP/1.1 head.
     let h2 = if pool.config.upstream.protocol == UpstreamProtocol::Http1 {
@@ -209,6 +212,7 @@ fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool
         request_buffer,
         expects_continue: info.expects_continue,
         client,
+        preview,
         out,
         h2,
     })
@@ -270,10 +274,7 @@ async fn forward<I: ClientIo>(
     let replayable = whole && p.idempotent;
     let mut replays = usize::from(replayable && multi);
     let mut why = NoAnswer::NoNode;
-    let mut attempts = match &p.client {
-        Some(c) => c.attempts(&pool),
-        None => Attempts::new(&pool, Strategy::Balance, None),
-    };
+    let mut attempts = crate::proxy::sticky::attempts(&pool, &p.client, p.preview);
     let mut ub = Buf::take();
     // When the current node was asked: its latency runs from here to its answer.
     let mut asked = started;

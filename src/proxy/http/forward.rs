@@ -22,7 +22,7 @@ use super::ConnCtx;
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::metrics::ClientError;
 use crate::pool::h2conn::UpBody;
-use crate::pool::{Attempts, Pool, SessionGuard, SessionKind, Strategy, Upstream};
+use crate::pool::{Pool, SessionGuard, SessionKind, Upstream};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::connect::connect_upstream;
 use crate::proxy::h1::buf::{Buf, Out};
@@ -188,10 +188,13 @@ async fn send_all(
     let is_head = parts.method == Method::HEAD;
     let mut replays = usize::from(replayable && pool.nodes.len() > 1);
     let (mut unreachable, mut lost) = (false, false);
-    let mut attempts = match &client {
-        Some(c) => c.attempts(pool),
-        None => Attempts::new(pool, Strategy::Balance, None),
-    };
+    let preview = pool.preview_node(
+        parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+    );
+    let mut attempts = crate::proxy::sticky::attempts(pool, &client, preview);
     'nodes: while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
