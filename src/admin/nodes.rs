@@ -59,7 +59,7 @@ pub async fn add(
             };
             Some(
                 cluster
-                    .change_members(pool, what, add, vec![(key, op)])
+                    .change_members(pool, what, add, vec![(key, op)], None)
                     .await?,
             )
         }
@@ -138,7 +138,11 @@ pub async fn patch(
     let applied = match app.cluster() {
         Some(cluster) => {
             let what = format!("change of {}", t.node.key());
-            Some(cluster.change_members(pool, what, set, Vec::new()).await?)
+            Some(
+                cluster
+                    .change_members(pool, what, set, Vec::new(), None)
+                    .await?,
+            )
         }
         None => {
             app.control.change_members(set, |_| {})?;
@@ -303,7 +307,7 @@ async fn take_out(
         Some(c) => {
             let what = format!("removal of {}", t.node.key());
             Some(
-                c.change_members(pool, what, remove, vec![(t.node.key(), None)])
+                c.change_members(pool, what, remove, vec![(t.node.key(), None)], None)
                     .await?,
             )
         }

@@ -343,6 +343,7 @@ impl Cluster {
             &crate::config::Config,
         ) -> Result<(), crate::members::MemberError>,
         node_ops: Vec<(String, Option<NodeOp>)>,
+        fence: Option<(&str, i64)>,
     ) -> Result<Applied, ClusterError> {
         for _ in 0..ATTEMPTS {
             let mut applied = self.applied.subscribe();
@@ -367,16 +368,23 @@ impl Cluster {
             let write = Write {
                 what: what.clone(),
                 node: None,
-                compares: vec![Compare::mod_revision(
+                compares: std::iter::once(Compare::mod_revision(
                     self.keys.pool_nodes(pool),
                     CompareOp::Equal,
                     rev,
-                )],
+                ))
+                .chain(fence.map(|(id, term)| self.fence(id, term)))
+                .collect(),
                 ops,
             };
             match self.commit(write).await? {
                 Outcome::Committed(c) => return Ok(self.await_applied(c).await),
                 Outcome::Refused => {}
+            }
+            if fence.is_some_and(|(id, term)| self.term(id) != Some(term)) {
+                return Err(ClusterError::Conflict(
+                    "this instance no longer drives rollouts (its term ended)".into(),
+                ));
             }
             // Another instance changed the pool's members first: read it, then decide again.
             tokio::select! {

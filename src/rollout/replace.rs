@@ -260,6 +260,7 @@ async fn add(
                     format!("addition of {key}"),
                     add,
                     vec![(key, Some(held))],
+                    d.fence(),
                 )
                 .await
                 .map(drop)
@@ -289,7 +290,13 @@ async fn remove(
         Some(d) => {
             let key = format!("{pool}/{name}");
             d.cluster
-                .change_members(pool, format!("removal of {key}"), remove, vec![(key, None)])
+                .change_members(
+                    pool,
+                    format!("removal of {key}"),
+                    remove,
+                    vec![(key, None)],
+                    d.fence(),
+                )
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string())

@@ -17,7 +17,7 @@ use crate::common::*;
 /// The hook: `provision` starts a demo backend at the target version on a free port (in a
 /// session of its own, so it outlives the hook) and prints its address; `retire` stops the
 /// backend at the node's address (or notes an old node that was not started here).
-fn hook(dir: &Path) -> PathBuf {
+pub fn hook(dir: &Path) -> PathBuf {
     let d = dir.display();
     let script = dir.join("hook.sh");
     std::fs::write(
@@ -103,7 +103,7 @@ impl Serving {
     }
 }
 
-fn log(dir: &Path) -> Vec<String> {
+pub fn log(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("log"))
         .unwrap_or_default()
         .lines()
@@ -112,7 +112,7 @@ fn log(dir: &Path) -> Vec<String> {
 }
 
 /// Stops every backend the hook started and did not retire.
-fn stop_started(dir: &Path) {
+pub fn stop_started(dir: &Path) {
     for entry in std::fs::read_dir(dir.join("pids"))
         .into_iter()
         .flatten()
@@ -349,4 +349,159 @@ async fn before_admission_only_preview_requests_reach_the_new_node_and_an_abort_
         .map(|n| n["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["a", "b"], "{pool}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_hook_an_operator_adds_each_replacement() {
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let news = [
+        HttpBackend::start("a2", "2.0.0").await,
+        HttpBackend::start("b2", "2.0.0").await,
+    ];
+    let text = yaml(a.addr, b.addr, Path::new("/unused"), "")
+        .replace(", hook: { exec: [\"/bin/sh\", \"/unused\"] }", "");
+    let proxy = Proxy::start(&text).await;
+    proxy
+        .wait_health("web", "a", handoff::pool::Health::Up)
+        .await;
+    proxy
+        .wait_health("web", "b", handoff::pool::Health::Up)
+        .await;
+    // Not waiting for one: refused, nothing added.
+    let (status, refused) = proxy
+        .admin_json(
+            Method::POST,
+            "/v1/pools/web/nodes",
+            json!({ "name": "x", "addr": news[0].addr.to_string(), "replaces": "a" }),
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    let id = start_rollout(&proxy, "2.0.0").await;
+    for (old, new) in [("a", &news[0]), ("b", &news[1])] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, r) = proxy
+                .admin(Method::GET, &format!("/v1/rollouts/{id}"), None)
+                .await;
+            if r["phase"] == "provisioning" && r["current_node"] == old {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not provisioning {old}: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let name = format!("{old}-new");
+        let (status, added) = proxy
+            .admin_json(
+                Method::POST,
+                "/v1/pools/web/nodes",
+                json!({ "name": name, "addr": new.addr.to_string(), "replaces": old }),
+            )
+            .await;
+        assert_eq!(status, 201, "{added}");
+        assert_eq!(added["state"], "drained", "held out until ready: {added}");
+    }
+    let done = proxy.rollout_end(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, pool) = proxy.admin(Method::GET, "/v1/pools/web", None).await;
+    let names: Vec<&str> = pool["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a-new", "b-new"], "{pool}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_in_the_middle_of_a_replace_rollout_finishes_it() {
+    use crate::common::process::{call, Handoff};
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let preview = ", preview: { for: 2s }";
+    let config = dir.path().join("handoff.yaml");
+    let text = yaml(a.addr, b.addr, &hook(dir.path()), preview)
+        .replace("listeners:", "upgrade: { timeout: 10s }\nlisteners:");
+    std::fs::write(&config, text).unwrap();
+    let old = Handoff::start(&config).await;
+    old.wait_up("a").await;
+    old.wait_up("b").await;
+    let (_, status) = call(&client(), Method::GET, &old.url("/v1/status"), None)
+        .await
+        .unwrap();
+    let web = format!(
+        "http://{}/",
+        status["listeners"][0]["listen"].as_str().unwrap()
+    );
+    let load = Load::start(web, 4, Duration::from_secs(60));
+    let (code, started) = call(
+        &client(),
+        Method::POST,
+        &old.url("/v1/pools/web/rollouts"),
+        Some(json!({ "version": "2.0.0" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 201, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let rollout = |h: &Handoff| h.url(&format!("/v1/rollouts/{id}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, r) = call(&client(), Method::GET, &rollout(&old), None)
+            .await
+            .unwrap();
+        if r["phase"] == "preview" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never in preview: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The new process takes the rollout over mid-way (the replacement of a is in the pool).
+    let new = Handoff::take_over(&config).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let (_, r) = call(&client(), Method::GET, &rollout(&new), None)
+            .await
+            .unwrap();
+        if r["state"] != "running" {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still running: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (sent, failed) = load.finish().await;
+    stop_started(dir.path());
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(failed, 0, "of {sent}");
+    let (_, pool) = call(&client(), Method::GET, &new.url("/v1/pools/web"), None)
+        .await
+        .unwrap();
+    let names: Vec<&str> = pool["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a-2.0.0", "b-2.0.0"], "{pool}");
+    let provisions = log(dir.path())
+        .iter()
+        .filter(|l| l.starts_with("provision a "))
+        .count();
+    assert_eq!(
+        provisions,
+        1,
+        "a's replacement was provisioned once: {:#?}",
+        log(dir.path())
+    );
 }

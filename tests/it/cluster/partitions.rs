@@ -22,6 +22,8 @@ pub struct Spec {
     pub lease_ttl: &'static str,
     /// A shell script run as the rollout hook.
     pub hook: Option<PathBuf>,
+    /// More of the pool's `rollout:` map (`, strategy: replace`, say).
+    pub rollout: &'static str,
 }
 
 impl Spec {
@@ -34,6 +36,7 @@ impl Spec {
             b,
             lease_ttl: "2s",
             hook: None,
+            rollout: "",
         }
     }
 }
@@ -53,8 +56,9 @@ pub async fn start(prefix: &str, s: Spec) -> Instance {
         .join(", ");
     let rollout = match &s.hook {
         Some(path) => format!(
-            "rollout: {{ ready_timeout: 30s, hook: {{ exec: [\"/bin/sh\", \"{}\"] }} }}",
-            path.display()
+            "rollout: {{ ready_timeout: 30s, hook: {{ exec: [\"/bin/sh\", \"{}\"] }}{} }}",
+            path.display(),
+            s.rollout
         ),
         None => String::new(),
     };

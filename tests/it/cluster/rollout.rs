@@ -169,3 +169,65 @@ async fn an_abort_sent_to_another_instance_stops_the_rollout() {
     assert_eq!(one.node("web", "b").await["state"], "active");
     assert_eq!(two.node("web", "b").await["state"], "active");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_rollout_whose_driver_is_killed_is_finished_by_another_instance() {
+    use super::partitions::{prefix, start, Spec};
+    if !etcd_installed("replace-driver-killed") {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = crate::replace::hook(dir.path());
+    let p = prefix("replace-driver-killed");
+    let spec = |name| Spec {
+        hook: Some(script.clone()),
+        rollout: ", strategy: replace, preview: { for: 3s }",
+        ..Spec::new(name, etcd.endpoints(), a.addr, b.addr)
+    };
+    let mut one = start(&p, spec("lb-1")).await;
+    let two = start(&p, spec("lb-2")).await;
+    for i in [&one, &two] {
+        i.h.wait_up("a").await;
+        i.h.wait_up("b").await;
+    }
+    let load = Load::start(two.web.clone(), 2, Duration::from_secs(60));
+    let id = start_rollout(&one).await;
+    // Killed while a's replacement is in preview, beside a.
+    two.rollout_until(&id, WAIT, |r| r["phase"] == "preview")
+        .await;
+    one.h.proc.0.kill().unwrap();
+    one.h.proc.0.wait().unwrap();
+    let done = two
+        .rollout_until(&id, Duration::from_secs(60), |r| r["state"] != "running")
+        .await;
+    let (sent, failed) = load.finish().await;
+    crate::replace::stop_started(dir.path());
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        timeline(&done).contains(&"driven by lb-2 (took over from lb-1)".to_string()),
+        "{done}"
+    );
+    assert_eq!(failed, 0, "of {sent}");
+    let (_, pool) = two.call(Method::GET, "/v1/pools/web", None).await;
+    let names: Vec<&str> = pool["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a-2.0", "b-2.0"], "{pool}");
+    let lines = crate::replace::log(dir.path());
+    let provisions = lines
+        .iter()
+        .filter(|l| l.starts_with("provision a "))
+        .count();
+    assert_eq!(
+        provisions, 1,
+        "a's replacement was provisioned once: {lines:#?}"
+    );
+}
