@@ -67,18 +67,27 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
         let signals = super::run::Signals::install()?;
         let a = start_backend("a").await?;
         let b = start_backend("b").await?;
+        let c = start_backend("c").await?;
+        let d = start_backend("d").await?;
         let exe =
             std::env::current_exe().context("locating the handoff binary for the demo hook")?;
-        let text = DEMO_CONFIG
-            .replace("{LISTEN}", listen)
-            .replace("{ADMIN}", admin)
-            .replace("{A}", &a.to_string())
-            .replace("{B}", &b.to_string())
-            .replace("{EXE}", &exe.display().to_string());
         // Written to a file of its own, so a new handoff process can take the proxy over
         // (`run -c FILE --upgrade`) while the demo backends stay in this one.
         let dir = std::env::temp_dir().join(format!("handoff-demo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).context("creating the demo's directory")?;
+        let text = DEMO_CONFIG.replace(
+            "      - { pool: web }\n",
+            &format!("{}      - {{ pool: web }}\n", super::demo_replace::ROUTE),
+        ) + super::demo_replace::POOL;
+        let text = text
+            .replace("{LISTEN}", listen)
+            .replace("{ADMIN}", admin)
+            .replace("{A}", &a.to_string())
+            .replace("{B}", &b.to_string())
+            .replace("{C}", &c.to_string())
+            .replace("{D}", &d.to_string())
+            .replace("{DIR}", &dir.display().to_string())
+            .replace("{EXE}", &exe.display().to_string());
         let path = dir.join("handoff.yaml");
         std::fs::write(&path, &text).context("writing the demo's config")?;
         let config = config::load(&path)
@@ -109,11 +118,12 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
             .get("web")
             .copied()
             .context("demo listener missing")?;
-        let pool = app.snapshot.load().pools[0].clone();
-        for node in &pool.nodes {
-            node.state
-                .wait_until(Duration::from_secs(10), |s| s.health() == Health::Up)
-                .await;
+        for pool in app.snapshot.load().pools.iter() {
+            for node in &pool.nodes {
+                node.state
+                    .wait_until(Duration::from_secs(10), |s| s.health() == Health::Up)
+                    .await;
+            }
         }
         let ctl_admin = if admin_addr.to_string() == config::defaults::ADMIN_LISTEN {
             String::new()
@@ -156,6 +166,13 @@ touched):
   cargo run --release -- ctl{ctl_admin} rollout status ID    # the id it printed, e.g. web-2
   curl -s http://{admin_addr}/v1/pools/web/nodes/a | grep -o '"traffic":{{[^}}]*}}'
 
+A replace rollout: pool api (c = {c}, d = {d}; requests under /api) upgrades by starting
+each new version as a new process on a new port beside the old node, admitting it, and only
+then draining and removing the old one: the pool never has fewer than two nodes.
+  for i in $(seq 1 300); do curl -s http://{proxy}/api/; sleep 0.1; done | sort | uniq -c
+  cargo run --release -- ctl{ctl_admin} rollout start api --version 2.0.0
+  cargo run --release -- ctl{ctl_admin} status
+
 Press Ctrl-C to stop."#,
             config = path.display()
         );
@@ -165,6 +182,7 @@ Press Ctrl-C to stop."#,
             println!("A new handoff process took the proxy over. The demo backends keep running here: press Ctrl-C to stop them.");
             signals.stopped().await;
         }
+        super::demo_replace::stop_all(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(code)
     })

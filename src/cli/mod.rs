@@ -7,6 +7,7 @@ mod ctl_render;
 mod ctl_watch;
 mod demo;
 mod demo_cluster;
+mod demo_replace;
 mod hook_guard;
 mod run;
 
@@ -74,6 +75,9 @@ pub enum Command {
     /// The demo's rollout hook (internal).
     #[command(hide = true)]
     DemoUpgrade,
+    /// The demo's replace-rollout hook (internal).
+    #[command(hide = true)]
+    DemoReplace { dir: PathBuf },
     /// Runs a cluster rollout's hook and kills its process group when the driver's lease
     /// could expire (internal: handoff starts it).
     #[command(hide = true)]
@@ -151,6 +155,7 @@ pub fn main(cli: Cli) -> i32 {
             cluster: true,
         } => demo_cluster::demo(&listen, &admin, threads),
         Command::DemoUpgrade => demo::upgrade_hook(),
+        Command::DemoReplace { dir } => demo_replace::hook(&dir),
         Command::HookGuard { within_ms, command } => {
             hook_guard::run(std::time::Duration::from_millis(within_ms), &command)
         }

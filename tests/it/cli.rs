@@ -298,3 +298,95 @@ async fn demo_cluster_runs_two_instances_that_obey_one_drain() {
     };
     eventually("the demo's etcd stopped", etcd_gone).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_replace_rollout_starts_new_backend_processes_and_nothing_fails() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut demo = Running(child);
+    let (proxy, admin) = tokio::task::spawn_blocking(move || {
+        let (mut proxy, mut admin) = (None, None);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let field = |prefix: &str| {
+                line.trim().strip_prefix(prefix).map(|r| {
+                    r.trim()
+                        .trim_start_matches("http://")
+                        .split('/')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+            };
+            proxy = proxy.or_else(|| field("proxy:"));
+            admin = admin.or_else(|| field("admin:"));
+            if line.contains("Press Ctrl-C") {
+                break;
+            }
+        }
+        (proxy.expect("proxy printed"), admin.expect("admin printed"))
+    })
+    .await
+    .unwrap();
+    let load = Load::start(
+        format!("http://{proxy}/api/"),
+        2,
+        std::time::Duration::from_secs(60),
+    );
+    let ctl = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["ctl", "--admin", &format!("http://{admin}")])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&["rollout", "start", "api", "--version", "2.0.0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done = loop {
+        let out = ctl(&["--json", "rollout", "status", "api-1"]);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if r["state"] != "running" {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {r}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let (sent, failed) = load.finish().await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(failed, 0, "of {sent}");
+    let (_, body) = get(&client(), &format!("http://{proxy}/api/")).await;
+    assert!(body.contains("version 2.0.0"), "{body}");
+    let out = ctl(&["--json", "status"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = status["pools"][1]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["c-2.0.0", "d-2.0.0"], "{status}");
+    // Ctrl-C stops the demo, and the backends its hook started.
+    let pid = demo.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while demo.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
