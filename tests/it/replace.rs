@@ -227,10 +227,15 @@ async fn a_replacement_that_fails_analysis_is_removed_and_the_old_node_keeps_ser
     let serving = Serving::start(&proxy);
 
     // Version 2.0.0-bad answers 500 to every third request.
+    let started = std::time::Instant::now();
     let id = start_rollout(&proxy, "2.0.0-bad").await;
     let done = proxy.rollout_end(&id, Duration::from_secs(60)).await;
+    let took = started.elapsed();
     let least = serving.finish().await;
     let (sent, failed) = load.finish().await;
+    println!(
+        "a failed replacement: caught and removed {took:.1?} after the start; {failed} of {sent} requests failed; fewest nodes serving {least}"
+    );
     stop_started(dir.path());
     assert_eq!(done["state"], "failed", "{done}");
     let reason = done["reason"].as_str().unwrap();
@@ -504,4 +509,75 @@ async fn a_takeover_in_the_middle_of_a_replace_rollout_finishes_it() {
         "a's replacement was provisioned once: {:#?}",
         log(dir.path())
     );
+}
+
+/// The same pool of two real backend processes, upgraded in place and by replacement under
+/// the same load: the figures docs/upgrade-guide.md quotes (run with `--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_dips_to_one_node_and_replace_never_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = hook(dir.path());
+    let mut figures = Vec::new();
+    for strategy in ["in_place", "replace"] {
+        let procs: Vec<(String, Running)> = ["a", "b"]
+            .iter()
+            .map(|name| {
+                let addr = format!("127.0.0.1:{}", free_port());
+                let child = std::process::Command::new(BIN)
+                    .args(["demo-backend", "--name", name, "--version", "1.0.0", "--listen", &addr])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                (addr, Running(child))
+            })
+            .collect();
+        let rollout = match strategy {
+            "in_place" => format!("{{ ready_timeout: 20s, hook: {{ exec: [\"{BIN}\", \"demo-upgrade\"] }} }}"),
+            _ => format!(
+                "{{ strategy: replace, ready_timeout: 20s, hook: {{ exec: [\"/bin/sh\", \"{}\"] }} }}",
+                script.display()
+            ),
+        };
+        let text = format!(
+            r#"admin: {{ listen: "127.0.0.1:0" }}
+listeners:
+  - {{ name: web, listen: "127.0.0.1:0", protocol: http, routes: [ {{ pool: web }} ] }}
+pools:
+  - name: web
+    nodes: [ {{ name: a, addr: "{}" }}, {{ name: b, addr: "{}" }} ]
+    health: {FAST_HEALTH}
+    warmup: 500ms
+    drain: {{ timeout: 5s }}
+    rollout: {rollout}
+"#,
+            procs[0].0, procs[1].0
+        );
+        let proxy = Proxy::start(&text).await;
+        proxy.wait_health("web", "a", handoff::pool::Health::Up).await;
+        proxy.wait_health("web", "b", handoff::pool::Health::Up).await;
+        let load = Load::start(proxy.url("web", "/"), 4, Duration::from_secs(90));
+        let serving = Serving::start(&proxy);
+        let started = std::time::Instant::now();
+        let (status, r) = proxy
+            .admin_json(Method::POST, "/v1/pools/web/rollouts", json!({ "version": "2.0.0" }))
+            .await;
+        assert_eq!(status, 201, "{r}");
+        let done = proxy
+            .rollout_end(r["id"].as_str().unwrap(), Duration::from_secs(60))
+            .await;
+        let took = started.elapsed();
+        let least = serving.finish().await;
+        let (sent, failed) = load.finish().await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert_eq!(failed, 0, "of {sent}");
+        figures.push((strategy, least, took, sent));
+        drop(procs);
+    }
+    stop_started(dir.path());
+    for (strategy, least, took, sent) in &figures {
+        println!("{strategy}: fewest nodes serving {least}, took {took:.1?}, {sent} requests, 0 failed");
+    }
+    assert_eq!(figures[0].1, 1, "in place, the pool is one node short meanwhile");
+    assert_eq!(figures[1].1, 2, "replace is never a node short");
 }
