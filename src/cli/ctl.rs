@@ -102,6 +102,9 @@ pub enum NodeCommand {
         weight: Option<u32>,
         #[arg(long)]
         drained: bool,
+        /// The node a replace rollout (without a hook) is provisioning: this one replaces it.
+        #[arg(long)]
+        replaces: Option<String>,
     },
     /// Change a node's weight, or its address (only while drained with no session).
     Set {
@@ -241,9 +244,13 @@ fn request_for(command: &CtlCommand) -> anyhow::Result<(Method, String, Option<V
             addr,
             weight,
             drained,
+            replaces,
         }) => {
             let (p, n) = split_target(target)?;
             let mut body = json!({ "name": n, "addr": addr });
+            if let Some(old) = replaces {
+                body["replaces"] = json!(old);
+            }
             if let Some(w) = weight {
                 body["weight"] = json!(w);
             }

@@ -1,6 +1,7 @@
 //! docker/: the image builds from this build's binary on a base made here (no registry),
 //! and the compose demo rolls both backend containers to 2.0.0 under load with 0 failed
-//! requests (`docker/rollout.sh`). Skipped, saying so, where no Docker engine answers.
+//! requests (`docker/rollout.sh`), and the same by replacement, new containers at new
+//! addresses (`docker/replace.sh`). Skipped, saying so, where no Docker engine answers.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -43,38 +44,42 @@ async fn the_compose_demo_replaces_both_backend_containers_under_load_with_nothi
         String::from_utf8_lossy(&build.stdout),
         String::from_utf8_lossy(&build.stderr)
     );
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(400),
-        tokio::process::Command::new(dir.join("rollout.sh"))
-            .env(
-                "COMPOSE_PROJECT_NAME",
-                format!("handofftest{}", std::process::id()),
-            )
-            .env("HANDOFF_DEMO_PORT", free_port().to_string())
-            .env("HANDOFF_DEMO_ADMIN", free_port().to_string())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the compose rollout finished in time")
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let last = text.lines().last().unwrap_or_default().to_string();
-    println!("{last}");
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        last.contains("succeeded") && last.ends_with(", 0 failed"),
-        "{last}"
-    );
-    let sent: usize = last
-        .split(": ")
-        .last()
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(sent > 50, "too little load: {last}");
+    // In place (pool web), then by replacement (pool api: new containers at new addresses).
+    // One after the other: the compose network has fixed addresses.
+    for script in ["rollout.sh", "replace.sh"] {
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(400),
+            tokio::process::Command::new(dir.join(script))
+                .env(
+                    "COMPOSE_PROJECT_NAME",
+                    format!("handofftest{}", std::process::id()),
+                )
+                .env("HANDOFF_DEMO_PORT", free_port().to_string())
+                .env("HANDOFF_DEMO_ADMIN", free_port().to_string())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the compose rollout finished in time")
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let last = text.lines().last().unwrap_or_default().to_string();
+        println!("{last}");
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            last.contains("succeeded") && last.ends_with(", 0 failed"),
+            "{last}"
+        );
+        let sent: usize = last
+            .split(": ")
+            .last()
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(sent > 50, "too little load: {last}");
+    }
 }

@@ -524,7 +524,15 @@ async fn in_place_dips_to_one_node_and_replace_never_does() {
             .map(|name| {
                 let addr = format!("127.0.0.1:{}", free_port());
                 let child = std::process::Command::new(BIN)
-                    .args(["demo-backend", "--name", name, "--version", "1.0.0", "--listen", &addr])
+                    .args([
+                        "demo-backend",
+                        "--name",
+                        name,
+                        "--version",
+                        "1.0.0",
+                        "--listen",
+                        &addr,
+                    ])
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
@@ -554,13 +562,21 @@ pools:
             procs[0].0, procs[1].0
         );
         let proxy = Proxy::start(&text).await;
-        proxy.wait_health("web", "a", handoff::pool::Health::Up).await;
-        proxy.wait_health("web", "b", handoff::pool::Health::Up).await;
+        proxy
+            .wait_health("web", "a", handoff::pool::Health::Up)
+            .await;
+        proxy
+            .wait_health("web", "b", handoff::pool::Health::Up)
+            .await;
         let load = Load::start(proxy.url("web", "/"), 4, Duration::from_secs(90));
         let serving = Serving::start(&proxy);
         let started = std::time::Instant::now();
         let (status, r) = proxy
-            .admin_json(Method::POST, "/v1/pools/web/rollouts", json!({ "version": "2.0.0" }))
+            .admin_json(
+                Method::POST,
+                "/v1/pools/web/rollouts",
+                json!({ "version": "2.0.0" }),
+            )
             .await;
         assert_eq!(status, 201, "{r}");
         let done = proxy
@@ -576,8 +592,13 @@ pools:
     }
     stop_started(dir.path());
     for (strategy, least, took, sent) in &figures {
-        println!("{strategy}: fewest nodes serving {least}, took {took:.1?}, {sent} requests, 0 failed");
+        println!(
+            "{strategy}: fewest nodes serving {least}, took {took:.1?}, {sent} requests, 0 failed"
+        );
     }
-    assert_eq!(figures[0].1, 1, "in place, the pool is one node short meanwhile");
+    assert_eq!(
+        figures[0].1, 1,
+        "in place, the pool is one node short meanwhile"
+    );
     assert_eq!(figures[1].1, 2, "replace is never a node short");
 }
