@@ -14,9 +14,10 @@ use serde_json::{json, Value};
 use crate::common::backends::HttpBackend;
 use crate::common::*;
 
-/// The hook: `provision` starts a demo backend at the target version on a free port (in a
-/// session of its own, so it outlives the hook) and prints its address; `retire` stops the
-/// backend at the node's address (or notes an old node that was not started here).
+/// The hook: `provision` starts a demo backend at the target version (or the one in the
+/// file `version`, when there is one) on a free port (in a session of its own, so it
+/// outlives the hook) and prints its address; `retire` stops the backend at the node's
+/// address (or notes an old node that was not started here).
 pub fn hook(dir: &Path) -> PathBuf {
     let d = dir.display();
     let script = dir.join("hook.sh");
@@ -28,7 +29,9 @@ mkdir -p "{d}/pids"
 case "$HANDOFF_ACTION" in
 provision)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  setsid "{BIN}" demo-backend --name "new-$HANDOFF_NODE" --version "$HANDOFF_TARGET_VERSION" --listen "127.0.0.1:$port" >/dev/null 2>&1 < /dev/null &
+  version=$HANDOFF_TARGET_VERSION
+  [ -f "{d}/version" ] && version=$(cat "{d}/version")
+  setsid "{BIN}" demo-backend --name "new-$HANDOFF_NODE" --version "$version" --listen "127.0.0.1:$port" >/dev/null 2>&1 < /dev/null &
   echo $! > "{d}/pids/$port"
   for i in $(seq 1 100); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null && break
@@ -601,4 +604,69 @@ pools:
         "in place, the pool is one node short meanwhile"
     );
     assert_eq!(figures[1].1, 2, "replace is never a node short");
+}
+
+/// Waits until rollout `id` is in `phase`.
+async fn until_phase(proxy: &Proxy, id: &str, phase: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, r) = proxy.admin(Method::GET, &format!("/v1/rollouts/{id}"), None).await;
+        if r["phase"] == phase {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never in {phase}: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_while_provisioning_or_waiting_for_readiness_leaves_the_pool_as_it_was() {
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    for phase in ["provisioning", "waiting_ready"] {
+        let dir = tempfile::tempdir().unwrap();
+        let script = hook(dir.path());
+        // Provisioning: no hook, so the rollout waits for an operator. Waiting for
+        // readiness: the new node reports another version than the target.
+        let text = match phase {
+            "provisioning" => yaml(a.addr, b.addr, Path::new("/unused"), "")
+                .replace(", hook: { exec: [\"/bin/sh\", \"/unused\"] }", ""),
+            _ => {
+                std::fs::write(dir.path().join("version"), "1.9.9").unwrap();
+                yaml(a.addr, b.addr, &script, "")
+            }
+        };
+        let proxy = Proxy::start(&text).await;
+        proxy.wait_health("web", "a", handoff::pool::Health::Up).await;
+        proxy.wait_health("web", "b", handoff::pool::Health::Up).await;
+        let load = Load::start(proxy.url("web", "/"), 2, Duration::from_secs(60));
+        let id = start_rollout(&proxy, "2.0.0").await;
+        until_phase(&proxy, &id, phase).await;
+        if phase == "waiting_ready" {
+            // The replacement is in the pool, held out.
+            let (status, _) = proxy
+                .admin(Method::GET, "/v1/pools/web/nodes/a-2.0.0", None)
+                .await;
+            assert_eq!(status, 200);
+        }
+        let (status, _) = proxy
+            .admin(Method::POST, &format!("/v1/rollouts/{id}/abort"), None)
+            .await;
+        assert_eq!(status, 200);
+        let done = proxy.rollout_end(&id, Duration::from_secs(20)).await;
+        let (sent, failed) = load.finish().await;
+        stop_started(dir.path());
+        assert_eq!(done["state"], "aborted", "{phase}: {done}");
+        assert_eq!(failed, 0, "{phase}: of {sent}");
+        let (_, pool) = proxy.admin(Method::GET, "/v1/pools/web", None).await;
+        let nodes: Vec<(&str, &str)> = pool["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["name"].as_str().unwrap(), n["state"].as_str().unwrap()))
+            .collect();
+        assert_eq!(nodes, [("a", "active"), ("b", "active")], "{phase}: {pool}");
+    }
 }
