@@ -610,11 +610,16 @@ pools:
 async fn until_phase(proxy: &Proxy, id: &str, phase: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, r) = proxy.admin(Method::GET, &format!("/v1/rollouts/{id}"), None).await;
+        let (_, r) = proxy
+            .admin(Method::GET, &format!("/v1/rollouts/{id}"), None)
+            .await;
         if r["phase"] == phase {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never in {phase}: {r}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never in {phase}: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -639,8 +644,12 @@ async fn an_abort_while_provisioning_or_waiting_for_readiness_leaves_the_pool_as
             }
         };
         let proxy = Proxy::start(&text).await;
-        proxy.wait_health("web", "a", handoff::pool::Health::Up).await;
-        proxy.wait_health("web", "b", handoff::pool::Health::Up).await;
+        proxy
+            .wait_health("web", "a", handoff::pool::Health::Up)
+            .await;
+        proxy
+            .wait_health("web", "b", handoff::pool::Health::Up)
+            .await;
         let load = Load::start(proxy.url("web", "/"), 2, Duration::from_secs(60));
         let id = start_rollout(&proxy, "2.0.0").await;
         until_phase(&proxy, &id, phase).await;
@@ -669,4 +678,42 @@ async fn an_abort_while_provisioning_or_waiting_for_readiness_leaves_the_pool_as
             .collect();
         assert_eq!(nodes, [("a", "active"), ("b", "active")], "{phase}: {pool}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_the_state_file_resumes_a_replace_rollout() {
+    let (a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = yaml(a.addr, b.addr, &hook(dir.path()), ", preview: { for: 1s }")
+        .replace("listeners:", "state_file: \"{DIR}/state.json\"\nlisteners:");
+    let proxy = Proxy::start(&text).await;
+    proxy
+        .wait_health("web", "a", handoff::pool::Health::Up)
+        .await;
+    proxy
+        .wait_health("web", "b", handoff::pool::Health::Up)
+        .await;
+    let id = start_rollout(&proxy, "2.0.0").await;
+    until_phase(&proxy, &id, "preview").await;
+    // Restarted mid-way: the record, a's replacement and its admin state come back.
+    let proxy = proxy.restart().await;
+    let done = proxy.rollout_end(&id, Duration::from_secs(60)).await;
+    stop_started(dir.path());
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, pool) = proxy.admin(Method::GET, "/v1/pools/web", None).await;
+    let names: Vec<&str> = pool["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a-2.0.0", "b-2.0.0"], "{pool}");
+    let provisions = log(dir.path())
+        .iter()
+        .filter(|l| l.starts_with("provision a "))
+        .count();
+    assert_eq!(provisions, 1, "{:#?}", log(dir.path()));
 }
