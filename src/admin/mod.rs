@@ -125,7 +125,9 @@ impl AdminError {
             },
             Self::Rollout(e) => match e {
                 RolloutError::UnknownPool(_) | RolloutError::Unknown(_) => StatusCode::NOT_FOUND,
-                RolloutError::AlreadyRunning { .. } => StatusCode::CONFLICT,
+                RolloutError::AlreadyRunning { .. } | RolloutError::NotWaiting(_) => {
+                    StatusCode::CONFLICT
+                }
                 RolloutError::Invalid(_) => StatusCode::BAD_REQUEST,
                 RolloutError::Cluster(ClusterError::Unavailable(_)) => {
                     StatusCode::SERVICE_UNAVAILABLE

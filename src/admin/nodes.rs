@@ -98,9 +98,7 @@ async fn replacement(
         name: new.name.clone(),
         addr: new.addr,
     };
-    app.rollouts
-        .offer(pool, old, offer)
-        .map_err(AdminError::Conflict)?;
+    app.rollouts.offer(pool, old, offer).await?;
     // Added by the rollout in a moment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {

@@ -68,6 +68,13 @@ pub(super) fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) -> Vec<S
             Key::Abort(id) => {
                 mirror.aborts.insert(id.to_string());
             }
+            Key::Offer(id, old) => {
+                mirror
+                    .offers
+                    .entry(id.to_string())
+                    .or_default()
+                    .insert(old.to_string(), kv.value().to_vec());
+            }
             Key::Driver(id) => {
                 holders.insert(
                     id.to_string(),
@@ -201,6 +208,14 @@ pub(super) fn events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
                     r.records.insert(id.to_string(), kv.value().to_vec());
                 } else {
                     r.records.remove(id);
+                }
+            }),
+            Key::Offer(id, old) => c.rollouts.send_modify(|r| {
+                let offers = r.offers.entry(id.to_string()).or_default();
+                if put {
+                    offers.insert(old.to_string(), kv.value().to_vec());
+                } else {
+                    offers.remove(old);
                 }
             }),
             Key::Abort(id) => c.rollouts.send_modify(|r| {

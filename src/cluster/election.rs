@@ -163,6 +163,16 @@ impl Cluster {
         Ok(resp.succeeded())
     }
 
+    /// Deletes every key under `prefix` (a finished rollout's offers).
+    pub async fn delete_prefix(&self, prefix: String) -> Result<(), ClusterError> {
+        let mut client = self.writable().await?;
+        let options = etcd_client::DeleteOptions::new().with_prefix();
+        call("deleting keys", client.delete(prefix, Some(options)))
+            .await
+            .map_err(ClusterError::Unavailable)?;
+        Ok(())
+    }
+
     /// Deletes `key` (a finished rollout's abort request).
     pub async fn delete(&self, key: String) -> Result<(), ClusterError> {
         let mut client = self.writable().await?;

@@ -82,6 +82,8 @@ pub struct RolloutMirror {
     pub records: BTreeMap<String, Vec<u8>>,
     /// Ids whose abort was requested.
     pub aborts: BTreeSet<String>,
+    /// Rollout id → old node → the replacement an operator offered (JSON).
+    pub offers: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
 /// Who drives which rollout: each running rollout has an election of its own, won first by

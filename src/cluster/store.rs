@@ -5,6 +5,7 @@
 //! | `{prefix}/nodes/{pool}/{node}` | [`NodeOp`]: the last drain or enable of the node | — |
 //! | `{prefix}/rollouts/{id}` | a rollout record (as the API shows it) | — |
 //! | `{prefix}/aborts/{id}` | who asked to abort rollout `id` | — |
+//! | `{prefix}/offers/{id}/{node}` | a replacement `{name, addr}` an operator offered for `node` | — |
 //! | `{prefix}/affinity_key` | the shared affinity key, hex | — |
 //! | `{prefix}/members/{instance}` | [`Member`]: revision applied, sessions, health | the instance's |
 //! | `{prefix}/drivers/{id}` | the instance that drives rollout `id` (its election) | the driver's |
@@ -36,6 +37,9 @@ pub enum Key<'a> {
     Node(&'a str),
     Rollout(&'a str),
     Abort(&'a str),
+    /// An operator's replacement for node `old` of rollout `id` (`POST .../nodes` with
+    /// `"replaces"` on any instance), for its driver.
+    Offer(&'a str, &'a str),
     AffinityKey,
     Member(&'a str),
     /// The driver of rollout `id`.
@@ -70,6 +74,11 @@ impl Keys {
 
     pub fn abort(&self, id: &str) -> String {
         format!("{}/aborts/{id}", self.prefix)
+    }
+
+    /// The replacement offered for node `old` of rollout `id`.
+    pub fn offer(&self, id: &str, old: &str) -> String {
+        format!("{}/offers/{id}/{old}", self.prefix)
     }
 
     pub fn affinity_key(&self) -> String {
@@ -134,6 +143,9 @@ impl Keys {
         }
         if let Some(id) = rest.strip_prefix("aborts/") {
             return Key::Abort(id);
+        }
+        if let Some((id, old)) = rest.strip_prefix("offers/").and_then(|r| r.split_once('/')) {
+            return Key::Offer(id, old);
         }
         if let Some(name) = rest.strip_prefix("members/") {
             return Key::Member(name);

@@ -51,6 +51,9 @@ pub enum RolloutError {
     Invalid(String),
     #[error("unknown rollout {0:?}")]
     Unknown(String),
+    /// A replacement offered where no replace rollout waits for one.
+    #[error("{0}")]
+    NotWaiting(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
 }
@@ -373,9 +376,10 @@ impl Registry {
 
 impl Registry {
     /// An operator's replacement for node `old` of `pool` (`POST .../nodes` with
-    /// `"replaces"`), for the replace rollout waiting for one there. `Err`: why it is not
+    /// `"replaces"`), for the replace rollout waiting for one there. In a cluster it is
+    /// written to etcd for the rollout's driver, wherever that runs. `Err`: why it is not
     /// wanted (nothing changed).
-    pub fn offer(&self, pool: &str, old: &str, new: Replacement) -> Result<(), String> {
+    pub async fn offer(&self, pool: &str, old: &str, new: Replacement) -> Result<(), RolloutError> {
         let handle = self
             .all()
             .iter()
@@ -384,27 +388,56 @@ impl Registry {
                 r.pool == pool && r.busy()
             })
             .cloned()
-            .ok_or_else(|| format!("no rollout runs on pool {pool}: \"replaces\" names the node a replace rollout is provisioning"))?;
-        {
-            let mut r = handle.lock();
-            let waiting = r.strategy == Strategy::Replace
-                && r.current_node.as_deref() == Some(old)
-                && r.phase == Some(Phase::Provisioning)
-                && !r.replacements.contains_key(old);
-            if !waiting {
-                return Err(format!(
-                    "rollout {} is not waiting for a replacement of {old} (strategy {:?}, node {:?}, phase {:?})",
-                    r.id,
-                    r.strategy,
-                    r.current_node,
-                    r.phase.map(Phase::as_str)
-                ));
+            .ok_or_else(|| RolloutError::NotWaiting(format!("no rollout runs on pool {pool}: \"replaces\" names the node a replace rollout is provisioning")))?;
+        waiting_for(&handle.lock(), old).map_err(RolloutError::NotWaiting)?;
+        match self.cluster.get() {
+            Some(cluster) => {
+                let id = handle.lock().id.clone();
+                let json =
+                    serde_json::to_vec(&new).map_err(|e| RolloutError::Invalid(e.to_string()))?;
+                let what = format!("replacement of {pool}/{old} for rollout {id}");
+                match cluster
+                    .create(what, cluster.keys.offer(&id, old), json)
+                    .await?
+                {
+                    true => Ok(()),
+                    false => Err(RolloutError::NotWaiting(format!(
+                        "a replacement of {old} was offered already"
+                    ))),
+                }
             }
-            r.replacements.insert(old.to_string(), new);
+            None => take_offer(&handle, old, new).map_err(RolloutError::NotWaiting),
         }
-        handle.offered.notify_waiters();
-        Ok(())
     }
+}
+
+/// `Ok` when `r` is a replace rollout waiting in `provisioning` for a replacement of `old`.
+fn waiting_for(r: &Rollout, old: &str) -> Result<(), String> {
+    let waiting = r.strategy == Strategy::Replace
+        && r.current_node.as_deref() == Some(old)
+        && r.phase == Some(Phase::Provisioning)
+        && !r.replacements.contains_key(old);
+    if waiting {
+        return Ok(());
+    }
+    Err(format!(
+        "rollout {} is not waiting for a replacement of {old} (strategy {:?}, node {:?}, phase {:?})",
+        r.id,
+        r.strategy,
+        r.current_node,
+        r.phase.map(Phase::as_str)
+    ))
+}
+
+/// Gives the rollout of `handle` the replacement of `old`, if it still waits for one.
+fn take_offer(handle: &Handle, old: &str, new: Replacement) -> Result<(), String> {
+    {
+        let mut r = handle.lock();
+        waiting_for(&r, old)?;
+        r.replacements.insert(old.to_string(), new);
+    }
+    handle.offered.notify_waiters();
+    Ok(())
 }
 
 /// Takes over rollout records kept elsewhere (the state file, a takeover): each running one

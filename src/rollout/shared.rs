@@ -154,6 +154,24 @@ impl Follower {
             spawn_until(ctl, rollouts, Arc::clone(&handle), stop.clone());
             self.driving.insert(id.clone(), (term, stop));
         }
+        // Replacements offered on any instance, for the rollouts driven here.
+        for (id, offers) in &mirror.offers {
+            let Some(handle) = rollouts.get(id).filter(|_| self.driving.contains_key(id)) else {
+                continue;
+            };
+            for (old, bytes) in offers {
+                match serde_json::from_slice::<super::Replacement>(bytes) {
+                    Ok(new) => {
+                        if handle.lock().replacements.get(old) != Some(&new) {
+                            let _ = super::take_offer(&handle, old, new);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(key = %cluster.keys.offer(id, old), error = %e, "cluster: an offered replacement does not parse; ignored")
+                    }
+                }
+            }
+        }
         for id in &mirror.aborts {
             if let Some(handle) = rollouts.get(id).filter(|_| self.driving.contains_key(id)) {
                 if !handle.abort.is_cancelled() {
@@ -232,6 +250,9 @@ async fn prune(cluster: &Cluster, mirror: &RolloutMirror) {
             .delete_if_unchanged(cluster.keys.rollout(id), bytes.clone())
             .await;
         let _ = cluster.delete(cluster.keys.abort(id)).await;
+        let _ = cluster
+            .delete_prefix(format!("{}/", cluster.keys.offer(id, "")))
+            .await;
     }
 }
 

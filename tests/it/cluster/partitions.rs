@@ -60,6 +60,9 @@ pub async fn start(prefix: &str, s: Spec) -> Instance {
             path.display(),
             s.rollout
         ),
+        None if !s.rollout.is_empty() => {
+            format!("rollout: {{ ready_timeout: 30s{} }}", s.rollout)
+        }
         None => String::new(),
     };
     let yaml = format!(

@@ -231,3 +231,61 @@ async fn a_replace_rollout_whose_driver_is_killed_is_finished_by_another_instanc
         "a's replacement was provisioned once: {lines:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_offered_on_another_instance_reaches_the_driver() {
+    use super::partitions::{prefix, start, Spec};
+    if !etcd_installed("replace-offer") {
+        return;
+    }
+    let etcd = Etcd::start().await;
+    let (a, b) = (
+        HttpBackend::start("a", "1.0").await,
+        HttpBackend::start("b", "1.0").await,
+    );
+    let news = [
+        HttpBackend::start("a2", "2.0").await,
+        HttpBackend::start("b2", "2.0").await,
+    ];
+    let p = prefix("replace-offer");
+    let spec = |name| Spec {
+        rollout: ", strategy: replace",
+        ..Spec::new(name, etcd.endpoints(), a.addr, b.addr)
+    };
+    let one = start(&p, spec("lb-1")).await;
+    let two = start(&p, spec("lb-2")).await;
+    for i in [&one, &two] {
+        i.h.wait_up("a").await;
+        i.h.wait_up("b").await;
+    }
+    let id = start_rollout(&one).await;
+    for (old, new) in [("a", &news[0]), ("b", &news[1])] {
+        two.rollout_until(&id, WAIT, |r| {
+            r["phase"] == "provisioning" && r["current_node"] == old
+        })
+        .await;
+        // Sent to lb-2; lb-1 drives the rollout.
+        let (status, added) = two
+            .call(
+                Method::POST,
+                "/v1/pools/web/nodes",
+                Some(json!({ "name": format!("{old}-2"), "addr": new.addr.to_string(), "replaces": old })),
+            )
+            .await;
+        assert_eq!(status, 201, "{added}");
+    }
+    let done = two
+        .rollout_until(&id, Duration::from_secs(40), |r| r["state"] != "running")
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    for i in [&one, &two] {
+        let (_, pool) = i.call(Method::GET, "/v1/pools/web", None).await;
+        let names: Vec<&str> = pool["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a-2", "b-2"], "{}: {pool}", i.name);
+    }
+}
