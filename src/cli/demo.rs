@@ -23,7 +23,8 @@ use crate::config;
 use crate::pool::Health;
 use crate::shutdown::Shutdown;
 
-/// The demo's config; `{LISTEN}`, `{ADMIN}`, `{A}`, `{B}` and `{EXE}` are filled in at start.
+/// The demo's config; `{LISTEN}`, `{ADMIN}`, `{MAXCONN}`, `{A}`, `{B}` and `{EXE}` are
+/// filled in at start.
 /// The rollout hook is this binary's hidden `demo-upgrade` command, which "upgrades" a demo
 /// backend by telling it to report the target version, so a rollout runs end to end.
 pub(super) const DEMO_CONFIG: &str = r#"
@@ -33,6 +34,7 @@ listeners:
   - name: web
     listen: "{LISTEN}"
     protocol: http
+    max_connections: {MAXCONN}
     routes:
       - { pool: web }
 pools:
@@ -82,6 +84,7 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
         let text = text
             .replace("{LISTEN}", listen)
             .replace("{ADMIN}", admin)
+            .replace("{MAXCONN}", &max_connections(1).to_string())
             .replace("{A}", &a.to_string())
             .replace("{B}", &b.to_string())
             .replace("{C}", &c.to_string())
@@ -186,6 +189,19 @@ Press Ctrl-C to stop."#,
         let _ = std::fs::remove_dir_all(&dir);
         Ok(code)
     })
+}
+
+/// The demo's `max_connections` per listener for `instances` instances in this process:
+/// the default, or less where the machine's open-file limit could not hold twice that (so
+/// the demo starts without a warning on a stock machine).
+pub(super) fn max_connections(instances: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, Resource};
+    let default = config::defaults::MAX_CONNECTIONS as u64;
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return default;
+    };
+    // Two descriptors a connection (client and backend), and room for the rest.
+    (hard.saturating_sub(1024) / (2 * instances.max(1))).clamp(64, default)
 }
 
 /// Starts one demo backend on an ephemeral loopback port.

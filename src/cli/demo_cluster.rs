@@ -45,6 +45,7 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
             let text = DEMO_CONFIG
                 .replace("{LISTEN}", &at(listen).to_string())
                 .replace("{ADMIN}", &at(admin).to_string())
+                .replace("{MAXCONN}", &super::demo::max_connections(2).to_string())
                 .replace("{A}", &a.to_string())
                 .replace("{B}", &b.to_string())
                 .replace("{EXE}", &exe.display().to_string())

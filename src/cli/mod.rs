@@ -182,8 +182,16 @@ pub fn main(cli: Cli) -> i32 {
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (info).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // The h2 crate warns about every PING ACK a client sends unasked: any client could fill
+    // the log at will. Kept at debug's side unless RUST_LOG names it.
+    let asked = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("ping_pong"));
+    if !asked {
+        if let Ok(quiet) = "h2::proto::ping_pong=error".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

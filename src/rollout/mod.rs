@@ -249,6 +249,11 @@ fn new_record(
     let warmup = req.warmup.unwrap_or(p.config.warmup);
     let order = match req.order {
         None => p.nodes.iter().map(|n| n.name.clone()).collect(),
+        Some(order) if order.is_empty() => {
+            return Err(RolloutError::Invalid(
+                "`order` must name at least one node (leave it out for every node)".into(),
+            ))
+        }
         Some(order) => {
             for name in &order {
                 if p.node(name).is_none() {

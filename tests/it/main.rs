@@ -24,6 +24,7 @@ mod faults;
 mod flood;
 mod framing;
 mod grpc;
+mod h2_hostile;
 mod health;
 mod hostile;
 mod http;

@@ -248,3 +248,22 @@ async fn prefer_target_version_sends_new_sessions_to_upgraded_nodes_only() {
         .admin_json(Method::POST, &format!("/v1/rollouts/{id}/abort"), json!({}))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_order_is_refused_and_starts_nothing() {
+    let (_a, _b, proxy) = http_pair_up().await;
+    let (status, refused) = proxy
+        .admin_json(
+            http::Method::POST,
+            "/v1/pools/web/rollouts",
+            serde_json::json!({ "version": "9.9.9", "order": [] }),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("order"),
+        "{refused}"
+    );
+    let (_, all) = proxy.admin(http::Method::GET, "/v1/rollouts", None).await;
+    assert_eq!(all["rollouts"], serde_json::json!([]), "{all}");
+}
