@@ -66,3 +66,100 @@ async fn a_flood_of_unsolicited_ping_acks_leaves_no_warn_line() {
         .collect();
     assert!(warns.is_empty(), "{warns:#?}");
 }
+
+/// One HPACK header field, literal without indexing, no Huffman (RFC 7541 §6.2.2).
+fn field(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Sends one malformed HTTP/2 request (cleartext, prior knowledge) and reads what comes
+/// back for a moment; the status of stream 1, if a HEADERS frame carried one.
+async fn malformed(
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+    data: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 4, 0, 0, &[]);
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/"),
+        (":authority", "app.test"),
+    ]
+    .iter()
+    .chain(headers)
+    {
+        field(&mut block, n, v);
+    }
+    let end_stream = if data.is_none() { 1 } else { 0 };
+    frame(&mut out, 1, 4 | end_stream, 1, &block);
+    if let Some(d) = data {
+        frame(&mut out, 0, 1, 1, d);
+    }
+    s.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the stream ends (a HEADERS or RST_STREAM for stream 1) or the connection does.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let read = tokio::time::timeout_at(deadline, s.read(&mut buf)).await;
+        let Ok(Ok(n)) = read else { break };
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        // Frames for stream 1 of type HEADERS (1) or RST_STREAM (3).
+        let mut i = 0;
+        let mut ended = false;
+        while i + 9 <= got.len() {
+            let len = u32::from_be_bytes([0, got[i], got[i + 1], got[i + 2]]) as usize;
+            let (kind, stream) = (
+                got[i + 3],
+                u32::from_be_bytes([got[i + 5], got[i + 6], got[i + 7], got[i + 8]]) & 0x7fff_ffff,
+            );
+            if stream == 1 && (kind == 1 || kind == 3) {
+                ended = true;
+            }
+            i += 9 + len;
+        }
+        if ended {
+            break;
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http2_requests_are_refused_with_nothing_forwarded() {
+    let (backend, proxy) = crate::framing::proxy_with_script().await;
+    let addr = proxy.addr("web");
+    // content-length: 0, then a DATA frame carrying a whole request.
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    malformed(addr, &[("content-length", "0")], Some(smuggled)).await;
+    // A field value with leading whitespace.
+    malformed(addr, &[("x-a", " 1")], None).await;
+    // And trailing.
+    malformed(addr, &[("x-a", "1\t")], None).await;
+    // A well-formed request after them reaches the backend: the only one it ever got.
+    let (code, _) = get(&client(), &format!("http://{addr}/ok")).await;
+    assert_eq!(code, 200);
+    let received = backend.received();
+    assert_eq!(received.matches("HTTP/1.1\r\n").count(), 1, "{received:?}");
+    assert!(received.starts_with("GET /ok"), "{received:?}");
+}

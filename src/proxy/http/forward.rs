@@ -42,14 +42,28 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let inflight = InflightGuard::new(&ctx.activity);
     let (parts, body) = req.into_parts();
+    // RFC 9113 §8.2.1: a field value with leading or trailing whitespace makes the request
+    // malformed, and a malformed request is never forwarded.
+    let padded = parts.headers.values().any(|v| {
+        let b = v.as_bytes();
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    });
+    if padded {
+        ctx.listener.metrics.client_error(ClientError::BadRequest);
+        return Ok(local(
+            StatusCode::BAD_REQUEST,
+            "a field value starts or ends with whitespace",
+        ));
+    }
     let routed = {
         let snapshot = ctx.plane.snapshot.load();
         snapshot.listeners.get(&*ctx.listener.name).map(|l| {
             let pool = l.route(request_host(&parts), parts.uri.path()).cloned();
-            (pool, l.config.timeouts)
+            let buffer = u64::try_from(l.config.request_buffer).unwrap_or(u64::MAX);
+            (pool, (l.config.timeouts, buffer))
         })
     };
-    let (pool, timeouts) = match routed {
+    let (pool, (timeouts, request_buffer)) = match routed {
         Some((Some(pool), timeouts)) => (pool, timeouts),
         Some((None, _)) => {
             ctx.listener.metrics.client_error(ClientError::NoRoute);
@@ -66,7 +80,15 @@ pub async fn handle(
         }
     };
     let started = Instant::now();
-    let resp = forward(&ctx, &pool, parts, body, timeouts, inflight, started).await;
+    let resp = forward(
+        &ctx,
+        &pool,
+        (parts, body),
+        (timeouts, request_buffer),
+        inflight,
+        started,
+    )
+    .await;
     Ok(resp)
 }
 
@@ -81,9 +103,8 @@ fn idempotent(method: &Method) -> bool {
 async fn forward(
     ctx: &ConnCtx,
     pool: &Arc<Pool>,
-    parts: Parts,
-    body: Incoming,
-    timeouts: Timeouts,
+    (parts, body): (Parts, Incoming),
+    (timeouts, request_buffer): (Timeouts, u64),
     inflight: InflightGuard,
     started: Instant,
 ) -> Response<ProxyBody> {
@@ -98,6 +119,13 @@ async fn forward(
                     .size_hint()
                     .upper()
                     .is_some_and(|n| n <= MAX_REPLAY_BODY)));
+    // A body that fits the listener's `request_buffer` is read before a node is asked, as
+    // on HTTP/1: a malformed stream (more DATA than its content-length said) is refused
+    // with nothing forwarded.
+    let small = body
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= request_buffer.max(MAX_REPLAY_BODY * u64::from(replayable)));
     // The body goes with the head when it is empty or held; otherwise it streams.
     let (framing, held, stream) = if body.is_end_stream() {
         let length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
@@ -107,8 +135,9 @@ async fn forward(
             BodyLen::Empty
         };
         (framing, None, None)
-    } else if replayable {
-        let limited = http_body_util::Limited::new(body, MAX_REPLAY_BODY as usize);
+    } else if replayable || small {
+        let limit = request_buffer.max(MAX_REPLAY_BODY) as usize;
+        let limited = http_body_util::Limited::new(body, limit);
         match timeout(timeouts.response, limited.collect()).await {
             Ok(Ok(all)) => {
                 let bytes = all.to_bytes();
