@@ -1,4 +1,4 @@
-//! The admin API (design.md §5): JSON over HTTP on its own listener, loopback by default.
+//! The admin API (docs/api.md): JSON over HTTP on its own listener, loopback by default.
 //!
 //! | method and path                          | handler              |
 //! |------------------------------------------|----------------------|

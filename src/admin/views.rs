@@ -111,7 +111,7 @@ pub struct HistoryView {
     pub event: String,
 }
 
-/// A node's traffic figures (design §11). Requests count every attempt the node took part
+/// A node's traffic figures (docs/api.md, "A node"). Requests count every attempt the node took part
 /// in (a TCP node's: its sessions); errors are 5xx answers, failed connects, and connections
 /// closed, reset or timed out before an answer. The window figures and latencies cover the
 /// last `window` (or less, just after a start); latencies are the time from asking the node

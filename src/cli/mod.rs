@@ -1,4 +1,4 @@
-//! Command line (design.md §6): `run`, `check`, `demo`, `ctl`, and `completions` and `man`
+//! Command line (README.md, "CLI"): `run`, `check`, `demo`, `ctl`, and `completions` and `man`
 //! for packagers.
 
 mod check;

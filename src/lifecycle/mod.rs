@@ -1,4 +1,4 @@
-//! Operator actions on nodes (design.md §3): drain with a deadline, enable with warmup, the
+//! Operator actions on nodes (docs/design.md, "Node state"): drain with a deadline, enable with warmup, the
 //! pair guard, waiting for a state, and TCP rebalancing after a node returns.
 //!
 //! Every admin change of a node — operator, rollout or background step — is one pure

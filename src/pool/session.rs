@@ -43,7 +43,7 @@ impl SessionCounts {
     }
 }
 
-/// What kind of session a guard counts (design.md §2).
+/// What kind of session a guard counts (docs/design.md, "Words").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum SessionKind {

@@ -1,4 +1,4 @@
-//! What each node did with the traffic it was given (design.md §11), always on: requests,
+//! What each node did with the traffic it was given (docs/api.md, "A node"), always on: requests,
 //! errors by cause, and a latency histogram. The data path only adds to atomics (one
 //! `fetch_add` per counter and one for the latency bucket); the control plane reads them as
 //! [`Sample`]s: totals, a sliding window for the API and metrics ([`Traffic::roll`],

@@ -1,4 +1,4 @@
-//! Rollout analysis (design.md §11): the upgraded node is judged on the live traffic it
+//! Rollout analysis (docs/upgrade-guide.md, "Judging the new version on live traffic"): the upgraded node is judged on the live traffic it
 //! serves from its readmission, against `rollout.analysis`. [`judge`] is the pure verdict;
 //! [`Baseline`] takes the node's and its siblings' figures at readmission, so every verdict
 //! covers the same window for all of them; [`Probation`] marks the node as judged while it

@@ -1,4 +1,4 @@
-//! Rollouts (design.md §5): the orchestrated upgrade of every node of one pool, one node at a
+//! Rollouts (docs/design.md, "Rollout phases"): the orchestrated upgrade of every node of one pool, one node at a
 //! time, through the phases `guard → draining → waiting_upgrade → waiting_ready → warming →
 //! done`. [`run`] is the state machine; this module holds the record (what the API shows and
 //! the state file keeps), the registry, and the start/abort entry points.

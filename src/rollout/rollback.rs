@@ -1,4 +1,4 @@
-//! What a failed analysis does (design.md §11). The node is drained at once (its in-flight
+//! What a failed analysis does (docs/upgrade-guide.md, "Judging the new version on live traffic"). The node is drained at once (its in-flight
 //! requests finish) and the rollout fails with the figures; no further node is touched. With
 //! `on_failure: rollback` and a hook, the hook runs again with `HANDOFF_ACTION=rollback` and
 //! the version the node had before, and the node is readmitted once it reports that version

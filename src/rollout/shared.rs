@@ -1,4 +1,4 @@
-//! Rollouts in a cluster (design.md §10): records live in etcd; every instance shows them;
+//! Rollouts in a cluster (docs/cluster.md, "One rollout driver"): records live in etcd; every instance shows them;
 //! each running rollout has one elected driver — first the instance that started it — which
 //! alone runs it, each of its writes fenced by its term. When the driver dies its lease goes,
 //! another instance wins the rollout's election and resumes it at its step (each step is

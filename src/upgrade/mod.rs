@@ -1,4 +1,4 @@
-//! Self-upgrade (design §9): a new handoff process takes over the listening sockets and the
+//! Self-upgrade (docs/upgrade-guide.md, "Upgrading handoff itself"): a new handoff process takes over the listening sockets and the
 //! runtime state of the running one, over a Unix socket, without ever closing a listening
 //! socket.
 //!

@@ -1,4 +1,4 @@
-//! Validation of `pools[].rollout:`, including its `analysis:` (design §11).
+//! Validation of `pools[].rollout:`, including its `analysis:` (docs/configuration.md).
 
 use serde_yaml::Value;
 
