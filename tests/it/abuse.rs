@@ -1,4 +1,4 @@
-//! Abusive clients (issue 18): connections that do nothing make room for real clients at
+//! Abusive clients: connections that do nothing make room for real clients at
 //! `max_connections`, oldest first, counted by reason.
 
 use std::time::Duration;

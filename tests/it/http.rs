@@ -256,7 +256,7 @@ async fn connections_above_the_limit_are_closed_at_once() {
     let extra = "    max_connections: 2\n";
     let proxy = Proxy::start(&http_config(&[("a", a.addr)], extra)).await;
     proxy.wait_health("web", "a", Health::Up).await;
-    // Both busy with the start of a next head: idle ones would make room (issue 18).
+    // Both busy with the start of a next head: idle ones would make room (see abuse.rs).
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();

@@ -214,7 +214,7 @@ async fn refusals_at_max_connections_are_logged_once_a_second() {
     .into_iter()
     .map(Result::unwrap)
     .collect();
-    // Busy with a head arriving: silent ones would make room for the flood (issue 18).
+    // Busy with a head arriving: silent ones would make room for the flood (see abuse.rs).
     for s in &mut held {
         use tokio::io::AsyncWriteExt;
         s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();

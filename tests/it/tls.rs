@@ -143,7 +143,7 @@ async fn read_until_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8>
     out
 }
 
-/// ALPN decides the protocol on TLS (issue 17): a connection that agreed on h2 is spoken to
+/// ALPN decides the protocol on TLS: a connection that agreed on h2 is spoken to
 /// only in HTTP/2 (HTTP/1.1 bytes get a GOAWAY with PROTOCOL_ERROR), one that agreed on
 /// http/1.1 (or nothing) only in HTTP/1.1 (the HTTP/2 preface gets an HTTP/1.1 400).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
