@@ -10,7 +10,9 @@
 //! - [`control`]: the narrow handle the control plane works through (snapshot, metrics, state store).
 //! - [`lifecycle`]: drain, enable with warmup, the pair guard, TCP rebalance.
 //! - [`rollout`]: the per-pool upgrade state machine; [`persist`]: the state file.
-//! - [`admin`]: the admin HTTP API; [`metrics`]: Prometheus families.
+//! - [`cluster`]: several instances sharing admin state, rollouts and members through etcd.
+//! - [`admin`]: the admin HTTP API; [`metrics`]: Prometheus families; [`events`]: what
+//!   happened, as a stream (`/v1/events`).
 //! - [`shutdown`]: token tree, task tracker, lifecycle phase.
 //! - [`cli`]: `run`, `check`, `demo`, `ctl`.
 //! - [`gated`]: a future polled only when its own waker fired (control signals in I/O loops).

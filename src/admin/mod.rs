@@ -3,7 +3,11 @@
 //! | method and path                          | handler              |
 //! |------------------------------------------|----------------------|
 //! | `GET /healthz`                           | handoff's liveness   |
+//! | `GET /dashboard`                         | the dashboard page   |
 //! | `GET /metrics`                           | Prometheus text      |
+//! | `GET /v1/events`                         | [`stream::events`]   |
+//! | `GET /v1/openapi.json`                   | this API's OpenAPI document |
+//! | `GET /v1/cluster`                        | [`handlers::cluster`] |
 //! | `GET /v1/status`                         | [`handlers::status`] |
 //! | `GET /v1/pools/{pool}`                   | [`handlers::pool`]   |
 //! | `POST /v1/pools/{pool}/nodes`            | [`nodes::add`]       |

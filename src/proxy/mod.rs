@@ -3,7 +3,8 @@
 //! Each accept loop owns its listening socket and a stop token (a child of the process's
 //! `accept` token, so a reload can stop one listener and shutdown stops all). Per connection
 //! it loads the routing snapshot, enforces the listener's connection limit and hands the
-//! socket to [`tcp::serve`] or [`http::serve`] on a tracked task.
+//! socket to [`tcp::serve`] or [`h1::serve`] (which hands HTTP/2 to [`http::serve_h2`]) on a
+//! tracked task.
 
 pub mod activity;
 mod connect;
