@@ -30,6 +30,7 @@ mod handlers;
 pub mod input;
 mod nodes;
 mod ops;
+mod routes;
 mod stream;
 pub mod views;
 
@@ -358,12 +359,14 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
                 (["rollouts", id], &Method::GET) => ops::rollout(app, id),
                 (["rollouts", id, "abort"], &Method::POST) => ops::abort(app, id).await,
                 (["reload"], &Method::POST) => handlers::reload(app).await,
-                (known, _) if is_endpoint(known) => Err(AdminError::MethodNotAllowed {
-                    method: method.clone(),
-                    path: path.clone(),
-                    allow: allowed(known),
-                }),
-                _ => Err(not_found()),
+                _ => match routes::allow(&segments) {
+                    Some(allow) => Err(AdminError::MethodNotAllowed {
+                        method: method.clone(),
+                        path: path.clone(),
+                        allow,
+                    }),
+                    None => Err(not_found()),
+                },
             },
         },
         _ => Err(not_found()),
@@ -371,44 +374,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
     result.unwrap_or_else(AdminError::into_response)
 }
 
-/// Whether a `/v1/...` path names an endpoint (with some method), for 405 versus 404.
-fn is_endpoint(rest: &[&str]) -> bool {
-    matches!(
-        rest,
-        ["status"]
-            | ["events"]
-            | ["openapi.json"]
-            | ["cluster"]
-            | ["reload"]
-            | ["rollouts"]
-            | ["rollouts", _]
-            | ["rollouts", _, "abort"]
-            | ["pools", _]
-            | ["pools", _, "rollouts"]
-            | ["pools", _, "nodes"]
-            | ["pools", _, "nodes", _]
-            | ["pools", _, "nodes", _, "drain" | "enable" | "wait"]
-    )
-}
-
 /// The dashboard: one page, its CSS and JS inline, no external asset.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The API's description (docs/openapi.json), served at `/v1/openapi.json`.
 const OPENAPI: &str = include_str!("../../docs/openapi.json");
-
-/// The methods an endpoint under `/v1` takes (the `Allow` header of a 405).
-fn allowed(rest: &[&str]) -> &'static str {
-    match rest {
-        ["reload"]
-        | ["rollouts", _, "abort"]
-        | ["pools", _, "rollouts"]
-        | ["pools", _, "nodes"]
-        | ["pools", _, "nodes", _, "drain" | "enable"] => "POST",
-        ["pools", _, "nodes", _] => "GET, PATCH, DELETE",
-        _ => "GET",
-    }
-}
 
 /// Largest admin request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -427,14 +397,11 @@ fn only(method: &Method, path: &str, allowed: Method) -> Result<(), AdminError> 
     if *method == allowed {
         Ok(())
     } else {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         Err(AdminError::MethodNotAllowed {
             method: method.clone(),
             path: path.to_string(),
-            allow: if allowed == Method::POST {
-                "POST"
-            } else {
-                "GET"
-            },
+            allow: routes::allow(&segments).unwrap_or("GET"),
         })
     }
 }
