@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::pool::unix_ms;
 use crate::time::rfc3339;
+use crate::time::unix_ms;
 
 /// Events kept for replay.
 pub const KEPT: usize = 1024;

@@ -39,6 +39,7 @@ pub mod events;
 pub mod gated;
 pub mod health;
 pub mod lifecycle;
+pub mod listener_tls;
 pub mod members;
 #[allow(unsafe_code)]
 pub mod memory;
@@ -47,6 +48,7 @@ pub mod persist;
 pub mod pool;
 pub mod proxy;
 pub mod rollout;
+pub mod session_kind;
 pub mod shutdown;
 pub mod snapshot;
 pub mod time;

@@ -12,7 +12,7 @@ use prometheus::{
 use std::sync::Arc;
 
 use crate::events::Events;
-use crate::pool::SessionKind;
+use crate::session_kind::SessionKind;
 
 /// Every metric family handoff exports.
 pub struct Metrics {

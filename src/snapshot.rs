@@ -148,7 +148,7 @@ impl Snapshot {
                     ),
                 };
                 let alpn = matches!(l.kind, ListenerKind::Http { .. });
-                let tls = l.tls.as_ref().and_then(|t| match crate::proxy::tls::acceptor(t, alpn) {
+                let tls = l.tls.as_ref().and_then(|t| match crate::listener_tls::acceptor(t, alpn) {
                     Ok(a) => Some(a),
                     Err(e) => {
                         // Certificates were validated when the config was loaded.

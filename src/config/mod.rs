@@ -91,7 +91,7 @@ pub struct ListenerConfig {
     pub request_buffer: usize,
     pub timeouts: Timeouts,
     /// tcp: PROXY protocol header sent to backends, if any.
-    pub proxy_protocol: Option<crate::proxy::proxy_protocol::Version>,
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// TLS termination, if configured (http and tcp listeners).
     pub tls: Option<TlsConfig>,
 }
@@ -328,6 +328,14 @@ pub struct NodeConfig {
     pub source: NodeSource,
     /// `HOST:PORT` as the file wrote it, when the host is a name: the node follows it.
     pub host: Option<String>,
+}
+
+/// `listeners[].proxy_protocol`: the PROXY protocol header version sent to the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    V1,
+    V2,
 }
 
 /// Where a node comes from (`source` in the API).

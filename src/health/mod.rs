@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{Health, Node, Pool};
+use crate::pool::Pool;
 
 pub use probe::{probe, ProbeResult, Reach};
 
@@ -46,7 +46,7 @@ async fn check_loop(pool: Arc<Pool>, index: usize, stop: CancellationToken) {
             node.state
                 .record_check(epoch, result.ok, result.version.as_deref(), cfg)
         {
-            log_flip(&node, from, to, &result.reason);
+            node.health_flipped(from, to, &result.reason);
         }
     }
 }
@@ -56,28 +56,5 @@ fn reach(pool: &Pool) -> Reach<'_> {
     Reach {
         protocol: pool.config.upstream.protocol,
         tls: pool.tls.as_ref().zip(pool.config.upstream.tls.as_ref()),
-    }
-}
-
-/// Logs and counts one health flip; a node going down also loses its idle upstream
-/// connections, which would only fail the next requests.
-pub fn log_flip(node: &Node, from: Health, to: Health, reason: &str) {
-    node.state.metrics.transition(to.as_str());
-    node.state
-        .history
-        .note(format!("health {} ({reason})", to.as_str()));
-    if to == Health::Down {
-        node.idle.clear();
-        node.h2.clear();
-        tracing::warn!(node = %node.key(), from = from.as_str(), to = to.as_str(), reason, "node health changed");
-    } else {
-        let version = node.state.version();
-        tracing::info!(
-            node = %node.key(),
-            from = from.as_str(),
-            to = to.as_str(),
-            version = version.as_deref().map_or("", |v| v.as_str()),
-            "node health changed"
-        );
     }
 }

@@ -230,7 +230,7 @@ impl Pool {
 
     fn log_ejection(&self, index: usize, streak: u32) {
         if let Some((from, to)) = self.check_ejection(index, streak) {
-            crate::health::log_flip(&self.nodes[index], from, to, "consecutive 5xx answers");
+            self.nodes[index].health_flipped(from, to, "consecutive 5xx answers");
         }
     }
 

@@ -433,6 +433,30 @@ impl Drop for WaiterGuard<'_> {
 }
 
 impl Node {
+    /// Logs, counts and notes one health flip (from a check or a passive failure); a node
+    /// going down also loses its idle upstream connections, which would only fail the next
+    /// requests.
+    pub fn health_flipped(&self, from: Health, to: Health, reason: &str) {
+        self.state.metrics.transition(to.as_str());
+        self.state
+            .history
+            .note(format!("health {} ({reason})", to.as_str()));
+        if to == Health::Down {
+            self.idle.clear();
+            self.h2.clear();
+            tracing::warn!(node = %self.key(), from = from.as_str(), to = to.as_str(), reason, "node health changed");
+        } else {
+            let version = self.state.version();
+            tracing::info!(
+                node = %self.key(),
+                from = from.as_str(),
+                to = to.as_str(),
+                version = version.as_deref().map_or("", |v| v.as_str()),
+                "node health changed"
+            );
+        }
+    }
+
     /// Weight used for balancing right now: a warming node ramps from 10 % to 100 %.
     #[inline]
     pub fn effective_weight(&self) -> u32 {

@@ -27,7 +27,7 @@ pub async fn connect_node(pool: &Pool, index: usize, timeout: Duration) -> io::R
         Err(e) => {
             tracing::debug!(node = %node.key(), addr = %node.addr, error = %e, "upstream connect failed");
             if let Some((from, to)) = pool.passive_failure(index) {
-                crate::health::log_flip(node, from, to, "passive connect failures");
+                node.health_flipped(from, to, "passive connect failures");
             }
         }
     }
@@ -67,7 +67,7 @@ pub async fn connect_upstream(
             tracing::warn!(node = %node.key(), error = %e, "TLS to the backend failed");
             node.state.metrics.tls_failures.inc();
             if let Some((from, to)) = pool.passive_failure(index) {
-                crate::health::log_flip(node, from, to, "passive connect failures");
+                node.health_flipped(from, to, "passive connect failures");
             }
             Err(e)
         }

@@ -289,7 +289,7 @@ async fn sender(pool: &Pool, index: usize, timeouts: Timeouts) -> Option<H2Sende
     };
     tracing::warn!(node = %node.key(), error = %error, "HTTP/2 connection to the backend failed");
     if let Some((from, to)) = pool.passive_failure(index) {
-        crate::health::log_flip(node, from, to, "passive connect failures");
+        node.health_flipped(from, to, "passive connect failures");
     }
     None
 }

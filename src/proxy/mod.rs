@@ -20,7 +20,6 @@ mod splice;
 pub mod sticky;
 pub mod tcp;
 mod tcp_tls;
-pub mod tls;
 pub mod ws;
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -5,14 +5,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 
-use serde::Serialize;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Version {
-    V1,
-    V2,
-}
+pub use crate::config::ProxyProtocol as Version;
 
 /// The v2 signature.
 const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";

@@ -8,8 +8,8 @@ use super::Validator;
 use crate::config::defaults as d;
 use crate::config::file::{RawListener, RawRoute, RawSniRoute};
 use crate::config::limits;
+use crate::config::ProxyProtocol as ProxyVersion;
 use crate::config::{ListenerConfig, ListenerKind, RouteConfig, SniRouteConfig, Timeouts};
-use crate::proxy::proxy_protocol::Version as ProxyVersion;
 
 impl Validator {
     pub(super) fn listener(
