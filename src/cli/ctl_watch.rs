@@ -57,7 +57,7 @@ async fn follow(
     pool: Option<&str>,
     last: &mut Option<u64>,
 ) -> anyhow::Result<Follow> {
-    let (mut sender, authority) = super::ctl::connect(base).await?;
+    let (mut sender, authority) = super::admin_client::connect(base).await?;
     let path = match pool {
         Some(p) => format!("/v1/events?pool={p}"),
         None => "/v1/events".to_string(),

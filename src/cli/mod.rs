@@ -1,6 +1,7 @@
 //! Command line (README.md, "CLI"): `run`, `check`, `demo`, `ctl`, and `completions` and `man`
 //! for packagers.
 
+mod admin_client;
 mod check;
 mod ctl;
 mod ctl_render;
