@@ -17,7 +17,7 @@ pub struct StatusView {
     pub process: crate::app::ProcessInfo,
     /// The generation this one took over from, while it drains.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub previous: Option<crate::upgrade::PreviousView>,
+    pub previous: Option<crate::app::carry::PreviousView>,
     pub listeners: Vec<ListenerView>,
     pub pools: Vec<PoolView>,
     pub rollouts: Vec<crate::rollout::Rollout>,

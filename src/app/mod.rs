@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, ListenerConfig};
 
+pub mod carry;
 mod state;
 use crate::control::{Control, StateStore};
 use crate::metrics::{ListenerMetrics, Metrics};
@@ -110,7 +111,7 @@ pub struct App {
     /// This process, as `/v1/status` shows it.
     pub process: ProcessInfo,
     /// The generation this process took over from, while it drains (`/v1/status`).
-    pub previous: ArcSwapOption<crate::upgrade::PreviousView>,
+    pub previous: ArcSwapOption<carry::PreviousView>,
     /// A takeover is handing the state to a new process: admin writes answer 503.
     pub handing_over: std::sync::atomic::AtomicBool,
     /// The cluster this instance shares admin state with, once joined ([`App::join_cluster`]).
@@ -168,7 +169,7 @@ impl App {
         config_path: Option<PathBuf>,
         mut listeners: HashMap<String, TcpListener>,
         shutdown: Shutdown,
-        inherited: Option<crate::upgrade::Handover>,
+        inherited: Option<carry::Handover>,
     ) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let state_path = config.state_file.clone();
@@ -267,7 +268,7 @@ impl App {
             app.restore(state);
         }
         if let Some(handover) = inherited {
-            crate::upgrade::apply(&app, handover);
+            carry::apply(&app, handover);
         }
         // Written once at start, so the affinity key is on disk before the first cookie.
         app.control.mark_dirty();
@@ -416,7 +417,7 @@ impl App {
 
     /// What the draining previous generation still holds (`None` once it exited): shown in
     /// `/v1/status`, and waited for by this process's drains of the same nodes.
-    pub fn note_previous(&self, view: Option<crate::upgrade::PreviousView>) {
+    pub fn note_previous(&self, view: Option<carry::PreviousView>) {
         for pool in &self.snapshot.load().pools {
             for node in &pool.nodes {
                 let held = view

@@ -153,11 +153,12 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
     let leaderless = apply::resync(c, all.kvs(), revision);
     offer_affinity_key(c, &mut client).await?;
     *lock(&c.client) = Some(client.clone());
+    // The view first: a member is never seen without what it sees of the nodes.
+    let mut view = c.own_view();
+    put_view(c, &mut client, lease, &view).await?;
     let mut published = c.member();
     let mut published_pulse = c.pulse();
     put_member(c, &mut client, lease, &published).await?;
-    let mut view = c.own_view();
-    put_view(c, &mut client, lease, &view).await?;
     let mut published_at = Instant::now();
     c.connected.send_replace(true);
     tracing::info!(instance = %c.config.instance, revision, members = c.members.borrow().len(), "cluster: connected and resynced");

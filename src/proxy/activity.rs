@@ -13,8 +13,25 @@ use atomic_waker::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::reclaim::Reason;
 use super::ListenerStats;
+
+/// Why a connection was reclaimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// It had not sent a byte since accept.
+    Silent,
+    /// A keep-alive connection between requests.
+    Idle,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Silent => "silent",
+            Reason::Idle => "idle",
+        }
+    }
+}
 
 /// When a connection last moved, and what it is waiting for.
 pub struct Activity {

@@ -16,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
+pub use super::activity::Reason;
 use super::activity::{Activity, Idleness};
 
 /// Slots per chunk: 1,024 (8 KiB of pointers and a 128-byte bitmap), allocated the first
@@ -39,24 +40,6 @@ pub struct Registry {
     /// Connections marked for closing that have not closed yet: the accept loop may go this
     /// far over `max_connections`, since they are about to give their slots back.
     pending: AtomicUsize,
-}
-
-/// Why a connection was reclaimed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    /// It had not sent a byte since accept.
-    Silent,
-    /// A keep-alive connection between requests.
-    Idle,
-}
-
-impl Reason {
-    pub fn label(self) -> &'static str {
-        match self {
-            Reason::Silent => "silent",
-            Reason::Idle => "idle",
-        }
-    }
 }
 
 impl Default for Registry {

@@ -33,11 +33,11 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
-pub use state::{Handover, Message, NodeHandover, PreviousSessions, PreviousView};
+pub use crate::app::carry::{Handover, NodeHandover, PreviousSessions, PreviousView};
+pub use state::Message;
 
 use crate::app::App;
 use crate::config::Config;
-use crate::lifecycle::{self, Carried};
 use crate::pool::SessionKind;
 use crate::rollout;
 
@@ -173,27 +173,6 @@ impl Inherited {
     }
 }
 
-/// Applies a handed-over state before anything serves.
-pub fn apply(app: &Arc<App>, state: Handover) {
-    for (key, n) in state.nodes {
-        let Some(t) = app.control.node_by_key(&key) else {
-            continue;
-        };
-        t.node
-            .state
-            .inherit_health(n.health, n.version, n.version_passes);
-        let carried = Carried {
-            kind: n.state,
-            since_ms: n.since_ms,
-            pending: n.enable_pending,
-            deadline_ms: n.deadline_ms,
-        };
-        lifecycle::restore(&app.control, &t, carried);
-    }
-    let why = "continued after a takeover of handoff";
-    rollout::adopt(&app.control, &app.rollouts, state.rollouts, why);
-}
-
 // ---- the old process -------------------------------------------------------------------
 
 /// Binds the upgrade socket, owner-only. A stale file (nobody listening) is replaced.
@@ -296,7 +275,7 @@ async fn hand_over(
     app.control.pause_store(true);
     app.rollouts.pause();
     let sockets = app.listener_sockets(&listeners).await;
-    let state = state::collect(
+    let state = crate::app::carry::collect(
         &app.snapshot.load(),
         app.control.membership(),
         app.rollouts.list(),
