@@ -1,4 +1,4 @@
-//! Cluster (design.md §10) with the real thing: a 3-member etcd cluster (Debian's
+//! Cluster (docs/cluster.md) with the real thing: a 3-member etcd cluster (Debian's
 //! etcd-server) on loopback ports, and handoff instances as separate processes sharing a
 //! prefix. Skipped, saying so, where no etcd binary is installed (`.ci/run` installs it).
 
