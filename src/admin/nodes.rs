@@ -13,12 +13,12 @@ use http::StatusCode;
 use super::ops::{node_answer, target};
 use super::{input, json_response, AdminError, AdminResponse};
 use crate::app::App;
-use crate::cluster::store::NodeOp;
-use crate::cluster::{ops::Applied, Cluster};
+use crate::cluster::ops::{change_pool_members, Applied, MemberEffect};
+use crate::cluster::Cluster;
 use crate::config::{NodeConfig, NodeSource};
 use crate::control::{Control, NodeRef};
 use crate::lifecycle;
-use crate::pool::{unix_ms, AdminState};
+use crate::pool::AdminState;
 
 /// Extra time past a removal's drain deadline for the deadline closes to finish.
 const REMOVE_SLACK: Duration = Duration::from_secs(15);
@@ -32,7 +32,6 @@ pub async fn add(
     if let Some(old) = &new.replaces {
         return replacement(app, pool, old, new.clone()).await;
     }
-    let ctl = &app.control;
     let node = NodeConfig {
         name: new.name.clone(),
         addr: new.addr,
@@ -40,43 +39,24 @@ pub async fn add(
         source: NodeSource::Api,
         host: None,
     };
-    let applied = match app.cluster() {
-        Some(cluster) => {
-            let key = format!("{pool}/{}", new.name);
-            // Held out until enabled: a drain every instance applies. Otherwise whatever an
-            // earlier node of that name left is cleared.
-            let op = new.drained.then(|| {
-                let now = unix_ms();
-                NodeOp::Drain {
-                    deadline_ms: now,
-                    at_ms: now,
-                    by: cluster.instance().to_string(),
-                }
-            });
-            let what = format!("addition of {key}");
-            let add = |m: &mut crate::members::Membership, file: &crate::config::Config| {
-                m.add(file, pool, node.clone())
-            };
-            Some(
-                cluster
-                    .change_members(pool, what, add, vec![(key, op)], None)
-                    .await?,
-            )
-        }
-        None => {
-            ctl.change_members(
-                |m, file| m.add(file, pool, node),
-                // Held out before anyone can pick it: until it is up (then warmed), or
-                // until enabled.
-                |snapshot| {
-                    if let Some(t) = NodeRef::of(snapshot, pool, &new.name) {
-                        lifecycle::added(ctl, &t, new.drained);
-                    }
-                },
-            )?;
-            None
-        }
+    let add = |m: &mut crate::members::Membership, file: &crate::config::Config| {
+        m.add(file, pool, node.clone())
     };
+    let what = format!("addition of {pool}/{}", new.name);
+    // Held out before anyone can pick it: until it is up (then warmed), or until enabled.
+    let effect = MemberEffect::Added {
+        name: &new.name,
+        hold: new.drained,
+    };
+    let applied = change_pool_members(
+        &app.control,
+        app.cluster().map(|c| &**c),
+        None,
+        (pool, what),
+        add,
+        effect,
+    )
+    .await?;
     let t = target(app, pool, &new.name)?;
     tracing::info!(node = %t.node.key(), addr = %new.addr, weight = new.weight, held = new.drained, "node added through the admin API");
     t.node.state.history.note("added through the admin API");
@@ -133,20 +113,17 @@ pub async fn patch(
     let set = |m: &mut crate::members::Membership, file: &crate::config::Config| {
         m.set(file, pool, node, addr, weight)
     };
-    let applied = match app.cluster() {
-        Some(cluster) => {
-            let what = format!("change of {}", t.node.key());
-            Some(
-                cluster
-                    .change_members(pool, what, set, Vec::new(), None)
-                    .await?,
-            )
-        }
-        None => {
-            app.control.change_members(set, |_| {})?;
-            None
-        }
-    };
+    let what = format!("change of {}", t.node.key());
+    let cluster = app.cluster().map(|c| &**c);
+    let applied = change_pool_members(
+        &app.control,
+        cluster,
+        None,
+        (pool, what),
+        set,
+        MemberEffect::None,
+    )
+    .await?;
     let t = target(app, pool, node)?;
     let what = match (moving, weight) {
         (Some(a), Some(w)) => format!("address {a}, weight {w}"),
@@ -293,7 +270,7 @@ async fn remove_when_drained(
 
 /// Removes the node from its pool (on every instance, with its admin state's key).
 async fn take_out(
-    ctl: &Control,
+    ctl: &Arc<Control>,
     cluster: Option<&Arc<Cluster>>,
     t: &NodeRef,
 ) -> Result<Option<Applied>, AdminError> {
@@ -301,19 +278,17 @@ async fn take_out(
     let remove = |m: &mut crate::members::Membership, file: &crate::config::Config| {
         m.remove(file, pool, node)
     };
-    let applied = match cluster {
-        Some(c) => {
-            let what = format!("removal of {}", t.node.key());
-            Some(
-                c.change_members(pool, what, remove, vec![(t.node.key(), None)], None)
-                    .await?,
-            )
-        }
-        None => {
-            ctl.change_members(remove, |_| {})?;
-            None
-        }
-    };
+    let what = format!("removal of {}", t.node.key());
+    let effect = MemberEffect::Removed { name: node };
+    let applied = change_pool_members(
+        ctl,
+        cluster.map(|c| &**c),
+        None,
+        (pool, what),
+        remove,
+        effect,
+    )
+    .await?;
     tracing::info!(node = %t.node.key(), addr = %t.node.addr, "node removed");
     Ok(applied)
 }

@@ -419,3 +419,64 @@ impl Cluster {
         )))
     }
 }
+
+/// What a members change does to one node's admin state.
+#[derive(Debug, Clone, Copy)]
+pub enum MemberEffect<'a> {
+    /// Nothing beyond the members (a weight, an address).
+    None,
+    /// Node `name` is added: held out until it is up, then warmed; with `hold`, held out
+    /// until enabled.
+    Added { name: &'a str, hold: bool },
+    /// Node `name` is removed, and its admin state with it.
+    Removed { name: &'a str },
+}
+
+/// Changes `pool`'s members: on this instance alone, or (with `cluster`) through etcd on
+/// every instance, answered like a drain. The admin API and replace rollouts both change
+/// members through this one place; `fence`: a rollout driver's term.
+pub async fn change_pool_members(
+    ctl: &std::sync::Arc<crate::control::Control>,
+    cluster: Option<&Cluster>,
+    fence: Option<(&str, i64)>,
+    (pool, what): (&str, String),
+    change: impl Fn(
+        &mut crate::members::Membership,
+        &crate::config::Config,
+    ) -> Result<(), crate::members::MemberError>,
+    effect: MemberEffect<'_>,
+) -> Result<Option<Applied>, ClusterError> {
+    let Some(cluster) = cluster else {
+        ctl.change_members(change, |next| {
+            if let MemberEffect::Added { name, hold } = effect {
+                if let Some(t) = NodeRef::of(next, pool, name) {
+                    lifecycle::added(ctl, &t, hold);
+                }
+            }
+        })
+        .map_err(ClusterError::Members)?;
+        return Ok(None);
+    };
+    let key = |name: &str| format!("{pool}/{name}");
+    let node_ops = match effect {
+        MemberEffect::None => Vec::new(),
+        // Held out until enabled: a drain every instance applies. Otherwise whatever an
+        // earlier node of that name left is cleared.
+        MemberEffect::Added { name, hold: true } => {
+            let now = unix_ms();
+            let held = NodeOp::Drain {
+                deadline_ms: now,
+                at_ms: now,
+                by: cluster.instance().to_string(),
+            };
+            vec![(key(name), Some(held))]
+        }
+        MemberEffect::Added { name, .. } | MemberEffect::Removed { name } => {
+            vec![(key(name), None)]
+        }
+    };
+    cluster
+        .change_members(pool, what, change, node_ops, fence)
+        .await
+        .map(Some)
+}

@@ -17,11 +17,11 @@ use super::analysis::Judged;
 use super::run::{step as in_place, Driving, Stop, DRAIN_SLACK};
 use super::wait::wait_node;
 use super::{hook, Handle, Phase, Replacement};
-use crate::cluster::store::NodeOp;
+use crate::cluster::ops::{change_pool_members, MemberEffect};
 use crate::config::{NodeConfig, NodeSource};
 use crate::control::{Control, NodeRef};
 use crate::lifecycle;
-use crate::pool::{unix_ms, AdminState};
+use crate::pool::AdminState;
 use crate::time::instant_after;
 
 pub(super) async fn step(
@@ -245,35 +245,12 @@ async fn add(
     let add = |m: &mut crate::members::Membership, file: &crate::config::Config| {
         m.add(file, pool, node.clone())
     };
-    match cluster {
-        Some(d) => {
-            let now = unix_ms();
-            let held = NodeOp::Drain {
-                deadline_ms: now,
-                at_ms: now,
-                by: d.cluster.instance().to_string(),
-            };
-            let key = format!("{pool}/{}", new.name);
-            d.cluster
-                .change_members(
-                    pool,
-                    format!("addition of {key}"),
-                    add,
-                    vec![(key, Some(held))],
-                    d.fence(),
-                )
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }
-        None => app
-            .change_members(add, |next| {
-                if let Some(t) = NodeRef::of(next, pool, &new.name) {
-                    lifecycle::added(app, &t, true);
-                }
-            })
-            .map_err(|e| e.to_string()),
-    }
+    let what = format!("addition of {pool}/{}", new.name);
+    let effect = MemberEffect::Added {
+        name: &new.name,
+        hold: true,
+    };
+    members(app, cluster, (pool, what), add, effect).await
 }
 
 /// Removes `pool/name` (drained with no session) from the pool.
@@ -286,25 +263,36 @@ async fn remove(
     let remove = |m: &mut crate::members::Membership, file: &crate::config::Config| {
         m.remove(file, pool, name)
     };
-    match cluster {
-        Some(d) => {
-            let key = format!("{pool}/{name}");
-            d.cluster
-                .change_members(
-                    pool,
-                    format!("removal of {key}"),
-                    remove,
-                    vec![(key, None)],
-                    d.fence(),
-                )
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }
-        None => app
-            .change_members(remove, |_| {})
-            .map_err(|e| e.to_string()),
-    }
+    let what = format!("removal of {pool}/{name}");
+    members(
+        app,
+        cluster,
+        (pool, what),
+        remove,
+        MemberEffect::Removed { name },
+    )
+    .await
+}
+
+/// A members change by the rollout: through etcd under the driver's term in a cluster.
+async fn members(
+    app: &Arc<Control>,
+    cluster: Option<Driving<'_>>,
+    at: (&str, String),
+    change: impl Fn(
+        &mut crate::members::Membership,
+        &crate::config::Config,
+    ) -> Result<(), crate::members::MemberError>,
+    effect: MemberEffect<'_>,
+) -> Result<(), String> {
+    let (c, fence) = match cluster {
+        Some(d) => (Some(d.cluster), d.fence()),
+        None => (None, None),
+    };
+    change_pool_members(app, c, fence, at, change, effect)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// A replacement that failed: drained (forced: the old node serves) and removed. Returns
