@@ -70,6 +70,12 @@ pub fn demo(listen: &str, admin: &str, threads: Option<usize>) -> anyhow::Result
                 node.state
                     .wait_until(Duration::from_secs(10), |s| s.health() == Health::Up)
                     .await;
+                // And every instance knows the other sees it up: the pair guard asks both.
+                if let Some(cluster) = app.cluster() {
+                    cluster
+                        .wait_seen_up(&node.key(), apps.len(), Duration::from_secs(10))
+                        .await;
+                }
             }
         }
         print_help(&apps, &endpoint, etcd.id().unwrap_or(0), a, b).await;

@@ -331,6 +331,26 @@ impl Cluster {
         }
     }
 
+    /// Waits until `instances` live members (this one included) are in the cluster and every
+    /// other one sees node `key` up, for at most `limit` (the cluster demo's readiness: a
+    /// drain sent at once is judged by every instance's view). Returns whether they do.
+    pub async fn wait_seen_up(&self, key: &str, instances: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let (mut views, mut members) = (self.views.subscribe(), self.members.subscribe());
+        loop {
+            let others = self.instances(key);
+            let all = self.members.borrow().len() >= instances;
+            if all && others.iter().all(|i| i.health.as_deref() == Some("up")) {
+                return true;
+            }
+            tokio::select! {
+                _ = views.changed() => {}
+                _ = members.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+
     /// Whether every other live member sees `key` passing `check` (rollout readiness).
     pub fn all_members(
         &self,

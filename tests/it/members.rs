@@ -134,6 +134,13 @@ async fn until_gone(proxy: &Proxy, node: &str) {
 async fn bad_node_changes_are_refused_and_change_nothing() {
     let (a, b) = pair().await;
     let proxy = Proxy::start(&yaml(a.addr, b.addr, "")).await;
+    // Both up, so the drain below passes the pair guard.
+    proxy
+        .wait_health("web", "a", handoff::pool::Health::Up)
+        .await;
+    proxy
+        .wait_health("web", "b", handoff::pool::Health::Up)
+        .await;
     let free = format!("127.0.0.1:{}", free_port());
     for (body, field) in [
         (json!({ "addr": free }), "name"),
