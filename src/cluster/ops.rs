@@ -117,6 +117,9 @@ impl Cluster {
         let key = t.node.key();
         let draining = matches!(op(), NodeOp::Drain { .. });
         let what = format!("{} of {key}", if draining { "drain" } else { "enable" });
+        // Judged only by a resynced instance: one cut off from etcd holds views that may be
+        // stale, and its answer is 503 whatever the guard would say.
+        self.writable().await?;
         for _ in 0..ATTEMPTS {
             let mut applied = self.applied.subscribe();
             let mut views = self.views.subscribe();

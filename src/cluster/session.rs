@@ -125,23 +125,31 @@ async fn store_affinity_key(client: &mut Client, key: String, own: &str) -> Resu
 
 async fn session(c: &Arc<Cluster>) -> Result<()> {
     let mut client = connect(c).await?;
-    // A lease of an earlier session (a transient error) would hold this instance's driver
-    // keys until it expired, with nobody driving: give it back first.
-    let old = c.lease.swap(0, SeqCst);
-    if old != 0 {
-        let _ = call("revoking the previous lease", client.lease_revoke(old)).await;
-    }
     let ttl = c.config.lease_ttl.as_secs().max(1) as i64;
     let sent = Instant::now();
     let granted = call("lease grant", client.lease_grant(ttl, None)).await?;
     let lease = granted.id();
-    c.lease.store(lease, SeqCst);
+    let old = c.lease.swap(lease, SeqCst);
     // etcd counts whole seconds; the shorter of asked and granted is the one to trust.
     let lease_ttl = Duration::from_secs(granted.ttl().clamp(1, ttl) as u64);
     c.term.renewed(sent, lease_ttl);
     let _deadline =
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(end_term_at_deadline(Arc::clone(c))));
     let (mut keeper, mut alive) = call("lease keep-alive", client.lease_keep_alive(lease)).await?;
+
+    // Membership never lapses across a reconnect: this instance is a member under the new
+    // lease, reporting the revision it still serves with, before the old lease goes and
+    // before the resync read. A write that commits from here on waits for it (or names it
+    // lagging); one that committed before is in what the resync reads. The view first: a
+    // member is never seen without what it sees of the nodes.
+    let mut view = c.own_view();
+    put_view(c, &mut client, lease, &view).await?;
+    put_member(c, &mut client, lease, &c.member()).await?;
+    // A lease of an earlier session (a transient error) would hold this instance's driver
+    // keys until it expired, with nobody driving: give it back.
+    if old != 0 {
+        let _ = call("revoking the previous lease", client.lease_revoke(old)).await;
+    }
 
     // Resync: everything at one revision, applied before this instance accepts writes.
     let all = call(
@@ -153,9 +161,11 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
     let leaderless = apply::resync(c, all.kvs(), revision);
     offer_affinity_key(c, &mut client).await?;
     *lock(&c.client) = Some(client.clone());
-    // The view first: a member is never seen without what it sees of the nodes.
-    let mut view = c.own_view();
-    put_view(c, &mut client, lease, &view).await?;
+    let now = c.own_view();
+    if now != view {
+        put_view(c, &mut client, lease, &now).await?;
+        view = now;
+    }
     let mut published = c.member();
     let mut published_pulse = c.pulse();
     put_member(c, &mut client, lease, &published).await?;
