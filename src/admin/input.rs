@@ -58,15 +58,16 @@ pub fn rollout(body: &[u8]) -> Result<StartRequest, AdminError> {
         ));
     }
     let b: RolloutBody = json_body(body)?;
+    // Counted and checked as sent, before trimming: what the API document says.
+    if b.version.chars().count() > limits::VERSION_LEN || b.version.chars().any(char::is_control) {
+        return Err(AdminError::BadRequest(format!(
+            "version: at most {} characters, without control characters",
+            limits::VERSION_LEN
+        )));
+    }
     let version = b.version.trim();
     if version.is_empty() {
         return Err(AdminError::BadRequest("version: must not be empty".into()));
-    }
-    if version.len() > limits::VERSION_LEN || version.chars().any(char::is_control) {
-        return Err(AdminError::BadRequest(format!(
-            "version: at most {} bytes, without control characters",
-            limits::VERSION_LEN
-        )));
     }
     Ok(StartRequest {
         version: version.to_string(),
@@ -215,10 +216,15 @@ pub struct NewNode {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AddNodeBody {
+    #[serde(default, deserialize_with = "present")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     addr: Option<String>,
+    #[serde(default, deserialize_with = "integer")]
     weight: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
     state: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     replaces: Option<String>,
 }
 
@@ -260,7 +266,9 @@ pub fn add_node(body: &[u8]) -> Result<NewNode, AdminError> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchNodeBody {
+    #[serde(default, deserialize_with = "present")]
     addr: Option<String>,
+    #[serde(default, deserialize_with = "integer")]
     weight: Option<u32>,
 }
 
@@ -307,11 +315,7 @@ pub fn remove_query(query: &str) -> Result<Removal, AdminError> {
             }
         }
     }
-    if r.timeout.is_some() && !r.drain {
-        return Err(AdminError::BadRequest(
-            "timeout: only with drain=true (the drain's timeout)".into(),
-        ));
-    }
+    // `timeout` is the drain's: without `drain=true` there is none, and it is unused.
     Ok(r)
 }
 
@@ -329,6 +333,32 @@ fn node_addr(text: &str) -> Result<SocketAddr, AdminError> {
         )));
     }
     Ok(addr)
+}
+
+/// A field of a node body, when sent: `null` is refused (it is no string), as the API
+/// document says.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// A whole number, when sent, that JSON may write as `327` or `327.0` (both are the integer
+/// 327 to JSON Schema); `null`, a fraction, a negative or a value past `u32` is refused.
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    let whole = match (n.as_u64(), n.as_f64()) {
+        (Some(u), _) => Some(u),
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&f) => {
+            Some(f as u64)
+        }
+        _ => None,
+    };
+    whole
+        .and_then(|u| u32::try_from(u).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("invalid value: {n}, expected a whole number")))
 }
 
 fn node_weight(weight: Option<u32>) -> Result<Option<u32>, AdminError> {

@@ -129,7 +129,9 @@ impl AdminError {
                 _ => StatusCode::CONFLICT,
             },
             Self::Rollout(e) => match e {
-                RolloutError::UnknownPool(_) | RolloutError::Unknown(_) => StatusCode::NOT_FOUND,
+                RolloutError::UnknownPool(_)
+                | RolloutError::Unknown(_)
+                | RolloutError::UnknownNode { .. } => StatusCode::NOT_FOUND,
                 RolloutError::AlreadyRunning { .. } | RolloutError::NotWaiting(_) => {
                     StatusCode::CONFLICT
                 }

@@ -49,16 +49,22 @@ pub fn events(
     req: &Request<Incoming>,
     query: &str,
 ) -> Result<AdminResponse, AdminError> {
+    let id = |v: &str| {
+        v.parse::<u64>().map_err(|_| {
+            AdminError::BadRequest(format!("invalid Last-Event-ID {v:?}: expected a number"))
+        })
+    };
     let mut pool = None;
-    let mut last = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    // Both are checked when both are sent; the query's wins (a browser's EventSource sets
+    // the header by itself on a reconnect).
+    let mut last = match req.headers().get("last-event-id") {
+        None => None,
+        Some(v) => Some(id(v.to_str().unwrap_or("(not text)").trim())?),
+    };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("pool", v)) => pool = Some(v.to_string()),
-            Some(("last_event_id", v)) => last = Some(v.to_string()),
+            Some(("last_event_id", v)) => last = Some(id(v)?),
             _ => {
                 return Err(AdminError::BadRequest(format!(
                     "unknown query parameter {pair:?}: expected pool=NAME or last_event_id=N"
@@ -66,12 +72,6 @@ pub fn events(
             }
         }
     }
-    let last = match last.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(v) => Some(v.parse::<u64>().map_err(|_| {
-            AdminError::BadRequest(format!("invalid Last-Event-ID {v:?}: expected a number"))
-        })?),
-    };
     if let Some(p) = &pool {
         if app.snapshot.load().pool(p).is_none() {
             return Err(AdminError::UnknownPool { pool: p.clone() });

@@ -51,6 +51,9 @@ pub enum RolloutError {
     Invalid(String),
     #[error("unknown rollout {0:?}")]
     Unknown(String),
+    /// `order` names a node the pool does not have.
+    #[error("order names node {node:?}, which pool {pool:?} does not have")]
+    UnknownNode { pool: String, node: String },
     /// A replacement offered where no replace rollout waits for one.
     #[error("{0}")]
     NotWaiting(String),
@@ -257,9 +260,10 @@ fn new_record(
         Some(order) => {
             for name in &order {
                 if p.node(name).is_none() {
-                    return Err(RolloutError::Invalid(format!(
-                        "order names unknown node {name:?}"
-                    )));
+                    return Err(RolloutError::UnknownNode {
+                        pool: pool.to_string(),
+                        node: name.clone(),
+                    });
                 }
             }
             let mut seen = std::collections::HashSet::new();

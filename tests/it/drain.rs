@@ -273,7 +273,7 @@ async fn bad_lifecycle_requests_are_refused_and_change_nothing() {
             Method::POST,
             "/v1/pools/web/rollouts",
             json!({"version": "2", "order": ["a", "zz"]}),
-            400,
+            404,
         ),
         (Method::POST, "/v1/rollouts/none/abort", json!({}), 404),
     ];

@@ -61,6 +61,8 @@ pub(super) enum Verdict {
     Bad,
     /// The test does not tell.
     Unknown,
+    /// Well formed, but names a node the pool does not have (404 when nothing is `Bad`).
+    Absent,
 }
 
 impl Verdict {
@@ -69,6 +71,7 @@ impl Verdict {
         match (self, other) {
             (Bad, _) | (_, Bad) => Bad,
             (Unknown, _) | (_, Unknown) => Unknown,
+            (Absent, _) | (_, Absent) => Absent,
             _ => Valid,
         }
     }
@@ -356,17 +359,19 @@ pub(super) fn version_value() -> BoxedStrategy<(Value, Verdict)> {
                 if n <= 256 { Verdict::Valid } else { Verdict::Bad },
             ))
             .boxed(),
-        1 => (126usize..132)
+        // Characters are counted, not bytes (as the API document's maxLength does).
+        1 => (250usize..262)
             .prop_map(|n| (
                 Value::String("é".repeat(n)),
-                if 2 * n <= 256 { Verdict::Valid } else { Verdict::Bad },
+                if n <= 256 { Verdict::Valid } else { Verdict::Bad },
             ))
             .boxed(),
     ]
     .boxed()
 }
 
-/// `order`: valid as a list of the pool's nodes, each once; checked against pool `web`.
+/// `order`: valid as a list of the pool's nodes, each once; checked against pool `web`. A
+/// name the pool does not have is a 404, as a path naming it is.
 pub(super) fn order_value() -> BoxedStrategy<(Value, Verdict)> {
     prop_oneof![
         4 => select(vec![
@@ -377,10 +382,10 @@ pub(super) fn order_value() -> BoxedStrategy<(Value, Verdict)> {
             (json!(["a", "b"]), Verdict::Valid),
             (json!(["a", "a"]), Verdict::Bad),
             (json!(["a", "b", "a"]), Verdict::Bad),
-            (json!(["zz"]), Verdict::Bad),
-            (json!([""]), Verdict::Bad),
-            (json!(["A"]), Verdict::Bad),
-            (json!(["a", "b", "c"]), Verdict::Bad),
+            (json!(["zz"]), Verdict::Absent),
+            (json!([""]), Verdict::Absent),
+            (json!(["A"]), Verdict::Absent),
+            (json!(["a", "b", "c"]), Verdict::Absent),
             (json!(["a", 5]), Verdict::Bad),
             (json!("a"), Verdict::Bad),
             (json!(5), Verdict::Bad),

@@ -339,6 +339,9 @@ pub(super) fn build(
             Shape::StartRollout if real_pool && body_verdict == Verdict::Bad => {
                 Some(Expect::Status(400))
             }
+            Shape::StartRollout if real_pool && body_verdict == Verdict::Absent => {
+                Some(Expect::Status(404))
+            }
             Shape::StartRollout if plain_segment(pool) && !real_pool => Some(Expect::Refused),
             Shape::Pool if plain_segment(pool) && !real_pool => Some(Expect::Status(404)),
             Shape::Node | Shape::Drain | Shape::Enable | Shape::Wait

@@ -216,7 +216,7 @@ POST /v1/pools/web/rollouts                                            400
 POST /v1/pools/web/rollouts {"version":""}                             400
 POST /v1/pools/web/rollouts {"version":"2\u0007"}                     400
 POST /v1/pools/web/rollouts {"version":"2","order":["a","a"]}          400
-POST /v1/pools/web/rollouts {"version":"2","order":["zz"]}             400
+POST /v1/pools/web/rollouts {"version":"2","order":["zz"]}             404
 POST /v1/pools/web/rollouts {"version":"2","ready_timeout":"0s"}       400
 POST /v1/pools/web/rollouts {"version":"2","warmup":"999999999h"}      400
 POST /v1/pools/nope/rollouts {"version":"2"}                           404

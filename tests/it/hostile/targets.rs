@@ -94,7 +94,8 @@ pub(super) fn wait_query() -> BoxedStrategy<(String, Verdict)> {
                                 })
                             }
                             Verdict::Bad => verdict = Verdict::Bad,
-                            Verdict::Unknown => {
+                            // A duration names no node: never Absent.
+                            Verdict::Unknown | Verdict::Absent => {
                                 verdict = verdict.and(Verdict::Unknown);
                                 timeout = Some(None);
                             }
