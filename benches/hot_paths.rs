@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use handoff::config;
 use handoff::metrics::Metrics;
 use handoff::pool::{AdminState, Tried};
-use handoff::proxy::h1::head;
+use handoff::proxy::codec::head;
 use handoff::proxy::proxy_protocol::{self, Version};
 use handoff::snapshot::Snapshot;
 

@@ -36,11 +36,8 @@ pub fn check_guard(pool: &Pool, node: &Node) -> Result<(), OpError> {
     if !node.state.admits_new() {
         return Ok(());
     }
-    if pool
-        .nodes
-        .iter()
-        .any(|n| n.name != node.name && n.state.admits_new())
-    {
+    let index = pool.nodes.iter().position(|n| n.name == node.name);
+    if index.is_some_and(|i| pool.another_serves(i)) {
         return Ok(());
     }
     let others: Vec<String> = pool

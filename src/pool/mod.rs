@@ -187,6 +187,15 @@ impl Pool {
         &self.config.health
     }
 
+    /// Whether a node other than node `index` takes new sessions: what the pair guard,
+    /// passive ejection and a second opinion on a node under analysis all ask.
+    pub fn another_serves(&self, index: usize) -> bool {
+        self.nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| i != index && n.state.admits_new())
+    }
+
     pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
         self.nodes.iter().find(|n| n.name == name)
     }
@@ -242,12 +251,7 @@ impl Pool {
         if streak < limit || self.control.ejecting.swap(true, Acquire) {
             return None;
         }
-        let others_serve = self
-            .nodes
-            .iter()
-            .enumerate()
-            .any(|(i, n)| i != index && n.state.admits_new());
-        let flipped = if others_serve {
+        let flipped = if self.another_serves(index) {
             self.nodes[index].state.eject()
         } else {
             None

@@ -339,7 +339,7 @@ impl<S> Drop for Watched<S> {
     }
 }
 
-impl super::splice::Endpoint for Watched<tokio::net::TcpStream> {
+impl super::copy::Endpoint for Watched<tokio::net::TcpStream> {
     fn socket(&self) -> Option<&tokio::net::TcpStream> {
         Some(&self.inner)
     }

@@ -18,12 +18,13 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{Authority, Scheme, Uri};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::{timeout, Instant};
 
-use super::http::ConnCtx;
+use super::ctx::ConnCtx;
+use super::walk::{self, Local, Outcome, Step, Walk};
 use crate::config::Timeouts;
 use crate::pool::h2conn::{H2Sender, UpBody};
 use crate::pool::{CloseWatch, Node, Pool, SessionGuard, SessionKind};
@@ -53,12 +54,6 @@ pub struct Answer {
     pub session: SessionGuard,
 }
 
-/// Why no node answered: the status and reason handoff answers with.
-pub struct Failed {
-    pub status: StatusCode,
-    pub reason: &'static str,
-}
-
 /// Sends `req` to a node of an h2c or h2 pool, moving to another node while the stream has
 /// not started (connect failed, connection closed), and waits for the response head
 /// within the response timeout. Counts the node's traffic and the pool's request duration.
@@ -68,7 +63,7 @@ pub async fn send(
     client: &Option<Client>,
     timeouts: Timeouts,
     started: Instant,
-) -> Result<Answer, Failed> {
+) -> Result<Answer, Local> {
     let preview = pool.preview_node(
         req.headers()
             .iter()
@@ -76,37 +71,29 @@ pub async fn send(
     );
     let mut req = Some(req);
     let mut attempts = crate::proxy::sticky::attempts(pool, client, preview);
-    let mut asked = started;
-    let mut unreachable = false;
+    // Streamed bodies are never sent twice: a request moves on only while unstarted.
+    let mut walk = Walk::new(false, pool.nodes.len(), started);
     while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
         let Some(mut sender) = sender(pool, i, timeouts).await else {
-            unreachable = true;
-            asked = Instant::now();
+            walk.decide(Outcome::NotSent, Instant::now());
             continue;
         };
         if sender.ready().await.is_err() {
             // Closed since it was stored (the backend went away): connect again elsewhere.
             node.h2.clear();
-            unreachable = true;
+            walk.decide(Outcome::NotSent, Instant::now());
             continue;
         }
         let Some(request) = req.take() else { break };
         let sent = timeout(timeouts.response, sender.try_send_request(request)).await;
-        match sent {
-            Err(_) => {
-                pool.no_answer(i, Some(504));
-                observe(pool, started);
-                tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
-                return Err(Failed {
-                    status: StatusCode::GATEWAY_TIMEOUT,
-                    reason: "the backend did not answer in time",
-                });
-            }
+        let now = Instant::now();
+        let outcome = match sent {
+            Err(_) => Outcome::TimedOut,
             Ok(Ok(resp)) => {
-                let now = Instant::now();
-                pool.answered(i, resp.status().as_u16(), now.duration_since(asked));
+                let status = resp.status().as_u16();
+                pool.answered(i, status, now.duration_since(walk.asked()));
                 observe(pool, started);
                 return Ok(Answer {
                     resp,
@@ -119,36 +106,26 @@ pub async fn send(
                 match e.take_message() {
                     // The stream never started: another node may take the request.
                     Some(back) => {
-                        pool.no_answer(i, None);
                         node.h2.clear();
                         req = Some(back);
-                        asked = Instant::now();
-                        unreachable = true;
+                        Outcome::Refused
                     }
-                    None => {
-                        pool.no_answer(i, Some(502));
-                        observe(pool, started);
-                        return Err(Failed {
-                            status: StatusCode::BAD_GATEWAY,
-                            reason: "the backend reset the stream before answering",
-                        });
-                    }
+                    None => Outcome::Reset,
                 }
             }
+        };
+        let decision = walk.decide(outcome, now);
+        if let Some(status) = decision.charge {
+            pool.no_answer(i, status);
+        }
+        if let Step::Answer { local, .. } = decision.step {
+            walk::log_failure(node, outcome);
+            observe(pool, started);
+            return Err(local);
         }
     }
-    let failed = if unreachable {
-        Failed {
-            status: StatusCode::BAD_GATEWAY,
-            reason: "no node of the pool could be reached",
-        }
-    } else {
-        Failed {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            reason: "no healthy node in the pool",
-        }
-    };
-    pool.metrics.local_response(failed.status.as_u16());
+    let failed = walk.exhausted(false);
+    pool.metrics.local_response(failed.status);
     observe(pool, started);
     Err(failed)
 }

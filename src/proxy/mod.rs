@@ -3,23 +3,26 @@
 //! Each accept loop owns its listening socket and a stop token (a child of the process's
 //! `accept` token, so a reload can stop one listener and shutdown stops all). Per connection
 //! it loads the routing snapshot, enforces the listener's connection limit and hands the
-//! socket to [`tcp::serve`] or [`h1::serve`] (which hands HTTP/2 to [`http::serve_h2`]) on a
+//! socket to [`tcp::serve`] or [`h1::serve`] (which hands HTTP/2 to [`h2::serve_h2`]) on a
 //! tracked task.
 
 pub mod activity;
+pub mod codec;
 mod connect;
+mod copy;
+pub mod ctx;
 pub mod h1;
+pub mod h2;
 pub mod h2up;
-pub mod http;
 mod per_client;
-#[cfg(target_os = "linux")]
-mod pipe;
 pub mod proxy_protocol;
 pub mod reclaim;
+#[cfg(target_os = "linux")]
 mod splice;
 pub mod sticky;
 pub mod tcp;
 mod tcp_tls;
+pub mod walk;
 pub mod ws;
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -33,7 +36,7 @@ use crate::metrics::ListenerMetrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Target;
 use activity::{Activity, Watched};
-use http::ConnCtx;
+use ctx::ConnCtx;
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 

@@ -12,8 +12,8 @@ use tokio::time::{sleep_until, Instant};
 
 use super::activity::{Activity, Verdict, Watched};
 use super::connect::connect_node;
+use super::copy::{copy, Copied, Endpoint};
 use super::proxy_protocol;
-use super::splice::{splice, Copied, Endpoint};
 use super::ListenerStats;
 use crate::config::AffinityMode;
 use crate::config::ListenerConfig;
@@ -135,7 +135,7 @@ pub async fn serve<C: Endpoint>(
     let mut control = Gated::new(Box::pin(control));
     let mut close_at: Option<Instant> = None;
     let end = {
-        let copy = splice(&mut client, &mut backend);
+        let copy = copy(&mut client, &mut backend);
         tokio::pin!(copy);
         loop {
             let mut next = match activity.verdict(cfg.timeouts.idle, None) {

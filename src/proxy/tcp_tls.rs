@@ -12,7 +12,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::activity::{Activity, Watched};
-use super::splice::Endpoint;
+use super::copy::Endpoint;
 use super::tcp::{self, Client};
 use super::{DataPlane, ListenerStats};
 use crate::snapshot::{ListenerRoutes, Target};

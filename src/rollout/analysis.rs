@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::run::{Driving, Stop};
+use super::driving::{Driving, Stop};
 use super::{Handle, Phase};
 use crate::config::AnalysisConfig;
 use crate::control::{Control, NodeRef};

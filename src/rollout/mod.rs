@@ -4,7 +4,9 @@
 //! the state file keeps), the registry, and the start/abort entry points.
 
 mod analysis;
+mod driving;
 mod hook;
+mod in_place;
 mod record;
 mod replace;
 mod rollback;
@@ -335,7 +337,7 @@ pub fn spawn_until(
         // In a cluster only the rollout's driver runs it, and its writes carry its term.
         let driving = match cluster.as_deref() {
             Some(cluster) => match cluster.term(&id) {
-                Some(term) => Some(run::Driving {
+                Some(term) => Some(driving::Driving {
                     cluster,
                     rollout: &id,
                     term,

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::analysis::Judged;
-use super::run::{step as in_place, Driving, Stop, DRAIN_SLACK};
+use super::driving::{Driving, Stop, DRAIN_SLACK};
+use super::in_place::step as in_place;
 use super::wait::wait_node;
 use super::{hook, Handle, Phase, Replacement};
 use crate::cluster::ops::{change_pool_members, MemberEffect};
@@ -120,7 +121,7 @@ async fn provision(
         Some(r) => r,
         None => match &t.pool.config.rollout.hook {
             Some(argv) => {
-                let (id, term) = super::run::term_of(handle, cluster);
+                let (id, term) = super::driving::term_of(handle, cluster);
                 let env = hook::env(&t, version, hook::Action::Provision, (&id, term));
                 handle.event(
                     Some(old),
@@ -367,7 +368,7 @@ async fn retire(
     let Some(argv) = &t.pool.config.rollout.hook else {
         return Ok(());
     };
-    let (id, term) = super::run::term_of(handle, cluster);
+    let (id, term) = super::driving::term_of(handle, cluster);
     let env = hook::env(&t, version, hook::Action::Retire, (&id, term));
     let ready_timeout = handle.lock().ready_timeout;
     let never = tokio_util::sync::CancellationToken::new();

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::run::{Driving, DRAIN_SLACK};
+use super::driving::{Driving, DRAIN_SLACK};
 use super::wait::wait_node;
 use super::{hook, Handle, Rollback, RollbackState};
 use crate::config::{duration, OnFailure};
@@ -181,7 +181,7 @@ async fn back(
     let Some(argv) = &target.pool.config.rollout.hook else {
         return Err(format!("the rollout hook was removed; {key} left drained"));
     };
-    let (id, term) = super::run::term_of(handle, cluster);
+    let (id, term) = super::driving::term_of(handle, cluster);
     let env = hook::env(
         &target,
         &rollback.version,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::run::{Driving, Stop};
+use super::driving::{Driving, Stop};
 use super::Handle;
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::duration;

@@ -11,46 +11,26 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::buf::{Buf, Out, SIZE};
-use super::exchange::Plan;
-use super::framing::BodyLen;
-use super::head::{self, field};
-use super::local::{respond_local, Local};
-use super::relay::{ready, Left};
+use super::local::respond_local;
+use super::plan::Plan;
 use super::{ClientIo, Next};
 use crate::pool::h2conn::UpBody;
 use crate::pool::AdminState;
 use crate::proxy::activity::InflightGuard;
+use crate::proxy::codec::buf::{Buf, Out, SIZE};
+use crate::proxy::codec::framing::BodyLen;
+use crate::proxy::codec::framing::{ready, Left};
+use crate::proxy::codec::head::{self, field};
+use crate::proxy::ctx::ConnCtx;
 use crate::proxy::h2up::{self, BoxError, H2Body};
-use crate::proxy::http::ConnCtx;
-
-/// The request's parts for an HTTP/2 backend, from the parsed head.
-pub fn parts(req: &head::Request<'_, '_>) -> Result<Parts, &'static str> {
-    let mut builder = Request::builder()
-        .method(req.method)
-        .uri(req.target)
-        .version(http::Version::HTTP_2);
-    // `x-forwarded-*` stay for `h2up::upstream_request`, which appends to them; `te:
-    // trailers` is the one `te` HTTP/2 allows.
-    for h in req.headers {
-        let te_trailers =
-            h.name.eq_ignore_ascii_case("te") && h.value.eq_ignore_ascii_case(b"trailers");
-        if te_trailers || !head::dropped(h.name, req.headers, false, true) {
-            builder = builder.header(h.name, h.value);
-        }
-    }
-    builder
-        .body(())
-        .map(|r| r.into_parts().0)
-        .map_err(|_| "the request cannot be sent over HTTP/2")
-}
+use crate::proxy::walk::Local;
 
 /// The request body as hyper reads it: frames the pump sends (an error resets the stream).
 struct Pumped {
@@ -165,11 +145,7 @@ pub async fn forward<I: ClientIo>(
             };
             return respond_local(io, &local, false, false).await;
         }
-        (Err(f), _) => {
-            let local = Local {
-                status: f.status.as_u16(),
-                reason: f.reason,
-            };
+        (Err(local), _) => {
             return respond_local(io, &local, p.is_head, whole && p.keep_alive).await;
         }
         (Ok(a), _) => a,

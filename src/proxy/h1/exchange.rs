@@ -16,52 +16,24 @@ use std::task::Poll;
 
 use tokio::time::Instant;
 
-use super::buf::{Buf, Out};
-use super::framing::BodyLen;
-use super::head::{self, Refusal};
-use super::local::{respond_local, Local};
-use super::send::{self, Decision, Failure, Head};
+use super::local::respond_local;
+use super::plan::{plan, Plan};
+use super::send::{self, Decision, Head};
 use super::tunnel::{self, Kind};
 use super::{bridge, relay, ClientIo, Done, Next};
-use crate::config::{Timeouts, UpstreamProtocol};
 use crate::metrics::ClientError;
-use crate::pool::{AdminState, Pool, SessionGuard, SessionKind, Upstream};
+use crate::pool::{AdminState, SessionGuard, SessionKind, Upstream};
 use crate::proxy::activity::InflightGuard;
+use crate::proxy::codec::buf::Buf;
+use crate::proxy::codec::framing::BodyLen;
+use crate::proxy::codec::head::{self, Refusal, MAX_HEAD};
 use crate::proxy::connect::connect_upstream;
-use crate::proxy::http::ConnCtx;
-use crate::proxy::sticky::Client;
-
-/// Largest request head accepted; a larger one is answered 431. NGINX allows 4 × 8 KiB by
-/// default, HAProxy 16 KiB; 64 KiB leaves room for big cookies.
-pub const MAX_HEAD: usize = 64 * 1024;
+use crate::proxy::ctx::ConnCtx;
+use crate::proxy::walk::{self, Failure, Local, Outcome, Step, Walk};
 
 /// Bodies of idempotent requests up to this size are read whole so the request can be sent
 /// again after a failure; larger ones stream and are not retried once sent.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
-
-/// A request, checked and rewritten for the backend.
-pub struct Plan {
-    pub body: BodyLen,
-    pub keep_alive: bool,
-    pub upgrade: Option<Kind>,
-    pub idempotent: bool,
-    pub is_head: bool,
-    pub minor: u8,
-    pub pool: Arc<Pool>,
-    pub timeouts: Timeouts,
-    /// Body bytes read before a backend connection is taken (the listener's
-    /// `request_buffer`).
-    pub request_buffer: u32,
-    /// `Expect: 100-continue`: no body byte is read ahead.
-    pub expects_continue: bool,
-    pub client: Option<Client>,
-    /// A preview request's node (it asked for the version a rollout previews).
-    pub preview: Option<usize>,
-    /// The head for the backend, and the whole body when it is held.
-    pub out: Out,
-    /// For an HTTP/2 pool: the request as HTTP/2 parts (`out` stays empty).
-    pub h2: Option<Box<http::request::Parts>>,
-}
 
 /// Serves requests while the client sends them: pipelined ones in turn, the first of the
 /// connection (`first`) after a look for the HTTP/2 preface. The buffer lives here, so it
@@ -148,84 +120,6 @@ pub async fn one<I: ClientIo>(
     forward(ctx, io, buf, closing, &mut plan, Instant::now()).await
 }
 
-/// Checks, routes and rewrites a parsed head. An error is answered locally (the flag says
-/// whether the request was a HEAD).
-fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool)> {
-    let info = head::inspect(req).map_err(|r| (Local::from(r), false))?;
-    let is_head = info.is_head;
-    let local = |status, reason| Err((Local { status, reason }, is_head));
-    let (pool, timeouts, request_buffer) = {
-        let snapshot = ctx.plane.snapshot.load();
-        match snapshot.listeners.get(&*ctx.listener.name) {
-            None => return local(503, "this listener is being removed"),
-            Some(l) => match l.route(info.host, info.path) {
-                None => return local(404, "no route matches this host and path"),
-                Some(pool) => (
-                    Arc::clone(pool),
-                    l.config.timeouts,
-                    u32::try_from(l.config.request_buffer).unwrap_or(u32::MAX),
-                ),
-            },
-        }
-    };
-    let cookies = req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-        .map(|h| h.value);
-    let client = Client::identify(&pool, cookies, ctx.peer.ip());
-    let preview = pool.preview_node(req.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
-    let mut out = Out::take();
-    // An HTTP/2 pool gets the request as HTTP/2 parts (`bridge`), others an HTTP/1.1 head.
-    let h2 = if pool.config.upstream.protocol == UpstreamProtocol::Http1 {
-        head::write_request(
-            &mut out.0,
-            req,
-            &info,
-            ctx.client_addr().as_bytes(),
-            ctx.proto(),
-        );
-        None
-    } else if info.upgrade.is_some() {
-        return local(501, "upgrades are not carried to HTTP/2 backends");
-    } else {
-        match bridge::parts(req) {
-            Ok(parts) => Some(Box::new(parts)),
-            Err(reason) => return local(400, reason),
-        }
-    };
-    Ok(Plan {
-        body: info.body,
-        keep_alive: info.keep_alive,
-        upgrade: info.upgrade.map(|v| {
-            if v.eq_ignore_ascii_case(b"websocket") {
-                Kind::WebSocket
-            } else {
-                Kind::Other
-            }
-        }),
-        idempotent: info.idempotent,
-        is_head,
-        minor: req.minor,
-        pool,
-        timeouts,
-        request_buffer,
-        expects_continue: info.expects_continue,
-        client,
-        preview,
-        out,
-        h2,
-    })
-}
-
-/// Why no node answered.
-#[derive(Clone, Copy)]
-enum NoAnswer {
-    NoNode,
-    Unreachable,
-    Lost,
-}
-
 /// Sends the request to a node and relays its answer, or answers itself. `started`: when
 /// the head was read; the pool's request duration runs from it to the response head.
 async fn forward<I: ClientIo>(
@@ -271,17 +165,12 @@ async fn forward<I: ClientIo>(
         p.out.0.extend_from_slice(&buf.data()[..n as usize]);
         buf.consume(n as usize);
     }
-    let replayable = whole && p.idempotent;
-    let mut replays = usize::from(replayable && multi);
-    let mut why = NoAnswer::NoNode;
+    let mut walk = Walk::new(whole && p.idempotent, pool.nodes.len(), started);
     let mut attempts = crate::proxy::sticky::attempts(&pool, &p.client, p.preview);
     let mut ub = Buf::take();
-    // When the current node was asked: its latency runs from here to its answer.
-    let mut asked = started;
     'nodes: while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
-        let mut stale = 0;
         loop {
             let pooled = if p.upgrade.is_none() {
                 node.idle.take()
@@ -293,8 +182,7 @@ async fn forward<I: ClientIo>(
                 None => match connect_upstream(&pool, i, p.timeouts.connect).await {
                     Ok(s) => (Upstream::new(s, &node.state.lifecycle), false),
                     Err(_) => {
-                        why = NoAnswer::Unreachable;
-                        asked = Instant::now();
+                        walk.decide(Outcome::NotSent, Instant::now());
                         continue 'nodes;
                     }
                 },
@@ -345,33 +233,24 @@ async fn forward<I: ClientIo>(
                 };
                 return respond_local(io, &local, false, false).await;
             }
-            match sent {
-                Err(_) => {
-                    pool.no_answer(i, Some(504));
-                    observe(Instant::now());
-                    tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
-                    let local = Local {
-                        status: 504,
-                        reason: "the backend did not answer in time",
-                    };
-                    return respond_local(io, &local, p.is_head, whole && p.keep_alive).await;
-                }
+            let now = Instant::now();
+            let outcome = match sent {
+                Err(_) => Outcome::TimedOut,
                 Ok(Ok(head)) => {
-                    let now = Instant::now();
-                    pool.answered(i, head.status, now.duration_since(asked));
-                    if head.status >= 500 && replays > 0 && second_opinion(&pool, i) {
-                        // A node under analysis failed a request that can be sent again:
-                        // a sibling answers it (the node's connection, its answer unread,
-                        // is closed).
-                        tracing::info!(node = %node.key(), status = head.status, "node under analysis answered 5xx; sending the request to a sibling");
-                        replays -= 1;
-                        why = NoAnswer::Lost;
-                        ub.consume(usize::MAX);
-                        asked = now;
-                        continue 'nodes;
+                    pool.answered(i, head.status, now.duration_since(walk.asked()));
+                    let answered = Outcome::Answered {
+                        status: head.status,
+                        second_opinion: walk::second_opinion(&pool, i),
+                    };
+                    if walk.decide(answered, now).step == Step::Relay {
+                        observe(now);
+                        return respond(ctx, io, p, i, up, ub, head, session).await;
                     }
-                    observe(now);
-                    return respond(ctx, io, p, i, up, ub, head, session).await;
+                    // A node under analysis failed a request that can be sent again: a
+                    // sibling answers it (this connection, its answer unread, closes).
+                    tracing::info!(node = %node.key(), status = head.status, "node under analysis answered 5xx; sending the request to a sibling");
+                    ub.consume(usize::MAX);
+                    continue 'nodes;
                 }
                 Ok(Err(Failure::Client { bad: false })) => {
                     ctx.listener.metrics.client_error(ClientError::BodyCut);
@@ -385,65 +264,32 @@ async fn forward<I: ClientIo>(
                     };
                     return respond_local(io, &local, false, false).await;
                 }
-                Ok(Err(Failure::Upstream { answered })) => {
-                    // A pooled connection the backend closed as the request went out.
-                    if replayable && reused && !answered && stale < 2 {
-                        stale += 1;
-                        ub.consume(usize::MAX);
-                        continue;
-                    }
+                Ok(Err(Failure::Upstream { answered })) => Outcome::Failed { reused, answered },
+            };
+            let decision = walk.decide(outcome, now);
+            if let Some(status) = decision.charge {
+                pool.no_answer(i, status);
+            }
+            match decision.step {
+                Step::Again => ub.consume(usize::MAX),
+                Step::Next | Step::Relay => {
                     tracing::info!(node = %node.key(), "backend failed before answering");
-                    if replays > 0 {
-                        pool.no_answer(i, None);
-                        replays -= 1;
-                        why = NoAnswer::Lost;
-                        ub.consume(usize::MAX);
-                        asked = Instant::now();
-                        continue 'nodes;
-                    }
-                    pool.no_answer(i, Some(502));
-                    observe(Instant::now());
-                    let local = Local {
-                        status: 502,
-                        reason: "the backend closed the connection before answering",
-                    };
-                    return respond_local(io, &local, p.is_head, false).await;
+                    ub.consume(usize::MAX);
+                    continue 'nodes;
+                }
+                Step::Answer { local, keep } => {
+                    walk::log_failure(node, outcome);
+                    observe(now);
+                    let keep = keep && whole && p.keep_alive;
+                    return respond_local(io, &local, p.is_head, keep).await;
                 }
             }
         }
     }
-    let local = match why {
-        NoAnswer::Lost => Local {
-            status: 502,
-            reason: "the backend closed the connection before answering",
-        },
-        NoAnswer::Unreachable => Local {
-            status: 502,
-            reason: "no node of the pool could be reached",
-        },
-        NoAnswer::NoNode if p.upgrade.is_some() => Local {
-            status: 503,
-            reason: "no node of the pool can take the upgrade",
-        },
-        NoAnswer::NoNode => Local {
-            status: 503,
-            reason: "no healthy node in the pool",
-        },
-    };
+    let local = walk.exhausted(p.upgrade.is_some());
     pool.metrics.local_response(local.status);
     observe(Instant::now());
     respond_local(io, &local, p.is_head, whole && p.keep_alive).await
-}
-
-/// Whether a 5xx from node `index` should be retried on a sibling: the node is under
-/// rollout analysis, and another node serves.
-pub(crate) fn second_opinion(pool: &Pool, index: usize) -> bool {
-    pool.nodes[index].state.on_probation()
-        && pool
-            .nodes
-            .iter()
-            .enumerate()
-            .any(|(j, n)| j != index && n.state.admits_new())
 }
 
 /// Relays a final response; on 101 to an upgrade request, hands both connections on to

@@ -3,15 +3,10 @@
 
 use tokio::io::AsyncWriteExt;
 
-use super::buf::Out;
-use super::head::{self, Refusal};
 use super::{ClientIo, Next};
-
-/// A response handoff makes itself.
-pub struct Local {
-    pub status: u16,
-    pub reason: &'static str,
-}
+use crate::proxy::codec::buf::Out;
+use crate::proxy::codec::head::{self, Refusal};
+use crate::proxy::walk::Local;
 
 impl From<Refusal> for Local {
     fn from(r: Refusal) -> Self {

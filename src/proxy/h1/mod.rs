@@ -1,12 +1,14 @@
-//! handoff's own HTTP/1.x path, for client connections and pooled upstream connections.
+//! The HTTP/1.x front end: handoff's own path, for client connections and pooled upstream
+//! connections.
 //!
 //! The client connection's task does everything for its requests: it reads a head into a
-//! buffer taken when bytes arrive, parses it with httparse ([`head`]), decides its framing
-//! ([`framing`]), picks a node, writes the rewritten head and body to a pooled or new
-//! upstream connection, and relays the response ([`exchange`], [`send`], [`relay`]); a 101
-//! turns the two connections into a [`tunnel`]. Nothing is handed between tasks. Between
-//! requests the connection holds no buffer ([`buf`]): an idle keep-alive client costs its
-//! socket and a few hundred bytes of task state.
+//! buffer taken when bytes arrive, parses it and decides its framing (the codec,
+//! [`crate::proxy::codec`]), routes and rewrites it ([`plan`]), walks the pool's nodes
+//! ([`crate::proxy::walk`]), writes the head and body to a pooled or new upstream
+//! connection and relays the response ([`exchange`], [`send`], [`relay`]), or sends it to
+//! an HTTP/2 backend ([`bridge`]); a 101 turns the two connections into a [`tunnel`].
+//! Nothing is handed between tasks. Between requests the connection holds no buffer: an
+//! idle keep-alive client costs its socket and a few hundred bytes of task state.
 //!
 //! Per connection, one watchdog timer enforces the idle and header-read timeouts (see
 //! [`crate::proxy::activity`]). On drain, or when the node that served the last request
@@ -14,12 +16,9 @@
 //! response, which says `Connection: close`; at the force deadline it is cut.
 
 pub mod bridge;
-pub mod buf;
 mod exchange;
-pub(crate) use exchange::second_opinion;
-pub mod framing;
-pub mod head;
 mod local;
+mod plan;
 pub(crate) mod relay;
 mod rewind;
 pub(crate) mod send;
@@ -38,9 +37,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::activity::{Verdict, Watched};
-use super::http::ConnCtx;
+use super::ctx::ConnCtx;
 use crate::gated::Gated;
-use buf::Buf;
+use crate::proxy::codec::buf::{self, Buf};
 
 /// A client connection: plain TCP, or TLS.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -248,7 +247,7 @@ impl<I: ClientIo> Conn<I> {
             Done::Close => State::Finish(Box::pin(linger(io))),
             Done::H2(buf) => {
                 let io = rewind::Rewind::new(buf, io);
-                State::Finish(Box::pin(super::http::serve_h2(Arc::clone(&self.ctx), io)))
+                State::Finish(Box::pin(super::h2::serve_h2(Arc::clone(&self.ctx), io)))
             }
             Done::Tunnel(start, buf) => {
                 let ctx = Arc::clone(&self.ctx);
@@ -345,7 +344,7 @@ async fn h2_only<I: ClientIo>(ctx: Arc<ConnCtx>, mut io: I) {
     match read.await {
         Ok(Ok(true)) => {
             let io = rewind::Rewind::new(buf, io);
-            super::http::serve_h2(ctx, io).await
+            super::h2::serve_h2(ctx, io).await
         }
         Ok(Ok(false)) if !buf.is_empty() => {
             drop(buf);

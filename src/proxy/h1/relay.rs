@@ -10,34 +10,10 @@ use std::task::Poll;
 
 use tokio::io::AsyncWriteExt;
 
-use super::buf::{Buf, Out, SIZE};
-use super::framing::{Bad, BodyLen, Chunked, Piece};
 use super::ClientIo;
 use crate::pool::Upstream;
-
-/// What is left of a body, by its framing.
-pub(crate) enum Left {
-    Bytes(u64),
-    Chunked(Chunked),
-    UntilClose,
-}
-
-impl Left {
-    /// `None`: the body is empty.
-    pub(crate) fn of(body: BodyLen) -> Option<Left> {
-        match body {
-            BodyLen::Empty | BodyLen::Length(0) => None,
-            BodyLen::Length(n) => Some(Left::Bytes(n)),
-            BodyLen::Chunked => Some(Left::Chunked(Chunked::default())),
-            BodyLen::UntilClose => Some(Left::UntilClose),
-        }
-    }
-
-    /// Whether the sender closing ends this body cleanly.
-    pub(crate) fn ends_at_close(&self) -> bool {
-        matches!(self, Left::UntilClose)
-    }
-}
+use crate::proxy::codec::buf::{Buf, Out, SIZE};
+use crate::proxy::codec::framing::{ready, BodyLen, Left};
 
 /// Writes `out` (the client's head) and the body after it; `true` when the whole body went
 /// to the client.
@@ -92,75 +68,5 @@ pub async fn response<I: ClientIo>(
                 return false;
             }
         }
-    }
-}
-
-/// How much of `data` belongs to the body, and whether the body ends there. Copies it into
-/// `out` when `copy` (only the chunk data, when `decode`).
-pub(crate) fn ready(
-    left: &mut Left,
-    data: &[u8],
-    decode: bool,
-    out: &mut Vec<u8>,
-    copy: bool,
-) -> Result<(usize, bool), Bad> {
-    let (n, done) = match left {
-        Left::Bytes(l) => {
-            let n = (*l).min(data.len() as u64);
-            *l -= n;
-            (n as usize, *l == 0)
-        }
-        Left::UntilClose => (data.len(), false),
-        Left::Chunked(c) if decode => {
-            let mut at = 0;
-            loop {
-                match c.step(&data[at..])? {
-                    Piece::Data(k) => {
-                        out.extend_from_slice(&data[at..at + k]);
-                        at += k;
-                    }
-                    Piece::Framing(k) => at += k,
-                    Piece::End(k) => return Ok((at + k, true)),
-                    Piece::Incomplete => return Ok((at, false)),
-                }
-            }
-        }
-        Left::Chunked(c) => {
-            let n = c.scan(data)?;
-            (n, c.is_done())
-        }
-    };
-    if copy {
-        out.extend_from_slice(&data[..n]);
-    }
-    Ok((n, done))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunked_bodies_pass_whole_or_lose_their_coding_for_http10() {
-        let data = b"3\r\nabc\r\n0\r\n\r\nextra";
-        let mut out = Vec::new();
-        let mut left = Left::Chunked(Chunked::default());
-        assert_eq!(
-            ready(&mut left, data, false, &mut out, true),
-            Ok((data.len() - 5, true))
-        );
-        assert_eq!(out, &data[..data.len() - 5]);
-        let mut out = Vec::new();
-        let mut left = Left::Chunked(Chunked::default());
-        assert_eq!(
-            ready(&mut left, data, true, &mut out, true),
-            Ok((data.len() - 5, true))
-        );
-        assert_eq!(out, b"abc");
-        let mut left = Left::Bytes(4);
-        assert_eq!(
-            ready(&mut left, b"abcdef", false, &mut out, false),
-            Ok((4, true))
-        );
     }
 }

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::buf::Buf;
+use crate::proxy::codec::buf::Buf;
 
 pub struct Rewind<I> {
     pre: Option<Buf>,

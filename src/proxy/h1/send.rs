@@ -6,26 +6,20 @@
 use crate::config::Timeouts;
 use crate::metrics::ClientError;
 use crate::pool::UpStream;
-use crate::proxy::http::ConnCtx;
+use crate::proxy::ctx::ConnCtx;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
-use super::buf::{Buf, Out, SIZE};
-use super::exchange::{Plan, MAX_HEAD};
-use super::framing::{BodyLen, Chunked};
-use super::head::{self, ClientSide};
-use super::local::{respond_local, Local};
+use super::local::respond_local;
+use super::plan::Plan;
 use super::ClientIo;
-
-/// Why an exchange ended before a final response head.
-pub enum Failure {
-    /// The client went away, or its body's framing broke (`bad`) mid-way.
-    Client { bad: bool },
-    /// The backend failed; `answered`: after sending some of a response.
-    Upstream { answered: bool },
-}
+use crate::proxy::codec::buf::{Buf, Out, SIZE};
+use crate::proxy::codec::framing::{BodyLen, Chunked};
+use crate::proxy::codec::head::MAX_HEAD;
+use crate::proxy::codec::head::{self, ClientSide};
+use crate::proxy::walk::{Failure, Local};
 
 /// A final response head, already rewritten for the client.
 pub struct Head {

@@ -15,10 +15,10 @@ use crate::pool::UpStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 
-use super::buf::{Buf, Out};
 use super::ClientIo;
 use crate::gated::Gated;
 use crate::pool::{Node, SessionGuard, SessionKind};
+use crate::proxy::codec::buf::{Buf, Out};
 use crate::proxy::ws::{self, FrameTracker};
 use crate::proxy::DataPlane;
 

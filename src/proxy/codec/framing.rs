@@ -292,6 +292,71 @@ impl Chunked {
     }
 }
 
+/// What is left of a body, by its framing.
+pub enum Left {
+    Bytes(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+impl Left {
+    /// `None`: the body is empty.
+    pub fn of(body: BodyLen) -> Option<Left> {
+        match body {
+            BodyLen::Empty | BodyLen::Length(0) => None,
+            BodyLen::Length(n) => Some(Left::Bytes(n)),
+            BodyLen::Chunked => Some(Left::Chunked(Chunked::default())),
+            BodyLen::UntilClose => Some(Left::UntilClose),
+        }
+    }
+
+    /// Whether the sender closing ends this body cleanly.
+    pub fn ends_at_close(&self) -> bool {
+        matches!(self, Left::UntilClose)
+    }
+}
+
+/// How much of `data` belongs to the body, and whether the body ends there. Copies it into
+/// `out` when `copy` (only the chunk data, when `decode`).
+pub fn ready(
+    left: &mut Left,
+    data: &[u8],
+    decode: bool,
+    out: &mut Vec<u8>,
+    copy: bool,
+) -> Result<(usize, bool), Bad> {
+    let (n, done) = match left {
+        Left::Bytes(l) => {
+            let n = (*l).min(data.len() as u64);
+            *l -= n;
+            (n as usize, *l == 0)
+        }
+        Left::UntilClose => (data.len(), false),
+        Left::Chunked(c) if decode => {
+            let mut at = 0;
+            loop {
+                match c.step(&data[at..])? {
+                    Piece::Data(k) => {
+                        out.extend_from_slice(&data[at..at + k]);
+                        at += k;
+                    }
+                    Piece::Framing(k) => at += k,
+                    Piece::End(k) => return Ok((at + k, true)),
+                    Piece::Incomplete => return Ok((at, false)),
+                }
+            }
+        }
+        Left::Chunked(c) => {
+            let n = c.scan(data)?;
+            (n, c.is_done())
+        }
+    };
+    if copy {
+        out.extend_from_slice(&data[..n]);
+    }
+    Ok((n, done))
+}
+
 #[cfg(test)]
 #[path = "framing_tests.rs"]
 mod tests;

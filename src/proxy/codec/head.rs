@@ -14,6 +14,10 @@ use httparse::Header;
 
 use super::framing::{self, Bad, BodyLen};
 
+/// Largest head accepted (a request's; a response's too); a larger one is answered 431. NGINX allows 4 × 8 KiB by
+/// default, HAProxy 16 KiB; 64 KiB leaves room for big cookies.
+pub const MAX_HEAD: usize = 64 * 1024;
+
 /// Field lines accepted in one head; more is answered 431 (NGINX and HAProxy allow about
 /// as many).
 pub const MAX_FIELDS: usize = 128;

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::upstream::UpstreamBody;
+use super::h1_upstream::UpstreamBody;
 use crate::proxy::h2up::H2Body;
+use crate::proxy::walk::Local;
 
 pub enum ProxyBody {
     Upstream(UpstreamBody),
@@ -54,6 +55,12 @@ impl Body for ProxyBody {
 }
 
 /// A response handoff makes itself: a status and a one-line plain-text reason.
+/// A response handoff makes itself, from the node walk's answer.
+pub fn local_answer(l: Local) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(l.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    local(status, l.reason)
+}
+
 pub fn local(status: StatusCode, reason: &str) -> Response<ProxyBody> {
     let text = format!(
         "{} {}: {reason}\n",

@@ -15,22 +15,21 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::time::{timeout, Instant};
 
-use super::body::{local, ProxyBody};
-use super::headers::{request_host, write_request_head};
-use super::upstream::{self, UpstreamBody};
-use super::ConnCtx;
+use super::body::{local, local_answer, ProxyBody};
+use super::h1_upstream::{self, UpstreamBody};
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::metrics::ClientError;
 use crate::pool::h2conn::UpBody;
 use crate::pool::{Pool, SessionGuard, SessionKind, Upstream};
 use crate::proxy::activity::InflightGuard;
+use crate::proxy::codec::buf::{Buf, Out};
+use crate::proxy::codec::framing::BodyLen;
+use crate::proxy::codec::translate::{request_host, write_request_head};
 use crate::proxy::connect::connect_upstream;
-use crate::proxy::h1::buf::{Buf, Out};
-use crate::proxy::h1::framing::BodyLen;
-use crate::proxy::h1::second_opinion;
-use crate::proxy::h1::send::Failure;
+use crate::proxy::ctx::ConnCtx;
 use crate::proxy::h2up::{self, H2Body};
 use crate::proxy::sticky::Client;
+use crate::proxy::walk::{self, Failure, Outcome, Step, Walk};
 
 /// Bodies of idempotent requests up to this size are read whole so the request can be sent
 /// again after a failure; larger ones stream and are not retried once sent.
@@ -211,12 +210,9 @@ async fn send_all(
             .request_duration
             .observe(at.duration_since(started).as_secs_f64())
     };
-    // When the current node was asked: its latency runs from here to its answer.
-    let mut asked = started;
     let client = client_of(ctx, pool, parts);
     let is_head = parts.method == Method::HEAD;
-    let mut replays = usize::from(replayable && pool.nodes.len() > 1);
-    let (mut unreachable, mut lost) = (false, false);
+    let mut walk = Walk::new(replayable, pool.nodes.len(), started);
     let preview = pool.preview_node(
         parts
             .headers
@@ -227,15 +223,13 @@ async fn send_all(
     'nodes: while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
-        let mut stale = 0;
         loop {
             let (mut up, reused) = match node.idle.take() {
                 Some(up) => (up, true),
                 None => match connect_upstream(pool, i, timeouts.connect).await {
                     Ok(s) => (Upstream::new(s, &node.state.lifecycle), false),
                     Err(_) => {
-                        unreachable = true;
-                        asked = Instant::now();
+                        walk.decide(Outcome::NotSent, Instant::now());
                         continue 'nodes;
                     }
                 },
@@ -245,31 +239,25 @@ async fn send_all(
                 let Upstream { stream: s, close } = &mut up;
                 tokio::select! {
                     r = async {
-                        upstream::send(s, &out.0, stream.as_mut(), framing).await?;
-                        upstream::read_head(s, &mut ub, is_head).await
+                        h1_upstream::send(s, &out.0, stream.as_mut(), framing).await?;
+                        h1_upstream::read_head(s, &mut ub, is_head).await
                     } => r,
                     _ = close => Err(Failure::Upstream { answered: false }),
                 }
             };
-            match timeout(timeouts.response, exchange).await {
-                Err(_) => {
-                    pool.no_answer(i, Some(504));
-                    observe(Instant::now());
-                    tracing::info!(node = %node.key(), "backend did not answer within the response timeout");
-                    return local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the backend did not answer in time",
-                    );
-                }
+            let sent = timeout(timeouts.response, exchange).await;
+            let now = Instant::now();
+            let outcome = match sent {
+                Err(_) => Outcome::TimedOut,
                 Ok(Ok(head)) => {
-                    let now = Instant::now();
                     let status = head.response.status().as_u16();
-                    pool.answered(i, status, now.duration_since(asked));
-                    if status >= 500 && replays > 0 && second_opinion(pool, i) {
+                    pool.answered(i, status, now.duration_since(walk.asked()));
+                    let answered = Outcome::Answered {
+                        status,
+                        second_opinion: walk::second_opinion(pool, i),
+                    };
+                    if walk.decide(answered, now).step != Step::Relay {
                         tracing::info!(node = %node.key(), status, "node under analysis answered 5xx; sending the request to a sibling");
-                        replays -= 1;
-                        lost = true;
-                        asked = now;
                         continue 'nodes;
                     }
                     observe(now);
@@ -290,48 +278,30 @@ async fn send_all(
                         "the request body could not be read",
                     );
                 }
-                Ok(Err(Failure::Upstream { answered })) => {
-                    if replayable && reused && !answered && stale < 2 {
-                        stale += 1;
-                        continue;
-                    }
+                Ok(Err(Failure::Upstream { answered })) => Outcome::Failed { reused, answered },
+            };
+            let decision = walk.decide(outcome, now);
+            if let Some(status) = decision.charge {
+                pool.no_answer(i, status);
+            }
+            match decision.step {
+                Step::Again => {}
+                Step::Next | Step::Relay => {
                     tracing::info!(node = %node.key(), "backend failed before answering");
-                    if replays > 0 {
-                        pool.no_answer(i, None);
-                        replays -= 1;
-                        lost = true;
-                        asked = Instant::now();
-                        continue 'nodes;
-                    }
-                    pool.no_answer(i, Some(502));
-                    observe(Instant::now());
-                    return local(
-                        StatusCode::BAD_GATEWAY,
-                        "the backend closed the connection before answering",
-                    );
+                    continue 'nodes;
+                }
+                Step::Answer { local: l, .. } => {
+                    walk::log_failure(node, outcome);
+                    observe(now);
+                    return local_answer(l);
                 }
             }
         }
     }
-    let (status, reason) = if lost {
-        (
-            StatusCode::BAD_GATEWAY,
-            "the backend closed the connection before answering",
-        )
-    } else if unreachable {
-        (
-            StatusCode::BAD_GATEWAY,
-            "no node of the pool could be reached",
-        )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy node in the pool",
-        )
-    };
-    pool.metrics.local_response(status.as_u16());
+    let l = walk.exhausted(false);
+    pool.metrics.local_response(l.status);
     observe(Instant::now());
-    local(status, reason)
+    local_answer(l)
 }
 
 /// An HTTP/2 request to an h2c or h2 pool: one stream on the node's connection, the body
@@ -350,7 +320,7 @@ async fn to_h2(
     let body = UpBody::new(body.map_err(|e| -> h2up::BoxError { Box::new(e) }));
     let req = h2up::upstream_request(ctx, pool, parts, body);
     match h2up::send(pool, req, &client, timeouts, started).await {
-        Err(f) => local(f.status, f.reason),
+        Err(f) => local_answer(f),
         Ok(a) => {
             let node = &pool.nodes[a.index];
             ctx.served(&node.state);

@@ -205,11 +205,35 @@ fn invalid_chunk_sizes_are_refused() {
     assert_eq!(Chunked::default().scan(&long), Err(Bad::BadChunk));
 }
 
+#[test]
+fn chunked_bodies_pass_whole_or_lose_their_coding_for_http10() {
+    let data = b"3\r\nabc\r\n0\r\n\r\nextra";
+    let mut out = Vec::new();
+    let mut left = Left::Chunked(Chunked::default());
+    assert_eq!(
+        ready(&mut left, data, false, &mut out, true),
+        Ok((data.len() - 5, true))
+    );
+    assert_eq!(out, &data[..data.len() - 5]);
+    let mut out = Vec::new();
+    let mut left = Left::Chunked(Chunked::default());
+    assert_eq!(
+        ready(&mut left, data, true, &mut out, true),
+        Ok((data.len() - 5, true))
+    );
+    assert_eq!(out, b"abc");
+    let mut left = Left::Bytes(4);
+    assert_eq!(
+        ready(&mut left, b"abcdef", false, &mut out, false),
+        Ok((4, true))
+    );
+}
+
 mod generated {
     //! Generated heads: whatever handoff accepts, the head it writes for the backend frames
     //! the body exactly as handoff did; nothing panics on any input.
     use super::super::{request_body, BodyLen, Chunked};
-    use crate::proxy::h1::head;
+    use crate::proxy::codec::head;
     use proptest::prelude::*;
     use proptest::sample::select;
 

@@ -17,17 +17,14 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::AsyncWriteExt;
 
-use super::headers::response_headers;
 use crate::pool::{Node, SessionGuard, Upstream};
 use crate::proxy::activity::InflightGuard;
-use crate::proxy::h1::buf::{Buf, SIZE};
-use crate::proxy::h1::framing::BodyLen;
-use crate::proxy::h1::head;
-use crate::proxy::h1::relay::{ready, Left};
-use crate::proxy::h1::send::Failure;
-
-/// Largest response head accepted from a backend.
-const MAX_HEAD: usize = 64 * 1024;
+use crate::proxy::codec::buf::{Buf, SIZE};
+use crate::proxy::codec::framing::BodyLen;
+use crate::proxy::codec::framing::{ready, Left};
+use crate::proxy::codec::head::{self, MAX_HEAD};
+use crate::proxy::codec::translate::response_headers;
+use crate::proxy::walk::Failure;
 
 /// Sends the head (and a held body, already in `out`), then streams `body` if given.
 pub async fn send(

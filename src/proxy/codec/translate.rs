@@ -1,15 +1,17 @@
-//! Heads between an HTTP/2 client and an HTTP/1.1 backend: the request's parts written as an
+//! Heads from one HTTP version to the other. An HTTP/2 client's request parts written as an
 //! HTTP/1.1 head (hop-by-hop fields dropped, `Host` from `:authority`, `X-Forwarded-For`
-//! and `X-Forwarded-Proto` added, framing written from the body handoff sends), and a
-//! backend's response fields turned into a header map for the HTTP/2 answer.
+//! and `X-Forwarded-Proto` added, framing written from the body handoff sends), a backend's
+//! response fields turned into a header map for the HTTP/2 answer, and an HTTP/1.x request
+//! head turned into HTTP/2 parts for an HTTP/2 backend.
 
 use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use http::request::Parts;
+use http::Request;
 
-use crate::proxy::h1::framing::BodyLen;
-use crate::proxy::h1::head::{dropped, field, framing_field, names_fields};
+use super::framing::BodyLen;
+use super::head::{self, dropped, field, framing_field, names_fields};
 
 /// A client's address as text, for `X-Forwarded-For`: formatted once per connection and
 /// held inline, so a connection costs no allocation for it.
@@ -136,6 +138,28 @@ pub fn response_headers(fields: &[httparse::Header<'_>], body: BodyLen) -> Heade
         map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     map
+}
+
+/// An HTTP/1.x request head as the parts of an HTTP/2 request (for an HTTP/2 backend):
+/// hop-by-hop fields dropped.
+pub fn h2_parts(req: &head::Request<'_, '_>) -> Result<Parts, &'static str> {
+    let mut builder = Request::builder()
+        .method(req.method)
+        .uri(req.target)
+        .version(http::Version::HTTP_2);
+    // `x-forwarded-*` stay for the HTTP/2 upstream (`proxy::h2up`), which appends to them; `te:
+    // trailers` is the one `te` HTTP/2 allows.
+    for h in req.headers {
+        let te_trailers =
+            h.name.eq_ignore_ascii_case("te") && h.value.eq_ignore_ascii_case(b"trailers");
+        if te_trailers || !head::dropped(h.name, req.headers, false, true) {
+            builder = builder.header(h.name, h.value);
+        }
+    }
+    builder
+        .body(())
+        .map(|r| r.into_parts().0)
+        .map_err(|_| "the request cannot be sent over HTTP/2")
 }
 
 #[cfg(test)]

@@ -1,0 +1,102 @@
+//! The HTTP/2 front end (clients with prior knowledge, or `h2` by ALPN): one hyper HTTP/2
+//! server connection per client, a request handler in [`forward`] that sends each request
+//! to a node over HTTP/1.1 ([`h1_upstream`]) or HTTP/2 ([`crate::proxy::h2up`]), and the
+//! response body in [`body`]. HTTP/1.x clients take handoff's own path,
+//! [`crate::proxy::h1`].
+//!
+//! Per connection, one watchdog timer enforces the idle timeout (see
+//! [`crate::proxy::activity`]); on drain the connection gets GOAWAY (in-flight streams
+//! finish), and on force it is cut.
+
+pub mod body;
+mod forward;
+pub mod h1_upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep_until, Instant};
+
+use super::activity::Verdict;
+use super::ctx::ConnCtx;
+use crate::gated::Gated;
+
+/// After asking an idle connection to close, when to look at it again.
+const RECHECK_AFTER_CLOSE: Duration = Duration::from_secs(1);
+
+/// Serves one HTTP/2 client connection (`io` has the connection preface still to read).
+pub async fn serve_h2<I>(ctx: Arc<ConnCtx>, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::clone(&ctx.activity);
+    let timeouts = ctx.timeouts;
+    let (idle, header_read) = (timeouts.idle(), timeouts.header_read());
+    activity.set_h2();
+    let plane = Arc::clone(&ctx.plane);
+    let peer = ctx.peer;
+    let watch = Arc::clone(&ctx);
+    let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`
+    // is the parent of `drain`, so `drain` always fires first.
+    let mut drain = Gated::new(Box::pin(plane.shutdown.drain.clone().cancelled_owned()));
+    let mut retire = Gated::new(Box::pin(plane.shutdown.retire.clone().cancelled_owned()));
+    let mut retired = false;
+    let mut force = None;
+    let mut closing = false;
+    loop {
+        // Checked at every watchdog tick.
+        if !closing && watch.served_by_closed() {
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+        }
+        if activity.write_blocked_for() >= timeouts.send() {
+            tracing::debug!(%peer, "the client accepted no bytes within the send timeout: closing");
+            watch.listener.metrics.send_timeouts.inc();
+            break;
+        }
+        let next = match activity.verdict(idle, Some(header_read)) {
+            Verdict::CheckAt(at) => at.min(Instant::now() + timeouts.send() / 4),
+            Verdict::SlowHead => break,
+            Verdict::Idle => {
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Instant::now() + RECHECK_AFTER_CLOSE
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                break;
+            }
+            _ = sleep_until(next) => {}
+            // Replaced by a new process, or draining: GOAWAY now (in-flight streams finish).
+            _ = &mut retire, if !retired => {
+                retired = true;
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                force = Some(Gated::new(Box::pin(plane.shutdown.force.clone().cancelled_owned())));
+            }
+            _ = &mut drain, if force.is_none() => {
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                force = Some(Gated::new(Box::pin(plane.shutdown.force.clone().cancelled_owned())));
+            }
+            _ = async { force.as_mut().expect("set when drain fired").await }, if force.is_some() => break,
+        }
+    }
+}
