@@ -26,6 +26,9 @@
 //! `unsafe` is in two places only: `upgrade::fds` (SCM_RIGHTS) and `memory::trim`
 //! (`malloc_trim`).
 #![deny(unsafe_code)]
+// The crate is read as an application, its private modules included: a module's docs name
+// the private parts that do its work, and those links are kept on purpose.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
 pub mod app;

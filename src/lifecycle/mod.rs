@@ -2,7 +2,7 @@
 //! pair guard, waiting for a state, and TCP rebalancing after a node returns.
 //!
 //! Every admin change of a node — operator, rollout or background step — is one pure
-//! transition of its [`Record`](crate::pool::Record), applied under the pool's serialisation
+//! transition of its [`Record`], applied under the pool's serialisation
 //! lock together with the pair guard, so two concurrent drains of a pair cannot both pass.
 //! The data path sees the change on its very next pick (an atomic). The slow part runs on a
 //! background task that carries the record's epoch: [`drain::run`] waits for the last

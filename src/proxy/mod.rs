@@ -5,6 +5,11 @@
 //! it loads the routing snapshot, enforces the listener's connection limit and hands the
 //! socket to [`tcp::serve`] or [`h1::serve`] (which hands HTTP/2 to [`h2::serve_h2`]) on a
 //! tracked task.
+//!
+//! The HTTP path is in layers, each using only those before it: [`codec`] (heads, framing,
+//! buffers), [`ctx`] (a client connection's shared context), the upstream connections
+//! (`connect`, [`h2up`], the pools' idle HTTP/1.1 connections), [`walk`] (the node walk),
+//! and the front ends ([`h1`], [`h2`], [`tcp`]).
 
 pub mod activity;
 pub mod codec;
