@@ -1,5 +1,5 @@
 //! Process lifecycle: a token tree (force → drain → accept), one task tracker for every
-//! connection task, and a watch of the phase that tests and the CLI can wait on.
+//! connection task, and a watch of the stage that tests and the CLI can wait on.
 //!
 //! Cancelling `accept` stops the accept loops; cancelling `drain` also asks HTTP connections
 //! to finish gracefully (hyper's `graceful_shutdown`); cancelling `force` cuts tunnels and TCP
@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub enum Stage {
     Running,
     /// No new connections; in-flight work is finishing.
     Draining,
@@ -42,7 +42,7 @@ pub struct Shutdown {
     /// `drain` (or `force`) fired, as a plain flag for the per-request path.
     draining: Arc<AtomicBool>,
     pub tracker: TaskTracker,
-    phase: watch::Sender<Phase>,
+    stage: watch::Sender<Stage>,
 }
 
 impl Default for Shutdown {
@@ -64,7 +64,7 @@ impl Shutdown {
             drain,
             accept,
             tracker: TaskTracker::new(),
-            phase: watch::Sender::new(Phase::Running),
+            stage: watch::Sender::new(Stage::Running),
         }
     }
 
@@ -80,8 +80,8 @@ impl Shutdown {
         self.draining.load(Relaxed)
     }
 
-    pub fn phase(&self) -> watch::Receiver<Phase> {
-        self.phase.subscribe()
+    pub fn stage(&self) -> watch::Receiver<Stage> {
+        self.stage.subscribe()
     }
 
     /// Stops accepting, lets in-flight work finish within `grace`, then cuts what remains.
@@ -105,7 +105,7 @@ impl Shutdown {
     }
 
     async fn wind_down(&self, grace: Duration) -> usize {
-        self.phase.send_replace(Phase::Draining);
+        self.stage.send_replace(Stage::Draining);
         self.tracker.close();
         let mut cut = 0;
         if tokio::time::timeout(grace, self.tracker.wait())
@@ -131,7 +131,7 @@ impl Shutdown {
         }
         self.draining.store(true, Relaxed);
         self.force.cancel();
-        self.phase.send_replace(Phase::Stopped);
+        self.stage.send_replace(Stage::Stopped);
         cut
     }
 }
@@ -147,9 +147,9 @@ mod tests {
         s.tracker.spawn(async move { force.cancelled().await });
         let quick = s.drain.clone();
         s.tracker.spawn(async move { quick.cancelled().await });
-        let mut phase = s.phase();
+        let mut stage = s.stage();
         assert_eq!(s.run(Duration::from_secs(1)).await, 1);
-        assert_eq!(*phase.borrow_and_update(), Phase::Stopped);
+        assert_eq!(*stage.borrow_and_update(), Stage::Stopped);
         assert!(s.accept.is_cancelled());
     }
 }

@@ -1,7 +1,12 @@
-//! What a takeover carries from the old process to the new one, besides the sockets: every
-//! node's admin state (drain deadlines included), health and reported version, the
-//! rollouts, the runtime member changes, the affinity key and the generation; and how the
-//! new process applies it. Counters and histograms start from zero in the new process.
+//! The runtime state a process starts from, and how it is applied: one [`CarryOver`], read
+//! from the state file at a restart or handed over by the old process at a takeover, applied
+//! in one place ([`apply`]) before anything serves.
+//!
+//! A takeover carries every node's admin state (drain deadlines included), health and
+//! reported version, the rollouts, the runtime member changes, the affinity key and the
+//! generation ([`Handover`]); a restart, what the state file keeps (admin states, rollouts,
+//! member changes, the affinity key): the sessions and the health died with the old
+//! process. Counters and histograms start from zero in the new process.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::App;
 use crate::lifecycle::{self, Carried};
+use crate::members::Membership;
+use crate::persist::StateFile;
 use crate::pool::{Admin, AdminState, Health};
 use crate::rollout::{self, Rollout};
 use crate::snapshot::Snapshot;
@@ -102,23 +109,94 @@ pub fn collect(
     }
 }
 
-/// Applies a handed-over state before anything serves.
-pub fn apply(app: &Arc<App>, state: Handover) {
-    for (key, n) in state.nodes {
+/// What a new process starts from, wherever it came from.
+#[derive(Debug)]
+pub struct CarryOver {
+    /// Why the rollouts go on ("resumed after a restart of handoff", ...).
+    why: &'static str,
+    /// The previous process's generation (0: none known).
+    pub generation: u64,
+    /// 32 hex digits, when one was kept.
+    pub affinity_key: Option<String>,
+    nodes: BTreeMap<String, CarriedNode>,
+    rollouts: Vec<Rollout>,
+    /// Nodes added, changed or removed at runtime, relative to the config file.
+    pub membership: Membership,
+}
+
+#[derive(Debug)]
+struct CarriedNode {
+    admin: Carried,
+    /// Health, reported version and its streak: only a takeover knows them.
+    health: Option<(Health, Option<String>, u32)>,
+}
+
+impl From<StateFile> for CarryOver {
+    fn from(f: StateFile) -> Self {
+        let nodes = f.nodes.into_iter().map(|(key, record)| {
+            let admin = Carried {
+                kind: record.state,
+                since_ms: record.since_ms,
+                pending: record.enable_pending,
+                // The sessions died with that process: a draining node is drained now.
+                deadline_ms: None,
+            };
+            (
+                key,
+                CarriedNode {
+                    admin,
+                    health: None,
+                },
+            )
+        });
+        CarryOver {
+            why: "resumed after a restart of handoff",
+            generation: 0,
+            affinity_key: f.affinity_key,
+            nodes: nodes.collect(),
+            rollouts: f.rollouts,
+            membership: f.membership,
+        }
+    }
+}
+
+impl From<Handover> for CarryOver {
+    fn from(h: Handover) -> Self {
+        let nodes = h.nodes.into_iter().map(|(key, n)| {
+            let admin = Carried {
+                kind: n.state,
+                since_ms: n.since_ms,
+                pending: n.enable_pending,
+                // The old process's sessions carry on, so the drain does too.
+                deadline_ms: n.deadline_ms,
+            };
+            let health = Some((n.health, n.version, n.version_passes));
+            (key, CarriedNode { admin, health })
+        });
+        CarryOver {
+            why: "continued after a takeover of handoff",
+            generation: h.generation,
+            affinity_key: Some(h.affinity_key),
+            nodes: nodes.collect(),
+            rollouts: h.rollouts,
+            membership: h.membership,
+        }
+    }
+}
+
+/// Applies what was carried over before anything serves: each node's health and admin
+/// state (a node the config no longer has is skipped), then the rollouts, which resume at
+/// their current step.
+pub fn apply(app: &Arc<App>, carried: CarryOver) {
+    for (key, n) in carried.nodes {
         let Some(t) = app.control.node_by_key(&key) else {
+            tracing::info!(node = %key, "the carried-over state names a node the config no longer has");
             continue;
         };
-        t.node
-            .state
-            .inherit_health(n.health, n.version, n.version_passes);
-        let carried = Carried {
-            kind: n.state,
-            since_ms: n.since_ms,
-            pending: n.enable_pending,
-            deadline_ms: n.deadline_ms,
-        };
-        lifecycle::restore(&app.control, &t, carried);
+        if let Some((health, version, passes)) = n.health {
+            t.node.state.inherit_health(health, version, passes);
+        }
+        lifecycle::restore(&app.control, &t, n.admin);
     }
-    let why = "continued after a takeover of handoff";
-    rollout::adopt(&app.control, &app.rollouts, state.rollouts, why);
+    rollout::adopt(&app.control, &app.rollouts, carried.rollouts, carried.why);
 }

@@ -2,10 +2,12 @@
 //! plane state (listener table, health checkers) that only reloads touch.
 //!
 //! [`App::start`] takes sockets bound by the caller ([`bind`] for `handoff run` and tests,
-//! inherited ones for a future self-upgrade), so every way of starting shares one path.
-//! [`App::apply`] is the reload: bind-or-adopt listeners by name, swap in a new snapshot that
-//! carries node state over by `pool/node`, restart health checks. A config or bind error
-//! changes nothing.
+//! handed over ones at a takeover) and the state carried over ([`carry`]: the state file,
+//! or the old process's), so every way of starting shares one path. [`App::apply`] is the
+//! reload: a [`plan`] of the listeners (keep, bind, stop) computed from the old and new
+//! config, the same one start and takeover follow, then applied; a new snapshot carries node
+//! state over by `pool/node`, and the health checks restart. A config or bind error changes
+//! nothing.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Config, ConfigError, ListenerConfig};
 
 pub mod carry;
+pub mod plan;
 mod state;
 use crate::control::{Control, StateStore};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::persist::{self, PersistError};
-use crate::pool::affinity::Keys;
 use crate::proxy::{self, DataPlane, ListenerStats};
 use crate::rollout;
 use crate::shutdown::Shutdown;
@@ -69,12 +71,11 @@ pub enum ReloadError {
     Members(#[from] crate::members::MemberError),
 }
 
-/// Binds every listener of `config` and the admin API.
+/// Binds every listener of `config` and the admin API (a start: no socket there yet).
 pub async fn bind(config: &Config) -> Result<Bound, StartError> {
-    let mut listeners = HashMap::new();
-    for l in &config.listeners {
-        listeners.insert(l.name.clone(), bind_one(&l.name, l.listen).await?);
-    }
+    let listeners = plan::Plan::new(&Default::default(), None, config)
+        .bind()
+        .await?;
     let admin = bind_one("admin", config.admin.listen).await?;
     Ok(Bound { listeners, admin })
 }
@@ -105,8 +106,6 @@ pub struct App {
     config_path: Option<PathBuf>,
     /// Bearer token for `/v1/*`, read from the variable named by `admin.token_env`.
     admin_token: ArcSwapOption<String>,
-    /// The state file, when configured (fixed at start).
-    state_path: Option<PathBuf>,
     listeners: Mutex<ListenerTable>,
     /// This process, as `/v1/status` shows it.
     pub process: ProcessInfo,
@@ -173,29 +172,27 @@ impl App {
     ) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let state_path = config.state_file.clone();
-        let restored = match (&state_path, &inherited) {
-            (Some(path), None) => persist::load(path)?,
-            _ => None,
+        // What the previous process left: handed over at a takeover, else the state file.
+        let carried: Option<carry::CarryOver> = match (inherited, &state_path) {
+            (Some(h), _) => Some(h.into()),
+            (None, Some(path)) => persist::load(path)?.map(Into::into),
+            (None, None) => None,
         };
-        let inherited_key = inherited
-            .as_ref()
-            .and_then(|h| Keys::parse_hex(&h.affinity_key));
-        let keys = match inherited_key {
-            Some(key) if config.affinity_key_env.is_none() => Arc::new(Keys::stored(key)),
-            _ => state::affinity_keys(&config, restored.as_ref())?,
-        };
+        let keys = state::affinity_keys(
+            &config,
+            carried.as_ref().and_then(|c| c.affinity_key.as_deref()),
+        )?;
         let keys = match &config.cluster {
             Some(cluster) => crate::cluster::shared_keys(cluster, keys).await,
             None => keys,
         };
-        let generation = inherited.as_ref().map_or(1, |h| h.generation + 1);
+        let generation = carried.as_ref().map_or(0, |c| c.generation) + 1;
         // Nodes added, changed or removed at runtime, as the previous process left them.
-        let carried = match (&inherited, &restored) {
-            (Some(h), _) => h.membership.clone(),
-            (None, Some(r)) => r.membership.clone(),
-            (None, None) => Default::default(),
-        };
-        let (membership, dropped) = carried.fit(&config);
+        let members = carried
+            .as_ref()
+            .map(|c| c.membership.clone())
+            .unwrap_or_default();
+        let (membership, dropped) = members.fit(&config);
         for why in dropped {
             tracing::warn!("runtime member change dropped: {why}");
         }
@@ -236,7 +233,6 @@ impl App {
             rollouts,
             admin_token: ArcSwapOption::new(token_from_env(&config).map(Arc::new)),
             config_path,
-            state_path: state_path.clone(),
             listeners: Mutex::new(ListenerTable {
                 listeners: HashMap::new(),
             }),
@@ -264,11 +260,8 @@ impl App {
             Arc::clone(&app.metrics),
             app.shutdown.force.clone(),
         ));
-        if let Some(state) = restored {
-            app.restore(state);
-        }
-        if let Some(handover) = inherited {
-            carry::apply(&app, handover);
+        if let Some(carried) = carried {
+            carry::apply(&app, carried);
         }
         // Written once at start, so the affinity key is on disk before the first cookie.
         app.control.mark_dirty();
@@ -354,24 +347,15 @@ impl App {
         let mut control = self.listeners.lock().await;
         // Nodes added at runtime under a name the new file now uses: refused before anything.
         self.control.rebased(&config)?;
-        let mut fresh = HashMap::new();
-        for l in &config.listeners {
-            let adopt = control
-                .listeners
-                .get(&l.name)
-                .is_some_and(|e| e.configured == l.listen);
-            if !adopt {
-                fresh.insert(l.name.clone(), bind_one(&l.name, l.listen).await?);
-            }
-        }
-        if config.affinity_key_env != self.snapshot.load().config.affinity_key_env {
-            tracing::warn!("affinity_key_env changed: it takes effect at the next restart");
-        }
-        if config.state_file != self.state_path {
-            tracing::warn!("state_file changed: it takes effect at the next restart");
-        }
-        if config.admin.listen != self.snapshot.load().config.admin.listen {
-            tracing::warn!(admin = %config.admin.listen, "admin.listen changed: it takes effect at the next restart");
+        let have = control
+            .listeners
+            .iter()
+            .map(|(name, e)| (name.clone(), e.configured))
+            .collect();
+        let plan = plan::Plan::new(&have, Some(&self.snapshot.load().config), &config);
+        let mut fresh = plan.bind().await?;
+        for setting in &plan.later {
+            tracing::warn!(setting, "changed: it takes effect at the next restart");
         }
         // The runtime member changes the file left alone are kept; the health checkers
         // restart with the new snapshot (a result probed at a node's old address is ignored
@@ -380,26 +364,19 @@ impl App {
         self.discovery.sync(&self.control, &config);
         self.admin_token
             .store(token_from_env(&config).map(Arc::new));
-        let wanted: HashMap<&str, &ListenerConfig> = config
-            .listeners
-            .iter()
-            .map(|l| (l.name.as_str(), l))
-            .collect();
         let mut stopped_stats = HashMap::new();
-        for (name, entry) in std::mem::take(&mut control.listeners) {
-            if wanted.contains_key(name.as_str()) && !fresh.contains_key(&name) {
-                control.listeners.insert(name, entry);
-            } else {
+        for name in &plan.stop {
+            if let Some(entry) = control.listeners.remove(name) {
                 // Its connections go on; only accepting stops.
                 entry.stop.cancel();
                 tracing::info!(listener = %name, addr = %entry.local, "listener stopped");
-                stopped_stats.insert(name, entry.stats);
+                stopped_stats.insert(name.clone(), entry.stats);
             }
         }
-        for (name, socket) in fresh {
-            if let Some(cfg) = wanted.get(name.as_str()) {
-                let entry = self.start_listener(cfg, socket, stopped_stats.remove(&name));
-                control.listeners.insert(name, entry);
+        for l in &config.listeners {
+            if let Some(socket) = fresh.remove(&l.name) {
+                let entry = self.start_listener(l, socket, stopped_stats.remove(&l.name));
+                control.listeners.insert(l.name.clone(), entry);
             }
         }
         Ok(())
@@ -437,13 +414,23 @@ impl App {
         wanted: &[(String, SocketAddr)],
     ) -> Vec<(String, std::os::fd::OwnedFd)> {
         let table = self.listeners.lock().await;
-        wanted
+        let have = table
+            .listeners
             .iter()
-            .filter_map(|(name, addr)| {
-                let entry = table.listeners.get(name)?;
-                let same = entry.configured == *addr;
-                let fd = entry.socket.as_ref()?.try_clone().ok()?;
-                same.then(|| (name.clone(), fd))
+            .map(|(name, e)| (name.clone(), e.configured))
+            .collect();
+        plan::Plan::for_listeners(&have, wanted)
+            .keep
+            .into_iter()
+            .filter_map(|name| {
+                let fd = table
+                    .listeners
+                    .get(&name)?
+                    .socket
+                    .as_ref()?
+                    .try_clone()
+                    .ok()?;
+                Some((name, fd))
             })
             .collect()
     }

@@ -95,18 +95,24 @@ pub fn run(path: PathBuf, threads: Option<usize>, take_over: bool) -> anyhow::Re
     code
 }
 
-/// Binds the listeners a takeover did not hand over (new, or moved to another address).
+/// The listeners of a takeover: the sockets handed over (the ones the new config keeps),
+/// and the rest bound here, by the same plan a reload follows.
 async fn bind_missing(
     config: &Config,
     mut inherited: HashMap<String, TcpListener>,
 ) -> anyhow::Result<HashMap<String, TcpListener>> {
-    let mut listeners = HashMap::new();
-    for l in &config.listeners {
-        let socket = match inherited.remove(&l.name) {
-            Some(s) => s,
-            None => app::bind_one(&l.name, l.listen).await?,
-        };
-        listeners.insert(l.name.clone(), socket);
+    let have = config
+        .listeners
+        .iter()
+        .filter(|l| inherited.contains_key(&l.name))
+        .map(|l| (l.name.clone(), l.listen))
+        .collect();
+    let plan = app::plan::Plan::new(&have, None, config);
+    let mut listeners = plan.bind().await?;
+    for name in plan.keep {
+        if let Some(socket) = inherited.remove(&name) {
+            listeners.insert(name, socket);
+        }
     }
     Ok(listeners)
 }

@@ -17,18 +17,18 @@ use crossbeam_queue::ArrayQueue;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::upstream_io::UpStream;
+use super::upstream_io::UpstreamIo;
 use super::Lifecycle;
 use crate::gated::Gated;
 
 /// A connection to a node, and its drain-deadline watch.
 pub struct Upstream {
-    pub stream: UpStream,
+    pub stream: UpstreamIo,
     pub close: CloseWatch,
 }
 
 impl Upstream {
-    pub fn new(stream: UpStream, lifecycle: &Lifecycle) -> Self {
+    pub fn new(stream: UpstreamIo, lifecycle: &Lifecycle) -> Self {
         Upstream {
             stream,
             close: CloseWatch::new(lifecycle),
@@ -183,7 +183,7 @@ mod tests {
         }
         let life = Lifecycle::new();
         for s in [closed, talked_to, fine] {
-            idle.put(Upstream::new(UpStream::Plain(s), &life));
+            idle.put(Upstream::new(UpstreamIo::Plain(s), &life));
         }
         assert!(idle.take().is_some(), "the quiet connection");
         assert!(idle.take().is_none());

@@ -35,7 +35,7 @@ use crate::config::{Balance, HealthConfig, PoolConfig};
 use crate::metrics::{Metrics, NodeMetrics, PoolMetrics};
 pub use h2conn::H2Conn;
 pub use idle::{CloseWatch, IdleConns, Upstream};
-pub use upstream_io::UpStream;
+pub use upstream_io::UpstreamIo;
 
 /// A pool as one snapshot sees it. Rebuilt on reload; node states carry over.
 pub struct Pool {

@@ -41,11 +41,11 @@ pub async fn connect_upstream(
     pool: &Pool,
     index: usize,
     timeout: Duration,
-) -> io::Result<crate::pool::UpStream> {
+) -> io::Result<crate::pool::UpstreamIo> {
     let started = Instant::now();
     let tcp = connect_node(pool, index, timeout).await?;
     let (Some(connector), Some(tls)) = (&pool.tls, &pool.config.upstream.tls) else {
-        return Ok(crate::pool::UpStream::Plain(tcp));
+        return Ok(crate::pool::UpstreamIo::Plain(tcp));
     };
     let node = &pool.nodes[index];
     let left = timeout.saturating_sub(started.elapsed());
@@ -62,7 +62,7 @@ pub async fn connect_upstream(
         )),
     };
     match result {
-        Ok(s) => Ok(crate::pool::UpStream::Tls(Box::new(s))),
+        Ok(s) => Ok(crate::pool::UpstreamIo::Tls(Box::new(s))),
         Err(e) => {
             tracing::warn!(node = %node.key(), error = %e, "TLS to the backend failed");
             node.state.metrics.tls_failures.inc();

@@ -16,7 +16,7 @@ mod wait;
 
 pub use hook::use_hook_guard;
 pub use record::{
-    Event, Phase, Replacement, Rollback, RollbackState, Rollout, RolloutState, Strategy,
+    Phase, Replacement, Rollback, RollbackState, Rollout, RolloutState, Strategy, TimelineEntry,
 };
 
 use std::collections::BTreeMap;
@@ -109,7 +109,7 @@ impl Handle {
                 "message": message,
             }),
         );
-        r.timeline.push(Event {
+        r.timeline.push(TimelineEntry {
             at: rfc3339(unix_ms()),
             node: node.map(str::to_string),
             phase,
@@ -301,7 +301,7 @@ fn new_record(
         abort_requested: false,
         created_at: rfc3339(created),
         finished_at: None,
-        timeline: vec![Event {
+        timeline: vec![TimelineEntry {
             at: rfc3339(created),
             node: None,
             phase: None,

@@ -88,7 +88,7 @@ pub enum RolloutState {
 
 /// One entry of a rollout's timeline.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Event {
+pub struct TimelineEntry {
     /// RFC 3339.
     pub at: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -122,7 +122,7 @@ pub struct Rollout {
     pub abort_requested: bool,
     pub created_at: String,
     pub finished_at: Option<String>,
-    pub timeline: Vec<Event>,
+    pub timeline: Vec<TimelineEntry>,
     /// The pool's `rollout.analysis` when the rollout started: each upgraded node is judged
     /// on its live traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -312,11 +312,11 @@ async fn report(app: Arc<App>, stream: UnixStream) {
     let grace = app.snapshot.load().config.shutdown_grace;
     let deadline = crate::time::rfc3339(crate::time::add_ms(crate::time::unix_ms(), grace));
     let stream = Arc::new(stream);
-    let phase = app.shutdown.phase();
+    let stage = app.shutdown.stage();
     loop {
         // Every connection of this generation is done: it no longer holds anything, even
         // if the process lives on (the demo keeps its backends). Closing says so.
-        if *phase.borrow() == crate::shutdown::Phase::Stopped {
+        if *stage.borrow() == crate::shutdown::Stage::Stopped {
             return;
         }
         let view = previous_view(&app, &deadline);

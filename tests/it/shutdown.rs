@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use crate::common::backends::{read_to_eof, tcp_echo_server, HttpBackend};
 use crate::common::*;
 use handoff::pool::Health;
-use handoff::shutdown::Phase;
+use handoff::shutdown::Stage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
@@ -27,9 +27,9 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     .await;
 
     let shutdown = proxy.app.shutdown.clone();
-    let mut phase = shutdown.phase();
+    let mut stage = shutdown.stage();
     let run = tokio::spawn(async move { shutdown.run(Duration::from_secs(10)).await });
-    phase.wait_for(|p| *p == Phase::Draining).await.unwrap();
+    stage.wait_for(|p| *p == Stage::Draining).await.unwrap();
     // Accepting stopped: a new connection is refused or closed without an answer.
     if let Ok(mut s) = TcpStream::connect(proxy.addr("web")).await {
         let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -38,7 +38,7 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     }
     assert_eq!(slow.await.unwrap(), (200, "a 1.0.0".to_string()));
     assert_eq!(run.await.unwrap(), 0, "nothing should have been cut");
-    assert_eq!(*phase.borrow(), Phase::Stopped);
+    assert_eq!(*stage.borrow(), Stage::Stopped);
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::local::respond_local;
 use super::plan::{plan, Plan};
-use super::send::{self, Decision, Head};
+use super::send::{self, Decision, RelayHead};
 use super::tunnel::{self, Kind};
 use super::{bridge, relay, ClientIo, Done, Next};
 use crate::metrics::ClientError;
@@ -302,7 +302,7 @@ async fn respond<I: ClientIo>(
     index: usize,
     mut up: Upstream,
     mut ub: Buf,
-    head: Head,
+    head: RelayHead,
     session: SessionGuard,
 ) -> Next {
     let node = &p.pool.nodes[index];

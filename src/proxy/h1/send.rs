@@ -5,7 +5,7 @@
 
 use crate::config::Timeouts;
 use crate::metrics::ClientError;
-use crate::pool::UpStream;
+use crate::pool::UpstreamIo;
 use crate::proxy::ctx::ConnCtx;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
@@ -22,7 +22,7 @@ use crate::proxy::codec::head::{self, ClientSide};
 use crate::proxy::walk::{Failure, Local};
 
 /// A final response head, already rewritten for the client.
-pub struct Head {
+pub struct RelayHead {
     pub status: u16,
     /// Length of the backend's head at the front of the upstream buffer.
     pub len: usize,
@@ -50,13 +50,13 @@ pub struct Decision {
 pub async fn request<I: ClientIo>(
     io: &mut I,
     buf: &mut Buf,
-    up: &mut UpStream,
+    up: &mut UpstreamIo,
     ub: &mut Buf,
     p: &Plan,
     whole: bool,
     uploading: &AtomicBool,
     mut decide: impl FnMut(u16, BodyLen, bool) -> Decision,
-) -> Result<Head, Failure> {
+) -> Result<RelayHead, Failure> {
     up.write_all(&p.out.0)
         .await
         .map_err(|_| Failure::Upstream { answered: false })?;
@@ -91,7 +91,7 @@ pub async fn request<I: ClientIo>(
 enum Parsed {
     Partial,
     Interim(Out, usize),
-    Final(Head),
+    Final(RelayHead),
 }
 
 fn parse(
@@ -136,7 +136,7 @@ fn parse(
         upgrade,
     };
     head::write_response(&mut out.0, &resp, info.body, &client);
-    Ok(Parsed::Final(Head {
+    Ok(Parsed::Final(RelayHead {
         status: resp.status,
         len: resp.len,
         body: info.body,
@@ -161,7 +161,7 @@ async fn forward_interim<I: ClientIo>(io: &mut I, out: &Out) -> Result<(), Failu
 async fn body<I: ClientIo>(
     io: &mut I,
     buf: &mut Buf,
-    up: &mut UpStream,
+    up: &mut UpstreamIo,
     ub: &mut Buf,
     p: &Plan,
 ) -> Result<bool, Failure> {

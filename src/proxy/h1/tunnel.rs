@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pool::UpStream;
+use crate::pool::UpstreamIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 
@@ -37,7 +37,7 @@ pub enum Kind {
 pub struct Start {
     pub node: Arc<Node>,
     pub kind: Kind,
-    pub backend: UpStream,
+    pub backend: UpstreamIo,
     /// The 101 head for the client.
     pub head: Out,
     /// Bytes the backend sent after its 101.

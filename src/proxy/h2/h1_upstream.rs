@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::pool::UpStream;
+use crate::pool::UpstreamIo;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
@@ -28,7 +28,7 @@ use crate::proxy::walk::Failure;
 
 /// Sends the head (and a held body, already in `out`), then streams `body` if given.
 pub async fn send(
-    up: &mut UpStream,
+    up: &mut UpstreamIo,
     out: &[u8],
     body: Option<&mut Incoming>,
     framing: BodyLen,
@@ -65,7 +65,7 @@ pub async fn send(
 }
 
 /// A final response head, as an HTTP/2 answer's parts.
-pub struct Head {
+pub struct BackendHead {
     pub response: Response<()>,
     pub body: BodyLen,
     pub upstream_closes: bool,
@@ -73,7 +73,11 @@ pub struct Head {
 
 /// Reads the final response head into `ub` (interim responses are skipped: hyper's HTTP/2
 /// server answers `100-continue` itself) and consumes it.
-pub async fn read_head(up: &mut UpStream, ub: &mut Buf, to_head: bool) -> Result<Head, Failure> {
+pub async fn read_head(
+    up: &mut UpstreamIo,
+    ub: &mut Buf,
+    to_head: bool,
+) -> Result<BackendHead, Failure> {
     let bad = Failure::Upstream { answered: true };
     loop {
         let parsed = {
@@ -89,7 +93,7 @@ pub async fn read_head(up: &mut UpStream, ub: &mut Buf, to_head: bool) -> Result
                     *response.status_mut() = StatusCode::from_u16(resp.status)
                         .map_err(|_| Failure::Upstream { answered: true })?;
                     *response.headers_mut() = response_headers(resp.headers, info.body);
-                    let head = Head {
+                    let head = BackendHead {
                         response,
                         body: info.body,
                         upstream_closes: info.upstream_closes,
@@ -147,7 +151,7 @@ impl UpstreamBody {
     pub fn new(
         up: Upstream,
         ub: Buf,
-        head: &Head,
+        head: &BackendHead,
         node: Arc<Node>,
         session: SessionGuard,
         inflight: InflightGuard,
