@@ -48,7 +48,7 @@ pools:
 /// A snapshot whose nodes are all up (as after their health checks).
 fn snapshot(nodes: usize, balance: &str) -> Snapshot {
     let cfg = config::parse(&config_text(nodes, balance)).expect("bench config");
-    let snap = Snapshot::build(cfg, None, &Metrics::new());
+    let snap = Snapshot::build(cfg, None, &Metrics::new(), &Default::default());
     for pool in &snap.pools {
         for node in &pool.nodes {
             for _ in 0..2 {

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::events::Events;
 use crate::members::{MemberError, Membership};
 use crate::metrics::Metrics;
 use crate::pool::{Node, Pool};
@@ -30,6 +31,8 @@ pub struct Control {
     /// The routing snapshot, shared with the data path (which only loads it).
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    /// The event stream (`/v1/events`): what happened, as it happens.
+    pub events: Arc<Events>,
     /// Cancelled when the process stops: background steps end with it.
     pub stop: CancellationToken,
     /// Change requests for the state file's one writer; `None` without a state file.
@@ -37,8 +40,8 @@ pub struct Control {
     /// Pools with a rebalance in progress (at most one each).
     pub rebalancing: Mutex<HashSet<String>>,
     /// Set while a takeover hands the state to another process, and for good once it has:
-    /// the state file is then the new process's to write.
-    store_paused: AtomicBool,
+    /// admin writes are refused, and the state file is the new process's to write.
+    handing_over: AtomicBool,
     /// Bumped at every change of admin state or rollouts (what the cluster publishes).
     changed: watch::Sender<u64>,
     /// The file as last applied, and the runtime member changes made against it.
@@ -69,15 +72,17 @@ impl Control {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         metrics: Arc<Metrics>,
+        events: Arc<Events>,
         stop: CancellationToken,
         store: Option<StateStore>,
     ) -> Control {
         Control {
             metrics,
+            events,
             stop,
             store,
             rebalancing: Mutex::new(HashSet::new()),
-            store_paused: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
             changed: watch::channel(0).0,
             members: Mutex::new((
                 Arc::new(snapshot.load().config.as_ref().clone()),
@@ -145,7 +150,12 @@ impl Control {
     ) {
         let effective = changes.effective(&file);
         let before = self.snapshot.load_full();
-        let next = Arc::new(Snapshot::build(effective, Some(&before), &self.metrics));
+        let next = Arc::new(Snapshot::build(
+            effective,
+            Some(&before),
+            &self.metrics,
+            &self.events,
+        ));
         prepare(&next);
         self.snapshot.store(Arc::clone(&next));
         *members = (Arc::new(file), changes);
@@ -169,7 +179,7 @@ impl Control {
                 match old.and_then(|p| p.node(&node.name)) {
                     None => {
                         count(&pool.name, "added", node);
-                        node.state.metrics.publish(
+                        node.state.events.publish(
                             "node_added",
                             serde_json::json!({
                                 "addr": node.addr.to_string(),
@@ -191,7 +201,7 @@ impl Control {
             for node in &pool.nodes {
                 if new.and_then(|p| p.node(&node.name)).is_none() {
                     count(&pool.name, "removed", node);
-                    node.state.metrics.publish(
+                    node.state.events.publish(
                         "node_removed",
                         serde_json::json!({ "addr": node.addr.to_string(), "source": node.source.as_str() }),
                     );
@@ -235,28 +245,30 @@ impl Control {
     /// The state changed: the writer will write it (no-op without a state file).
     pub fn mark_dirty(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
-        if let Some(s) = self.store.as_ref().filter(|_| !self.store_paused()) {
+        if let Some(s) = self.store.as_ref().filter(|_| !self.handing_over()) {
             s.mark();
         }
     }
 
     /// Waits until the writer has written the state as it is now (shutdown, tests).
     pub async fn flush(&self) {
-        if let Some(s) = self.store.as_ref().filter(|_| !self.store_paused()) {
+        if let Some(s) = self.store.as_ref().filter(|_| !self.handing_over()) {
             s.flush().await;
         }
     }
 
-    /// Stops (or resumes) writing the state file, for a takeover.
-    pub fn pause_store(&self, paused: bool) {
-        self.store_paused.store(paused, SeqCst);
-        if !paused {
+    /// A takeover starts handing the state over (`true`), or failed (`false`): the one
+    /// switch that refuses admin writes and leaves the state file alone meanwhile.
+    pub(crate) fn set_handing_over(&self, on: bool) {
+        self.handing_over.store(on, SeqCst);
+        if !on {
             self.mark_dirty();
         }
     }
 
-    fn store_paused(&self) -> bool {
-        self.store_paused.load(SeqCst)
+    /// Whether a takeover is handing the state to another process.
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(SeqCst)
     }
 }
 

@@ -102,6 +102,29 @@ impl Events {
     }
 }
 
+/// Where one node's changes are published, with the names they carry.
+pub struct NodeEvents {
+    bus: Arc<Events>,
+    pool: String,
+    node: String,
+}
+
+impl NodeEvents {
+    pub fn new(bus: &Arc<Events>, pool: &str, node: &str) -> Self {
+        NodeEvents {
+            bus: Arc::clone(bus),
+            pool: pool.to_string(),
+            node: node.to_string(),
+        }
+    }
+
+    /// Publishes an event about this node.
+    pub fn publish(&self, kind: &'static str, value: impl Into<serde_json::Value>) {
+        self.bus
+            .publish(kind, Some(&self.pool), Some(&self.node), value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

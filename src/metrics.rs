@@ -9,16 +9,11 @@ use prometheus::{
     TextEncoder,
 };
 
-use std::sync::Arc;
-
-use crate::events::Events;
 use crate::session_kind::SessionKind;
 
 /// Every metric family handoff exports.
 pub struct Metrics {
     registry: Registry,
-    /// The event stream (`/v1/events`): what happened, as it happens.
-    pub events: Arc<Events>,
     pub sessions_total: IntCounterVec,
     pub requests_total: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -124,7 +119,6 @@ impl Metrics {
                 h
             },
             registry: r,
-            events: Arc::new(Events::default()),
         };
         // Both outcomes exist from the start, so a scrape can alert on "failed > 0".
         for result in ["ok", "failed"] {
@@ -287,10 +281,6 @@ pub struct NodeMetrics {
     transitions: [IntCounter; 7],
     deadline_closes: [IntCounter; 4],
     pub rebalance_closes: IntCounter,
-    /// Where this node's changes are published, and its names there.
-    events: Arc<Events>,
-    pool: String,
-    node: String,
 }
 
 const TRANSITION_TARGETS: [&str; 7] = [
@@ -316,16 +306,7 @@ impl NodeMetrics {
                     .with_label_values(&[pool, node, k.as_str()])
             }),
             rebalance_closes: m.rebalance_closes.with_label_values(&[pool, node]),
-            events: Arc::clone(&m.events),
-            pool: pool.to_string(),
-            node: node.to_string(),
         }
-    }
-
-    /// Publishes an event about this node.
-    pub fn publish(&self, kind: &'static str, value: impl Into<serde_json::Value>) {
-        self.events
-            .publish(kind, Some(&self.pool), Some(&self.node), value);
     }
 
     pub fn session_started(&self, kind: SessionKind) {
@@ -336,9 +317,6 @@ impl NodeMetrics {
     pub fn transition(&self, to: &str) {
         if let Some(i) = TRANSITION_TARGETS.iter().position(|t| *t == to) {
             self.transitions[i].inc();
-            // The first four are admin states, the rest health values.
-            let kind = if i < 4 { "node_state" } else { "node_health" };
-            self.publish(kind, to);
         }
     }
 

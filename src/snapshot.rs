@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, ListenerConfig, ListenerKind};
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::pool::affinity::Keys;
 use crate::pool::{Node, Pool};
@@ -82,9 +83,14 @@ pub struct Route {
 impl Snapshot {
     /// Builds a snapshot from a validated config; nodes present in `previous` keep their state,
     /// and its affinity keys are kept (a first snapshot gets random ones).
-    pub fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
+    pub fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        events: &Arc<Events>,
+    ) -> Snapshot {
         let keys = previous.map_or_else(|| Arc::new(Keys::random()), |p| Arc::clone(&p.keys));
-        Snapshot::build_with_keys(config, previous, keys, metrics)
+        Snapshot::build_with_keys(config, previous, keys, metrics, events)
     }
 
     /// [`Snapshot::build`] with the affinity keys given (start-up: from a secret or the state
@@ -94,6 +100,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         keys: Arc<Keys>,
         metrics: &Metrics,
+        events: &Arc<Events>,
     ) -> Snapshot {
         let old_nodes: HashMap<String, Arc<Node>> = previous
             .map(|s| {
@@ -111,7 +118,7 @@ impl Snapshot {
                 let control = previous
                     .and_then(|s| s.pool(&p.name))
                     .map_or_else(Default::default, |old| Arc::clone(&old.control));
-                Arc::new(Pool::build(p, &old_nodes, control, &keys, metrics))
+                Arc::new(Pool::build(p, &old_nodes, control, &keys, metrics, events))
             })
             .collect();
         let by_name: HashMap<&str, &Arc<Pool>> =
@@ -224,7 +231,7 @@ pools:
 "#,
         )
         .expect("valid config");
-        Snapshot::build(config, None, &Metrics::new())
+        Snapshot::build(config, None, &Metrics::new(), &Default::default())
     }
 
     #[test]
@@ -248,7 +255,7 @@ pools:
         let a = &first.pools[0].nodes[0];
         a.state.set_admin(crate::pool::AdminState::Drained);
         let config = (*first.config).clone();
-        let second = Snapshot::build(config, Some(&first), &Metrics::new());
+        let second = Snapshot::build(config, Some(&first), &Metrics::new(), &Default::default());
         assert!(Arc::ptr_eq(&second.pools[0].nodes[0].state, &a.state));
         assert_eq!(
             second.pools[0].nodes[0].state.admin(),

@@ -319,10 +319,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> AdminResponse {
             Err(e) => Err(e),
             // During a takeover the state is on its way to the new process: a write here
             // would be lost, so it is refused (the new process answers it once it serves).
-            Ok(())
-                if method != Method::GET
-                    && app.handing_over.load(std::sync::atomic::Ordering::SeqCst) =>
-            {
+            Ok(()) if method != Method::GET && app.control.handing_over() => {
                 Err(AdminError::TakingOver)
             }
             Ok(()) => match (rest, &method) {

@@ -77,7 +77,7 @@ pub fn events(
             return Err(AdminError::UnknownPool { pool: p.clone() });
         }
     }
-    let events = Arc::clone(&app.metrics.events);
+    let events = Arc::clone(&app.control.events);
     let (mut rx, missed) = events.subscribe(last);
     let (tx, body) = mpsc::channel::<Bytes>(BUFFERED);
     let stop = app.shutdown.drain.clone();

@@ -26,6 +26,7 @@ pub mod carry;
 pub mod plan;
 mod state;
 use crate::control::{Control, StateStore};
+use crate::events::Events;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::persist::{self, PersistError};
 use crate::proxy::{self, DataPlane, ListenerStats};
@@ -111,8 +112,6 @@ pub struct App {
     pub process: ProcessInfo,
     /// The generation this process took over from, while it drains (`/v1/status`).
     pub previous: ArcSwapOption<carry::PreviousView>,
-    /// A takeover is handing the state to a new process: admin writes answer 503.
-    pub handing_over: std::sync::atomic::AtomicBool,
     /// The cluster this instance shares admin state with, once joined ([`App::join_cluster`]).
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// The pools' DNS discovery tasks.
@@ -171,6 +170,7 @@ impl App {
         inherited: Option<carry::Handover>,
     ) -> Result<Arc<App>, StartError> {
         let metrics = Arc::new(Metrics::new());
+        let events = Arc::new(Events::default());
         let state_path = config.state_file.clone();
         // What the previous process left: handed over at a takeover, else the state file.
         let carried: Option<carry::CarryOver> = match (inherited, &state_path) {
@@ -201,11 +201,9 @@ impl App {
             None,
             keys,
             &metrics,
+            &events,
         )));
-        let rollouts = Arc::new(rollout::Registry::new(
-            config.cluster.is_some(),
-            &metrics.events,
-        ));
+        let rollouts = Arc::new(rollout::Registry::new(config.cluster.is_some(), &events));
         let (store, writer) = match &state_path {
             Some(_) => {
                 let (store, writer) = StateStore::new();
@@ -216,6 +214,7 @@ impl App {
         let control = Arc::new(Control::new(
             Arc::clone(&snapshot),
             Arc::clone(&metrics),
+            Arc::clone(&events),
             shutdown.force.clone(),
             store,
         ));
@@ -243,7 +242,6 @@ impl App {
                 generation,
             },
             previous: ArcSwapOption::empty(),
-            handing_over: std::sync::atomic::AtomicBool::new(false),
             cluster: std::sync::OnceLock::new(),
             discovery: Default::default(),
         });
@@ -380,6 +378,20 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// A takeover hands this process's state to another: from now on admin writes answer
+    /// 503, the state file is the new process's, and the rollouts are driven there.
+    pub fn pause_for_takeover(&self) {
+        self.control.set_handing_over(true);
+        self.rollouts.pause();
+    }
+
+    /// The takeover failed: this process carries on as before (state file, admin writes,
+    /// rollouts driven here again).
+    pub fn resume_after_takeover(&self) {
+        self.control.set_handing_over(false);
+        rollout::Registry::resume(&self.control, &self.rollouts);
     }
 
     /// Addresses the listeners are actually bound to, by name.

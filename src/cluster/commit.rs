@@ -202,7 +202,7 @@ impl Cluster {
                 Some((p, n)) => (Some(p), Some(n)),
                 None => (None, None),
             };
-            me.ctl.metrics.events.publish(
+            me.ctl.events.publish(
                 "write_outcome",
                 pool,
                 node_name,

@@ -103,7 +103,7 @@ pub async fn run(ctl: Arc<Control>, t: NodeRef, timeout: Duration, epoch: u64) {
             .with_label_values(&[&pool.name])
             .observe(took.as_secs_f64());
         tracing::info!(node = %node.key(), took_ms = took.as_millis() as u64, at_deadline = fired_at.is_some(), "drain finished");
-        node.state.metrics.publish(
+        node.state.events.publish(
             "drain_done",
             serde_json::json!({"took_ms": took.as_millis() as u64, "at_deadline": fired_at.is_some()}),
         );
@@ -131,7 +131,7 @@ fn fire(pool: &Pool, node: &Node) {
     for _ in 0..http {
         state.metrics.deadline_close(SessionKind::HttpInflight);
     }
-    state.metrics.publish(
+    state.events.publish(
         "deadline_closes",
         serde_json::json!({
             "http_inflight": http,

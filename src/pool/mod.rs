@@ -32,6 +32,7 @@ pub use state::{AdminState, Health};
 pub use traffic::{Cause, Sample, Traffic};
 
 use crate::config::{Balance, HealthConfig, PoolConfig};
+use crate::events::{Events, NodeEvents};
 use crate::metrics::{Metrics, NodeMetrics, PoolMetrics};
 pub use h2conn::H2Conn;
 pub use idle::{CloseWatch, IdleConns, Upstream};
@@ -105,6 +106,7 @@ impl Pool {
         control: Arc<PoolControl>,
         keys: &Arc<affinity::Keys>,
         metrics: &Metrics,
+        events: &Arc<Events>,
     ) -> Pool {
         let nodes = config
             .nodes
@@ -146,11 +148,10 @@ impl Pool {
                         addr: n.addr,
                         weight: n.weight,
                         source: n.source,
-                        state: Arc::new(NodeState::new(NodeMetrics::new(
-                            metrics,
-                            &config.name,
-                            &n.name,
-                        ))),
+                        state: Arc::new(NodeState::new(
+                            NodeMetrics::new(metrics, &config.name, &n.name),
+                            NodeEvents::new(events, &config.name, &n.name),
+                        )),
                         idle: IdleConns::new(),
                         h2: H2Conn::default(),
                         token: keys.node_token(&config.name, &n.name),

@@ -24,6 +24,7 @@ use super::traffic::Traffic;
 use super::IdleConns;
 use super::SessionKind;
 use crate::config::HealthConfig;
+use crate::events::NodeEvents;
 use crate::metrics::NodeMetrics;
 pub use crate::time::unix_ms;
 
@@ -62,6 +63,8 @@ pub struct NodeState {
     /// Sessions in progress, indexed by [`SessionKind`].
     sessions: [AtomicUsize; 4],
     pub metrics: NodeMetrics,
+    /// Where this node's changes are published (`/v1/events`).
+    pub events: NodeEvents,
     /// Woken on every state or health change, and when the last active session ends while
     /// someone waits.
     pub changed: Notify,
@@ -91,7 +94,7 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    pub fn new(metrics: NodeMetrics) -> Self {
+    pub fn new(metrics: NodeMetrics, events: NodeEvents) -> Self {
         let now = unix_ms();
         NodeState {
             admin: AtomicU8::new(AdminState::Active as u8),
@@ -103,6 +106,7 @@ impl NodeState {
             version: ArcSwapOption::empty(),
             sessions: Default::default(),
             metrics,
+            events,
             changed: Notify::new(),
             waiters: AtomicUsize::new(0),
             version_passes: AtomicU32::new(0),
@@ -114,6 +118,13 @@ impl NodeState {
             probation: AtomicBool::new(false),
             history: Default::default(),
         }
+    }
+
+    /// Counts and publishes an admin state (`node_state`) or a health (`node_health`)
+    /// entered.
+    pub(crate) fn entered(&self, event: &'static str, to: &str) {
+        self.metrics.transition(to);
+        self.events.publish(event, to);
     }
 
     /// Whether a rollout is judging this node (see [`NodeState::set_probation`]).
@@ -226,7 +237,7 @@ impl NodeState {
         self.admin.store(next.kind() as u8, SeqCst);
         drop(rec);
         if from != next.kind() {
-            self.metrics.transition(next.kind().as_str());
+            self.entered("node_state", next.kind().as_str());
             self.history.note(format!("state {}", next.kind().as_str()));
         }
         self.changed.notify_waiters();
@@ -323,7 +334,7 @@ impl NodeState {
         self.version.store(None);
         if self.health.swap(Health::Unknown as u8, SeqCst) != Health::Unknown as u8 {
             self.health_since.store(unix_ms(), Relaxed);
-            self.metrics.transition(Health::Unknown.as_str());
+            self.entered("node_health", Health::Unknown.as_str());
             self.history.note("health unknown (address changed)");
         }
         self.changed.notify_waiters();
@@ -355,7 +366,7 @@ impl NodeState {
         } else if let Some(v) = version {
             if self.version.load().as_deref().map(String::as_str) != Some(v) {
                 self.version.store(Some(Arc::new(v.to_string())));
-                self.metrics.publish("node_version", v);
+                self.events.publish("node_version", v);
                 self.version_passes.store(1, Relaxed);
                 self.changed.notify_waiters();
             } else if self.version_passes.fetch_add(1, Relaxed) < cfg.healthy_after {
@@ -437,7 +448,7 @@ impl Node {
     /// going down also loses its idle upstream connections, which would only fail the next
     /// requests.
     pub fn health_flipped(&self, from: Health, to: Health, reason: &str) {
-        self.state.metrics.transition(to.as_str());
+        self.state.entered("node_health", to.as_str());
         self.state
             .history
             .note(format!("health {} ({reason})", to.as_str()));

@@ -271,6 +271,7 @@ pub(crate) mod warmup_tests {
             Default::default(),
             &std::sync::Arc::new(crate::pool::affinity::Keys::random()),
             &Metrics::new(),
+            &Default::default(),
         );
         for node in &pool.nodes {
             for _ in 0..2 {

@@ -26,7 +26,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +38,6 @@ pub use state::Message;
 use crate::app::App;
 use crate::config::Config;
 use crate::pool::SessionKind;
-use crate::rollout;
 
 /// How often the draining old generation reports what it still holds.
 const REPORT_EVERY: Duration = Duration::from_millis(200);
@@ -230,9 +228,7 @@ pub async fn serve(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "takeover failed: this process keeps serving as before");
-                app.handing_over.store(false, SeqCst);
-                app.control.pause_store(false);
-                rollout::Registry::resume(&app.control, &app.rollouts);
+                app.resume_after_takeover();
             }
         }
     }
@@ -271,9 +267,7 @@ async fn hand_over(
     };
     tracing::info!(pid, "takeover requested: handing over sockets and state");
     // From here the new process owns the rollouts and the state file; admin writes wait.
-    app.handing_over.store(true, SeqCst);
-    app.control.pause_store(true);
-    app.rollouts.pause();
+    app.pause_for_takeover();
     let sockets = app.listener_sockets(&listeners).await;
     let state = crate::app::carry::collect(
         &app.snapshot.load(),

@@ -417,7 +417,12 @@ mod tests {
     async fn an_idle_connection_holds_little() {
         let yaml = "listeners:\n  - { name: web, listen: \"127.0.0.1:0\", protocol: http, routes: [ { pool: p } ] }\npools:\n  - { name: p, nodes: [ { name: a, addr: \"127.0.0.1:1\" } ] }\n";
         let metrics = Metrics::new();
-        let snapshot = Snapshot::build(config::parse(yaml).expect("config"), None, &metrics);
+        let snapshot = Snapshot::build(
+            config::parse(yaml).expect("config"),
+            None,
+            &metrics,
+            &Default::default(),
+        );
         let plane = Arc::new(DataPlane {
             snapshot: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             shutdown: Shutdown::new(),
