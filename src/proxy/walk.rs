@@ -51,7 +51,8 @@ pub enum Outcome {
     Reset,
     /// No response head within the response timeout.
     TimedOut,
-    /// A response head. `second_opinion`: the node is under analysis and another serves.
+    /// A response head. `second_opinion`: the node is under analysis and another serves
+    /// (callers ask only for a 5xx: the answer is not needed otherwise).
     Answered { status: u16, second_opinion: bool },
 }
 

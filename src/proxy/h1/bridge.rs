@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::local::respond_local;
-use super::plan::Plan;
+use super::plan::RequestPlan;
 use super::{ClientIo, Next};
 use crate::pool::h2conn::UpBody;
 use crate::pool::AdminState;
@@ -103,7 +103,7 @@ pub async fn forward<I: ClientIo>(
     io: &mut I,
     buf: &mut Buf,
     closing: &AtomicBool,
-    p: &Plan,
+    p: &RequestPlan,
     parts: Parts,
     started: Instant,
 ) -> Next {

@@ -17,8 +17,8 @@ use std::task::Poll;
 use tokio::time::Instant;
 
 use super::local::respond_local;
-use super::plan::{plan, Plan};
-use super::send::{self, Decision, RelayHead};
+use super::plan::{plan, RequestPlan};
+use super::send::{self, RelayHead, ReplyTerms};
 use super::tunnel::{self, Kind};
 use super::{bridge, relay, ClientIo, Done, Next};
 use crate::metrics::ClientError;
@@ -127,7 +127,7 @@ async fn forward<I: ClientIo>(
     io: &mut I,
     buf: &mut Buf,
     closing: &AtomicBool,
-    p: &mut Plan,
+    p: &mut RequestPlan,
     started: Instant,
 ) -> Next {
     let pool = Arc::clone(&p.pool);
@@ -187,7 +187,7 @@ async fn forward<I: ClientIo>(
                     }
                 },
             };
-            let decide = |_status, body, body_read| Decision {
+            let decide = |_status, body, body_read| ReplyTerms {
                 keep_alive: p.keep_alive
                     && body_read
                     && !closing.load(Relaxed)
@@ -240,7 +240,7 @@ async fn forward<I: ClientIo>(
                     pool.answered(i, head.status, now.duration_since(walk.asked()));
                     let answered = Outcome::Answered {
                         status: head.status,
-                        second_opinion: walk::second_opinion(&pool, i),
+                        second_opinion: head.status >= 500 && walk::second_opinion(&pool, i),
                     };
                     if walk.decide(answered, now).step == Step::Relay {
                         observe(now);
@@ -298,7 +298,7 @@ async fn forward<I: ClientIo>(
 async fn respond<I: ClientIo>(
     ctx: &ConnCtx,
     io: &mut I,
-    p: &Plan,
+    p: &RequestPlan,
     index: usize,
     mut up: Upstream,
     mut ub: Buf,

@@ -16,7 +16,7 @@ use crate::proxy::sticky::Client;
 use crate::proxy::walk::Local;
 
 /// A request, checked and rewritten for the backend.
-pub struct Plan {
+pub struct RequestPlan {
     pub body: BodyLen,
     pub keep_alive: bool,
     pub upgrade: Option<Kind>,
@@ -41,7 +41,7 @@ pub struct Plan {
 
 /// Checks, routes and rewrites a parsed head. An error is answered locally (the flag says
 /// whether the request was a HEAD).
-pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, bool)> {
+pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<RequestPlan, (Local, bool)> {
     let info = head::inspect(req).map_err(|r| (Local::from(r), false))?;
     let is_head = info.is_head;
     let local = |status, reason| Err((Local { status, reason }, is_head));
@@ -85,7 +85,7 @@ pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<Plan, (Local, 
             Err(reason) => return local(400, reason),
         }
     };
-    Ok(Plan {
+    Ok(RequestPlan {
         body: info.body,
         keep_alive: info.keep_alive,
         upgrade: info.upgrade.map(|v| {

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
 use super::local::respond_local;
-use super::plan::Plan;
+use super::plan::RequestPlan;
 use super::ClientIo;
 use crate::proxy::codec::buf::{Buf, Out, SIZE};
 use crate::proxy::codec::framing::{BodyLen, Chunked};
@@ -38,7 +38,7 @@ pub struct RelayHead {
 
 /// How the client side of a final response is decided (keep-alive, affinity cookie), given
 /// its status, its framing and whether the request body was read whole.
-pub struct Decision {
+pub struct ReplyTerms {
     pub keep_alive: bool,
     pub set_cookie: Option<String>,
 }
@@ -52,10 +52,10 @@ pub async fn request<I: ClientIo>(
     buf: &mut Buf,
     up: &mut UpstreamIo,
     ub: &mut Buf,
-    p: &Plan,
+    p: &RequestPlan,
     whole: bool,
     uploading: &AtomicBool,
-    mut decide: impl FnMut(u16, BodyLen, bool) -> Decision,
+    mut decide: impl FnMut(u16, BodyLen, bool) -> ReplyTerms,
 ) -> Result<RelayHead, Failure> {
     up.write_all(&p.out.0)
         .await
@@ -96,9 +96,9 @@ enum Parsed {
 
 fn parse(
     ub: &Buf,
-    p: &Plan,
+    p: &RequestPlan,
     body_read: bool,
-    decide: &mut impl FnMut(u16, BodyLen, bool) -> Decision,
+    decide: &mut impl FnMut(u16, BodyLen, bool) -> ReplyTerms,
 ) -> Result<Parsed, Failure> {
     let bad = Failure::Upstream { answered: true };
     let mut fields = head::fields();
@@ -163,7 +163,7 @@ async fn body<I: ClientIo>(
     buf: &mut Buf,
     up: &mut UpstreamIo,
     ub: &mut Buf,
-    p: &Plan,
+    p: &RequestPlan,
 ) -> Result<bool, Failure> {
     enum Left {
         Bytes(u64),
@@ -212,7 +212,7 @@ async fn body<I: ClientIo>(
                         // Interim responses go to the client (it may be waiting for
                         // `100 Continue` to send the body); a final one ends the upload.
                         loop {
-                            match parse(ub, p, false, &mut |_, _, _| Decision { keep_alive: false, set_cookie: None })? {
+                            match parse(ub, p, false, &mut |_, _, _| ReplyTerms { keep_alive: false, set_cookie: None })? {
                                 Parsed::Interim(out, len) => {
                                     forward_interim(io, &out).await?;
                                     ub.consume(len);

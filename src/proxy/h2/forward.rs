@@ -254,7 +254,7 @@ async fn send_all(
                     pool.answered(i, status, now.duration_since(walk.asked()));
                     let answered = Outcome::Answered {
                         status,
-                        second_opinion: walk::second_opinion(pool, i),
+                        second_opinion: status >= 500 && walk::second_opinion(pool, i),
                     };
                     if walk.decide(answered, now).step != Step::Relay {
                         tracing::info!(node = %node.key(), status, "node under analysis answered 5xx; sending the request to a sibling");

@@ -128,7 +128,7 @@ pub async fn read_head(
 }
 
 /// What one look at a response body found.
-enum Step {
+enum BodyStep {
     Data(Vec<u8>, bool),
     Again,
     End,
@@ -202,32 +202,32 @@ impl Body for UpstreamBody {
                 if !ub.is_empty() {
                     let mut data = Vec::new();
                     match ready(left, ub.data(), true, &mut data, false) {
-                        Err(_) => Step::Fail("invalid chunked framing from the backend"),
+                        Err(_) => BodyStep::Fail("invalid chunked framing from the backend"),
                         Ok((n, done)) => {
                             // Decoding copied the chunk data; other bodies are copied here.
                             if !matches!(left, Left::Chunked(_)) {
                                 data.extend_from_slice(&ub.data()[..n]);
                             }
                             ub.consume(n);
-                            Step::Data(data, done)
+                            BodyStep::Data(data, done)
                         }
                     }
                 } else {
                     match ub.poll_read_from(&mut up.stream, cx, SIZE) {
-                        Poll::Ready(Ok(0)) if left.ends_at_close() => Step::End,
-                        Poll::Ready(Ok(0)) => Step::Fail("the backend closed mid-body"),
-                        Poll::Ready(Ok(_)) => Step::Again,
-                        Poll::Ready(Err(e)) => Step::Error(e),
+                        Poll::Ready(Ok(0)) if left.ends_at_close() => BodyStep::End,
+                        Poll::Ready(Ok(0)) => BodyStep::Fail("the backend closed mid-body"),
+                        Poll::Ready(Ok(_)) => BodyStep::Again,
+                        Poll::Ready(Err(e)) => BodyStep::Error(e),
                         // The node's drain deadline ends a response still streaming from it.
                         Poll::Pending if Pin::new(&mut up.close).poll(cx).is_ready() => {
-                            Step::Fail("cut at the node's drain deadline")
+                            BodyStep::Fail("cut at the node's drain deadline")
                         }
                         Poll::Pending => return Poll::Pending,
                     }
                 }
             };
             match step {
-                Step::Data(data, done) => {
+                BodyStep::Data(data, done) => {
                     if done {
                         this.finish(true);
                     }
@@ -235,16 +235,16 @@ impl Body for UpstreamBody {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))));
                     }
                 }
-                Step::Again => {}
-                Step::End => {
+                BodyStep::Again => {}
+                BodyStep::End => {
                     this.finish(true);
                     return Poll::Ready(None);
                 }
-                Step::Fail(why) => {
+                BodyStep::Fail(why) => {
                     this.finish(false);
                     return Poll::Ready(Some(Err(io::Error::other(why))));
                 }
-                Step::Error(e) => {
+                BodyStep::Error(e) => {
                     this.finish(false);
                     return Poll::Ready(Some(Err(e)));
                 }
