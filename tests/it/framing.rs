@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::backends::read_to_eof;
+use crate::common::backends::{dead_addr, read_to_eof};
 use crate::common::*;
 use handoff::pool::Health;
 
@@ -379,4 +379,59 @@ async fn a_large_response_arrives_whole() {
     );
     assert_eq!(raw.len() - head_end, BIG);
     assert!(raw[head_end..].iter().all(|&b| b == b'x'));
+}
+
+/// Reads one response with a Content-Length body off `s`: its head and body as text.
+async fn read_one(s: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no Content-Length in {head}"));
+            let mut body = buf[end + 4..].to_vec();
+            if body.len() < len {
+                body.extend(read_exact(s, len - body.len()).await);
+            }
+            return (head, String::from_utf8_lossy(&body).into_owned());
+        }
+        assert!(
+            read_more(s, &mut buf).await,
+            "closed before a whole head: {buf:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_http10_keep_alive_client_is_told_its_connection_stays_after_a_local_answer() {
+    // No node can serve: every answer is handoff's own 503.
+    let proxy = Proxy::start(&http_config(&[("a", dead_addr().await)], "")).await;
+    let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = tokio::time::timeout(WAIT, read_one(&mut s))
+            .await
+            .expect("an answer in time");
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        // Without it an HTTP/1.0 client waits for the close that ends its exchange.
+        assert!(head.contains("\r\nConnection: keep-alive"), "{head}");
+        assert!(body.contains("no healthy node"), "{body}");
+    }
+    // An HTTP/1.0 client that did not ask to keep it is told, and the connection closes.
+    let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let (head, _) = tokio::time::timeout(WAIT, read_one(&mut s))
+        .await
+        .expect("an answer in time");
+    assert!(head.contains("\r\nConnection: close"), "{head}");
+    let mut rest = Vec::new();
+    let more = tokio::time::timeout(WAIT, read_more(&mut s, &mut rest))
+        .await
+        .expect("closed in time");
+    assert!(!more && rest.is_empty());
 }

@@ -453,7 +453,16 @@ pub fn write_interim(out: &mut Vec<u8>, resp: &Response<'_, '_>) {
 }
 
 /// A response handoff makes itself: a status and a one-line plain-text reason.
-pub fn write_local(out: &mut Vec<u8>, status: u16, reason: &str, to_head: bool, close: bool) {
+/// Writes a response handoff makes itself. `connection`: the `Connection` field to send, if
+/// any (`close`; `keep-alive` to an HTTP/1.0 client whose connection stays open, which
+/// would otherwise wait for the close that ends an HTTP/1.0 exchange).
+pub fn write_local(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    to_head: bool,
+    connection: Option<&str>,
+) {
     let phrase = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -462,9 +471,12 @@ pub fn write_local(out: &mut Vec<u8>, status: u16, reason: &str, to_head: bool, 
     let len = 3 + 1 + phrase.len() + 2 + reason.len() + 1;
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len}\r\n{}\r\n",
-        if close { "Connection: close\r\n" } else { "" }
+        "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len}\r\n"
     );
+    if let Some(value) = connection {
+        let _ = write!(out, "Connection: {value}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
     if !to_head {
         let _ = writeln!(out, "{status} {phrase}: {reason}");
     }

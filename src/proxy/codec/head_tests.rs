@@ -173,7 +173,7 @@ fn responses_are_rewritten_for_the_client() {
 #[test]
 fn local_responses_are_complete_messages() {
     let mut out = Vec::new();
-    write_local(&mut out, 502, "the backend failed", false, true);
+    write_local(&mut out, 502, "the backend failed", false, Some("close"));
     let text = String::from_utf8(out).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n") && head.contains("Connection: close"));

@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::local::respond_local;
+use super::local::{respond_local, Then};
 use super::plan::RequestPlan;
 use super::{ClientIo, Next};
 use crate::pool::h2conn::UpBody;
@@ -143,10 +143,16 @@ pub async fn forward<I: ClientIo>(
                 status: 400,
                 reason: "invalid chunked framing",
             };
-            return respond_local(io, &local, false, false).await;
+            return respond_local(io, &local, false, Then::Close).await;
         }
         (Err(local), _) => {
-            return respond_local(io, &local, p.is_head, whole && p.keep_alive).await;
+            return respond_local(
+                io,
+                &local,
+                p.is_head,
+                Then::keep_if(whole && p.keep_alive, p.minor),
+            )
+            .await;
         }
         (Ok(a), _) => a,
     };

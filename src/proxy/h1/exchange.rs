@@ -16,7 +16,7 @@ use std::task::Poll;
 
 use tokio::time::Instant;
 
-use super::local::respond_local;
+use super::local::{respond_local, Then};
 use super::plan::{plan, RequestPlan};
 use super::send::{self, RelayHead, ReplyTerms};
 use super::tunnel::{self, Kind};
@@ -96,13 +96,13 @@ pub async fn one<I: ClientIo>(
                     ctx.listener.metrics.client_error(e);
                     tracing::debug!(peer = %ctx.peer, status = local.status, reason = local.reason, "client error");
                 }
-                return respond_local(io, &local, to_head, false).await;
+                return respond_local(io, &local, to_head, Then::Close).await;
             }
             None => {}
         }
         if buf.len() >= MAX_HEAD {
             ctx.listener.metrics.client_error(ClientError::HeadTooLarge);
-            return respond_local(io, &Refusal::TooLarge.into(), false, false).await;
+            return respond_local(io, &Refusal::TooLarge.into(), false, Then::Close).await;
         }
         match buf.read_from(io, MAX_HEAD).await {
             Ok(0) | Err(_) => return Next::Close,
@@ -231,7 +231,7 @@ async fn forward<I: ClientIo>(
                     status: 408,
                     reason: "the request body did not arrive in time",
                 };
-                return respond_local(io, &local, false, false).await;
+                return respond_local(io, &local, false, Then::Close).await;
             }
             let now = Instant::now();
             let outcome = match sent {
@@ -262,7 +262,7 @@ async fn forward<I: ClientIo>(
                         status: 400,
                         reason: "invalid chunked framing",
                     };
-                    return respond_local(io, &local, false, false).await;
+                    return respond_local(io, &local, false, Then::Close).await;
                 }
                 Ok(Err(Failure::Upstream { answered })) => Outcome::Failed { reused, answered },
             };
@@ -281,7 +281,8 @@ async fn forward<I: ClientIo>(
                     walk::log_failure(node, outcome);
                     observe(now);
                     let keep = keep && whole && p.keep_alive;
-                    return respond_local(io, &local, p.is_head, keep).await;
+                    return respond_local(io, &local, p.is_head, Then::keep_if(keep, p.minor))
+                        .await;
                 }
             }
         }
@@ -289,7 +290,13 @@ async fn forward<I: ClientIo>(
     let local = walk.exhausted(p.upgrade.is_some());
     pool.metrics.local_response(local.status);
     observe(Instant::now());
-    respond_local(io, &local, p.is_head, whole && p.keep_alive).await
+    respond_local(
+        io,
+        &local,
+        p.is_head,
+        Then::keep_if(whole && p.keep_alive, p.minor),
+    )
+    .await
 }
 
 /// Relays a final response; on 101 to an upgrade request, hands both connections on to

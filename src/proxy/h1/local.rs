@@ -27,19 +27,44 @@ impl From<Refusal> for Local {
     }
 }
 
-/// Writes a local response. `keep_alive`: the request was read whole and the connection
-/// may carry the next one.
+/// What becomes of the client connection after a local response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    Close,
+    /// The request was read whole and the connection carries the next one; `minor`: the
+    /// client's HTTP/1.x minor version (an HTTP/1.0 client is told the connection stays).
+    KeepAlive {
+        minor: u8,
+    },
+}
+
+impl Then {
+    pub fn keep_if(keep: bool, minor: u8) -> Then {
+        if keep {
+            Then::KeepAlive { minor }
+        } else {
+            Then::Close
+        }
+    }
+}
+
+/// Writes a local response, then keeps or closes the connection as `then` says.
 pub async fn respond_local<I: ClientIo>(
     io: &mut I,
     local: &Local,
     to_head: bool,
-    keep_alive: bool,
+    then: Then,
 ) -> Next {
     let mut out = Out::take();
-    head::write_local(&mut out.0, local.status, local.reason, to_head, !keep_alive);
+    let connection = match then {
+        Then::Close => Some("close"),
+        Then::KeepAlive { minor: 0 } => Some("keep-alive"),
+        Then::KeepAlive { .. } => None,
+    };
+    head::write_local(&mut out.0, local.status, local.reason, to_head, connection);
     let written = io.write_all(&out.0).await.and(io.flush().await);
-    match (written, keep_alive) {
-        (Ok(()), true) => Next::KeepAlive,
+    match (written, then) {
+        (Ok(()), Then::KeepAlive { .. }) => Next::KeepAlive,
         _ => Next::Close,
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
-use super::local::respond_local;
+use super::local::{respond_local, Then};
 use super::plan::RequestPlan;
 use super::ClientIo;
 use crate::proxy::codec::buf::{Buf, Out, SIZE};
@@ -255,7 +255,7 @@ pub(super) async fn read_body<I: ClientIo>(
                 reason: "the request body did not arrive in time",
             };
             ctx.listener.metrics.client_error(ClientError::BodyTimeout);
-            respond_local(io, &local, false, false).await;
+            respond_local(io, &local, false, Then::Close).await;
             false
         }
     }

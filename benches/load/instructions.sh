@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# User-space instructions per request of two handoff binaries (run by hand, not in CI),
+# counted by valgrind's cachegrind: unlike CPU time, the count barely moves between runs,
+# so a change of a percent shows on a shared machine whose timings drift by ten. Each
+# binary serves N keep-alive HTTP/1.1 requests (ab, 16 connections) of 1 KiB from an NGINX
+# origin with one worker thread; a run that serves none is subtracted (start and stop).
+#
+#   benches/load/instructions.sh OLD_BINARY NEW_BINARY [--requests 20000]
+#
+# Needs valgrind, ab (apache2-utils) and nginx: apt-get install valgrind apache2-utils
+# nginx-light.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+[ $# -ge 2 ] || { sed -n '2,11p' "$0"; exit 2; }
+A=$(realpath "$1") B=$(realpath "$2"); shift 2
+N=20000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --requests) N=$2; shift 2;;
+    *) echo "unknown arg $1" >&2; exit 2;;
+  esac
+done
+for cmd in valgrind ab nginx ss; do
+  command -v "$cmd" >/dev/null || { echo "needs $cmd" >&2; exit 1; }
+done
+RUN=$(mktemp -d /tmp/handoff-instr.XXXXXX)
+mkdir -p "$RUN"/{www,origin-tmp}
+head -c 1024 /dev/zero | tr '\0' 'x' > "$RUN/www/1k.bin"
+sed "s#@RUN@#$RUN#g" "$HERE/conf/origin-nginx.conf.in" > "$RUN/origin-nginx.conf"
+PIDS=()
+cleanup() { local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+port_busy() { ss -Hltn "sport = :$1" | grep -q .; }
+for p in 18080 9091 9092 9093 9094 9990; do
+  port_busy "$p" && { echo "port $p already in use" >&2; exit 1; }
+done
+nginx -p "$RUN" -c "$RUN/origin-nginx.conf" -g 'daemon off;' & PIDS+=($!)
+for _ in $(seq 100); do port_busy 18080 && break; sleep 0.05; done
+
+# Total instructions of one run of `$1` serving `$2` requests.
+count() {
+  local bin=$1 n=$2 out="$RUN/cg.$RANDOM" pid
+  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" \
+    "$bin" run -c "$HERE/handoff.yaml" --threads 1 > "$out.log" 2>&1 & pid=$!
+  for _ in $(seq 600); do port_busy 9091 && break; sleep 0.1; done
+  port_busy 9091 || { echo "$bin did not listen (see $out.log)" >&2; exit 1; }
+  sleep 1
+  if [ "$n" -gt 0 ]; then
+    ab -q -k -n "$n" -c 16 http://127.0.0.1:9091/1k.bin > "$out.ab"
+    grep -q "^Failed requests: *0" "$out.ab" || { echo "failed requests (see $out.ab)" >&2; exit 1; }
+  fi
+  kill -TERM "$pid"; wait "$pid" || true
+  for _ in $(seq 100); do port_busy 9091 || break; sleep 0.05; done
+  awk '/I *refs:/{gsub(",", "", $NF); print $NF}' "$out.log" | tail -1
+}
+
+declare -A per
+for side in A B; do
+  bin=$A; [ "$side" = B ] && bin=$B
+  idle=$(count "$bin" 0)
+  busy=$(count "$bin" "$N")
+  per[$side]=$(( (busy - idle) / N ))
+  echo "$side: $busy instructions with $N requests, $idle with none: ${per[$side]} per request" >&2
+done
+echo "A = $A"
+echo "B = $B"
+echo
+echo "| binary | user instructions per request |"
+echo "|---|---|"
+echo "| A | ${per[A]} |"
+echo "| B | ${per[B]} |"
+python3 -c "print('| B/A | %.3f |' % (${per[B]} / ${per[A]}))"
