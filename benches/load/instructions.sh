@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown arg $1" >&2; exit 2;;
   esac
 done
-for cmd in valgrind ab nginx ss; do
+for cmd in valgrind ab nginx ss curl; do
   command -v "$cmd" >/dev/null || { echo "needs $cmd" >&2; exit 1; }
 done
 RUN=$(mktemp -d /tmp/handoff-instr.XXXXXX)
@@ -37,28 +37,35 @@ done
 nginx -p "$RUN" -c "$RUN/origin-nginx.conf" -g 'daemon off;' & PIDS+=($!)
 for _ in $(seq 100); do port_busy 18080 && break; sleep 0.05; done
 
-# Total instructions of one run of `$1` serving `$2` requests.
+# Total instructions of one run of `$1` serving `$2` requests, into $COUNT.
+COUNT=0
 count() {
   local bin=$1 n=$2 out="$RUN/cg.$RANDOM" pid
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" \
     "$bin" run -c "$HERE/handoff.yaml" --threads 1 > "$out.log" 2>&1 & pid=$!
-  for _ in $(seq 600); do port_busy 9091 && break; sleep 0.1; done
-  port_busy 9091 || { echo "$bin did not listen (see $out.log)" >&2; exit 1; }
-  sleep 1
+  PIDS+=("$pid")
+  # Serving once the origin node is up (a request before that gets handoff's own 503).
+  for _ in $(seq 600); do
+    curl -s http://127.0.0.1:9990/v1/pools/origin 2>/dev/null | grep -q '"health": *"up"' && break
+    sleep 0.1
+  done
+  curl -s http://127.0.0.1:9990/v1/pools/origin | grep -q '"health": *"up"' \
+    || { echo "$bin: the origin node never came up (see $out.log)" >&2; exit 1; }
   if [ "$n" -gt 0 ]; then
-    ab -q -k -n "$n" -c 16 http://127.0.0.1:9091/1k.bin > "$out.ab"
+    ab -q -k -s 10 -n "$n" -c 16 http://127.0.0.1:9091/1k.bin > "$out.ab" 2>&1 \
+      || { echo "ab failed (see $out.ab)" >&2; exit 1; }
     grep -q "^Failed requests: *0" "$out.ab" || { echo "failed requests (see $out.ab)" >&2; exit 1; }
   fi
   kill -TERM "$pid"; wait "$pid" || true
   for _ in $(seq 100); do port_busy 9091 || break; sleep 0.05; done
-  awk '/I *refs:/{gsub(",", "", $NF); print $NF}' "$out.log" | tail -1
+  COUNT=$(awk '/I *refs:/{gsub(",", "", $NF); print $NF}' "$out.log" | tail -1)
 }
 
 declare -A per
 for side in A B; do
   bin=$A; [ "$side" = B ] && bin=$B
-  idle=$(count "$bin" 0)
-  busy=$(count "$bin" "$N")
+  count "$bin" 0; idle=$COUNT
+  count "$bin" "$N"; busy=$COUNT
   per[$side]=$(( (busy - idle) / N ))
   echo "$side: $busy instructions with $N requests, $idle with none: ${per[$side]} per request" >&2
 done
