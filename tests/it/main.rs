@@ -28,6 +28,7 @@ mod h2_hostile;
 mod health;
 mod hostile;
 mod http;
+mod layout;
 mod members;
 mod observability;
 mod openapi;
