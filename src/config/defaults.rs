@@ -4,6 +4,8 @@ use std::time::Duration;
 
 /// Admin API address: loopback only, so an unconfigured install is not reachable from outside.
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// The header that carries a request's ID (`request_id:` without `header`).
+pub const REQUEST_ID_HEADER: &str = "X-Request-Id";
 /// Time in-flight requests and TCP sessions get to finish after SIGTERM before they are cut.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Open client connections per listener; above it new connections are accepted and closed at once.

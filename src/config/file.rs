@@ -22,6 +22,13 @@ pub struct RawUpgrade {
     pub timeout: Option<String>,
 }
 
+/// `request_id:` section: the header that carries each request's ID.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestId {
+    pub header: Option<String>,
+}
+
 /// `cluster:` section: instances sharing admin state through etcd.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -39,6 +39,15 @@ pub struct Config {
     pub upgrade: UpgradeConfig,
     /// Shared admin state through etcd, when several instances form one cluster.
     pub cluster: Option<ClusterConfig>,
+    /// Request IDs: kept from the client when valid, else made here; sent to the node and
+    /// back to the client. `None`: no request ID is added.
+    pub request_id: Option<RequestIdConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestIdConfig {
+    /// The header's name, as written (`X-Request-Id`).
+    pub header: std::sync::Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,6 +35,7 @@ mod openapi;
 mod packaging;
 mod rebalance;
 mod replace;
+mod request_id;
 mod retries;
 mod rollout;
 mod shutdown;

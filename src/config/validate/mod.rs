@@ -59,6 +59,23 @@ struct Validator {
     base: PathBuf,
 }
 
+/// Headers a request ID cannot be carried in: hop-by-hop, framing, or written by handoff.
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "content-length",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "set-cookie",
+    "cookie",
+];
+
 impl Validator {
     fn err(&mut self, path: &str, reason: impl Into<String>) {
         let (line, col) = self.positions.find(path);
@@ -159,6 +176,7 @@ impl Validator {
         let mut upgrade = None;
         let mut cluster = None;
         let mut resolve_interval = None;
+        let mut request_id = None;
         for (key, value) in map {
             let Some(key) = key.as_str().map(str::to_string) else {
                 self.err("", format!("top-level keys must be strings, found {key:?}"));
@@ -168,6 +186,7 @@ impl Validator {
                 "admin" => admin = self.item::<RawAdmin>("admin", value),
                 "upgrade" => upgrade = self.item::<RawUpgrade>("upgrade", value),
                 "cluster" => cluster = self.item::<RawCluster>("cluster", value),
+                "request_id" => request_id = self.item::<RawRequestId>("request_id", value),
                 "shutdown_grace" => grace = self.item::<String>("shutdown_grace", value),
                 "resolve_interval" => {
                     resolve_interval = self.item::<String>("resolve_interval", value)
@@ -183,7 +202,7 @@ impl Validator {
                     format!(
                         "unknown field `{other}`, expected one of `admin`, `state_file`, \
                          `affinity_key_env`, `shutdown_grace`, `resolve_interval`, `upgrade`, `cluster`, \
-                         `listeners`, `pools`"
+                         `request_id`, `listeners`, `pools`"
                     ),
                 ),
             }
@@ -250,6 +269,7 @@ impl Validator {
             self.err("state_file", "must be a file path");
         }
         let upgrade = self.upgrade(upgrade.unwrap_or_default());
+        let request_id = request_id.map(|raw| self.request_id(raw));
         let cluster = cluster.map(|raw| self.cluster(raw, admin.listen));
         if affinity_key_env.as_deref() == Some("") {
             self.err("affinity_key_env", "must name an environment variable");
@@ -267,6 +287,7 @@ impl Validator {
             pools,
             upgrade,
             cluster,
+            request_id,
         })
     }
 
@@ -306,6 +327,33 @@ impl Validator {
                 d::UPGRADE_TIMEOUT,
                 limits::UPGRADE_TIMEOUT,
             ),
+        }
+    }
+
+    fn request_id(&mut self, raw: RawRequestId) -> RequestIdConfig {
+        let header = raw
+            .header
+            .unwrap_or_else(|| d::REQUEST_ID_HEADER.to_string());
+        let token = !header.is_empty()
+            && header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            self.err(
+                "request_id.header",
+                format!("{header:?} is not a header name (letters, digits, `-`, ...)"),
+            );
+        } else if RESERVED_HEADERS
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&header))
+        {
+            self.err(
+                "request_id.header",
+                format!("{header:?} is a header handoff itself writes or the framing depends on"),
+            );
+        }
+        RequestIdConfig {
+            header: header.into(),
         }
     }
 

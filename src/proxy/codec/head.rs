@@ -272,6 +272,7 @@ pub fn write_request(
     info: &RequestInfo<'_>,
     forwarded_for: &[u8],
     proto: &str,
+    request_id: Option<(&str, &[u8])>,
 ) {
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -290,7 +291,8 @@ pub fn write_request(
     }
     let named = names_fields(req.headers);
     for h in req.headers {
-        let replaced = absolute && h.name.eq_ignore_ascii_case("host");
+        let replaced = (absolute && h.name.eq_ignore_ascii_case("host"))
+            || request_id.is_some_and(|(name, _)| h.name.eq_ignore_ascii_case(name));
         if !replaced && !dropped(h.name, req.headers, true, named) {
             field(out, h.name, h.value);
         }
@@ -307,6 +309,9 @@ pub fn write_request(
     out.extend_from_slice(forwarded_for);
     out.extend_from_slice(b"\r\n");
     field(out, "X-Forwarded-Proto", proto.as_bytes());
+    if let Some((name, id)) = request_id {
+        field(out, name, id);
+    }
     framing_field(out, info.body);
     if let Some(value) = info.upgrade {
         field(out, "Connection", b"upgrade");
@@ -394,6 +399,8 @@ pub struct ClientSide<'a> {
     pub set_cookie: Option<&'a [u8]>,
     /// The `Upgrade` value of a 101 that starts a tunnel.
     pub upgrade: Option<&'a [u8]>,
+    /// The request ID header and value, in place of the backend's own.
+    pub request_id: Option<(&'a str, &'a [u8])>,
 }
 
 /// Writes the response head for the client into `out`. A chunked body goes to HTTP/1.0
@@ -414,9 +421,15 @@ pub fn write_response(
         // A bodiless response's Content-Length describes the GET (HEAD) or the cached
         // representation (304): passed on as it is.
         let keep_length = body == BodyLen::Empty && h.name.eq_ignore_ascii_case("content-length");
-        if keep_length || !dropped(h.name, resp.headers, false, named) {
+        let replaced = client
+            .request_id
+            .is_some_and(|(name, _)| h.name.eq_ignore_ascii_case(name));
+        if keep_length || (!replaced && !dropped(h.name, resp.headers, false, named)) {
             field(out, h.name, h.value);
         }
+    }
+    if let Some((name, id)) = client.request_id {
+        field(out, name, id);
     }
     if let Some(cookie) = client.set_cookie {
         field(out, "Set-Cookie", cookie);
@@ -462,6 +475,7 @@ pub fn write_local(
     reason: &str,
     to_head: bool,
     connection: Option<&str>,
+    request_id: Option<(&str, &[u8])>,
 ) {
     let phrase = http::StatusCode::from_u16(status)
         .ok()
@@ -475,6 +489,9 @@ pub fn write_local(
     );
     if let Some(value) = connection {
         let _ = write!(out, "Connection: {value}\r\n");
+    }
+    if let Some((name, id)) = request_id {
+        field(out, name, id);
     }
     out.extend_from_slice(b"\r\n");
     if !to_head {

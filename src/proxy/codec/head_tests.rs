@@ -7,7 +7,7 @@ fn rewrite(raw: &str) -> Result<String, Refusal> {
     let req = parse_request(raw.as_bytes(), &mut fields)?.expect("complete");
     let info = inspect(&req)?;
     let mut out = Vec::new();
-    write_request(&mut out, &req, &info, b"192.0.2.7", "http");
+    write_request(&mut out, &req, &info, b"192.0.2.7", "http", None);
     Ok(String::from_utf8(out).unwrap())
 }
 
@@ -126,6 +126,7 @@ const KEEP: ClientSide<'static> = ClientSide {
     keep_alive: true,
     set_cookie: None,
     upgrade: None,
+    request_id: None,
 };
 
 #[test]
@@ -173,7 +174,14 @@ fn responses_are_rewritten_for_the_client() {
 #[test]
 fn local_responses_are_complete_messages() {
     let mut out = Vec::new();
-    write_local(&mut out, 502, "the backend failed", false, Some("close"));
+    write_local(
+        &mut out,
+        502,
+        "the backend failed",
+        false,
+        Some("close"),
+        None,
+    );
     let text = String::from_utf8(out).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n") && head.contains("Connection: close"));

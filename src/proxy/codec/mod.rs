@@ -9,4 +9,5 @@
 pub mod buf;
 pub mod framing;
 pub mod head;
+pub mod request_id;
 pub mod translate;

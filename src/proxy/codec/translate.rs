@@ -141,8 +141,12 @@ pub fn response_headers(fields: &[httparse::Header<'_>], body: BodyLen) -> Heade
 }
 
 /// An HTTP/1.x request head as the parts of an HTTP/2 request (for an HTTP/2 backend):
-/// hop-by-hop fields dropped.
-pub fn h2_parts(req: &head::Request<'_, '_>) -> Result<Parts, &'static str> {
+/// hop-by-hop fields dropped, the request ID (`request_id`: its header and value) in place
+/// of the client's.
+pub fn h2_parts(
+    req: &head::Request<'_, '_>,
+    request_id: Option<(&str, &[u8])>,
+) -> Result<Parts, &'static str> {
     let mut builder = Request::builder()
         .method(req.method)
         .uri(req.target)
@@ -152,9 +156,13 @@ pub fn h2_parts(req: &head::Request<'_, '_>) -> Result<Parts, &'static str> {
     for h in req.headers {
         let te_trailers =
             h.name.eq_ignore_ascii_case("te") && h.value.eq_ignore_ascii_case(b"trailers");
-        if te_trailers || !head::dropped(h.name, req.headers, false, true) {
+        let replaced = request_id.is_some_and(|(name, _)| h.name.eq_ignore_ascii_case(name));
+        if te_trailers || !(replaced || head::dropped(h.name, req.headers, false, true)) {
             builder = builder.header(h.name, h.value);
         }
+    }
+    if let Some((name, id)) = request_id {
+        builder = builder.header(name, id);
     }
     builder
         .body(())

@@ -143,7 +143,7 @@ pub async fn forward<I: ClientIo>(
                 status: 400,
                 reason: "invalid chunked framing",
             };
-            return respond_local(io, &local, false, Then::Close).await;
+            return respond_local(io, &local, false, Then::Close, p.id()).await;
         }
         (Err(local), _) => {
             return respond_local(
@@ -151,6 +151,7 @@ pub async fn forward<I: ClientIo>(
                 &local,
                 p.is_head,
                 Then::keep_if(whole && p.keep_alive, p.minor),
+                p.id(),
             )
             .await;
         }
@@ -194,6 +195,7 @@ pub async fn forward<I: ClientIo>(
         &head.headers,
         framing,
         keep_alive,
+        p.id(),
     );
     if let Some(c) = cookie {
         field(&mut out.0, "set-cookie", c.as_bytes());
@@ -228,6 +230,7 @@ fn write_head(
     headers: &HeaderMap,
     framing: BodyLen,
     keep_alive: bool,
+    request_id: Option<(&str, &[u8])>,
 ) {
     out.extend_from_slice(if minor == 0 {
         b"HTTP/1.0 "
@@ -240,10 +243,14 @@ fn write_head(
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
         let n = name.as_str();
-        if n == "content-length" || head::dropped(n, &[], false, false) {
+        let replaced = request_id.is_some_and(|(id, _)| n.eq_ignore_ascii_case(id));
+        if replaced || n == "content-length" || head::dropped(n, &[], false, false) {
             continue;
         }
         field(out, n, value.as_bytes());
+    }
+    if let Some((name, id)) = request_id {
+        field(out, name, id);
     }
     head::framing_field(out, framing);
     match (keep_alive, minor) {

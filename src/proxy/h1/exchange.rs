@@ -96,13 +96,13 @@ pub async fn one<I: ClientIo>(
                     ctx.listener.metrics.client_error(e);
                     tracing::debug!(peer = %ctx.peer, status = local.status, reason = local.reason, "client error");
                 }
-                return respond_local(io, &local, to_head, Then::Close).await;
+                return respond_local(io, &local, to_head, Then::Close, None).await;
             }
             None => {}
         }
         if buf.len() >= MAX_HEAD {
             ctx.listener.metrics.client_error(ClientError::HeadTooLarge);
-            return respond_local(io, &Refusal::TooLarge.into(), false, Then::Close).await;
+            return respond_local(io, &Refusal::TooLarge.into(), false, Then::Close, None).await;
         }
         match buf.read_from(io, MAX_HEAD).await {
             Ok(0) | Err(_) => return Next::Close,
@@ -152,9 +152,7 @@ async fn forward<I: ClientIo>(
             } else {
                 n.min(u64::from(p.request_buffer))
             };
-            if hold as usize > buf.len()
-                && !send::read_body(ctx, io, buf, hold as usize, p.timeouts).await
-            {
+            if hold as usize > buf.len() && !send::read_body(ctx, io, buf, hold as usize, p).await {
                 return Next::Close;
             }
             n as usize <= buf.len()
@@ -231,7 +229,7 @@ async fn forward<I: ClientIo>(
                     status: 408,
                     reason: "the request body did not arrive in time",
                 };
-                return respond_local(io, &local, false, Then::Close).await;
+                return respond_local(io, &local, false, Then::Close, p.id()).await;
             }
             let now = Instant::now();
             let outcome = match sent {
@@ -262,7 +260,7 @@ async fn forward<I: ClientIo>(
                         status: 400,
                         reason: "invalid chunked framing",
                     };
-                    return respond_local(io, &local, false, Then::Close).await;
+                    return respond_local(io, &local, false, Then::Close, p.id()).await;
                 }
                 Ok(Err(Failure::Upstream { answered })) => Outcome::Failed { reused, answered },
             };
@@ -281,8 +279,14 @@ async fn forward<I: ClientIo>(
                     walk::log_failure(node, outcome);
                     observe(now);
                     let keep = keep && whole && p.keep_alive;
-                    return respond_local(io, &local, p.is_head, Then::keep_if(keep, p.minor))
-                        .await;
+                    return respond_local(
+                        io,
+                        &local,
+                        p.is_head,
+                        Then::keep_if(keep, p.minor),
+                        p.id(),
+                    )
+                    .await;
                 }
             }
         }
@@ -295,6 +299,7 @@ async fn forward<I: ClientIo>(
         &local,
         p.is_head,
         Then::keep_if(whole && p.keep_alive, p.minor),
+        p.id(),
     )
     .await
 }

@@ -48,12 +48,14 @@ impl Then {
     }
 }
 
-/// Writes a local response, then keeps or closes the connection as `then` says.
+/// Writes a local response (with the request's ID, once it has one), then keeps or closes
+/// the connection as `then` says.
 pub async fn respond_local<I: ClientIo>(
     io: &mut I,
     local: &Local,
     to_head: bool,
     then: Then,
+    id: Option<(&str, &[u8])>,
 ) -> Next {
     let mut out = Out::take();
     let connection = match then {
@@ -61,7 +63,14 @@ pub async fn respond_local<I: ClientIo>(
         Then::KeepAlive { minor: 0 } => Some("keep-alive"),
         Then::KeepAlive { .. } => None,
     };
-    head::write_local(&mut out.0, local.status, local.reason, to_head, connection);
+    head::write_local(
+        &mut out.0,
+        local.status,
+        local.reason,
+        to_head,
+        connection,
+        id,
+    );
     let written = io.write_all(&out.0).await.and(io.flush().await);
     match (written, then) {
         (Ok(()), Then::KeepAlive { .. }) => Next::KeepAlive,

@@ -10,6 +10,7 @@ use crate::pool::Pool;
 use crate::proxy::codec::buf::Out;
 use crate::proxy::codec::framing::BodyLen;
 use crate::proxy::codec::head;
+use crate::proxy::codec::request_id;
 use crate::proxy::codec::translate;
 use crate::proxy::ctx::ConnCtx;
 use crate::proxy::sticky::Client;
@@ -37,6 +38,16 @@ pub struct RequestPlan {
     pub out: Out,
     /// For an HTTP/2 pool: the request as HTTP/2 parts (`out` stays empty).
     pub h2: Option<Box<http::request::Parts>>,
+    /// The request ID (`request_id:`): its header's name and the value sent to the node
+    /// and back to the client.
+    pub request_id: Option<(Arc<str>, Box<[u8]>)>,
+}
+
+impl RequestPlan {
+    /// The request ID's header and value, if IDs are on.
+    pub fn id(&self) -> Option<(&str, &[u8])> {
+        self.request_id.as_ref().map(|(n, v)| (&**n, &**v))
+    }
 }
 
 /// Checks, routes and rewrites a parsed head. An error is answered locally (the flag says
@@ -45,8 +56,13 @@ pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<RequestPlan, (
     let info = head::inspect(req).map_err(|r| (Local::from(r), false))?;
     let is_head = info.is_head;
     let local = |status, reason| Err((Local { status, reason }, is_head));
-    let (pool, timeouts, request_buffer) = {
+    let (pool, timeouts, request_buffer, id_header) = {
         let snapshot = ctx.plane.snapshot.load();
+        let id_header = snapshot
+            .config
+            .request_id
+            .as_ref()
+            .map(|r| Arc::clone(&r.header));
         match snapshot.listeners.get(&*ctx.listener.name) {
             None => return local(503, "this listener is being removed"),
             Some(l) => match l.route(info.host, info.path) {
@@ -55,6 +71,7 @@ pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<RequestPlan, (
                     Arc::clone(pool),
                     l.config.timeouts,
                     u32::try_from(l.config.request_buffer).unwrap_or(u32::MAX),
+                    id_header,
                 ),
             },
         }
@@ -66,6 +83,16 @@ pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<RequestPlan, (
         .map(|h| h.value);
     let client = Client::identify(&pool, cookies, ctx.peer.ip());
     let preview = pool.preview_node(req.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
+    // The client's ID when it is sane, else a new one (the first of the client's fields).
+    let request_id = id_header.map(|name| {
+        let sent = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(&name))
+            .map(|h| h.value);
+        (name, request_id::keep_or_make(sent))
+    });
+    let id = request_id.as_ref().map(|(n, v)| (&**n, &**v));
     let mut out = Out::take();
     // An HTTP/2 pool gets the request as HTTP/2 parts (`bridge`), others an HTTP/1.1 head.
     let h2 = if pool.config.upstream.protocol == UpstreamProtocol::Http1 {
@@ -75,12 +102,13 @@ pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<RequestPlan, (
             &info,
             ctx.client_addr().as_bytes(),
             ctx.proto(),
+            id,
         );
         None
     } else if info.upgrade.is_some() {
         return local(501, "upgrades are not carried to HTTP/2 backends");
     } else {
-        match translate::h2_parts(req) {
+        match translate::h2_parts(req, id) {
             Ok(parts) => Some(Box::new(parts)),
             Err(reason) => return local(400, reason),
         }
@@ -106,5 +134,6 @@ pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<RequestPlan, (
         preview,
         out,
         h2,
+        request_id,
     })
 }

@@ -3,7 +3,6 @@
 //! once, and a final response that comes early ends the upload. A body held before it is
 //! sent (for a replay, or `request_buffer`) is read here too.
 
-use crate::config::Timeouts;
 use crate::metrics::ClientError;
 use crate::pool::UpstreamIo;
 use crate::proxy::ctx::ConnCtx;
@@ -134,6 +133,7 @@ fn parse(
         keep_alive: d.keep_alive,
         set_cookie: d.set_cookie.as_deref().map(str::as_bytes),
         upgrade,
+        request_id: p.id(),
     };
     head::write_response(&mut out.0, &resp, info.body, &client);
     Ok(Parsed::Final(RelayHead {
@@ -235,8 +235,9 @@ pub(super) async fn read_body<I: ClientIo>(
     io: &mut I,
     buf: &mut Buf,
     n: usize,
-    timeouts: Timeouts,
+    p: &RequestPlan,
 ) -> bool {
+    let timeouts = p.timeouts;
     let limit = n.max(SIZE);
     let read = async {
         while buf.len() < n {
@@ -255,7 +256,7 @@ pub(super) async fn read_body<I: ClientIo>(
                 reason: "the request body did not arrive in time",
             };
             ctx.listener.metrics.client_error(ClientError::BodyTimeout);
-            respond_local(io, &local, false, Then::Close).await;
+            respond_local(io, &local, false, Then::Close, p.id()).await;
             false
         }
     }

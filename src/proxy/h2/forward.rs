@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use http::header::HeaderName;
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -24,6 +25,7 @@ use crate::pool::{Pool, SessionGuard, SessionKind, Upstream};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::codec::buf::{Buf, Out};
 use crate::proxy::codec::framing::BodyLen;
+use crate::proxy::codec::request_id;
 use crate::proxy::codec::translate::{request_host, write_request_head};
 use crate::proxy::connect::connect_upstream;
 use crate::proxy::ctx::ConnCtx;
@@ -40,7 +42,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let inflight = InflightGuard::new(&ctx.activity);
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // RFC 9113 §8.2.1: a field value with leading or trailing whitespace makes the request
     // malformed, and a malformed request is never forwarded.
     let padded = parts.headers.values().any(|v| {
@@ -56,13 +58,18 @@ pub async fn handle(
     }
     let routed = {
         let snapshot = ctx.plane.snapshot.load();
+        let id_header = snapshot
+            .config
+            .request_id
+            .as_ref()
+            .map(|r| Arc::clone(&r.header));
         snapshot.listeners.get(&*ctx.listener.name).map(|l| {
             let pool = l.route(request_host(&parts), parts.uri.path()).cloned();
             let buffer = u64::try_from(l.config.request_buffer).unwrap_or(u64::MAX);
-            (pool, (l.config.timeouts, buffer))
+            (pool, (l.config.timeouts, buffer, id_header))
         })
     };
-    let (pool, (timeouts, request_buffer)) = match routed {
+    let (pool, (timeouts, request_buffer, id_header)) = match routed {
         Some((Some(pool), timeouts)) => (pool, timeouts),
         Some((None, _)) => {
             ctx.listener.metrics.client_error(ClientError::NoRoute);
@@ -78,8 +85,16 @@ pub async fn handle(
             ))
         }
     };
+    // The client's ID when it is sane, else a new one: to the node, and back.
+    let id = id_header.and_then(|name| {
+        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let sent = parts.headers.get(&name).map(HeaderValue::as_bytes);
+        let value = HeaderValue::from_bytes(&request_id::keep_or_make(sent)).ok()?;
+        parts.headers.insert(name.clone(), value.clone());
+        Some((name, value))
+    });
     let started = Instant::now();
-    let resp = forward(
+    let mut resp = forward(
         &ctx,
         &pool,
         (parts, body),
@@ -88,6 +103,9 @@ pub async fn handle(
         started,
     )
     .await;
+    if let Some((name, value)) = id {
+        resp.headers_mut().insert(name, value);
+    }
     Ok(resp)
 }
 
