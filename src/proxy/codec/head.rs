@@ -124,8 +124,30 @@ fn tokens<'a>(headers: &'a [Header<'a>], name: &'a str) -> impl Iterator<Item = 
         .filter(|t| !t.is_empty())
 }
 
-fn has_token(headers: &[Header<'_>], name: &str, token: &[u8]) -> bool {
-    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+/// What the `Connection` fields of a message say, read in one pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionTokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+    /// It names other fields, which are then hop-by-hop too.
+    pub names_fields: bool,
+}
+
+pub fn connection_tokens(headers: &[Header<'_>]) -> ConnectionTokens {
+    let mut c = ConnectionTokens::default();
+    for t in tokens(headers, "connection") {
+        if t.eq_ignore_ascii_case(b"close") {
+            c.close = true;
+        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+            c.keep_alive = true;
+        } else if t.eq_ignore_ascii_case(b"upgrade") {
+            c.upgrade = true;
+        } else {
+            c.names_fields = true;
+        }
+    }
+    c
 }
 
 /// Whether a field is not passed on as it is: hop-by-hop, named by `Connection`, or
@@ -133,11 +155,7 @@ fn has_token(headers: &[Header<'_>], name: &str, token: &[u8]) -> bool {
 /// Whether `Connection` names fields (beyond `close`, `keep-alive` and `upgrade`), which are
 /// then hop-by-hop too. Asked once per message, so most fields need no second scan.
 pub(crate) fn names_fields(headers: &[Header<'_>]) -> bool {
-    tokens(headers, "connection").any(|t| {
-        !(t.eq_ignore_ascii_case(b"close")
-            || t.eq_ignore_ascii_case(b"keep-alive")
-            || t.eq_ignore_ascii_case(b"upgrade"))
-    })
+    connection_tokens(headers).names_fields
 }
 
 /// `named`: what [`names_fields`] said of this message.
@@ -184,6 +202,8 @@ pub struct RequestInfo<'b> {
     /// `Expect: 100-continue`: the body comes only once the backend says so, so it is
     /// never read ahead.
     pub expects_continue: bool,
+    /// `Connection` names other fields (hop-by-hop too): see [`dropped`].
+    pub named: bool,
 }
 
 /// Checks a request and works out its framing, routing and keep-alive.
@@ -212,12 +232,13 @@ pub fn inspect<'b>(req: &Request<'_, 'b>) -> Result<RequestInfo<'b>, Refusal> {
     if req.minor == 1 && host_field.is_none() {
         return Err(Refusal::Bad("an HTTP/1.1 request without Host"));
     }
+    let conn = connection_tokens(headers);
     let keep_alive = if req.minor == 0 {
-        has_token(headers, "connection", b"keep-alive")
+        conn.keep_alive
     } else {
-        !has_token(headers, "connection", b"close")
+        !conn.close
     };
-    let upgrade = if req.minor == 1 && has_token(headers, "connection", b"upgrade") {
+    let upgrade = if req.minor == 1 && conn.upgrade {
         headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
@@ -239,6 +260,7 @@ pub fn inspect<'b>(req: &Request<'_, 'b>) -> Result<RequestInfo<'b>, Refusal> {
         is_head: req.method == "HEAD",
         expects_continue: req.minor > 0
             && tokens(headers, "expect").any(|t| t.eq_ignore_ascii_case(b"100-continue")),
+        named: conn.names_fields,
     })
 }
 
@@ -289,7 +311,7 @@ pub fn write_request(
     if let (true, Some(host)) = (absolute || !has_host, info.host) {
         field(out, "Host", host.as_bytes());
     }
-    let named = names_fields(req.headers);
+    let named = info.named;
     for h in req.headers {
         let replaced = (absolute && h.name.eq_ignore_ascii_case("host"))
             || request_id.is_some_and(|(name, _)| h.name.eq_ignore_ascii_case(name));
@@ -374,18 +396,22 @@ pub struct ResponseInfo {
     pub body: BodyLen,
     /// The backend connection cannot carry another request after this response.
     pub upstream_closes: bool,
+    /// `Connection` names other fields (hop-by-hop too): see [`dropped`].
+    pub named: bool,
 }
 
 pub fn inspect_response(resp: &Response<'_, '_>, to_head: bool) -> Result<ResponseInfo, Bad> {
     let (body, suspect) = framing::response_body(resp.headers, resp.status, to_head)?;
+    let conn = connection_tokens(resp.headers);
     let keep_alive = if resp.minor == 0 {
-        has_token(resp.headers, "connection", b"keep-alive")
+        conn.keep_alive
     } else {
-        !has_token(resp.headers, "connection", b"close")
+        !conn.close
     };
     Ok(ResponseInfo {
         body,
         upstream_closes: suspect || !keep_alive,
+        named: conn.names_fields,
     })
 }
 
@@ -408,15 +434,16 @@ pub struct ClientSide<'a> {
 pub fn write_response(
     out: &mut Vec<u8>,
     resp: &Response<'_, '_>,
-    body: BodyLen,
+    info: &ResponseInfo,
     client: &ClientSide<'_>,
 ) {
+    let body = info.body;
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, resp.status.into());
     out.push(b' ');
     out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let named = names_fields(resp.headers);
+    let named = info.named;
     for h in resp.headers {
         // A bodiless response's Content-Length describes the GET (HEAD) or the cached
         // representation (304): passed on as it is.

@@ -117,7 +117,7 @@ fn respond(raw: &str, to_head: bool, client: ClientSide<'_>) -> (String, Respons
         .unwrap();
     let info = inspect_response(&resp, to_head).unwrap();
     let mut out = Vec::new();
-    write_response(&mut out, &resp, info.body, &client);
+    write_response(&mut out, &resp, &info, &client);
     (String::from_utf8(out).unwrap(), info)
 }
 
@@ -198,4 +198,24 @@ fn decimals_are_written_plainly() {
         push_decimal(&mut out, n);
         assert_eq!(out, n.to_string().as_bytes());
     }
+}
+
+#[test]
+fn connection_fields_are_read_in_one_pass_whatever_their_case_and_count() {
+    let h = |name, value| httparse::Header { name, value };
+    let none = connection_tokens(&[h("Host", &b"x"[..])]);
+    assert_eq!(none, ConnectionTokens::default());
+    let headers = [
+        h("connection", &b" Keep-Alive , X-Secret"[..]),
+        h("Host", &b"x"[..]),
+        h("CONNECTION", &b"UPGRADE,,close"[..]),
+    ];
+    let c = connection_tokens(&headers);
+    assert!(
+        c.keep_alive && c.upgrade && c.close && c.names_fields,
+        "{c:?}"
+    );
+    assert!(names_fields(&headers));
+    let plain = [h("Connection", &b"close, keep-alive, upgrade"[..])];
+    assert!(!connection_tokens(&plain).names_fields);
 }

@@ -135,7 +135,7 @@ fn parse(
         upgrade,
         request_id: p.id(),
     };
-    head::write_response(&mut out.0, &resp, info.body, &client);
+    head::write_response(&mut out.0, &resp, &info, &client);
     Ok(Parsed::Final(RelayHead {
         status: resp.status,
         len: resp.len,
