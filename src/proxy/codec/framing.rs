@@ -45,15 +45,7 @@ pub enum Bad {
 /// Whether `b` holds an LF not preceded by CR (RFC 9112 §2.2 lets a recipient accept one; a
 /// proxy must not, since the next hop may disagree on where the line ends).
 pub fn has_bare_lf(b: &[u8]) -> bool {
-    let mut from = 0;
-    while let Some(i) = b[from..].iter().position(|&c| c == b'\n') {
-        let at = from + i;
-        if at == 0 || b[at - 1] != b'\r' {
-            return true;
-        }
-        from = at + 1;
-    }
-    false
+    memchr::memchr_iter(b'\n', b).any(|at| at == 0 || b[at - 1] != b'\r')
 }
 
 /// Content-Length over every field line and list element: one value, however often

@@ -150,16 +150,21 @@ pub fn connection_tokens(headers: &[Header<'_>]) -> ConnectionTokens {
     c
 }
 
-/// Whether a field is not passed on as it is: hop-by-hop, named by `Connection`, or
-/// rewritten by handoff. Most names are ruled out by their length alone.
 /// Whether `Connection` names fields (beyond `close`, `keep-alive` and `upgrade`), which are
 /// then hop-by-hop too. Asked once per message, so most fields need no second scan.
 pub(crate) fn names_fields(headers: &[Header<'_>]) -> bool {
     connection_tokens(headers).names_fields
 }
 
-/// `named`: what [`names_fields`] said of this message.
+/// Whether a field is not passed on as it is: hop-by-hop, named by `Connection`, or
+/// rewritten by handoff. `named`: what [`names_fields`] said of this message.
 pub(crate) fn dropped(name: &str, headers: &[Header<'_>], request: bool, named: bool) -> bool {
+    // Every fixed name starts with c, k, p, t, u or x, and has its own length: most fields
+    // are ruled out by their first byte and their length before any comparison.
+    let first = name.as_bytes().first().map_or(0, |b| b | 0x20);
+    if !matches!(first, b'c' | b'k' | b'p' | b't' | b'u' | b'x') {
+        return named && connection_names(headers, name);
+    }
     let fixed = match name.len() {
         2 => name.eq_ignore_ascii_case("te"),
         7 => name.eq_ignore_ascii_case("trailer") || name.eq_ignore_ascii_case("upgrade"),

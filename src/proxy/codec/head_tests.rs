@@ -219,3 +219,48 @@ fn connection_fields_are_read_in_one_pass_whatever_their_case_and_count() {
     let plain = [h("Connection", &b"close, keep-alive, upgrade"[..])];
     assert!(!connection_tokens(&plain).names_fields);
 }
+
+#[test]
+fn every_hop_by_hop_and_rewritten_name_is_dropped_in_any_case_and_others_kept() {
+    let gone = [
+        "TE",
+        "Trailer",
+        "UPGRADE",
+        "Connection",
+        "keep-alive",
+        "Content-Length",
+        "X-Forwarded-For",
+        "Proxy-Connection",
+        "transfer-encoding",
+        "X-FORWARDED-PROTO",
+        "Proxy-Authenticate",
+        "proxy-authorization",
+    ];
+    for name in gone {
+        assert!(dropped(name, &[], true, false), "{name}");
+        let lower = name.to_ascii_lowercase();
+        assert!(dropped(&lower, &[], true, false), "{lower}");
+    }
+    // Forwarding fields are rewritten on requests only.
+    assert!(!dropped("X-Forwarded-For", &[], false, false));
+    for name in [
+        "Host",
+        "User-Agent",
+        "Accept",
+        "Content-Type",
+        "Tex",
+        "Cookie",
+        "Date",
+        "",
+        "-",
+    ] {
+        assert!(!dropped(name, &[], true, false), "{name}");
+    }
+    // A name `Connection` lists is dropped, whatever its first letter.
+    let conn = [httparse::Header {
+        name: "Connection",
+        value: b"X-Secret, Authorization",
+    }];
+    assert!(dropped("x-secret", &conn, true, true) && dropped("Authorization", &conn, true, true));
+    assert!(!dropped("Host", &conn, true, true));
+}
