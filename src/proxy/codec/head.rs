@@ -114,14 +114,15 @@ fn parse_error(e: httparse::Error) -> &'static str {
     }
 }
 
-/// Each comma-separated token of every `name` field.
-fn tokens<'a>(headers: &'a [Header<'a>], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-    headers
-        .iter()
-        .filter(move |h| h.name.eq_ignore_ascii_case(name))
-        .flat_map(|h| h.value.split(|&c| c == b','))
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
+/// Whether a `name` field lists `token` (comma-separated, any case). Plain loops: it runs
+/// for every request.
+fn has_token(headers: &[Header<'_>], name: &str, token: &[u8]) -> bool {
+    headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case(name)
+            && h.value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
 }
 
 /// What the `Connection` fields of a message say, read in one pass.
@@ -136,15 +137,19 @@ pub struct ConnectionTokens {
 
 pub fn connection_tokens(headers: &[Header<'_>]) -> ConnectionTokens {
     let mut c = ConnectionTokens::default();
-    for t in tokens(headers, "connection") {
-        if t.eq_ignore_ascii_case(b"close") {
-            c.close = true;
-        } else if t.eq_ignore_ascii_case(b"keep-alive") {
-            c.keep_alive = true;
-        } else if t.eq_ignore_ascii_case(b"upgrade") {
-            c.upgrade = true;
-        } else {
-            c.names_fields = true;
+    // A plain loop: this runs for every request and response.
+    for h in headers {
+        if h.name.len() != 10 || !h.name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            match t.len() {
+                0 => {}
+                5 if t.eq_ignore_ascii_case(b"close") => c.close = true,
+                10 if t.eq_ignore_ascii_case(b"keep-alive") => c.keep_alive = true,
+                7 if t.eq_ignore_ascii_case(b"upgrade") => c.upgrade = true,
+                _ => c.names_fields = true,
+            }
         }
     }
     c
@@ -186,8 +191,7 @@ pub(crate) fn dropped(name: &str, headers: &[Header<'_>], request: bool, named: 
 /// Whether `Connection` lists `name` (beyond the usual close / keep-alive / upgrade).
 fn connection_names(headers: &[Header<'_>], name: &str) -> bool {
     // `Connection: host` cannot take Host away (RFC 9112 §3.2: it is end to end).
-    !name.eq_ignore_ascii_case("host")
-        && tokens(headers, "connection").any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    !name.eq_ignore_ascii_case("host") && has_token(headers, "connection", name.as_bytes())
 }
 
 /// What handoff needs to know of a request to route and forward it.
@@ -263,8 +267,7 @@ pub fn inspect<'b>(req: &Request<'_, 'b>) -> Result<RequestInfo<'b>, Refusal> {
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         ),
         is_head: req.method == "HEAD",
-        expects_continue: req.minor > 0
-            && tokens(headers, "expect").any(|t| t.eq_ignore_ascii_case(b"100-continue")),
+        expects_continue: req.minor > 0 && has_token(headers, "expect", b"100-continue"),
         named: conn.names_fields,
     })
 }
