@@ -264,3 +264,22 @@ fn every_hop_by_hop_and_rewritten_name_is_dropped_in_any_case_and_others_kept() 
     assert!(dropped("x-secret", &conn, true, true) && dropped("Authorization", &conn, true, true));
     assert!(!dropped("Host", &conn, true, true));
 }
+
+#[test]
+fn fields_passed_on_come_out_as_name_colon_space_value_however_they_were_spaced() {
+    let out = rewrite(
+        "GET / HTTP/1.1\r\nHost: h\r\nA:b\r\nC:   d\r\nE:\tf\r\nG: h  \r\nEmpty:\r\nI: j\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        "GET / HTTP/1.1\r\nHost: h\r\nA: b\r\nC: d\r\nE: f\r\nG: h\r\nEmpty: \r\nI: j\r\n\
+         X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+    );
+    let (resp, _) = respond(
+        "HTTP/1.1 200 OK\r\nA:b\r\nC:  d\r\nE: f\r\nContent-Length: 0\r\n\r\n",
+        false,
+        KEEP,
+    );
+    assert!(resp.contains("\r\nA: b\r\nC: d\r\nE: f\r\n"), "{resp:?}");
+}
