@@ -156,3 +156,83 @@ fn a_header_that_framing_or_handoff_owns_cannot_carry_ids() {
     let config = handoff::config::parse(&yaml).unwrap();
     assert_eq!(&*config.request_id.unwrap().header, "X-Request-Id");
 }
+
+/// An h2c backend that answers every request with the request's headers as JSON, and an
+/// `x-request-id` of its own that the client must not see.
+async fn h2c_headers_backend() -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let map: serde_json::Map<String, serde_json::Value> = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                        .collect();
+                    let body = serde_json::Value::Object(map).to_string();
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                    resp.headers_mut()
+                        .insert("x-request-id", "the-backend-s-own".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_of_an_http2_pool_gets_the_id_the_node_got() {
+    let backend = h2c_headers_backend().await;
+    let yaml = format!(
+        r#"request_id: {{ header: X-Request-Id }}
+admin: {{ listen: "127.0.0.1:0" }}
+listeners:
+  - name: web
+    listen: "127.0.0.1:0"
+    protocol: http
+    routes: [ {{ pool: h2 }} ]
+pools:
+  - name: h2
+    upstream: {{ protocol: h2c }}
+    nodes: [ {{ name: a, addr: "{backend}" }} ]
+    health: {{ interval: 100ms, tcp: {{}} }}
+"#
+    );
+    let proxy = Proxy::start(&yaml).await;
+    proxy.wait_health("h2", "a", Health::Up).await;
+    let url = proxy.url("web", "/headers");
+    let (headers, seen) = ask_h1(&url, &[]).await;
+    assert!(made(&id(&headers)), "{headers:?}");
+    assert_eq!(seen["x-request-id"], id(&headers).as_str(), "{seen}");
+    let (headers, seen) = ask_h1(
+        &url,
+        &[("x-request-id", "kept-1"), ("traceparent", TRACEPARENT)],
+    )
+    .await;
+    assert_eq!(id(&headers), "kept-1");
+    assert_eq!(seen["x-request-id"], "kept-1");
+    assert_eq!(seen["traceparent"], TRACEPARENT);
+    assert_eq!(
+        headers.get_all("x-request-id").iter().count(),
+        1,
+        "{headers:?}"
+    );
+
+    // An HTTP/2 client of the same pool: the same.
+    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (headers, seen) = ask(&mut h2, &url, &[]).await;
+    assert!(made(&id(&headers)), "{headers:?}");
+    assert_eq!(seen["x-request-id"], id(&headers).as_str());
+}
