@@ -9,7 +9,33 @@
 
 use std::collections::BTreeMap;
 
-use super::store::View;
+use super::store::{Member, View, ViewNode};
+
+/// The views the guard judges: every other live instance's, where a member whose view has
+/// not arrived yet is judged by its report (the same admin state and health, a little later).
+pub fn others(
+    mut views: BTreeMap<String, View>,
+    members: &BTreeMap<String, Member>,
+    own: &str,
+) -> BTreeMap<String, View> {
+    for (name, m) in members {
+        views.entry(name.clone()).or_insert_with(|| View {
+            nodes: m
+                .nodes
+                .iter()
+                .map(|(k, n)| {
+                    let node = ViewNode {
+                        state: n.state.clone(),
+                        health: n.health.clone(),
+                    };
+                    (k.clone(), node)
+                })
+                .collect(),
+        });
+    }
+    views.remove(own);
+    views
+}
 
 /// Whether draining `node` of `pool` leaves every instance in `views` a serving node.
 /// `admitted(n)`: whether node `n` is let in by the shared admin state (not drained or

@@ -189,27 +189,11 @@ impl Cluster {
     /// The pair guard for every other live instance, each by its own view of the nodes: the
     /// shared admin state is this instance's (the write is conditioned on it).
     fn check_guard_everywhere(&self, t: &NodeRef) -> Result<(), ClusterError> {
-        let mut views = self.views.borrow().clone();
-        // A live member whose view has not arrived yet is judged by its report, which
-        // carries the same admin state and health (a little later).
-        for (name, m) in self.members.borrow().iter() {
-            views
-                .entry(name.clone())
-                .or_insert_with(|| super::store::View {
-                    nodes: m
-                        .nodes
-                        .iter()
-                        .map(|(k, n)| {
-                            let node = super::store::ViewNode {
-                                state: n.state.clone(),
-                                health: n.health.clone(),
-                            };
-                            (k.clone(), node)
-                        })
-                        .collect(),
-                });
-        }
-        views.remove(&self.config.instance);
+        let views = guard::others(
+            self.views.borrow().clone(),
+            &self.members.borrow(),
+            &self.config.instance,
+        );
         let names: Vec<&str> = t.pool.nodes.iter().map(|n| n.name.as_str()).collect();
         let admitted = |name: &str| {
             t.pool

@@ -313,8 +313,8 @@ mod generated {
                 let _ = head::inspect(&req);
             }
             let mut fields = head::fields();
-            if let Ok(Some(resp)) = head::parse_response(&raw, &mut fields) {
-                let _ = head::inspect_response(&resp, false);
+            if let Ok(Some(resp)) = crate::proxy::codec::response::parse_response(&raw, &mut fields) {
+                let _ = crate::proxy::codec::response::inspect_response(&resp, false);
             }
             let _ = Chunked::default().scan(&raw);
         }

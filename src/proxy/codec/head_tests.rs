@@ -1,6 +1,7 @@
-//! Head parsing and rewriting.
+//! Head parsing and rewriting, requests (`head`) and responses (`response`).
 
 use super::*;
+use crate::proxy::codec::response::*;
 
 fn rewrite(raw: &str) -> Result<String, Refusal> {
     let mut fields = fields();

@@ -1,5 +1,5 @@
 //! The codec layer of the HTTP path: bytes in, messages out, and back. Heads are parsed by
-//! httparse and written again for the next hop ([`head`]), bodies framed by RFC 9112
+//! httparse and written again for the next hop ([`head`], [`response`]), bodies framed by RFC 9112
 //! ([`framing`]), HTTP/2 request parts written as HTTP/1.1 heads and back ([`translate`]),
 //! all in buffers that exist only while a message is in flight ([`buf`]).
 //!
@@ -10,4 +10,5 @@ pub mod buf;
 pub mod framing;
 pub mod head;
 pub mod request_id;
+pub mod response;
 pub mod translate;

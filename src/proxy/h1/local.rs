@@ -5,7 +5,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ClientIo, Next};
 use crate::proxy::codec::buf::Out;
-use crate::proxy::codec::head::{self, Refusal};
+use crate::proxy::codec::head::Refusal;
+use crate::proxy::codec::response;
 use crate::proxy::walk::Local;
 
 impl From<Refusal> for Local {
@@ -63,7 +64,7 @@ pub async fn respond_local<I: ClientIo>(
         Then::KeepAlive { minor: 0 } => Some("keep-alive"),
         Then::KeepAlive { .. } => None,
     };
-    head::write_local(
+    response::write_local(
         &mut out.0,
         local.status,
         local.reason,

@@ -16,8 +16,9 @@ use super::plan::RequestPlan;
 use super::ClientIo;
 use crate::proxy::codec::buf::{Buf, Out, SIZE};
 use crate::proxy::codec::framing::{BodyLen, Chunked};
+use crate::proxy::codec::head;
 use crate::proxy::codec::head::MAX_HEAD;
-use crate::proxy::codec::head::{self, ClientSide};
+use crate::proxy::codec::response::{self, ClientSide};
 use crate::proxy::walk::{Failure, Local};
 
 /// A final response head, already rewritten for the client.
@@ -101,14 +102,14 @@ fn parse(
 ) -> Result<Parsed, Failure> {
     let bad = Failure::Upstream { answered: true };
     let mut fields = head::fields();
-    let Some(resp) = head::parse_response(ub.data(), &mut fields).map_err(|_| bad)? else {
+    let Some(resp) = response::parse_response(ub.data(), &mut fields).map_err(|_| bad)? else {
         return Ok(Parsed::Partial);
     };
     let mut out = Out::take();
     if (100..200).contains(&resp.status) && resp.status != 101 {
         // HTTP/1.0 clients cannot take interim responses: dropped.
         if p.minor >= 1 {
-            head::write_interim(&mut out.0, &resp);
+            response::write_interim(&mut out.0, &resp);
         }
         return Ok(Parsed::Interim(out, resp.len));
     }
@@ -116,7 +117,7 @@ fn parse(
     if tunnel && p.upgrade.is_none() {
         return Err(Failure::Upstream { answered: true });
     }
-    let info = head::inspect_response(&resp, p.is_head)
+    let info = response::inspect_response(&resp, p.is_head)
         .map_err(|_| Failure::Upstream { answered: true })?;
     let d = decide(resp.status, info.body, body_read);
     let upgrade = if tunnel {
@@ -135,7 +136,7 @@ fn parse(
         upgrade,
         request_id: p.id(),
     };
-    head::write_response(&mut out.0, &resp, &info, &client);
+    response::write_response(&mut out.0, &resp, &info, &client);
     Ok(Parsed::Final(RelayHead {
         status: resp.status,
         len: resp.len,

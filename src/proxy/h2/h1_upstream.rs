@@ -23,6 +23,7 @@ use crate::proxy::codec::buf::{Buf, SIZE};
 use crate::proxy::codec::framing::BodyLen;
 use crate::proxy::codec::framing::{ready, Left};
 use crate::proxy::codec::head::{self, MAX_HEAD};
+use crate::proxy::codec::response;
 use crate::proxy::codec::translate::response_headers;
 use crate::proxy::walk::Failure;
 
@@ -82,12 +83,12 @@ pub async fn read_head(
     loop {
         let parsed = {
             let mut fields = head::fields();
-            match head::parse_response(ub.data(), &mut fields) {
+            match response::parse_response(ub.data(), &mut fields) {
                 Err(_) => return Err(bad),
                 Ok(None) => None,
                 Ok(Some(resp)) if (100..200).contains(&resp.status) => Some((resp.len, None)),
                 Ok(Some(resp)) => {
-                    let info = head::inspect_response(&resp, to_head)
+                    let info = response::inspect_response(&resp, to_head)
                         .map_err(|_| Failure::Upstream { answered: true })?;
                     let mut response = Response::new(());
                     *response.status_mut() = StatusCode::from_u16(resp.status)
