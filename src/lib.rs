@@ -5,6 +5,7 @@
 //! - [`pool`]: nodes with their two state dimensions, session accounting, node selection.
 //! - [`snapshot`]: the immutable routing view behind one `ArcSwap`.
 //! - [`app`]: starts the app on caller-bound sockets, owns the snapshot, applies reloads.
+//! - [`access_log`]: one line per request, session and tunnel, queued to one writer thread.
 //! - [`proxy`]: accept loops, TCP and HTTP proxying, on a [`proxy::DataPlane`] handle (snapshot, shutdown).
 //! - [`health`]: active checks feeding node health and version.
 //! - [`control`]: the narrow handle the control plane works through (snapshot, metrics, state store).
@@ -30,6 +31,7 @@
 // the private parts that do its work, and those links are kept on purpose.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod child;

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub drain_duration: HistogramVec,
     pub rollout_step_duration: HistogramVec,
     pub cluster_writes: IntCounterVec,
+    pub access_log_lines: IntCounterVec,
+    pub access_log_dropped: IntCounterVec,
+    pub access_log_write_errors: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -104,6 +107,9 @@ impl Metrics {
             deadline_closes: counter(&r, "handoff_drain_deadline_closes_total", "Sessions closed at a node's drain deadline, by kind.", &["pool", "node", "kind"]),
             rebalance_closes: counter(&r, "handoff_rebalance_closes_total", "Long-lived TCP sessions closed to rebalance a pool.", &["pool", "node"]),
             cluster_writes: counter(&r, "handoff_cluster_writes_total", "Drains and enables written to etcd, by result: applied (by every live instance within 2s), lagging (answered naming laggards), refused (etcd unreachable, guard or conflict; never applied), unknown (answered 504: etcd did not tell in time; settled later).", &["result"]),
+            access_log_lines: counter(&r, "handoff_access_log_lines_total", "Access log lines written.", &[]),
+            access_log_dropped: counter(&r, "handoff_access_log_dropped_total", "Access log lines lost, by reason: queue_full (the writer fell behind; serving never waits for it) or write_error (the file could not be opened or written: a full disk, say).", &["reason"]),
+            access_log_write_errors: counter(&r, "handoff_access_log_write_errors_total", "Writes (or opens) of the access log file that failed.", &[]),
             drain_duration: {
                 let opts = HistogramOpts::new("handoff_drain_duration_seconds", "Time from drain to drained, per pool.")
                     .buckets(vec![0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
@@ -124,6 +130,11 @@ impl Metrics {
         for result in ["ok", "failed"] {
             m.reloads.with_label_values(&[result]);
         }
+        for reason in ["queue_full", "write_error"] {
+            m.access_log_dropped.with_label_values(&[reason]);
+        }
+        m.access_log_lines.with_label_values(&[] as &[&str]);
+        m.access_log_write_errors.with_label_values(&[] as &[&str]);
         m
     }
 

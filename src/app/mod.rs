@@ -57,6 +57,8 @@ pub enum StartError {
     AffinitySecret { var: String, len: usize, min: usize },
     #[error(transparent)]
     State(#[from] PersistError),
+    #[error("cannot start the access log writer: {0}")]
+    AccessLog(io::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +224,7 @@ impl App {
         let data = Arc::new(DataPlane {
             snapshot: Arc::clone(&snapshot),
             shutdown: shutdown.clone(),
+            access_log: Default::default(),
         });
         let app = Arc::new(App {
             data,
@@ -258,6 +261,8 @@ impl App {
             Arc::clone(&app.metrics),
             app.shutdown.force.clone(),
         ));
+        app.open_access_log(&config)
+            .map_err(StartError::AccessLog)?;
         if let Some(carried) = carried {
             carry::apply(&app, carried);
         }
@@ -359,6 +364,9 @@ impl App {
         // restart with the new snapshot (a result probed at a node's old address is ignored
         // by address epoch).
         self.control.install_file(config.clone())?;
+        if let Err(e) = self.open_access_log(&config) {
+            tracing::warn!(error = %e, "the new access log could not be started; the old one goes on");
+        }
         self.discovery.sync(&self.control, &config);
         self.admin_token
             .store(token_from_env(&config).map(Arc::new));
@@ -378,6 +386,40 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// Starts the access log `config` asks for, unless the running one already writes it
+    /// (a reload then keeps it); stops it when `config` has none.
+    fn open_access_log(&self, config: &Config) -> std::io::Result<()> {
+        let running = self.data.access_log.load_full();
+        let next = match (&config.access_log, running) {
+            (None, None) => return Ok(()),
+            (Some(cfg), Some(log)) if log.serves(cfg) => return Ok(()),
+            (Some(cfg), _) => Some(crate::access_log::AccessLog::start(cfg, &self.metrics)?),
+            (None, Some(_)) => None,
+        };
+        // The log replaced finishes what was queued on its own once its last line is in.
+        self.data.access_log.store(next);
+        Ok(())
+    }
+
+    /// Closes and opens the access log file again (SIGUSR1: logrotate moved it).
+    pub fn reopen_access_log(&self) {
+        match self.data.access_log.load_full() {
+            Some(log) => {
+                tracing::info!("access log: reopening the file");
+                log.reopen();
+            }
+            None => tracing::info!("SIGUSR1: no access log to reopen"),
+        }
+    }
+
+    /// Writes every queued access log line and closes the file (at exit, once the
+    /// connections are done).
+    pub async fn close_access_log(&self) {
+        if let Some(log) = self.data.access_log.swap(None) {
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        }
     }
 
     /// A takeover hands this process's state to another: from now on admin writes answer

@@ -1,4 +1,5 @@
-//! `handoff run -c FILE [--upgrade]`: serve until SIGTERM/SIGINT; SIGHUP reloads; a new
+//! `handoff run -c FILE [--upgrade]`: serve until SIGTERM/SIGINT; SIGHUP reloads; SIGUSR1
+//! reopens the access log; a new
 //! process started with `--upgrade` (by hand, or by this one on SIGUSR2) takes over and this
 //! one drains and exits.
 
@@ -122,12 +123,14 @@ pub struct Signals {
     hup: Signal,
     term: Signal,
     int: Signal,
+    usr1: Signal,
     usr2: Signal,
 }
 
 impl Signals {
     pub fn install() -> anyhow::Result<Signals> {
         Ok(Signals {
+            usr1: signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?,
             usr2: signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?,
             hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
             term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
@@ -204,6 +207,8 @@ pub async fn serve_until_signal(
                 Some(s) => s.start(),
                 None => tracing::info!("SIGUSR2 ignored: the demo's backends live in this process"),
             },
+            // logrotate's postrotate: the file was moved; lines go to a new one.
+            _ = signals.usr1.recv() => app.reopen_access_log(),
             _ = signals.hup.recv() => {
                 notify(&[sd_notify::NotifyState::Reloading]);
                 // The outcome is logged and counted by reload itself.
@@ -232,6 +237,9 @@ pub async fn serve_until_signal(
     };
     // After a takeover the state file is the new generation's: this flush writes nothing.
     app.flush_state().await;
+    // The lines of every exchange this process served are in the file before it exits
+    // (after a takeover, the new generation appends its own beside them).
+    app.close_access_log().await;
     tracing::info!(cut, "stopped");
     Ok(0)
 }

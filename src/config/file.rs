@@ -29,6 +29,14 @@ pub struct RawRequestId {
     pub header: Option<String>,
 }
 
+/// `access_log:` section: where each request's line goes, and in which format.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub path: Option<String>,
+    pub format: Option<String>,
+}
+
 /// `cluster:` section: instances sharing admin state through etcd.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -42,6 +42,31 @@ pub struct Config {
     /// Request IDs: kept from the client when valid, else made here; sent to the node and
     /// back to the client. `None`: no request ID is added.
     pub request_id: Option<RequestIdConfig>,
+    /// One line per HTTP request, TCP session and tunnel. `None`: no access log.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub target: LogTarget,
+    pub format: LogFormat,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    /// A file, opened for appending (relative paths are from the config file's directory).
+    File(PathBuf),
+}
+
+/// How an access log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// One line of space-separated values, strings quoted, `-` for absent ones.
+    Text,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use arc_swap::ArcSwapOption;
 pub use admin::{Admin, Effect, Record};
 pub use attempts::{Attempts, Strategy};
 pub use lifecycle::{warmup_factor, Lifecycle};
-pub use node::{unix_ms, Node, NodeState};
+pub use node::{unix_ms, Node, NodeState, RolloutTag};
 pub use pick::Tried;
 pub use session::{SessionCounts, SessionGuard, SessionKind};
 pub use state::{AdminState, Health};

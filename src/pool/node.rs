@@ -91,6 +91,15 @@ pub struct NodeState {
     probation: AtomicBool,
     /// Recent admin state and health changes, and cluster write outcomes.
     pub history: super::history::History,
+    /// The rollout this node is in and its phase there (the access log names it).
+    rollout: ArcSwapOption<RolloutTag>,
+}
+
+/// A node's place in a rollout: the rollout's ID and the phase the node is in.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RolloutTag {
+    pub id: Box<str>,
+    pub phase: &'static str,
 }
 
 impl NodeState {
@@ -117,6 +126,19 @@ impl NodeState {
             traffic: Traffic::default(),
             probation: AtomicBool::new(false),
             history: Default::default(),
+            rollout: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The rollout this node is in, and its phase.
+    pub fn rollout(&self) -> Option<Arc<RolloutTag>> {
+        self.rollout.load_full()
+    }
+
+    /// Sets (or, with `None`, clears) the node's rollout and phase.
+    pub fn set_rollout(&self, tag: Option<RolloutTag>) {
+        if self.rollout.load().as_deref() != tag.as_ref() {
+            self.rollout.store(tag.map(Arc::new));
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::ListenerStats;
+use crate::access_log::Termination;
 
 /// Why a connection was reclaimed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,12 @@ pub struct Activity {
     /// connection's task, woken to close it.
     marked: AtomicBool,
     waker: AtomicWaker,
+    /// Bytes read from and written to the client so far (the access log's `bytes_in` and
+    /// `bytes_out` are differences of these). Only the connection's own task adds to them.
+    read_total: AtomicU64,
+    written_total: AtomicU64,
+    /// Why the connection was cut, as a [`Termination::code`] (0: it was not).
+    cut: AtomicU8,
 }
 
 /// How long a connection has been doing nothing, and in which way.
@@ -86,7 +93,39 @@ impl Activity {
             marked: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             blocked_since: AtomicU64::new(0),
+            read_total: AtomicU64::new(0),
+            written_total: AtomicU64::new(0),
+            cut: AtomicU8::new(0),
         }
+    }
+
+    /// Bytes read from and written to the client so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.read_total.load(Relaxed),
+            self.written_total.load(Relaxed),
+        )
+    }
+
+    fn add_read(&self, n: usize) {
+        // One writer (the connection's task): no read-modify-write needed.
+        self.read_total
+            .store(self.read_total.load(Relaxed) + n as u64, Relaxed);
+    }
+
+    fn add_written(&self, n: usize) {
+        self.written_total
+            .store(self.written_total.load(Relaxed) + n as u64, Relaxed);
+    }
+
+    /// The connection is being cut, and why (the exchanges it drops say so in their lines).
+    pub fn cut(&self, why: Termination) {
+        self.cut.store(why.code(), Relaxed);
+    }
+
+    /// Why the connection was cut, if it was.
+    pub fn cut_reason(&self) -> Option<Termination> {
+        Termination::from_code(self.cut.load(Relaxed))
     }
 
     /// A write to the client could not proceed (its socket buffer is full).
@@ -300,6 +339,7 @@ impl<S> Watched<S> {
 
     fn note_read(&mut self, n: usize) {
         self.activity.on_read();
+        self.activity.add_read(n);
         self.pending_in += n as u64;
         if self.pending_in >= FLUSH_BYTES {
             self.flush_counts();
@@ -308,6 +348,7 @@ impl<S> Watched<S> {
 
     fn note_written(&mut self, n: usize) {
         self.activity.touch();
+        self.activity.add_written(n);
         if self.activity.blocked_since.load(Relaxed) != 0 {
             self.activity.blocked_since.store(0, Relaxed);
         }
@@ -347,11 +388,13 @@ impl super::copy::Endpoint for Watched<tokio::net::TcpStream> {
     // Spliced bytes move in large chunks: counted straight away.
     fn moved_in(&self, n: usize) {
         self.activity.on_read();
+        self.activity.add_read(n);
         self.stats.metrics.bytes_in.inc_by(n as u64);
     }
 
     fn moved_out(&self, n: usize) {
         self.activity.touch();
+        self.activity.add_written(n);
         self.activity.blocked_since.store(0, Relaxed);
         self.stats.metrics.bytes_out.inc_by(n as u64);
     }

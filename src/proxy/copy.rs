@@ -57,6 +57,8 @@ struct Direction {
     /// Set once the direction went zero-copy.
     #[cfg(target_os = "linux")]
     pipe: Option<Pipe>,
+    /// The error this direction ended with came from its reader (else from its writer).
+    read_failed: bool,
 }
 
 impl Direction {
@@ -92,7 +94,10 @@ impl Direction {
             // more than the rest of a small request's copy.
             let mut stack = [MaybeUninit::<u8>::uninit(); CHUNK];
             let mut buf = ReadBuf::uninit(&mut stack);
-            ready!(Pin::new(&mut *r).poll_read(cx, &mut buf))?;
+            if let Err(e) = ready!(Pin::new(&mut *r).poll_read(cx, &mut buf)) {
+                self.read_failed = true;
+                return Poll::Ready(Err(e));
+            }
             let data = buf.filled();
             let n = data.len();
             if n == 0 {
@@ -148,7 +153,10 @@ impl Direction {
                     self.pipe = None;
                     return self.poll_copy(cx, r, w);
                 }
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) => {
+                    self.read_failed = true;
+                    return Poll::Ready(Err(e));
+                }
             };
             if n == 0 {
                 self.eof = true;
@@ -177,18 +185,28 @@ pub struct Copied {
     pub piped: u64,
 }
 
+/// A copy that ended with an error, and on which side.
+#[derive(Debug)]
+pub struct Failed {
+    /// The error came from `a` (reading from it or writing to it).
+    pub on_a: bool,
+    pub error: io::Error,
+}
+
 /// Copies `a → b` and `b → a` until both directions reached end of stream.
-pub async fn copy<A: Endpoint, B: Endpoint>(a: &mut A, b: &mut B) -> io::Result<Copied> {
+pub async fn copy<A: Endpoint, B: Endpoint>(a: &mut A, b: &mut B) -> Result<Copied, Failed> {
     let (mut to_b, mut to_a) = (Direction::default(), Direction::default());
     poll_fn(|cx| {
         if !to_b.done {
-            if let Poll::Ready(r) = to_b.poll_copy(cx, a, b) {
-                r?;
+            if let Poll::Ready(Err(error)) = to_b.poll_copy(cx, a, b) {
+                let on_a = to_b.read_failed;
+                return Poll::Ready(Err(Failed { on_a, error }));
             }
         }
         if !to_a.done {
-            if let Poll::Ready(r) = to_a.poll_copy(cx, b, a) {
-                r?;
+            if let Poll::Ready(Err(error)) = to_a.poll_copy(cx, b, a) {
+                let on_a = !to_a.read_failed;
+                return Poll::Ready(Err(Failed { on_a, error }));
             }
         }
         if to_b.done && to_a.done {

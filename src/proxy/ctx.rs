@@ -38,8 +38,16 @@ pub struct ConnCtx {
     pub closing: AtomicBool,
     /// The listener's timeouts when the connection was accepted.
     pub timeouts: ConnTimeouts,
+    /// The TLS version and SNI, when TLS was terminated here (the access log's `tls`).
+    tls: Option<Box<TlsInfo>>,
     /// The connection's slot of its listener's limit, held as long as the connection is.
     _slot: Option<ConnSlot>,
+}
+
+/// What the access log says of a client's TLS session.
+pub struct TlsInfo {
+    pub version: &'static str,
+    pub sni: Option<Box<str>>,
 }
 
 impl ConnCtx {
@@ -64,8 +72,20 @@ impl ConnCtx {
             uploading: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             timeouts: ConnTimeouts::new(&timeouts),
+            tls: None,
             _slot: slot,
         }
+    }
+
+    /// The connection's TLS session, as the access log names it.
+    pub fn with_tls(mut self, tls: TlsInfo) -> Self {
+        self.tls = Some(Box::new(tls));
+        self
+    }
+
+    /// TLS version and SNI, when TLS was terminated here.
+    pub fn tls(&self) -> Option<(&str, Option<&str>)> {
+        self.tls.as_deref().map(|t| (t.version, t.sni.as_deref()))
     }
 
     /// `http` or `https`, for `X-Forwarded-Proto`.

@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::{timeout, Instant};
 
 use super::ctx::ConnCtx;
+use super::logged::Logged;
 use super::walk::{self, Local, Outcome, Step, Walk};
 use crate::config::Timeouts;
 use crate::pool::h2conn::{H2Sender, UpBody};
@@ -63,6 +64,7 @@ pub async fn send(
     client: &Option<Client>,
     timeouts: Timeouts,
     started: Instant,
+    log: &mut Logged,
 ) -> Result<Answer, Local> {
     let preview = pool.preview_node(
         req.headers()
@@ -76,6 +78,8 @@ pub async fn send(
     while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
+        log.attempt(i);
+        let connecting = Instant::now();
         let Some(mut sender) = sender(pool, i, timeouts).await else {
             walk.decide(Outcome::NotSent, Instant::now());
             continue;
@@ -87,6 +91,8 @@ pub async fn send(
             continue;
         }
         let Some(request) = req.take() else { break };
+        let sending = Instant::now();
+        log.connected(sending.duration_since(connecting));
         let sent = timeout(timeouts.response, sender.try_send_request(request)).await;
         let now = Instant::now();
         let outcome = match sent {
@@ -94,6 +100,7 @@ pub async fn send(
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 pool.answered(i, status, now.duration_since(walk.asked()));
+                log.answered(now.duration_since(sending), status);
                 observe(pool, started);
                 return Ok(Answer {
                     resp,
@@ -121,12 +128,14 @@ pub async fn send(
         if let Step::Answer { local, .. } = decision.step {
             walk::log_failure(node, outcome);
             observe(pool, started);
+            log.end(local.termination_at(node), Some(local.status));
             return Err(local);
         }
     }
     let failed = walk.exhausted(false);
     pool.metrics.local_response(failed.status);
     observe(pool, started);
+    log.end(failed.termination(), Some(failed.status));
     Err(failed)
 }
 

@@ -19,6 +19,7 @@ pub mod ctx;
 pub mod h1;
 pub mod h2;
 pub mod h2up;
+pub mod logged;
 mod per_client;
 pub mod proxy_protocol;
 pub mod reclaim;
@@ -51,6 +52,8 @@ use tokio::net::TcpStream;
 pub struct DataPlane {
     pub snapshot: Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
     pub shutdown: Shutdown,
+    /// Where each exchange's line goes, when `access_log:` is set.
+    pub access_log: arc_swap::ArcSwapOption<crate::access_log::AccessLog>,
 }
 
 /// Per-listener counters that outlive reloads (connections hold them while open).
@@ -193,7 +196,13 @@ async fn serve_tls(
                 Some(b"h2") => h1::Speaks::H2,
                 _ => h1::Speaks::Http1,
             };
-            let ctx = ConnCtx::new(plane, stats, peer, activity, "https", timeouts, Some(slot));
+            let conn = tls.get_ref().1;
+            let info = ctx::TlsInfo {
+                version: tls_version(conn.protocol_version()),
+                sni: conn.server_name().map(Into::into),
+            };
+            let ctx = ConnCtx::new(plane, stats, peer, activity, "https", timeouts, Some(slot))
+                .with_tls(info);
             h1::serve(Arc::new(ctx), tls, speaks).await
         }
         Ok(Err(e)) => {
@@ -204,6 +213,15 @@ async fn serve_tls(
             stats.metrics.tls_failures.inc();
             tracing::debug!(listener = %stats.name, %peer, "TLS handshake timed out");
         }
+    }
+}
+
+/// A TLS version as the access log writes it.
+pub(crate) fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
+    match v {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
     }
 }
 

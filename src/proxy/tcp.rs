@@ -12,9 +12,11 @@ use tokio::time::{sleep_until, Instant};
 
 use super::activity::{Activity, Verdict, Watched};
 use super::connect::connect_node;
-use super::copy::{copy, Copied, Endpoint};
+use super::copy::{copy, Copied, Endpoint, Failed};
+use super::logged::Logged;
 use super::proxy_protocol;
 use super::ListenerStats;
+use crate::access_log::{self, Termination};
 use crate::config::AffinityMode;
 use crate::config::ListenerConfig;
 use crate::gated::Gated;
@@ -23,7 +25,7 @@ use crate::proxy::DataPlane;
 
 #[derive(Debug)]
 enum End {
-    Done(std::io::Result<Copied>),
+    Done(Result<Copied, Failed>),
     Idle,
     /// Shutdown's force deadline.
     Cut,
@@ -74,6 +76,20 @@ pub async fn serve<C: Endpoint>(
         local,
         first,
     } = client;
+    let mut log = match plane.access_log.load_full() {
+        Some(l) => {
+            let conn = access_log::Conn {
+                client: peer,
+                listener: &stats.name,
+                proto: "tcp",
+                tls: None,
+            };
+            let record = access_log::Record::start(&l, Instant::now(), conn, Default::default());
+            Logged::of(record, &activity)
+        }
+        None => Logged::OFF,
+    };
+    log.pool(&pool);
     // Source-address affinity: continue where the client has a session, else hash.
     let pinned = match pool.config.affinity.as_ref().map(|a| &a.mode) {
         Some(AffinityMode::SourceIp) => Some(pool.keys.address(peer.ip())),
@@ -88,16 +104,29 @@ pub async fn serve<C: Endpoint>(
         }
         None => Attempts::new(&pool, Strategy::Balance, None),
     };
+    let mut tried_any = false;
     let (index, mut backend, _session) = loop {
         let Some(i) = attempts.next_node() else {
             tracing::debug!(listener = %stats.name, %peer, pool = %pool.name, "no node can take the session: closing");
+            let tried = std::mem::replace(&mut tried_any, false);
+            log.end(
+                if tried {
+                    Termination::ConnectFailed
+                } else {
+                    Termination::NoNode
+                },
+                None,
+            );
             return;
         };
         let session = SessionGuard::new(&pool.nodes[i].state, SessionKind::Tcp);
         let asked = tokio::time::Instant::now();
+        log.attempt(i);
+        tried_any = true;
         if let Ok(stream) = connect_node(&pool, i, cfg.timeouts.connect).await {
             // A TCP node's traffic is its sessions, and its latency the time to connect.
             pool.connected(i, asked.elapsed());
+            log.connected(asked.elapsed());
             break (i, stream, session);
         }
     };
@@ -111,12 +140,14 @@ pub async fn serve<C: Endpoint>(
         let n = proxy_protocol::encode(version, peer, local, &mut header);
         if let Err(e) = backend.write_all(&header[..n]).await {
             tracing::debug!(node = %node.key(), error = %e, "sending the PROXY header failed");
+            log.end(Termination::UpstreamReset, None);
             return;
         }
     }
     if !first.is_empty() {
         if let Err(e) = backend.write_all(&first).await {
             tracing::debug!(node = %node.key(), error = %e, "sending the ClientHello failed");
+            log.end(Termination::UpstreamReset, None);
             return;
         }
     }
@@ -160,6 +191,18 @@ pub async fn serve<C: Endpoint>(
         }
     };
     lifecycle.unregister(id);
+    log.end(
+        match &end {
+            End::Done(Ok(_)) => Termination::Ok,
+            End::Done(Err(f)) if f.on_a => Termination::ClientClosed,
+            End::Done(Err(_)) => Termination::UpstreamReset,
+            End::Idle => Termination::ClientTimeout,
+            End::Cut => Termination::Shutdown,
+            End::Deadline => Termination::DrainDeadline,
+            End::Rebalanced => Termination::Rebalanced,
+        },
+        None,
+    );
     match end {
         End::Deadline => {
             lifecycle.deadline_closes.fetch_add(1, Relaxed);
@@ -181,8 +224,8 @@ pub async fn serve<C: Endpoint>(
         End::Done(Ok(Copied { up, down, piped })) => {
             tracing::debug!(listener = %stats.name, %peer, %node, up, down, piped, "tcp session ended")
         }
-        End::Done(Err(e)) => {
-            tracing::debug!(listener = %stats.name, %peer, %node, error = %e, "tcp session ended with an error")
+        End::Done(Err(f)) => {
+            tracing::debug!(listener = %stats.name, %peer, %node, error = %f.error, client_side = f.on_a, "tcp session ended with an error")
         }
         End::Idle => {
             tracing::debug!(listener = %stats.name, %peer, %node, "tcp session closed: idle timeout")

@@ -19,6 +19,8 @@
 
 use tokio::time::Instant;
 
+use crate::access_log::Termination;
+use crate::metrics::ClientError;
 use crate::pool::{Node, Pool};
 
 /// A response handoff makes itself: a status and a one-line reason.
@@ -26,6 +28,34 @@ use crate::pool::{Node, Pool};
 pub struct Local {
     pub status: u16,
     pub reason: &'static str,
+}
+
+impl Local {
+    /// The access log's word for an exchange that ended in this answer.
+    pub fn termination(&self) -> Termination {
+        match *self {
+            TIMED_OUT => Termination::UpstreamTimeout,
+            CLOSED | RESET => Termination::UpstreamReset,
+            UNREACHABLE => Termination::ConnectFailed,
+            NO_NODE | NO_NODE_FOR_UPGRADE => Termination::NoNode,
+            other => match ClientError::of_status(other.status) {
+                Some(e) => Termination::ClientFault(e),
+                None => Termination::Ok,
+            },
+        }
+    }
+
+    /// [`Local::termination`], where the node's drain deadline is what cut it off.
+    pub fn termination_at(&self, node: &Node) -> Termination {
+        match self.termination() {
+            Termination::UpstreamReset | Termination::UpstreamTimeout
+                if node.state.lifecycle.deadline_passed() =>
+            {
+                Termination::DrainDeadline
+            }
+            t => t,
+        }
+    }
 }
 
 /// Why an exchange with a node ended before a final response head.

@@ -71,7 +71,12 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
                     Some(aborted_reason(&app, &pool_name, &where_)),
                 );
             }
-            handle.lock().phase = Some(phase);
+            let id = {
+                let mut r = handle.lock();
+                r.phase = Some(phase);
+                r.id.clone()
+            };
+            tag(&app, &pool_name, node_name, Some((id, phase)));
             handle.event(
                 Some(node_name),
                 Some(phase),
@@ -147,6 +152,7 @@ pub async fn run(app: &Arc<Control>, cluster: Option<Driving<'_>>, handle: Arc<H
                 }
             }
         }
+        tag(&app, &pool_name, node_name, None);
     }
     handle.event(
         None,
@@ -166,6 +172,9 @@ fn finish(
     if let Some(p) = app.snapshot.load().pool(pool) {
         p.control.prefer.store(None);
         p.control.preview.store(None);
+        for n in &p.nodes {
+            n.state.set_rollout(None);
+        }
     }
     {
         let mut r = handle.lock();
@@ -188,6 +197,17 @@ fn finish(
         },
     );
     app.mark_dirty();
+}
+
+/// Marks `node` as in the rollout at `phase` (or in none): its access log lines say so.
+fn tag(app: &Control, pool: &str, node: &str, at: Option<(String, Phase)>) {
+    if let Some(n) = app.snapshot.load().pool(pool).and_then(|p| p.node(node)) {
+        n.state
+            .set_rollout(at.map(|(id, phase)| crate::pool::RolloutTag {
+                id: id.into(),
+                phase: phase.as_str(),
+            }));
+    }
 }
 
 /// Says where an abort left things, node by node.

@@ -3,6 +3,7 @@
 mod common;
 
 mod abuse;
+mod access_log;
 mod admin;
 mod affinity;
 mod analysis;

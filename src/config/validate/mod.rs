@@ -177,6 +177,7 @@ impl Validator {
         let mut cluster = None;
         let mut resolve_interval = None;
         let mut request_id = None;
+        let mut access_log = None;
         for (key, value) in map {
             let Some(key) = key.as_str().map(str::to_string) else {
                 self.err("", format!("top-level keys must be strings, found {key:?}"));
@@ -187,6 +188,7 @@ impl Validator {
                 "upgrade" => upgrade = self.item::<RawUpgrade>("upgrade", value),
                 "cluster" => cluster = self.item::<RawCluster>("cluster", value),
                 "request_id" => request_id = self.item::<RawRequestId>("request_id", value),
+                "access_log" => access_log = self.item::<RawAccessLog>("access_log", value),
                 "shutdown_grace" => grace = self.item::<String>("shutdown_grace", value),
                 "resolve_interval" => {
                     resolve_interval = self.item::<String>("resolve_interval", value)
@@ -202,7 +204,7 @@ impl Validator {
                     format!(
                         "unknown field `{other}`, expected one of `admin`, `state_file`, \
                          `affinity_key_env`, `shutdown_grace`, `resolve_interval`, `upgrade`, `cluster`, \
-                         `request_id`, `listeners`, `pools`"
+                         `request_id`, `access_log`, `listeners`, `pools`"
                     ),
                 ),
             }
@@ -270,6 +272,7 @@ impl Validator {
         }
         let upgrade = self.upgrade(upgrade.unwrap_or_default());
         let request_id = request_id.map(|raw| self.request_id(raw));
+        let access_log = access_log.and_then(|raw| self.access_log(raw));
         let cluster = cluster.map(|raw| self.cluster(raw, admin.listen));
         if affinity_key_env.as_deref() == Some("") {
             self.err("affinity_key_env", "must name an environment variable");
@@ -288,6 +291,7 @@ impl Validator {
             upgrade,
             cluster,
             request_id,
+            access_log,
         })
     }
 
@@ -328,6 +332,29 @@ impl Validator {
                 limits::UPGRADE_TIMEOUT,
             ),
         }
+    }
+
+    fn access_log(&mut self, raw: RawAccessLog) -> Option<AccessLogConfig> {
+        let format = match raw.format.as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                self.err(
+                    "access_log.format",
+                    format!("unknown format {other:?}, expected `json` or `text`"),
+                );
+                LogFormat::Json
+            }
+        };
+        let target = match raw.path.as_deref() {
+            None | Some("") => {
+                self.err("access_log.path", "must be a file path or `stdout`");
+                return None;
+            }
+            Some("stdout") => LogTarget::Stdout,
+            Some(path) => LogTarget::File(self.base.join(path)),
+        };
+        Some(AccessLogConfig { target, format })
     }
 
     fn request_id(&mut self, raw: RawRequestId) -> RequestIdConfig {

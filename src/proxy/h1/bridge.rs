@@ -20,7 +20,10 @@ use tokio::time::Instant;
 
 use super::local::{respond_local, Then};
 use super::plan::RequestPlan;
+use super::relay::Relayed;
 use super::{ClientIo, Next};
+use crate::access_log::Termination;
+use crate::metrics::ClientError;
 use crate::pool::h2conn::UpBody;
 use crate::pool::AdminState;
 use crate::proxy::activity::InflightGuard;
@@ -103,7 +106,7 @@ pub async fn forward<I: ClientIo>(
     io: &mut I,
     buf: &mut Buf,
     closing: &AtomicBool,
-    p: &RequestPlan,
+    p: &mut RequestPlan,
     parts: Parts,
     started: Instant,
 ) -> Next {
@@ -131,7 +134,7 @@ pub async fn forward<I: ClientIo>(
         }
     };
     let req = h2up::upstream_request(ctx, &pool, parts, body);
-    let send = h2up::send(&pool, req, &p.client, p.timeouts, started);
+    let send = h2up::send(&pool, req, &p.client, p.timeouts, started, &mut p.log);
     let (pumped, answer) = match pumping {
         None => (Ok(()), send.await),
         Some((tx, left)) => tokio::join!(pump(io, buf, tx, left), send),
@@ -143,6 +146,8 @@ pub async fn forward<I: ClientIo>(
                 status: 400,
                 reason: "invalid chunked framing",
             };
+            p.log
+                .end(Termination::ClientFault(ClientError::BadBody), Some(400));
             return respond_local(io, &local, false, Then::Close, p.id()).await;
         }
         (Err(local), _) => {
@@ -202,21 +207,25 @@ pub async fn forward<I: ClientIo>(
     }
     out.0.extend_from_slice(b"\r\n");
     if io.write_all(&out.0).await.is_err() {
+        p.log.end(Termination::ClientClosed, None);
         return Next::Close;
     }
     drop(out);
     let inflight = InflightGuard::new(&ctx.activity);
+    let deadline = Arc::clone(&node);
     let mut body = H2Body::new(incoming, node, grpc, answer.session, inflight);
-    if framing == BodyLen::Empty {
-        return if io.flush().await.is_ok() && keep_alive {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        };
-    }
-    let relayed = relay_body(io, &mut body, framing).await;
+    let relayed = match framing {
+        BodyLen::Empty if io.flush().await.is_ok() => Relayed::Whole,
+        BodyLen::Empty => Relayed::ClientGone,
+        _ => relay_body(io, &mut body, framing).await,
+    };
+    let relayed = match relayed {
+        Relayed::UpstreamGone if deadline.state.lifecycle.deadline_passed() => Relayed::Deadline,
+        r => r,
+    };
+    p.log.end(relayed.termination(), None);
     match (relayed, keep_alive) {
-        (true, true) => Next::KeepAlive,
+        (Relayed::Whole, true) => Next::KeepAlive,
         _ => Next::Close,
     }
 }
@@ -260,14 +269,18 @@ fn write_head(
     }
 }
 
-/// Writes the body as `framing` says; `false` when it could not be relayed whole.
-async fn relay_body<I: ClientIo>(io: &mut I, body: &mut H2Body, framing: BodyLen) -> bool {
+/// Writes the body as `framing` says.
+async fn relay_body<I: ClientIo>(io: &mut I, body: &mut H2Body, framing: BodyLen) -> Relayed {
     let chunked = framing == BodyLen::Chunked;
     let mut scratch = Vec::new();
+    let client = |ok: bool| match ok {
+        true => Relayed::Whole,
+        false => Relayed::ClientGone,
+    };
     loop {
         let frame = match body.frame().await {
             None => break,
-            Some(Err(_)) => return false,
+            Some(Err(_)) => return Relayed::UpstreamGone,
             Some(Ok(f)) => f,
         };
         scratch.clear();
@@ -278,13 +291,13 @@ async fn relay_body<I: ClientIo>(io: &mut I, body: &mut H2Body, framing: BodyLen
                 scratch.extend_from_slice(&data);
                 scratch.extend_from_slice(b"\r\n");
                 if io.write_all(&scratch).await.is_err() {
-                    return false;
+                    return Relayed::ClientGone;
                 }
                 continue;
             }
             Ok(data) => {
                 if io.write_all(&data).await.is_err() {
-                    return false;
+                    return Relayed::ClientGone;
                 }
                 continue;
             }
@@ -296,11 +309,11 @@ async fn relay_body<I: ClientIo>(io: &mut I, body: &mut H2Body, framing: BodyLen
                 field(&mut scratch, name.as_str(), value.as_bytes());
             }
             scratch.extend_from_slice(b"\r\n");
-            return io.write_all(&scratch).await.is_ok() && io.flush().await.is_ok();
+            return client(io.write_all(&scratch).await.is_ok() && io.flush().await.is_ok());
         }
     }
     if chunked && io.write_all(b"0\r\n\r\n").await.is_err() {
-        return false;
+        return Relayed::ClientGone;
     }
-    io.flush().await.is_ok()
+    client(io.flush().await.is_ok())
 }

@@ -17,10 +17,12 @@ use std::task::Poll;
 use tokio::time::Instant;
 
 use super::local::{respond_local, Then};
-use super::plan::{plan, RequestPlan};
+use super::plan::{log_request, plan, RequestPlan};
+use super::relay::Relayed;
 use super::send::{self, RelayHead, ReplyTerms};
 use super::tunnel::{self, Kind};
 use super::{bridge, relay, ClientIo, Done, Next};
+use crate::access_log::Termination;
 use crate::metrics::ClientError;
 use crate::pool::{AdminState, SessionGuard, SessionKind, Upstream};
 use crate::proxy::activity::InflightGuard;
@@ -29,6 +31,7 @@ use crate::proxy::codec::framing::BodyLen;
 use crate::proxy::codec::head::{self, Refusal, MAX_HEAD};
 use crate::proxy::connect::connect_upstream;
 use crate::proxy::ctx::ConnCtx;
+use crate::proxy::logged::Logged;
 use crate::proxy::walk::{self, Failure, Local, Outcome, Step, Walk};
 
 /// Bodies of idempotent requests up to this size are read whole so the request can be sent
@@ -83,26 +86,37 @@ pub async fn one<I: ClientIo>(
     let (mut plan, head_len) = loop {
         let planned = {
             let mut fields = head::fields();
+            let held = buf.len();
             match head::parse_request(buf.data(), &mut fields) {
-                Ok(Some(req)) => Some(plan(ctx, &req).map(|p| (p, req.len))),
+                Ok(Some(req)) => Some(match plan(ctx, &req, held) {
+                    Ok(p) => Ok((p, req.len)),
+                    Err((local, to_head)) => {
+                        let log = log_request(ctx, &req, None, Instant::now(), held);
+                        Err((local, to_head, log))
+                    }
+                }),
                 Ok(None) => None,
-                Err(r) => Some(Err((Local::from(r), false))),
+                Err(r) => Some(Err((Local::from(r), false, unparsed(ctx, held)))),
             }
         };
         match planned {
             Some(Ok(p)) => break p,
-            Some(Err((local, to_head))) => {
+            Some(Err((local, to_head, mut log))) => {
                 if let Some(e) = ClientError::of_status(local.status) {
                     ctx.listener.metrics.client_error(e);
                     tracing::debug!(peer = %ctx.peer, status = local.status, reason = local.reason, "client error");
                 }
+                log.end(local.termination(), Some(local.status));
                 return respond_local(io, &local, to_head, Then::Close, None).await;
             }
             None => {}
         }
         if buf.len() >= MAX_HEAD {
             ctx.listener.metrics.client_error(ClientError::HeadTooLarge);
-            return respond_local(io, &Refusal::TooLarge.into(), false, Then::Close, None).await;
+            let local = Local::from(Refusal::TooLarge);
+            let mut log = unparsed(ctx, buf.len());
+            log.end(local.termination(), Some(local.status));
+            return respond_local(io, &local, false, Then::Close, None).await;
         }
         match buf.read_from(io, MAX_HEAD).await {
             Ok(0) | Err(_) => return Next::Close,
@@ -111,13 +125,23 @@ pub async fn one<I: ClientIo>(
     };
     let _inflight = InflightGuard::new(&ctx.activity);
     buf.consume(head_len);
-    if let Some(parts) = plan.h2.take() {
+    let next = if let Some(parts) = plan.h2.take() {
         // Boxed: its state (hyper's stream, the body pump) would otherwise widen every
         // HTTP/1 request's future, HTTP/2 pool or not.
-        let bridged = bridge::forward(ctx, io, buf, closing, &plan, *parts, Instant::now());
-        return Box::pin(bridged).await;
-    }
-    forward(ctx, io, buf, closing, &mut plan, Instant::now()).await
+        let bridged = bridge::forward(ctx, io, buf, closing, &mut plan, *parts, Instant::now());
+        Box::pin(bridged).await
+    } else {
+        forward(ctx, io, buf, closing, &mut plan, Instant::now()).await
+    };
+    // What is left in the buffer is the next request's.
+    plan.log.read_ahead(buf.len());
+    next
+}
+
+/// The line of a request refused before its head could be read.
+fn unparsed(ctx: &ConnCtx, held: usize) -> Logged {
+    let proto = "HTTP/1.1";
+    Logged::start(ctx, proto, Default::default(), Instant::now(), held)
 }
 
 /// Sends the request to a node and relays its answer, or answers itself. `started`: when
@@ -169,12 +193,14 @@ async fn forward<I: ClientIo>(
     'nodes: while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
+        p.log.attempt(i);
         loop {
             let pooled = if p.upgrade.is_none() {
                 node.idle.take()
             } else {
                 None
             };
+            let connecting = Instant::now();
             let (mut up, reused) = match pooled {
                 Some(up) => (up, true),
                 None => match connect_upstream(&pool, i, p.timeouts.connect).await {
@@ -185,6 +211,8 @@ async fn forward<I: ClientIo>(
                     }
                 },
             };
+            let sending = Instant::now();
+            p.log.connected(sending.duration_since(connecting));
             let decide = |_status, body, body_read| ReplyTerms {
                 keep_alive: p.keep_alive
                     && body_read
@@ -229,6 +257,7 @@ async fn forward<I: ClientIo>(
                     status: 408,
                     reason: "the request body did not arrive in time",
                 };
+                p.log.end(Termination::ClientTimeout, Some(408));
                 return respond_local(io, &local, false, Then::Close, p.id()).await;
             }
             let now = Instant::now();
@@ -236,12 +265,14 @@ async fn forward<I: ClientIo>(
                 Err(_) => Outcome::TimedOut,
                 Ok(Ok(head)) => {
                     pool.answered(i, head.status, now.duration_since(walk.asked()));
+                    p.log.answered(now.duration_since(sending), head.status);
                     let answered = Outcome::Answered {
                         status: head.status,
                         second_opinion: head.status >= 500 && walk::second_opinion(&pool, i),
                     };
                     if walk.decide(answered, now).step == Step::Relay {
                         observe(now);
+                        p.log.read_ahead(buf.len());
                         return respond(ctx, io, p, i, up, ub, head, session).await;
                     }
                     // A node under analysis failed a request that can be sent again: a
@@ -252,10 +283,13 @@ async fn forward<I: ClientIo>(
                 }
                 Ok(Err(Failure::Client { bad: false })) => {
                     ctx.listener.metrics.client_error(ClientError::BodyCut);
+                    p.log.end(Termination::ClientClosed, None);
                     return Next::Close;
                 }
                 Ok(Err(Failure::Client { bad: true })) => {
                     ctx.listener.metrics.client_error(ClientError::BadBody);
+                    p.log
+                        .end(Termination::ClientFault(ClientError::BadBody), Some(400));
                     let local = Local {
                         status: 400,
                         reason: "invalid chunked framing",
@@ -278,6 +312,7 @@ async fn forward<I: ClientIo>(
                 Step::Answer { local, keep } => {
                     walk::log_failure(node, outcome);
                     observe(now);
+                    p.log.end(local.termination_at(node), Some(local.status));
                     let keep = keep && whole && p.keep_alive;
                     return respond_local(
                         io,
@@ -294,6 +329,7 @@ async fn forward<I: ClientIo>(
     let local = walk.exhausted(p.upgrade.is_some());
     pool.metrics.local_response(local.status);
     observe(Instant::now());
+    p.log.end(local.termination(), Some(local.status));
     respond_local(
         io,
         &local,
@@ -310,7 +346,7 @@ async fn forward<I: ClientIo>(
 async fn respond<I: ClientIo>(
     ctx: &ConnCtx,
     io: &mut I,
-    p: &RequestPlan,
+    p: &mut RequestPlan,
     index: usize,
     mut up: Upstream,
     mut ub: Buf,
@@ -329,9 +365,12 @@ async fn respond<I: ClientIo>(
             head: head.out,
             early: ub,
             session,
+            log: std::mem::replace(&mut p.log, Logged::OFF),
         }));
     }
-    let clean = relay::response(io, &mut up, &mut ub, head.out, head.body, p.minor).await;
+    let relayed = relay::response(io, &mut up, &mut ub, head.out, head.body, p.minor).await;
+    p.log.end(relayed.termination(), None);
+    let clean = relayed == Relayed::Whole;
     if clean && !head.upstream_closes && ub.is_empty() {
         node.idle.put(up);
     }

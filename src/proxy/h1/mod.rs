@@ -38,8 +38,11 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::activity::{Verdict, Watched};
 use super::ctx::ConnCtx;
+use crate::access_log::Termination;
 use crate::gated::Gated;
 use crate::proxy::codec::buf::{self, Buf};
+use crate::proxy::logged::Logged;
+use tokio::time::Instant;
 
 /// A client connection: plain TCP, or TLS.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -223,6 +226,7 @@ impl<I: ClientIo> Future for Conn<I> {
             }
             if let Some(force) = &mut this.force {
                 if Pin::new(force.as_mut()).poll(cx).is_ready() {
+                    this.ctx.activity.cut(Termination::Shutdown);
                     return Poll::Ready(());
                 }
             }
@@ -303,6 +307,7 @@ fn tick(
     if ctx.activity.write_blocked_for() >= timeouts.send() {
         tracing::debug!(peer = %ctx.peer, "the client accepted no bytes within the send timeout: closing");
         ctx.listener.metrics.send_timeouts.inc();
+        ctx.activity.cut(Termination::SendTimeout);
         return Tick::Cut;
     }
     let waiting = ctx.waiting_head.load(Relaxed);
@@ -317,6 +322,10 @@ fn tick(
         Verdict::CheckAt(at) => at,
         Verdict::SlowHead => {
             tracing::debug!(peer = %ctx.peer, "request head not received within the header-read timeout: closing");
+            // A head began and never ended: its line says so (HAProxy's `cR`).
+            let mut log = Logged::start(ctx, "HTTP/1.1", Default::default(), Instant::now(), 0);
+            log.end(Termination::ClientTimeout, None);
+            ctx.activity.cut(Termination::ClientTimeout);
             return Tick::Cut;
         }
         Verdict::Idle => return Tick::Cut,
@@ -426,6 +435,7 @@ mod tests {
         let plane = Arc::new(DataPlane {
             snapshot: Arc::new(arc_swap::ArcSwap::from_pointee(snapshot)),
             shutdown: Shutdown::new(),
+            access_log: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap())

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use super::tunnel::Kind;
+use crate::access_log;
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::pool::Pool;
 use crate::proxy::codec::buf::Out;
@@ -13,6 +16,7 @@ use crate::proxy::codec::head;
 use crate::proxy::codec::request_id;
 use crate::proxy::codec::translate;
 use crate::proxy::ctx::ConnCtx;
+use crate::proxy::logged::Logged;
 use crate::proxy::sticky::Client;
 use crate::proxy::walk::Local;
 
@@ -41,6 +45,8 @@ pub struct RequestPlan {
     /// The request ID (`request_id:`): its header's name and the value sent to the node
     /// and back to the client.
     pub request_id: Option<(Arc<str>, Box<[u8]>)>,
+    /// The request's access log line, when the log is on.
+    pub log: Logged,
 }
 
 impl RequestPlan {
@@ -50,9 +56,49 @@ impl RequestPlan {
     }
 }
 
-/// Checks, routes and rewrites a parsed head. An error is answered locally (the flag says
-/// whether the request was a HEAD).
-pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<RequestPlan, (Local, bool)> {
+/// The access log record of a request whose head was read at `started` (`held`: the bytes
+/// read so far from its head on), with the ID it goes on with.
+pub fn log_request(
+    ctx: &ConnCtx,
+    req: &head::Request<'_, '_>,
+    id: Option<&[u8]>,
+    started: Instant,
+    held: usize,
+) -> Logged {
+    if ctx.plane.access_log.load().is_none() {
+        return Logged::OFF;
+    }
+    let field = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let fields = access_log::Request {
+        request_id: id,
+        traceparent: field("traceparent"),
+        tracestate: field("tracestate"),
+        method: Some(req.method.as_bytes()),
+        host: field("host"),
+        path: Some(req.target.as_bytes()),
+        user_agent: field("user-agent"),
+    };
+    let proto = if req.minor == 0 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    Logged::start(ctx, proto, fields, started, held)
+}
+
+/// Checks, routes and rewrites a parsed head (`held`: the bytes read so far from its head
+/// on). An error is answered locally (the flag says whether the request was a HEAD).
+pub fn plan(
+    ctx: &ConnCtx,
+    req: &head::Request<'_, '_>,
+    held: usize,
+) -> Result<RequestPlan, (Local, bool)> {
+    let started = Instant::now();
     let info = head::inspect(req).map_err(|r| (Local::from(r), false))?;
     let is_head = info.is_head;
     let local = |status, reason| Err((Local { status, reason }, is_head));
@@ -113,6 +159,10 @@ pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<RequestPlan, (
             Err(reason) => return local(400, reason),
         }
     };
+    // Made last: a request refused above gets its line from the caller, once.
+    let id = request_id.as_ref().map(|(_, v)| &**v);
+    let mut log = log_request(ctx, req, id, started, held);
+    log.pool(&pool);
     Ok(RequestPlan {
         body: info.body,
         keep_alive: info.keep_alive,
@@ -135,5 +185,6 @@ pub fn plan(ctx: &ConnCtx, req: &head::Request<'_, '_>) -> Result<RequestPlan, (
         out,
         h2,
         request_id,
+        log,
     })
 }

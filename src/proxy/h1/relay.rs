@@ -11,12 +11,36 @@ use std::task::Poll;
 use tokio::io::AsyncWriteExt;
 
 use super::ClientIo;
+use crate::access_log::Termination;
 use crate::pool::Upstream;
 use crate::proxy::codec::buf::{Buf, Out, SIZE};
 use crate::proxy::codec::framing::{ready, BodyLen, Left};
 
-/// Writes `out` (the client's head) and the body after it; `true` when the whole body went
-/// to the client.
+/// How a relayed response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relayed {
+    /// The whole body went to the client.
+    Whole,
+    /// Writing to the client failed.
+    ClientGone,
+    /// The backend closed, reset or broke its framing before the body was whole.
+    UpstreamGone,
+    /// The node's drain deadline ended it.
+    Deadline,
+}
+
+impl Relayed {
+    pub fn termination(self) -> Termination {
+        match self {
+            Relayed::Whole => Termination::Ok,
+            Relayed::ClientGone => Termination::ClientClosed,
+            Relayed::UpstreamGone => Termination::UpstreamReset,
+            Relayed::Deadline => Termination::DrainDeadline,
+        }
+    }
+}
+
+/// Writes `out` (the client's head) and the body after it.
 pub async fn response<I: ClientIo>(
     io: &mut I,
     up: &mut Upstream,
@@ -24,16 +48,19 @@ pub async fn response<I: ClientIo>(
     mut out: Out,
     body: BodyLen,
     minor: u8,
-) -> bool {
+) -> Relayed {
     let decode = body == BodyLen::Chunked && minor == 0;
     let Some(mut left) = Left::of(body) else {
-        return io.write_all(&out.0).await.is_ok() && io.flush().await.is_ok();
+        return match io.write_all(&out.0).await.is_ok() && io.flush().await.is_ok() {
+            true => Relayed::Whole,
+            false => Relayed::ClientGone,
+        };
     };
     loop {
         // Whatever is held goes with the head (one write), then straight from the buffer.
         let copy = decode || !out.0.is_empty();
         let Ok((n, done)) = ready(&mut left, ub.data(), decode, &mut out.0, copy) else {
-            return false;
+            return Relayed::UpstreamGone;
         };
         let written = if copy {
             let w = io.write_all(&out.0).await;
@@ -43,11 +70,11 @@ pub async fn response<I: ClientIo>(
             io.write_all(&ub.data()[..n]).await
         };
         if written.is_err() || io.flush().await.is_err() {
-            return false;
+            return Relayed::ClientGone;
         }
         ub.consume(n);
         if done {
-            return true;
+            return Relayed::Whole;
         }
         let read = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = ub.poll_read_from(&mut up.stream, cx, SIZE) {
@@ -60,12 +87,12 @@ pub async fn response<I: ClientIo>(
         })
         .await;
         match read {
-            Some(Ok(0)) => return left.ends_at_close(),
+            Some(Ok(0)) if left.ends_at_close() => return Relayed::Whole,
+            Some(Ok(0)) | Some(Err(_)) => return Relayed::UpstreamGone,
             Some(Ok(_)) => {}
-            Some(Err(_)) => return false,
             None => {
                 tracing::debug!("response cut at the node's drain deadline");
-                return false;
+                return Relayed::Deadline;
             }
         }
     }

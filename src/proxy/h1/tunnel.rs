@@ -16,9 +16,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 
 use super::ClientIo;
+use crate::access_log::Termination;
 use crate::gated::Gated;
 use crate::pool::{Node, SessionGuard, SessionKind};
 use crate::proxy::codec::buf::{Buf, Out};
+use crate::proxy::logged::Logged;
 use crate::proxy::ws::{self, FrameTracker};
 use crate::proxy::DataPlane;
 
@@ -44,6 +46,8 @@ pub struct Start {
     pub early: Buf,
     /// The upgrade request's session, ended once the tunnel's own is counted.
     pub session: SessionGuard,
+    /// The upgrade request's access log line, written when the tunnel ends.
+    pub log: Logged,
 }
 
 /// Runs a tunnel on the client connection's task until either side closes or it is closed
@@ -62,6 +66,7 @@ pub async fn run<I: ClientIo>(
         mut head,
         early,
         session,
+        mut log,
     } = start;
     // Counted before the request's own session ends, so a drain never sees the node empty
     // between the 101 and the tunnel.
@@ -78,6 +83,7 @@ pub async fn run<I: ClientIo>(
     if let Some(pending) = pending.filter(|b| !b.is_empty()) {
         up.feed(pending.data());
         if backend.write_all(pending.data()).await.is_err() {
+            log.end(Termination::UpstreamReset, None);
             return;
         }
     }
@@ -121,7 +127,17 @@ pub async fn run<I: ClientIo>(
             }
         };
     }
-    let Some(deadline) = at_deadline else { return };
+    let Some(deadline) = at_deadline else {
+        log.end(Termination::Ok, None);
+        return;
+    };
+    log.end(
+        match deadline {
+            true => Termination::DrainDeadline,
+            false => Termination::Shutdown,
+        },
+        None,
+    );
     if deadline {
         life.deadline_closes.fetch_add(1, Relaxed);
         node.state.metrics.deadline_close(SessionKind::Tunnel);

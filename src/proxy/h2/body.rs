@@ -10,7 +10,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::h1_upstream::UpstreamBody;
+use crate::access_log::Termination;
 use crate::proxy::h2up::H2Body;
+use crate::proxy::logged::Logged;
 use crate::proxy::walk::Local;
 
 pub enum ProxyBody {
@@ -54,7 +56,72 @@ impl Body for ProxyBody {
     }
 }
 
-/// A response handoff makes itself: a status and a one-line plain-text reason.
+/// The response body with the request's access log line, written when the body ends or the
+/// stream goes (a reset, a cut connection). Counts the body's bytes.
+pub struct LoggedBody {
+    inner: ProxyBody,
+    log: Logged,
+    /// A node's body, whose end says how the exchange ended (a local answer's was set).
+    relay: bool,
+}
+
+impl LoggedBody {
+    pub fn new(inner: ProxyBody, mut log: Logged, relay: bool) -> Self {
+        // hyper never polls a body that says it is over.
+        if relay && inner.is_end_stream() {
+            log.end(Termination::Ok, None);
+        }
+        LoggedBody { inner, log, relay }
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.log.is_on() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    this.log.add_bytes(0, n);
+                    // hyper ends the stream without another poll once the body says so.
+                    if this.relay && this.inner.is_end_stream() {
+                        this.log.end(Termination::Ok, None);
+                    }
+                }
+                Poll::Ready(None) if this.relay => this.log.end(Termination::Ok, None),
+                Poll::Ready(Some(Err(_))) if this.relay => {
+                    let mut why = Termination::UpstreamReset;
+                    this.log.with(|r| {
+                        if r.node()
+                            .is_some_and(|n| n.state.lifecycle.deadline_passed())
+                        {
+                            why = Termination::DrainDeadline;
+                        }
+                    });
+                    this.log.end(why, None);
+                }
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A response handoff makes itself, from the node walk's answer.
 pub fn local_answer(l: Local) -> Response<ProxyBody> {
     let status = StatusCode::from_u16(l.status).unwrap_or(StatusCode::BAD_GATEWAY);

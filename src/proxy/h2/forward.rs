@@ -16,8 +16,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::time::{timeout, Instant};
 
-use super::body::{local, local_answer, ProxyBody};
+use super::body::{local, local_answer, LoggedBody, ProxyBody};
 use super::h1_upstream::{self, UpstreamBody};
+use crate::access_log::{self, Termination};
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::metrics::ClientError;
 use crate::pool::h2conn::UpBody;
@@ -30,6 +31,7 @@ use crate::proxy::codec::translate::{request_host, write_request_head};
 use crate::proxy::connect::connect_upstream;
 use crate::proxy::ctx::ConnCtx;
 use crate::proxy::h2up::{self, H2Body};
+use crate::proxy::logged::Logged;
 use crate::proxy::sticky::Client;
 use crate::proxy::walk::{self, Failure, Outcome, Step, Walk};
 
@@ -40,7 +42,39 @@ const MAX_REPLAY_BODY: u64 = 64 * 1024;
 pub async fn handle(
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<LoggedBody>, Infallible> {
+    let started = Instant::now();
+    let mut log = Logged::OFF;
+    let resp = answer(&ctx, req, &mut log, started).await;
+    let relay = !matches!(resp.body(), ProxyBody::Local(_));
+    Ok(resp.map(|body| LoggedBody::new(body, log, relay)))
+}
+
+/// The request's access log line (when the log is on).
+fn log_h2(ctx: &ConnCtx, parts: &Parts, id: Option<&[u8]>, started: Instant) -> Logged {
+    if ctx.plane.access_log.load().is_none() {
+        return Logged::OFF;
+    }
+    let field = |name| parts.headers.get(name).map(HeaderValue::as_bytes);
+    let fields = access_log::Request {
+        request_id: id,
+        traceparent: field("traceparent"),
+        tracestate: field("tracestate"),
+        method: Some(parts.method.as_str().as_bytes()),
+        host: request_host(parts).map(str::as_bytes),
+        path: parts.uri.path_and_query().map(|p| p.as_str().as_bytes()),
+        user_agent: field("user-agent"),
+    };
+    Logged::start(ctx, "HTTP/2", fields, started, 0).own_bytes()
+}
+
+/// Answers one request: a node's response, or handoff's own.
+async fn answer(
+    ctx: &Arc<ConnCtx>,
+    req: Request<Incoming>,
+    log: &mut Logged,
+    started: Instant,
+) -> Response<ProxyBody> {
     let inflight = InflightGuard::new(&ctx.activity);
     let (mut parts, body) = req.into_parts();
     // RFC 9113 §8.2.1: a field value with leading or trailing whitespace makes the request
@@ -51,10 +85,12 @@ pub async fn handle(
     });
     if padded {
         ctx.listener.metrics.client_error(ClientError::BadRequest);
-        return Ok(local(
+        *log = log_h2(ctx, &parts, None, started);
+        log.end(Termination::ClientFault(ClientError::BadRequest), Some(400));
+        return local(
             StatusCode::BAD_REQUEST,
             "a field value starts or ends with whitespace",
-        ));
+        );
     }
     let routed = {
         let snapshot = ctx.plane.snapshot.load();
@@ -73,16 +109,17 @@ pub async fn handle(
         Some((Some(pool), timeouts)) => (pool, timeouts),
         Some((None, _)) => {
             ctx.listener.metrics.client_error(ClientError::NoRoute);
-            return Ok(local(
-                StatusCode::NOT_FOUND,
-                "no route matches this host and path",
-            ));
+            *log = log_h2(ctx, &parts, None, started);
+            log.end(Termination::ClientFault(ClientError::NoRoute), Some(404));
+            return local(StatusCode::NOT_FOUND, "no route matches this host and path");
         }
         None => {
-            return Ok(local(
+            *log = log_h2(ctx, &parts, None, started);
+            log.end(Termination::Shutdown, Some(503));
+            return local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this listener is being removed",
-            ))
+            );
         }
     };
     // The client's ID when it is sane, else a new one: to the node, and back.
@@ -93,20 +130,21 @@ pub async fn handle(
         parts.headers.insert(name.clone(), value.clone());
         Some((name, value))
     });
-    let started = Instant::now();
+    *log = log_h2(ctx, &parts, id.as_ref().map(|(_, v)| v.as_bytes()), started);
+    log.pool(&pool);
     let mut resp = forward(
-        &ctx,
+        ctx,
         &pool,
         (parts, body),
         (timeouts, request_buffer),
-        inflight,
+        (inflight, log),
         started,
     )
     .await;
     if let Some((name, value)) = id {
         resp.headers_mut().insert(name, value);
     }
-    Ok(resp)
+    resp
 }
 
 /// Idempotent methods: sending one twice has the effect of sending it once.
@@ -122,11 +160,15 @@ async fn forward(
     pool: &Arc<Pool>,
     (parts, body): (Parts, Incoming),
     (timeouts, request_buffer): (Timeouts, u64),
-    inflight: InflightGuard,
+    (inflight, log): (InflightGuard, &mut Logged),
     started: Instant,
 ) -> Response<ProxyBody> {
     if pool.config.upstream.protocol != UpstreamProtocol::Http1 {
-        return Box::pin(to_h2(ctx, pool, parts, body, timeouts, inflight, started)).await;
+        if let Some(n) = body.size_hint().exact() {
+            log.add_bytes(n, 0);
+        }
+        let to_h2 = to_h2(ctx, pool, parts, body, timeouts, (inflight, log), started);
+        return Box::pin(to_h2).await;
     }
     let multi = pool.nodes.len() > 1;
     let replayable = idempotent(&parts.method)
@@ -162,6 +204,7 @@ async fn forward(
             }
             Ok(Err(_)) => {
                 ctx.listener.metrics.client_error(ClientError::BodyCut);
+                log.end(Termination::ClientClosed, Some(400));
                 return local(
                     StatusCode::BAD_REQUEST,
                     "the request body could not be read",
@@ -169,6 +212,7 @@ async fn forward(
             }
             Err(_) => {
                 ctx.listener.metrics.client_error(ClientError::BodyTimeout);
+                log.end(Termination::ClientTimeout, Some(408));
                 return local(
                     StatusCode::REQUEST_TIMEOUT,
                     "the request body did not arrive in time",
@@ -182,6 +226,11 @@ async fn forward(
         };
         (framing, None, Some(body))
     };
+    match (&held, framing) {
+        (Some(bytes), _) => log.add_bytes(bytes.len() as u64, 0),
+        (None, BodyLen::Length(n)) => log.add_bytes(n, 0),
+        _ => {}
+    }
     let mut out = Out::take();
     write_request_head(
         &mut out.0,
@@ -203,7 +252,7 @@ async fn forward(
         framing,
         replayable && whole,
         timeouts,
-        inflight,
+        (inflight, log),
         started,
     )
     .await
@@ -220,7 +269,7 @@ async fn send_all(
     framing: BodyLen,
     replayable: bool,
     timeouts: Timeouts,
-    inflight: InflightGuard,
+    (inflight, log): (InflightGuard, &mut Logged),
     started: Instant,
 ) -> Response<ProxyBody> {
     let observe = |at: Instant| {
@@ -241,7 +290,9 @@ async fn send_all(
     'nodes: while let Some(i) = attempts.next_node() {
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
+        log.attempt(i);
         loop {
+            let connecting = Instant::now();
             let (mut up, reused) = match node.idle.take() {
                 Some(up) => (up, true),
                 None => match connect_upstream(pool, i, timeouts.connect).await {
@@ -252,6 +303,8 @@ async fn send_all(
                     }
                 },
             };
+            let sending = Instant::now();
+            log.connected(sending.duration_since(connecting));
             let mut ub = Buf::take();
             let exchange = async {
                 let Upstream { stream: s, close } = &mut up;
@@ -270,6 +323,7 @@ async fn send_all(
                 Ok(Ok(head)) => {
                     let status = head.response.status().as_u16();
                     pool.answered(i, status, now.duration_since(walk.asked()));
+                    log.answered(now.duration_since(sending), status);
                     let answered = Outcome::Answered {
                         status,
                         second_opinion: status >= 500 && walk::second_opinion(pool, i),
@@ -291,6 +345,7 @@ async fn send_all(
                 }
                 Ok(Err(Failure::Client { .. })) => {
                     ctx.listener.metrics.client_error(ClientError::BodyCut);
+                    log.end(Termination::ClientClosed, Some(400));
                     return local(
                         StatusCode::BAD_REQUEST,
                         "the request body could not be read",
@@ -311,6 +366,7 @@ async fn send_all(
                 Step::Answer { local: l, .. } => {
                     walk::log_failure(node, outcome);
                     observe(now);
+                    log.end(l.termination_at(node), Some(l.status));
                     return local_answer(l);
                 }
             }
@@ -319,6 +375,7 @@ async fn send_all(
     let l = walk.exhausted(false);
     pool.metrics.local_response(l.status);
     observe(Instant::now());
+    log.end(l.termination(), Some(l.status));
     local_answer(l)
 }
 
@@ -330,14 +387,14 @@ async fn to_h2(
     parts: Parts,
     body: Incoming,
     timeouts: Timeouts,
-    inflight: InflightGuard,
+    (inflight, log): (InflightGuard, &mut Logged),
     started: Instant,
 ) -> Response<ProxyBody> {
     let client = client_of(ctx, pool, &parts);
     let grpc = h2up::is_grpc(&parts.headers);
     let body = UpBody::new(body.map_err(|e| -> h2up::BoxError { Box::new(e) }));
     let req = h2up::upstream_request(ctx, pool, parts, body);
-    match h2up::send(pool, req, &client, timeouts, started).await {
+    match h2up::send(pool, req, &client, timeouts, started, log).await {
         Err(f) => local_answer(f),
         Ok(a) => {
             let node = &pool.nodes[a.index];

@@ -59,6 +59,7 @@ where
         if activity.write_blocked_for() >= timeouts.send() {
             tracing::debug!(%peer, "the client accepted no bytes within the send timeout: closing");
             watch.listener.metrics.send_timeouts.inc();
+            activity.cut(crate::access_log::Termination::SendTimeout);
             break;
         }
         let next = match activity.verdict(idle, Some(header_read)) {
@@ -96,7 +97,10 @@ where
                 }
                 force = Some(Gated::new(Box::pin(plane.shutdown.force.clone().cancelled_owned())));
             }
-            _ = async { force.as_mut().expect("set when drain fired").await }, if force.is_some() => break,
+            _ = async { force.as_mut().expect("set when drain fired").await }, if force.is_some() => {
+                activity.cut(crate::access_log::Termination::Shutdown);
+                break;
+            }
         }
     }
 }

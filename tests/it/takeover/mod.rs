@@ -154,6 +154,7 @@ async fn eventually_async(h: &Handoff, cond: impl Fn(&Value) -> bool) {
     }
 }
 
+mod access_log;
 mod failures;
 mod load;
 mod sessions;

@@ -1,0 +1,345 @@
+//! Writing a line's fields: a JSON object (NGINX's `escape=json`, made strict: bytes that are
+//! not UTF-8 are escaped one by one, so every line parses), or space-separated text with
+//! strings quoted and `-` for what is absent.
+
+use std::fmt::Display;
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use crate::config::LogFormat;
+
+/// A line being written.
+pub struct Line {
+    buf: Vec<u8>,
+    format: LogFormat,
+    first: bool,
+}
+
+impl Line {
+    pub fn new(mut buf: Vec<u8>, format: LogFormat) -> Line {
+        buf.clear();
+        Line {
+            buf,
+            format,
+            first: true,
+        }
+    }
+
+    pub fn empty(format: LogFormat) -> Line {
+        Line::new(Vec::new(), format)
+    }
+
+    pub fn format(&self) -> LogFormat {
+        self.format
+    }
+
+    /// The finished line, with its newline.
+    pub fn end(mut self) -> Vec<u8> {
+        match self.format {
+            LogFormat::Json if self.first => self.buf.extend_from_slice(b"{}\n"),
+            LogFormat::Json => self.buf.extend_from_slice(b"}\n"),
+            LogFormat::Text => self.buf.push(b'\n'),
+        }
+        self.buf
+    }
+
+    /// Starts a field: its key in JSON, a separator in text.
+    fn key(&mut self, name: &str) {
+        let first = std::mem::replace(&mut self.first, false);
+        match self.format {
+            LogFormat::Json => {
+                self.buf.push(if first { b'{' } else { b',' });
+                self.buf.push(b'"');
+                self.buf.extend_from_slice(name.as_bytes());
+                self.buf.extend_from_slice(b"\":");
+            }
+            LogFormat::Text if !first => self.buf.push(b' '),
+            LogFormat::Text => {}
+        }
+    }
+
+    fn absent(&mut self) {
+        match self.format {
+            LogFormat::Json => self.buf.extend_from_slice(b"null"),
+            LogFormat::Text => self.buf.push(b'-'),
+        }
+    }
+
+    /// A string field (`null` or `-` when absent).
+    pub fn bytes(&mut self, name: &str, value: Option<&[u8]>) {
+        self.key(name);
+        match value {
+            Some(v) => self.quoted(v),
+            None => self.absent(),
+        }
+    }
+
+    pub fn str(&mut self, name: &str, value: Option<&str>) {
+        self.bytes(name, value.map(str::as_bytes));
+    }
+
+    /// A string field left out of JSON when absent (`-` in text, which has fixed places).
+    pub fn optional(&mut self, name: &str, value: Option<&[u8]>) {
+        match (value, self.format) {
+            (None, LogFormat::Json) => {}
+            _ => self.bytes(name, value),
+        }
+    }
+
+    /// A value written as it displays (addresses): no quoting needed in text.
+    pub fn display(&mut self, name: &str, value: &impl Display) {
+        self.key(name);
+        match self.format {
+            LogFormat::Json => {
+                let _ = write!(self.buf, "\"{value}\"");
+            }
+            LogFormat::Text => {
+                let _ = write!(self.buf, "{value}");
+            }
+        }
+    }
+
+    /// RFC 3339, UTC, microseconds.
+    pub fn time(&mut self, name: &str, at: SystemTime) {
+        self.display(name, &humantime::format_rfc3339_micros(at));
+    }
+
+    pub fn number(&mut self, name: &str, value: Option<u64>) {
+        self.key(name);
+        match value {
+            Some(n) => {
+                let _ = write!(self.buf, "{n}");
+            }
+            None => self.absent(),
+        }
+    }
+
+    /// Milliseconds with three decimals (microseconds).
+    pub fn millis(&mut self, name: &str, value: Option<Duration>) {
+        self.key(name);
+        match value {
+            Some(d) => {
+                let us = d.as_micros();
+                let _ = write!(self.buf, "{}.{:03}", us / 1000, us % 1000);
+            }
+            None => self.absent(),
+        }
+    }
+
+    /// `tls: {version, sni}`, left out of JSON without TLS; `"version/sni"` in text.
+    pub fn tls(&mut self, tls: Option<(&str, Option<&str>)>) {
+        match (tls, self.format) {
+            (None, LogFormat::Json) => {}
+            (None, LogFormat::Text) => self.bytes("tls", None),
+            (Some((version, sni)), LogFormat::Json) => {
+                self.key("tls");
+                self.buf.extend_from_slice(b"{\"version\":");
+                self.quoted(version.as_bytes());
+                self.buf.extend_from_slice(b",\"sni\":");
+                match sni {
+                    Some(s) => self.quoted(s.as_bytes()),
+                    None => self.buf.extend_from_slice(b"null"),
+                }
+                self.buf.push(b'}');
+            }
+            (Some((version, sni)), LogFormat::Text) => {
+                self.key("tls");
+                self.buf.push(b'"');
+                escape_text(&mut self.buf, version.as_bytes());
+                self.buf.push(b'/');
+                escape_text(&mut self.buf, sni.unwrap_or("-").as_bytes());
+                self.buf.push(b'"');
+            }
+        }
+    }
+
+    /// `rollout: {id, phase}`, left out of JSON when the node is in none; `"id/phase"` in
+    /// text.
+    pub fn rollout(&mut self, rollout: Option<(&str, &str)>) {
+        match (rollout, self.format) {
+            (None, LogFormat::Json) => {}
+            (None, LogFormat::Text) => self.bytes("rollout", None),
+            (Some((id, phase)), LogFormat::Json) => {
+                self.key("rollout");
+                self.buf.extend_from_slice(b"{\"id\":");
+                self.quoted(id.as_bytes());
+                self.buf.extend_from_slice(b",\"phase\":");
+                self.quoted(phase.as_bytes());
+                self.buf.push(b'}');
+            }
+            (Some((id, phase)), LogFormat::Text) => {
+                self.key("rollout");
+                self.buf.push(b'"');
+                escape_text(&mut self.buf, id.as_bytes());
+                self.buf.push(b'/');
+                escape_text(&mut self.buf, phase.as_bytes());
+                self.buf.push(b'"');
+            }
+        }
+    }
+
+    /// A list of names: a JSON array; comma-separated and quoted in text (`-` when empty).
+    pub fn list<'a>(&mut self, name: &str, items: impl Iterator<Item = &'a str>) {
+        self.key(name);
+        match self.format {
+            LogFormat::Json => {
+                self.buf.push(b'[');
+                for (i, item) in items.enumerate() {
+                    if i > 0 {
+                        self.buf.push(b',');
+                    }
+                    self.quoted(item.as_bytes());
+                }
+                self.buf.push(b']');
+            }
+            LogFormat::Text => {
+                let mark = self.buf.len();
+                self.buf.push(b'"');
+                for (i, item) in items.enumerate() {
+                    if i > 0 {
+                        self.buf.push(b',');
+                    }
+                    escape_text(&mut self.buf, item.as_bytes());
+                }
+                if self.buf.len() == mark + 1 {
+                    self.buf.truncate(mark);
+                    self.buf.push(b'-');
+                } else {
+                    self.buf.push(b'"');
+                }
+            }
+        }
+    }
+
+    fn quoted(&mut self, v: &[u8]) {
+        self.buf.push(b'"');
+        match self.format {
+            LogFormat::Json => escape_json(&mut self.buf, v),
+            LogFormat::Text => escape_text(&mut self.buf, v),
+        }
+        self.buf.push(b'"');
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A JSON string's contents: `"`, `\` and control characters escaped; bytes that are not
+/// UTF-8 escaped one by one as `\u00XX` (the line stays valid JSON whatever the client sent).
+pub fn escape_json(out: &mut Vec<u8>, v: &[u8]) {
+    let utf8 = v.is_ascii() || std::str::from_utf8(v).is_ok();
+    let mut start = 0;
+    for (i, &b) in v.iter().enumerate() {
+        let plain = match b {
+            b'"' | b'\\' => false,
+            0..=0x1f | 0x7f => false,
+            0x80.. => utf8,
+            _ => true,
+        };
+        if plain {
+            continue;
+        }
+        out.extend_from_slice(&v[start..i]);
+        start = i + 1;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+    }
+    out.extend_from_slice(&v[start..]);
+}
+
+/// A text field's contents: printable ASCII as is, `"` and `\` escaped with `\`, any other
+/// byte as `\xXX` (NGINX's default escaping), so a field never breaks the line apart.
+pub fn escape_text(out: &mut Vec<u8>, v: &[u8]) {
+    for &b in v {
+        match b {
+            b'"' | b'\\' => {
+                out.push(b'\\');
+                out.push(b);
+            }
+            0x20..=0x7e => out.push(b),
+            _ => {
+                out.extend_from_slice(b"\\x");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(v: &[u8]) -> String {
+        let mut out = Vec::new();
+        escape_json(&mut out, v);
+        String::from_utf8(out).expect("escaped JSON is UTF-8")
+    }
+
+    #[test]
+    fn json_strings_parse_back_whatever_the_bytes() {
+        for v in [
+            &b"plain"[..],
+            b"quote \" and \\ backslash",
+            b"\x00\x01\n\r\t\x7f",
+            "caf\u{e9} \u{1F600}".as_bytes(),
+            b"\xff\xfe not utf-8 \xc3",
+        ] {
+            let text = format!("\"{}\"", json(v));
+            let back: String = serde_json::from_str(&text).expect("parses");
+            if let Ok(s) = std::str::from_utf8(v) {
+                assert_eq!(back, s);
+            } else {
+                // Each byte became the character of the same number.
+                let latin: String = v.iter().map(|&b| char::from(b)).collect();
+                assert_eq!(back, latin);
+            }
+        }
+    }
+
+    #[test]
+    fn text_fields_never_split_the_line() {
+        let mut out = Vec::new();
+        escape_text(&mut out, b"a b\"c\\d\ne\xff");
+        assert_eq!(out, b"a b\\\"c\\\\d\\x0ae\\xff");
+    }
+
+    #[test]
+    fn a_json_line_has_its_fields_and_nulls() {
+        let mut l = Line::new(Vec::new(), LogFormat::Json);
+        l.str("a", Some("x"));
+        l.optional("absent", None);
+        l.number("n", None);
+        l.millis("ms", Some(Duration::from_micros(1_234_567)));
+        l.list("attempts", ["a", "b"].into_iter());
+        l.tls(Some(("TLSv1.3", None)));
+        let line = l.end();
+        let v: serde_json::Value = serde_json::from_slice(&line).expect("json");
+        assert_eq!(v["a"], "x");
+        assert!(v.get("absent").is_none());
+        assert!(v["n"].is_null());
+        assert_eq!(v["ms"].as_f64(), Some(1234.567));
+        assert_eq!(v["attempts"], serde_json::json!(["a", "b"]));
+        assert_eq!(v["tls"]["version"], "TLSv1.3");
+        assert!(line.ends_with(b"}\n"));
+    }
+
+    #[test]
+    fn a_text_line_keeps_every_place() {
+        let mut l = Line::new(Vec::new(), LogFormat::Text);
+        l.str("a", Some("x y"));
+        l.optional("absent", None);
+        l.list("attempts", std::iter::empty());
+        l.number("n", Some(7));
+        assert_eq!(l.end(), b"\"x y\" - - 7\n");
+    }
+}

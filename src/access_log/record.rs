@@ -1,0 +1,322 @@
+//! One exchange's line: the request's fields written when it starts, the outcome's when it
+//! ends, in JSON or text.
+//!
+//! A [`Record`] is made only when the access log is on; the data path holds it as an
+//! [`Entry`] whose methods do nothing when it is off, so a request without a log costs one
+//! `Option` test per step. The line goes to the writer when the record is finished or
+//! dropped (an exchange cut short still leaves its line).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::format::Line;
+use super::writer::AccessLog;
+use crate::metrics::ClientError;
+use crate::pool::Pool;
+
+/// How an exchange ended: one word an operator can grep for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// Answered whole (by a node, or by handoff itself when nothing failed).
+    Ok,
+    /// The client went away before the answer was whole.
+    ClientClosed,
+    /// The client was too slow sending its request (head or body), or a TCP session moved
+    /// nothing for `timeouts.idle`.
+    ClientTimeout,
+    /// The client accepted no byte of its response within `timeouts.send`.
+    SendTimeout,
+    /// The request was refused for something the client got wrong.
+    ClientFault(ClientError),
+    /// No node of the pool could take it.
+    NoNode,
+    /// Every node tried refused or failed the connection.
+    ConnectFailed,
+    /// The node closed or reset before the answer was whole.
+    UpstreamReset,
+    /// The node did not answer within `timeouts.response`.
+    UpstreamTimeout,
+    /// The node's drain deadline closed it.
+    DrainDeadline,
+    /// handoff's shutdown closed it (the force deadline).
+    Shutdown,
+    /// A TCP session closed to rebalance its pool after a readmission.
+    Rebalanced,
+}
+
+impl Termination {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Termination::Ok => "ok",
+            Termination::ClientClosed => "client_closed",
+            Termination::ClientTimeout => "client_timeout",
+            Termination::SendTimeout => "send_timeout",
+            Termination::ClientFault(e) => match e {
+                ClientError::BadRequest => "client_fault:bad_request",
+                ClientError::HeadTooLarge => "client_fault:head_too_large",
+                ClientError::NotImplemented => "client_fault:not_implemented",
+                ClientError::BodyTimeout => "client_timeout",
+                ClientError::BadBody => "client_fault:bad_body",
+                ClientError::BodyCut => "client_closed",
+                ClientError::NoRoute => "client_fault:no_route",
+            },
+            Termination::NoNode => "no_node",
+            Termination::ConnectFailed => "connect_failed",
+            Termination::UpstreamReset => "upstream_reset",
+            Termination::UpstreamTimeout => "upstream_timeout",
+            Termination::DrainDeadline => "drain_deadline",
+            Termination::Shutdown => "shutdown",
+            Termination::Rebalanced => "rebalanced",
+        }
+    }
+
+    /// A compact code, for a connection's "why it was cut" flag (0: not cut).
+    pub fn code(self) -> u8 {
+        match self {
+            Termination::SendTimeout => 1,
+            Termination::ClientTimeout => 2,
+            Termination::DrainDeadline => 3,
+            Termination::Shutdown => 4,
+            _ => 0,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Termination> {
+        Some(match code {
+            1 => Termination::SendTimeout,
+            2 => Termination::ClientTimeout,
+            3 => Termination::DrainDeadline,
+            4 => Termination::Shutdown,
+            _ => return None,
+        })
+    }
+}
+
+/// What every exchange of one client connection shares in its line.
+#[derive(Clone, Copy)]
+pub struct Conn<'a> {
+    pub client: SocketAddr,
+    pub listener: &'a str,
+    /// `HTTP/1.1`, `HTTP/2`, `tcp`, ...
+    pub proto: &'a str,
+    /// TLS version and SNI, when TLS was terminated.
+    pub tls: Option<(&'a str, Option<&'a str>)>,
+}
+
+/// The request's own fields, as the client sent them (absent ones are `None`).
+#[derive(Default, Clone, Copy)]
+pub struct Request<'a> {
+    pub request_id: Option<&'a [u8]>,
+    pub traceparent: Option<&'a [u8]>,
+    pub tracestate: Option<&'a [u8]>,
+    pub method: Option<&'a [u8]>,
+    pub host: Option<&'a [u8]>,
+    pub path: Option<&'a [u8]>,
+    pub user_agent: Option<&'a [u8]>,
+}
+
+/// Most nodes a line lists under `attempts` (a longer walk lists its first ones).
+const MAX_ATTEMPTS: usize = 8;
+
+/// One exchange's line in the making.
+pub struct Record {
+    log: Arc<AccessLog>,
+    line: Line,
+    started: Instant,
+    pub status: Option<u16>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connect: Option<Duration>,
+    pub header: Option<Duration>,
+    pub termination: Termination,
+    pool: Option<Arc<Pool>>,
+    /// The node that served, or was tried last (an index into the pool's nodes).
+    node: Option<u16>,
+    attempts: [u16; MAX_ATTEMPTS],
+    tried: u8,
+    finished: bool,
+}
+
+impl Record {
+    /// Starts a line at `started` (the request's head, or the session's accept).
+    pub fn start(
+        log: &Arc<AccessLog>,
+        started: Instant,
+        conn: Conn<'_>,
+        req: Request<'_>,
+    ) -> Record {
+        let mut line = Line::new(log.buffer(), log.format);
+        let wall = SystemTime::now()
+            .checked_sub(started.elapsed())
+            .unwrap_or_else(SystemTime::now);
+        line.time("time", wall);
+        line.bytes("request_id", req.request_id);
+        line.optional("traceparent", req.traceparent);
+        line.optional("tracestate", req.tracestate);
+        line.display("client", &conn.client);
+        line.str("listener", Some(conn.listener));
+        line.str("proto", Some(conn.proto));
+        line.tls(conn.tls);
+        line.bytes("method", req.method);
+        line.bytes("host", req.host);
+        line.bytes("path", req.path);
+        line.bytes("user_agent", req.user_agent);
+        Record {
+            log: Arc::clone(log),
+            line,
+            started,
+            status: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            connect: None,
+            header: None,
+            termination: Termination::ClientClosed,
+            pool: None,
+            node: None,
+            attempts: [0; MAX_ATTEMPTS],
+            tried: 0,
+            finished: false,
+        }
+    }
+
+    /// The pool the exchange was routed to.
+    pub fn pool(&mut self, pool: &Arc<Pool>) {
+        if self.pool.is_none() {
+            self.pool = Some(Arc::clone(pool));
+        }
+    }
+
+    /// Node `index` of the pool is tried (in walk order); it is the line's node until
+    /// another is tried.
+    pub fn attempt(&mut self, index: usize) {
+        let index = u16::try_from(index).unwrap_or(u16::MAX);
+        let again = self.tried > 0 && self.node == Some(index);
+        if !again && usize::from(self.tried) < MAX_ATTEMPTS {
+            self.attempts[usize::from(self.tried)] = index;
+            self.tried += 1;
+        }
+        self.node = Some(index);
+    }
+
+    /// The node the line names (the one that served, or was tried last).
+    pub fn node(&self) -> Option<&crate::pool::Node> {
+        let pool = self.pool.as_deref()?;
+        pool.nodes.get(usize::from(self.node?)).map(|n| &**n)
+    }
+
+    /// Writes the rest of the line and queues it.
+    pub fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let mut line = std::mem::replace(&mut self.line, Line::empty(self.log.format));
+        let pool = self.pool.as_deref();
+        line.str("pool", pool.map(|p| p.name.as_str()));
+        let node = pool
+            .zip(self.node)
+            .and_then(|(p, i)| p.nodes.get(usize::from(i)));
+        match node {
+            Some(n) => {
+                line.str("node", Some(&n.name));
+                line.display("node_addr", &n.addr);
+                let version = n.state.version();
+                line.str("node_version", version.as_deref().map(String::as_str));
+                line.rollout(n.state.rollout().as_deref().map(|r| (&*r.id, r.phase)));
+            }
+            None => {
+                line.str("node", None);
+                line.str("node_addr", None);
+                line.str("node_version", None);
+                line.rollout(None);
+            }
+        }
+        let names = self.attempts[..usize::from(self.tried)]
+            .iter()
+            .filter_map(|&i| pool.and_then(|p| p.nodes.get(usize::from(i))))
+            .map(|n| n.name.as_str());
+        line.list("attempts", names);
+        line.number("status", self.status.map(u64::from));
+        line.number("bytes_in", Some(self.bytes_in));
+        line.number("bytes_out", Some(self.bytes_out));
+        line.millis("duration_ms", Some(self.started.elapsed()));
+        line.millis("connect_ms", self.connect);
+        line.millis("header_ms", self.header);
+        line.str("termination", Some(self.termination.as_str()));
+        self.log.push(line.end());
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The data path's hold on an exchange's record: every method does nothing when the access
+/// log is off.
+#[derive(Default)]
+pub struct Entry(pub Option<Box<Record>>);
+
+impl Entry {
+    pub const OFF: Entry = Entry(None);
+
+    #[inline]
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    #[inline]
+    pub fn with(&mut self, f: impl FnOnce(&mut Record)) {
+        if let Some(r) = self.0.as_deref_mut() {
+            f(r);
+        }
+    }
+
+    /// Sets how the exchange ended (and its status, when it has one).
+    #[inline]
+    pub fn end(&mut self, termination: Termination, status: Option<u16>) {
+        self.with(|r| {
+            r.termination = termination;
+            if status.is_some() {
+                r.status = status;
+            }
+        });
+    }
+
+    #[inline]
+    pub fn attempt(&mut self, index: usize) {
+        self.with(|r| r.attempt(index));
+    }
+}
+
+/// The field names of a line, in order: what `format: text` writes, space-separated.
+pub const FIELDS: &[&str] = &[
+    "time",
+    "request_id",
+    "traceparent",
+    "tracestate",
+    "client",
+    "listener",
+    "proto",
+    "tls",
+    "method",
+    "host",
+    "path",
+    "user_agent",
+    "pool",
+    "node",
+    "node_addr",
+    "node_version",
+    "rollout",
+    "attempts",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "connect_ms",
+    "header_ms",
+    "termination",
+];

@@ -1,0 +1,434 @@
+//! The access log (`access_log:`): one JSON line per request, naming its node, the node's
+//! version and how the exchange ended, for every way it can end; a log that cannot be
+//! written costs lines (counted), never requests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::Method;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::backends::{self, dead_addr, tcp_echo_server, HttpBackend};
+use crate::common::*;
+use handoff::pool::Health;
+
+/// `yaml` with an access log in the instance's directory (and request IDs on).
+fn logged(yaml: &str) -> String {
+    format!("access_log: {{ path: \"{{DIR}}/access.log\", format: json }}\nrequest_id: {{ header: X-Request-Id }}\n{yaml}")
+}
+
+fn log_path(proxy: &Proxy) -> PathBuf {
+    proxy._dir.path().join("access.log")
+}
+
+/// The file's lines, each parsed (a line that is not JSON fails the test).
+fn read_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Waits (bounded) until the file holds at least `n` lines; returns them all.
+pub async fn wait_lines(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let lines = read_lines(path);
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} lines in the access log, expected {n}: {lines:#?}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The one line whose `path` is `path`.
+async fn line_for(proxy: &Proxy, path: &str) -> Value {
+    let file = log_path(proxy);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let lines = read_lines(&file);
+        let found: Vec<&Value> = lines.iter().filter(|l| l["path"] == path).collect();
+        match found.as_slice() {
+            [one] => return (*one).clone(),
+            [] => {}
+            more => panic!("{} lines for {path}: {more:#?}", more.len()),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no line for {path}: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_has_one_line_with_the_version_that_served_it_across_a_readmission() {
+    let (mut a, b) = (
+        HttpBackend::start("a", "1.0.0").await,
+        HttpBackend::start("b", "1.0.0").await,
+    );
+    let proxy = Proxy::start(&logged(&http_config(&[("a", a.addr), ("b", b.addr)], ""))).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    proxy.wait_health("web", "b", Health::Up).await;
+    let url = proxy.url("web", "/");
+    // Four clients; each answer's request ID, node and version, as the client saw them.
+    const PER_CLIENT: usize = 600;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let c = client();
+                let mut seen = Vec::new();
+                for _ in 0..PER_CLIENT {
+                    let resp = c.get(url.parse().unwrap()).await.expect("request");
+                    let h = |n: &str| resp.headers()[n].to_str().unwrap().to_string();
+                    seen.push((h("x-request-id"), h("x-node"), h("x-version")));
+                    assert_eq!(resp.status(), 200);
+                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+                }
+                seen
+            })
+        })
+        .collect();
+    // Meanwhile a is drained, upgraded and readmitted at 2.0.0.
+    let (status, _) = proxy
+        .admin_json(Method::POST, "/v1/pools/web/nodes/a/drain", json!({}))
+        .await;
+    assert_eq!(status, 200);
+    proxy.wait_drained("web", "a").await;
+    a.restart("2.0.0").await;
+    let node = proxy.node("web", "a");
+    let upgraded = node
+        .state
+        .wait_until(WAIT, |s| {
+            s.health() == Health::Up && s.version().as_deref().map(String::as_str) == Some("2.0.0")
+        })
+        .await;
+    assert!(upgraded, "a never reported 2.0.0");
+    let (status, _) = proxy
+        .admin_json(
+            Method::POST,
+            "/v1/pools/web/nodes/a/enable",
+            json!({"warmup": "0s"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut seen = Vec::new();
+    for c in clients {
+        seen.extend(c.await.unwrap());
+    }
+    let total = seen.len();
+    let lines = wait_lines(&log_path(&proxy), total).await;
+    assert_eq!(lines.len(), total, "lines != requests");
+    let by_id: std::collections::HashMap<&str, &Value> = lines
+        .iter()
+        .map(|l| (l["request_id"].as_str().expect("request_id"), l))
+        .collect();
+    assert_eq!(by_id.len(), total, "request IDs repeat in the log");
+    let mut versions = std::collections::HashSet::new();
+    for (id, node, version) in &seen {
+        let line = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("no line for request {id}"));
+        assert_eq!(line["node"], node.as_str(), "{line}");
+        assert_eq!(line["node_version"], version.as_str(), "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["termination"], "ok", "{line}");
+        assert_eq!(line["attempts"], json!([node]), "{line}");
+        assert_eq!(line["pool"], "web");
+        assert_eq!(line["method"], "GET");
+        assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+        versions.insert(format!("{node} {version}"));
+    }
+    assert!(
+        versions.contains("a 1.0.0") && versions.contains("a 2.0.0"),
+        "the readmission is not in the log: {versions:?}"
+    );
+}
+
+/// A backend that answers its first request with a head promising `length` bytes, then
+/// sends `body` bytes of it and closes (`keep_writing`: or writes on until the peer goes).
+async fn raw_backend(length: usize, body: usize, keep_writing: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return, // a health check
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n");
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.write_all(&vec![b'x'; body]).await;
+                // Bounded: 100 MB at most, as the head promised.
+                for _ in 0..(length / (16 * 1024)) * usize::from(keep_writing) {
+                    if s.write_all(&[b'y'; 16 * 1024]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                // Dropped: the node "dies" mid-response.
+            });
+        }
+    });
+    addr
+}
+
+fn pool_yaml(name: &str, addr: SocketAddr, health: &str) -> String {
+    format!(
+        "  - name: {name}\n    nodes: [ {{ name: n, addr: \"{addr}\" }} ]\n    health: {health}\n"
+    )
+}
+
+const TCP_HEALTH: &str =
+    "{ interval: 100ms, timeout: 100ms, healthy_after: 1, unhealthy_after: 1, tcp: {} }";
+/// Checked once at start, then not for an hour: the node stays up whatever its backend does.
+const ONCE: &str = "{ interval: 1h, timeout: 1s, healthy_after: 1, tcp: {} }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_way_an_exchange_ends_has_its_word() {
+    let killed = raw_backend(100_000, 1000, false).await;
+    let endless = raw_backend(100_000_000, 0, true).await;
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone_addr = gone.local_addr().unwrap();
+    let slow = HttpBackend::start("s", "1.0.0").await;
+    let ok = HttpBackend::start("o", "1.0.0").await;
+    let down = dead_addr().await;
+    let yaml = format!(
+        r#"admin: {{ listen: "127.0.0.1:0" }}
+listeners:
+  - name: web
+    listen: "127.0.0.1:0"
+    protocol: http
+    timeouts: {{ response: 300ms }}
+    routes:
+      - {{ path_prefix: /killed, pool: killed }}
+      - {{ path_prefix: /endless, pool: endless }}
+      - {{ path_prefix: /gone, pool: gone }}
+      - {{ path_prefix: /slow, pool: slow }}
+      - {{ path_prefix: /down, pool: down }}
+      - {{ path_prefix: /ok, pool: ok }}
+pools:
+{}{}{}{}{}{}"#,
+        pool_yaml("killed", killed, TCP_HEALTH),
+        pool_yaml("endless", endless, TCP_HEALTH),
+        pool_yaml("gone", gone_addr, ONCE),
+        pool_yaml("slow", slow.addr, TCP_HEALTH),
+        pool_yaml("down", down, TCP_HEALTH),
+        pool_yaml("ok", ok.addr, FAST_HEALTH),
+    );
+    let proxy = Proxy::start(&logged(&yaml)).await;
+    for pool in ["killed", "endless", "gone", "slow", "ok"] {
+        proxy.wait_health(pool, "n", Health::Up).await;
+    }
+    proxy.wait_health("down", "n", Health::Down).await;
+    drop(gone); // up by its one check, but nothing listens any more
+    let addr = proxy.addr("web");
+    let c = client();
+
+    // A node killed mid-response.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /killed HTTP/1.1\r\nHost: t\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, _) = backends::read_to_eof(&mut s, WAIT).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let line = line_for(&proxy, "/killed").await;
+    assert_eq!(line["termination"], "upstream_reset", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(
+        line["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "{line}"
+    );
+    assert!(line["bytes_out"].as_u64().unwrap() > 1000, "{line}");
+
+    // A client that leaves mid-response.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    drop(s);
+    let line = line_for(&proxy, "/endless").await;
+    assert_eq!(line["termination"], "client_closed", "{line}");
+
+    // A request refused as malformed.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /malformed HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, _) = backends::read_to_eof(&mut s, WAIT).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let line = line_for(&proxy, "/malformed").await;
+    assert_eq!(line["termination"], "client_fault:bad_request", "{line}");
+    assert_eq!(line["status"], 400);
+
+    // No node up; no node to connect to; a node too slow.
+    for (path, status, word) in [
+        ("/down", 503, "no_node"),
+        ("/gone", 502, "connect_failed"),
+        ("/slow/2000", 504, "upstream_timeout"),
+        ("/nowhere", 404, "client_fault:no_route"),
+        ("/ok", 200, "ok"),
+    ] {
+        let (got, _) = get(&c, &format!("http://{addr}{path}")).await;
+        assert_eq!(got, status, "{path}");
+        let line = line_for(&proxy, path).await;
+        assert_eq!(line["termination"], word, "{path}: {line}");
+        assert_eq!(line["status"], status, "{path}: {line}");
+    }
+    let line = line_for(&proxy, "/gone").await;
+    assert_eq!(line["attempts"], json!(["n"]), "{line}");
+    assert!(line["node_version"].is_null(), "{line}");
+    let line = line_for(&proxy, "/ok").await;
+    assert_eq!(line["node_version"], "1.0.0", "{line}");
+    assert!(line["header_ms"].as_f64().is_some() && line["connect_ms"].as_f64().is_some());
+}
+
+/// A WebSocket echo backend (health checks connect and leave).
+async fn ws_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_cut_at_the_drain_deadline_says_so_and_a_tcp_session_has_its_line() {
+    let ws = ws_echo().await;
+    let echo = tcp_echo_server().await;
+    let yaml = format!(
+        r#"admin: {{ listen: "127.0.0.1:0" }}
+listeners:
+  - {{ name: web, listen: "127.0.0.1:0", protocol: http, routes: [ {{ pool: ws }} ] }}
+  - {{ name: raw, listen: "127.0.0.1:0", protocol: tcp, pool: echo }}
+pools:
+{}    drain: {{ timeout: 300ms, close_spread: 0s }}
+{}"#,
+        pool_yaml("ws", ws, TCP_HEALTH),
+        pool_yaml("echo", echo, TCP_HEALTH),
+    );
+    let proxy = Proxy::start(&logged(&yaml)).await;
+    proxy.wait_health("ws", "n", Health::Up).await;
+    proxy.wait_health("echo", "n", Health::Up).await;
+
+    let mut s = TcpStream::connect(proxy.addr("raw")).await.unwrap();
+    echo_once(&mut s, b"hello").await;
+    s.shutdown().await.unwrap();
+    let _ = backends::read_to_eof(&mut s, WAIT).await;
+    let lines = wait_lines(&log_path(&proxy), 1).await;
+    let tcp = &lines[0];
+    assert_eq!(tcp["proto"], "tcp", "{tcp}");
+    assert_eq!(tcp["listener"], "raw");
+    assert_eq!(tcp["node"], "n");
+    assert_eq!(tcp["termination"], "ok", "{tcp}");
+    assert_eq!(
+        (tcp["bytes_in"].as_u64(), tcp["bytes_out"].as_u64()),
+        (Some(5), Some(5)),
+        "{tcp}"
+    );
+
+    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    let (mut client, resp) =
+        tokio_tungstenite::client_async(format!("ws://{}/chat", proxy.addr("web")), tcp)
+            .await
+            .expect("WebSocket handshake");
+    assert_eq!(resp.status(), 101);
+    client.send(Message::text("hi")).await.unwrap();
+    let echo = tokio::time::timeout(WAIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo, Message::text("hi"));
+    let (status, _) = proxy
+        .admin_json(
+            Method::POST,
+            "/v1/pools/ws/nodes/n/drain",
+            json!({"force": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The client is told "going away" at the deadline.
+    let close = tokio::time::timeout(WAIT, client.next())
+        .await
+        .expect("no close");
+    assert!(matches!(close, Some(Ok(Message::Close(_)))), "{close:?}");
+    let line = line_for(&proxy, "/chat").await;
+    assert_eq!(line["status"], 101, "{line}");
+    assert_eq!(line["termination"], "drain_deadline", "{line}");
+    assert!(line["duration_ms"].as_f64().unwrap() >= 250.0, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_written_costs_lines_not_requests() {
+    let a = HttpBackend::start("a", "1.0.0").await;
+    // /dev/full: every write fails with ENOSPC, as on a full file system.
+    let yaml = format!(
+        "access_log: {{ path: /dev/full }}\n{}",
+        http_config(&[("a", a.addr)], "")
+    );
+    let proxy = Proxy::start(&yaml).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let c = client();
+    for _ in 0..50 {
+        let (status, _) = get(&c, &proxy.url("web", "/")).await;
+        assert_eq!(status, 200);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = proxy.metrics().await;
+        let lost = metric_value(
+            &text,
+            "handoff_access_log_dropped_total{reason=\"write_error\"}",
+        );
+        let errors = metric_value(&text, "handoff_access_log_write_errors_total");
+        if lost >= 50.0 && errors >= 1.0 {
+            assert_eq!(metric_value(&text, "handoff_access_log_lines_total"), 0.0);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lost {lost}, write errors {errors}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
