@@ -144,7 +144,7 @@ Accept: */*\r\nConnection: keep-alive\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n";
                 .expect("a complete head");
             let info = head::inspect(&req).expect("a valid head");
             out.clear();
-            head::write_request(&mut out, &req, &info, b"192.0.2.7", "http", None);
+            head::write_request(&mut out, &req, &info, b"192.0.2.7", "http", None, None);
             black_box(out.len())
         })
     });

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::config::header_rules::HeaderRules;
 use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::events::Events;
 use crate::metrics::Metrics;
@@ -78,6 +79,9 @@ pub struct Route {
     /// Path prefix; `None` matches any.
     pub path_prefix: Option<String>,
     pub pool: Arc<Pool>,
+    /// Header rules for the request and the node's response.
+    pub request_headers: Option<Arc<HeaderRules>>,
+    pub response_headers: Option<Arc<HeaderRules>>,
 }
 
 impl Snapshot {
@@ -149,6 +153,8 @@ impl Snapshot {
                                     host: r.host.clone(),
                                     path_prefix: r.path_prefix.clone(),
                                     pool: Arc::clone(by_name.get(r.pool.as_str())?),
+                                    request_headers: r.request_headers.clone(),
+                                    response_headers: r.response_headers.clone(),
                                 })
                             })
                             .collect(),
@@ -183,19 +189,21 @@ impl Snapshot {
 impl ListenerRoutes {
     /// First route whose host and path prefix match. `host` may carry a port; it is ignored.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Pool>> {
+        self.route_to(host, path).map(|r| &r.pool)
+    }
+
+    /// The first route matching `host` and `path`, with its header rules.
+    pub fn route_to(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         let Target::Http(routes) = &self.target else {
             return None;
         };
         let host = host.map(strip_port);
-        routes
-            .iter()
-            .find(|r| {
-                r.host
-                    .as_deref()
-                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
-                    && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
-            })
-            .map(|r| &r.pool)
+        routes.iter().find(|r| {
+            r.host
+                .as_deref()
+                .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+        })
     }
 }
 

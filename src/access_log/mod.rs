@@ -1,8 +1,7 @@
 //! The access log: one line per HTTP request, TCP session and tunnel, written when it ends,
 //! saying which node (and version, and rollout phase) served it and how it ended.
 //!
-//! - [`record`]: a line in the making ([`Record`], held by the data path as an [`Entry`]),
-//!   and the [`Termination`] words;
+//! - [`record`]: a line in the making ([`Record`]) and the [`Termination`] words;
 //! - [`format`]: JSON or text;
 //! - [`writer`]: the bounded queue and the one thread that appends to the file.
 //!
@@ -12,5 +11,5 @@ pub mod format;
 pub mod record;
 pub mod writer;
 
-pub use record::{Conn, Entry, Record, Request, Termination, FIELDS};
+pub use record::{Conn, Record, Request, Termination, FIELDS};
 pub use writer::AccessLog;

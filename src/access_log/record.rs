@@ -1,10 +1,9 @@
 //! One exchange's line: the request's fields written when it starts, the outcome's when it
 //! ends, in JSON or text.
 //!
-//! A [`Record`] is made only when the access log is on; the data path holds it as an
-//! [`Entry`] whose methods do nothing when it is off, so a request without a log costs one
-//! `Option` test per step. The line goes to the writer when the record is finished or
-//! dropped (an exchange cut short still leaves its line).
+//! A [`Record`] is made only when the access log is on (the data path holds an `Option` of
+//! one, so a request without a log costs one test per step). The line goes to the writer
+//! when the record is finished or dropped (an exchange cut short still leaves its line).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -252,43 +251,6 @@ impl Record {
 impl Drop for Record {
     fn drop(&mut self) {
         self.finish();
-    }
-}
-
-/// The data path's hold on an exchange's record: every method does nothing when the access
-/// log is off.
-#[derive(Default)]
-pub struct Entry(pub Option<Box<Record>>);
-
-impl Entry {
-    pub const OFF: Entry = Entry(None);
-
-    #[inline]
-    pub fn is_on(&self) -> bool {
-        self.0.is_some()
-    }
-
-    #[inline]
-    pub fn with(&mut self, f: impl FnOnce(&mut Record)) {
-        if let Some(r) = self.0.as_deref_mut() {
-            f(r);
-        }
-    }
-
-    /// Sets how the exchange ended (and its status, when it has one).
-    #[inline]
-    pub fn end(&mut self, termination: Termination, status: Option<u16>) {
-        self.with(|r| {
-            r.termination = termination;
-            if status.is_some() {
-                r.status = status;
-            }
-        });
-    }
-
-    #[inline]
-    pub fn attempt(&mut self, index: usize) {
-        self.with(|r| r.attempt(index));
     }
 }
 

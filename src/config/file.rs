@@ -105,6 +105,8 @@ pub struct RawRoute {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub pool: String,
+    pub request_headers: Option<super::header_rules::RawHeaderRules>,
+    pub response_headers: Option<super::header_rules::RawHeaderRules>,
 }
 
 /// One entry of `listeners[].sni_routes:`.

@@ -7,6 +7,7 @@
 pub mod defaults;
 pub mod duration;
 pub mod file;
+pub mod header_rules;
 pub mod limits;
 mod position;
 mod upstream_tls;
@@ -174,6 +175,10 @@ pub struct RouteConfig {
     /// Path prefix to match; `None` matches any path.
     pub path_prefix: Option<String>,
     pub pool: String,
+    /// Fields removed, set and added on the way to the node (`request_headers`).
+    pub request_headers: Option<std::sync::Arc<header_rules::HeaderRules>>,
+    /// Fields removed, set and added on a node's answer (`response_headers`).
+    pub response_headers: Option<std::sync::Arc<header_rules::HeaderRules>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::activity::Activity;
 use super::ctx::ConnCtx;
-use crate::access_log::{Conn, Entry, Record, Request, Termination};
+use crate::access_log::{Conn, Record, Request, Termination};
 use crate::pool::Pool;
 
 /// Which bytes a line counts.
@@ -25,10 +25,13 @@ enum Bytes {
     Own,
 }
 
-/// One exchange's record, with the client connection it happens on.
-pub struct Logged {
-    entry: Entry,
-    activity: Option<Arc<Activity>>,
+/// One exchange's record, with the client connection it happens on (one pointer: the
+/// per-request future carries it whether the log is on or not).
+pub struct Logged(Option<Box<Held>>);
+
+struct Held {
+    record: Record,
+    activity: Arc<Activity>,
     bytes: Bytes,
     /// The connection's byte counts when the exchange began.
     mark: (u64, u64),
@@ -37,13 +40,7 @@ pub struct Logged {
 }
 
 impl Logged {
-    pub const OFF: Logged = Logged {
-        entry: Entry::OFF,
-        activity: None,
-        bytes: Bytes::Own,
-        mark: (0, 0),
-        ahead: 0,
-    };
+    pub const OFF: Logged = Logged(None);
 
     /// A record of an exchange on `ctx`'s connection that began at `started`, when the
     /// access log is on. `held`: bytes already read that belong to it (or to what follows).
@@ -64,48 +61,53 @@ impl Logged {
             tls: ctx.tls(),
         };
         let record = Record::start(&log, started, conn, req);
-        let (read, written) = ctx.activity.bytes();
-        Logged {
-            entry: Entry(Some(Box::new(record))),
-            activity: Some(Arc::clone(&ctx.activity)),
-            bytes: Bytes::Connection,
-            mark: (read.saturating_sub(held as u64), written),
-            ahead: 0,
+        let mut logged = Logged::of(record, &ctx.activity);
+        if let Some(h) = logged.0.as_deref_mut() {
+            h.mark.0 = h.mark.0.saturating_sub(held as u64);
         }
+        logged
     }
 
     /// A record whose bytes the exchange counts itself (an HTTP/2 stream).
     pub fn own_bytes(mut self) -> Logged {
-        self.bytes = Bytes::Own;
+        if let Some(h) = self.0.as_deref_mut() {
+            h.bytes = Bytes::Own;
+        }
         self
     }
 
     /// A record built elsewhere (a TCP session), with the connection's counts from now on.
     pub fn of(record: Record, activity: &Arc<Activity>) -> Logged {
-        let (read, written) = activity.bytes();
-        Logged {
-            entry: Entry(Some(Box::new(record))),
-            activity: Some(Arc::clone(activity)),
+        Logged(Some(Box::new(Held {
+            record,
+            activity: Arc::clone(activity),
             bytes: Bytes::Connection,
-            mark: (read, written),
+            mark: activity.bytes(),
             ahead: 0,
-        }
+        })))
     }
 
     #[inline]
     pub fn is_on(&self) -> bool {
-        self.entry.is_on()
+        self.0.is_some()
     }
 
     #[inline]
     pub fn with(&mut self, f: impl FnOnce(&mut Record)) {
-        self.entry.with(f);
+        if let Some(h) = self.0.as_deref_mut() {
+            f(&mut h.record);
+        }
     }
 
     /// How the exchange ended, and the status the client got (if any).
     #[inline]
     pub fn end(&mut self, termination: Termination, status: Option<u16>) {
-        self.entry.end(termination, status);
+        self.with(|r| {
+            r.termination = termination;
+            if status.is_some() {
+                r.status = status;
+            }
+        });
     }
 
     #[inline]
@@ -116,7 +118,7 @@ impl Logged {
     /// Node `index` of the pool is tried.
     #[inline]
     pub fn attempt(&mut self, index: usize) {
-        self.entry.attempt(index);
+        self.with(|r| r.attempt(index));
     }
 
     /// The connection to the node took `d` (zero: a pooled one).
@@ -137,7 +139,9 @@ impl Logged {
     /// `n` bytes read belong to the next exchange, not this one.
     #[inline]
     pub fn read_ahead(&mut self, n: usize) {
-        self.ahead = n as u64;
+        if let Some(h) = self.0.as_deref_mut() {
+            h.ahead = n as u64;
+        }
     }
 
     /// Bytes an exchange counted itself.
@@ -150,23 +154,21 @@ impl Logged {
     }
 }
 
-impl Drop for Logged {
+impl Drop for Held {
     fn drop(&mut self) {
-        let (Some(record), Some(activity)) = (self.entry.0.as_deref_mut(), &self.activity) else {
-            return;
-        };
+        let record = &mut self.record;
         if self.bytes == Bytes::Connection {
-            let (read, written) = activity.bytes();
+            let (read, written) = self.activity.bytes();
             record.bytes_in = read.saturating_sub(self.mark.0 + self.ahead);
             record.bytes_out = written.saturating_sub(self.mark.1);
         }
         // Dropped without an end of its own while the connection was being cut: the cut
         // says why.
         if record.termination == Termination::ClientClosed {
-            if let Some(why) = activity.cut_reason() {
+            if let Some(why) = self.activity.cut_reason() {
                 record.termination = why;
             }
         }
-        // The record's own drop queues the line.
+        // The record's own drop, right after this, queues the line.
     }
 }

@@ -26,6 +26,7 @@ mod flood;
 mod framing;
 mod grpc;
 mod h2_hostile;
+mod header_rules;
 mod health;
 mod hostile;
 mod http;

@@ -20,7 +20,7 @@ fn with_ids(yaml: String) -> String {
 }
 
 /// What a `/headers` answer says the node got, and the response's own headers.
-async fn ask(
+pub(crate) async fn ask(
     send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
     url: &str,
     sent: &[(&str, &str)],
@@ -41,7 +41,7 @@ async fn ask(
     )
 }
 
-async fn ask_h1(url: &str, sent: &[(&str, &str)]) -> (HeaderMap, serde_json::Value) {
+pub(crate) async fn ask_h1(url: &str, sent: &[(&str, &str)]) -> (HeaderMap, serde_json::Value) {
     let mut req = Request::get(url);
     for (k, v) in sent {
         req = req.header(*k, *v);

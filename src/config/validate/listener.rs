@@ -1,12 +1,14 @@
 //! Validation of `listeners:` entries: protocol, routes or pool, timeouts, limits.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_yaml::Value;
 
 use super::Validator;
 use crate::config::defaults as d;
 use crate::config::file::{RawListener, RawRoute, RawSniRoute};
+use crate::config::header_rules::{self, HeaderRules, RawHeaderRules, Template};
 use crate::config::limits;
 use crate::config::ProxyProtocol as ProxyVersion;
 use crate::config::{ListenerConfig, ListenerKind, RouteConfig, SniRouteConfig, Timeouts};
@@ -60,10 +62,18 @@ impl Validator {
                             self.err(&format!("{rp}.host"), format!("invalid host {host:?}"));
                         }
                     }
+                    let request_headers = r
+                        .request_headers
+                        .map(|raw| self.header_rules(&format!("{rp}.request_headers"), raw, true));
+                    let response_headers = r.response_headers.map(|raw| {
+                        self.header_rules(&format!("{rp}.response_headers"), raw, false)
+                    });
                     out.push(RouteConfig {
                         host: r.host.map(|h| h.to_ascii_lowercase()),
                         path_prefix: r.path_prefix.filter(|p| p != "/"),
                         pool: r.pool,
+                        request_headers: request_headers.map(Arc::new),
+                        response_headers: response_headers.map(Arc::new),
                     });
                 }
                 ListenerKind::Http { routes: out }
@@ -228,4 +238,52 @@ fn sni_pattern(sni: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+impl Validator {
+    /// A route's header rules, every mistake reported with its path. `request`: the rules
+    /// rewrite the request, whose node is not chosen yet when its head is written.
+    fn header_rules(&mut self, path: &str, raw: RawHeaderRules, request: bool) -> HeaderRules {
+        let mut rules = HeaderRules::default();
+        let name_ok = |v: &mut Validator, at: &str, name: &str| {
+            if !header_rules::is_token(name) {
+                v.err(at, format!("{name:?} is not a header name"));
+                false
+            } else if header_rules::FORBIDDEN
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(name))
+            {
+                v.err(
+                    at,
+                    format!("{name:?} is a hop-by-hop or framing header: handoff writes it per hop, no rule may change it"),
+                );
+                false
+            } else {
+                true
+            }
+        };
+        for (i, name) in raw.remove.iter().enumerate() {
+            if name_ok(self, &format!("{path}.remove[{i}]"), name) {
+                rules.remove.push(name.to_ascii_lowercase());
+            }
+        }
+        for (kind, map) in [("set", raw.set), ("add", raw.add)] {
+            for (name, value) in map {
+                let at = format!("{path}.{kind}.{name}");
+                if !name_ok(self, &at, &name) {
+                    continue;
+                }
+                match Template::parse(&value) {
+                    Ok(t) if request && t.vars().any(header_rules::Var::of_node) => self.err(
+                        &at,
+                        "${node} and ${node_version} are for response_headers: a request's head is written before its node is chosen",
+                    ),
+                    Ok(t) if kind == "set" => rules.set.push((name, t)),
+                    Ok(t) => rules.add.push((name, t)),
+                    Err(why) => self.err(&at, why),
+                }
+            }
+        }
+        rules
+    }
 }

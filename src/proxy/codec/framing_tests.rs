@@ -295,7 +295,7 @@ mod generated {
             let Ok(Some(req)) = head::parse_request(&raw, &mut fields) else { return Ok(()) };
             let Ok(info) = head::inspect(&req) else { return Ok(()) };
             let mut out = Vec::new();
-            head::write_request(&mut out, &req, &info, b"192.0.2.7", "http", None);
+            head::write_request(&mut out, &req, &info, b"192.0.2.7", "http", None, None);
             let mut again = head::fields();
             let sent = head::parse_request(&out, &mut again)
                 .expect("the rewritten head parses")

@@ -13,6 +13,8 @@ use std::mem::MaybeUninit;
 use httparse::Header;
 
 use super::framing::{self, Bad, BodyLen};
+use super::rules::Vars;
+use crate::config::header_rules::HeaderRules;
 
 /// Largest head accepted (a request's, a response's too); a larger request head is answered
 /// 431. NGINX allows 4 × 8 KiB by default, HAProxy 16 KiB; 64 KiB leaves room for big cookies.
@@ -303,7 +305,9 @@ pub fn write_request(
     forwarded_for: &[u8],
     proto: &str,
     request_id: Option<(&str, &[u8])>,
+    rules: Option<(&HeaderRules, &Vars<'_>)>,
 ) {
+    let ruled = |name: &str| rules.is_some_and(|(r, _)| r.replaces(name));
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
     // A query after the path of an absolute-form target stays with it.
@@ -323,24 +327,32 @@ pub fn write_request(
     for h in req.headers {
         let replaced = (absolute && h.name.eq_ignore_ascii_case("host"))
             || request_id.is_some_and(|(name, _)| h.name.eq_ignore_ascii_case(name));
-        if !replaced && !dropped(h.name, req.headers, true, named) {
+        if !replaced && !dropped(h.name, req.headers, true, named) && !ruled(h.name) {
             field(out, h.name, h.value);
         }
     }
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    for prior in req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-    {
-        out.extend_from_slice(prior.value);
-        out.extend_from_slice(b", ");
+    // handoff's own fields, unless a rule removes or sets them.
+    if !ruled("x-forwarded-for") {
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        for prior in req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+        {
+            out.extend_from_slice(prior.value);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(forwarded_for);
+        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(forwarded_for);
-    out.extend_from_slice(b"\r\n");
-    field(out, "X-Forwarded-Proto", proto.as_bytes());
-    if let Some((name, id)) = request_id {
+    if !ruled("x-forwarded-proto") {
+        field(out, "X-Forwarded-Proto", proto.as_bytes());
+    }
+    if let Some((name, id)) = request_id.filter(|(name, _)| !ruled(name)) {
         field(out, name, id);
+    }
+    if let Some((rules, vars)) = rules {
+        super::rules::write_fields(out, rules, vars);
     }
     framing_field(out, info.body);
     if let Some(value) = info.upgrade {

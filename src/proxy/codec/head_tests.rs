@@ -8,7 +8,7 @@ fn rewrite(raw: &str) -> Result<String, Refusal> {
     let req = parse_request(raw.as_bytes(), &mut fields)?.expect("complete");
     let info = inspect(&req)?;
     let mut out = Vec::new();
-    write_request(&mut out, &req, &info, b"192.0.2.7", "http", None);
+    write_request(&mut out, &req, &info, b"192.0.2.7", "http", None, None);
     Ok(String::from_utf8(out).unwrap())
 }
 
@@ -128,6 +128,7 @@ const KEEP: ClientSide<'static> = ClientSide {
     set_cookie: None,
     upgrade: None,
     request_id: None,
+    rules: None,
 };
 
 #[test]

@@ -11,4 +11,5 @@ pub mod framing;
 pub mod head;
 pub mod request_id;
 pub mod response;
+pub mod rules;
 pub mod translate;

@@ -9,6 +9,8 @@ use httparse::Header;
 
 use super::framing::{self, Bad, BodyLen};
 use super::head::{connection_tokens, dropped, field, framing_field, names_fields, push_decimal};
+use super::rules::Vars;
+use crate::config::header_rules::HeaderRules;
 
 /// A parsed response head (borrowing the upstream read buffer).
 pub struct Response<'h, 'b> {
@@ -76,6 +78,8 @@ pub struct ClientSide<'a> {
     pub upgrade: Option<&'a [u8]>,
     /// The request ID header and value, in place of the backend's own.
     pub request_id: Option<(&'a str, &'a [u8])>,
+    /// The route's `response_headers`, and what their variables stand for.
+    pub rules: Option<(&'a HeaderRules, Vars<'a>)>,
 }
 
 /// Writes the response head for the client into `out`. A chunked body goes to HTTP/1.0
@@ -93,6 +97,7 @@ pub fn write_response(
     out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     let named = info.named;
+    let ruled = |name: &str| client.rules.as_ref().is_some_and(|(r, _)| r.replaces(name));
     for h in resp.headers {
         // A bodiless response's Content-Length describes the GET (HEAD) or the cached
         // representation (304): passed on as it is.
@@ -100,9 +105,14 @@ pub fn write_response(
         let replaced = client
             .request_id
             .is_some_and(|(name, _)| h.name.eq_ignore_ascii_case(name));
-        if keep_length || (!replaced && !dropped(h.name, resp.headers, false, named)) {
+        if keep_length
+            || (!replaced && !dropped(h.name, resp.headers, false, named) && !ruled(h.name))
+        {
             field(out, h.name, h.value);
         }
+    }
+    if let Some((rules, vars)) = &client.rules {
+        super::rules::write_fields(out, rules, vars);
     }
     if let Some((name, id)) = client.request_id {
         field(out, name, id);

@@ -31,6 +31,7 @@ use crate::proxy::codec::buf::{Buf, Out, SIZE};
 use crate::proxy::codec::framing::BodyLen;
 use crate::proxy::codec::framing::{ready, Left};
 use crate::proxy::codec::head::{self, field};
+use crate::proxy::codec::rules;
 use crate::proxy::ctx::ConnCtx;
 use crate::proxy::h2up::{self, BoxError, H2Body};
 use crate::proxy::walk::Local;
@@ -168,7 +169,11 @@ pub async fn forward<I: ClientIo>(
         .client
         .as_ref()
         .and_then(|c| c.served(&pool, answer.index));
-    let (head, incoming) = answer.resp.into_parts();
+    let (mut head, incoming) = answer.resp.into_parts();
+    let version = node.state.version();
+    if let Some((r, vars)) = p.response_rules(Some(&node), version.as_deref().map(String::as_str)) {
+        rules::apply(&mut head.headers, r, &vars);
+    }
     let status = head.status;
     let bodiless = p.is_head
         || status.is_informational()

@@ -225,6 +225,7 @@ async fn forward<I: ClientIo>(
                     && body != BodyLen::UntilClose
                     && !(body == BodyLen::Chunked && p.minor == 0),
                 set_cookie: p.client.as_ref().and_then(|c| c.served(&pool, i)),
+                node: p.response_rules.as_ref().map(|_| Arc::clone(node)),
             };
             // A request still waiting at the node's drain deadline loses its connection
             // (and is sent again elsewhere if it can be). The response timeout is the

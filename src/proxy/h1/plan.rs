@@ -8,13 +8,16 @@ use tokio::time::Instant;
 
 use super::tunnel::Kind;
 use crate::access_log;
+use crate::config::header_rules::HeaderRules;
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::pool::Pool;
 use crate::proxy::codec::buf::Out;
 use crate::proxy::codec::framing::BodyLen;
 use crate::proxy::codec::head;
 use crate::proxy::codec::request_id;
+use crate::proxy::codec::rules::{self, Vars};
 use crate::proxy::codec::translate;
+use crate::proxy::codec::translate::ClientAddr;
 use crate::proxy::ctx::ConnCtx;
 use crate::proxy::logged::Logged;
 use crate::proxy::sticky::Client;
@@ -47,9 +50,27 @@ pub struct RequestPlan {
     pub request_id: Option<(Arc<str>, Box<[u8]>)>,
     /// The request's access log line, when the log is on.
     pub log: Logged,
+    /// The route's `response_headers`, and the client's address for `${client_ip}`.
+    pub response_rules: Option<Box<(Arc<HeaderRules>, ClientAddr)>>,
 }
 
 impl RequestPlan {
+    /// The response rules, with what their variables stand for once `node` answered.
+    pub fn response_rules<'a>(
+        &'a self,
+        node: Option<&'a crate::pool::Node>,
+        version: Option<&'a str>,
+    ) -> Option<(&'a HeaderRules, Vars<'a>)> {
+        let (rules, client) = self.response_rules.as_deref()?;
+        let vars = Vars {
+            request_id: self.id().map(|(_, v)| v),
+            node: node.map(|n| n.name.as_str()),
+            node_version: version,
+            client_ip: client.as_bytes(),
+        };
+        Some((rules, vars))
+    }
+
     /// The request ID's header and value, if IDs are on.
     pub fn id(&self) -> Option<(&str, &[u8])> {
         self.request_id.as_ref().map(|(n, v)| (&**n, &**v))
@@ -102,7 +123,7 @@ pub fn plan(
     let info = head::inspect(req).map_err(|r| (Local::from(r), false))?;
     let is_head = info.is_head;
     let local = |status, reason| Err((Local { status, reason }, is_head));
-    let (pool, timeouts, request_buffer, id_header) = {
+    let (pool, timeouts, request_buffer, id_header, rules) = {
         let snapshot = ctx.plane.snapshot.load();
         let id_header = snapshot
             .config
@@ -111,13 +132,17 @@ pub fn plan(
             .map(|r| Arc::clone(&r.header));
         match snapshot.listeners.get(&*ctx.listener.name) {
             None => return local(503, "this listener is being removed"),
-            Some(l) => match l.route(info.host, info.path) {
+            Some(l) => match l.route_to(info.host, info.path) {
                 None => return local(404, "no route matches this host and path"),
-                Some(pool) => (
-                    Arc::clone(pool),
+                Some(route) => (
+                    Arc::clone(&route.pool),
                     l.config.timeouts,
                     u32::try_from(l.config.request_buffer).unwrap_or(u32::MAX),
                     id_header,
+                    (
+                        route.request_headers.clone(),
+                        route.response_headers.clone(),
+                    ),
                 ),
             },
         }
@@ -139,6 +164,13 @@ pub fn plan(
         (name, request_id::keep_or_make(sent))
     });
     let id = request_id.as_ref().map(|(n, v)| (&**n, &**v));
+    let client_addr = ctx.client_addr();
+    let vars = Vars {
+        request_id: id.map(|(_, v)| v),
+        client_ip: client_addr.as_bytes(),
+        ..Vars::default()
+    };
+    let request_rules = rules.0.as_deref().map(|r| (r, &vars));
     let mut out = Out::take();
     // An HTTP/2 pool gets the request as HTTP/2 parts (`bridge`), others an HTTP/1.1 head.
     let h2 = if pool.config.upstream.protocol == UpstreamProtocol::Http1 {
@@ -146,16 +178,22 @@ pub fn plan(
             &mut out.0,
             req,
             &info,
-            ctx.client_addr().as_bytes(),
+            client_addr.as_bytes(),
             ctx.proto(),
             id,
+            request_rules,
         );
         None
     } else if info.upgrade.is_some() {
         return local(501, "upgrades are not carried to HTTP/2 backends");
     } else {
         match translate::h2_parts(req, id) {
-            Ok(parts) => Some(Box::new(parts)),
+            Ok(mut parts) => {
+                if let Some((r, vars)) = request_rules {
+                    rules::apply(&mut parts.headers, r, vars);
+                }
+                Some(Box::new(parts))
+            }
             Err(reason) => return local(400, reason),
         }
     };
@@ -186,5 +224,6 @@ pub fn plan(
         h2,
         request_id,
         log,
+        response_rules: rules.1.map(|r| Box::new((r, client_addr))),
     })
 }

@@ -3,7 +3,10 @@
 //! once, and a final response that comes early ends the upload. A body held before it is
 //! sent (for a replay, or `request_buffer`) is read here too.
 
+use std::sync::Arc;
+
 use crate::metrics::ClientError;
+use crate::pool::Node;
 use crate::pool::UpstreamIo;
 use crate::proxy::ctx::ConnCtx;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -41,6 +44,8 @@ pub struct RelayHead {
 pub struct ReplyTerms {
     pub keep_alive: bool,
     pub set_cookie: Option<String>,
+    /// The node answering, when response header rules need its name and version.
+    pub node: Option<Arc<Node>>,
 }
 
 /// Sends the request (`p.out`, and the rest of the body from the client unless `whole`) and
@@ -129,12 +134,14 @@ fn parse(
     } else {
         None
     };
+    let version = d.node.as_ref().and_then(|n| n.state.version());
     let client = ClientSide {
         minor: p.minor,
         keep_alive: d.keep_alive,
         set_cookie: d.set_cookie.as_deref().map(str::as_bytes),
         upgrade,
         request_id: p.id(),
+        rules: p.response_rules(d.node.as_deref(), version.as_deref().map(String::as_str)),
     };
     response::write_response(&mut out.0, &resp, &info, &client);
     Ok(Parsed::Final(RelayHead {
@@ -213,7 +220,7 @@ async fn body<I: ClientIo>(
                         // Interim responses go to the client (it may be waiting for
                         // `100 Continue` to send the body); a final one ends the upload.
                         loop {
-                            match parse(ub, p, false, &mut |_, _, _| ReplyTerms { keep_alive: false, set_cookie: None })? {
+                            match parse(ub, p, false, &mut |_, _, _| ReplyTerms { keep_alive: false, set_cookie: None, node: None })? {
                                 Parsed::Interim(out, len) => {
                                     forward_interim(io, &out).await?;
                                     ub.consume(len);

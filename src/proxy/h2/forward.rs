@@ -22,11 +22,12 @@ use crate::access_log::{self, Termination};
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::metrics::ClientError;
 use crate::pool::h2conn::UpBody;
-use crate::pool::{Pool, SessionGuard, SessionKind, Upstream};
+use crate::pool::{Node, Pool, SessionGuard, SessionKind, Upstream};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::codec::buf::{Buf, Out};
 use crate::proxy::codec::framing::BodyLen;
 use crate::proxy::codec::request_id;
+use crate::proxy::codec::rules::{self, Vars};
 use crate::proxy::codec::translate::{request_host, write_request_head};
 use crate::proxy::connect::connect_upstream;
 use crate::proxy::ctx::ConnCtx;
@@ -100,13 +101,16 @@ async fn answer(
             .as_ref()
             .map(|r| Arc::clone(&r.header));
         snapshot.listeners.get(&*ctx.listener.name).map(|l| {
-            let pool = l.route(request_host(&parts), parts.uri.path()).cloned();
+            let route = l.route_to(request_host(&parts), parts.uri.path()).map(|r| {
+                let rules = (r.request_headers.clone(), r.response_headers.clone());
+                (Arc::clone(&r.pool), rules)
+            });
             let buffer = u64::try_from(l.config.request_buffer).unwrap_or(u64::MAX);
-            (pool, (l.config.timeouts, buffer, id_header))
+            (route, (l.config.timeouts, buffer, id_header))
         })
     };
-    let (pool, (timeouts, request_buffer, id_header)) = match routed {
-        Some((Some(pool), timeouts)) => (pool, timeouts),
+    let ((pool, rules), (timeouts, request_buffer, id_header)) = match routed {
+        Some((Some(route), timeouts)) => (route, timeouts),
         Some((None, _)) => {
             ctx.listener.metrics.client_error(ClientError::NoRoute);
             *log = log_h2(ctx, &parts, None, started);
@@ -132,20 +136,43 @@ async fn answer(
     });
     *log = log_h2(ctx, &parts, id.as_ref().map(|(_, v)| v.as_bytes()), started);
     log.pool(&pool);
+    let client_addr = ctx.client_addr();
+    let vars = Vars {
+        request_id: id.as_ref().map(|(_, v)| v.as_bytes()),
+        client_ip: client_addr.as_bytes(),
+        ..Vars::default()
+    };
+    if let Some(r) = &rules.0 {
+        rules::apply(&mut parts.headers, r, &vars);
+    }
+    // Who answered, for the response rules' `${node}` and `${node_version}`.
+    let mut served = None;
     let mut resp = forward(
         ctx,
         &pool,
         (parts, body),
         (timeouts, request_buffer),
-        (inflight, log),
+        (inflight, log, rules.1.as_ref().map(|_| &mut served)),
         started,
     )
     .await;
+    if let (Some(r), Some(node)) = (&rules.1, &served) {
+        let version = node.state.version();
+        let vars = Vars {
+            node: Some(node.name.as_str()),
+            node_version: version.as_deref().map(String::as_str),
+            ..vars
+        };
+        rules::apply(resp.headers_mut(), r, &vars);
+    }
     if let Some((name, value)) = id {
         resp.headers_mut().insert(name, value);
     }
     resp
 }
+
+/// Where the node that answered is noted (only when response rules need it).
+type Served<'a> = Option<&'a mut Option<Arc<Node>>>;
 
 /// Idempotent methods: sending one twice has the effect of sending it once.
 fn idempotent(method: &Method) -> bool {
@@ -160,14 +187,15 @@ async fn forward(
     pool: &Arc<Pool>,
     (parts, body): (Parts, Incoming),
     (timeouts, request_buffer): (Timeouts, u64),
-    (inflight, log): (InflightGuard, &mut Logged),
+    (inflight, log, served): (InflightGuard, &mut Logged, Served<'_>),
     started: Instant,
 ) -> Response<ProxyBody> {
     if pool.config.upstream.protocol != UpstreamProtocol::Http1 {
         if let Some(n) = body.size_hint().exact() {
             log.add_bytes(n, 0);
         }
-        let to_h2 = to_h2(ctx, pool, parts, body, timeouts, (inflight, log), started);
+        let exchange = (inflight, log, served);
+        let to_h2 = to_h2(ctx, pool, parts, body, timeouts, exchange, started);
         return Box::pin(to_h2).await;
     }
     let multi = pool.nodes.len() > 1;
@@ -252,7 +280,7 @@ async fn forward(
         framing,
         replayable && whole,
         timeouts,
-        (inflight, log),
+        (inflight, log, served),
         started,
     )
     .await
@@ -269,7 +297,7 @@ async fn send_all(
     framing: BodyLen,
     replayable: bool,
     timeouts: Timeouts,
-    (inflight, log): (InflightGuard, &mut Logged),
+    (inflight, log, served): (InflightGuard, &mut Logged, Served<'_>),
     started: Instant,
 ) -> Response<ProxyBody> {
     let observe = |at: Instant| {
@@ -334,6 +362,9 @@ async fn send_all(
                     }
                     observe(now);
                     ctx.served(&node.state);
+                    if let Some(served) = served {
+                        *served = Some(Arc::clone(node));
+                    }
                     let cookie = client.as_ref().and_then(|c| c.served(pool, i));
                     let body =
                         UpstreamBody::new(up, ub, &head, Arc::clone(node), session, inflight);
@@ -387,7 +418,7 @@ async fn to_h2(
     parts: Parts,
     body: Incoming,
     timeouts: Timeouts,
-    (inflight, log): (InflightGuard, &mut Logged),
+    (inflight, log, served): (InflightGuard, &mut Logged, Served<'_>),
     started: Instant,
 ) -> Response<ProxyBody> {
     let client = client_of(ctx, pool, &parts);
@@ -399,6 +430,9 @@ async fn to_h2(
         Ok(a) => {
             let node = &pool.nodes[a.index];
             ctx.served(&node.state);
+            if let Some(served) = served {
+                *served = Some(Arc::clone(node));
+            }
             let cookie = client.as_ref().and_then(|c| c.served(pool, a.index));
             let (mut head, incoming) = a.resp.into_parts();
             h2up::strip(&mut head.headers);
