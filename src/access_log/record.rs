@@ -282,3 +282,70 @@ pub const FIELDS: &[&str] = &[
     "header_ms",
     "termination",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AccessLogConfig, LogFormat, LogTarget};
+    use crate::metrics::Metrics;
+
+    fn one_line(format: LogFormat, fill: impl FnOnce(&mut Record)) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("access.log");
+        let cfg = AccessLogConfig {
+            target: LogTarget::File(path.clone()),
+            format,
+        };
+        let log = AccessLog::start(&cfg, &Metrics::new()).expect("writer");
+        let conn = Conn {
+            client: "192.0.2.7:5000".parse().expect("addr"),
+            listener: "web",
+            proto: "HTTP/1.1",
+            tls: Some(("TLSv1.3", Some("example.com"))),
+        };
+        let req = Request {
+            method: Some(b"GET"),
+            path: Some(b"/a\"c?x=\x01"),
+            ..Request::default()
+        };
+        let mut record = Record::start(&log, Instant::now(), conn, req);
+        fill(&mut record);
+        drop(record);
+        log.close();
+        std::fs::read_to_string(path).expect("log file")
+    }
+
+    #[test]
+    fn a_text_line_has_every_field_in_its_place() {
+        let text = one_line(LogFormat::Text, |r| {
+            r.status = Some(204);
+            r.termination = Termination::Ok;
+        });
+        assert!(
+            text.ends_with('\n') && text.lines().count() == 1,
+            "{text:?}"
+        );
+        // Quoted strings hold no unescaped space here, so fields split on spaces.
+        let fields: Vec<&str> = text.trim_end().split(' ').collect();
+        assert_eq!(fields.len(), FIELDS.len(), "{text}");
+        let at = |name: &str| fields[FIELDS.iter().position(|f| *f == name).expect("field")];
+        assert_eq!(at("client"), "192.0.2.7:5000");
+        assert_eq!(at("tls"), "\"TLSv1.3/example.com\"");
+        assert_eq!(at("method"), "\"GET\"");
+        assert_eq!(at("status"), "204");
+        assert_eq!(at("node"), "-");
+        assert_eq!(at("termination"), "\"ok\"");
+        assert_eq!(at("path"), "\"/a\\\"c?x=\\x01\"");
+    }
+
+    #[test]
+    fn a_json_line_has_every_field() {
+        let text = one_line(LogFormat::Json, |r| r.termination = Termination::NoNode);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(v["termination"], "no_node");
+        assert_eq!(v["tls"]["sni"], "example.com");
+        assert_eq!(v["path"], "/a\"c?x=\u{1}");
+        assert!(v["status"].is_null() && v["node"].is_null());
+        assert_eq!(v["attempts"], serde_json::json!([]));
+    }
+}

@@ -1,10 +1,10 @@
 //! Header rules applied to a message on its way through (`request_headers`,
 //! `response_headers`): on an HTTP/1 head as it is written, or on an HTTP/2 header map.
-//! The rules were checked when the config was loaded; here they are only rendered.
+//! The rules were checked when the config was loaded; here they are only rendered. Below
+//! [`super::head`] and [`super::response`], which call it as they write heads.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::head::field;
 use crate::config::header_rules::{HeaderRules, Var};
 
 /// What a rule's variables stand for, for one message.
@@ -35,7 +35,10 @@ pub fn write_fields(out: &mut Vec<u8>, rules: &HeaderRules, vars: &Vars<'_>) {
         value.clear();
         template.render(&mut value, |v| vars.get(v));
         if !value.is_empty() {
-            field(out, name, &value);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&value);
+            out.extend_from_slice(b"\r\n");
         }
     }
 }
