@@ -197,12 +197,12 @@ impl ListenerRoutes {
         let Target::Http(routes) = &self.target else {
             return None;
         };
-        let host = host.map(strip_port);
+        // The port is stripped only for a route that names a host (most name none).
         routes.iter().find(|r| {
-            r.host
-                .as_deref()
-                .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
-                && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            r.host.as_deref().is_none_or(|want| {
+                host.map(strip_port)
+                    .is_some_and(|h| h.eq_ignore_ascii_case(want))
+            }) && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
         })
     }
 }

@@ -2,9 +2,11 @@
 //! not UTF-8 are escaped one by one, so every line parses), or space-separated text with
 //! strings quoted and `-` for what is absent.
 
+use std::cell::RefCell;
 use std::fmt::Display;
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::LogFormat;
 
@@ -86,7 +88,31 @@ impl Line {
         }
     }
 
-    /// A value written as it displays (addresses): no quoting needed in text.
+    /// An address: `"IP:PORT"` in JSON, bare in text (IPv4 written by hand: it is in every
+    /// line).
+    pub fn addr(&mut self, name: &str, addr: &SocketAddr) {
+        let SocketAddr::V4(v4) = addr else {
+            return self.display(name, addr);
+        };
+        self.key(name);
+        let json = self.format == LogFormat::Json;
+        if json {
+            self.buf.push(b'"');
+        }
+        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b'.');
+            }
+            push_u64(&mut self.buf, octet.into());
+        }
+        self.buf.push(b':');
+        push_u64(&mut self.buf, v4.port().into());
+        if json {
+            self.buf.push(b'"');
+        }
+    }
+
+    /// A value written as it displays: no quoting needed in text.
     pub fn display(&mut self, name: &str, value: &impl Display) {
         self.key(name);
         match self.format {
@@ -99,17 +125,39 @@ impl Line {
         }
     }
 
-    /// RFC 3339, UTC, microseconds.
+    /// RFC 3339, UTC, microseconds. The date and time of day are formatted once a second
+    /// per thread; a line adds its microseconds.
     pub fn time(&mut self, name: &str, at: SystemTime) {
-        self.display(name, &humantime::format_rfc3339_micros(at));
+        self.key(name);
+        let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let json = self.format == LogFormat::Json;
+        if json {
+            self.buf.push(b'"');
+        }
+        SECOND.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if cached.0 != since.as_secs() || cached.1.is_empty() {
+                cached.1.clear();
+                let whole = UNIX_EPOCH + Duration::from_secs(since.as_secs());
+                // "YYYY-MM-DDTHH:MM:SSZ": kept without its Z.
+                let _ = write!(cached.1, "{}", humantime::format_rfc3339_seconds(whole));
+                cached.1.pop();
+                cached.0 = since.as_secs();
+            }
+            self.buf.extend_from_slice(&cached.1);
+        });
+        self.buf.push(b'.');
+        push_padded(&mut self.buf, since.subsec_micros().into(), 6);
+        self.buf.push(b'Z');
+        if json {
+            self.buf.push(b'"');
+        }
     }
 
     pub fn number(&mut self, name: &str, value: Option<u64>) {
         self.key(name);
         match value {
-            Some(n) => {
-                let _ = write!(self.buf, "{n}");
-            }
+            Some(n) => push_u64(&mut self.buf, n),
             None => self.absent(),
         }
     }
@@ -119,8 +167,10 @@ impl Line {
         self.key(name);
         match value {
             Some(d) => {
-                let us = d.as_micros();
-                let _ = write!(self.buf, "{}.{:03}", us / 1000, us % 1000);
+                let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+                push_u64(&mut self.buf, us / 1000);
+                self.buf.push(b'.');
+                push_padded(&mut self.buf, us % 1000, 3);
             }
             None => self.absent(),
         }
@@ -223,6 +273,36 @@ impl Line {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+thread_local! {
+    /// The second a line was last written in on this thread, and its text.
+    static SECOND: RefCell<(u64, Vec<u8>)> = const { RefCell::new((0, Vec::new())) };
+}
+
+/// Appends `n` in decimal.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `n` in decimal with at least `width` digits (leading zeros).
+fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let start = out.len();
+    push_u64(out, n);
+    let written = out.len() - start;
+    if written < width {
+        out.splice(start..start, std::iter::repeat_n(b'0', width - written));
+    }
+}
+
 /// A JSON string's contents: `"`, `\` and control characters escaped; bytes that are not
 /// UTF-8 escaped one by one as `\u00XX` (the line stays valid JSON whatever the client sent).
 pub fn escape_json(out: &mut Vec<u8>, v: &[u8]) {
@@ -304,6 +384,28 @@ mod tests {
                 assert_eq!(back, latin);
             }
         }
+    }
+
+    #[test]
+    fn times_numbers_and_addresses_are_written_exactly() {
+        let mut l = Line::new(Vec::new(), LogFormat::Text);
+        let at = UNIX_EPOCH + Duration::from_micros(1_765_000_000_000_042);
+        l.time("t", at);
+        l.time("t", at + Duration::from_secs(61));
+        l.millis("ms", Some(Duration::from_micros(5)));
+        l.number("n", Some(0));
+        l.number("n", Some(u64::MAX));
+        l.addr("a", &"10.0.255.1:65535".parse().unwrap());
+        l.addr("a", &"[::1]:80".parse().unwrap());
+        let line = String::from_utf8(l.end()).unwrap();
+        assert_eq!(
+            line,
+            "2025-12-06T05:46:40.000042Z 2025-12-06T05:47:41.000042Z 0.005 0 18446744073709551615 10.0.255.1:65535 [::1]:80\n"
+        );
+        assert_eq!(
+            humantime::format_rfc3339_micros(at).to_string(),
+            line.split(' ').next().unwrap()
+        );
     }
 
     #[test]

@@ -12,4 +12,4 @@ pub mod record;
 pub mod writer;
 
 pub use record::{Conn, Record, Request, Termination, FIELDS};
-pub use writer::AccessLog;
+pub use writer::{AccessLog, Slot};

@@ -148,14 +148,12 @@ impl Record {
         req: Request<'_>,
     ) -> Record {
         let mut line = Line::new(log.buffer(), log.format);
-        let wall = SystemTime::now()
-            .checked_sub(started.elapsed())
-            .unwrap_or_else(SystemTime::now);
-        line.time("time", wall);
+        // Records start as their exchange does: now is `started`, to the microsecond.
+        line.time("time", SystemTime::now());
         line.bytes("request_id", req.request_id);
         line.optional("traceparent", req.traceparent);
         line.optional("tracestate", req.tracestate);
-        line.display("client", &conn.client);
+        line.addr("client", &conn.client);
         line.str("listener", Some(conn.listener));
         line.str("proto", Some(conn.proto));
         line.tls(conn.tls);
@@ -220,7 +218,7 @@ impl Record {
         match node {
             Some(n) => {
                 line.str("node", Some(&n.name));
-                line.display("node_addr", &n.addr);
+                line.addr("node_addr", &n.addr);
                 let version = n.state.version();
                 line.str("node_version", version.as_deref().map(String::as_str));
                 line.rollout(n.state.rollout().as_deref().map(|r| (&*r.id, r.phase)));

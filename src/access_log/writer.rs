@@ -148,6 +148,38 @@ impl Drop for AccessLog {
     }
 }
 
+/// The running access log, if any, as the data path finds it: a flag it tests first, so a
+/// request costs one relaxed load when the log is off (an `ArcSwap` load costs more).
+#[derive(Default)]
+pub struct Slot {
+    on: AtomicBool,
+    log: arc_swap::ArcSwapOption<AccessLog>,
+}
+
+impl Slot {
+    /// The log, when there is one.
+    #[inline]
+    pub fn get(&self) -> Option<Arc<AccessLog>> {
+        if !self.on.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.log.load_full()
+    }
+
+    #[inline]
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Puts `log` in place; the one it replaces is returned.
+    pub fn replace(&self, log: Option<Arc<AccessLog>>) -> Option<Arc<AccessLog>> {
+        let on = log.is_some();
+        let old = self.log.swap(log);
+        self.on.store(on, Ordering::Relaxed);
+        old
+    }
+}
+
 /// Where the writer writes.
 enum Sink {
     Stdout,

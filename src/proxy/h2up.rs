@@ -79,7 +79,7 @@ pub async fn send(
         let node = &pool.nodes[i];
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
         log.attempt(i);
-        let connecting = Instant::now();
+        let connecting = log.is_on().then(Instant::now);
         let Some(mut sender) = sender(pool, i, timeouts).await else {
             walk.decide(Outcome::NotSent, Instant::now());
             continue;
@@ -91,8 +91,11 @@ pub async fn send(
             continue;
         }
         let Some(request) = req.take() else { break };
-        let sending = Instant::now();
-        log.connected(sending.duration_since(connecting));
+        let sending = connecting.map(|c| {
+            let now = Instant::now();
+            log.connected(now.duration_since(c));
+            now
+        });
         let sent = timeout(timeouts.response, sender.try_send_request(request)).await;
         let now = Instant::now();
         let outcome = match sent {
@@ -100,7 +103,9 @@ pub async fn send(
             Ok(Ok(resp)) => {
                 let status = resp.status().as_u16();
                 pool.answered(i, status, now.duration_since(walk.asked()));
-                log.answered(now.duration_since(sending), status);
+                if let Some(sent) = sending {
+                    log.answered(now.duration_since(sent), status);
+                }
                 observe(pool, started);
                 return Ok(Answer {
                     resp,

@@ -51,7 +51,7 @@ impl Logged {
         started: Instant,
         held: usize,
     ) -> Logged {
-        let Some(log) = ctx.plane.access_log.load_full() else {
+        let Some(log) = ctx.plane.access_log.get() else {
             return Logged::OFF;
         };
         let conn = Conn {

@@ -53,7 +53,7 @@ pub struct DataPlane {
     pub snapshot: Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
     pub shutdown: Shutdown,
     /// Where each exchange's line goes, when `access_log:` is set.
-    pub access_log: arc_swap::ArcSwapOption<crate::access_log::AccessLog>,
+    pub access_log: crate::access_log::Slot,
 }
 
 /// Per-listener counters that outlive reloads (connections hold them while open).

@@ -76,7 +76,7 @@ pub async fn serve<C: Endpoint>(
         local,
         first,
     } = client;
-    let mut log = match plane.access_log.load_full() {
+    let mut log = match plane.access_log.get() {
         Some(l) => {
             let conn = access_log::Conn {
                 client: peer,

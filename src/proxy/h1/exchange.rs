@@ -83,18 +83,21 @@ pub async fn one<I: ClientIo>(
             Err(_) => return Next::Close,
         }
     }
-    let (mut plan, head_len) = loop {
+    let (mut plan, head_len, started) = loop {
         let planned = {
             let mut fields = head::fields();
             let held = buf.len();
             match head::parse_request(buf.data(), &mut fields) {
-                Ok(Some(req)) => Some(match plan(ctx, &req, held) {
-                    Ok(p) => Ok((p, req.len)),
-                    Err((local, to_head)) => {
-                        let log = log_request(ctx, &req, None, Instant::now(), held);
-                        Err((local, to_head, log))
-                    }
-                }),
+                Ok(Some(req)) => {
+                    let started = Instant::now();
+                    Some(match plan(ctx, &req, held, started) {
+                        Ok(p) => Ok((p, req.len, started)),
+                        Err((local, to_head)) => {
+                            let log = log_request(ctx, &req, None, started, held);
+                            Err((local, to_head, log))
+                        }
+                    })
+                }
                 Ok(None) => None,
                 Err(r) => Some(Err((Local::from(r), false, unparsed(ctx, held)))),
             }
@@ -128,10 +131,10 @@ pub async fn one<I: ClientIo>(
     let next = if let Some(parts) = plan.h2.take() {
         // Boxed: its state (hyper's stream, the body pump) would otherwise widen every
         // HTTP/1 request's future, HTTP/2 pool or not.
-        let bridged = bridge::forward(ctx, io, buf, closing, &mut plan, *parts, Instant::now());
+        let bridged = bridge::forward(ctx, io, buf, closing, &mut plan, *parts, started);
         Box::pin(bridged).await
     } else {
-        forward(ctx, io, buf, closing, &mut plan, Instant::now()).await
+        forward(ctx, io, buf, closing, &mut plan, started).await
     };
     // What is left in the buffer is the next request's.
     plan.log.read_ahead(buf.len());
@@ -200,7 +203,8 @@ async fn forward<I: ClientIo>(
             } else {
                 None
             };
-            let connecting = Instant::now();
+            // Timed for the access log only: a clock read costs more than the rest of this.
+            let connecting = p.log.is_on().then(Instant::now);
             let (mut up, reused) = match pooled {
                 Some(up) => (up, true),
                 None => match connect_upstream(&pool, i, p.timeouts.connect).await {
@@ -211,8 +215,11 @@ async fn forward<I: ClientIo>(
                     }
                 },
             };
-            let sending = Instant::now();
-            p.log.connected(sending.duration_since(connecting));
+            let sending = connecting.map(|c| {
+                let now = Instant::now();
+                p.log.connected(now.duration_since(c));
+                now
+            });
             let decide = |_status, body, body_read| ReplyTerms {
                 keep_alive: p.keep_alive
                     && body_read
@@ -266,7 +273,9 @@ async fn forward<I: ClientIo>(
                 Err(_) => Outcome::TimedOut,
                 Ok(Ok(head)) => {
                     pool.answered(i, head.status, now.duration_since(walk.asked()));
-                    p.log.answered(now.duration_since(sending), head.status);
+                    if let Some(sent) = sending {
+                        p.log.answered(now.duration_since(sent), head.status);
+                    }
                     let answered = Outcome::Answered {
                         status: head.status,
                         second_opinion: head.status >= 500 && walk::second_opinion(&pool, i),

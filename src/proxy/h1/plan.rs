@@ -86,7 +86,7 @@ pub fn log_request(
     started: Instant,
     held: usize,
 ) -> Logged {
-    if ctx.plane.access_log.load().is_none() {
+    if !ctx.plane.access_log.is_on() {
         return Logged::OFF;
     }
     let field = |name: &str| {
@@ -112,14 +112,14 @@ pub fn log_request(
     Logged::start(ctx, proto, fields, started, held)
 }
 
-/// Checks, routes and rewrites a parsed head (`held`: the bytes read so far from its head
-/// on). An error is answered locally (the flag says whether the request was a HEAD).
+/// Checks, routes and rewrites a parsed head, read at `started` (`held`: the bytes read so
+/// far from its head on). An error is answered locally (the flag says whether the request was a HEAD).
 pub fn plan(
     ctx: &ConnCtx,
     req: &head::Request<'_, '_>,
     held: usize,
+    started: Instant,
 ) -> Result<RequestPlan, (Local, bool)> {
-    let started = Instant::now();
     let info = head::inspect(req).map_err(|r| (Local::from(r), false))?;
     let is_head = info.is_head;
     let local = |status, reason| Err((Local { status, reason }, is_head));

@@ -53,7 +53,7 @@ pub async fn handle(
 
 /// The request's access log line (when the log is on).
 fn log_h2(ctx: &ConnCtx, parts: &Parts, id: Option<&[u8]>, started: Instant) -> Logged {
-    if ctx.plane.access_log.load().is_none() {
+    if !ctx.plane.access_log.is_on() {
         return Logged::OFF;
     }
     let field = |name| parts.headers.get(name).map(HeaderValue::as_bytes);
@@ -320,7 +320,7 @@ async fn send_all(
         let session = SessionGuard::new(&node.state, SessionKind::HttpInflight);
         log.attempt(i);
         loop {
-            let connecting = Instant::now();
+            let connecting = log.is_on().then(Instant::now);
             let (mut up, reused) = match node.idle.take() {
                 Some(up) => (up, true),
                 None => match connect_upstream(pool, i, timeouts.connect).await {
@@ -331,8 +331,11 @@ async fn send_all(
                     }
                 },
             };
-            let sending = Instant::now();
-            log.connected(sending.duration_since(connecting));
+            let sending = connecting.map(|c| {
+                let now = Instant::now();
+                log.connected(now.duration_since(c));
+                now
+            });
             let mut ub = Buf::take();
             let exchange = async {
                 let Upstream { stream: s, close } = &mut up;
@@ -351,7 +354,9 @@ async fn send_all(
                 Ok(Ok(head)) => {
                     let status = head.response.status().as_u16();
                     pool.answered(i, status, now.duration_since(walk.asked()));
-                    log.answered(now.duration_since(sending), status);
+                    if let Some(sent) = sending {
+                        log.answered(now.duration_since(sent), status);
+                    }
                     let answered = Outcome::Answered {
                         status,
                         second_opinion: status >= 500 && walk::second_opinion(pool, i),
