@@ -10,6 +10,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::LogFormat;
 
+/// A field's name, JSON-quoted with its colon (`"name":`): written with one copy. Made by
+/// [`key!`].
+#[derive(Clone, Copy)]
+pub struct Key(pub &'static str);
+
+/// `key!("name")`: the [`Key`] of a field.
+macro_rules! key {
+    ($name:literal) => {
+        $crate::access_log::format::Key(concat!("\"", $name, "\":"))
+    };
+}
+pub(crate) use key;
+
 /// A line being written.
 pub struct Line {
     buf: Vec<u8>,
@@ -46,14 +59,12 @@ impl Line {
     }
 
     /// Starts a field: its key in JSON, a separator in text.
-    fn key(&mut self, name: &str) {
+    fn key(&mut self, name: Key) {
         let first = std::mem::replace(&mut self.first, false);
         match self.format {
             LogFormat::Json => {
                 self.buf.push(if first { b'{' } else { b',' });
-                self.buf.push(b'"');
-                self.buf.extend_from_slice(name.as_bytes());
-                self.buf.extend_from_slice(b"\":");
+                self.buf.extend_from_slice(name.0.as_bytes());
             }
             LogFormat::Text if !first => self.buf.push(b' '),
             LogFormat::Text => {}
@@ -68,7 +79,7 @@ impl Line {
     }
 
     /// A string field (`null` or `-` when absent).
-    pub fn bytes(&mut self, name: &str, value: Option<&[u8]>) {
+    pub fn bytes(&mut self, name: Key, value: Option<&[u8]>) {
         self.key(name);
         match value {
             Some(v) => self.quoted(v),
@@ -76,12 +87,12 @@ impl Line {
         }
     }
 
-    pub fn str(&mut self, name: &str, value: Option<&str>) {
+    pub fn str(&mut self, name: Key, value: Option<&str>) {
         self.bytes(name, value.map(str::as_bytes));
     }
 
     /// A string field left out of JSON when absent (`-` in text, which has fixed places).
-    pub fn optional(&mut self, name: &str, value: Option<&[u8]>) {
+    pub fn optional(&mut self, name: Key, value: Option<&[u8]>) {
         match (value, self.format) {
             (None, LogFormat::Json) => {}
             _ => self.bytes(name, value),
@@ -90,7 +101,7 @@ impl Line {
 
     /// An address: `"IP:PORT"` in JSON, bare in text (IPv4 written by hand: it is in every
     /// line).
-    pub fn addr(&mut self, name: &str, addr: &SocketAddr) {
+    pub fn addr(&mut self, name: Key, addr: &SocketAddr) {
         let SocketAddr::V4(v4) = addr else {
             return self.display(name, addr);
         };
@@ -113,7 +124,7 @@ impl Line {
     }
 
     /// A value written as it displays: no quoting needed in text.
-    pub fn display(&mut self, name: &str, value: &impl Display) {
+    pub fn display(&mut self, name: Key, value: &impl Display) {
         self.key(name);
         match self.format {
             LogFormat::Json => {
@@ -127,7 +138,7 @@ impl Line {
 
     /// RFC 3339, UTC, microseconds. The date and time of day are formatted once a second
     /// per thread; a line adds its microseconds.
-    pub fn time(&mut self, name: &str, at: SystemTime) {
+    pub fn time(&mut self, name: Key, at: SystemTime) {
         self.key(name);
         let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
         let json = self.format == LogFormat::Json;
@@ -154,7 +165,7 @@ impl Line {
         }
     }
 
-    pub fn number(&mut self, name: &str, value: Option<u64>) {
+    pub fn number(&mut self, name: Key, value: Option<u64>) {
         self.key(name);
         match value {
             Some(n) => push_u64(&mut self.buf, n),
@@ -163,7 +174,7 @@ impl Line {
     }
 
     /// Milliseconds with three decimals (microseconds).
-    pub fn millis(&mut self, name: &str, value: Option<Duration>) {
+    pub fn millis(&mut self, name: Key, value: Option<Duration>) {
         self.key(name);
         match value {
             Some(d) => {
@@ -180,9 +191,9 @@ impl Line {
     pub fn tls(&mut self, tls: Option<(&str, Option<&str>)>) {
         match (tls, self.format) {
             (None, LogFormat::Json) => {}
-            (None, LogFormat::Text) => self.bytes("tls", None),
+            (None, LogFormat::Text) => self.bytes(key!("tls"), None),
             (Some((version, sni)), LogFormat::Json) => {
-                self.key("tls");
+                self.key(key!("tls"));
                 self.buf.extend_from_slice(b"{\"version\":");
                 self.quoted(version.as_bytes());
                 self.buf.extend_from_slice(b",\"sni\":");
@@ -193,7 +204,7 @@ impl Line {
                 self.buf.push(b'}');
             }
             (Some((version, sni)), LogFormat::Text) => {
-                self.key("tls");
+                self.key(key!("tls"));
                 self.buf.push(b'"');
                 escape_text(&mut self.buf, version.as_bytes());
                 self.buf.push(b'/');
@@ -208,9 +219,9 @@ impl Line {
     pub fn rollout(&mut self, rollout: Option<(&str, &str)>) {
         match (rollout, self.format) {
             (None, LogFormat::Json) => {}
-            (None, LogFormat::Text) => self.bytes("rollout", None),
+            (None, LogFormat::Text) => self.bytes(key!("rollout"), None),
             (Some((id, phase)), LogFormat::Json) => {
-                self.key("rollout");
+                self.key(key!("rollout"));
                 self.buf.extend_from_slice(b"{\"id\":");
                 self.quoted(id.as_bytes());
                 self.buf.extend_from_slice(b",\"phase\":");
@@ -218,7 +229,7 @@ impl Line {
                 self.buf.push(b'}');
             }
             (Some((id, phase)), LogFormat::Text) => {
-                self.key("rollout");
+                self.key(key!("rollout"));
                 self.buf.push(b'"');
                 escape_text(&mut self.buf, id.as_bytes());
                 self.buf.push(b'/');
@@ -229,7 +240,7 @@ impl Line {
     }
 
     /// A list of names: a JSON array; comma-separated and quoted in text (`-` when empty).
-    pub fn list<'a>(&mut self, name: &str, items: impl Iterator<Item = &'a str>) {
+    pub fn list<'a>(&mut self, name: Key, items: impl Iterator<Item = &'a str>) {
         self.key(name);
         match self.format {
             LogFormat::Json => {
@@ -279,18 +290,8 @@ thread_local! {
 }
 
 /// Appends `n` in decimal.
-pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends `n` in decimal with at least `width` digits (leading zeros).
@@ -306,6 +307,11 @@ fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
 /// A JSON string's contents: `"`, `\` and control characters escaped; bytes that are not
 /// UTF-8 escaped one by one as `\u00XX` (the line stays valid JSON whatever the client sent).
 pub fn escape_json(out: &mut Vec<u8>, v: &[u8]) {
+    // Most values are printable ASCII with nothing to escape: found 8 bytes at a time.
+    if plain_ascii(v) {
+        out.extend_from_slice(v);
+        return;
+    }
     let utf8 = v.is_ascii() || std::str::from_utf8(v).is_ok();
     let mut start = 0;
     for (i, &b) in v.iter().enumerate() {
@@ -336,9 +342,41 @@ pub fn escape_json(out: &mut Vec<u8>, v: &[u8]) {
     out.extend_from_slice(&v[start..]);
 }
 
+/// Whether `v` is printable ASCII without `"` or `\` (nothing to escape, in JSON or text).
+fn plain_ascii(v: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero: its high bit set in the result (exact when no byte of `x`
+    // has its own high bit set, which `special` checks first).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let special = |x: u64| {
+        // >= 0x7f (DEL and non-ASCII), < 0x20 (controls), '"' and '\\'.
+        (x.wrapping_add(ONES) | x) & HIGH != 0
+            || x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0
+            || zero(x ^ (ONES * u64::from(b'"'))) != 0
+            || zero(x ^ (ONES * u64::from(b'\\'))) != 0
+    };
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(c);
+        if special(u64::from_le_bytes(word)) {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
 /// A text field's contents: printable ASCII as is, `"` and `\` escaped with `\`, any other
 /// byte as `\xXX` (NGINX's default escaping), so a field never breaks the line apart.
 pub fn escape_text(out: &mut Vec<u8>, v: &[u8]) {
+    if plain_ascii(v) {
+        out.extend_from_slice(v);
+        return;
+    }
     for &b in v {
         match b {
             b'"' | b'\\' => {
@@ -390,13 +428,13 @@ mod tests {
     fn times_numbers_and_addresses_are_written_exactly() {
         let mut l = Line::new(Vec::new(), LogFormat::Text);
         let at = UNIX_EPOCH + Duration::from_micros(1_765_000_000_000_042);
-        l.time("t", at);
-        l.time("t", at + Duration::from_secs(61));
-        l.millis("ms", Some(Duration::from_micros(5)));
-        l.number("n", Some(0));
-        l.number("n", Some(u64::MAX));
-        l.addr("a", &"10.0.255.1:65535".parse().unwrap());
-        l.addr("a", &"[::1]:80".parse().unwrap());
+        l.time(key!("t"), at);
+        l.time(key!("t"), at + Duration::from_secs(61));
+        l.millis(key!("ms"), Some(Duration::from_micros(5)));
+        l.number(key!("n"), Some(0));
+        l.number(key!("n"), Some(u64::MAX));
+        l.addr(key!("a"), &"10.0.255.1:65535".parse().unwrap());
+        l.addr(key!("a"), &"[::1]:80".parse().unwrap());
         let line = String::from_utf8(l.end()).unwrap();
         assert_eq!(
             line,
@@ -409,6 +447,24 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_check_agrees_with_the_byte_by_byte_one() {
+        let slow = |v: &[u8]| {
+            v.iter()
+                .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        };
+        let mut v: Vec<u8> = b"GET /a/b?c=d&e=f HTTP/1.1 curl/8.5 0123456789".to_vec();
+        assert!(plain_ascii(&v));
+        for at in 0..v.len() {
+            for b in 0..=255u8 {
+                let keep = v[at];
+                v[at] = b;
+                assert_eq!(plain_ascii(&v), slow(&v), "byte {b:#x} at {at}");
+                v[at] = keep;
+            }
+        }
+    }
+
+    #[test]
     fn text_fields_never_split_the_line() {
         let mut out = Vec::new();
         escape_text(&mut out, b"a b\"c\\d\ne\xff");
@@ -418,11 +474,11 @@ mod tests {
     #[test]
     fn a_json_line_has_its_fields_and_nulls() {
         let mut l = Line::new(Vec::new(), LogFormat::Json);
-        l.str("a", Some("x"));
-        l.optional("absent", None);
-        l.number("n", None);
-        l.millis("ms", Some(Duration::from_micros(1_234_567)));
-        l.list("attempts", ["a", "b"].into_iter());
+        l.str(key!("a"), Some("x"));
+        l.optional(key!("absent"), None);
+        l.number(key!("n"), None);
+        l.millis(key!("ms"), Some(Duration::from_micros(1_234_567)));
+        l.list(key!("attempts"), ["a", "b"].into_iter());
         l.tls(Some(("TLSv1.3", None)));
         let line = l.end();
         let v: serde_json::Value = serde_json::from_slice(&line).expect("json");
@@ -438,10 +494,10 @@ mod tests {
     #[test]
     fn a_text_line_keeps_every_place() {
         let mut l = Line::new(Vec::new(), LogFormat::Text);
-        l.str("a", Some("x y"));
-        l.optional("absent", None);
-        l.list("attempts", std::iter::empty());
-        l.number("n", Some(7));
+        l.str(key!("a"), Some("x y"));
+        l.optional(key!("absent"), None);
+        l.list(key!("attempts"), std::iter::empty());
+        l.number(key!("n"), Some(7));
         assert_eq!(l.end(), b"\"x y\" - - 7\n");
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::format::Line;
+use super::format::{key, Line};
 use super::writer::AccessLog;
 use crate::metrics::ClientError;
 use crate::pool::Pool;
@@ -149,18 +149,18 @@ impl Record {
     ) -> Record {
         let mut line = Line::new(log.buffer(), log.format);
         // Records start as their exchange does: now is `started`, to the microsecond.
-        line.time("time", SystemTime::now());
-        line.bytes("request_id", req.request_id);
-        line.optional("traceparent", req.traceparent);
-        line.optional("tracestate", req.tracestate);
-        line.addr("client", &conn.client);
-        line.str("listener", Some(conn.listener));
-        line.str("proto", Some(conn.proto));
+        line.time(key!("time"), SystemTime::now());
+        line.bytes(key!("request_id"), req.request_id);
+        line.optional(key!("traceparent"), req.traceparent);
+        line.optional(key!("tracestate"), req.tracestate);
+        line.addr(key!("client"), &conn.client);
+        line.str(key!("listener"), Some(conn.listener));
+        line.str(key!("proto"), Some(conn.proto));
         line.tls(conn.tls);
-        line.bytes("method", req.method);
-        line.bytes("host", req.host);
-        line.bytes("path", req.path);
-        line.bytes("user_agent", req.user_agent);
+        line.bytes(key!("method"), req.method);
+        line.bytes(key!("host"), req.host);
+        line.bytes(key!("path"), req.path);
+        line.bytes(key!("user_agent"), req.user_agent);
         Record {
             log: Arc::clone(log),
             line,
@@ -211,22 +211,22 @@ impl Record {
         }
         let mut line = std::mem::replace(&mut self.line, Line::empty(self.log.format));
         let pool = self.pool.as_deref();
-        line.str("pool", pool.map(|p| p.name.as_str()));
+        line.str(key!("pool"), pool.map(|p| p.name.as_str()));
         let node = pool
             .zip(self.node)
             .and_then(|(p, i)| p.nodes.get(usize::from(i)));
         match node {
             Some(n) => {
-                line.str("node", Some(&n.name));
-                line.addr("node_addr", &n.addr);
+                line.str(key!("node"), Some(&n.name));
+                line.addr(key!("node_addr"), &n.addr);
                 let version = n.state.version();
-                line.str("node_version", version.as_deref().map(String::as_str));
+                line.str(key!("node_version"), version.as_deref().map(String::as_str));
                 line.rollout(n.state.rollout().as_deref().map(|r| (&*r.id, r.phase)));
             }
             None => {
-                line.str("node", None);
-                line.str("node_addr", None);
-                line.str("node_version", None);
+                line.str(key!("node"), None);
+                line.str(key!("node_addr"), None);
+                line.str(key!("node_version"), None);
                 line.rollout(None);
             }
         }
@@ -234,14 +234,14 @@ impl Record {
             .iter()
             .filter_map(|&i| pool.and_then(|p| p.nodes.get(usize::from(i))))
             .map(|n| n.name.as_str());
-        line.list("attempts", names);
-        line.number("status", self.status.map(u64::from));
-        line.number("bytes_in", Some(self.bytes_in));
-        line.number("bytes_out", Some(self.bytes_out));
-        line.millis("duration_ms", Some(self.started.elapsed()));
-        line.millis("connect_ms", self.connect);
-        line.millis("header_ms", self.header);
-        line.str("termination", Some(self.termination.as_str()));
+        line.list(key!("attempts"), names);
+        line.number(key!("status"), self.status.map(u64::from));
+        line.number(key!("bytes_in"), Some(self.bytes_in));
+        line.number(key!("bytes_out"), Some(self.bytes_out));
+        line.millis(key!("duration_ms"), Some(self.started.elapsed()));
+        line.millis(key!("connect_ms"), self.connect);
+        line.millis(key!("header_ms"), self.header);
+        line.str(key!("termination"), Some(self.termination.as_str()));
         self.log.push(line.end());
     }
 }

@@ -89,21 +89,23 @@ pub fn log_request(
     if !ctx.plane.access_log.is_on() {
         return Logged::OFF;
     }
-    let field = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
-    let fields = access_log::Request {
+    let mut fields = access_log::Request {
         request_id: id,
-        traceparent: field("traceparent"),
-        tracestate: field("tracestate"),
         method: Some(req.method.as_bytes()),
-        host: field("host"),
         path: Some(req.target.as_bytes()),
-        user_agent: field("user-agent"),
+        ..Default::default()
     };
+    // One pass over the fields, the first of each name kept.
+    for h in req.headers {
+        let slot = match h.name.len() {
+            4 if h.name.eq_ignore_ascii_case("host") => &mut fields.host,
+            10 if h.name.eq_ignore_ascii_case("user-agent") => &mut fields.user_agent,
+            10 if h.name.eq_ignore_ascii_case("tracestate") => &mut fields.tracestate,
+            11 if h.name.eq_ignore_ascii_case("traceparent") => &mut fields.traceparent,
+            _ => continue,
+        };
+        slot.get_or_insert(h.value);
+    }
     let proto = if req.minor == 0 {
         "HTTP/1.0"
     } else {
