@@ -432,3 +432,86 @@ async fn a_log_that_cannot_be_written_costs_lines_not_requests() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_name_the_rollout_and_phase_a_node_is_in() {
+    let mut a = HttpBackend::start("a", "1.0.0").await;
+    let mut b = HttpBackend::start("b", "1.0.0").await;
+    let analysis = "{ window: 1s, min_requests: 10, max_error_rate: 0.05, max_p99_ratio: 5 }";
+    let yaml = crate::analysis::config(a.addr, b.addr, "300ms", analysis);
+    let proxy = Proxy::start(&logged(&yaml)).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    proxy.wait_health("web", "b", Health::Up).await;
+    let load = Load::start(proxy.url("web", "/"), 4, Duration::from_secs(60));
+    let id = crate::analysis::start(&proxy, "2.0.0").await;
+    for backend in [&mut a, &mut b] {
+        proxy.wait_drained("web", backend.name).await;
+        backend.restart("2.0.0").await;
+    }
+    let r = proxy.rollout_end(&id, Duration::from_secs(30)).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let (sent, failed) = load.finish().await;
+    assert_eq!(failed, 0);
+    let lines = wait_lines(&log_path(&proxy), sent).await;
+    assert_eq!(lines.len(), sent, "lines != requests");
+    let judged: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["rollout"]["phase"] == "analysis")
+        .collect();
+    assert!(!judged.is_empty(), "no line during analysis");
+    for l in &judged {
+        assert_eq!(l["rollout"]["id"], id.as_str(), "{l}");
+        assert_eq!(l["node_version"], "2.0.0", "{l}");
+    }
+    // The first lines, before the rollout reached a node, name none.
+    assert!(lines[0].get("rollout").is_none(), "{}", lines[0]);
+    // Once the rollout is over, no node is in it.
+    let (status, _) = get(&client(), &proxy.url("web", "/after")).await;
+    assert_eq!(status, 200);
+    let after = line_for(&proxy, "/after").await;
+    assert!(after.get("rollout").is_none(), "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_log_to_its_new_file_and_loses_nothing() {
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let base = http_config(&[("a", a.addr)], "");
+    let proxy = Proxy::start(&logged(&base)).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let c = client();
+    for i in 0..20 {
+        let (status, _) = get(&c, &proxy.url("web", &format!("/before/{i}"))).await;
+        assert_eq!(status, 200);
+    }
+    let moved = proxy._dir.path().join("moved.log");
+    let yaml = format!(
+        "access_log: {{ path: \"{}\", format: text }}\n{base}",
+        moved.display()
+    );
+    std::fs::write(&proxy.config_path, yaml).unwrap();
+    let (status, body) = proxy.admin(Method::POST, "/v1/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+    for i in 0..20 {
+        let (status, _) = get(&c, &proxy.url("web", &format!("/after/{i}"))).await;
+        assert_eq!(status, 200);
+    }
+    let old = wait_lines(&log_path(&proxy), 20).await;
+    assert!(old
+        .iter()
+        .all(|l| l["path"].as_str().unwrap().starts_with("/before/")));
+    // The new file is in the text format: one line a request, `-` for what is absent.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = std::fs::read_to_string(&moved).unwrap_or_default();
+        if text.lines().count() >= 20 || tokio::time::Instant::now() >= deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(text.lines().count(), 20, "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.contains("\"/after/") && l.ends_with("\"ok\"")),
+        "{text}"
+    );
+}

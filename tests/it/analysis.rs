@@ -13,7 +13,7 @@ use crate::common::process::call;
 use crate::common::*;
 use handoff::pool::Health;
 
-fn config(a: SocketAddr, b: SocketAddr, warmup: &str, analysis: &str) -> String {
+pub(crate) fn config(a: SocketAddr, b: SocketAddr, warmup: &str, analysis: &str) -> String {
     format!(
         r#"admin: {{ listen: "127.0.0.1:0" }}
 listeners:
@@ -40,7 +40,7 @@ async fn node(proxy: &Proxy, name: &str) -> Value {
     n
 }
 
-async fn start(proxy: &Proxy, version: &str) -> String {
+pub(crate) async fn start(proxy: &Proxy, version: &str) -> String {
     let (status, r) = proxy
         .admin_json(
             Method::POST,
