@@ -515,3 +515,70 @@ async fn a_reload_moves_the_log_to_its_new_file_and_loses_nothing() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_say_how_they_ended_too() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let killed = raw_backend(100_000, 1000, false).await;
+    let endless = raw_backend(100_000_000, 0, true).await;
+    let yaml = format!(
+        r#"admin: {{ listen: "127.0.0.1:0" }}
+listeners:
+  - name: web
+    listen: "127.0.0.1:0"
+    protocol: http
+    routes:
+      - {{ path_prefix: /killed, pool: killed }}
+      - {{ path_prefix: /endless, pool: endless }}
+pools:
+{}{}"#,
+        pool_yaml("killed", killed, TCP_HEALTH),
+        pool_yaml("endless", endless, TCP_HEALTH),
+    );
+    let proxy = Proxy::start(&logged(&yaml)).await;
+    proxy.wait_health("killed", "n", Health::Up).await;
+    proxy.wait_health("endless", "n", Health::Up).await;
+    let h2 = || async {
+        let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        (send, tokio::spawn(conn))
+    };
+    let get = |path: &str| {
+        http::Request::get(format!("http://t{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+
+    // The node dies mid-response: the stream is reset, the line says why.
+    let (mut send, _conn) = h2().await;
+    // The reset may overtake the head on its way to the client.
+    if let Ok(resp) = send.send_request(get("/killed")).await {
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.into_body().collect().await.is_err(),
+            "the body should break off"
+        );
+    }
+    let line = line_for(&proxy, "/killed").await;
+    assert_eq!(
+        (&line["proto"], &line["termination"]),
+        (&json!("HTTP/2"), &json!("upstream_reset")),
+        "{line}"
+    );
+
+    // The client goes away mid-response.
+    let (mut send, conn) = h2().await;
+    let resp = send.send_request(get("/endless")).await.unwrap();
+    let mut body = resp.into_body();
+    let _ = body.frame().await;
+    drop(body);
+    drop(send);
+    conn.abort();
+    let line = line_for(&proxy, "/endless").await;
+    assert_eq!(line["termination"], "client_closed", "{line}");
+    assert!(line["bytes_out"].as_u64().unwrap() > 0, "{line}");
+}

@@ -97,7 +97,11 @@ async fn each_hostname_gets_its_certificate_and_h2_when_offered() {
         certificate(dir.path(), "a.test"),
         certificate(dir.path(), "b.test"),
     );
-    let proxy = Proxy::start(&tls_config(backend.addr, dir.path())).await;
+    let yaml = format!(
+        "access_log: {{ path: \"{{DIR}}/access.log\" }}\n{}",
+        tls_config(backend.addr, dir.path())
+    );
+    let proxy = Proxy::start(&yaml).await;
     proxy.wait_health("web", "a", Health::Up).await;
     let roots = [cert_a.clone(), cert_b.clone()];
 
@@ -125,6 +129,14 @@ async fn each_hostname_gets_its_certificate_and_h2_when_offered() {
     let headers: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(headers["x-forwarded-proto"], "https");
     assert_eq!(headers["host"], "a.test");
+    // The access log names the TLS session.
+    let lines = crate::access_log::wait_lines(&proxy._dir.path().join("access.log"), 1).await;
+    let line = &lines[0];
+    assert_eq!(line["proto"], "HTTP/2", "{line}");
+    assert_eq!(line["tls"]["sni"], "a.test", "{line}");
+    assert_eq!(line["tls"]["version"], "TLSv1.3", "{line}");
+    assert_eq!(line["termination"], "ok", "{line}");
+    assert!(line["bytes_out"].as_u64().unwrap() > 0, "{line}");
 }
 
 /// Reads what the server sends until it closes (or stays quiet for a second).
