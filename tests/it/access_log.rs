@@ -582,3 +582,105 @@ pools:
     assert_eq!(line["termination"], "client_closed", "{line}");
     assert!(line["bytes_out"].as_u64().unwrap() > 0, "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_faults_timeouts_and_shutdown_have_their_words() {
+    let endless = raw_backend(100_000_000, 0, true).await;
+    let ok = HttpBackend::start("o", "1.0.0").await;
+    let yaml = format!(
+        r#"admin: {{ listen: "127.0.0.1:0" }}
+listeners:
+  - name: web
+    listen: "127.0.0.1:0"
+    protocol: http
+    timeouts: {{ header_read: 400ms, send: 400ms }}
+    routes:
+      - {{ path_prefix: /endless, pool: endless }}
+      - {{ pool: ok }}
+pools:
+{}{}"#,
+        pool_yaml("endless", endless, TCP_HEALTH),
+        pool_yaml("ok", ok.addr, TCP_HEALTH),
+    );
+    let proxy = Proxy::start(&logged(&yaml)).await;
+    proxy.wait_health("endless", "n", Health::Up).await;
+    proxy.wait_health("ok", "n", Health::Up).await;
+    let addr = proxy.addr("web");
+    let exchange = |bytes: Vec<u8>| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        backends::read_to_eof(&mut s, WAIT).await.0
+    };
+
+    // Faults of the client's: each its reason.
+    let big = format!(
+        "GET /big HTTP/1.1\r\nHost: t\r\nX-Fill: {}\r\n\r\n",
+        "x".repeat(70_000)
+    );
+    let got = exchange(big.into_bytes()).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let got =
+        exchange(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec())
+            .await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 501"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let chunked =
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec();
+    let got = exchange(chunked).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // A head that never ends; a client that never reads its answer.
+    let got = exchange(b"GET /slow-head HTTP/1.1\r\nHost: t\r\n".to_vec()).await;
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    let mut deaf = TcpStream::connect(addr).await.unwrap();
+    deaf.write_all(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+
+    let lines = wait_lines(&log_path(&proxy), 5).await;
+    let word = |pred: &dyn Fn(&Value) -> bool| -> String {
+        let found: Vec<&Value> = lines.iter().filter(|l| pred(l)).collect();
+        assert_eq!(found.len(), 1, "{lines:#?}");
+        found[0]["termination"].as_str().unwrap().to_string()
+    };
+    assert_eq!(word(&|l| l["status"] == 431), "client_fault:head_too_large");
+    assert_eq!(
+        word(&|l| l["method"] == "CONNECT"),
+        "client_fault:not_implemented"
+    );
+    assert_eq!(word(&|l| l["path"] == "/echo"), "client_fault:bad_body");
+    assert_eq!(
+        word(&|l| l["termination"] == "client_timeout"),
+        "client_timeout"
+    );
+    let line = line_for(&proxy, "/endless").await;
+    assert_eq!(line["termination"], "send_timeout", "{line}");
+    drop(deaf);
+
+    // Shutdown's force deadline cuts a response still streaming.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /endless/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move { backends::read_to_eof(&mut s, WAIT).await });
+    let node = proxy.node("endless", "n");
+    eventually("the request is in flight", || {
+        node.state.active_sessions() == 1
+    })
+    .await;
+    let cut = proxy.app.shutdown.run(Duration::from_millis(300)).await;
+    assert_eq!(cut, 1);
+    let _ = reader.await;
+    let line = line_for(&proxy, "/endless/2").await;
+    assert_eq!(line["termination"], "shutdown", "{line}");
+}
