@@ -190,6 +190,35 @@ enum Sink {
     },
 }
 
+/// A write that failed after `whole` lines of its batch went out.
+struct Partial {
+    whole: u64,
+    error: io::Error,
+}
+
+/// Writes whole lines; when the file stops taking them (a full disk) after part of one,
+/// ends that part with a newline if it can, so the lines after it stay whole.
+fn write_lines(f: &mut File, batch: &[u8]) -> Result<(), Partial> {
+    let mut written = 0;
+    while written < batch.len() {
+        let error = match f.write(&batch[written..]) {
+            Ok(0) => io::ErrorKind::WriteZero.into(),
+            Ok(n) => {
+                written += n;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => e,
+        };
+        if written > 0 && batch[written - 1] != b'\n' {
+            let _ = f.write(b"\n");
+        }
+        let whole = memchr::memchr_iter(b'\n', &batch[..written]).count() as u64;
+        return Err(Partial { whole, error });
+    }
+    Ok(())
+}
+
 impl Shared {
     fn wake(&self) {
         if let Some(t) = self.thread.get() {
@@ -251,11 +280,12 @@ impl Shared {
                 };
             }
         }
+        let lost = |error| Partial { whole: 0, error };
         let result = match sink {
-            Sink::Stdout => io::stdout().lock().write_all(batch),
+            Sink::Stdout => io::stdout().lock().write_all(batch).map_err(lost),
             // One write(2) for the batch when the file takes it all (regular files do).
-            Sink::File(f) => f.write_all(batch),
-            Sink::Closed { .. } => Err(io::Error::other("the file is not open")),
+            Sink::File(f) => write_lines(f, batch),
+            Sink::Closed { .. } => Err(lost(io::Error::other("the file is not open"))),
         };
         batch.clear();
         match result {
@@ -265,10 +295,12 @@ impl Shared {
                     tracing::info!(target = ?self.target, "access log: writing again");
                 }
             }
-            Err(e) => {
-                self.dropped_error.inc_by(lines);
+            Err(Partial { whole, error }) => {
+                let whole = whole.min(lines);
+                self.written.inc_by(whole);
+                self.dropped_error.inc_by(lines - whole);
                 if !matches!(sink, Sink::Closed { .. }) {
-                    self.failed(failing, &e, "writing");
+                    self.failed(failing, &error, "writing");
                 }
             }
         }

@@ -684,3 +684,77 @@ pools:
     let line = line_for(&proxy, "/endless/2").await;
     assert_eq!(line["termination"], "shutdown", "{line}");
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_full_file_system_every_request_is_answered_and_every_line_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let _fs = Tmpfs(dir.path().to_path_buf());
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let log = dir.path().join("access.log");
+    let yaml = format!(
+        "access_log: {{ path: \"{}\" }}\n{}",
+        log.display(),
+        http_config(&[("a", a.addr)], "")
+    );
+    let proxy = Proxy::start(&yaml).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let c = client();
+    const REQUESTS: usize = 400; // about 170 lines fill 64 KiB
+    for i in 0..REQUESTS {
+        let (status, _) = get(&c, &proxy.url("web", &format!("/{i}"))).await;
+        assert_eq!(status, 200);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (written, lost) = loop {
+        let text = proxy.metrics().await;
+        let written = metric_value(&text, "handoff_access_log_lines_total");
+        let lost = metric_value(
+            &text,
+            "handoff_access_log_dropped_total{reason=\"write_error\"}",
+        );
+        if written + lost >= REQUESTS as f64 || tokio::time::Instant::now() >= deadline {
+            break (written, lost);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        written + lost,
+        REQUESTS as f64,
+        "written {written}, lost {lost}"
+    );
+    assert!(
+        lost > 0.0 && written > 0.0,
+        "written {written}, lost {lost}"
+    );
+    // The lines counted as written are whole; at most the one cut by the full disk is not.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let whole = text
+        .lines()
+        .filter(|l| serde_json::from_str::<Value>(l).is_ok())
+        .count();
+    assert_eq!(
+        whole as f64,
+        written,
+        "{} lines in the file",
+        text.lines().count()
+    );
+    assert!(text.lines().count() <= whole + 1);
+}
