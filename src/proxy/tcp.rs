@@ -45,6 +45,8 @@ pub struct Client<C> {
     /// The address the client connected to (for the PROXY header).
     pub local: SocketAddr,
     pub first: Vec<u8>,
+    /// The TLS session handoff terminated, for the access log.
+    pub tls: Option<super::ctx::TlsInfo>,
 }
 
 impl Client<Watched<TcpStream>> {
@@ -58,6 +60,7 @@ impl Client<Watched<TcpStream>> {
             peer,
             local,
             first: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -75,6 +78,7 @@ pub async fn serve<C: Endpoint>(
         peer,
         local,
         first,
+        tls,
     } = client;
     let mut log = match plane.access_log.get() {
         Some(l) => {
@@ -82,7 +86,7 @@ pub async fn serve<C: Endpoint>(
                 client: peer,
                 listener: &stats.name,
                 proto: "tcp",
-                tls: None,
+                tls: tls.as_ref().map(|t| (t.version, t.sni.as_deref())),
             };
             let record = access_log::Record::start(&l, Instant::now(), conn, Default::default());
             Logged::of(record, &activity)

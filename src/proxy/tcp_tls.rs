@@ -56,12 +56,18 @@ pub async fn terminate(
             return;
         }
     };
+    let session = io.get_ref().1;
+    let tls = Some(super::ctx::TlsInfo {
+        version: super::tls_version(session.protocol_version()),
+        sni: session.server_name().map(Into::into),
+    });
     let client = Client {
         io,
         activity,
         peer,
         local,
         first: Vec::new(),
+        tls,
     };
     tcp::serve(&plane, pool, &routes.config, &stats, client).await;
 }
