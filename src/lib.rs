@@ -17,6 +17,7 @@
 //! - [`shutdown`]: token tree, task tracker, lifecycle phase.
 //! - [`cli`]: `run`, `check`, `demo`, `ctl`.
 //! - [`gated`]: a future polled only when its own waker fired (control signals in I/O loops).
+//! - [`tickets`]: TLS session ticket keys that outlive the process and reach every instance.
 //! - [`time`]: Unix milliseconds, total RFC 3339, checked deadline arithmetic.
 //! - [`upgrade`]: self-upgrade: sockets and runtime state handed to a new process.
 //! - [`memory`]: freed memory given back to the system after a burst of connections.
@@ -56,5 +57,6 @@ pub mod rollout;
 pub mod session_kind;
 pub mod shutdown;
 pub mod snapshot;
+pub mod tickets;
 pub mod time;
 pub mod upgrade;

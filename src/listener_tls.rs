@@ -67,7 +67,11 @@ impl ResolvesServerCert for SniResolver {
 
 /// The acceptor for a listener's TLS settings; `alpn`: offer h2 and http/1.1 (http
 /// listeners; a tcp listener's bytes are not HTTP to handoff).
-pub fn acceptor(tls: &TlsConfig, alpn: bool) -> Result<TlsAcceptor, rustls::Error> {
+pub fn acceptor(
+    tls: &TlsConfig,
+    alpn: bool,
+    tickets: &Arc<crate::tickets::Ticketer>,
+) -> Result<TlsAcceptor, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -78,6 +82,10 @@ pub fn acceptor(tls: &TlsConfig, alpn: bool) -> Result<TlsAcceptor, rustls::Erro
     if alpn {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
+    // Stateless tickets under the process's keys (TLS 1.3 and 1.2): a client resumes on a
+    // reloaded config, on the next generation after a takeover, and on any instance of a
+    // cluster. The per-process session cache stays for TLS 1.2 clients without tickets.
+    config.ticketer = Arc::clone(tickets) as Arc<dyn rustls::server::ProducesTickets>;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub listener_connections_active: IntGaugeVec,
     pub listener_rejected: IntCounterVec,
     pub tls_failures: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
     pub upstream_tls_failures: IntCounterVec,
     pub client_errors: IntCounterVec,
     pub listener_reclaimed: IntCounterVec,
@@ -96,6 +97,7 @@ impl Metrics {
             listener_connections_active: gauge(&r, "handoff_listener_connections_active", "Client connections open.", &["listener"]),
             listener_rejected: counter(&r, "handoff_listener_connections_rejected_total", "Client connections closed at once because the listener was at max_connections.", &["listener"]),
             tls_failures: counter(&r, "handoff_tls_handshake_failures_total", "TLS handshakes that failed or timed out.", &["listener"]),
+            tls_handshakes: counter(&r, "handoff_tls_handshakes_total", "TLS handshakes completed, by kind: full, or resumed (a session ticket or cached session).", &["listener", "kind"]),
             rejected_per_client: counter(&r, "handoff_listener_connections_per_client_rejected_total", "Client connections closed at once because their address already had max_connections_per_client open.", &["listener"]),
             send_timeouts: counter(&r, "handoff_send_timeouts_total", "Client connections closed because the client accepted no bytes of its response within timeouts.send.", &["listener"]),
             listener_reclaimed: counter(&r, "handoff_listener_connections_reclaimed_total", "Client connections closed at max_connections to make room for a new one, by reason: silent since accept, or idle between requests.", &["listener", "reason"]),
@@ -431,6 +433,9 @@ pub struct ListenerMetrics {
     pub rejected: IntCounter,
     pub active: prometheus::IntGauge,
     pub tls_failures: IntCounter,
+    /// TLS handshakes completed in full, and resumed.
+    pub tls_full: IntCounter,
+    pub tls_resumed: IntCounter,
     client_errors: [IntCounter; 7],
     pub reclaimed_silent: IntCounter,
     pub reclaimed_idle: IntCounter,
@@ -439,6 +444,14 @@ pub struct ListenerMetrics {
 }
 
 impl ListenerMetrics {
+    /// Counts a completed TLS handshake by its kind.
+    pub fn handshake(&self, kind: Option<rustls::HandshakeKind>) {
+        match kind {
+            Some(rustls::HandshakeKind::Resumed) => self.tls_resumed.inc(),
+            _ => self.tls_full.inc(),
+        }
+    }
+
     pub fn new(m: &Metrics, listener: &str) -> Self {
         ListenerMetrics {
             bytes_in: m.listener_bytes.with_label_values(&[listener, "in"]),
@@ -447,6 +460,8 @@ impl ListenerMetrics {
             rejected: m.listener_rejected.with_label_values(&[listener]),
             active: m.listener_connections_active.with_label_values(&[listener]),
             tls_failures: m.tls_failures.with_label_values(&[listener]),
+            tls_full: m.tls_handshakes.with_label_values(&[listener, "full"]),
+            tls_resumed: m.tls_handshakes.with_label_values(&[listener, "resumed"]),
             client_errors: ClientError::ALL
                 .map(|e| m.client_errors.with_label_values(&[listener, e.as_str()])),
             reclaimed_silent: m

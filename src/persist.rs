@@ -40,6 +40,10 @@ pub struct StateFile {
     /// file: applied to the file at start.
     #[serde(default, skip_serializing_if = "Membership::is_empty")]
     pub membership: Membership,
+    /// The TLS session ticket keys, so that clients resume after a restart. The file is
+    /// owner-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_tickets: Option<crate::tickets::KeySet>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +112,9 @@ fn check(state: &StateFile) -> Result<(), String> {
         if Keys::parse_hex(key).is_none() {
             return Err("affinity_key must be 32 hex digits".into());
         }
+    }
+    if let Some(keys) = &state.tls_tickets {
+        keys.check().map_err(|e| format!("tls_tickets.{e}"))?;
     }
     for (key, n) in &state.nodes {
         if n.since_ms > MAX_UNIX_MS {
@@ -197,6 +204,7 @@ pub fn collect(control: &Control, rollouts: &Registry) -> StateFile {
         rollouts: rollouts.list(),
         affinity_key: (snapshot.keys.source() != KeySource::Secret).then(|| snapshot.keys.to_hex()),
         membership: control.membership(),
+        tls_tickets: Some(snapshot.tickets.keys()),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::pool::affinity::Keys;
 use crate::pool::{Node, Pool};
+use crate::tickets::Ticketer;
 
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub listeners: HashMap<String, Arc<ListenerRoutes>>,
     /// Affinity keys, kept across reloads (changing them would re-pin every client).
     pub keys: Arc<Keys>,
+    /// TLS session ticket keys, shared by every TLS listener and kept across reloads.
+    pub tickets: Arc<Ticketer>,
 }
 
 /// What a listener does with a connection, resolved to pools.
@@ -106,6 +109,11 @@ impl Snapshot {
         metrics: &Metrics,
         events: &Arc<Events>,
     ) -> Snapshot {
+        let tickets = previous.map_or_else(
+            || Arc::new(Ticketer::new(crate::time::unix_ms())),
+            |p| Arc::clone(&p.tickets),
+        );
+        tickets.set_rotation(ticket_rotation(&config));
         let old_nodes: HashMap<String, Arc<Node>> = previous
             .map(|s| {
                 s.pools
@@ -161,7 +169,7 @@ impl Snapshot {
                     ),
                 };
                 let alpn = matches!(l.kind, ListenerKind::Http { .. });
-                let tls = l.tls.as_ref().and_then(|t| match crate::listener_tls::acceptor(t, alpn) {
+                let tls = l.tls.as_ref().and_then(|t| match crate::listener_tls::acceptor(t, alpn, &tickets) {
                     Ok(a) => Some(a),
                     Err(e) => {
                         // Certificates were validated when the config was loaded.
@@ -178,6 +186,7 @@ impl Snapshot {
             pools,
             listeners,
             keys,
+            tickets,
         }
     }
 
@@ -205,6 +214,17 @@ impl ListenerRoutes {
             }) && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
         })
     }
+}
+
+/// How often the ticket keys rotate: the shortest `session_tickets.rotate` of the TLS
+/// listeners (the keys are the process's, shared by all of them).
+pub fn ticket_rotation(config: &Config) -> std::time::Duration {
+    config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref().map(|t| t.ticket_rotation))
+        .min()
+        .unwrap_or(crate::config::defaults::TICKET_ROTATION)
 }
 
 fn strip_port(host: &str) -> &str {

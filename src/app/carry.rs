@@ -6,7 +6,7 @@
 //! reported version, the rollouts, the runtime member changes, the affinity key and the
 //! generation ([`Handover`]); a restart, what the state file keeps (admin states, rollouts,
 //! member changes, the affinity key): the sessions and the health died with the old
-//! process. Counters and histograms start from zero in the new process.
+//! process. Both carry the TLS session ticket keys, so clients resume. Counters and histograms start from zero in the new process.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::persist::StateFile;
 use crate::pool::{Admin, AdminState, Health};
 use crate::rollout::{self, Rollout};
 use crate::snapshot::Snapshot;
+use crate::tickets::KeySet;
 
 /// The runtime state handed over.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -35,6 +36,9 @@ pub struct Handover {
     /// Nodes added, changed or removed at runtime, relative to the config file.
     #[serde(default)]
     pub membership: crate::members::Membership,
+    /// The TLS session ticket keys (absent from a generation before them).
+    #[serde(default)]
+    pub tickets: Option<KeySet>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +110,7 @@ pub fn collect(
         nodes,
         rollouts,
         membership,
+        tickets: Some(snapshot.tickets.keys()),
     }
 }
 
@@ -122,6 +127,8 @@ pub struct CarryOver {
     rollouts: Vec<Rollout>,
     /// Nodes added, changed or removed at runtime, relative to the config file.
     pub membership: Membership,
+    /// The TLS session ticket keys, so that sessions resume on this process.
+    pub tickets: Option<KeySet>,
 }
 
 #[derive(Debug)]
@@ -156,6 +163,7 @@ impl From<StateFile> for CarryOver {
             nodes: nodes.collect(),
             rollouts: f.rollouts,
             membership: f.membership,
+            tickets: f.tls_tickets,
         }
     }
 }
@@ -180,6 +188,7 @@ impl From<Handover> for CarryOver {
             nodes: nodes.collect(),
             rollouts: h.rollouts,
             membership: h.membership,
+            tickets: h.tickets,
         }
     }
 }
@@ -188,6 +197,12 @@ impl From<Handover> for CarryOver {
 /// state (a node the config no longer has is skipped), then the rollouts, which resume at
 /// their current step.
 pub fn apply(app: &Arc<App>, carried: CarryOver) {
+    if let Some(keys) = carried.tickets {
+        // Checked when read; a set that still does not fit leaves this process's own.
+        if let Err(e) = app.snapshot.load().tickets.install(keys) {
+            tracing::warn!(error = %e, "the carried-over TLS ticket keys were refused; sessions start afresh");
+        }
+    }
     for (key, n) in carried.nodes {
         let Some(t) = app.control.node_by_key(&key) else {
             tracing::info!(node = %key, "the carried-over state names a node the config no longer has");

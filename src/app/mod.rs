@@ -25,6 +25,7 @@ use crate::config::{self, Config, ConfigError, ListenerConfig};
 pub mod carry;
 pub mod plan;
 mod state;
+mod tickets;
 use crate::control::{Control, StateStore};
 use crate::events::Events;
 use crate::metrics::{ListenerMetrics, Metrics};
@@ -256,6 +257,7 @@ impl App {
                 writer,
             ));
         }
+        tokio::spawn(tickets::rotate(Arc::downgrade(&app)));
         tokio::spawn(roll_traffic(
             Arc::clone(&app.snapshot),
             Arc::clone(&app.metrics),

@@ -26,6 +26,22 @@ pub(super) fn note_affinity_key(c: &Cluster, value: &[u8]) {
     *lock(&c.affinity_key) = Some(text);
 }
 
+/// The cluster's TLS ticket keys (a first instance's, or a rotation's): used from now on,
+/// so a session made on any instance resumes here. A value that does not parse or check is
+/// logged (never its content) and ignored.
+pub(super) fn note_tickets(c: &Cluster, value: &[u8]) {
+    let keys = serde_json::from_slice::<crate::tickets::KeySet>(value)
+        .map_err(|e| e.to_string())
+        .and_then(|k| k.check().map(|()| k));
+    let installed = keys.and_then(|k| c.ctl.snapshot.load().tickets.install(k));
+    match installed {
+        Ok(()) => c.ctl.mark_dirty(),
+        Err(e) => {
+            tracing::error!(key = %c.keys.tls_tickets(), error = %e, "cluster: the TLS ticket keys in etcd are not usable; ignored")
+        }
+    }
+}
+
 /// Applies the whole state read at `revision`. A node without a key is enabled: etcd's
 /// state is the truth, and an instance that was cut off converges to it. Returns the running
 /// rollouts that have no driver (to campaign for).
@@ -83,6 +99,7 @@ pub(super) fn resync(c: &Arc<Cluster>, kvs: &[KeyValue], revision: i64) -> Vec<S
                 terms.insert(id.to_string(), kv.create_revision());
             }
             Key::AffinityKey => note_affinity_key(c, kv.value()),
+            Key::TlsTickets => note_tickets(c, kv.value()),
             Key::Fence(_) | Key::Other => {}
         }
     }
@@ -249,6 +266,7 @@ pub(super) fn events(c: &Arc<Cluster>, events: &[etcd_client::Event]) -> Seen {
                 }
             }
             Key::AffinityKey if put => note_affinity_key(c, kv.value()),
+            Key::TlsTickets if put => note_tickets(c, kv.value()),
             _ => {}
         }
     }

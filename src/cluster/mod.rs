@@ -199,6 +199,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Cluster {
+    /// Replaces the cluster's TLS ticket keys `from` by `to`: `Ok(true)` when this
+    /// instance's write landed, `Ok(false)` when another instance rotated first (its keys
+    /// arrive by the watch), `Err` when etcd is not reachable (the keys stay as they are).
+    pub async fn rotate_tickets(
+        &self,
+        from: &crate::tickets::KeySet,
+        to: &crate::tickets::KeySet,
+    ) -> Result<bool, String> {
+        session::rotate_tickets(self, from, to).await
+    }
+
     /// Starts the session task. `own_key` is this instance's affinity key (hex).
     pub fn start(
         config: ClusterConfig,

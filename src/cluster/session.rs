@@ -100,14 +100,15 @@ pub(super) async fn shared_affinity_key(
     store_affinity_key(&mut client, key, own).await
 }
 
-/// One transaction: `own` at `key` when there is none, else the value there.
+/// One transaction: `own` at `key` when there is none, else the value there (the affinity
+/// key, the TLS ticket keys).
 async fn store_affinity_key(client: &mut Client, key: String, own: &str) -> Result<String> {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
     let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(key.clone(), own, None)])
         .or_else([TxnOp::get(key, None)]);
-    let resp = call("storing the affinity key", client.txn(txn)).await?;
+    let resp = call("storing a shared key", client.txn(txn)).await?;
     if resp.succeeded() {
         return Ok(own.to_string());
     }
@@ -120,7 +121,7 @@ async fn store_affinity_key(client: &mut Client, key: String, own: &str) -> Resu
                 .map(|kv| String::from_utf8_lossy(kv.value()).to_string()),
             _ => None,
         })
-        .ok_or_else(|| "the affinity key vanished".to_string())
+        .ok_or_else(|| "the shared key vanished".to_string())
 }
 
 async fn session(c: &Arc<Cluster>) -> Result<()> {
@@ -160,6 +161,7 @@ async fn session(c: &Arc<Cluster>) -> Result<()> {
     let revision = all.header().map_or(0, |h| h.revision());
     let leaderless = apply::resync(c, all.kvs(), revision);
     offer_affinity_key(c, &mut client).await?;
+    offer_tickets(c, &mut client).await?;
     *lock(&c.client) = Some(client.clone());
     let now = c.own_view();
     if now != view {
@@ -327,4 +329,36 @@ async fn offer_affinity_key(c: &Cluster, client: &mut Client) -> Result<()> {
     let held = store_affinity_key(client, c.keys.affinity_key(), &c.own_affinity_key).await?;
     apply::note_affinity_key(c, held.as_bytes());
     Ok(())
+}
+
+/// This instance's TLS ticket keys, when the cluster has none yet; the cluster's, else.
+async fn offer_tickets(c: &Cluster, client: &mut Client) -> Result<()> {
+    let own =
+        serde_json::to_string(&c.ctl.snapshot.load().tickets.keys()).map_err(|e| e.to_string())?;
+    let held = store_affinity_key(client, c.keys.tls_tickets(), &own).await?;
+    apply::note_tickets(c, held.as_bytes());
+    Ok(())
+}
+
+/// Replaces the cluster's TLS ticket keys `from` by `to`, unless another instance did
+/// first (then its set comes by the watch): `Ok(true)` when this write landed.
+pub(super) async fn rotate_tickets(
+    c: &Cluster,
+    from: &crate::tickets::KeySet,
+    to: &crate::tickets::KeySet,
+) -> Result<bool> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let Some(mut client) = lock(&c.client).clone() else {
+        return Err("not connected to etcd".into());
+    };
+    let key = c.keys.tls_tickets();
+    let (from, to) = (
+        serde_json::to_string(from).map_err(|e| e.to_string())?,
+        serde_json::to_string(to).map_err(|e| e.to_string())?,
+    );
+    let txn = Txn::new()
+        .when([Compare::value(key.clone(), CompareOp::Equal, from)])
+        .and_then([TxnOp::put(key, to, None)]);
+    let resp = call("rotating the TLS ticket keys", client.txn(txn)).await?;
+    Ok(resp.succeeded())
 }

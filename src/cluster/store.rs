@@ -7,6 +7,7 @@
 //! | `{prefix}/aborts/{id}` | who asked to abort rollout `id` | — |
 //! | `{prefix}/offers/{id}/{node}` | a replacement `{name, addr}` an operator offered for `node` | — |
 //! | `{prefix}/affinity_key` | the shared affinity key, hex | — |
+//! | `{prefix}/tls_tickets` | [`crate::tickets::KeySet`]: the TLS session ticket keys | — |
 //! | `{prefix}/members/{instance}` | [`Member`]: revision applied, sessions, health | the instance's |
 //! | `{prefix}/drivers/{id}` | the instance that drives rollout `id` (its election) | the driver's |
 //! | `{prefix}/views/{instance}` | [`View`]: admin state and health of every node, as it sees them | the instance's |
@@ -41,6 +42,8 @@ pub enum Key<'a> {
     /// `"replaces"` on any instance), for its driver.
     Offer(&'a str, &'a str),
     AffinityKey,
+    /// The TLS session ticket keys every instance uses.
+    TlsTickets,
     Member(&'a str),
     /// The driver of rollout `id`.
     Driver(&'a str),
@@ -79,6 +82,10 @@ impl Keys {
     /// The replacement offered for node `old` of rollout `id`.
     pub fn offer(&self, id: &str, old: &str) -> String {
         format!("{}/offers/{id}/{old}", self.prefix)
+    }
+
+    pub fn tls_tickets(&self) -> String {
+        format!("{}/tls_tickets", self.prefix)
     }
 
     pub fn affinity_key(&self) -> String {
@@ -164,6 +171,7 @@ impl Keys {
         }
         match rest {
             "affinity_key" => Key::AffinityKey,
+            "tls_tickets" => Key::TlsTickets,
             _ => Key::Other,
         }
     }
@@ -283,6 +291,7 @@ mod tests {
         assert_eq!(k.parse(k.member("lb-1").as_bytes()), Key::Member("lb-1"));
         assert_eq!(k.parse(k.driver("web-1").as_bytes()), Key::Driver("web-1"));
         assert_eq!(k.parse(k.affinity_key().as_bytes()), Key::AffinityKey);
+        assert_eq!(k.parse(k.tls_tickets().as_bytes()), Key::TlsTickets);
         assert_eq!(k.parse(k.view("lb-1").as_bytes()), Key::View("lb-1"));
         assert_eq!(k.parse(k.fence("lb-1").as_bytes()), Key::Fence("lb-1"));
         assert_eq!(

@@ -82,3 +82,5 @@ pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// `rollout.preview.header`: the request header that asks for the target version.
 pub const PREVIEW_HEADER: &str = "x-handoff-preview";
+/// TLS session ticket keys are replaced this often; a ticket resumes for up to twice this.
+pub const TICKET_ROTATION: Duration = Duration::from_secs(12 * 3600);

@@ -280,6 +280,14 @@ pub struct RawTcpCheck {}
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub certificates: Vec<RawCertificate>,
+    pub session_tickets: Option<RawSessionTickets>,
+}
+
+/// `listeners[].tls.session_tickets:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSessionTickets {
+    pub rotate: Option<String>,
 }
 
 /// One entry of `listeners[].tls.certificates:`.

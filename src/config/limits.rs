@@ -29,6 +29,9 @@ const DAY: Duration = hours(24);
 pub const SHUTDOWN_GRACE: Range = Range::new(ms(0), DAY);
 /// `listeners[].timeouts.connect`, `.header_read`, `.response`, `.send`.
 pub const LISTENER_TIMEOUT: Range = Range::new(ms(1), DAY);
+/// `listeners[].tls.session_tickets.rotate`: a ticket lives two periods, and TLS 1.3 caps a
+/// ticket's lifetime at seven days.
+pub const TICKET_ROTATION: Range = Range::new(ms(1000), hours(84));
 /// `listeners[].timeouts.idle` (TCP sessions may be long-lived).
 pub const IDLE_TIMEOUT: Range = Range::new(ms(1), WEEK);
 /// `pools[].health.interval`: a node must be checked at least hourly.

@@ -137,6 +137,8 @@ pub struct ListenerConfig {
 pub struct TlsConfig {
     /// In config order; the first is the default when no SNI name matches.
     pub certificates: Vec<std::sync::Arc<rustls::sign::CertifiedKey>>,
+    /// How often the session ticket keys are replaced (`session_tickets.rotate`).
+    pub ticket_rotation: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -192,6 +192,7 @@ async fn serve_tls(
     };
     match done {
         Ok(Ok(tls)) => {
+            stats.metrics.handshake(tls.get_ref().1.handshake_kind());
             let speaks = match tls.get_ref().1.alpn_protocol() {
                 Some(b"h2") => h1::Speaks::H2,
                 _ => h1::Speaks::Http1,

@@ -57,6 +57,7 @@ pub async fn terminate(
         }
     };
     let session = io.get_ref().1;
+    stats.metrics.handshake(session.handshake_kind());
     let tls = Some(super::ctx::TlsInfo {
         version: super::tls_version(session.protocol_version()),
         sni: session.server_name().map(Into::into),

@@ -46,6 +46,7 @@ mod state_storm;
 mod takeover;
 mod tcp;
 mod tcp_tls;
+mod tickets;
 mod tls;
 mod upstream_tls;
 mod warmup;

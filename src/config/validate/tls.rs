@@ -32,7 +32,17 @@ impl Validator {
                 Err((field, reason)) => self.err(&format!("{cp}.{field}"), reason),
             }
         }
-        (certificates.len() == raw.certificates.len()).then_some(TlsConfig { certificates })
+        let rotate = raw.session_tickets.and_then(|t| t.rotate);
+        let ticket_rotation = self.duration(
+            &format!("{path}.session_tickets.rotate"),
+            rotate.as_deref(),
+            crate::config::defaults::TICKET_ROTATION,
+            crate::config::limits::TICKET_ROTATION,
+        );
+        (certificates.len() == raw.certificates.len()).then_some(TlsConfig {
+            certificates,
+            ticket_rotation,
+        })
     }
 }
 
