@@ -187,3 +187,32 @@ async fn a_session_resumes_on_the_process_that_took_over_and_after_a_restart() {
         "after a restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_on_schedule_and_a_ticket_outlives_a_rotation() {
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = certificate(dir.path());
+    let rotate = "      session_tickets: { rotate: 1s }\n";
+    let yaml = http_config(&[("a", a.addr)], &tls_block(dir.path(), rotate));
+    let proxy = Proxy::start(&yaml).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let addr = proxy.addr("web");
+    // TLS 1.2: the client keeps one session and uses it again (a TLS 1.3 ticket is used
+    // once, and every resumption brings new ones).
+    let config = client_config(&root, &[&rustls::version::TLS12]);
+    let tickets = || proxy.app.snapshot.load().tickets.keys();
+    let first = tickets();
+    assert_eq!(handshake(addr, &config).await.0, HandshakeKind::Full);
+    eventually("the keys rotate once", || {
+        tickets().previous.as_ref() == Some(&first.current)
+    })
+    .await;
+    assert_eq!(
+        handshake(addr, &config).await.0,
+        HandshakeKind::Resumed,
+        "one rotation later"
+    );
+    // (That a ticket dies with its key two rotations on is `tickets::tests`' to show: a
+    // client renews its ticket whenever it resumes.)
+}

@@ -11,6 +11,7 @@ mod partitions;
 mod relay;
 mod rollout;
 mod takeover;
+mod tickets;
 mod tls;
 
 use std::net::SocketAddr;
@@ -185,6 +186,9 @@ pub struct Options {
     pub lease_ttl: Option<&'static str>,
     /// lb-2 reaches etcd only through this member (so stopping it cuts lb-2 off).
     pub lb2_through: Option<usize>,
+    /// A third listener, `secure`, terminating TLS with `a.test.pem`/`a.test.key` of this
+    /// directory.
+    pub tls_dir: Option<&'static str>,
 }
 
 /// Pool `web` (HTTP nodes a and b) and pool `echo` (TCP echo nodes a and b), for instance
@@ -208,6 +212,11 @@ fn config(
         .map(|e| format!("\"{e}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    let secure = o.tls_dir.map_or_else(String::new, |d| {
+        format!(
+            "  - {{ name: secure, listen: \"127.0.0.1:0\", protocol: http, routes: [ {{ pool: web }} ], tls: {{ certificates: [ {{ cert: \"{d}/a.test.pem\", key: \"{d}/a.test.key\" }} ] }} }}\n"
+        )
+    });
     format!(
         r#"admin: {{ listen: "127.0.0.1:0" }}
 shutdown_grace: 2s
@@ -215,7 +224,7 @@ cluster: {{ etcd: [{endpoints}], prefix: "{prefix}", instance: "{name}", lease_t
 listeners:
   - {{ name: web, listen: "127.0.0.1:0", protocol: http, routes: [ {{ pool: web }} ] }}
   - {{ name: tcp, listen: "127.0.0.1:0", protocol: tcp, pool: echo }}
-pools:
+{secure}pools:
   - name: web
     nodes: [ {{ name: a, addr: "{}" }}, {{ name: b, addr: "{}" }} ]
     health: {FAST_HEALTH}
