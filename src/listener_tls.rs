@@ -86,6 +86,9 @@ pub fn acceptor(
     // reloaded config, on the next generation after a takeover, and on any instance of a
     // cluster. The per-process session cache stays for TLS 1.2 clients without tickets.
     config.ticketer = Arc::clone(tickets) as Arc<dyn rustls::server::ProducesTickets>;
+    // One TLS 1.3 ticket per handshake (rustls sends two by default): a client resuming
+    // gets a fresh one each time, and each costs a seal and a record.
+    config.send_tls13_tickets = 1;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -8,7 +8,7 @@
 //! current one: a ticket lives at most two rotation periods. The keys are never logged
 //! (their `Debug` shows only the id) and never in the admin API.
 
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,6 +127,10 @@ struct Ready {
 pub struct Ticketer {
     ready: ArcSwap<Ready>,
     lifetime: AtomicU32,
+    /// Nonces are this process's random prefix and a counter: unique under a key without a
+    /// system call per ticket (instances sharing a key differ by their 64-bit prefixes).
+    nonce_prefix: [u8; 8],
+    nonces: AtomicU64,
     /// False only when the system could give no randomness for a key (never seen on
     /// Linux): then no ticket is issued, and full handshakes go on.
     enabled: std::sync::atomic::AtomicBool,
@@ -156,10 +160,14 @@ impl Ticketer {
             };
             Ticketer::ready(set).unwrap_or_else(|_| unreachable!("a well-formed key"))
         });
+        let mut nonce_prefix = [0u8; 8];
+        let random = getrandom::fill(&mut nonce_prefix).is_ok();
         Ticketer {
             ready: ArcSwap::from_pointee(ready),
             lifetime: AtomicU32::new(2 * 12 * 3600),
-            enabled: std::sync::atomic::AtomicBool::new(enabled),
+            nonce_prefix,
+            nonces: AtomicU64::new(0),
+            enabled: std::sync::atomic::AtomicBool::new(enabled && random),
         }
     }
 
@@ -212,8 +220,15 @@ impl rustls::server::ProducesTickets for Ticketer {
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let ready = self.ready.load();
         let key = &ready.current;
+        // The counter's high half folds into the prefix, its low half follows it: a
+        // process's nonces never repeat.
+        let n = self.nonces.fetch_add(1, Relaxed);
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).ok()?;
+        let high = ((n >> 32) as u32).to_be_bytes();
+        for (i, b) in self.nonce_prefix.iter().enumerate() {
+            nonce[i] = b ^ high.get(i).copied().unwrap_or(0);
+        }
+        nonce[8..].copy_from_slice(&(n as u32).to_be_bytes());
         let mut out = Vec::with_capacity(ID_LEN + NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&key.id);
         out.extend_from_slice(&nonce);
@@ -278,6 +293,12 @@ mod tests {
     fn tickets_open_under_the_current_and_the_previous_key_only() {
         let t = Ticketer::new(0);
         let old = t.encrypt(b"session state").unwrap();
+        let again = t.encrypt(b"session state").unwrap();
+        assert_ne!(
+            old[ID_LEN..ID_LEN + NONCE_LEN],
+            again[ID_LEN..ID_LEN + NONCE_LEN],
+            "a nonce repeated"
+        );
         assert_eq!(t.decrypt(&old).unwrap(), b"session state");
         t.install(t.keys().rotated(1).unwrap()).unwrap();
         let new = t.encrypt(b"after").unwrap();
