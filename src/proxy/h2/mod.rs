@@ -39,7 +39,9 @@ where
     let plane = Arc::clone(&ctx.plane);
     let peer = ctx.peer;
     let watch = Arc::clone(&ctx);
-    let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
+    // Boxed: hyper spawns each stream as a task, moving its future several times on the
+    // way; the request's state machine is kilobytes, its box a pointer.
+    let service = service_fn(move |req| Box::pin(forward::handle(Arc::clone(&ctx), req)));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
