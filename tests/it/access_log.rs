@@ -758,3 +758,32 @@ async fn on_a_full_file_system_every_request_is_answered_and_every_line_counted(
     );
     assert!(text.lines().count() <= whole + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_of_unknown_length_is_counted_as_it_streams() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let proxy = Proxy::start(&logged(&http_config(&[("a", a.addr)], ""))).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // Three frames, no content-length: the proxy streams it to the node, chunked.
+    let frames = ["abc", "defgh", "ij"].map(|s| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(s)))
+    });
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let req = http::Request::post("http://t/echo").body(body).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&echoed[..], b"abcdefghij");
+    let line = line_for(&proxy, "/echo").await;
+    assert_eq!(line["bytes_in"], 10, "{line}");
+    assert_eq!(line["bytes_out"], 10, "{line}");
+    assert_eq!(line["proto"], "HTTP/2");
+}

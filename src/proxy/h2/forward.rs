@@ -254,10 +254,9 @@ async fn forward(
         };
         (framing, None, Some(body))
     };
-    match (&held, framing) {
-        (Some(bytes), _) => log.add_bytes(bytes.len() as u64, 0),
-        (None, BodyLen::Length(n)) => log.add_bytes(n, 0),
-        _ => {}
+    // A streamed body is counted as it goes out (below).
+    if let Some(bytes) = &held {
+        log.add_bytes(bytes.len() as u64, 0);
     }
     let mut out = Out::take();
     write_request_head(
@@ -337,17 +336,19 @@ async fn send_all(
                 now
             });
             let mut ub = Buf::take();
+            let mut streamed = 0u64;
             let exchange = async {
                 let Upstream { stream: s, close } = &mut up;
                 tokio::select! {
                     r = async {
-                        h1_upstream::send(s, &out.0, stream.as_mut(), framing).await?;
+                        h1_upstream::send(s, &out.0, stream.as_mut(), framing, &mut streamed).await?;
                         h1_upstream::read_head(s, &mut ub, is_head).await
                     } => r,
                     _ = close => Err(Failure::Upstream { answered: false }),
                 }
             };
             let sent = timeout(timeouts.response, exchange).await;
+            log.add_bytes(streamed, 0);
             let now = Instant::now();
             let outcome = match sent {
                 Err(_) => Outcome::TimedOut,

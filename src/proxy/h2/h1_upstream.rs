@@ -33,6 +33,7 @@ pub async fn send(
     out: &[u8],
     body: Option<&mut Incoming>,
     framing: BodyLen,
+    sent: &mut u64,
 ) -> Result<(), Failure> {
     let upstream = Failure::Upstream { answered: false };
     up.write_all(out).await.map_err(|_| upstream)?;
@@ -46,6 +47,7 @@ pub async fn send(
         if data.is_empty() {
             continue;
         }
+        *sent += data.len() as u64;
         let gone = |_| Failure::Upstream { answered: false };
         if chunked {
             up.write_all(format!("{:x}\r\n", data.len()).as_bytes())
