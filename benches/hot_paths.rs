@@ -13,6 +13,15 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use handoff::config;
 use handoff::metrics::Metrics;
 use handoff::pool::{AdminState, Tried};
+
+/// What the tests forward with: a client address, plain HTTP, no ID, no rules.
+const FWD: head::Forwarding<'static> = head::Forwarding {
+    forwarded_for: b"192.0.2.7",
+    proto: "http",
+    request_id: None,
+    rules: None,
+    default_host: "pool",
+};
 use handoff::proxy::codec::head;
 use handoff::proxy::proxy_protocol::{self, Version};
 use handoff::snapshot::Snapshot;
@@ -144,7 +153,7 @@ Accept: */*\r\nConnection: keep-alive\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n";
                 .expect("a complete head");
             let info = head::inspect(&req).expect("a valid head");
             out.clear();
-            head::write_request(&mut out, &req, &info, b"192.0.2.7", "http", None, None);
+            head::write_request(&mut out, &req, &info, &FWD);
             black_box(out.len())
         })
     });

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// What the tests forward with: a client address, plain HTTP, no ID, no rules.
+const FWD: crate::proxy::codec::head::Forwarding<'static> = crate::proxy::codec::head::Forwarding {
+    forwarded_for: b"192.0.2.7",
+    proto: "http",
+    request_id: None,
+    rules: None,
+    default_host: "pool",
+};
+
 fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<Header<'a>> {
     pairs
         .iter()
@@ -295,7 +304,7 @@ mod generated {
             let Ok(Some(req)) = head::parse_request(&raw, &mut fields) else { return Ok(()) };
             let Ok(info) = head::inspect(&req) else { return Ok(()) };
             let mut out = Vec::new();
-            head::write_request(&mut out, &req, &info, b"192.0.2.7", "http", None, None);
+            head::write_request(&mut out, &req, &info, &super::FWD);
             let mut again = head::fields();
             let sent = head::parse_request(&out, &mut again)
                 .expect("the rewritten head parses")

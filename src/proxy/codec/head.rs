@@ -297,16 +297,36 @@ fn split_target(target: &str) -> Result<(Option<&str>, &str), Refusal> {
     Ok((Some(authority), if path.is_empty() { "/" } else { path }))
 }
 
+/// What handoff adds to a request on its way to the backend.
+#[derive(Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The client's address, for `X-Forwarded-For`.
+    pub forwarded_for: &'a [u8],
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'a str,
+    /// The request ID's header and value.
+    pub request_id: Option<(&'a str, &'a [u8])>,
+    /// The route's `request_headers`, and what their variables stand for.
+    pub rules: Option<(&'a HeaderRules, &'a Vars<'a>)>,
+    /// `Host` for a request that had none (HTTP/1.0): HTTP/1.1 requires one, and NGINX
+    /// sends its upstream's name the same way (`$proxy_host`).
+    pub default_host: &'a str,
+}
+
 /// Writes the request head for the backend into `out`.
 pub fn write_request(
     out: &mut Vec<u8>,
     req: &Request<'_, '_>,
     info: &RequestInfo<'_>,
-    forwarded_for: &[u8],
-    proto: &str,
-    request_id: Option<(&str, &[u8])>,
-    rules: Option<(&HeaderRules, &Vars<'_>)>,
+    hop: &Forwarding<'_>,
 ) {
+    let Forwarding {
+        forwarded_for,
+        proto,
+        request_id,
+        rules,
+        default_host,
+    } = *hop;
     let ruled = |name: &str| rules.is_some_and(|(r, _)| r.replaces(name));
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -320,8 +340,10 @@ pub fn write_request(
         .iter()
         .any(|h| h.name.eq_ignore_ascii_case("host"));
     // An absolute-form target's authority replaces Host (RFC 9112 §3.2.2).
-    if let (true, Some(host)) = (absolute || !has_host, info.host) {
-        field(out, "Host", host.as_bytes());
+    match info.host {
+        Some(host) if absolute || !has_host => field(out, "Host", host.as_bytes()),
+        None if !has_host => field(out, "Host", default_host.as_bytes()),
+        _ => {}
     }
     let named = info.named;
     for h in req.headers {

@@ -3,12 +3,21 @@
 use super::*;
 use crate::proxy::codec::response::*;
 
+/// What the tests forward with: a client address, plain HTTP, no ID, no rules.
+const FWD: Forwarding<'static> = Forwarding {
+    forwarded_for: b"192.0.2.7",
+    proto: "http",
+    request_id: None,
+    rules: None,
+    default_host: "pool",
+};
+
 fn rewrite(raw: &str) -> Result<String, Refusal> {
     let mut fields = fields();
     let req = parse_request(raw.as_bytes(), &mut fields)?.expect("complete");
     let info = inspect(&req)?;
     let mut out = Vec::new();
-    write_request(&mut out, &req, &info, b"192.0.2.7", "http", None, None);
+    write_request(&mut out, &req, &info, &FWD);
     Ok(String::from_utf8(out).unwrap())
 }
 
@@ -24,6 +33,21 @@ fn hop_by_hop_fields_go_forwarding_fields_come_and_names_keep_their_case() {
         out,
         "GET /a?b=1 HTTP/1.1\r\nHost: example.test\r\nX-MiXeD-Case: yes\r\n\
          X-Forwarded-For: 10.0.0.1, 10.0.0.2, 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+    );
+}
+
+#[test]
+fn an_http10_request_without_host_gets_the_pools_name_as_host() {
+    // HTTP/1.1 requires Host (RFC 9112 §3.2): a backend answers 400 without one.
+    let out = rewrite("GET / HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(
+        out,
+        "GET / HTTP/1.1\r\nHost: pool\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+    );
+    let kept = rewrite("GET / HTTP/1.0\r\nHost: a.test\r\n\r\n").unwrap();
+    assert!(
+        kept.contains("Host: a.test\r\n") && !kept.contains("pool"),
+        "{kept}"
     );
 }
 

@@ -176,15 +176,14 @@ pub fn plan(
     let mut out = Out::take();
     // An HTTP/2 pool gets the request as HTTP/2 parts (`bridge`), others an HTTP/1.1 head.
     let h2 = if pool.config.upstream.protocol == UpstreamProtocol::Http1 {
-        head::write_request(
-            &mut out.0,
-            req,
-            &info,
-            client_addr.as_bytes(),
-            ctx.proto(),
-            id,
-            request_rules,
-        );
+        let hop = head::Forwarding {
+            forwarded_for: client_addr.as_bytes(),
+            proto: ctx.proto(),
+            request_id: id,
+            rules: request_rules,
+            default_host: &pool.name,
+        };
+        head::write_request(&mut out.0, req, &info, &hop);
         None
     } else if info.upgrade.is_some() {
         return local(501, "upgrades are not carried to HTTP/2 backends");
