@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, ConfigError, ListenerConfig};
 
+mod access_log;
 pub mod carry;
 pub mod plan;
 mod state;
@@ -388,40 +389,6 @@ impl App {
             }
         }
         Ok(())
-    }
-
-    /// Starts the access log `config` asks for, unless the running one already writes it
-    /// (a reload then keeps it); stops it when `config` has none.
-    fn open_access_log(&self, config: &Config) -> std::io::Result<()> {
-        let running = self.data.access_log.get();
-        let next = match (&config.access_log, running) {
-            (None, None) => return Ok(()),
-            (Some(cfg), Some(log)) if log.serves(cfg) => return Ok(()),
-            (Some(cfg), _) => Some(crate::access_log::AccessLog::start(cfg, &self.metrics)?),
-            (None, Some(_)) => None,
-        };
-        // The log replaced finishes what was queued on its own once its last line is in.
-        self.data.access_log.replace(next);
-        Ok(())
-    }
-
-    /// Closes and opens the access log file again (SIGUSR1: logrotate moved it).
-    pub fn reopen_access_log(&self) {
-        match self.data.access_log.get() {
-            Some(log) => {
-                tracing::info!("access log: reopening the file");
-                log.reopen();
-            }
-            None => tracing::info!("SIGUSR1: no access log to reopen"),
-        }
-    }
-
-    /// Writes every queued access log line and closes the file (at exit, once the
-    /// connections are done).
-    pub async fn close_access_log(&self) {
-        if let Some(log) = self.data.access_log.replace(None) {
-            let _ = tokio::task::spawn_blocking(move || log.close()).await;
-        }
     }
 
     /// A takeover hands this process's state to another: from now on admin writes answer
