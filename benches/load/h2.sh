@@ -21,41 +21,21 @@ while [ $# -gt 0 ]; do
         *) echo "unknown arg $1" >&2; exit 2;;
     esac
 done
-for cmd in nginx haproxy h2load taskset; do
-    if ! command -v "$cmd" >/dev/null 2>&1; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy nghttp2-client util-linux
-        break
-    fi
-done
-for svc in nginx haproxy; do
-    systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
-done
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+need nginx haproxy h2load taskset -- nginx-light haproxy nghttp2-client util-linux
 (cd "$ROOT" && cargo build --release)
 BIN=$ROOT/target/release/handoff
+workdir h2bench
 
-W=$(mktemp -d /tmp/handoff-h2bench.XXXXXX)
-mkdir -p "$W/tmp"
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-common="worker_processes 1; events { worker_connections 4096; }"
-tmp="client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp; uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;"
 cat > "$W/origin.conf" <<EOF
-pid $W/origin.pid; error_log $W/origin.err; $common
-http { $tmp access_log off; keepalive_requests 1000000;
+$(nginx_head origin)
+http { $(nginx_tmp) access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:18580; location / { return 200 "ok\n"; } } }
 EOF
 cat > "$W/proxy.conf" <<EOF
-pid $W/proxy.pid; error_log $W/proxy.err; $common
-http { $tmp access_log off; keepalive_requests 1000000; http2_max_requests 1000000;
+$(nginx_head proxy)
+http { $(nginx_tmp) access_log off; keepalive_requests 1000000; http2_max_requests 1000000;
   upstream origin { server 127.0.0.1:18580; keepalive 64; }
   server { listen 127.0.0.1:18521 http2;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
@@ -84,7 +64,6 @@ pools:
   - { name: origin, nodes: [ { name: o1, addr: "127.0.0.1:18580" } ], health: { interval: 1s, tcp: {} } }
 EOF
 
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
 taskset -c 0 nginx -p "$W" -c "$W/origin.conf" -g 'daemon off;' & PIDS+=($!)
 taskset -c 1 nginx -p "$W" -c "$W/proxy.conf" -g 'daemon off;' & PIDS+=($!); NGX_MASTER=$!
 taskset -c 1 haproxy -db -f "$W/haproxy.cfg" & PIDS+=($!); HAP=$!
@@ -95,10 +74,12 @@ NGX_WORKER=$(ps -o pid= --ppid "$NGX_MASTER" | tr -d ' ' | head -1)
 
 declare -A PORT=([handoff]=18501 [haproxy]=18511 [nginx]=18521)
 declare -A PID=([handoff]=$HANDOFF [haproxy]=$HAP [nginx]=$NGX_WORKER)
-jiffies() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; set -- $s; echo "${12} ${13}"; }
 HZ=$(getconf CLK_TCK)
 RAW=$W/raw.tsv
 : > "$RAW"
+for proxy in handoff haproxy nginx; do  # warm-up: connections to the origin, caches
+    taskset -c 0 h2load -c "$CONNS" -m 32 -D 1 "http://127.0.0.1:${PORT[$proxy]}/" >/dev/null 2>&1 || true
+done
 for rep in $(seq "$REPS"); do
     for streams in 1 32; do
         for proxy in handoff haproxy nginx; do

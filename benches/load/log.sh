@@ -25,39 +25,21 @@ while [ $# -gt 0 ]; do
         *) echo "unknown arg $1" >&2; exit 2;;
     esac
 done
-for cmd in nginx wrk taskset; do
-    if ! command -v "$cmd" >/dev/null 2>&1; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk util-linux
-        break
-    fi
-done
-systemctl stop nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+need nginx wrk taskset -- nginx-light wrk util-linux
 (cd "$ROOT" && cargo build --release)
 BIN=$ROOT/target/release/handoff
+workdir logbench
 
-W=$(mktemp -d /tmp/handoff-logbench.XXXXXX)
-mkdir -p "$W/tmp"
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-common="pid $W/@NAME@.pid; error_log $W/@NAME@.err; worker_processes 1; events { worker_connections 4096; }"
-http_tmp="client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp; uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;"
 cat > "$W/origin.conf" <<EOF
-${common//@NAME@/origin}
-http { $http_tmp access_log off; keepalive_requests 1000000;
+$(nginx_head origin)
+http { $(nginx_tmp) access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:18180; location / { return 200 "ok\n"; } } }
 EOF
 cat > "$W/proxy.conf" <<EOF
-${common//@NAME@/proxy}
-http { $http_tmp keepalive_requests 1000000;
+$(nginx_head proxy)
+http { $(nginx_tmp) keepalive_requests 1000000;
   log_format handoffish escape=json '{"time":"\$time_iso8601","request_id":"\$request_id",'
     '"client":"\$remote_addr:\$remote_port","proto":"\$server_protocol","method":"\$request_method",'
     '"host":"\$host","path":"\$request_uri","user_agent":"\$http_user_agent",'
@@ -85,7 +67,6 @@ EOF
 handoff_conf handoff-off 19191 18193 ""
 handoff_conf handoff-on 19192 18194 "access_log: { path: \"$W/handoff-access.log\", format: json }"
 
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
 taskset -c 0 nginx -p "$W" -c "$W/origin.conf" -g 'daemon off;' & PIDS+=($!)
 taskset -c 1 nginx -p "$W" -c "$W/proxy.conf" -g 'daemon off;' & PIDS+=($!); NGX_MASTER=$!
 taskset -c 1 "$BIN" run -c "$W/handoff-off.yaml" --threads 1 2>"$W/handoff-off.err" & PIDS+=($!); H_OFF=$!
@@ -97,7 +78,6 @@ NGX_WORKER=$(ps -o pid= --ppid "$NGX_MASTER" | tr -d ' ' | head -1)
 declare -A PORT=([nginx-off]=18191 [nginx-on]=18192 [handoff-off]=18193 [handoff-on]=18194)
 declare -A PID=([nginx-off]=$NGX_WORKER [nginx-on]=$NGX_WORKER [handoff-off]=$H_OFF [handoff-on]=$H_ON)
 TARGETS=(nginx-off nginx-on handoff-off handoff-on)
-jiffies() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; set -- $s; echo "${12} ${13}"; }
 HZ=$(getconf CLK_TCK)
 RAW=$W/raw.tsv
 : > "$RAW"

@@ -21,30 +21,12 @@ while [ $# -gt 0 ]; do
         *) echo "unknown arg $1" >&2; exit 2;;
     esac
 done
-for cmd in nginx haproxy openssl taskset; do
-    if ! command -v "$cmd" >/dev/null 2>&1; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy openssl util-linux
-        break
-    fi
-done
-for svc in nginx haproxy; do
-    systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
-done
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+need nginx haproxy openssl taskset -- nginx-light haproxy openssl util-linux
 (cd "$ROOT" && cargo build --release)
 BIN=$ROOT/target/release/handoff
-
-W=$(mktemp -d /tmp/handoff-tlsbench.XXXXXX)
-mkdir -p "$W/tmp"
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+workdir tlsbench
 
 # The same certificates for every proxy.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=a.test \
@@ -57,15 +39,13 @@ for k in ec rsa; do
     cat "$W/$k.crt" "$W/$k.key" > "$W/$k.pem"
 done
 
-common="worker_processes 1; events { worker_connections 4096; }"
-tmp="client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp; uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;"
 cat > "$W/origin.conf" <<EOF
-pid $W/origin.pid; error_log $W/origin.err; $common
-http { $tmp access_log off; server { listen 127.0.0.1:18280; location / { return 200 "ok\n"; } } }
+$(nginx_head origin)
+http { $(nginx_tmp) access_log off; server { listen 127.0.0.1:18280; location / { return 200 "ok\n"; } } }
 EOF
 cat > "$W/proxy.conf" <<EOF
-pid $W/proxy.pid; error_log $W/proxy.err; $common
-http { $tmp access_log off; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:S:10m;
+$(nginx_head proxy)
+http { $(nginx_tmp) access_log off; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:S:10m;
   upstream origin { server 127.0.0.1:18280; keepalive 16; }
   server { listen 127.0.0.1:18321 ssl; ssl_certificate $W/ec.crt; ssl_certificate_key $W/ec.key;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
@@ -108,7 +88,6 @@ pools:
   - { name: origin, nodes: [ { name: o1, addr: "127.0.0.1:18280" } ], health: { interval: 1s, tcp: {} } }
 EOF
 
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
 taskset -c 0 nginx -p "$W" -c "$W/origin.conf" -g 'daemon off;' & PIDS+=($!)
 taskset -c 1 nginx -p "$W" -c "$W/proxy.conf" -g 'daemon off;' & PIDS+=($!); NGX_MASTER=$!
 taskset -c 1 haproxy -db -f "$W/haproxy.cfg" & PIDS+=($!); HAP=$!
@@ -119,7 +98,6 @@ NGX_WORKER=$(ps -o pid= --ppid "$NGX_MASTER" | tr -d ' ' | head -1)
 
 declare -A PORT=([handoff-ec]=18301 [handoff-rsa]=18302 [haproxy-ec]=18311 [haproxy-rsa]=18312 [nginx-ec]=18321 [nginx-rsa]=18322)
 declare -A PID=([handoff]=$HANDOFF [haproxy]=$HAP [nginx]=$NGX_WORKER)
-jiffies() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; set -- $s; echo "${12} ${13}"; }
 HZ=$(getconf CLK_TCK)
 RAW=$W/raw.tsv
 : > "$RAW"

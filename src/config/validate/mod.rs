@@ -59,17 +59,9 @@ struct Validator {
     base: PathBuf,
 }
 
-/// Headers a request ID cannot be carried in: hop-by-hop, framing, or written by handoff.
+/// Headers a request ID cannot be carried in besides the hop-by-hop and framing ones
+/// ([`super::header_rules::FORBIDDEN`]): those handoff writes or reads itself.
 const RESERVED_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "content-length",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
     "x-forwarded-for",
     "x-forwarded-proto",
     "set-cookie",
@@ -370,8 +362,9 @@ impl Validator {
                 "request_id.header",
                 format!("{header:?} is not a header name (letters, digits, `-`, ...)"),
             );
-        } else if RESERVED_HEADERS
+        } else if super::header_rules::FORBIDDEN
             .iter()
+            .chain(RESERVED_HEADERS)
             .any(|r| r.eq_ignore_ascii_case(&header))
         {
             self.err(
