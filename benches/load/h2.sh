@@ -5,18 +5,22 @@
 # HAProxy nbthread 1, NGINX worker_processes 1), the proxies on cpu1, origin and h2load on
 # cpu0. 16 connections with 1 and with 32 streams each. Prints per proxy the median
 # requests a second and the proxy's CPU per request, user and system apart.
+# `--workers 2`: two workers or threads each, the proxies on both cores (and so sharing
+# cpu0 with h2load and the origin: compare the proxies with each other, not with the
+# one-worker table).
 #
 #   benches/load/h2.sh                 # 5 reps of 4 s per case
-#   benches/load/h2.sh --reps 3 --dur 3
+#   benches/load/h2.sh --reps 3 --dur 3 --workers 2
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-REPS=5 DUR=4 CONNS=16
+REPS=5 DUR=4 CONNS=16 WORKERS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --reps) REPS=$2; shift 2;;
         --dur) DUR=$2; shift 2;;
         --conns) CONNS=$2; shift 2;;
+        --workers) WORKERS=$2; shift 2;;
         -h|--help) sed -n '2,11p' "$0"; exit 0;;
         *) echo "unknown arg $1" >&2; exit 2;;
     esac
@@ -27,6 +31,11 @@ need nginx haproxy h2load taskset -- nginx-light haproxy nghttp2-client util-lin
 (cd "$ROOT" && cargo build --release)
 BIN=$ROOT/target/release/handoff
 workdir h2bench
+case "$WORKERS" in
+    1) PROXY_CPUS=1;;
+    2) PROXY_CPUS=0,1;;
+    *) echo "--workers is 1 or 2" >&2; exit 2;;
+esac
 
 cat > "$W/origin.conf" <<EOF
 $(nginx_head origin)
@@ -34,7 +43,7 @@ http { $(nginx_tmp) access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:18580; location / { return 200 "ok\n"; } } }
 EOF
 cat > "$W/proxy.conf" <<EOF
-$(nginx_head proxy)
+$(nginx_head proxy | sed "s/worker_processes 1;/worker_processes $WORKERS;/")
 http { $(nginx_tmp) access_log off; keepalive_requests 1000000; http2_max_requests 1000000;
   upstream origin { server 127.0.0.1:18580; keepalive 64; }
   server { listen 127.0.0.1:18521 http2;
@@ -42,7 +51,7 @@ http { $(nginx_tmp) access_log off; keepalive_requests 1000000; http2_max_reques
 EOF
 cat > "$W/haproxy.cfg" <<EOF
 global
-    nbthread 1
+    nbthread $WORKERS
 defaults
     mode http
     timeout connect 5s
@@ -65,15 +74,17 @@ pools:
 EOF
 
 taskset -c 0 nginx -p "$W" -c "$W/origin.conf" -g 'daemon off;' & PIDS+=($!)
-taskset -c 1 nginx -p "$W" -c "$W/proxy.conf" -g 'daemon off;' & PIDS+=($!); NGX_MASTER=$!
-taskset -c 1 haproxy -db -f "$W/haproxy.cfg" & PIDS+=($!); HAP=$!
-taskset -c 1 "$BIN" run -c "$W/handoff.yaml" --threads 1 2>"$W/handoff.err" & PIDS+=($!); HANDOFF=$!
+taskset -c "$PROXY_CPUS" nginx -p "$W" -c "$W/proxy.conf" -g 'daemon off;' & PIDS+=($!); NGX_MASTER=$!
+taskset -c "$PROXY_CPUS" haproxy -db -f "$W/haproxy.cfg" & PIDS+=($!); HAP=$!
+taskset -c "$PROXY_CPUS" "$BIN" run -c "$W/handoff.yaml" --threads "$WORKERS" 2>"$W/handoff.err" & PIDS+=($!); HANDOFF=$!
 for p in 18580 18501 18511 18521; do wait_port "$p"; done
 sleep 1.5
-NGX_WORKER=$(ps -o pid= --ppid "$NGX_MASTER" | tr -d ' ' | head -1)
+NGX_WORKERS=$(ps -o pid= --ppid "$NGX_MASTER" | tr -d ' ' | tr '\n' ' ')
 
 declare -A PORT=([handoff]=18501 [haproxy]=18511 [nginx]=18521)
-declare -A PID=([handoff]=$HANDOFF [haproxy]=$HAP [nginx]=$NGX_WORKER)
+declare -A PID=([handoff]=$HANDOFF [haproxy]=$HAP [nginx]="$NGX_WORKERS")
+# CPU ticks of every process of a proxy (NGINX: its workers).
+ticks() { local u=0 s=0 a b p; for p in $1; do read -r a b < <(jiffies "$p"); u=$((u + a)); s=$((s + b)); done; echo "$u $s"; }
 HZ=$(getconf CLK_TCK)
 RAW=$W/raw.tsv
 : > "$RAW"
@@ -83,10 +94,10 @@ done
 for rep in $(seq "$REPS"); do
     for streams in 1 32; do
         for proxy in handoff haproxy nginx; do
-            read -r u0 s0 < <(jiffies "${PID[$proxy]}")
+            read -r u0 s0 < <(ticks "${PID[$proxy]}")
             out=$(taskset -c 0 h2load -c "$CONNS" -m "$streams" -D "$DUR" \
                 "http://127.0.0.1:${PORT[$proxy]}/" 2>&1 || true)
-            read -r u1 s1 < <(jiffies "${PID[$proxy]}")
+            read -r u1 s1 < <(ticks "${PID[$proxy]}")
             ok=$(echo "$out" | awk '/^requests:/ {for (i = 1; i <= NF; i++) if ($(i+1) == "succeeded,") print $i}')
             failed=$(echo "$out" | awk '/^requests:/ {for (i = 1; i <= NF; i++) if ($(i+1) == "failed,") print $i}')
             echo -e "$proxy\t$streams\t$rep\t${ok:-0}\t$((u1 - u0))\t$((s1 - s0))\t${failed:-?}" >> "$RAW"
