@@ -270,6 +270,13 @@ impl Pair {
         let one = Instance::start(config(&all, &prefix, "lb-1", web, echo, o), "lb-1").await;
         let two_etcd = only.as_deref().unwrap_or(&all);
         let two = Instance::start(config(two_etcd, &prefix, "lb-2", web, echo, o), "lb-2").await;
+        // Each knows the other's view of both nodes (the pair guard asks for it): a test
+        // that cuts one off right away finds the cluster converged, not mid-publish.
+        for (here, other) in [(&one, "lb-2"), (&two, "lb-1")] {
+            for node in ["a", "b"] {
+                here.wait_sees_up(other, node).await;
+            }
+        }
         Some(Pair {
             etcd,
             one,
@@ -326,6 +333,20 @@ impl Instance {
         instance.h.wait_up("a").await;
         instance.h.wait_up("b").await;
         instance
+    }
+
+    /// Waits (bounded) until this instance has `other`'s view of web/`node` as up.
+    pub async fn wait_sees_up(&self, other: &str, node: &str) {
+        let what = format!("{} sees web/{node} up on {other}", self.name);
+        until(&what, Duration::from_secs(20), async || {
+            let view = self.node("web", node).await;
+            let up = view["instances"].as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|i| i["instance"] == other && i["health"] == "up")
+            });
+            up.then_some(()).ok_or_else(|| view.to_string())
+        })
+        .await
     }
 
     /// Waits (bounded) until `GET /v1/cluster` says `connected` is `want`.
