@@ -44,6 +44,7 @@ pub mod discovery;
 pub mod events;
 pub mod gated;
 pub mod health;
+pub mod hex;
 pub mod lifecycle;
 pub mod listener_tls;
 pub mod members;

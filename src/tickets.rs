@@ -89,18 +89,15 @@ impl TicketKey {
         getrandom::fill(&mut id).map_err(|e| e.to_string())?;
         getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
         Ok(TicketKey {
-            id: hex(&id),
-            secret: hex(&secret),
+            id: crate::hex::encode(&id),
+            secret: crate::hex::encode(&secret),
         })
     }
 
     fn sealer(&self) -> Result<Sealer, String> {
-        let id: [u8; ID_LEN] = unhex(&self.id)
-            .and_then(|v| v.try_into().ok())
-            .ok_or("the id is not 16 hex digits")?;
-        let secret = unhex(&self.secret)
-            .filter(|s| s.len() == 32)
-            .ok_or("the secret is not 64 hex digits")?;
+        let id: [u8; ID_LEN] = crate::hex::decode(&self.id).ok_or("the id is not 16 hex digits")?;
+        let secret: [u8; 32] =
+            crate::hex::decode(&self.secret).ok_or("the secret is not 64 hex digits")?;
         let key = UnboundKey::new(&AES_256_GCM, &secret).map_err(|_| "not an AES-256 key")?;
         Ok(Sealer {
             id,
@@ -265,23 +262,6 @@ impl rustls::server::ProducesTickets for Ticketer {
         buf.truncate(n);
         Some(buf)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect()
 }
 
 #[cfg(test)]

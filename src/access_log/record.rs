@@ -209,6 +209,19 @@ impl Record {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
+        // A node that failed after its drain deadline was cut by it: the word says so,
+        // whichever path saw the failure.
+        let cut = matches!(
+            self.termination,
+            Termination::UpstreamReset | Termination::UpstreamTimeout
+        );
+        if cut
+            && self
+                .node()
+                .is_some_and(|n| n.state.lifecycle.deadline_passed())
+        {
+            self.termination = Termination::DrainDeadline;
+        }
         let mut line = std::mem::replace(&mut self.line, Line::empty(self.log.format));
         let pool = self.pool.as_deref();
         line.str(key!("pool"), pool.map(|p| p.name.as_str()));

@@ -4,6 +4,7 @@
 //! [`load`] and [`parse`] bind nothing and start nothing, so `handoff check`, `handoff run`
 //! and `POST /v1/reload` all run the very same code.
 
+mod access_log;
 pub mod defaults;
 pub mod duration;
 pub mod file;
@@ -12,6 +13,7 @@ pub mod limits;
 mod position;
 mod upstream_tls;
 mod validate;
+pub use access_log::{AccessLogConfig, LogFormat, LogTarget};
 pub use validate::valid_name;
 
 use std::net::SocketAddr;
@@ -45,29 +47,6 @@ pub struct Config {
     pub request_id: Option<RequestIdConfig>,
     /// One line per HTTP request, TCP session and tunnel. `None`: no access log.
     pub access_log: Option<AccessLogConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessLogConfig {
-    pub target: LogTarget,
-    pub format: LogFormat,
-}
-
-/// Where access log lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogTarget {
-    Stdout,
-    /// A file, opened for appending (relative paths are from the config file's directory).
-    File(PathBuf),
-}
-
-/// How an access log line is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// One line of space-separated values, strings quoted, `-` for absent ones.
-    Text,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -156,19 +156,12 @@ impl Keys {
 
     /// The key as 32 hex digits (what the state file keeps).
     pub fn to_hex(&self) -> String {
-        self.key.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.key)
     }
 
     /// Parses 32 hex digits.
     pub fn parse_hex(text: &str) -> Option<[u8; 16]> {
-        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let mut key = [0u8; 16];
-        for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(key)
+        crate::hex::decode(text)
     }
 
     fn hash(&self, parts: &[&[u8]]) -> u64 {

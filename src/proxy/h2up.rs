@@ -133,7 +133,7 @@ pub async fn send(
         if let Step::Answer { local, .. } = decision.step {
             walk::log_failure(node, outcome);
             observe(pool, started);
-            log.end(local.termination_at(node), Some(local.status));
+            log.end(local.termination(), Some(local.status));
             return Err(local);
         }
     }

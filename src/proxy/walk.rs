@@ -44,18 +44,6 @@ impl Local {
             },
         }
     }
-
-    /// [`Local::termination`], where the node's drain deadline is what cut it off.
-    pub fn termination_at(&self, node: &Node) -> Termination {
-        match self.termination() {
-            Termination::UpstreamReset | Termination::UpstreamTimeout
-                if node.state.lifecycle.deadline_passed() =>
-            {
-                Termination::DrainDeadline
-            }
-            t => t,
-        }
-    }
 }
 
 /// Why an exchange with a node ended before a final response head.

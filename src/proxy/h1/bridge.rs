@@ -217,16 +217,11 @@ pub async fn forward<I: ClientIo>(
     }
     drop(out);
     let inflight = InflightGuard::new(&ctx.activity);
-    let deadline = Arc::clone(&node);
     let mut body = H2Body::new(incoming, node, grpc, answer.session, inflight);
     let relayed = match framing {
         BodyLen::Empty if io.flush().await.is_ok() => Relayed::Whole,
         BodyLen::Empty => Relayed::ClientGone,
         _ => relay_body(io, &mut body, framing).await,
-    };
-    let relayed = match relayed {
-        Relayed::UpstreamGone if deadline.state.lifecycle.deadline_passed() => Relayed::Deadline,
-        r => r,
     };
     p.log.end(relayed.termination(), None);
     match (relayed, keep_alive) {

@@ -322,7 +322,7 @@ async fn forward<I: ClientIo>(
                 Step::Answer { local, keep } => {
                     walk::log_failure(node, outcome);
                     observe(now);
-                    p.log.end(local.termination_at(node), Some(local.status));
+                    p.log.end(local.termination(), Some(local.status));
                     let keep = keep && whole && p.keep_alive;
                     return respond_local(
                         io,

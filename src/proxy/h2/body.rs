@@ -97,15 +97,7 @@ impl Body for LoggedBody {
                 }
                 Poll::Ready(None) if this.relay => this.log.end(Termination::Ok, None),
                 Poll::Ready(Some(Err(_))) if this.relay => {
-                    let mut why = Termination::UpstreamReset;
-                    this.log.with(|r| {
-                        if r.node()
-                            .is_some_and(|n| n.state.lifecycle.deadline_passed())
-                        {
-                            why = Termination::DrainDeadline;
-                        }
-                    });
-                    this.log.end(why, None);
+                    this.log.end(Termination::UpstreamReset, None)
                 }
                 _ => {}
             }

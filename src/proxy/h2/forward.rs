@@ -403,7 +403,7 @@ async fn send_all(
                 Step::Answer { local: l, .. } => {
                     walk::log_failure(node, outcome);
                     observe(now);
-                    log.end(l.termination_at(node), Some(l.status));
+                    log.end(l.termination(), Some(l.status));
                     return local_answer(l);
                 }
             }
