@@ -1,4 +1,4 @@
-//! TLS termination: a rustls server config per listener (ring provider only), certificates
+//! TLS termination: a rustls server config per listener (aws-lc-rs provider only), certificates
 //! chosen by SNI, ALPN offering h2 and http/1.1. Built with each snapshot, so a reload
 //! reloads certificates.
 
@@ -72,7 +72,7 @@ pub fn acceptor(
     alpn: bool,
     tickets: &Arc<crate::tickets::Ticketer>,
 ) -> Result<TlsAcceptor, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

@@ -28,8 +28,7 @@ done
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 need nginx haproxy h2load taskset -- nginx-light haproxy nghttp2-client util-linux
-(cd "$ROOT" && cargo build --release)
-BIN=$ROOT/target/release/handoff
+handoff_bin
 workdir h2bench
 case "$WORKERS" in
     1) PROXY_CPUS=1;;
@@ -83,8 +82,6 @@ NGX_WORKERS=$(ps -o pid= --ppid "$NGX_MASTER" | tr -d ' ' | tr '\n' ' ')
 
 declare -A PORT=([handoff]=18501 [haproxy]=18511 [nginx]=18521)
 declare -A PID=([handoff]=$HANDOFF [haproxy]=$HAP [nginx]="$NGX_WORKERS")
-# CPU ticks of every process of a proxy (NGINX: its workers).
-ticks() { local u=0 s=0 a b p; for p in $1; do read -r a b < <(jiffies "$p"); u=$((u + a)); s=$((s + b)); done; echo "$u $s"; }
 HZ=$(getconf CLK_TCK)
 RAW=$W/raw.tsv
 : > "$RAW"
@@ -115,12 +112,15 @@ for line in open(raw):
     if n == 0:
         continue
     rows.setdefault((proxy, int(streams)), []).append((n / dur, 1e6 * int(u) / hz / n, 1e6 * int(s) / hz / n))
-print("| proxy | streams per connection | req/s | user µs/req | sys µs/req |")
-print("|---|---:|---:|---:|---:|")
+print("| proxy | streams per connection | req/s | user µs/req | sys µs/req | user vs HAProxy |")
+print("|---|---:|---:|---:|---:|---:|")
 for streams in [1, 32]:
+    hap = rows.get(("haproxy", streams))
+    hap_u = statistics.median(c[1] for c in hap) if hap else None
     for proxy in ["handoff", "haproxy", "nginx"]:
         v = rows.get((proxy, streams))
         if v:
             r, u, s = [statistics.median(c) for c in zip(*v)]
-            print(f"| {proxy} | {streams} | {r:,.0f} | {u:.2f} | {s:.2f} |")
+            ratio = f"{u / hap_u:.2f}×" if hap_u else "–"
+            print(f"| {proxy} | {streams} | {r:,.0f} | {u:.2f} | {s:.2f} | {ratio} |")
 EOF

@@ -5,6 +5,7 @@
 #                               process started into $PIDS (stopped by pid)
 #   wait_port PORT              until something listens on 127.0.0.1:PORT (bounded)
 #   jiffies PID                 "user system" CPU ticks of a process, from /proc
+#   ticks "PID..."              the same, summed over processes (NGINX: its workers)
 #   nginx_head NAME             the top of an NGINX config: one worker, files in $W
 #   nginx_tmp                   NGINX's temporary paths, in $W
 
@@ -50,10 +51,22 @@ wait_port() {
 }
 
 jiffies() { local s; s=$(cat "/proc/$1/stat"); s=${s##*) }; set -- $s; echo "${12} ${13}"; }
+ticks() { local u=0 s=0 a b p; for p in $1; do read -r a b < <(jiffies "$p"); u=$((u + a)); s=$((s + b)); done; echo "$u $s"; }
 
 nginx_head() {
     echo "pid $W/$1.pid; error_log $W/$1.err; worker_processes 1; events { worker_connections 4096; }"
 }
 nginx_tmp() {
     echo "client_body_temp_path $W/tmp; proxy_temp_path $W/tmp; fastcgi_temp_path $W/tmp; uwsgi_temp_path $W/tmp; scgi_temp_path $W/tmp;"
+}
+
+# BIN: the handoff binary to measure. HANDOFF_BIN=PATH measures that build instead of
+# building this checkout (to compare two builds: one run with each).
+handoff_bin() {
+    if [ -n "${HANDOFF_BIN:-}" ]; then
+        BIN=$HANDOFF_BIN
+    else
+        (cd "$ROOT" && cargo build --release)
+        BIN=$ROOT/target/release/handoff
+    fi
 }

@@ -28,8 +28,7 @@ done
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 need nginx wrk taskset -- nginx-light wrk util-linux
-(cd "$ROOT" && cargo build --release)
-BIN=$ROOT/target/release/handoff
+handoff_bin
 workdir logbench
 
 cat > "$W/origin.conf" <<EOF

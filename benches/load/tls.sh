@@ -6,27 +6,34 @@
 # `-new` for full handshakes, `-reuse` to resume by ticket). Prints per proxy and
 # certificate the median handshakes a second and the proxy's CPU per handshake, user and
 # system apart (from /proc/PID/stat).
+# `--workers 2`: two workers or threads each, the proxies on both cores (s_time is one
+# client, so this shows the cost per handshake with two workers, not more handshakes).
 #
 #   benches/load/tls.sh                 # 5 reps of 4 s per case
-#   benches/load/tls.sh --reps 3 --dur 3
+#   benches/load/tls.sh --reps 3 --dur 3 --workers 2
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-REPS=5 DUR=4
+REPS=5 DUR=4 WORKERS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --reps) REPS=$2; shift 2;;
         --dur) DUR=$2; shift 2;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0;;
+        --workers) WORKERS=$2; shift 2;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0;;
         *) echo "unknown arg $1" >&2; exit 2;;
     esac
 done
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 need nginx haproxy openssl taskset -- nginx-light haproxy openssl util-linux
-(cd "$ROOT" && cargo build --release)
-BIN=$ROOT/target/release/handoff
+handoff_bin
 workdir tlsbench
+case "$WORKERS" in
+    1) PROXY_CPUS=1;;
+    2) PROXY_CPUS=0,1;;
+    *) echo "--workers is 1 or 2" >&2; exit 2;;
+esac
 
 # The same certificates for every proxy.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=a.test \
@@ -44,7 +51,7 @@ $(nginx_head origin)
 http { $(nginx_tmp) access_log off; server { listen 127.0.0.1:18280; location / { return 200 "ok\n"; } } }
 EOF
 cat > "$W/proxy.conf" <<EOF
-$(nginx_head proxy)
+$(nginx_head proxy | sed "s/worker_processes 1;/worker_processes $WORKERS;/")
 http { $(nginx_tmp) access_log off; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:S:10m;
   upstream origin { server 127.0.0.1:18280; keepalive 16; }
   server { listen 127.0.0.1:18321 ssl; ssl_certificate $W/ec.crt; ssl_certificate_key $W/ec.key;
@@ -54,7 +61,7 @@ http { $(nginx_tmp) access_log off; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_c
 EOF
 cat > "$W/haproxy.cfg" <<EOF
 global
-    nbthread 1
+    nbthread $WORKERS
 defaults
     mode http
     timeout connect 5s
@@ -89,15 +96,15 @@ pools:
 EOF
 
 taskset -c 0 nginx -p "$W" -c "$W/origin.conf" -g 'daemon off;' & PIDS+=($!)
-taskset -c 1 nginx -p "$W" -c "$W/proxy.conf" -g 'daemon off;' & PIDS+=($!); NGX_MASTER=$!
-taskset -c 1 haproxy -db -f "$W/haproxy.cfg" & PIDS+=($!); HAP=$!
-taskset -c 1 "$BIN" run -c "$W/handoff.yaml" --threads 1 2>"$W/handoff.err" & PIDS+=($!); HANDOFF=$!
+taskset -c "$PROXY_CPUS" nginx -p "$W" -c "$W/proxy.conf" -g 'daemon off;' & PIDS+=($!); NGX_MASTER=$!
+taskset -c "$PROXY_CPUS" haproxy -db -f "$W/haproxy.cfg" & PIDS+=($!); HAP=$!
+taskset -c "$PROXY_CPUS" "$BIN" run -c "$W/handoff.yaml" --threads "$WORKERS" 2>"$W/handoff.err" & PIDS+=($!); HANDOFF=$!
 for p in 18280 18301 18302 18311 18312 18321 18322; do wait_port "$p"; done
 sleep 1.5
-NGX_WORKER=$(ps -o pid= --ppid "$NGX_MASTER" | tr -d ' ' | head -1)
+NGX_WORKERS=$(ps -o pid= --ppid "$NGX_MASTER" | tr -d ' ' | tr '\n' ' ')
 
 declare -A PORT=([handoff-ec]=18301 [handoff-rsa]=18302 [haproxy-ec]=18311 [haproxy-rsa]=18312 [nginx-ec]=18321 [nginx-rsa]=18322)
-declare -A PID=([handoff]=$HANDOFF [haproxy]=$HAP [nginx]=$NGX_WORKER)
+declare -A PID=([handoff]=$HANDOFF [haproxy]=$HAP [nginx]="$NGX_WORKERS")
 HZ=$(getconf CLK_TCK)
 RAW=$W/raw.tsv
 : > "$RAW"
@@ -105,10 +112,10 @@ for rep in $(seq "$REPS"); do
     for cert in ec rsa; do
         for proxy in handoff nginx haproxy; do
             for mode in new reuse; do
-                read -r u0 s0 < <(jiffies "${PID[$proxy]}")
+                read -r u0 s0 < <(ticks "${PID[$proxy]}")
                 out=$(taskset -c 0 openssl s_time -connect "127.0.0.1:${PORT[$proxy-$cert]}" -"$mode" \
                     -time "$DUR" -www / 2>&1 || true)
-                read -r u1 s1 < <(jiffies "${PID[$proxy]}")
+                read -r u1 s1 < <(ticks "${PID[$proxy]}")
                 n=$(echo "$out" | awk '/connections in [0-9.]+ real/ {print $1; exit}')
                 echo -e "$proxy\t$cert\t$mode\t$rep\t${n:-0}\t$((u1 - u0))\t$((s1 - s0))" >> "$RAW"
                 echo "rep $rep $proxy $cert $mode: ${n:-0} handshakes" >&2

@@ -1,5 +1,5 @@
 //! The rustls client config for `pools[].upstream.tls`, built from the PEM the config holds
-//! (ring provider; the machine's roots when no `ca` is given).
+//! (aws-lc-rs provider; the machine's roots when no `ca` is given).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ impl UpstreamTls {
                 }
             }
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?

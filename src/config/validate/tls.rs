@@ -61,7 +61,7 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'static str, Str
             format!("cannot read a private key from {}: {e}", key.display()),
         )
     })?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| {
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).map_err(|e| {
         (
             "key",
             format!("unsupported private key in {}: {e}", key.display()),

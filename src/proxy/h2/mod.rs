@@ -11,12 +11,13 @@
 pub mod body;
 mod forward;
 pub mod h1_upstream;
+mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 
@@ -39,12 +40,12 @@ where
     let plane = Arc::clone(&ctx.plane);
     let peer = ctx.peer;
     let watch = Arc::clone(&ctx);
-    // Boxed: hyper spawns each stream as a task, moving its future several times on the
-    // way; the request's state machine is kilobytes, its box a pointer.
-    let service = service_fn(move |req| Box::pin(forward::handle(Arc::clone(&ctx), req)));
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
+    let spawner = streams::Spawner::default();
+    let conn = hyper::server::conn::http2::Builder::new(spawner.clone())
         .serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    // The connection and its streams, run in this task (see `streams`).
+    let mut conn = streams::Serving::new(conn, spawner);
     // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`
     // is the parent of `drain`, so `drain` always fires first.
     let mut drain = Gated::new(Box::pin(plane.shutdown.drain.clone().cancelled_owned()));
@@ -55,7 +56,9 @@ where
     loop {
         // Checked at every watchdog tick.
         if !closing && watch.served_by_closed() {
-            conn.as_mut().graceful_shutdown();
+            if let Some(c) = conn.conn() {
+                c.graceful_shutdown();
+            }
             closing = true;
         }
         if activity.write_blocked_for() >= timeouts.send() {
@@ -69,14 +72,16 @@ where
             Verdict::SlowHead => break,
             Verdict::Idle => {
                 if !closing {
-                    conn.as_mut().graceful_shutdown();
+                    if let Some(c) = conn.conn() {
+                        c.graceful_shutdown();
+                    }
                     closing = true;
                 }
                 Instant::now() + RECHECK_AFTER_CLOSE
             }
         };
         tokio::select! {
-            r = conn.as_mut() => {
+            r = &mut conn => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
@@ -87,14 +92,18 @@ where
             _ = &mut retire, if !retired => {
                 retired = true;
                 if !closing {
-                    conn.as_mut().graceful_shutdown();
+                    if let Some(c) = conn.conn() {
+                        c.graceful_shutdown();
+                    }
                     closing = true;
                 }
                 force = Some(Gated::new(Box::pin(plane.shutdown.force.clone().cancelled_owned())));
             }
             _ = &mut drain, if force.is_none() => {
                 if !closing {
-                    conn.as_mut().graceful_shutdown();
+                    if let Some(c) = conn.conn() {
+                        c.graceful_shutdown();
+                    }
                     closing = true;
                 }
                 force = Some(Gated::new(Box::pin(plane.shutdown.force.clone().cancelled_owned())));
