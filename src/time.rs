@@ -15,6 +15,16 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(MAX_UNIX_MS))
 }
 
+/// Milliseconds of the coarse monotonic clock: the kernel's last tick, a few milliseconds
+/// behind the precise clock and several times cheaper to read, which the per-read
+/// bookkeeping of every connection can afford (NGINX likewise reads its clock once per
+/// event loop turn, not per event).
+pub fn coarse_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
+}
+
 /// `at` plus `d`, in Unix ms, clamped to [`MAX_UNIX_MS`] instead of overflowing.
 pub fn add_ms(at: u64, d: Duration) -> u64 {
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);

@@ -58,10 +58,10 @@ EOF
 cat > "$W/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
-    maxconn 20000
+    maxconn 8000
 defaults
     mode http
-    maxconn 20000
+    maxconn 8000
     timeout connect 5s
     timeout client 30s
     timeout server 30s

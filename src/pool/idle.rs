@@ -20,6 +20,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::upstream_io::UpstreamIo;
 use super::Lifecycle;
 use crate::gated::Gated;
+use crate::time::coarse_ms;
 
 /// A connection to a node, and its drain-deadline watch.
 pub struct Upstream {
@@ -89,14 +90,6 @@ struct Idle {
     up: Upstream,
     /// [`coarse_ms`] when it went idle.
     since_ms: u64,
-}
-
-/// Milliseconds of the coarse monotonic clock (the kernel's last tick: a few milliseconds
-/// of precision, cheaper to read than the precise clock, and plenty for an age of 30 s).
-fn coarse_ms() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
-        .unwrap_or(0)
 }
 
 /// A node's idle connections (cloning shares them).
