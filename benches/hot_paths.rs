@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request and per-connection hot paths: node pick, route
 //! match, effective weight while warming, header rewrite, PROXY header encoding, and config
-//! load (the control path every reload takes).
+//! load (the control path every reload takes), and the signature of a full TLS handshake
+//! with each crypto provider (why handoff is built with aws-lc-rs).
 //!
 //!     cargo bench --bench hot_paths
 
@@ -178,6 +179,48 @@ fn config_load(c: &mut Criterion) {
     });
 }
 
+/// A full TLS handshake's signature, the bulk of its CPU with an RSA certificate, with
+/// aws-lc-rs (handoff's provider) and with ring (the tests' TLS peers' provider, here only
+/// for the comparison).
+fn tls_signing(c: &mut Criterion) {
+    use rustls::crypto::{aws_lc_rs, ring};
+    use rustls::SignatureScheme;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::PrivateKeyDer;
+
+    // A throwaway key generated for this benchmark (ring cannot generate RSA keys).
+    let rsa = PrivateKeyDer::from_pem_slice(include_bytes!("keys/rsa2048.pem")).expect("bench key");
+    let ec = rcgen::KeyPair::generate().expect("P-256 key");
+    let ec = PrivateKeyDer::try_from(ec.serialize_der()).expect("PKCS#8 key");
+    let message = [7u8; 128];
+    type Load = fn(
+        &PrivateKeyDer<'_>,
+    ) -> Result<std::sync::Arc<dyn rustls::sign::SigningKey>, rustls::Error>;
+    let providers: [(&str, Load); 2] = [
+        ("aws-lc-rs", aws_lc_rs::sign::any_supported_type),
+        ("ring", ring::sign::any_supported_type),
+    ];
+    let keys = [
+        ("rsa2048_pss_sha256", &rsa, SignatureScheme::RSA_PSS_SHA256),
+        (
+            "ecdsa_p256_sha256",
+            &ec,
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+        ),
+    ];
+    for (key_name, key, scheme) in keys {
+        for (provider, load) in providers {
+            let signer = load(key)
+                .expect("supported key")
+                .choose_scheme(&[scheme])
+                .expect("supported scheme");
+            c.bench_function(&format!("tls_sign/{key_name}/{provider}"), |b| {
+                b.iter(|| black_box(signer.sign(black_box(&message)).is_ok()))
+            });
+        }
+    }
+}
+
 criterion_group!(
     benches,
     pick,
@@ -185,6 +228,7 @@ criterion_group!(
     route,
     headers,
     proxy_header,
-    config_load
+    config_load,
+    tls_signing
 );
 criterion_main!(benches);

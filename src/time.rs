@@ -16,9 +16,8 @@ pub fn unix_ms() -> u64 {
 }
 
 /// Milliseconds of the coarse monotonic clock: the kernel's last tick, a few milliseconds
-/// behind the precise clock and several times cheaper to read, which the per-read
-/// bookkeeping of every connection can afford (NGINX likewise reads its clock once per
-/// event loop turn, not per event).
+/// behind the precise clock and cheaper to read (3 ns against 23 ns here), for ages where
+/// a few milliseconds do not matter. It does not follow tokio's paused test clock.
 pub fn coarse_ms() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
         .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)

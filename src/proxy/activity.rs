@@ -15,7 +15,6 @@ use tokio::time::Instant;
 
 use super::ListenerStats;
 use crate::access_log::Termination;
-use crate::time::coarse_ms;
 
 /// Why a connection was reclaimed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,9 +37,6 @@ impl Reason {
 /// When a connection last moved, and what it is waiting for.
 pub struct Activity {
     start: Instant,
-    /// [`coarse_ms`] at `start`: the millisecond stamps below are read off the coarse clock
-    /// (per read and write), so a deadline may come a tick early, a few milliseconds.
-    start_coarse: u64,
     /// Milliseconds since `start` of the last byte read or written.
     last: AtomicU64,
     /// HTTP requests between their head arriving and the end of their response body.
@@ -89,7 +85,6 @@ impl Activity {
     pub fn new() -> Self {
         Activity {
             start: Instant::now(),
-            start_coarse: coarse_ms(),
             last: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
@@ -185,7 +180,7 @@ impl Activity {
     }
 
     fn now_ms(&self) -> u64 {
-        coarse_ms().saturating_sub(self.start_coarse)
+        self.start.elapsed().as_millis() as u64
     }
 
     fn at(&self, ms: u64) -> Instant {
