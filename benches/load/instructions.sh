@@ -5,18 +5,22 @@
 # binary serves N keep-alive HTTP/1.1 requests (ab, 16 connections) of 1 KiB from an NGINX
 # origin with one worker thread; a run that serves none is subtracted (start and stop).
 #
-#   benches/load/instructions.sh OLD_BINARY NEW_BINARY [--requests 20000]
+#   benches/load/instructions.sh OLD_BINARY NEW_BINARY [--requests 20000] [--nginx]
+#
+# `--nginx` adds NGINX as a reverse proxy (one worker, keep-alive to the same origin),
+# counted the same way, for a row that compares handoff's count with a peer's.
 #
 # Needs valgrind, ab (apache2-utils) and nginx: apt-get install valgrind apache2-utils
 # nginx-light.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-[ $# -ge 2 ] || { sed -n '2,11p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,14p' "$0"; exit 2; }
 A=$(realpath "$1") B=$(realpath "$2"); shift 2
-N=20000
+N=20000 NGINX=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) N=$2; shift 2;;
+    --nginx) NGINX=1; shift;;
     *) echo "unknown arg $1" >&2; exit 2;;
   esac
 done
@@ -61,6 +65,33 @@ count() {
   COUNT=$(awk '/I *refs:/{gsub(",", "", $NF); print $NF}' "$out.log" | tail -1)
 }
 
+# The same for NGINX as the proxy on 9091: one process (no master), as `worker_processes 1`.
+count_nginx() {
+  local n=$1 out="$RUN/cg-nginx.$RANDOM" pid
+  cat > "$RUN/proxy-nginx.conf" <<CONF
+daemon off; master_process off; pid $RUN/proxy.pid; error_log $RUN/proxy.err;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $RUN/origin-tmp; proxy_temp_path $RUN/origin-tmp;
+  fastcgi_temp_path $RUN/origin-tmp; uwsgi_temp_path $RUN/origin-tmp; scgi_temp_path $RUN/origin-tmp;
+  keepalive_requests 100000000;
+  upstream origin { server 127.0.0.1:18080; keepalive 512; }
+  server { listen 127.0.0.1:9091;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" \
+    nginx -p "$RUN" -c "$RUN/proxy-nginx.conf" > "$out.log" 2>&1 & pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 600); do port_busy 9091 && break; sleep 0.1; done
+  if [ "$n" -gt 0 ]; then
+    ab -q -k -s 10 -n "$n" -c 16 http://127.0.0.1:9091/1k.bin > "$out.ab" 2>&1 \
+      || { echo "ab failed (see $out.ab)" >&2; exit 1; }
+    grep -q "^Failed requests: *0" "$out.ab" || { echo "failed requests (see $out.ab)" >&2; exit 1; }
+  fi
+  kill -QUIT "$pid"; wait "$pid" || true
+  for _ in $(seq 100); do port_busy 9091 || break; sleep 0.05; done
+  COUNT=$(awk '/I *refs:/{gsub(",", "", $NF); print $NF}' "$out.log" | tail -1)
+}
+
 declare -A per
 for side in A B; do
   bin=$A; [ "$side" = B ] && bin=$B
@@ -77,3 +108,12 @@ echo "|---|---|"
 echo "| A | ${per[A]} |"
 echo "| B | ${per[B]} |"
 python3 -c "print('| B/A | %.3f |' % (${per[B]} / ${per[A]}))"
+
+if [ "$NGINX" = 1 ]; then
+  count_nginx 0; idle=$COUNT
+  count_nginx "$N"; busy=$COUNT
+  ngx=$(( (busy - idle) / N ))
+  echo "NGINX: $busy instructions with $N requests, $idle with none: $ngx per request" >&2
+  echo "| NGINX | $ngx |"
+  python3 -c "print('| B/NGINX | %.3f |' % (${per[B]} / $ngx))"
+fi
