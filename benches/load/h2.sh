@@ -30,11 +30,7 @@ done
 need nginx haproxy h2load taskset -- nginx-light haproxy nghttp2-client util-linux
 handoff_bin
 workdir h2bench
-case "$WORKERS" in
-    1) PROXY_CPUS=1;;
-    2) PROXY_CPUS=0,1;;
-    *) echo "--workers is 1 or 2" >&2; exit 2;;
-esac
+proxy_cpus "$WORKERS"
 
 cat > "$W/origin.conf" <<EOF
 $(nginx_head origin)

@@ -30,11 +30,7 @@ done
 need nginx haproxy wrk openssl taskset -- nginx-light haproxy wrk openssl util-linux
 handoff_bin
 workdir httpbench
-case "$WORKERS" in
-    1) PROXY_CPUS=1;;
-    2) PROXY_CPUS=0,1;;
-    *) echo "--workers is 1 or 2" >&2; exit 2;;
-esac
+proxy_cpus "$WORKERS"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=a.test \

@@ -41,6 +41,24 @@ done
 nginx -p "$RUN" -c "$RUN/origin-nginx.conf" -g 'daemon off;' & PIDS+=($!)
 for _ in $(seq 100); do port_busy 18080 && break; sleep 0.05; done
 
+# `$1` keep-alive requests through the proxy on 9091 (none for 0), all answered.
+load() {
+  local n=$1 out=$2
+  if [ "$n" -gt 0 ]; then
+    ab -q -k -s 10 -n "$n" -c 16 http://127.0.0.1:9091/1k.bin > "$out.ab" 2>&1 \
+      || { echo "ab failed (see $out.ab)" >&2; exit 1; }
+    grep -q "^Failed requests: *0" "$out.ab" || { echo "failed requests (see $out.ab)" >&2; exit 1; }
+  fi
+}
+
+# Stops the proxy under valgrind with signal `$1` and reads its instruction count into $COUNT.
+stopped() {
+  local sig=$1 pid=$2 out=$3
+  kill "-$sig" "$pid"; wait "$pid" || true
+  for _ in $(seq 100); do port_busy 9091 || break; sleep 0.05; done
+  COUNT=$(awk '/I *refs:/{gsub(",", "", $NF); print $NF}' "$out.log" | tail -1)
+}
+
 # Total instructions of one run of `$1` serving `$2` requests, into $COUNT.
 COUNT=0
 count() {
@@ -55,14 +73,8 @@ count() {
   done
   curl -s http://127.0.0.1:9990/v1/pools/origin | grep -q '"health": *"up"' \
     || { echo "$bin: the origin node never came up (see $out.log)" >&2; exit 1; }
-  if [ "$n" -gt 0 ]; then
-    ab -q -k -s 10 -n "$n" -c 16 http://127.0.0.1:9091/1k.bin > "$out.ab" 2>&1 \
-      || { echo "ab failed (see $out.ab)" >&2; exit 1; }
-    grep -q "^Failed requests: *0" "$out.ab" || { echo "failed requests (see $out.ab)" >&2; exit 1; }
-  fi
-  kill -TERM "$pid"; wait "$pid" || true
-  for _ in $(seq 100); do port_busy 9091 || break; sleep 0.05; done
-  COUNT=$(awk '/I *refs:/{gsub(",", "", $NF); print $NF}' "$out.log" | tail -1)
+  load "$n" "$out"
+  stopped TERM "$pid" "$out"
 }
 
 # The same for NGINX as the proxy on 9091: one process (no master), as `worker_processes 1`.
@@ -82,14 +94,8 @@ CONF
     nginx -p "$RUN" -c "$RUN/proxy-nginx.conf" > "$out.log" 2>&1 & pid=$!
   PIDS+=("$pid")
   for _ in $(seq 600); do port_busy 9091 && break; sleep 0.1; done
-  if [ "$n" -gt 0 ]; then
-    ab -q -k -s 10 -n "$n" -c 16 http://127.0.0.1:9091/1k.bin > "$out.ab" 2>&1 \
-      || { echo "ab failed (see $out.ab)" >&2; exit 1; }
-    grep -q "^Failed requests: *0" "$out.ab" || { echo "failed requests (see $out.ab)" >&2; exit 1; }
-  fi
-  kill -QUIT "$pid"; wait "$pid" || true
-  for _ in $(seq 100); do port_busy 9091 || break; sleep 0.05; done
-  COUNT=$(awk '/I *refs:/{gsub(",", "", $NF); print $NF}' "$out.log" | tail -1)
+  load "$n" "$out"
+  stopped QUIT "$pid" "$out"
 }
 
 declare -A per

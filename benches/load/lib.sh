@@ -6,6 +6,8 @@
 #   wait_port PORT              until something listens on 127.0.0.1:PORT (bounded)
 #   jiffies PID                 "user system" CPU ticks of a process, from /proc
 #   ticks "PID..."              the same, summed over processes (NGINX: its workers)
+#   proxy_cpus WORKERS          PROXY_CPUS for 1 worker (cpu1, the clients on cpu0) or 2
+#                               (both cores)
 #   nginx_head NAME             the top of an NGINX config: one worker, files in $W
 #   nginx_tmp                   NGINX's temporary paths, in $W
 
@@ -69,4 +71,12 @@ handoff_bin() {
         (cd "$ROOT" && cargo build --release)
         BIN=$ROOT/target/release/handoff
     fi
+}
+
+proxy_cpus() {
+    case "$1" in
+        1) PROXY_CPUS=1;;
+        2) PROXY_CPUS=0,1;;
+        *) echo "--workers is 1 or 2" >&2; exit 2;;
+    esac
 }

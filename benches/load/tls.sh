@@ -29,11 +29,7 @@ done
 need nginx haproxy openssl taskset -- nginx-light haproxy openssl util-linux
 handoff_bin
 workdir tlsbench
-case "$WORKERS" in
-    1) PROXY_CPUS=1;;
-    2) PROXY_CPUS=0,1;;
-    *) echo "--workers is 1 or 2" >&2; exit 2;;
-esac
+proxy_cpus "$WORKERS"
 
 # The same certificates for every proxy.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=a.test \
