@@ -330,3 +330,41 @@ async fn an_idle_http2_client_sending_pings_is_not_cut_as_a_slow_head() {
         tokio::time::sleep(Duration::from_millis(900)).await;
     }
 }
+
+/// A client connection's HTTP/2 streams run in its own task (`proxy/h2/streams.rs`), and
+/// still concurrently: a stream waiting on a slow node holds up no other stream.
+#[tokio::test]
+async fn http2_streams_of_one_connection_do_not_wait_for_each_other() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let proxy = Proxy::start(&http_config(&[("a", a.addr)], "")).await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        let mut sender = sender.clone();
+        let req = http::Request::get(proxy.url("web", path))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        async move { sender.send_request(req).await.map(|r| r.status()) }
+    };
+    let slow = get("/slow/3000");
+    tokio::pin!(slow);
+    // The slow stream is sent first; the fast one must be answered while it waits.
+    let fast = tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::select! {
+            biased;
+            _ = &mut slow => panic!("the slow stream was answered before the fast one"),
+            r = get("/") => r,
+        }
+    })
+    .await
+    .expect("a fast stream waited for a slow one on the same connection");
+    assert_eq!(fast.unwrap(), 200);
+    let slow = tokio::time::timeout(Duration::from_secs(10), slow).await;
+    assert_eq!(slow.expect("the slow stream ended").unwrap(), 200);
+}
