@@ -52,15 +52,17 @@ where
     let mut retire = Gated::new(Box::pin(plane.shutdown.retire.clone().cancelled_owned()));
     let mut retired = false;
     let mut force = None;
-    let mut closing = false;
+    let forced = || {
+        Some(Gated::new(Box::pin(
+            plane.shutdown.force.clone().cancelled_owned(),
+        )))
+    };
+    // Whatever asks the connection to close (its node closed, idleness, a drain or a
+    // retirement), it is asked once: GOAWAY, and in-flight streams finish.
+    let (mut close, mut closing) = (false, false);
     loop {
         // Checked at every watchdog tick.
-        if !closing && watch.served_by_closed() {
-            if let Some(c) = conn.conn() {
-                c.graceful_shutdown();
-            }
-            closing = true;
-        }
+        close = close || watch.served_by_closed();
         if activity.write_blocked_for() >= timeouts.send() {
             tracing::debug!(%peer, "the client accepted no bytes within the send timeout: closing");
             watch.listener.metrics.send_timeouts.inc();
@@ -71,15 +73,16 @@ where
             Verdict::CheckAt(at) => at.min(Instant::now() + timeouts.send() / 4),
             Verdict::SlowHead => break,
             Verdict::Idle => {
-                if !closing {
-                    if let Some(c) = conn.conn() {
-                        c.graceful_shutdown();
-                    }
-                    closing = true;
-                }
+                close = true;
                 Instant::now() + RECHECK_AFTER_CLOSE
             }
         };
+        if close && !closing {
+            if let Some(c) = conn.conn() {
+                c.graceful_shutdown();
+            }
+            closing = true;
+        }
         tokio::select! {
             r = &mut conn => {
                 if let Err(e) = r {
@@ -91,22 +94,12 @@ where
             // Replaced by a new process, or draining: GOAWAY now (in-flight streams finish).
             _ = &mut retire, if !retired => {
                 retired = true;
-                if !closing {
-                    if let Some(c) = conn.conn() {
-                        c.graceful_shutdown();
-                    }
-                    closing = true;
-                }
-                force = Some(Gated::new(Box::pin(plane.shutdown.force.clone().cancelled_owned())));
+                close = true;
+                force = forced();
             }
             _ = &mut drain, if force.is_none() => {
-                if !closing {
-                    if let Some(c) = conn.conn() {
-                        c.graceful_shutdown();
-                    }
-                    closing = true;
-                }
-                force = Some(Gated::new(Box::pin(plane.shutdown.force.clone().cancelled_owned())));
+                close = true;
+                force = forced();
             }
             _ = async { force.as_mut().expect("set when drain fired").await }, if force.is_some() => {
                 activity.cut(crate::access_log::Termination::Shutdown);

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use atomic_waker::AtomicWaker;
-
 use crossbeam_queue::SegQueue;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
@@ -53,7 +52,6 @@ pub struct Serving<C: Future> {
 }
 
 /// The connection's waker: marks it for polling, then wakes the task.
-#[derive(Default)]
 struct ConnWaker {
     woken: AtomicBool,
     task: AtomicWaker,
