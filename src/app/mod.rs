@@ -20,21 +20,23 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, ConfigError, ListenerConfig};
+use crate::config::{self, Config, ConfigError};
 
 mod access_log;
 pub mod carry;
+mod listeners;
 pub mod plan;
 mod state;
 mod tickets;
 use crate::control::{Control, StateStore};
 use crate::events::Events;
-use crate::metrics::{ListenerMetrics, Metrics};
+use crate::metrics::Metrics;
 use crate::persist::{self, PersistError};
-use crate::proxy::{self, DataPlane, ListenerStats};
+use crate::proxy::DataPlane;
 use crate::rollout;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
+use listeners::ListenerTable;
 
 /// Sockets the caller bound (or inherited) for the app to serve on.
 pub struct Bound {
@@ -132,22 +134,6 @@ pub struct ProcessInfo {
     pub started_at: String,
     /// Takeovers since the first start, plus one.
     pub generation: u64,
-}
-
-/// Listeners, touched only by start and reload.
-struct ListenerTable {
-    listeners: HashMap<String, ListenerEntry>,
-}
-
-struct ListenerEntry {
-    /// The address as configured (may have port 0).
-    configured: SocketAddr,
-    /// The address actually bound.
-    local: SocketAddr,
-    stop: CancellationToken,
-    stats: Arc<ListenerStats>,
-    /// The listening socket (a duplicate of the accept loop's), to hand to a new process.
-    socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl App {
@@ -291,37 +277,6 @@ impl App {
         Ok(app)
     }
 
-    fn start_listener(
-        self: &Arc<Self>,
-        cfg: &ListenerConfig,
-        socket: TcpListener,
-        stats: Option<Arc<ListenerStats>>,
-    ) -> ListenerEntry {
-        let local = socket.local_addr().unwrap_or(cfg.listen);
-        let dup = std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned();
-        let stats = stats.unwrap_or_else(|| {
-            Arc::new(ListenerStats::new(
-                &cfg.name,
-                ListenerMetrics::new(&self.metrics, &cfg.name),
-            ))
-        });
-        let stop = self.shutdown.accept.child_token();
-        tokio::spawn(proxy::accept_loop(
-            Arc::clone(&self.data),
-            socket,
-            Arc::clone(&stats),
-            stop.clone(),
-        ));
-        tracing::info!(listener = %cfg.name, addr = %local, protocol = cfg.kind.protocol(), "listening");
-        ListenerEntry {
-            configured: cfg.listen,
-            local,
-            stop,
-            stats,
-            socket: dup.ok(),
-        }
-    }
-
     /// Re-reads the config file and applies it.
     pub async fn reload(self: &Arc<Self>) -> Result<(), ReloadError> {
         let result = self.reload_inner().await;
@@ -405,16 +360,6 @@ impl App {
         rollout::Registry::resume(&self.control, &self.rollouts);
     }
 
-    /// Addresses the listeners are actually bound to, by name.
-    pub async fn listener_addrs(&self) -> HashMap<String, SocketAddr> {
-        let control = self.listeners.lock().await;
-        control
-            .listeners
-            .iter()
-            .map(|(n, e)| (n.clone(), e.local))
-            .collect()
-    }
-
     /// What the draining previous generation still holds (`None` once it exited): shown in
     /// `/v1/status`, and waited for by this process's drains of the same nodes.
     pub fn note_previous(&self, view: Option<carry::PreviousView>) {
@@ -428,40 +373,6 @@ impl App {
             }
         }
         self.previous.store(view.map(Arc::new));
-    }
-
-    /// Duplicates of the listening sockets of every listener whose name and address are in
-    /// `wanted` (a new process's config), for a takeover.
-    pub async fn listener_sockets(
-        &self,
-        wanted: &[(String, SocketAddr)],
-    ) -> Vec<(String, std::os::fd::OwnedFd)> {
-        let table = self.listeners.lock().await;
-        let have = table
-            .listeners
-            .iter()
-            .map(|(name, e)| (name.clone(), e.configured))
-            .collect();
-        plan::Plan::for_listeners(&have, wanted)
-            .keep
-            .into_iter()
-            .filter_map(|name| {
-                let fd = table
-                    .listeners
-                    .get(&name)?
-                    .socket
-                    .as_ref()?
-                    .try_clone()
-                    .ok()?;
-                Some((name, fd))
-            })
-            .collect()
-    }
-
-    /// Open client connections of one listener.
-    pub async fn listener_connections(&self, name: &str) -> Option<usize> {
-        let control = self.listeners.lock().await;
-        control.listeners.get(name).map(|e| e.stats.active())
     }
 
     pub fn admin_token(&self) -> Option<Arc<String>> {
