@@ -6,18 +6,18 @@
 //! connection when a pooled one turns out closed, and once another node when the
 //! connection died after sending; other requests are never sent twice.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::header::HeaderName;
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use tokio::time::{timeout, Instant};
 
 use super::body::{local, local_answer, LoggedBody, ProxyBody};
 use super::h1_upstream::{self, UpstreamBody};
+use super::server::RequestBody;
 use crate::access_log::{self, Termination};
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::metrics::ClientError;
@@ -40,15 +40,12 @@ use crate::proxy::walk::{self, Failure, Outcome, Step, Walk};
 /// again after a failure; larger ones stream and are not retried once sent.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
-pub async fn handle(
-    ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
-) -> Result<Response<LoggedBody>, Infallible> {
+pub async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Response<LoggedBody> {
     let started = Instant::now();
     let mut log = Logged::OFF;
     let resp = answer(&ctx, req, &mut log, started).await;
     let relay = !matches!(resp.body(), ProxyBody::Local(_));
-    Ok(resp.map(|body| LoggedBody::new(body, log, relay)))
+    resp.map(|body| LoggedBody::new(body, log, relay))
 }
 
 /// The request's access log line (when the log is on).
@@ -72,7 +69,7 @@ fn log_h2(ctx: &ConnCtx, parts: &Parts, id: Option<&[u8]>, started: Instant) -> 
 /// Answers one request: a node's response, or handoff's own.
 async fn answer(
     ctx: &Arc<ConnCtx>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     log: &mut Logged,
     started: Instant,
 ) -> Response<ProxyBody> {
@@ -185,7 +182,7 @@ fn idempotent(method: &Method) -> bool {
 async fn forward(
     ctx: &ConnCtx,
     pool: &Arc<Pool>,
-    (parts, body): (Parts, Incoming),
+    (parts, body): (Parts, RequestBody),
     (timeouts, request_buffer): (Timeouts, u64),
     (inflight, log, served): (InflightGuard, &mut Logged, Served<'_>),
     started: Instant,
@@ -292,7 +289,7 @@ async fn send_all(
     pool: &Arc<Pool>,
     parts: &Parts,
     out: Out,
-    mut stream: Option<Incoming>,
+    mut stream: Option<RequestBody>,
     framing: BodyLen,
     replayable: bool,
     timeouts: Timeouts,
@@ -422,7 +419,7 @@ async fn to_h2(
     ctx: &ConnCtx,
     pool: &Arc<Pool>,
     parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     timeouts: Timeouts,
     (inflight, log, served): (InflightGuard, &mut Logged, Served<'_>),
     started: Instant,

@@ -14,9 +14,10 @@ use crate::pool::UpstreamIo;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
+use super::server::RequestBody;
 use crate::pool::{Node, SessionGuard, Upstream};
 use crate::proxy::activity::InflightGuard;
 use crate::proxy::codec::buf::{Buf, SIZE};
@@ -31,7 +32,7 @@ use crate::proxy::walk::Failure;
 pub async fn send(
     up: &mut UpstreamIo,
     out: &[u8],
-    body: Option<&mut Incoming>,
+    body: Option<&mut RequestBody>,
     framing: BodyLen,
     sent: &mut u64,
 ) -> Result<(), Failure> {

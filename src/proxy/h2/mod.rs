@@ -1,5 +1,5 @@
-//! The HTTP/2 front end (clients with prior knowledge, or `h2` by ALPN): one hyper HTTP/2
-//! server connection per client, a request handler in [`forward`] that sends each request
+//! The HTTP/2 front end (clients with prior knowledge, or `h2` by ALPN): one HTTP/2 server
+//! connection per client ([`server`]), a request handler in [`forward`] that sends each request
 //! to a node over HTTP/1.1 ([`h1_upstream`]) or HTTP/2 ([`crate::proxy::h2up`]), and the
 //! response body in [`body`]. HTTP/1.x clients take handoff's own path,
 //! [`crate::proxy::h1`].
@@ -11,13 +11,11 @@
 pub mod body;
 mod forward;
 pub mod h1_upstream;
-mod streams;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 
@@ -40,12 +38,9 @@ where
     let plane = Arc::clone(&ctx.plane);
     let peer = ctx.peer;
     let watch = Arc::clone(&ctx);
-    let service = service_fn(move |req| forward::handle(Arc::clone(&ctx), req));
-    let spawner = streams::Spawner::default();
-    let conn = hyper::server::conn::http2::Builder::new(spawner.clone())
-        .serve_connection(TokioIo::new(io), service);
-    // The connection and its streams, run in this task (see `streams`).
-    let mut conn = streams::Serving::new(conn, spawner);
+    let service = move |req| forward::handle(Arc::clone(&ctx), req);
+    // The connection and its streams, run in this task (see `server`).
+    let mut conn = server::Connection::new(io, service);
     // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`
     // is the parent of `drain`, so `drain` always fires first.
     let mut drain = Gated::new(Box::pin(plane.shutdown.drain.clone().cancelled_owned()));
@@ -78,9 +73,7 @@ where
             }
         };
         if close && !closing {
-            if let Some(c) = conn.conn() {
-                c.graceful_shutdown();
-            }
+            conn.graceful_shutdown();
             closing = true;
         }
         tokio::select! {

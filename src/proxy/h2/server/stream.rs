@@ -1,0 +1,213 @@
+//! What a stream's handler shares with its connection: the request body the connection
+//! fills from DATA frames, the flags that end it, and the wakers both sides need. Lock-free
+//! (atomics and a queue), since a body may be read from another task (an HTTP/2 node's
+//! connection reads it there).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering::AcqRel, Ordering::Acquire};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake};
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use http::HeaderMap;
+use hyper::body::{Body, Frame, SizeHint};
+
+/// The connection's side: its task, and what handlers and bodies tell it.
+#[derive(Default)]
+pub struct ConnShared {
+    pub task: AtomicWaker,
+    /// Streams whose response body woke (it has a frame, or ended).
+    pub ready: SegQueue<u32>,
+    /// Request body octets read by handlers, per stream: window to give back.
+    pub consumed: SegQueue<(u32, u32)>,
+}
+
+impl ConnShared {
+    fn wake(&self) {
+        self.task.wake();
+    }
+}
+
+/// The client sent END_STREAM: the body ends once the queue is empty.
+const ENDED: u8 = 1;
+/// The stream is gone (the client reset it, it was malformed, or the connection ended):
+/// a body still being read fails.
+const RESET: u8 = 2;
+/// The handler is to stop.
+const CANCELLED: u8 = 4;
+
+pub enum Chunk {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+/// One stream's shared part. As a waker, it marks the stream's response body as ready.
+pub struct Shared {
+    pub id: u32,
+    conn: Arc<ConnShared>,
+    queue: SegQueue<Chunk>,
+    state: AtomicU8,
+    reader: AtomicWaker,
+    handler: AtomicWaker,
+}
+
+impl Wake for Shared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.conn.ready.push(self.id);
+        self.conn.wake();
+    }
+}
+
+impl Shared {
+    pub fn new(id: u32, conn: &Arc<ConnShared>) -> Arc<Shared> {
+        Arc::new(Shared {
+            id,
+            conn: Arc::clone(conn),
+            queue: SegQueue::new(),
+            state: AtomicU8::new(0),
+            reader: AtomicWaker::new(),
+            handler: AtomicWaker::new(),
+        })
+    }
+
+    pub fn push(&self, chunk: Chunk) {
+        self.queue.push(chunk);
+        self.reader.wake();
+    }
+
+    fn set(&self, flag: u8) {
+        self.state.fetch_or(flag, AcqRel);
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.state.load(Acquire) & flag != 0
+    }
+
+    /// The client has sent the whole body.
+    pub fn end(&self) {
+        self.set(ENDED);
+        self.reader.wake();
+    }
+
+    /// The body fails from here on.
+    pub fn reset(&self) {
+        self.set(RESET);
+        self.reader.wake();
+    }
+
+    /// Stops the handler (the client reset the stream) and fails its body.
+    pub fn cancel(&self) {
+        self.set(CANCELLED | RESET);
+        self.reader.wake();
+        self.handler.wake();
+    }
+
+    /// Whether the handler is to stop; else registers the handler's waker for a cancel.
+    pub fn cancelled(&self, cx: &Context<'_>) -> bool {
+        if self.has(CANCELLED) {
+            return true;
+        }
+        self.handler.register(cx.waker());
+        self.has(CANCELLED)
+    }
+}
+
+/// The body of a request from an HTTP/2 client.
+pub struct RequestBody {
+    shared: Option<Arc<Shared>>,
+    /// Octets still to come when the request said its length.
+    remaining: Option<u64>,
+}
+
+/// The stream was reset, or the body broke its content-length.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's HTTP/2 stream ended before its request body did")]
+pub struct BodyCut;
+
+impl RequestBody {
+    /// A request whose HEADERS ended the stream.
+    pub fn empty() -> Self {
+        RequestBody {
+            shared: None,
+            remaining: Some(0),
+        }
+    }
+
+    pub fn new(shared: Arc<Shared>, length: Option<u64>) -> Self {
+        RequestBody {
+            shared: Some(shared),
+            remaining: length,
+        }
+    }
+
+    fn chunk(&mut self, chunk: Chunk) -> Frame<Bytes> {
+        match chunk {
+            Chunk::Data(data) => {
+                if let Some(shared) = &self.shared {
+                    // Window goes back as the handler reads (frames hold at most 16 MiB).
+                    let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                    shared.conn.consumed.push((shared.id, n));
+                    shared.conn.wake();
+                }
+                if let Some(r) = &mut self.remaining {
+                    *r = r.saturating_sub(data.len() as u64);
+                }
+                Frame::data(data)
+            }
+            Chunk::Trailers(t) => Frame::trailers(t),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyCut;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
+        let this = self.get_mut();
+        let Some(shared) = &this.shared else {
+            return Poll::Ready(None);
+        };
+        if let Some(chunk) = shared.queue.pop() {
+            return Poll::Ready(Some(Ok(this.chunk(chunk))));
+        }
+        shared.reader.register(cx.waker());
+        // Again, for a chunk or flag set between the first look and the registration.
+        if let Some(chunk) = shared.queue.pop() {
+            return Poll::Ready(Some(Ok(this.chunk(chunk))));
+        }
+        // Ended before reset: a stream removed once both sides are done is reset too.
+        let state = shared.state.load(Acquire);
+        if state & ENDED != 0 {
+            this.shared = None;
+            return Poll::Ready(None);
+        }
+        if state & RESET != 0 {
+            return Poll::Ready(Some(Err(BodyCut)));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.shared {
+            None => true,
+            Some(s) => s.has(ENDED) && s.queue.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
