@@ -38,7 +38,9 @@ where
     let plane = Arc::clone(&ctx.plane);
     let peer = ctx.peer;
     let watch = Arc::clone(&ctx);
-    let service = move |req| forward::handle(Arc::clone(&ctx), req);
+    // Boxed: the handler's future is kilobytes, moved once into its box rather than on
+    // every move into the connection's set of handlers.
+    let service = move |req| Box::pin(forward::handle(Arc::clone(&ctx), req));
     // The connection and its streams, run in this task (see `server`).
     let mut conn = server::Connection::new(io, service);
     // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`

@@ -32,7 +32,10 @@ pub const CONN_WINDOW: u32 = 1024 * 1024;
 pub const WRITE_HIGH: usize = 256 * 1024;
 /// A header block's encoded size at most, with its CONTINUATION frames (a flood of them is
 /// refused before it costs memory).
-pub const MAX_BLOCK: usize = 2 * hpack::TABLE_SIZE + super::request::MAX_HEAD;
+pub const MAX_BLOCK: usize = 2 * super::request::MAX_HEAD;
+/// Streams handoff closed while the client could still send on them, remembered so that
+/// frames already on their way are ignored rather than taken for a protocol error.
+pub const RECENT_CLOSED: usize = 64;
 /// Client resets of streams still being served, past which a client is told to calm down
 /// when they also outnumber streams served (the "rapid reset" attack, CVE-2023-44487).
 pub const MAX_RESETS: u32 = 200;
@@ -206,6 +209,8 @@ pub struct Connection<I, S: Service> {
     pub blocked: Vec<u32>,
     /// A header block being encoded (kept for its capacity).
     pub scratch: Vec<u8>,
+    /// See [`RECENT_CLOSED`].
+    pub recent_closed: std::collections::VecDeque<u32>,
 }
 
 impl<I, S: Service> Connection<I, S> {
@@ -248,18 +253,20 @@ impl<I, S: Service> Connection<I, S> {
             served: 0,
             blocked: Vec::new(),
             scratch: Vec::new(),
+            recent_closed: std::collections::VecDeque::new(),
         }
     }
 
     /// Closes gracefully: GOAWAY, streams in flight finish, new ones are refused.
     pub fn graceful_shutdown(&mut self) {
         match self.goaway {
-            Goaway::None if self.phase == Phase::Open => {
+            // Even before the client's SETTINGS: its first requests may be on the wire.
+            Goaway::None => {
                 frame::put_goaway(&mut self.wbuf, (1 << 31) - 1, Reason::NoError);
                 frame::put_ping(&mut self.wbuf, 0, DRAIN_PING);
                 self.goaway = Goaway::Draining;
             }
-            Goaway::None | Goaway::Draining => self.go_final(),
+            Goaway::Draining => self.go_final(),
             Goaway::Final(_) => {}
         }
         self.shared.task.wake();
@@ -474,7 +481,7 @@ impl<I, S: Service> Connection<I, S> {
 
     /// A new stream's request, to its handler.
     pub fn start(&mut self, req: Request<()>, id: u32, end: bool, len: Option<u64>) {
-        let shared = Shared::new(id, &self.shared);
+        let shared = Shared::new(id, &self.shared, !end);
         let body = if end {
             RequestBody::empty()
         } else {

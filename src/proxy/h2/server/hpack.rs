@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use super::huffman;
 
 /// The dynamic table size handoff allows clients (the default of SETTINGS_HEADER_TABLE_SIZE,
@@ -91,21 +93,48 @@ pub enum HpackError {
     BadSizeUpdate(usize),
 }
 
-/// One entry of the dynamic table: name and value in one allocation.
+/// One entry of the dynamic table (the value shared with the requests that use it).
 struct Entry {
-    bytes: Box<[u8]>,
-    name_len: usize,
+    name: Box<[u8]>,
+    value: Bytes,
 }
 
 impl Entry {
     fn name(&self) -> &[u8] {
-        &self.bytes[..self.name_len]
-    }
-    fn value(&self) -> &[u8] {
-        &self.bytes[self.name_len..]
+        &self.name
     }
     fn size(&self) -> usize {
-        self.bytes.len() + 32
+        self.name.len() + self.value.len() + 32
+    }
+}
+
+/// A decoded value: borrowed, with a way to own it that copies only Huffman-coded ones.
+pub enum Value<'a> {
+    Static(&'static str),
+    /// A plain literal: a range of the block.
+    Block(&'a Bytes, usize, usize),
+    Table(&'a Bytes),
+    /// Huffman-decoded.
+    Scratch(&'a [u8]),
+}
+
+impl Value<'_> {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Static(s) => s.as_bytes(),
+            Value::Block(b, from, to) => &b[*from..*to],
+            Value::Table(b) => b,
+            Value::Scratch(s) => s,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Value::Static(s) => Bytes::from_static(s.as_bytes()),
+            Value::Block(b, from, to) => b.slice(*from..*to),
+            Value::Table(b) => Bytes::clone(b),
+            Value::Scratch(s) => Bytes::copy_from_slice(s),
+        }
     }
 }
 
@@ -142,8 +171,8 @@ impl Decoder {
     /// Decodes a whole header block, calling `field` with each name and value in order.
     pub fn decode(
         &mut self,
-        block: &[u8],
-        mut field: impl FnMut(&[u8], &[u8]),
+        block: &Bytes,
+        mut field: impl FnMut(&[u8], Value<'_>),
     ) -> Result<(), HpackError> {
         // Out of `self` for the block, so strings in it and the table can be used at once.
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -154,9 +183,9 @@ impl Decoder {
 
     fn fields(
         &mut self,
-        block: &[u8],
+        block: &Bytes,
         scratch: &mut (Vec<u8>, Vec<u8>),
-        field: &mut impl FnMut(&[u8], &[u8]),
+        field: &mut impl FnMut(&[u8], Value<'_>),
     ) -> Result<(), HpackError> {
         let mut at = 0;
         let mut fields_seen = false;
@@ -197,14 +226,14 @@ impl Decoder {
                 Str::Scratch
             } else {
                 let value = string(block, &mut at, values)?;
-                field(self.name_of(name_index)?, resolve(block, value, values));
+                field(self.name_of(name_index)?, value_of(block, value, values));
                 continue;
             };
             let value = string(block, &mut at, values)?;
-            let (n, v) = (resolve(block, name, names), resolve(block, value, values));
-            field(n, v);
+            let n = resolve(block, name, names);
+            field(n, value_of(block, value, values));
             if index_it {
-                self.insert(n, v);
+                self.insert(n, resolve(block, value, values));
             }
         }
         Ok(())
@@ -221,11 +250,11 @@ impl Decoder {
         }
     }
 
-    fn with_entry(&self, index: usize, f: impl FnOnce(&[u8], &[u8])) -> Result<(), HpackError> {
+    fn with_entry(&self, index: usize, f: impl FnOnce(&[u8], Value<'_>)) -> Result<(), HpackError> {
         match index {
             1..=61 => {
                 let (n, v) = STATIC[index - 1];
-                f(n.as_bytes(), v.as_bytes());
+                f(n.as_bytes(), Value::Static(v));
                 Ok(())
             }
             _ => {
@@ -233,7 +262,7 @@ impl Decoder {
                     .table
                     .get(index.wrapping_sub(62))
                     .ok_or(HpackError::BadIndex(index))?;
-                f(e.name(), e.value());
+                f(e.name(), Value::Table(&e.value));
                 Ok(())
             }
         }
@@ -241,12 +270,11 @@ impl Decoder {
 
     /// Adds a field at the front of the table, evicting from the back (§4.4).
     fn insert(&mut self, name: &[u8], value: &[u8]) {
-        let mut bytes = Vec::with_capacity(name.len() + value.len());
-        bytes.extend_from_slice(name);
-        bytes.extend_from_slice(value);
+        // Copied, not sliced: an entry may live as long as the connection, and a slice
+        // would keep the whole read buffer it came in.
         let entry = Entry {
-            bytes: bytes.into_boxed_slice(),
-            name_len: name.len(),
+            name: name.into(),
+            value: Bytes::copy_from_slice(value),
         };
         let size = entry.size();
         if size > self.max {
@@ -268,6 +296,13 @@ impl Decoder {
                 None => break,
             }
         }
+    }
+}
+
+fn value_of<'a>(block: &'a Bytes, s: Str, scratch: &'a [u8]) -> Value<'a> {
+    match s {
+        Str::Raw(a, b) => Value::Block(block, a, b),
+        Str::Scratch => Value::Scratch(scratch),
     }
 }
 
@@ -377,13 +412,38 @@ pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     put_string(out, value);
 }
 
-/// The static table index of a name (its first entry).
+/// The static table index of a name (its first entry), for the names responses carry.
 fn static_name(name: &[u8]) -> Option<usize> {
-    // Names are compared by length first: most lengths have one or two candidates.
-    STATIC
-        .iter()
-        .position(|(n, _)| n.len() == name.len() && n.as_bytes() == name)
-        .map(|i| i + 1)
+    Some(match name {
+        b"content-type" => 31,
+        b"content-length" => 28,
+        b"date" => 33,
+        b"server" => 54,
+        b"cache-control" => 24,
+        b"set-cookie" => 55,
+        b"etag" => 34,
+        b"last-modified" => 44,
+        b"location" => 46,
+        b"vary" => 59,
+        b"content-encoding" => 26,
+        b"accept-ranges" => 18,
+        b"expires" => 36,
+        b"age" => 21,
+        b"via" => 60,
+        b"link" => 45,
+        b"allow" => 22,
+        b"retry-after" => 53,
+        b"content-range" => 30,
+        b"content-language" => 27,
+        b"content-location" => 29,
+        b"content-disposition" => 25,
+        b"strict-transport-security" => 56,
+        b"access-control-allow-origin" => 20,
+        b"www-authenticate" => 61,
+        b"proxy-authenticate" => 48,
+        b"refresh" => 52,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -400,10 +460,10 @@ mod tests {
 
     fn decode(d: &mut Decoder, block: &str) -> Result<Vec<(String, String)>, HpackError> {
         let mut got = Vec::new();
-        d.decode(&hex(block), |n, v| {
+        d.decode(&Bytes::from(hex(block)), |n, v| {
             got.push((
                 String::from_utf8_lossy(n).into_owned(),
-                String::from_utf8_lossy(v).into_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
             ))
         })?;
         Ok(got)
@@ -487,7 +547,7 @@ mod tests {
         // Every prefix of a valid block fails cleanly or decodes.
         let block = hex("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf");
         for end in 0..block.len() {
-            let _ = Decoder::default().decode(&block[..end], |_, _| {});
+            let _ = Decoder::default().decode(&Bytes::copy_from_slice(&block[..end]), |_, _| {});
         }
     }
 
@@ -501,8 +561,10 @@ mod tests {
         put_field(&mut out, b"set-cookie", b"a=b");
         let mut d = Decoder::default();
         let mut got = Vec::new();
-        d.decode(&out, |n, v| got.push((n.to_vec(), v.to_vec())))
-            .unwrap();
+        d.decode(&Bytes::from(out), |n, v| {
+            got.push((n.to_vec(), v.to_bytes().to_vec()))
+        })
+        .unwrap();
         let got: Vec<(&[u8], &[u8])> = got.iter().map(|(n, v)| (&n[..], &v[..])).collect();
         assert_eq!(
             got,
@@ -515,13 +577,20 @@ mod tests {
             ]
         );
         assert!(d.table.is_empty(), "the encoder never indexes");
+        // Every name the encoder indexes is the static table's.
+        for (i, (name, _)) in STATIC.iter().enumerate() {
+            if let Some(j) = static_name(name.as_bytes()) {
+                assert_eq!(STATIC[j - 1].0, *name, "index {j} for {name}");
+                assert!(j <= i + 1);
+            }
+        }
         // Long values take multi-byte lengths.
         let long = vec![b'~'; 300];
         let mut out = Vec::new();
         put_field(&mut out, b"x-long", &long);
         let mut seen = 0;
         Decoder::default()
-            .decode(&out, |_, v| seen = v.len())
+            .decode(&Bytes::from(out), |_, v| seen = v.as_bytes().len())
             .unwrap();
         assert_eq!(seen, 300);
     }

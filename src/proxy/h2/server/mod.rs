@@ -27,3 +27,6 @@ mod stream;
 
 pub use conn::{Connection, Error};
 pub use stream::{BodyCut, RequestBody};
+
+#[cfg(test)]
+mod tests;

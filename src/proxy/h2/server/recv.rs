@@ -42,7 +42,8 @@ impl<I, S: Service> Connection<I, S> {
                         .ok_or_else(|| conn_error(Reason::FrameSize, "HEADERS too short"))?;
                 }
                 if flags & frame::END_HEADERS != 0 {
-                    self.block_done(id, flags, fragment)
+                    let fragment = payload.slice_ref(fragment);
+                    self.block_done(id, flags, &fragment)
                 } else {
                     self.block = Some(Block {
                         id,
@@ -64,7 +65,7 @@ impl<I, S: Service> Connection<I, S> {
                     ));
                 }
                 if flags & frame::END_HEADERS != 0 {
-                    self.block_done(b.id, b.flags, &b.buf)
+                    self.block_done(b.id, b.flags, &Bytes::from(b.buf))
                 } else {
                     self.block = Some(b);
                     Ok(())
@@ -182,7 +183,7 @@ impl<I, S: Service> Connection<I, S> {
     }
 
     /// A whole header block: a new request, or trailers.
-    fn block_done(&mut self, id: u32, flags: u8, block: &[u8]) -> Result<(), Error> {
+    fn block_done(&mut self, id: u32, flags: u8, block: &Bytes) -> Result<(), Error> {
         let end = flags & frame::END_STREAM != 0;
         let existing = self.streams.get(&id).map(|s| s.recv_open);
         let mut head = request::Head::default();
@@ -202,7 +203,15 @@ impl<I, S: Service> Connection<I, S> {
                     Err(_) => self.stream_error(id, Reason::Protocol),
                 },
                 Some(true) => self.stream_error(id, Reason::Protocol),
-                _ => self.stream_error(id, Reason::StreamClosed),
+                Some(false) => self.stream_error(id, Reason::StreamClosed),
+                // Trailers already on their way when handoff reset the stream.
+                None if self.recent_closed.contains(&id) => {}
+                None => {
+                    return Err(conn_error(
+                        Reason::Protocol,
+                        "HEADERS on a closed stream, or stream IDs out of order",
+                    ))
+                }
             }
             return Ok(());
         }

@@ -6,6 +6,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
+use super::hpack::Value;
+
 /// Decoded field octets accepted in one head (names, values and 32 per field, as RFC 9113
 /// counts them); the HTTP/1 path's limit. A larger head is answered 431.
 pub const MAX_HEAD: usize = crate::proxy::codec::head::MAX_HEAD;
@@ -39,8 +41,8 @@ impl Head {
     }
 
     /// One decoded field of a request's HEADERS, or of its trailers (`trailer`).
-    pub fn field(&mut self, name: &[u8], value: &[u8], trailer: bool) {
-        self.size += name.len() + value.len() + 32;
+    pub fn field(&mut self, name: &[u8], value: Value<'_>, trailer: bool) {
+        self.size += name.len() + value.as_bytes().len() + 32;
         if self.malformed.is_some() || self.size > MAX_HEAD {
             return;
         }
@@ -48,7 +50,7 @@ impl Head {
             if self.regular_seen || trailer {
                 return self.bad("a pseudo-header field after a regular one");
             }
-            self.pseudo(pseudo, value);
+            self.pseudo(pseudo, value.as_bytes());
             return;
         }
         self.regular_seen = true;
@@ -58,7 +60,7 @@ impl Head {
         let Ok(name) = HeaderName::from_bytes(name) else {
             return self.bad("a field name with characters a token does not allow");
         };
-        let Ok(value) = HeaderValue::from_bytes(value) else {
+        let Ok(value) = HeaderValue::from_maybe_shared(value.to_bytes()) else {
             return self.bad("a field value with a control character");
         };
         use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
@@ -166,7 +168,7 @@ mod tests {
     fn build(fields: &[(&str, &str)]) -> Built {
         let mut h = Head::default();
         for (n, v) in fields {
-            h.field(n.as_bytes(), v.as_bytes(), false);
+            h.field(n.as_bytes(), Value::Scratch(v.as_bytes()), false);
         }
         h.build()
     }

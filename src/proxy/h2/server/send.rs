@@ -9,7 +9,8 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::Response;
 use hyper::body::Body;
 
-use super::conn::{Connection, Resp, Service, CONN_WINDOW, STREAM_WINDOW, WRITE_HIGH};
+use super::conn::WRITE_HIGH;
+use super::conn::{Connection, Resp, Service, CONN_WINDOW, RECENT_CLOSED, STREAM_WINDOW};
 use super::frame::{self, Reason};
 use super::hpack;
 
@@ -210,6 +211,12 @@ impl<I, S: Service> Connection<I, S> {
     pub fn remove(&mut self, id: u32) {
         if let Some(s) = self.streams.remove(&id) {
             s.shared.cancel();
+            if s.recv_open {
+                if self.recent_closed.len() == RECENT_CLOSED {
+                    self.recent_closed.pop_front();
+                }
+                self.recent_closed.push_back(id);
+            }
             if s.unconsumed > 0 {
                 self.credit(u32::try_from(s.unconsumed).unwrap_or(u32::MAX));
             }

@@ -47,7 +47,9 @@ pub enum Chunk {
 pub struct Shared {
     pub id: u32,
     conn: Arc<ConnShared>,
-    queue: SegQueue<Chunk>,
+    /// The request body's chunks: only for a request with one (boxed, since the queue is
+    /// cache-line aligned and a stream's shared part is allocated for every request).
+    queue: Option<Box<SegQueue<Chunk>>>,
     state: AtomicU8,
     reader: AtomicWaker,
     handler: AtomicWaker,
@@ -65,11 +67,11 @@ impl Wake for Shared {
 }
 
 impl Shared {
-    pub fn new(id: u32, conn: &Arc<ConnShared>) -> Arc<Shared> {
+    pub fn new(id: u32, conn: &Arc<ConnShared>, body: bool) -> Arc<Shared> {
         Arc::new(Shared {
             id,
             conn: Arc::clone(conn),
-            queue: SegQueue::new(),
+            queue: body.then(Box::default),
             state: AtomicU8::new(0),
             reader: AtomicWaker::new(),
             handler: AtomicWaker::new(),
@@ -77,12 +79,18 @@ impl Shared {
     }
 
     pub fn push(&self, chunk: Chunk) {
-        self.queue.push(chunk);
-        self.reader.wake();
+        if let Some(q) = &self.queue {
+            q.push(chunk);
+            self.reader.wake();
+        }
     }
 
     fn set(&self, flag: u8) {
         self.state.fetch_or(flag, AcqRel);
+    }
+
+    fn pop(&self) -> Option<Chunk> {
+        self.queue.as_ref().and_then(|q| q.pop())
     }
 
     fn has(&self, flag: u8) -> bool {
@@ -177,12 +185,12 @@ impl Body for RequestBody {
         let Some(shared) = &this.shared else {
             return Poll::Ready(None);
         };
-        if let Some(chunk) = shared.queue.pop() {
+        if let Some(chunk) = shared.pop() {
             return Poll::Ready(Some(Ok(this.chunk(chunk))));
         }
         shared.reader.register(cx.waker());
         // Again, for a chunk or flag set between the first look and the registration.
-        if let Some(chunk) = shared.queue.pop() {
+        if let Some(chunk) = shared.pop() {
             return Poll::Ready(Some(Ok(this.chunk(chunk))));
         }
         // Ended before reset: a stream removed once both sides are done is reset too.
@@ -200,7 +208,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.shared {
             None => true,
-            Some(s) => s.has(ENDED) && s.queue.is_empty(),
+            Some(s) => s.has(ENDED) && s.queue.as_ref().is_none_or(|q| q.is_empty()),
         }
     }
 
