@@ -118,19 +118,27 @@ pub fn write_request_head(
 }
 
 /// A backend's response fields for an HTTP/2 answer: hop-by-hop ones and the framing
-/// dropped (HTTP/2 frames bodies itself), a known length kept as `content-length`.
-pub fn response_headers(fields: &[httparse::Header<'_>], body: BodyLen) -> HeaderMap {
+/// dropped (HTTP/2 frames bodies itself), a known length kept as `content-length`. `head`
+/// is the head the fields were parsed from.
+pub fn response_headers(head: &[u8], fields: &[httparse::Header<'_>], body: BodyLen) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(fields.len());
     let named = names_fields(fields);
+    // The values share one copy of the head: one allocation rather than one per field.
+    let shared = bytes::Bytes::copy_from_slice(head);
+    let base = head.as_ptr() as usize;
     for h in fields {
         let keep_length = body == BodyLen::Empty && h.name.eq_ignore_ascii_case("content-length");
         if !keep_length && dropped(h.name, fields, false, named) {
             continue;
         }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
-        ) {
+        let at = (h.value.as_ptr() as usize).wrapping_sub(base);
+        let value = match shared.get(at..at + h.value.len()) {
+            Some(v) if v == h.value => {
+                HeaderValue::from_maybe_shared(shared.slice(at..at + v.len()))
+            }
+            _ => HeaderValue::from_bytes(h.value),
+        };
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), value) {
             map.append(name, value);
         }
     }
@@ -230,10 +238,10 @@ mod tests {
                 value: b"b",
             },
         ];
-        let map = response_headers(&fields, BodyLen::Chunked);
+        let map = response_headers(b"", &fields, BodyLen::Chunked);
         assert_eq!(map.len(), 1);
         assert_eq!(map["server"], "b");
-        let map = response_headers(&fields[3..], BodyLen::Length(7));
+        let map = response_headers(b"", &fields[3..], BodyLen::Length(7));
         assert_eq!(map["content-length"], "7");
     }
 }

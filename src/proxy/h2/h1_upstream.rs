@@ -96,7 +96,8 @@ pub async fn read_head(
                     let mut response = Response::new(());
                     *response.status_mut() = StatusCode::from_u16(resp.status)
                         .map_err(|_| Failure::Upstream { answered: true })?;
-                    *response.headers_mut() = response_headers(resp.headers, info.body);
+                    let head = &ub.data()[..resp.len];
+                    *response.headers_mut() = response_headers(head, resp.headers, info.body);
                     let head = BackendHead {
                         response,
                         body: info.body,

@@ -50,7 +50,7 @@ impl Head {
             if self.regular_seen || trailer {
                 return self.bad("a pseudo-header field after a regular one");
             }
-            self.pseudo(pseudo, value.as_bytes());
+            self.pseudo(pseudo, value);
             return;
         }
         self.regular_seen = true;
@@ -91,7 +91,8 @@ impl Head {
         self.headers.append(name, value);
     }
 
-    fn pseudo(&mut self, name: &[u8], value: &[u8]) {
+    fn pseudo(&mut self, name: &[u8], v: Value<'_>) {
+        let value = v.as_bytes();
         match name {
             b"method" if self.method.is_none() => match Method::from_bytes(value) {
                 Ok(m) => self.method = Some(m),
@@ -101,11 +102,14 @@ impl Head {
                 Ok(s) => self.scheme = Some(s),
                 Err(_) => self.bad("a :scheme that is not a scheme"),
             },
-            b"authority" if self.authority.is_none() => match Authority::try_from(value) {
-                Ok(a) => self.authority = Some(a),
-                Err(_) => self.bad("an :authority that is not host[:port]"),
-            },
-            b"path" if self.path.is_none() => match PathAndQuery::try_from(value) {
+            // Shared with the block or the table, not copied.
+            b"authority" if self.authority.is_none() => {
+                match Authority::from_maybe_shared(v.to_bytes()) {
+                    Ok(a) => self.authority = Some(a),
+                    Err(_) => self.bad("an :authority that is not host[:port]"),
+                }
+            }
+            b"path" if self.path.is_none() => match PathAndQuery::from_maybe_shared(v.to_bytes()) {
                 Ok(p) if !value.is_empty() => self.path = Some(p),
                 _ => self.bad("a :path that is empty or not a path"),
             },
