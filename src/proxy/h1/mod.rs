@@ -39,7 +39,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::activity::{Verdict, Watched};
 use super::ctx::ConnCtx;
 use crate::access_log::Termination;
-use crate::gated::Gated;
+use crate::gated::{Gated, Timer};
 use crate::proxy::codec::buf::{self, Buf};
 use crate::proxy::logged::Logged;
 use tokio::time::Instant;
@@ -119,7 +119,7 @@ pub fn serve<I: ClientIo>(ctx: Arc<ConnCtx>, io: I, speaks: Speaks) -> Conn<I> {
     };
     Conn {
         // Fires at once: the first look sets the real deadline.
-        watchdog: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        watchdog: Timer::new(tokio::time::Instant::now()),
         ctx,
         force: None,
         first: speaks == Speaks::Sniff,
@@ -145,7 +145,7 @@ pub fn serve<I: ClientIo>(ctx: Arc<ConnCtx>, io: I, speaks: Speaks) -> Conn<I> {
 /// (gated so per-read wake-ups don't poll it) cuts what remains.
 pub struct Conn<I: ClientIo> {
     ctx: Arc<ConnCtx>,
-    watchdog: Pin<Box<tokio::time::Sleep>>,
+    watchdog: Timer,
     force: Option<Box<Signal>>,
     /// The next head is the connection's first, and HTTP/2's preface is looked for.
     first: bool,
@@ -230,10 +230,10 @@ impl<I: ClientIo> Future for Conn<I> {
                     return Poll::Ready(());
                 }
             }
-            if this.watchdog.as_mut().poll(cx).is_pending() {
+            if Pin::new(&mut this.watchdog).poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            if tick(&this.ctx, this.watchdog.as_mut(), &mut this.force) == Tick::Cut {
+            if tick(&this.ctx, &mut this.watchdog, &mut this.force) == Tick::Cut {
                 return Poll::Ready(());
             }
             // The reset timer is polled on the next pass, which registers it (and a busy
@@ -284,7 +284,7 @@ enum Tick {
 /// sets the next look (at least every quarter of the header-read and response timeouts).
 fn tick(
     ctx: &ConnCtx,
-    watchdog: Pin<&mut tokio::time::Sleep>,
+    watchdog: &mut Timer,
     force: &mut Option<Box<Signal>>,
 ) -> Tick {
     let closing = &ctx.closing;

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 use super::activity::Verdict;
 use super::ctx::ConnCtx;
-use crate::gated::Gated;
+use crate::gated::{Gated, Timer};
 
 /// After asking an idle connection to close, when to look at it again.
 const RECHECK_AFTER_CLOSE: Duration = Duration::from_secs(1);
@@ -57,6 +57,7 @@ where
     // Whatever asks the connection to close (its node closed, idleness, a drain or a
     // retirement), it is asked once: GOAWAY, and in-flight streams finish.
     let (mut close, mut closing) = (false, false);
+    let mut watchdog = Timer::new(Instant::now());
     loop {
         // Checked at every watchdog tick.
         close = close || watch.served_by_closed();
@@ -78,14 +79,17 @@ where
             conn.graceful_shutdown();
             closing = true;
         }
+        watchdog.reset(next);
         tokio::select! {
+            // The connection first: the signals are gated, polled only when they fire.
+            biased;
             r = &mut conn => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
                 break;
             }
-            _ = sleep_until(next) => {}
+            _ = &mut watchdog => {}
             // Replaced by a new process, or draining: GOAWAY now (in-flight streams finish).
             _ = &mut retire, if !retired => {
                 retired = true;
