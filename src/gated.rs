@@ -128,7 +128,10 @@ mod tests {
         (&mut timer).await;
         assert_eq!(Instant::now() - start, Duration::from_secs(5));
         timer.reset(Instant::now() + Duration::from_secs(3));
-        assert!(futures_poll_once(&mut timer).await, "pending again after a reset");
+        assert!(
+            futures_poll_once(&mut timer).await,
+            "pending again after a reset"
+        );
         (&mut timer).await;
         assert_eq!(Instant::now() - start, Duration::from_secs(8));
     }

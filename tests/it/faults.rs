@@ -174,3 +174,47 @@ async fn a_backend_slower_than_the_response_timeout_gets_504_in_time() {
     // The connection is fine for the next request.
     assert_eq!(get(&client(), &proxy.url("web", "/")).await.0, 200);
 }
+
+/// The same over HTTP/2, where the connection's watchdog times every stream: the slow
+/// stream gets 504 in time, and a stream beside it on the same connection is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_to_a_slow_backend_gets_504_in_time_and_its_sibling_is_served() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let a = HttpBackend::start("a", "1.0.0").await;
+    let proxy = Proxy::start(&http_config(
+        &[("a", a.addr)],
+        "    timeouts: { response: 400ms }\n",
+    ))
+    .await;
+    proxy.wait_health("web", "a", Health::Up).await;
+    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        let mut sender = sender.clone();
+        let req = http::Request::get(proxy.url("web", path))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        async move { sender.send_request(req).await.map(|r| r.status()) }
+    };
+    let started = tokio::time::Instant::now();
+    let (slow, quick) = tokio::join!(get("/slow/5000"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        get("/slow/200").await
+    });
+    let took = started.elapsed();
+    assert_eq!(slow.unwrap(), 504);
+    assert_eq!(
+        quick.unwrap(),
+        200,
+        "the sibling stream finished in its own time"
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
+        "504 after {took:?}"
+    );
+    assert_eq!(get("/").await.unwrap(), 200, "the connection serves on");
+}

@@ -331,7 +331,7 @@ async fn an_idle_http2_client_sending_pings_is_not_cut_as_a_slow_head() {
     }
 }
 
-/// A client connection's HTTP/2 streams run in its own task (`proxy/h2/streams.rs`), and
+/// A client connection's HTTP/2 streams run in its own task (`proxy/h2/server`), and
 /// still concurrently: a stream waiting on a slow node holds up no other stream.
 #[tokio::test]
 async fn http2_streams_of_one_connection_do_not_wait_for_each_other() {

@@ -282,11 +282,7 @@ enum Tick {
 
 /// The watchdog fired: applies the timeouts and the shutdown and drain-deadline closes, and
 /// sets the next look (at least every quarter of the header-read and response timeouts).
-fn tick(
-    ctx: &ConnCtx,
-    watchdog: &mut Timer,
-    force: &mut Option<Box<Signal>>,
-) -> Tick {
+fn tick(ctx: &ConnCtx, watchdog: &mut Timer, force: &mut Option<Box<Signal>>) -> Tick {
     let closing = &ctx.closing;
     let timeouts = &ctx.timeouts;
     let shutdown = &ctx.plane.shutdown;

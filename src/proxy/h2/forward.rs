@@ -13,11 +13,11 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use super::body::{local, local_answer, LoggedBody, ProxyBody};
 use super::h1_upstream::{self, UpstreamBody};
-use super::server::RequestBody;
+use super::server::{RequestBody, Waiter};
 use crate::access_log::{self, Termination};
 use crate::config::{Timeouts, UpstreamProtocol};
 use crate::metrics::ClientError;
@@ -187,6 +187,7 @@ async fn forward(
     (inflight, log, served): (InflightGuard, &mut Logged, Served<'_>),
     started: Instant,
 ) -> Response<ProxyBody> {
+    let waiter = body.waiter();
     if pool.config.upstream.protocol != UpstreamProtocol::Http1 {
         if let Some(n) = body.size_hint().exact() {
             log.add_bytes(n, 0);
@@ -222,12 +223,12 @@ async fn forward(
     } else if replayable || small {
         let limit = request_buffer.max(MAX_REPLAY_BODY) as usize;
         let limited = http_body_util::Limited::new(body, limit);
-        match timeout(timeouts.response, limited.collect()).await {
-            Ok(Ok(all)) => {
+        match waiter.wait(limited.collect()).await {
+            Some(Ok(all)) => {
                 let bytes = all.to_bytes();
                 (BodyLen::Length(bytes.len() as u64), Some(bytes), None)
             }
-            Ok(Err(_)) => {
+            Some(Err(_)) => {
                 ctx.listener.metrics.client_error(ClientError::BodyCut);
                 log.end(Termination::ClientClosed, Some(400));
                 return local(
@@ -235,7 +236,7 @@ async fn forward(
                     "the request body could not be read",
                 );
             }
-            Err(_) => {
+            None => {
                 ctx.listener.metrics.client_error(ClientError::BodyTimeout);
                 log.end(Termination::ClientTimeout, Some(408));
                 return local(
@@ -275,7 +276,7 @@ async fn forward(
         stream,
         framing,
         replayable && whole,
-        timeouts,
+        (timeouts, &waiter),
         (inflight, log, served),
         started,
     )
@@ -292,7 +293,7 @@ async fn send_all(
     mut stream: Option<RequestBody>,
     framing: BodyLen,
     replayable: bool,
-    timeouts: Timeouts,
+    (timeouts, waiter): (Timeouts, &Waiter),
     (inflight, log, served): (InflightGuard, &mut Logged, Served<'_>),
     started: Instant,
 ) -> Response<ProxyBody> {
@@ -344,12 +345,13 @@ async fn send_all(
                     _ = close => Err(Failure::Upstream { answered: false }),
                 }
             };
-            let sent = timeout(timeouts.response, exchange).await;
+            // The response timeout, kept by the connection's watchdog (see `Waiter`).
+            let sent = waiter.wait(exchange).await;
             log.add_bytes(streamed, 0);
             let now = Instant::now();
             let outcome = match sent {
-                Err(_) => Outcome::TimedOut,
-                Ok(Ok(head)) => {
+                None => Outcome::TimedOut,
+                Some(Ok(head)) => {
                     let status = head.response.status().as_u16();
                     pool.answered(i, status, now.duration_since(walk.asked()));
                     if let Some(sent) = sending {
@@ -377,7 +379,7 @@ async fn send_all(
                     }
                     return resp;
                 }
-                Ok(Err(Failure::Client { .. })) => {
+                Some(Err(Failure::Client { .. })) => {
                     ctx.listener.metrics.client_error(ClientError::BodyCut);
                     log.end(Termination::ClientClosed, Some(400));
                     return local(
@@ -385,7 +387,7 @@ async fn send_all(
                         "the request body could not be read",
                     );
                 }
-                Ok(Err(Failure::Upstream { answered })) => Outcome::Failed { reused, answered },
+                Some(Err(Failure::Upstream { answered })) => Outcome::Failed { reused, answered },
             };
             let decision = walk.decide(outcome, now);
             if let Some(status) = decision.charge {

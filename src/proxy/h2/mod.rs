@@ -67,8 +67,12 @@ where
             activity.cut(crate::access_log::Termination::SendTimeout);
             break;
         }
+        // Streams waiting for a node longer than the response timeout get their 504.
+        conn.expire(timeouts.response());
+        // Also every quarter of the response and send timeouts (see `server::Waiter`).
+        let look = timeouts.response().min(timeouts.send()) / 4;
         let next = match activity.verdict(idle, Some(header_read)) {
-            Verdict::CheckAt(at) => at.min(Instant::now() + timeouts.send() / 4),
+            Verdict::CheckAt(at) => at.min(Instant::now() + look),
             Verdict::SlowHead => break,
             Verdict::Idle => {
                 close = true;

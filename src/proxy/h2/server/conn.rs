@@ -257,6 +257,15 @@ impl<I, S: Service> Connection<I, S> {
         }
     }
 
+    /// The watchdog's look: handlers that have waited `timeout` for a node are told so.
+    pub fn expire(&self, timeout: std::time::Duration) {
+        let now = crate::time::coarse_ms();
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        for s in self.streams.values() {
+            s.shared.expire(now, ms);
+        }
+    }
+
     /// Closes gracefully: GOAWAY, streams in flight finish, new ones are refused.
     pub fn graceful_shutdown(&mut self) {
         match self.goaway {
@@ -482,11 +491,7 @@ impl<I, S: Service> Connection<I, S> {
     /// A new stream's request, to its handler.
     pub fn start(&mut self, req: Request<()>, id: u32, end: bool, len: Option<u64>) {
         let shared = Shared::new(id, &self.shared, !end);
-        let body = if end {
-            RequestBody::empty()
-        } else {
-            RequestBody::new(Arc::clone(&shared), len)
-        };
+        let body = RequestBody::new(Arc::clone(&shared), !end, len);
         let fut = self.service.call(req.map(|()| body));
         self.handlers.push(Handler {
             shared: Arc::clone(&shared),

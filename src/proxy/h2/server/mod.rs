@@ -26,7 +26,7 @@ mod send;
 mod stream;
 
 pub use conn::{Connection, Error};
-pub use stream::{BodyCut, RequestBody};
+pub use stream::{BodyCut, RequestBody, Waiter};
 
 #[cfg(test)]
 mod tests;

@@ -3,8 +3,10 @@
 //! (atomics and a queue), since a body may be read from another task (an HTTP/2 node's
 //! connection reads it there).
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering::AcqRel, Ordering::Acquire};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake};
 
@@ -37,6 +39,8 @@ const ENDED: u8 = 1;
 const RESET: u8 = 2;
 /// The handler is to stop.
 const CANCELLED: u8 = 4;
+/// The handler has waited longer than the response timeout (see [`Waiter`]).
+const LATE: u8 = 8;
 
 pub enum Chunk {
     Data(Bytes),
@@ -53,6 +57,8 @@ pub struct Shared {
     state: AtomicU8,
     reader: AtomicWaker,
     handler: AtomicWaker,
+    /// When the handler began waiting for a node (coarse ms + 1; 0: not waiting).
+    waiting_since: AtomicU64,
 }
 
 impl Wake for Shared {
@@ -75,6 +81,7 @@ impl Shared {
             state: AtomicU8::new(0),
             reader: AtomicWaker::new(),
             handler: AtomicWaker::new(),
+            waiting_since: AtomicU64::new(0),
         })
     }
 
@@ -116,6 +123,16 @@ impl Shared {
         self.handler.wake();
     }
 
+    /// The connection's watchdog: marks the handler late if it has waited `timeout_ms` for
+    /// a node, and wakes it.
+    pub fn expire(&self, now_ms: u64, timeout_ms: u64) {
+        let since = self.waiting_since.load(Relaxed);
+        if since != 0 && now_ms + 1 >= since.saturating_add(timeout_ms) && !self.has(LATE) {
+            self.set(LATE);
+            self.handler.wake();
+        }
+    }
+
     /// Whether the handler is to stop; else registers the handler's waker for a cancel.
     pub fn cancelled(&self, cx: &Context<'_>) -> bool {
         if self.has(CANCELLED) {
@@ -128,7 +145,9 @@ impl Shared {
 
 /// The body of a request from an HTTP/2 client.
 pub struct RequestBody {
-    shared: Option<Arc<Shared>>,
+    shared: Arc<Shared>,
+    /// More may come (the request did not end with its HEADERS, nor the body since).
+    open: bool,
     /// Octets still to come when the request said its length.
     remaining: Option<u64>,
 }
@@ -139,30 +158,27 @@ pub struct RequestBody {
 pub struct BodyCut;
 
 impl RequestBody {
-    /// A request whose HEADERS ended the stream.
-    pub fn empty() -> Self {
+    pub fn new(shared: Arc<Shared>, open: bool, length: Option<u64>) -> Self {
         RequestBody {
-            shared: None,
-            remaining: Some(0),
+            shared,
+            open,
+            remaining: if open { length } else { Some(0) },
         }
     }
 
-    pub fn new(shared: Arc<Shared>, length: Option<u64>) -> Self {
-        RequestBody {
-            shared: Some(shared),
-            remaining: length,
-        }
+    /// The handle the handler times its waits with.
+    pub fn waiter(&self) -> Waiter {
+        Waiter(Arc::clone(&self.shared))
     }
 
     fn chunk(&mut self, chunk: Chunk) -> Frame<Bytes> {
         match chunk {
             Chunk::Data(data) => {
-                if let Some(shared) = &self.shared {
-                    // Window goes back as the handler reads (frames hold at most 16 MiB).
-                    let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-                    shared.conn.consumed.push((shared.id, n));
-                    shared.conn.wake();
-                }
+                let shared = &self.shared;
+                // Window goes back as the handler reads (frames hold at most 16 MiB).
+                let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                shared.conn.consumed.push((shared.id, n));
+                shared.conn.wake();
                 if let Some(r) = &mut self.remaining {
                     *r = r.saturating_sub(data.len() as u64);
                 }
@@ -170,6 +186,36 @@ impl RequestBody {
             }
             Chunk::Trailers(t) => Frame::trailers(t),
         }
+    }
+}
+
+/// A stream's response timeout, kept by the connection's watchdog rather than a timer per
+/// request (a timer takes the runtime's timer lock to register and to drop; the watchdog
+/// looks at least every quarter of the timeout, so a wait is cut within 1.25 times it).
+pub struct Waiter(Arc<Shared>);
+
+impl Waiter {
+    /// Runs `fut` as a wait for a node (or for the client's body): `None` if it takes
+    /// longer than the response timeout.
+    pub async fn wait<F: Future>(&self, fut: F) -> Option<F::Output> {
+        let shared = &self.0;
+        shared.state.fetch_and(!LATE, AcqRel);
+        let since = crate::time::coarse_ms() + 1;
+        shared.waiting_since.store(since, Relaxed);
+        let mut fut = std::pin::pin!(fut);
+        let out = std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            shared.handler.register(cx.waker());
+            if shared.has(LATE) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        shared.waiting_since.store(0, Relaxed);
+        out
     }
 }
 
@@ -182,21 +228,21 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
         let this = self.get_mut();
-        let Some(shared) = &this.shared else {
+        if !this.open {
             return Poll::Ready(None);
-        };
-        if let Some(chunk) = shared.pop() {
+        }
+        if let Some(chunk) = this.shared.pop() {
             return Poll::Ready(Some(Ok(this.chunk(chunk))));
         }
-        shared.reader.register(cx.waker());
+        this.shared.reader.register(cx.waker());
         // Again, for a chunk or flag set between the first look and the registration.
-        if let Some(chunk) = shared.pop() {
+        if let Some(chunk) = this.shared.pop() {
             return Poll::Ready(Some(Ok(this.chunk(chunk))));
         }
         // Ended before reset: a stream removed once both sides are done is reset too.
-        let state = shared.state.load(Acquire);
+        let state = this.shared.state.load(Acquire);
         if state & ENDED != 0 {
-            this.shared = None;
+            this.open = false;
             return Poll::Ready(None);
         }
         if state & RESET != 0 {
@@ -206,10 +252,8 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.shared {
-            None => true,
-            Some(s) => s.has(ENDED) && s.queue.as_ref().is_none_or(|q| q.is_empty()),
-        }
+        let s = &self.shared;
+        !self.open || (s.has(ENDED) && s.queue.as_ref().is_none_or(|q| q.is_empty()))
     }
 
     fn size_hint(&self) -> SizeHint {
