@@ -126,11 +126,20 @@ pub fn response_headers(head: &[u8], fields: &[httparse::Header<'_>], body: Body
     // The values share one copy of the head: one allocation rather than one per field.
     let shared = bytes::Bytes::copy_from_slice(head);
     let base = head.as_ptr() as usize;
+    // A known length keeps the backend's own field when it says the same (no new value).
+    let mut length_kept = false;
     for h in fields {
-        let keep_length = body == BodyLen::Empty && h.name.eq_ignore_ascii_case("content-length");
+        let is_length = h.name.len() == 14 && h.name.eq_ignore_ascii_case("content-length");
+        let keep_length = is_length
+            && match body {
+                BodyLen::Empty => true,
+                BodyLen::Length(n) => !length_kept && decimal(h.value) == Some(n),
+                _ => false,
+            };
         if !keep_length && dropped(h.name, fields, false, named) {
             continue;
         }
+        length_kept |= is_length;
         let at = (h.value.as_ptr() as usize).wrapping_sub(base);
         let value = match shared.get(at..at + h.value.len()) {
             Some(v) if v == h.value => {
@@ -143,9 +152,19 @@ pub fn response_headers(head: &[u8], fields: &[httparse::Header<'_>], body: Body
         }
     }
     if let BodyLen::Length(n) = body {
-        map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        if !length_kept {
+            map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
     }
     map
+}
+
+/// A field value that is a plain decimal number.
+fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
 /// An HTTP/1.x request head as the parts of an HTTP/2 request (for an HTTP/2 backend):
@@ -243,5 +262,25 @@ mod tests {
         assert_eq!(map["server"], "b");
         let map = response_headers(b"", &fields[3..], BodyLen::Length(7));
         assert_eq!(map["content-length"], "7");
+        // The backend's own length is kept when it agrees, once; replaced when not.
+        let head = b"Content-Length: 7\r\nContent-Length: 7\r\n";
+        let lengths = [
+            httparse::Header {
+                name: "Content-Length",
+                value: &head[16..17],
+            },
+            httparse::Header {
+                name: "Content-Length",
+                value: &head[35..36],
+            },
+        ];
+        let map = response_headers(head, &lengths, BodyLen::Length(7));
+        assert_eq!(map.get_all("content-length").iter().count(), 1);
+        assert_eq!(map["content-length"], "7");
+        let map = response_headers(head, &lengths, BodyLen::Length(9));
+        assert_eq!(
+            map.get_all("content-length").iter().collect::<Vec<_>>(),
+            ["9"]
+        );
     }
 }
