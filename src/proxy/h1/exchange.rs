@@ -207,7 +207,9 @@ async fn forward<I: ClientIo>(
             let connecting = p.log.is_on().then(Instant::now);
             let (mut up, reused) = match pooled {
                 Some(up) => (up, true),
-                None => match connect_upstream(&pool, i, p.timeouts.connect).await {
+                // Boxed: a connect (TLS handshake included) is a large future and a rare one
+                // (connections are pooled); inline, every request's future would carry its size.
+                None => match Box::pin(connect_upstream(&pool, i, p.timeouts.connect)).await {
                     Ok(s) => (Upstream::new(s, &node.state.lifecycle), false),
                     Err(_) => {
                         walk.decide(Outcome::NotSent, Instant::now());
