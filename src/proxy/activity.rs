@@ -37,6 +37,8 @@ impl Reason {
 /// When a connection last moved, and what it is waiting for.
 pub struct Activity {
     start: Instant,
+    /// `start` on the coarse clock (see [`Activity::now_ms`]).
+    start_coarse: u64,
     /// Milliseconds since `start` of the last byte read or written.
     last: AtomicU64,
     /// HTTP requests between their head arriving and the end of their response body.
@@ -85,6 +87,7 @@ impl Activity {
     pub fn new() -> Self {
         Activity {
             start: Instant::now(),
+            start_coarse: crate::time::coarse_ms(),
             last: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             head_started: AtomicU64::new(0),
@@ -179,8 +182,20 @@ impl Activity {
         self.marked.load(Relaxed)
     }
 
+    /// Milliseconds since `start`, read at every read and write of the connection: from the
+    /// coarse clock (a few ms behind the precise one, and about a tenth of its cost), which
+    /// is plenty for timeouts of seconds. The unit tests read tokio's clock, which they
+    /// pause and advance; integration tests run this path against real time.
     fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        #[cfg(not(test))]
+        {
+            crate::time::coarse_ms().saturating_sub(self.start_coarse)
+        }
+        #[cfg(test)]
+        {
+            let _ = self.start_coarse;
+            self.start.elapsed().as_millis() as u64
+        }
     }
 
     fn at(&self, ms: u64) -> Instant {
