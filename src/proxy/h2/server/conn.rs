@@ -161,6 +161,7 @@ pin_project_lite::pin_project! {
     /// A stream's handler, stopped when the client resets the stream.
     pub struct Handler<F> {
         pub shared: Arc<Shared>,
+        pub registered: bool,
         #[pin]
         pub fut: F,
     }
@@ -171,7 +172,11 @@ impl<F: Future> Future for Handler<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if this.shared.cancelled(cx) {
+        if !*this.registered {
+            this.shared.register_handler(cx);
+            *this.registered = true;
+        }
+        if this.shared.cancelled() {
             return Poll::Ready((this.shared.id, None));
         }
         this.fut.poll(cx).map(|resp| (this.shared.id, Some(resp)))
@@ -495,6 +500,7 @@ impl<I, S: Service> Connection<I, S> {
         let fut = self.service.call(req.map(|()| body));
         self.handlers.push(Handler {
             shared: Arc::clone(&shared),
+            registered: false,
             fut,
         });
         let stream = self.stream(shared, !end, len);

@@ -133,12 +133,14 @@ impl Shared {
         }
     }
 
-    /// Whether the handler is to stop; else registers the handler's waker for a cancel.
-    pub fn cancelled(&self, cx: &Context<'_>) -> bool {
-        if self.has(CANCELLED) {
-            return true;
-        }
+    /// Registers the handler's waker, for a cancel or a late wait. Once is enough: a
+    /// handler runs as one task of the connection's set, whose waker does not change.
+    pub fn register_handler(&self, cx: &Context<'_>) {
         self.handler.register(cx.waker());
+    }
+
+    /// Whether the handler is to stop.
+    pub fn cancelled(&self) -> bool {
         self.has(CANCELLED)
     }
 }
@@ -203,11 +205,15 @@ impl Waiter {
         let since = crate::time::coarse_ms() + 1;
         shared.waiting_since.store(since, Relaxed);
         let mut fut = std::pin::pin!(fut);
+        let mut registered = false;
         let out = std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
-            shared.handler.register(cx.waker());
+            if !registered {
+                shared.register_handler(cx);
+                registered = true;
+            }
             if shared.has(LATE) {
                 return Poll::Ready(None);
             }
