@@ -314,6 +314,13 @@ where
                 Poll::Ready(Ok(0)) => {
                     self.read_closed = true;
                     self.peer_done = true;
+                    // No more DATA can come: bodies still open are cut, not waited for.
+                    for s in self.streams.values_mut() {
+                        if s.recv_open {
+                            s.recv_open = false;
+                            s.shared.reset();
+                        }
+                    }
                     if self.block.is_some() || self.phase != Phase::Open {
                         return Err(conn_error(Reason::Protocol, "the client left mid-frame"));
                     }

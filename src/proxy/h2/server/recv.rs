@@ -345,7 +345,7 @@ impl<I, S: Service> Connection<I, S> {
             return Ok(());
         };
         if !matches!(s.resp, Resp::Done) {
-            self.resets += 1;
+            self.resets = self.resets.saturating_add(1);
             if self.resets > MAX_RESETS && self.resets > self.served {
                 return Err(conn_error(
                     Reason::EnhanceYourCalm,

@@ -35,7 +35,7 @@ fn put_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
 impl<I, S: Service> Connection<I, S> {
     /// A handler's answer (`None`: it was stopped, the stream is gone).
     pub fn respond(&mut self, id: u32, resp: Option<Response<S::Body>>) {
-        self.served += 1;
+        self.served = self.served.saturating_add(1);
         let (Some(resp), Some(s)) = (resp, self.streams.get_mut(&id)) else {
             return;
         };

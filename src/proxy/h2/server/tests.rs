@@ -427,3 +427,50 @@ async fn a_graceful_close_lets_streams_on_the_wire_in_then_ends() {
     assert!(c.next().await.is_none());
     assert!(task.await.unwrap().is_ok());
 }
+
+/// Frames of every type with random flags, streams and payloads, then the client leaves:
+/// the connection ends every time, and never panics (a panic fails the join).
+#[tokio::test]
+async fn random_frames_never_panic_the_server() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..300 {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(async move {
+            let _ = Connection::new(server, service).await;
+        });
+        let mut out = frame::PREFACE.to_vec();
+        frame::put_settings(&mut out, &[]);
+        for _ in 0..20 {
+            let r = next();
+            let kind = (r % 11) as u8;
+            let flags = (r >> 8) as u8;
+            let stream = ((r >> 16) % 8) as u32;
+            let len = ((r >> 24) % 48) as usize;
+            let payload: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Now and then a real request, so later frames meet open streams.
+            if r % 5 == 0 {
+                let id = 2 * (stream / 2) + 1;
+                put(
+                    &mut out,
+                    frame::HEADERS,
+                    frame::END_HEADERS,
+                    id,
+                    &request_block("/"),
+                );
+            }
+            put(&mut out, kind, flags, stream, &payload);
+        }
+        let _ = client.write_all(&out).await;
+        drop(client);
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("the connection ended once the client left")
+            .expect("the server did not panic");
+    }
+}
