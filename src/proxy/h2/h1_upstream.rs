@@ -75,8 +75,8 @@ pub struct BackendHead {
     pub upstream_closes: bool,
 }
 
-/// Reads the final response head into `ub` (interim responses are skipped: HTTP/2 clients
-/// send their body without waiting for a `100 Continue`) and consumes it.
+/// Reads the final response head into `ub` (interim responses are skipped: none is relayed
+/// to HTTP/2 clients) and consumes it.
 pub async fn read_head(
     up: &mut UpstreamIo,
     ub: &mut Buf,
