@@ -64,41 +64,17 @@ impl<F: Future + Unpin> Future for Gated<F> {
 /// A timer polled only when it fired or was reset. A connection's watchdog is otherwise
 /// re-polled on every wake-up of its task, and `Sleep::poll` costs a few hundred
 /// instructions each time (the timer wheel's entry state, the coop budget).
-pub struct Timer {
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    flag: Arc<Flag>,
-    waker: Waker,
-}
+pub type Timer = Gated<Pin<Box<tokio::time::Sleep>>>;
 
 impl Timer {
-    pub fn new(deadline: tokio::time::Instant) -> Self {
-        let flag = Arc::new(Flag {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
-        let waker = Waker::from(Arc::clone(&flag));
-        let sleep = Box::pin(tokio::time::sleep_until(deadline));
-        Timer { sleep, flag, waker }
+    pub fn at(deadline: tokio::time::Instant) -> Self {
+        Gated::new(Box::pin(tokio::time::sleep_until(deadline)))
     }
 
     /// A new deadline, registered at the next poll.
     pub fn reset(&mut self, deadline: tokio::time::Instant) {
-        self.sleep.as_mut().reset(deadline);
+        self.inner.as_mut().reset(deadline);
         self.flag.woken.store(true, Ordering::Release);
-    }
-}
-
-impl Future for Timer {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.flag.task.register(cx.waker());
-        if !self.flag.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let this = &mut *self;
-        let mut inner_cx = Context::from_waker(&this.waker);
-        this.sleep.as_mut().poll(&mut inner_cx)
     }
 }
 
@@ -123,7 +99,7 @@ mod tests {
     async fn a_timer_fires_at_its_deadline_and_again_after_a_reset() {
         use tokio::time::{Duration, Instant};
         let start = Instant::now();
-        let mut timer = Timer::new(start + Duration::from_secs(5));
+        let mut timer = Timer::at(start + Duration::from_secs(5));
         assert!(futures_poll_once(&mut timer).await);
         (&mut timer).await;
         assert_eq!(Instant::now() - start, Duration::from_secs(5));

@@ -179,7 +179,6 @@ async fn a_backend_slower_than_the_response_timeout_gets_504_in_time() {
 /// stream gets 504 in time, and a stream beside it on the same connection is not touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_to_a_slow_backend_gets_504_in_time_and_its_sibling_is_served() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let a = HttpBackend::start("a", "1.0.0").await;
     let proxy = Proxy::start(&http_config(
         &[("a", a.addr)],
@@ -187,12 +186,7 @@ async fn an_http2_stream_to_a_slow_backend_gets_504_in_time_and_its_sibling_is_s
     ))
     .await;
     proxy.wait_health("web", "a", Health::Up).await;
-    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let sender = h2_connection(proxy.addr("web")).await;
     let get = |path: &str| {
         let mut sender = sender.clone();
         let req = http::Request::get(proxy.url("web", path))

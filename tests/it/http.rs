@@ -335,16 +335,10 @@ async fn an_idle_http2_client_sending_pings_is_not_cut_as_a_slow_head() {
 /// still concurrently: a stream waiting on a slow node holds up no other stream.
 #[tokio::test]
 async fn http2_streams_of_one_connection_do_not_wait_for_each_other() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let a = HttpBackend::start("a", "1.0.0").await;
     let proxy = Proxy::start(&http_config(&[("a", a.addr)], "")).await;
     proxy.wait_health("web", "a", Health::Up).await;
-    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let sender = h2_connection(proxy.addr("web")).await;
     let get = |path: &str| {
         let mut sender = sender.clone();
         let req = http::Request::get(proxy.url("web", path))

@@ -48,6 +48,14 @@ pub fn has_bare_lf(b: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', b).any(|at| at == 0 || b[at - 1] != b'\r')
 }
 
+/// A Content-Length value: decimal digits only, at most 19 (so it fits a u64).
+pub fn decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
 /// Content-Length over every field line and list element: one value, however often
 /// repeated (RFC 9110 §8.6); `None` when absent.
 fn content_length(headers: &[Header<'_>]) -> Result<Option<u64>, Bad> {
@@ -57,11 +65,7 @@ fn content_length(headers: &[Header<'_>]) -> Result<Option<u64>, Bad> {
         .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
     {
         for v in h.value.split(|&c| c == b',') {
-            let v = trim(v);
-            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-                return Err(Bad::BadLength);
-            }
-            let n = v.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            let n = decimal(trim(v)).ok_or(Bad::BadLength)?;
             if found.is_some_and(|f| f != n) {
                 return Err(Bad::BadLength);
             }

@@ -10,7 +10,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use http::request::Parts;
 use http::Request;
 
-use super::framing::BodyLen;
+use super::framing::{decimal, BodyLen};
 use super::head::{self, dropped, field, framing_field, names_fields};
 
 /// A client's address as text, for `X-Forwarded-For`: formatted once per connection and
@@ -157,14 +157,6 @@ pub fn response_headers(head: &[u8], fields: &[httparse::Header<'_>], body: Body
         }
     }
     map
-}
-
-/// A field value that is a plain decimal number.
-fn decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
 /// An HTTP/1.x request head as the parts of an HTTP/2 request (for an HTTP/2 backend):

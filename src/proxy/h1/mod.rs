@@ -119,7 +119,7 @@ pub fn serve<I: ClientIo>(ctx: Arc<ConnCtx>, io: I, speaks: Speaks) -> Conn<I> {
     };
     Conn {
         // Fires at once: the first look sets the real deadline.
-        watchdog: Timer::new(tokio::time::Instant::now()),
+        watchdog: Timer::at(tokio::time::Instant::now()),
         ctx,
         force: None,
         first: speaks == Speaks::Sniff,

@@ -57,7 +57,7 @@ where
     // Whatever asks the connection to close (its node closed, idleness, a drain or a
     // retirement), it is asked once: GOAWAY, and in-flight streams finish.
     let (mut close, mut closing) = (false, false);
-    let mut watchdog = Timer::new(Instant::now());
+    let mut watchdog = Timer::at(Instant::now());
     loop {
         // Checked at every watchdog tick.
         close = close || watch.served_by_closed();

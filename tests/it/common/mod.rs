@@ -249,6 +249,20 @@ pub async fn send(method: Method, url: &str, token: Option<&str>) -> (StatusCode
 }
 
 /// GET with a client, returning status and body text (errors become status 0).
+/// One HTTP/2 connection (prior knowledge) to `addr`, driven in the background: its
+/// requests share it as streams.
+pub async fn h2_connection(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 pub async fn get(client: &TestClient, url: &str) -> (u16, String) {
     let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
     match tokio::time::timeout(WAIT, client.request(req)).await {

@@ -1,7 +1,7 @@
 //! One client connection: the state every frame reads and writes, the poll loop that reads
 //! frames, runs the streams' handlers, pumps their responses and writes, and the graceful
 //! close (GOAWAY). Frames in are handled in [`super::recv`], frames out made in
-//! [`super::send`].
+//! [`super::send`], each request run by [`super::handler`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,11 +13,11 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::{Request, Response};
-use hyper::body::Body;
+use http::Request;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{self, Reason};
+use super::handler::{Handler, Service};
 use super::hpack;
 use super::stream::{ConnShared, RequestBody, Shared};
 
@@ -43,27 +43,6 @@ pub const MAX_RESETS: u32 = 200;
 pub const DRAIN_PING: [u8; 8] = *b"handoff.";
 /// Handler and body rounds in one poll before yielding to other tasks.
 const ROUNDS: usize = 8;
-
-/// What serves each request: the proxy's handler (a trait, so the server stays below the
-/// proxy's own types).
-pub trait Service {
-    type Body: Body<Data = Bytes> + Unpin;
-    type Future: Future<Output = Response<Self::Body>>;
-    fn call(&mut self, req: Request<RequestBody>) -> Self::Future;
-}
-
-impl<F, Fut, B> Service for F
-where
-    F: FnMut(Request<RequestBody>) -> Fut,
-    Fut: Future<Output = Response<B>>,
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Body = B;
-    type Future = Fut;
-    fn call(&mut self, req: Request<RequestBody>) -> Fut {
-        self(req)
-    }
-}
 
 /// Why a connection ended other than by a close both sides agreed on.
 #[derive(Debug, thiserror::Error)]
@@ -155,32 +134,6 @@ pub enum Goaway {
     Draining,
     /// The real last stream ID: later streams are ignored.
     Final(u32),
-}
-
-pin_project_lite::pin_project! {
-    /// A stream's handler, stopped when the client resets the stream.
-    pub struct Handler<F> {
-        pub shared: Arc<Shared>,
-        pub registered: bool,
-        #[pin]
-        pub fut: F,
-    }
-}
-
-impl<F: Future> Future for Handler<F> {
-    type Output = (u32, Option<F::Output>);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if !*this.registered {
-            this.shared.register_handler(cx);
-            *this.registered = true;
-        }
-        if this.shared.cancelled() {
-            return Poll::Ready((this.shared.id, None));
-        }
-        this.fut.poll(cx).map(|resp| (this.shared.id, Some(resp)))
-    }
 }
 
 /// An HTTP/2 server connection (RFC 9113), as a future that ends when the connection does.
@@ -505,11 +458,7 @@ impl<I, S: Service> Connection<I, S> {
         let shared = Shared::new(id, &self.shared, !end);
         let body = RequestBody::new(Arc::clone(&shared), !end, len);
         let fut = self.service.call(req.map(|()| body));
-        self.handlers.push(Handler {
-            shared: Arc::clone(&shared),
-            registered: false,
-            fut,
-        });
+        self.handlers.push(Handler::new(Arc::clone(&shared), fut));
         let stream = self.stream(shared, !end, len);
         self.streams.insert(id, stream);
     }

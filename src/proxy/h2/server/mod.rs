@@ -17,9 +17,8 @@
 
 mod conn;
 mod frame;
+mod handler;
 mod hpack;
-mod huffman;
-mod huffman_table;
 mod recv;
 mod request;
 mod send;

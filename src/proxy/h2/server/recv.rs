@@ -3,9 +3,10 @@
 
 use bytes::Bytes;
 
-use super::conn::{conn_error, Block, Connection, Error, Goaway, Phase, Resp, Service};
+use super::conn::{conn_error, Block, Connection, Error, Goaway, Phase, Resp};
 use super::conn::{DRAIN_PING, MAX_BLOCK, MAX_RESETS, MAX_STREAMS};
 use super::frame::{self, be32, Head, Reason};
+use super::handler::Service;
 use super::request::{self, Built};
 use super::stream::Chunk;
 

@@ -7,6 +7,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 use super::hpack::Value;
+use crate::proxy::codec::framing::decimal;
 
 /// Decoded field octets accepted in one head (names, values and 32 per field, as RFC 9113
 /// counts them); the HTTP/1 path's limit. A larger head is answered 431.
@@ -76,11 +77,7 @@ impl Head {
             return self.bad("a te field other than \"trailers\"");
         }
         if name == CONTENT_LENGTH && !trailer {
-            let n = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok());
-            match (n, self.content_length) {
+            match (decimal(value.as_bytes()), self.content_length) {
                 (None, _) => return self.bad("a content-length that is not a number"),
                 (Some(n), Some(m)) if n != m => {
                     return self.bad("content-length fields that disagree")

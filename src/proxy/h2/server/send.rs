@@ -9,9 +9,9 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::Response;
 use hyper::body::Body;
 
-use super::conn::WRITE_HIGH;
-use super::conn::{Connection, Resp, Service, CONN_WINDOW, RECENT_CLOSED, STREAM_WINDOW};
+use super::conn::{Connection, Resp, CONN_WINDOW, RECENT_CLOSED, STREAM_WINDOW, WRITE_HIGH};
 use super::frame::{self, Reason};
+use super::handler::Service;
 use super::hpack;
 
 /// Fields that mean something only on one HTTP/1.1 connection (RFC 9113 §8.2.2).
