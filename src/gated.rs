@@ -7,14 +7,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use atomic_waker::AtomicWaker;
 
 struct Flag {
-    woken: AtomicBool,
+    /// Wake-ups so far. A count rather than a flag: a poll sees, with plain loads, both
+    /// whether it was woken and whether the wake-up used up its registration.
+    wakes: AtomicU32,
     task: AtomicWaker,
 }
 
@@ -24,7 +26,7 @@ impl Wake for Flag {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
+        self.wakes.fetch_add(1, Ordering::AcqRel);
         self.task.wake();
     }
 }
@@ -32,18 +34,27 @@ impl Wake for Flag {
 pub struct Gated<F> {
     inner: F,
     flag: Arc<Flag>,
-    waker: Waker,
+    /// The task's waker as last registered: a task polls with the same one every time, and
+    /// while no wake-up took it the registration (an atomic swap) is skipped.
+    task: Option<Waker>,
+    /// `wakes` read just before that registration, and when the inner future was last polled.
+    registered_at: u32,
+    seen: u32,
 }
 
 impl<F> Gated<F> {
     pub fn new(inner: F) -> Self {
-        // Woken at first, so the first poll registers the inner future's interest.
-        let flag = Arc::new(Flag {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
-        let waker = Waker::from(Arc::clone(&flag));
-        Gated { inner, flag, waker }
+        Gated {
+            inner,
+            flag: Arc::new(Flag {
+                wakes: AtomicU32::new(0),
+                task: AtomicWaker::new(),
+            }),
+            task: None,
+            registered_at: 0,
+            // Unlike `wakes`: the first poll registers the inner future's interest.
+            seen: u32::MAX,
+        }
     }
 }
 
@@ -51,12 +62,22 @@ impl<F: Future + Unpin> Future for Gated<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.flag.task.register(cx.waker());
-        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+        let this = &mut *self;
+        let mut wakes = this.flag.wakes.load(Ordering::Acquire);
+        let same = this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if !same || wakes != this.registered_at {
+            this.flag.task.register(cx.waker());
+            this.task = Some(cx.waker().clone());
+            this.registered_at = wakes;
+            // A wake-up between the load and the registration is seen now.
+            wakes = this.flag.wakes.load(Ordering::Acquire);
+        }
+        if wakes == this.seen {
             return Poll::Pending;
         }
-        let this = &mut *self;
-        let mut inner_cx = Context::from_waker(&this.waker);
+        this.seen = wakes;
+        let waker = Waker::from(Arc::clone(&this.flag));
+        let mut inner_cx = Context::from_waker(&waker);
         Pin::new(&mut this.inner).poll(&mut inner_cx)
     }
 }
@@ -74,7 +95,7 @@ impl Timer {
     /// A new deadline, registered at the next poll.
     pub fn reset(&mut self, deadline: tokio::time::Instant) {
         self.inner.as_mut().reset(deadline);
-        self.flag.woken.store(true, Ordering::Release);
+        self.seen = self.seen.wrapping_sub(1);
     }
 }
 

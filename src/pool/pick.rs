@@ -146,9 +146,23 @@ impl Pool {
     /// low concurrency — are broken at random in proportion to effective weight, so weights
     /// and warmup shape the share even when every node is idle.
     fn pick_least_conn(&self, seq: usize, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        // The usual small pool zeroes a small table: this runs for every request.
+        if self.nodes.len() <= 8 {
+            self.least_conn_in::<8>(seq, eligible)
+        } else {
+            self.least_conn_in::<{ crate::config::defaults::MAX_NODES_PER_POOL }>(seq, eligible)
+        }
+    }
+
+    /// [`Pool::pick_least_conn`] for a pool of at most `N` nodes.
+    fn least_conn_in<const N: usize>(
+        &self,
+        seq: usize,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let n = self.nodes.len();
         // (sessions, effective weight) per node, read once; weight 0 marks "not eligible".
-        let mut load = [(0u64, 0u64); crate::config::defaults::MAX_NODES_PER_POOL];
+        let mut load = [(0u64, 0u64); N];
         let mut best: Option<(u64, u64)> = None;
         for (i, slot) in load.iter_mut().enumerate().take(n) {
             if !eligible(i) {

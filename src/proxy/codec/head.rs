@@ -277,7 +277,24 @@ pub fn inspect<'b>(req: &Request<'_, 'b>) -> Result<RequestInfo<'b>, Refusal> {
 /// A Host value: empty (allowed by RFC 9112 when the target has no authority), or an
 /// authority without userinfo.
 fn valid_host(v: &str) -> bool {
-    v.is_empty() || (!v.contains('@') && http::uri::Authority::try_from(v).is_ok())
+    v.is_empty()
+        || plain_host(v.as_bytes())
+        || (!v.contains('@') && http::uri::Authority::try_from(v).is_ok())
+}
+
+/// The usual Host, checked without the `http` crate's parse (which copies the value into a
+/// new allocation): a name or IPv4 address of letters, digits, dots and hyphens, and an
+/// optional port. A subset of what that parse accepts; anything else goes to it.
+fn plain_host(v: &[u8]) -> bool {
+    let (name, port) = match v.iter().position(|&b| b == b':') {
+        Some(i) => (&v[..i], Some(&v[i + 1..])),
+        None => (v, None),
+    };
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit))
 }
 
 /// Splits an absolute-form target (`http://host/path`) into its authority and origin form.

@@ -309,3 +309,28 @@ fn fields_passed_on_come_out_as_name_colon_space_value_however_they_were_spaced(
     );
     assert!(resp.contains("\r\nA: b\r\nC: d\r\nE: f\r\n"), "{resp:?}");
 }
+
+#[test]
+fn host_values_are_checked_alike_on_the_quick_path_and_by_the_http_crate() {
+    for good in [
+        "a.test",
+        "a.test:8080",
+        "10.0.0.1:80",
+        "x-y.z",
+        "[::1]:80",
+        "a_b.test",
+    ] {
+        assert!(valid_host(good), "{good}");
+    }
+    for bad in ["a test", "a@b", "a:1:2", "[::1", "a\x7f", "a{b"] {
+        assert!(!valid_host(bad), "{bad}");
+    }
+    // The quick path takes a subset of what the full parse accepts.
+    for quick in ["a.test", "a.test:8080", "10.0.0.1:80", "x-y.z", "A1:65535"] {
+        assert!(plain_host(quick.as_bytes()), "{quick}");
+        assert!(http::uri::Authority::try_from(quick).is_ok(), "{quick}");
+    }
+    for slow in ["", "a:", "[::1]", "a_b", "a:123456", ":80"] {
+        assert!(!plain_host(slow.as_bytes()), "{slow}");
+    }
+}

@@ -198,9 +198,10 @@ impl<I: ClientIo> Future for Conn<I> {
                                     else {
                                         return Poll::Ready(());
                                     };
-                                    let ctx = Arc::clone(&this.ctx);
-                                    let busy = exchange::busy(ctx, io, this.first, buf);
-                                    this.state = State::Busy(Box::pin(busy));
+                                    let (ctx, first) = (Arc::clone(&this.ctx), this.first);
+                                    this.state = State::Busy(boxed_in_place(move || {
+                                        exchange::busy(ctx, io, first, buf)
+                                    }));
                                     continue;
                                 }
                             }
@@ -267,6 +268,13 @@ impl<I: ClientIo> Conn<I> {
             self.state = State::Finish(Box::pin(f(io)));
         }
     }
+}
+
+/// Allocates, then builds: the future (a few KiB) can then be written in place, where
+/// `Box::pin(make())` builds it on the stack and copies it whole into the new box.
+fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let slot = Box::new_uninit();
+    Box::into_pin(Box::write(slot, make()))
 }
 
 fn signal(token: &tokio_util::sync::CancellationToken) -> Signal {
