@@ -382,8 +382,9 @@ impl App {
 
 /// Takes every node's traffic sample for the sliding window, every
 /// [`traffic::WINDOW_STEP`](crate::pool::traffic::WINDOW_STEP), until `stop`.
-/// Every few seconds: rolls the nodes' traffic windows, and gives memory back after a burst
-/// of connections ended ([`crate::memory`]).
+/// Every few seconds: rolls the nodes' traffic windows, closes idle backend connections the
+/// backend closed or that grew too old, and gives memory back after a burst of connections
+/// ended ([`crate::memory`]).
 async fn roll_traffic(
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -400,6 +401,7 @@ async fn roll_traffic(
         for pool in &snapshot.load().pools {
             for node in &pool.nodes {
                 node.state.traffic.roll();
+                node.idle.sweep();
             }
         }
         trimmer.look(&metrics);

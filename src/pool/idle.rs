@@ -9,11 +9,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::atomic::AtomicCell;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
@@ -80,7 +81,7 @@ impl Future for CloseWatch {
 /// Idle connections kept per node; more concurrent connections are closed when they finish.
 /// Below the concurrency a node sees, every request beyond it pays a new connection (and
 /// leaves a TIME_WAIT socket): at 1,000 keep-alive clients 256 made three requests in four
-/// connect anew. The queue is allocated up front (about 32 KiB a node).
+/// connect anew. The slots are allocated up front (8 KiB a node).
 const IDLE_PER_NODE: usize = 1024;
 /// An idle connection older than this is not reused: backends commonly close idle
 /// connections after 60–75 s, and reusing one just as it closes fails the request.
@@ -92,9 +93,20 @@ struct Idle {
     since_ms: u64,
 }
 
-/// A node's idle connections (cloning shares them).
+/// A node's idle connections (cloning shares them): a stack, so a request takes the
+/// connection that went idle last, whose memory and socket are still in the caches (NGINX's
+/// keepalive cache is last-in, first-out too). Lock-free: each slot is one atomic pointer,
+/// and `top` is only a hint of where the stack ends, so that racing puts and takes never
+/// lose a connection (a put carries whatever it displaces one slot up).
 #[derive(Clone)]
-pub struct IdleConns(Arc<ArrayQueue<Idle>>);
+pub struct IdleConns(Arc<Stack>);
+
+struct Stack {
+    slots: Box<[AtomicCell<Option<Box<Idle>>>]>,
+    /// The first free slot, roughly.
+    top: AtomicUsize,
+    len: AtomicUsize,
+}
 
 impl Default for IdleConns {
     fn default() -> Self {
@@ -104,20 +116,29 @@ impl Default for IdleConns {
 
 impl IdleConns {
     pub fn new() -> Self {
-        IdleConns(Arc::new(ArrayQueue::new(IDLE_PER_NODE)))
+        IdleConns(Arc::new(Stack {
+            slots: (0..IDLE_PER_NODE).map(|_| AtomicCell::new(None)).collect(),
+            top: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+        }))
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.len.load(Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
     /// Closes every idle connection (node went down or is being drained).
     pub fn clear(&self) {
-        while self.0.pop().is_some() {}
+        for slot in self.0.slots.iter() {
+            if slot.swap(None).is_some() {
+                self.0.len.fetch_sub(1, Relaxed);
+            }
+        }
+        self.0.top.store(0, Relaxed);
     }
 
     /// Returns a connection whose last response ended cleanly, with nothing unread.
@@ -125,24 +146,78 @@ impl IdleConns {
         if up.close.fired() {
             return;
         }
-        // A full queue drops (closes) the connection.
-        let _ = self.0.push(Idle {
+        let stack = &*self.0;
+        // Counted before it can be taken, so the count never goes below zero.
+        stack.len.fetch_add(1, Relaxed);
+        let idle = Box::new(Idle {
             up,
             since_ms: coarse_ms(),
         });
+        self.place(stack.top.load(Relaxed), idle);
+    }
+
+    /// Puts `idle` in the first free slot from `from` on, carrying up what it displaces (a
+    /// racing put's). Full: the connection displaced last is closed.
+    fn place(&self, from: usize, idle: Box<Idle>) {
+        let stack = &*self.0;
+        let mut carry = Some(idle);
+        for i in from..stack.slots.len() {
+            carry = stack.slots[i].swap(carry);
+            if carry.is_none() {
+                stack.top.store(i + 1, Relaxed);
+                return;
+            }
+        }
+        stack.len.fetch_sub(1, Relaxed);
+    }
+
+    /// Closes the idle connections the backend closed (or wrote to) and those too old to be
+    /// reused: at the bottom of the stack, a connection may wait long for a take. Run every
+    /// few seconds by the control plane.
+    pub fn sweep(&self) {
+        let stack = &*self.0;
+        let now = coarse_ms();
+        for (i, slot) in stack.slots.iter().enumerate() {
+            let Some(idle) = slot.swap(None) else {
+                continue;
+            };
+            if fresh(now, idle.since_ms) && idle.up.stream.quiet() {
+                // Back in its slot, unless a put took it meanwhile: then above it.
+                if let Some(other) = slot.swap(Some(idle)) {
+                    self.place(i + 1, other);
+                }
+            } else {
+                stack.len.fetch_sub(1, Relaxed);
+            }
+        }
     }
 
     /// Takes an idle connection that is still open, if there is one.
     pub fn take(&self) -> Option<Upstream> {
-        let now = coarse_ms();
-        while let Some(Idle { up, since_ms }) = self.0.pop() {
-            if now.saturating_sub(since_ms) <= IDLE_MAX_AGE.as_millis() as u64 && up.stream.quiet()
-            {
+        let stack = &*self.0;
+        let mut i = stack.top.load(Relaxed).min(stack.slots.len());
+        let mut now = None;
+        while i > 0 {
+            i -= 1;
+            let Some(idle) = stack.slots[i].swap(None) else {
+                continue;
+            };
+            stack.top.store(i, Relaxed);
+            stack.len.fetch_sub(1, Relaxed);
+            let now = *now.get_or_insert_with(coarse_ms);
+            let Idle { up, since_ms } = *idle;
+            if fresh(now, since_ms) && up.stream.quiet() {
                 return Some(up);
             }
         }
+        stack.top.store(0, Relaxed);
         None
     }
+}
+
+/// Whether a connection idle since `since_ms` may still be reused at `now`.
+fn fresh(now: u64, since_ms: u64) -> bool {
+    now.saturating_sub(since_ms) <= IDLE_MAX_AGE.as_millis() as u64
 }
 
 #[cfg(test)]
@@ -181,5 +256,55 @@ mod tests {
         assert!(idle.take().is_some(), "the quiet connection");
         assert!(idle.take().is_none());
         assert!(idle.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_connection_that_went_idle_last_is_taken_first() {
+        assert!(
+            AtomicCell::<Option<Box<Idle>>>::is_lock_free(),
+            "a slot is one atomic pointer"
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let idle = IdleConns::new();
+        let life = Lifecycle::new();
+        let mut ports = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let (s, peer) = pair(&listener).await;
+            ports.push(s.local_addr().unwrap().port());
+            peers.push(peer);
+            idle.put(Upstream::new(UpstreamIo::Plain(s), &life));
+        }
+        assert_eq!(idle.len(), 3);
+        let port = |up: Upstream| match up.stream {
+            UpstreamIo::Plain(s) => s.local_addr().unwrap().port(),
+            UpstreamIo::Tls(_) => unreachable!("plain"),
+        };
+        assert_eq!(port(idle.take().unwrap()), ports[2]);
+        assert_eq!(port(idle.take().unwrap()), ports[1]);
+        idle.clear();
+        assert!(idle.is_empty() && idle.take().is_none(), "cleared");
+    }
+
+    #[tokio::test]
+    async fn a_sweep_closes_what_the_backend_closed_and_keeps_the_rest() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let idle = IdleConns::new();
+        let life = Lifecycle::new();
+        let (fine, _peer) = pair(&listener).await;
+        let (closed, peer) = pair(&listener).await;
+        idle.put(Upstream::new(UpstreamIo::Plain(fine), &life));
+        idle.put(Upstream::new(UpstreamIo::Plain(closed), &life));
+        drop(peer);
+        // The closed one is at the top; once its FIN is in, the sweep closes it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while idle.len() == 2 {
+            assert!(tokio::time::Instant::now() < deadline, "swept within 5 s");
+            // The reactor sees the FIN while this task waits.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            idle.sweep();
+        }
+        assert_eq!(idle.len(), 1);
+        assert!(idle.take().is_some(), "the open one stays");
     }
 }

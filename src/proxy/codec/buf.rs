@@ -3,10 +3,13 @@
 //! A connection takes a buffer when bytes arrive and gives it back when it goes idle with
 //! nothing left unread, so an idle keep-alive connection holds none. Freed buffers wait on
 //! a per-thread free list (no lock: each worker thread has its own) for the next request.
+//! The lists are long enough for 1,000 requests in flight; after a burst ends, the
+//! control plane's trim ([`shrink_free_lists`]) cuts them back to [`FREE_AFTER_TRIM`].
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
 use bytes::BufMut;
@@ -15,13 +18,48 @@ use tokio::io::AsyncRead;
 /// A buffer's usual size: a typical head and body, or one read of a streamed body.
 pub const SIZE: usize = 16 * 1024;
 /// Free buffers kept per worker thread: a request takes two, and at 1,000 requests in
-/// flight a smaller list sent every other one to the allocator (a tenth of the user CPU).
-/// At most 32 MiB, and only after that many requests were in flight at once (the
-/// allocator would have kept most of it in its heap too).
+/// flight a list of 256 sent most releases to the allocator (a tenth of the user CPU).
+/// At most 32 MiB, and only while that many requests were in flight at once.
 const FREE_PER_THREAD: usize = 2048;
+/// What a free list keeps once a burst is over (4 MiB).
+pub const FREE_AFTER_TRIM: usize = 256;
+
+/// Bumped by each trim: a thread cuts its lists back at its next release after it.
+static TRIMS: AtomicU32 = AtomicU32::new(0);
+
+/// After a burst: every worker thread cuts its free lists back to [`FREE_AFTER_TRIM`] the
+/// next time it releases a buffer (the freed memory then goes back with the next trim).
+pub fn shrink_free_lists() {
+    TRIMS.fetch_add(1, Relaxed);
+}
+
+#[derive(Default)]
+struct FreeLists {
+    bufs: Vec<Vec<u8>>,
+    outs: Vec<Vec<u8>>,
+    /// [`TRIMS`] when the lists were last cut back.
+    trims: u32,
+}
+
+impl FreeLists {
+    /// Keeps `mem` for reuse (`out`: the output list), unless the list is full.
+    fn keep(&mut self, mut mem: Vec<u8>, out: bool) {
+        let trims = TRIMS.load(Relaxed);
+        if trims != self.trims {
+            self.trims = trims;
+            self.bufs.truncate(FREE_AFTER_TRIM);
+            self.outs.truncate(FREE_AFTER_TRIM);
+        }
+        let list = if out { &mut self.outs } else { &mut self.bufs };
+        if list.len() < FREE_PER_THREAD {
+            mem.clear();
+            list.push(mem);
+        }
+    }
+}
 
 thread_local! {
-    static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static FREE: RefCell<FreeLists> = RefCell::new(FreeLists::default());
 }
 
 /// Bytes read and not yet consumed: `mem[start..]`. Reads go into the vector's spare
@@ -35,7 +73,7 @@ impl Buf {
     /// A buffer from this thread's free list, or a new one.
     pub fn take() -> Buf {
         let mem = FREE
-            .with(|f| f.borrow_mut().pop())
+            .with(|f| f.borrow_mut().bufs.pop())
             .unwrap_or_else(|| Vec::with_capacity(SIZE));
         Buf { mem, start: 0 }
     }
@@ -109,14 +147,8 @@ impl Drop for Buf {
     fn drop(&mut self) {
         // Only buffers of the usual size are kept; grown ones (rare big heads) are freed.
         if self.mem.capacity() == SIZE {
-            let mut mem = std::mem::take(&mut self.mem);
-            mem.clear();
-            let _ = FREE.try_with(|f| {
-                let mut f = f.borrow_mut();
-                if f.len() < FREE_PER_THREAD {
-                    f.push(mem);
-                }
-            });
+            let mem = std::mem::take(&mut self.mem);
+            let _ = FREE.try_with(|f| f.borrow_mut().keep(mem, false));
         }
     }
 }
@@ -124,14 +156,10 @@ impl Drop for Buf {
 /// Output bytes (a rewritten head, and small bodies sent with it), reused like [`Buf`].
 pub struct Out(pub Vec<u8>);
 
-thread_local! {
-    static FREE_OUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
 impl Out {
     pub fn take() -> Out {
-        Out(FREE_OUT
-            .with(|f| f.borrow_mut().pop())
+        Out(FREE
+            .with(|f| f.borrow_mut().outs.pop())
             .unwrap_or_else(|| Vec::with_capacity(2048)))
     }
 }
@@ -139,14 +167,8 @@ impl Out {
 impl Drop for Out {
     fn drop(&mut self) {
         if self.0.capacity() <= SIZE {
-            let mut v = std::mem::take(&mut self.0);
-            v.clear();
-            let _ = FREE_OUT.try_with(|f| {
-                let mut f = f.borrow_mut();
-                if f.len() < FREE_PER_THREAD {
-                    f.push(v);
-                }
-            });
+            let v = std::mem::take(&mut self.0);
+            let _ = FREE.try_with(|f| f.borrow_mut().keep(v, true));
         }
     }
 }
@@ -168,5 +190,24 @@ mod tests {
         assert_eq!(b.len(), 2 * SIZE, "moved to the front to read more");
         b.consume(usize::MAX);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn free_lists_keep_a_burst_and_give_it_back_after_a_trim() {
+        std::thread::spawn(|| {
+            let held: Vec<Buf> = (0..FREE_AFTER_TRIM * 2).map(|_| Buf::take()).collect();
+            drop(held);
+            let kept = || FREE.with(|f| f.borrow().bufs.len());
+            assert_eq!(kept(), FREE_AFTER_TRIM * 2, "a burst's buffers are kept");
+            shrink_free_lists();
+            drop(Buf::take());
+            assert_eq!(
+                kept(),
+                FREE_AFTER_TRIM + 1,
+                "cut back at the next release, which it keeps"
+            );
+        })
+        .join()
+        .expect("the test thread");
     }
 }
