@@ -4,8 +4,9 @@
 //! peak. Every few seconds the control plane looks at the open client connections; when
 //! at least [`TRIM_AFTER`] fewer are open than at the last peak, the freed pages go back to
 //! the system (`malloc_trim`), and the worker threads cut their free lists of buffers (long
-//! enough for 1,000 requests in flight) back to 256 × 16 KiB each, trimming again once
-//! they have ([`trim`]). What stays by design: those 4 MiB per worker thread.
+//! enough for 1,000 requests in flight) back to 256 × 16 KiB each at their next request;
+//! the next look trims again, for what the lists let go of. What stays by design: those
+//! 4 MiB per worker thread.
 
 use prometheus::core::Collector;
 
@@ -17,6 +18,8 @@ const TRIM_AFTER: i64 = 64;
 #[derive(Default)]
 pub struct Trimmer {
     peak: i64,
+    /// The last look trimmed: the free lists were cut back since, so trim once more.
+    again: bool,
 }
 
 impl Trimmer {
@@ -29,6 +32,9 @@ impl Trimmer {
             .flat_map(|family| family.get_metric())
             .map(|m| m.get_gauge().get_value() as i64)
             .sum();
+        if std::mem::take(&mut self.again) {
+            trim();
+        }
         if open > self.peak {
             self.peak = open;
         } else if self.peak - open >= TRIM_AFTER {
@@ -40,13 +46,13 @@ impl Trimmer {
             crate::proxy::codec::buf::shrink_free_lists();
             trim();
             self.peak = open;
+            self.again = true;
         }
     }
 }
 
-/// Hands the allocator's free pages back to the system.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn trim() {
+fn trim() {
     // SAFETY: malloc_trim only releases free memory of the allocator's own heaps; it takes
     // the allocator's locks like any malloc call and touches no memory handed out.
     unsafe {
@@ -55,4 +61,4 @@ pub fn trim() {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn trim() {}
+fn trim() {}

@@ -5,10 +5,13 @@
 # binary serves N keep-alive HTTP/1.1 requests (ab, 16 connections) of 1 KiB from an NGINX
 # origin with one worker thread; a run that serves none is subtracted (start and stop).
 #
-#   benches/load/instructions.sh OLD_BINARY NEW_BINARY [--requests 20000] [--nginx]
+#   benches/load/instructions.sh OLD_BINARY NEW_BINARY [--requests 20000] [--nginx] [--cache]
 #
 # `--nginx` adds NGINX as a reverse proxy (one worker, keep-alive to the same origin),
-# counted the same way, for a row that compares handoff's count with a peer's.
+# counted the same way, for a row that compares handoff's count with a peer's. `--cache`
+# also simulates the caches (cachegrind's `--cache-sim=yes`, slower) and adds the level-1
+# instruction and data cache misses per request: where instructions are level but time is
+# not, misses are what differs.
 #
 # Needs valgrind, ab (apache2-utils) and nginx: apt-get install valgrind apache2-utils
 # nginx-light.
@@ -16,11 +19,12 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 [ $# -ge 2 ] || { sed -n '2,14p' "$0"; exit 2; }
 A=$(realpath "$1") B=$(realpath "$2"); shift 2
-N=20000 NGINX=0
+N=20000 NGINX=0 SIM=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) N=$2; shift 2;;
     --nginx) NGINX=1; shift;;
+    --cache) SIM=yes; shift;;
     *) echo "unknown arg $1" >&2; exit 2;;
   esac
 done
@@ -51,19 +55,22 @@ load() {
   fi
 }
 
-# Stops the proxy under valgrind with signal `$1` and reads its instruction count into $COUNT.
+# Stops the proxy under valgrind with signal `$1` and reads its instruction count into
+# $COUNT (and, with --cache, its L1 instruction and data cache misses into $I1 and $D1).
 stopped() {
   local sig=$1 pid=$2 out=$3
   kill "-$sig" "$pid"; wait "$pid" || true
   for _ in $(seq 100); do port_busy 9091 || break; sleep 0.05; done
   COUNT=$(awk '/I *refs:/{gsub(",", "", $NF); print $NF}' "$out.log" | tail -1)
+  I1=$(awk '/I1 *misses:/{gsub(",", "", $4); print $4}' "$out.log" | tail -1)
+  D1=$(awk '/D1 *misses:/{gsub(",", "", $4); print $4}' "$out.log" | tail -1)
 }
 
 # Total instructions of one run of `$1` serving `$2` requests, into $COUNT.
 COUNT=0
 count() {
   local bin=$1 n=$2 out="$RUN/cg.$RANDOM" pid
-  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" \
+  valgrind --tool=cachegrind --cache-sim="$SIM" --cachegrind-out-file="$out" \
     "$bin" run -c "$HERE/handoff.yaml" --threads 1 > "$out.log" 2>&1 & pid=$!
   PIDS+=("$pid")
   # Serving once the origin node is up (a request before that gets handoff's own 503).
@@ -90,36 +97,39 @@ http { access_log off; client_body_temp_path $RUN/origin-tmp; proxy_temp_path $R
   server { listen 127.0.0.1:9091;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" \
+  valgrind --tool=cachegrind --cache-sim="$SIM" --cachegrind-out-file="$out" \
     nginx -p "$RUN" -c "$RUN/proxy-nginx.conf" > "$out.log" 2>&1 & pid=$!
   PIDS+=("$pid")
   for _ in $(seq 600); do port_busy 9091 && break; sleep 0.1; done
   load "$n" "$out"
-  stopped QUIT "$pid" "$out"
+  stopped TERM "$pid" "$out"
 }
 
-declare -A per
+declare -A per i1 d1
+# Per request: busy run minus idle run, over N ($1 $2: the two counts; empty without --cache).
+per_req() { if [ -n "$1" ] && [ -n "$2" ]; then echo $(( ($1 - $2) / N )); else echo -; fi; }
 for side in A B; do
   bin=$A; [ "$side" = B ] && bin=$B
-  count "$bin" 0; idle=$COUNT
+  count "$bin" 0; idle=$COUNT idle_i1=$I1 idle_d1=$D1
   count "$bin" "$N"; busy=$COUNT
   per[$side]=$(( (busy - idle) / N ))
+  i1[$side]=$(per_req "$I1" "$idle_i1"); d1[$side]=$(per_req "$D1" "$idle_d1")
   echo "$side: $busy instructions with $N requests, $idle with none: ${per[$side]} per request" >&2
 done
 echo "A = $A"
 echo "B = $B"
 echo
-echo "| binary | user instructions per request |"
-echo "|---|---|"
-echo "| A | ${per[A]} |"
-echo "| B | ${per[B]} |"
-python3 -c "print('| B/A | %.3f |' % (${per[B]} / ${per[A]}))"
+echo "| binary | user instructions per request | L1i misses | L1d misses |"
+echo "|---|---|---|---|"
+echo "| A | ${per[A]} | ${i1[A]} | ${d1[A]} |"
+echo "| B | ${per[B]} | ${i1[B]} | ${d1[B]} |"
+python3 -c "print('| B/A | %.3f | | |' % (${per[B]} / ${per[A]}))"
 
 if [ "$NGINX" = 1 ]; then
-  count_nginx 0; idle=$COUNT
+  count_nginx 0; idle=$COUNT idle_i1=$I1 idle_d1=$D1
   count_nginx "$N"; busy=$COUNT
   ngx=$(( (busy - idle) / N ))
   echo "NGINX: $busy instructions with $N requests, $idle with none: $ngx per request" >&2
-  echo "| NGINX | $ngx |"
-  python3 -c "print('| B/NGINX | %.3f |' % (${per[B]} / $ngx))"
+  echo "| NGINX | $ngx | $(per_req "$I1" "$idle_i1") | $(per_req "$D1" "$idle_d1") |"
+  python3 -c "print('| B/NGINX | %.3f | | |' % (${per[B]} / $ngx))"
 fi

@@ -28,7 +28,7 @@ pub const FREE_AFTER_TRIM: usize = 256;
 static TRIMS: AtomicU32 = AtomicU32::new(0);
 
 /// After a burst: every worker thread cuts its free lists back to [`FREE_AFTER_TRIM`] the
-/// next time it releases a buffer, and hands what it let go of back to the system.
+/// next time it releases a buffer (the control plane's next trim hands it back).
 pub fn shrink_free_lists() {
     TRIMS.fetch_add(1, Relaxed);
 }
@@ -49,8 +49,6 @@ impl FreeLists {
             self.trims = trims;
             self.bufs.truncate(FREE_AFTER_TRIM);
             self.outs.truncate(FREE_AFTER_TRIM);
-            // What the lists let go of goes back now, not at the next burst's end.
-            crate::memory::trim();
         }
         let list = if out { &mut self.outs } else { &mut self.bufs };
         if list.len() < FREE_PER_THREAD {

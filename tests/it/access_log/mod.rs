@@ -100,7 +100,14 @@ async fn every_request_has_one_line_with_the_version_that_served_it_across_a_rea
             })
         })
         .collect();
-    // Meanwhile a is drained, upgraded and readmitted at 2.0.0.
+    // Meanwhile a is drained, upgraded and readmitted at 2.0.0: once it has answered at
+    // 1.0.0 (the drain could otherwise land before any client's first request reached a).
+    let a_node = proxy.node("web", "a");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a_node.state.traffic.sample().requests == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "a answered nothing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (status, _) = proxy
         .admin_json(Method::POST, "/v1/pools/web/nodes/a/drain", json!({}))
         .await;
