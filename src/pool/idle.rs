@@ -1,7 +1,8 @@
 //! A node's idle keep-alive HTTP/1.1 connections: plain sockets at a message boundary, in a
-//! lock-free bounded queue. A request takes one (or connects anew) and puts it back when its
+//! lock-free bounded stack. A request takes one (or connects anew) and puts it back when its
 //! response ended cleanly. Nothing runs for an idle connection: whether the backend closed
-//! it is read off the socket's readiness when it is taken.
+//! it is read off the socket's readiness when it is taken, and by a sweep every few seconds
+//! (a connection deep in the stack may wait long for a take).
 //!
 //! Each connection carries its watch on the node's drain deadline, made once when it
 //! connects: at the deadline (plus the connection's share of the close spread) whatever it

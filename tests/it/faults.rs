@@ -187,13 +187,7 @@ async fn an_http2_stream_to_a_slow_backend_gets_504_in_time_and_its_sibling_is_s
     .await;
     proxy.wait_health("web", "a", Health::Up).await;
     let sender = h2_connection(proxy.addr("web")).await;
-    let get = |path: &str| {
-        let mut sender = sender.clone();
-        let req = http::Request::get(proxy.url("web", path))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        async move { sender.send_request(req).await.map(|r| r.status()) }
-    };
+    let get = |path: &str| h2_get(&sender, proxy.url("web", path));
     let started = tokio::time::Instant::now();
     let (slow, quick) = tokio::join!(get("/slow/5000"), async {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -339,13 +339,7 @@ async fn http2_streams_of_one_connection_do_not_wait_for_each_other() {
     let proxy = Proxy::start(&http_config(&[("a", a.addr)], "")).await;
     proxy.wait_health("web", "a", Health::Up).await;
     let sender = h2_connection(proxy.addr("web")).await;
-    let get = |path: &str| {
-        let mut sender = sender.clone();
-        let req = http::Request::get(proxy.url("web", path))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        async move { sender.send_request(req).await.map(|r| r.status()) }
-    };
+    let get = |path: &str| h2_get(&sender, proxy.url("web", path));
     let slow = get("/slow/3000");
     tokio::pin!(slow);
     // The slow stream is sent first; the fast one must be answered while it waits.

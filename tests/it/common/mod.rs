@@ -248,7 +248,6 @@ pub async fn send(method: Method, url: &str, token: Option<&str>) -> (StatusCode
     )
 }
 
-/// GET with a client, returning status and body text (errors become status 0).
 /// One HTTP/2 connection (prior knowledge) to `addr`, driven in the background: its
 /// requests share it as streams.
 pub async fn h2_connection(
@@ -263,6 +262,19 @@ pub async fn h2_connection(
     sender
 }
 
+/// GET `url` as a new stream of `sender`'s connection ([`h2_connection`]): its status.
+pub fn h2_get(
+    sender: &hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    url: String,
+) -> impl std::future::Future<Output = hyper::Result<http::StatusCode>> {
+    let mut sender = sender.clone();
+    let req = Request::get(url)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    async move { sender.send_request(req).await.map(|r| r.status()) }
+}
+
+/// GET with a client, returning status and body text (errors become status 0).
 pub async fn get(client: &TestClient, url: &str) -> (u16, String) {
     let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
     match tokio::time::timeout(WAIT, client.request(req)).await {
