@@ -92,6 +92,16 @@ async fn malformed(
     headers: &[(&str, &str)],
     data: Option<&[u8]>,
 ) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (n, v) in headers {
+        field(&mut block, n, v);
+    }
+    request_block(addr, &block, data).await
+}
+
+/// Sends stream 1 (a POST to `/` on app.test, then `extra`, already HPACK-encoded) and reads
+/// until the stream or the connection ends (bounded).
+async fn request_block(addr: std::net::SocketAddr, extra: &[u8], data: Option<&[u8]>) -> Vec<u8> {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     frame(&mut out, 4, 0, 0, &[]);
@@ -101,12 +111,10 @@ async fn malformed(
         (":scheme", "http"),
         (":path", "/"),
         (":authority", "app.test"),
-    ]
-    .iter()
-    .chain(headers)
-    {
+    ] {
         field(&mut block, n, v);
     }
+    block.extend_from_slice(extra);
     let end_stream = if data.is_none() { 1 } else { 0 };
     frame(&mut out, 1, 4 | end_stream, 1, &block);
     if let Some(d) = data {
@@ -162,4 +170,60 @@ async fn malformed_http2_requests_are_refused_with_nothing_forwarded() {
     let received = backend.received();
     assert_eq!(received.matches("HTTP/1.1\r\n").count(), 1, "{received:?}");
     assert!(received.starts_with("GET /ok"), "{received:?}");
+}
+
+/// The payload of the first HEADERS frame on stream 1 in `got`, if any.
+fn stream_1_headers(got: &[u8]) -> Option<&[u8]> {
+    let mut i = 0;
+    while i + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[i], got[i + 1], got[i + 2]]) as usize;
+        let stream = u32::from_be_bytes([got[i + 5], got[i + 6], got[i + 7], got[i + 8]]);
+        if got[i + 3] == 1 && stream & 0x7fff_ffff == 1 {
+            return got.get(i + 9..i + 9 + len);
+        }
+        i += 9 + len;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_head_over_the_limit_gets_431_counted_and_logged() {
+    let a = HttpBackend::start("a", "1.0").await;
+    let yaml = format!(
+        "access_log: {{ path: \"{{DIR}}/access.log\", format: json }}\n{}",
+        http_config(&[("a", a.addr)], "")
+    );
+    let proxy = Proxy::start(&yaml).await;
+    proxy
+        .wait_health("web", "a", handoff::pool::Health::Up)
+        .await;
+    // One field put in HPACK's dynamic table, then referred to 600 times by index (a byte
+    // each): a small frame whose head decodes to about 83 KB, over the 64 KiB limit.
+    let mut extra = vec![0x40, 6];
+    extra.extend_from_slice(b"x-fill");
+    extra.push(100);
+    extra.extend_from_slice(&[b'x'; 100]);
+    extra.extend(std::iter::repeat_n(0x80 | 62, 600));
+    let got = request_block(proxy.addr("web"), &extra, None).await;
+    let headers = stream_1_headers(&got).unwrap_or_else(|| panic!("no HEADERS: {got:?}"));
+    assert!(headers.windows(3).any(|w| w == b"431"), "{headers:?}");
+
+    let metrics = proxy.metrics().await;
+    let series = "handoff_client_errors_total{listener=\"web\",reason=\"head_too_large\"}";
+    assert_eq!(metric_value(&metrics, series), 1.0, "{series}");
+    assert_eq!(proxy.node("web", "a").state.traffic.sample().requests, 0);
+    // Its access-log line: the access log is written by another thread.
+    let path = proxy._dir.path().join("access.log");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let line = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(l) = text.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(l).expect("a JSON line");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no access-log line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(line["status"], 431, "{line}");
+    assert_eq!(line["termination"], "client_fault:head_too_large", "{line}");
+    assert_eq!(line["proto"], "HTTP/2", "{line}");
 }

@@ -49,6 +49,18 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Response<Lo
 }
 
 /// The request's access log line (when the log is on).
+/// A request head the server answered 431 itself: counted and logged as on HTTP/1.1 (the
+/// head was not kept, so the line has no method or path).
+pub fn too_large(ctx: &ConnCtx) {
+    ctx.listener.metrics.client_error(ClientError::HeadTooLarge);
+    tracing::debug!(peer = %ctx.peer, status = 431, "client error: an HTTP/2 request head over the limit");
+    let mut log = Logged::start(ctx, "HTTP/2", Default::default(), Instant::now(), 0);
+    log.end(
+        Termination::ClientFault(ClientError::HeadTooLarge),
+        Some(431),
+    );
+}
+
 fn log_h2(ctx: &ConnCtx, parts: &Parts, id: Option<&[u8]>, started: Instant) -> Logged {
     if !ctx.plane.access_log.is_on() {
         return Logged::OFF;

@@ -26,6 +26,30 @@ use crate::gated::{Gated, Timer};
 /// After asking an idle connection to close, when to look at it again.
 const RECHECK_AFTER_CLOSE: Duration = Duration::from_secs(1);
 
+/// What the server calls per stream: the request handler, and what counts the heads the
+/// server refused itself.
+struct Streams<F> {
+    call: F,
+    ctx: Arc<ConnCtx>,
+}
+
+impl<F, Fut> server::Service for Streams<F>
+where
+    F: FnMut(http::Request<server::RequestBody>) -> Fut,
+    Fut: std::future::Future<Output = http::Response<body::LoggedBody>>,
+{
+    type Body = body::LoggedBody;
+    type Future = Fut;
+
+    fn call(&mut self, req: http::Request<server::RequestBody>) -> Fut {
+        (self.call)(req)
+    }
+
+    fn too_large(&mut self) {
+        forward::too_large(&self.ctx);
+    }
+}
+
 /// Serves one HTTP/2 client connection (`io` has the connection preface still to read).
 pub async fn serve_h2<I>(ctx: Arc<ConnCtx>, io: I)
 where
@@ -40,7 +64,10 @@ where
     let watch = Arc::clone(&ctx);
     // Boxed: the handler's future is kilobytes, moved once into its box rather than on
     // every move into the connection's set of handlers.
-    let service = move |req| Box::pin(forward::handle(Arc::clone(&ctx), req));
+    let service = Streams {
+        call: move |req| Box::pin(forward::handle(Arc::clone(&ctx), req)),
+        ctx: Arc::clone(&watch),
+    };
     // The connection and its streams, run in this task (see `server`).
     let mut conn = server::Connection::new(io, service);
     // Shutdown signals, gated so per-read wake-ups don't poll them (see `gated`). `force`

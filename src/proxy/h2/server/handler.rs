@@ -19,6 +19,10 @@ pub trait Service {
     type Body: Body<Data = Bytes> + Unpin;
     type Future: Future<Output = Response<Self::Body>>;
     fn call(&mut self, req: Request<RequestBody>) -> Self::Future;
+
+    /// The server answered a request head over the limit with 431 itself, before any
+    /// handler: the proxy counts and logs it, as it does a 431 on HTTP/1.1.
+    fn too_large(&mut self) {}
 }
 
 impl<F, Fut, B> Service for F

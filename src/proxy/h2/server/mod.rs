@@ -25,6 +25,7 @@ mod send;
 mod stream;
 
 pub use conn::{Connection, Error};
+pub use handler::Service;
 pub use stream::{BodyCut, RequestBody, Waiter};
 
 #[cfg(test)]

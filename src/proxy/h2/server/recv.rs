@@ -372,6 +372,7 @@ impl<I, S: Service> Connection<I, S> {
 
     /// A request head over the limit: 431, and no handler.
     fn too_large(&mut self, id: u32, end: bool) {
+        self.service.too_large();
         self.scratch.clear();
         super::hpack::put_status(&mut self.scratch, 431);
         let block = std::mem::take(&mut self.scratch);
