@@ -4,8 +4,9 @@
 //! peak. Every few seconds the control plane looks at the open client connections; when
 //! at least [`TRIM_AFTER`] fewer are open than at the last peak, the freed pages go back to
 //! the system (`malloc_trim`), and the worker threads cut their free lists of buffers (long
-//! enough for 1,000 requests in flight) back to 256 × 16 KiB each at their next request;
-//! the next look trims again, for what the lists let go of. What stays by design: those
+//! enough for 1,000 requests in flight) back to 256 × 16 KiB each: the thread that looks
+//! at once, before it trims (with `--threads 1`, that is all of them), the others at their
+//! next request; the next look trims again, for what those let go of. What stays by design: those
 //! 4 MiB per worker thread.
 
 use prometheus::core::Collector;
@@ -44,6 +45,7 @@ impl Trimmer {
                 "connections gone: returning freed memory"
             );
             crate::proxy::codec::buf::shrink_free_lists();
+            crate::proxy::codec::buf::cut_free_lists_here();
             trim();
             self.peak = open;
             self.again = true;

@@ -32,10 +32,12 @@ done
 
 need=()
 for cmd in haproxy nginx wrk taskset ss python3; do command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd"); done
-if [ ${#need[@]} -gt 0 ]; then
-    echo "installing ${need[*]}" >&2
+# The NGINX proxy config loads the stream module, which nginx-light lacks.
+if [ ${#need[@]} -gt 0 ] || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+    echo "installing ${need[*]} libnginx-mod-stream" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx wrk util-linux iproute2 python3
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx libnginx-mod-stream wrk \
+        util-linux iproute2 python3
 fi
 for svc in nginx haproxy; do systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true; done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -33,6 +33,17 @@ pub fn shrink_free_lists() {
     TRIMS.fetch_add(1, Relaxed);
 }
 
+/// Cuts the calling thread's free lists back at once (the control plane's trim runs on a
+/// worker thread: with `--threads 1`, the only one), not at its next release, which may
+/// not come before the trim that should hand them back.
+pub fn cut_free_lists_here() {
+    let _ = FREE.try_with(|f| {
+        if let Ok(mut lists) = f.try_borrow_mut() {
+            lists.cut(TRIMS.load(Relaxed));
+        }
+    });
+}
+
 #[derive(Default)]
 struct FreeLists {
     bufs: Vec<Vec<u8>>,
@@ -42,13 +53,18 @@ struct FreeLists {
 }
 
 impl FreeLists {
+    /// Back to [`FREE_AFTER_TRIM`] each, as of the `trims`-th trim.
+    fn cut(&mut self, trims: u32) {
+        self.trims = trims;
+        self.bufs.truncate(FREE_AFTER_TRIM);
+        self.outs.truncate(FREE_AFTER_TRIM);
+    }
+
     /// Keeps `mem` for reuse (`out`: the output list), unless the list is full.
     fn keep(&mut self, mut mem: Vec<u8>, out: bool) {
         let trims = TRIMS.load(Relaxed);
         if trims != self.trims {
-            self.trims = trims;
-            self.bufs.truncate(FREE_AFTER_TRIM);
-            self.outs.truncate(FREE_AFTER_TRIM);
+            self.cut(trims);
         }
         let list = if out { &mut self.outs } else { &mut self.bufs };
         if list.len() < FREE_PER_THREAD {
@@ -206,6 +222,21 @@ mod tests {
                 FREE_AFTER_TRIM + 1,
                 "cut back at the next release, which it keeps"
             );
+        })
+        .join()
+        .expect("the test thread");
+    }
+
+    #[test]
+    fn the_trimming_thread_cuts_its_own_lists_at_once() {
+        std::thread::spawn(|| {
+            let held: Vec<Out> = (0..FREE_AFTER_TRIM * 2).map(|_| Out::take()).collect();
+            drop(held);
+            let kept = || FREE.with(|f| f.borrow().outs.len());
+            assert_eq!(kept(), FREE_AFTER_TRIM * 2);
+            // Without bumping the trim counter: that would cut the other test's lists.
+            cut_free_lists_here();
+            assert_eq!(kept(), FREE_AFTER_TRIM, "cut with no release in between");
         })
         .join()
         .expect("the test thread");
