@@ -7,6 +7,8 @@
 //! - [`app`]: starts the app on caller-bound sockets, owns the snapshot, applies reloads.
 //! - [`access_log`]: one line per request, session and tunnel, queued to one writer thread.
 //! - [`proxy`]: accept loops, TCP and HTTP proxying, on a [`proxy::DataPlane`] handle (snapshot, shutdown).
+//! - [`workers`]: the data path's threads, one single-threaded runtime each, a connection
+//!   kept on one for its life.
 //! - [`health`]: active checks feeding node health and version.
 //! - [`control`]: the narrow handle the control plane works through (snapshot, metrics, state store).
 //! - [`lifecycle`]: drain, enable with warmup, the pair guard, TCP rebalance.
@@ -61,3 +63,4 @@ pub mod snapshot;
 pub mod tickets;
 pub mod time;
 pub mod upgrade;
+pub mod workers;

@@ -5,7 +5,8 @@
 //! at least [`TRIM_AFTER`] fewer are open than at the last peak, the freed pages go back to
 //! the system (`malloc_trim`), and the worker threads cut their free lists of buffers (long
 //! enough for 1,000 requests in flight) back to 256 × 16 KiB each: the thread that looks
-//! at once, before it trims (with `--threads 1`, that is all of them), the others at their
+//! at once, before it trims (with `--threads 1`, that is all of them), each worker thread
+//! (see [`crate::workers`]) as soon as it runs the task sent to it, other threads at their
 //! next request; the next look trims again, for what those let go of. What stays by design: those
 //! 4 MiB per worker thread.
 
@@ -46,6 +47,9 @@ impl Trimmer {
             );
             crate::proxy::codec::buf::shrink_free_lists();
             crate::proxy::codec::buf::cut_free_lists_here();
+            if let Some(workers) = crate::workers::get() {
+                workers.on_each(crate::proxy::codec::buf::cut_free_lists_here);
+            }
             trim();
             self.peak = open;
             self.again = true;

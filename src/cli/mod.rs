@@ -224,16 +224,17 @@ fn threads_range() -> clap::builder::RangedU64ValueParser<usize> {
 /// what would exhaust the process's threads.
 pub const MAX_THREADS: u64 = 1024;
 
-/// The tokio runtime with `threads` workers (default: one per core).
+/// The main thread's runtime, and `threads` worker threads for the data path (default: one
+/// per core). One: everything on the one single-threaded runtime. More: the control plane
+/// on the main thread's, each client connection on one worker's (see [`crate::workers`]).
 pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = match threads {
-        // One worker: the single-threaded scheduler does the same work without the
-        // work-stealing bookkeeping (no cross-thread queues or wake-ups).
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if let Some(n) = threads.filter(|n| *n > 1) {
-        builder.worker_threads(n);
+    let n = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if n > 1 {
+        crate::workers::start(n)?;
     }
-    builder.enable_all().build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }

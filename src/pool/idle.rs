@@ -84,6 +84,8 @@ impl Future for CloseWatch {
 /// leaves a TIME_WAIT socket): at 1,000 keep-alive clients 256 made three requests in four
 /// connect anew. The slots are allocated up front (8 KiB a node).
 const IDLE_PER_NODE: usize = 1024;
+/// With many worker threads, each one's stack still holds this many.
+const MIN_PER_STACK: usize = 128;
 /// An idle connection older than this is not reused: backends commonly close idle
 /// connections after 60–75 s, and reusing one just as it closes fails the request.
 const IDLE_MAX_AGE: Duration = Duration::from_secs(30);
@@ -94,13 +96,16 @@ struct Idle {
     since_ms: u64,
 }
 
-/// A node's idle connections (cloning shares them): a stack, so a request takes the
-/// connection that went idle last, whose memory and socket are still in the caches (NGINX's
-/// keepalive cache is last-in, first-out too). Lock-free: each slot is one atomic pointer,
-/// and `top` is only a hint of where the stack ends, so that racing puts and takes never
-/// lose a connection (a put carries whatever it displaces one slot up).
+/// A node's idle connections (cloning shares them): a stack per worker thread (see
+/// [`crate::workers`]), so a request takes the connection its own thread put back last,
+/// whose memory is still in that core's caches and whose socket that thread's runtime
+/// polls (NGINX's keepalive cache is per worker and last-in, first-out too). Only when its
+/// own stack is empty does a request take another thread's connection rather than connect.
+/// Lock-free: each slot is one atomic pointer, and `top` is only a hint of where the stack
+/// ends, so that racing puts and takes never lose a connection (a put carries whatever it
+/// displaces one slot up).
 #[derive(Clone)]
-pub struct IdleConns(Arc<Stack>);
+pub struct IdleConns(Arc<[Stack]>);
 
 struct Stack {
     slots: Box<[AtomicCell<Option<Box<Idle>>>]>,
@@ -117,15 +122,26 @@ impl Default for IdleConns {
 
 impl IdleConns {
     pub fn new() -> Self {
-        IdleConns(Arc::new(Stack {
-            slots: (0..IDLE_PER_NODE).map(|_| AtomicCell::new(None)).collect(),
-            top: AtomicUsize::new(0),
-            len: AtomicUsize::new(0),
-        }))
+        let workers = crate::workers::count();
+        let per = (IDLE_PER_NODE / workers).max(MIN_PER_STACK);
+        IdleConns(
+            (0..workers)
+                .map(|_| Stack {
+                    slots: (0..per).map(|_| AtomicCell::new(None)).collect(),
+                    top: AtomicUsize::new(0),
+                    len: AtomicUsize::new(0),
+                })
+                .collect(),
+        )
+    }
+
+    /// The calling worker thread's stack.
+    fn mine(&self) -> &Stack {
+        &self.0[crate::workers::index() % self.0.len()]
     }
 
     pub fn len(&self) -> usize {
-        self.0.len.load(Relaxed)
+        self.0.iter().map(|s| s.len.load(Relaxed)).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -134,12 +150,14 @@ impl IdleConns {
 
     /// Closes every idle connection (node went down or is being drained).
     pub fn clear(&self) {
-        for slot in self.0.slots.iter() {
-            if slot.swap(None).is_some() {
-                self.0.len.fetch_sub(1, Relaxed);
+        for stack in self.0.iter() {
+            for slot in stack.slots.iter() {
+                if slot.swap(None).is_some() {
+                    stack.len.fetch_sub(1, Relaxed);
+                }
             }
+            stack.top.store(0, Relaxed);
         }
-        self.0.top.store(0, Relaxed);
     }
 
     /// Returns a connection whose last response ended cleanly, with nothing unread.
@@ -147,20 +165,38 @@ impl IdleConns {
         if up.close.fired() {
             return;
         }
-        let stack = &*self.0;
+        let stack = self.mine();
         // Counted before it can be taken, so the count never goes below zero.
         stack.len.fetch_add(1, Relaxed);
         let idle = Box::new(Idle {
             up,
             since_ms: coarse_ms(),
         });
-        self.place(stack.top.load(Relaxed), idle);
+        stack.place(stack.top.load(Relaxed), idle);
     }
 
+    /// Closes the idle connections the backend closed (or wrote to) and those too old to be
+    /// reused: at the bottom of a stack, a connection may wait long for a take. Run every
+    /// few seconds by the control plane.
+    pub fn sweep(&self) {
+        self.0.iter().for_each(Stack::sweep);
+    }
+
+    /// Takes an idle connection that is still open, if there is one: the calling thread's
+    /// own first.
+    pub fn take(&self) -> Option<Upstream> {
+        let own = crate::workers::index() % self.0.len();
+        self.0[own]
+            .take()
+            .or_else(|| (1..self.0.len()).find_map(|k| self.0[(own + k) % self.0.len()].take()))
+    }
+}
+
+impl Stack {
     /// Puts `idle` in the first free slot from `from` on, carrying up what it displaces (a
     /// racing put's). Full: the connection displaced last is closed.
     fn place(&self, from: usize, idle: Box<Idle>) {
-        let stack = &*self.0;
+        let stack = self;
         let mut carry = Some(idle);
         for i in from..stack.slots.len() {
             carry = stack.slots[i].swap(carry);
@@ -172,11 +208,8 @@ impl IdleConns {
         stack.len.fetch_sub(1, Relaxed);
     }
 
-    /// Closes the idle connections the backend closed (or wrote to) and those too old to be
-    /// reused: at the bottom of the stack, a connection may wait long for a take. Run every
-    /// few seconds by the control plane.
-    pub fn sweep(&self) {
-        let stack = &*self.0;
+    fn sweep(&self) {
+        let stack = self;
         let now = coarse_ms();
         for (i, slot) in stack.slots.iter().enumerate() {
             let Some(idle) = slot.swap(None) else {
@@ -193,9 +226,8 @@ impl IdleConns {
         }
     }
 
-    /// Takes an idle connection that is still open, if there is one.
-    pub fn take(&self) -> Option<Upstream> {
-        let stack = &*self.0;
+    fn take(&self) -> Option<Upstream> {
+        let stack = self;
         let mut i = stack.top.load(Relaxed).min(stack.slots.len());
         let mut now = None;
         while i > 0 {

@@ -133,6 +133,9 @@ impl ListenerStats {
 /// its reclaim registry.
 pub(crate) struct ConnSlot {
     stats: Arc<ListenerStats>,
+    /// 1 + the worker thread it runs on, whose count of connections it is in (see
+    /// [`crate::workers`]); 0: none. Small, to keep [`ConnCtx`] within its size.
+    worker: u16,
     /// Its slot in the listener's reclaim registry, if it has one.
     registered: Option<u32>,
     /// Counted against its address's `max_connections_per_client`.
@@ -143,6 +146,7 @@ impl ConnSlot {
     fn new(stats: &Arc<ListenerStats>, client: Option<std::net::IpAddr>) -> Self {
         ConnSlot {
             stats: Arc::clone(stats),
+            worker: 0,
             registered: None,
             client,
         }
@@ -164,6 +168,9 @@ impl Drop for ConnSlot {
         }
         self.stats.active.fetch_sub(1, Relaxed);
         self.stats.metrics.active.dec();
+        if let (Some(i), Some(workers)) = (self.worker.checked_sub(1), crate::workers::get()) {
+            workers.closed(usize::from(i));
+        }
     }
 }
 
@@ -286,50 +293,89 @@ pub async fn accept_loop(
         stats.metrics.active.inc();
         let mut slot = ConnSlot::new(&stats, client);
         let _ = stream.set_nodelay(true);
-        let task_plane = Arc::clone(&plane);
-        // One spawn per kind, so a TCP session's task is sized for the TCP future (under
-        // 1 KiB), not for the much larger HTTP one.
-        match &routes.target {
-            Target::Tcp(_) => {
-                let stats = Arc::clone(&stats);
-                tcp_tls::spawn(&plane, routes, stats, stream, peer, slot);
+        // Registered here: the registry takes slots from the accept loop only.
+        let activity = matches!(routes.target, Target::Http(_)).then(|| {
+            let activity = Arc::new(Activity::new());
+            slot.register(&activity);
+            activity
+        });
+        let Some((worker, i)) = crate::workers::get().and_then(|w| w.pick()) else {
+            start(&plane, routes, &stats, (stream, peer), slot, activity);
+            continue;
+        };
+        // To a worker thread: the socket leaves this runtime's poller for the worker's.
+        slot.worker = u16::try_from(i + 1).unwrap_or(0);
+        let std = match stream.into_std() {
+            Ok(std) => std,
+            Err(e) => {
+                tracing::debug!(listener = %stats.name, %peer, error = %e, "could not hand a connection to a worker");
+                continue;
             }
-            Target::Http(_) => {
-                let activity = Arc::new(Activity::new());
-                slot.register(&activity);
-                let watched = Watched::new(stream, Arc::clone(&activity), Arc::clone(&stats));
-                let timeouts = routes.config.timeouts;
-                match (&routes.config.tls, &routes.tls) {
-                    // The task is the connection's future alone (see `h1::serve`): what it
-                    // needs is prepared here.
-                    (None, _) => {
-                        let ctx = ConnCtx::new(
-                            task_plane,
-                            Arc::clone(&stats),
-                            peer,
-                            activity,
-                            "http",
-                            timeouts,
-                            Some(slot),
-                        );
-                        plane.shutdown.tracker.spawn(h1::serve(
-                            Arc::new(ctx),
-                            watched,
-                            h1::Speaks::Sniff,
-                        ));
-                    }
-                    (Some(_), Some(acceptor)) => {
-                        let acceptor = acceptor.clone();
-                        plane.shutdown.tracker.spawn(serve_tls(
-                            task_plane, acceptor, watched, peer, timeouts, slot,
-                        ));
-                    }
-                    // The certificates could not be turned into a TLS config: never serve
-                    // in clear.
-                    (Some(_), None) => {}
+        };
+        let (plane, stats) = (Arc::clone(&plane), Arc::clone(&stats));
+        worker.spawn(async move {
+            match TcpStream::from_std(std) {
+                Ok(stream) => start(&plane, routes, &stats, (stream, peer), slot, activity),
+                Err(e) => {
+                    tracing::debug!(listener = %stats.name, %peer, error = %e, "could not hand a connection to a worker")
                 }
+            }
+        });
+    }
+    tracing::debug!(listener = %stats.name, "accept loop stopped");
+}
+
+/// Starts an accepted connection's task on the current runtime, by the listener's kind.
+/// `activity`: an HTTP connection's, registered for reclaiming by the accept loop.
+fn start(
+    plane: &Arc<DataPlane>,
+    routes: Arc<crate::snapshot::ListenerRoutes>,
+    stats: &Arc<ListenerStats>,
+    (stream, peer): (TcpStream, SocketAddr),
+    slot: ConnSlot,
+    activity: Option<Arc<Activity>>,
+) {
+    let task_plane = Arc::clone(plane);
+    // One spawn per kind, so a TCP session's task is sized for the TCP future (under
+    // 1 KiB), not for the much larger HTTP one.
+    match &routes.target {
+        Target::Tcp(_) => {
+            let stats = Arc::clone(stats);
+            tcp_tls::spawn(plane, routes, stats, stream, peer, slot);
+        }
+        Target::Http(_) => {
+            let Some(activity) = activity else { return };
+            let watched = Watched::new(stream, Arc::clone(&activity), Arc::clone(stats));
+            let timeouts = routes.config.timeouts;
+            match (&routes.config.tls, &routes.tls) {
+                // The task is the connection's future alone (see `h1::serve`): what it
+                // needs is prepared here.
+                (None, _) => {
+                    let ctx = ConnCtx::new(
+                        task_plane,
+                        Arc::clone(stats),
+                        peer,
+                        activity,
+                        "http",
+                        timeouts,
+                        Some(slot),
+                    );
+                    plane.shutdown.tracker.spawn(h1::serve(
+                        Arc::new(ctx),
+                        watched,
+                        h1::Speaks::Sniff,
+                    ));
+                }
+                (Some(_), Some(acceptor)) => {
+                    let acceptor = acceptor.clone();
+                    plane.shutdown.tracker.spawn(serve_tls(
+                        task_plane, acceptor, watched, peer, timeouts, slot,
+                    ));
+                }
+                // The certificates could not be turned into a TLS config: never serve
+                // in clear.
+                (Some(_), None) => {}
             }
         }
     }
-    tracing::debug!(listener = %stats.name, "accept loop stopped");
 }

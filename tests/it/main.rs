@@ -51,3 +51,4 @@ mod tls;
 mod upstream_tls;
 mod warmup;
 mod websocket;
+mod workers;
