@@ -31,8 +31,8 @@ pub enum Command {
     Run {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
-        /// Worker threads (default: number of cores); 1 runs everything on one thread with
-        /// tokio's single-threaded scheduler.
+        /// Worker threads (default: number of cores), one single-threaded runtime each,
+        /// each client connection kept on one; 1 runs everything on one thread.
         #[arg(long, env = "HANDOFF_WORKER_THREADS", value_parser = threads_range())]
         threads: Option<usize>,
         /// Take over from the handoff running with this config's `upgrade.socket`: its
