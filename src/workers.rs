@@ -109,9 +109,4 @@ impl Workers {
             w.handle.spawn(async move { f() });
         }
     }
-
-    /// Connections open on each worker, in order.
-    pub fn open(&self) -> Vec<usize> {
-        self.workers.iter().map(|w| w.open.load(Relaxed)).collect()
-    }
 }
