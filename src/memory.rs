@@ -3,12 +3,12 @@
 //! pages below the top of its heaps mapped for reuse, so RSS would stay at the burst's
 //! peak. Every few seconds the control plane looks at the open client connections; when
 //! at least [`TRIM_AFTER`] fewer are open than at the last peak, the freed pages go back to
-//! the system (`malloc_trim`), and the worker threads cut their free lists of buffers (long
-//! enough for 1,000 requests in flight) back to 256 × 16 KiB each: the thread that looks
-//! at once, before it trims (with `--threads 1`, that is all of them), each worker thread
-//! (see [`crate::workers`]) as soon as it runs the task sent to it, other threads at their
-//! next request; the next look trims again, for what those let go of. What stays by design: those
-//! 4 MiB per worker thread.
+//! the system (`malloc_trim`), and the threads cut their free lists of buffers (long enough
+//! for 1,000 requests in flight) back to 256 × 16 KiB each: the thread that looks at once,
+//! before it trims (with `--threads 1`, that is all of them), each worker thread (see
+//! [`crate::workers`]) as soon as it runs the task sent to it, any other thread at its next
+//! request; the next look trims again, for what those let go of. What stays by design:
+//! those 4 MiB per thread.
 
 use prometheus::core::Collector;
 

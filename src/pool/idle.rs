@@ -185,10 +185,9 @@ impl IdleConns {
     /// Takes an idle connection that is still open, if there is one: the calling thread's
     /// own first.
     pub fn take(&self) -> Option<Upstream> {
-        let own = crate::workers::index() % self.0.len();
-        self.0[own]
-            .take()
-            .or_else(|| (1..self.0.len()).find_map(|k| self.0[(own + k) % self.0.len()].take()))
+        let n = self.0.len();
+        let own = crate::workers::index() % n;
+        (0..n).find_map(|k| self.0[(own + k) % n].take())
     }
 }
 
@@ -196,22 +195,20 @@ impl Stack {
     /// Puts `idle` in the first free slot from `from` on, carrying up what it displaces (a
     /// racing put's). Full: the connection displaced last is closed.
     fn place(&self, from: usize, idle: Box<Idle>) {
-        let stack = self;
         let mut carry = Some(idle);
-        for i in from..stack.slots.len() {
-            carry = stack.slots[i].swap(carry);
+        for i in from..self.slots.len() {
+            carry = self.slots[i].swap(carry);
             if carry.is_none() {
-                stack.top.store(i + 1, Relaxed);
+                self.top.store(i + 1, Relaxed);
                 return;
             }
         }
-        stack.len.fetch_sub(1, Relaxed);
+        self.len.fetch_sub(1, Relaxed);
     }
 
     fn sweep(&self) {
-        let stack = self;
         let now = coarse_ms();
-        for (i, slot) in stack.slots.iter().enumerate() {
+        for (i, slot) in self.slots.iter().enumerate() {
             let Some(idle) = slot.swap(None) else {
                 continue;
             };
@@ -221,29 +218,28 @@ impl Stack {
                     self.place(i + 1, other);
                 }
             } else {
-                stack.len.fetch_sub(1, Relaxed);
+                self.len.fetch_sub(1, Relaxed);
             }
         }
     }
 
     fn take(&self) -> Option<Upstream> {
-        let stack = self;
-        let mut i = stack.top.load(Relaxed).min(stack.slots.len());
+        let mut i = self.top.load(Relaxed).min(self.slots.len());
         let mut now = None;
         while i > 0 {
             i -= 1;
-            let Some(idle) = stack.slots[i].swap(None) else {
+            let Some(idle) = self.slots[i].swap(None) else {
                 continue;
             };
-            stack.top.store(i, Relaxed);
-            stack.len.fetch_sub(1, Relaxed);
+            self.top.store(i, Relaxed);
+            self.len.fetch_sub(1, Relaxed);
             let now = *now.get_or_insert_with(coarse_ms);
             let Idle { up, since_ms } = *idle;
             if fresh(now, since_ms) && up.stream.quiet() {
                 return Some(up);
             }
         }
-        stack.top.store(0, Relaxed);
+        self.top.store(0, Relaxed);
         None
     }
 }

@@ -20,14 +20,7 @@ async fn a_flood_of_unsolicited_ping_acks_leaves_no_warn_line() {
     std::fs::write(&config, http_config(&[("a", a.addr), ("b", b.addr)], "")).unwrap();
     let h = Handoff::start(&config).await;
     h.wait_up("a").await;
-    let (_, status) =
-        crate::common::process::call(&client(), http::Method::GET, &h.url("/v1/status"), None)
-            .await
-            .unwrap();
-    let web = status["listeners"][0]["listen"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let web = h.listener().await;
     let mut s = tokio::net::TcpStream::connect(&web).await.unwrap();
     // h2c with prior knowledge: the preface, empty SETTINGS, then 200 PING frames with ACK.
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();

@@ -116,19 +116,6 @@ async fn sessions_resume_by_ticket_and_across_a_reload() {
     assert!(!metrics.contains(&secret));
 }
 
-/// The address the process's (first) listener is bound to.
-async fn listener(h: &Handoff) -> SocketAddr {
-    let (_, status) =
-        crate::common::process::call(&client(), http::Method::GET, &h.url("/v1/status"), None)
-            .await
-            .expect("status");
-    status["listeners"][0]["listen"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_resumes_on_the_process_that_took_over_and_after_a_restart() {
     let a = HttpBackend::start("a", "1.0.0").await;
@@ -144,7 +131,7 @@ async fn a_session_resumes_on_the_process_that_took_over_and_after_a_restart() {
     std::fs::write(&path, yaml).unwrap();
     let old = Handoff::start(&path).await;
     old.wait_up("a").await;
-    let addr = listener(&old).await;
+    let addr = old.listener().await;
     let tls13 = client_config(&root, &[&rustls::version::TLS13]);
     let tls12 = client_config(&root, &[&rustls::version::TLS12]);
     assert_eq!(handshake(addr, &tls13).await.0, HandshakeKind::Full);
@@ -180,7 +167,7 @@ async fn a_session_resumes_on_the_process_that_took_over_and_after_a_restart() {
     drop(new);
     let again = Handoff::start(&path).await;
     again.wait_up("a").await;
-    let addr = listener(&again).await;
+    let addr = again.listener().await;
     assert_eq!(
         handshake(addr, &tls13).await.0,
         HandshakeKind::Resumed,

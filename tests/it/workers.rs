@@ -6,7 +6,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 
 use crate::common::backends::HttpBackend;
-use crate::common::process::{call, Handoff};
+use crate::common::process::Handoff;
 use crate::common::*;
 
 /// The process's worker threads, by name: (name, thread id).
@@ -42,13 +42,7 @@ async fn connections_spread_over_two_worker_threads_and_stay_on_theirs() {
     let threads = workers(pid);
     let names: Vec<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["worker-0", "worker-1"]);
-    let (_, status) = call(&client(), http::Method::GET, &h.url("/v1/status"), None)
-        .await
-        .unwrap();
-    let web = status["listeners"][0]["listen"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let web = h.listener().await;
 
     // Four keep-alive connections held open together: two on each worker.
     let mut conns = Vec::new();

@@ -33,9 +33,9 @@ pub fn shrink_free_lists() {
     TRIMS.fetch_add(1, Relaxed);
 }
 
-/// Cuts the calling thread's free lists back at once (the control plane's trim runs on a
-/// worker thread: with `--threads 1`, the only one), not at its next release, which may
-/// not come before the trim that should hand them back.
+/// Cuts the calling thread's free lists back at once, not at its next release, which may
+/// not come before the trim that should hand them back: the trimming thread's own (with
+/// `--threads 1`, every list), and each worker's when the trim sends it there.
 pub fn cut_free_lists_here() {
     let _ = FREE.try_with(|f| {
         if let Ok(mut lists) = f.try_borrow_mut() {

@@ -48,7 +48,6 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<RequestBody>) -> Response<Lo
     resp.map(|body| LoggedBody::new(body, log, relay))
 }
 
-/// The request's access log line (when the log is on).
 /// A request head the server answered 431 itself: counted and logged as on HTTP/1.1 (the
 /// head was not kept, so the line has no method or path).
 pub fn too_large(ctx: &ConnCtx) {
@@ -61,6 +60,7 @@ pub fn too_large(ctx: &ConnCtx) {
     );
 }
 
+/// The request's access log line (when the log is on).
 fn log_h2(ctx: &ConnCtx, parts: &Parts, id: Option<&[u8]>, started: Instant) -> Logged {
     if !ctx.plane.access_log.is_on() {
         return Logged::OFF;

@@ -101,6 +101,17 @@ impl Handoff {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// The address the first listener is bound to, from `GET /v1/status`.
+    pub async fn listener(&self) -> std::net::SocketAddr {
+        let (_, status) = call(&client(), Method::GET, &self.url("/v1/status"), None)
+            .await
+            .expect("status");
+        status["listeners"][0]["listen"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("a listener address")
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
