@@ -100,7 +100,8 @@ struct Idle {
 /// [`crate::workers`]), so a request takes the connection its own thread put back last,
 /// whose memory is still in that core's caches and whose socket that thread's runtime
 /// polls (NGINX's keepalive cache is per worker and last-in, first-out too). Only when its
-/// own stack is empty does a request take another thread's connection rather than connect.
+/// own stack is empty does a request take another thread's connection rather than connect,
+/// and moves it to its own runtime.
 /// Lock-free: each slot is one atomic pointer, and `top` is only a hint of where the stack
 /// ends, so that racing puts and takes never lose a connection (a put carries whatever it
 /// displaces one slot up).
@@ -183,11 +184,18 @@ impl IdleConns {
     }
 
     /// Takes an idle connection that is still open, if there is one: the calling thread's
-    /// own first.
+    /// own first. One from another thread's stack is moved to this thread's reactor.
     pub fn take(&self) -> Option<Upstream> {
         let n = self.0.len();
         let own = crate::workers::index() % n;
-        (0..n).find_map(|k| self.0[(own + k) % n].take())
+        if let Some(up) = self.0[own].take() {
+            return Some(up);
+        }
+        (1..n).find_map(|k| {
+            let mut up = self.0[(own + k) % n].take()?;
+            up.stream.rebind().ok()?;
+            Some(up)
+        })
     }
 }
 

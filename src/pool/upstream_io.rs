@@ -3,6 +3,7 @@
 //! branch costs a predictable jump per read or write.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -36,6 +37,24 @@ impl UpstreamIo {
             }
             Poll::Ready(Err(_)) => false,
         }
+    }
+}
+
+impl UpstreamIo {
+    /// Moves the socket to the calling thread's runtime: a connection another worker thread
+    /// put back is still polled by that thread's reactor, which would then do the waiting
+    /// for this one (an extra wake-up across threads per response). A duplicate of the
+    /// descriptor is registered here and the old one deregistered and closed; TLS state
+    /// stays as it is, only the socket under it changes.
+    pub fn rebind(&mut self) -> io::Result<()> {
+        let tcp = match self {
+            UpstreamIo::Plain(s) => s,
+            UpstreamIo::Tls(s) => s.get_mut().0,
+        };
+        // A duplicate shares the open file and so its O_NONBLOCK, as `from_std` needs.
+        let dup = std::net::TcpStream::from(tcp.as_fd().try_clone_to_owned()?);
+        *tcp = TcpStream::from_std(dup)?;
+        Ok(())
     }
 }
 
@@ -94,5 +113,47 @@ impl AsyncWrite for UpstreamIo {
             UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A socket made on a runtime that then shuts down still works once rebound: its
+    /// readiness comes from the runtime that took it.
+    #[tokio::test]
+    async fn a_rebound_connection_is_polled_by_the_runtime_that_took_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (made, peer) = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let made = rt.block_on(TcpStream::connect(addr)).unwrap();
+            let peer = listener.accept().unwrap().0;
+            (made, peer)
+            // `rt` shuts down here: its reactor polls nothing any more.
+        })
+        .join()
+        .unwrap();
+        let mut up = UpstreamIo::Plain(made);
+        up.rebind().unwrap();
+        let mut peer = peer;
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut b = [0u8; 4];
+            peer.read_exact(&mut b).unwrap();
+            peer.write_all(&b).unwrap();
+        });
+        up.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tokio::time::timeout(std::time::Duration::from_secs(5), up.read_exact(&mut back))
+            .await
+            .expect("answered through this runtime's reactor")
+            .unwrap();
+        assert_eq!(&back, b"ping");
     }
 }

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwapOption;
-use tokio::time::Instant;
 
 pub use super::activity::Reason;
 use super::activity::{Activity, Idleness};
@@ -112,7 +111,7 @@ impl Registry {
     /// them. Returns how many were marked, by reason.
     pub fn reclaim(&self, want: usize) -> (usize, usize) {
         // The oldest `want` candidates seen so far, youngest last.
-        let mut oldest: Vec<(Instant, Arc<Activity>, Reason)> = Vec::with_capacity(want + 1);
+        let mut oldest: Vec<(u64, Arc<Activity>, Reason)> = Vec::with_capacity(want + 1);
         for slot in self.chunks.iter() {
             let Some(chunk) = slot.get() else { break };
             for (w, word) in chunk.used.iter().enumerate() {
@@ -123,12 +122,18 @@ impl Registry {
                     let Some(activity) = chunk.slots[w * 64 + bit].load_full() else {
                         continue;
                     };
-                    let Some(Idleness { since, reason }) = activity.idleness() else {
+                    let Some(Idleness {
+                        since_ms: since,
+                        reason,
+                    }) = activity.idleness()
+                    else {
                         continue;
                     };
                     if oldest.len() == want && oldest.last().is_some_and(|l| l.0 <= since) {
                         continue;
                     }
+                    // After its equals: at the same millisecond, the earlier slot (the
+                    // connection accepted first, in a listener's first chunk) goes first.
                     let at = oldest.partition_point(|c| c.0 <= since);
                     oldest.insert(at, (since, activity, reason));
                     oldest.truncate(want);

@@ -62,6 +62,10 @@ async fn connections_spread_over_two_worker_threads_and_stay_on_theirs() {
                 .header("host", "app.test")
                 .body(Empty::<Bytes>::new())
                 .unwrap();
+            // hyper hands a connection a new request only once the last one's end is
+            // processed.
+            let ready = tokio::time::timeout(WAIT, send.ready()).await;
+            ready.expect("ready in time").expect("ready");
             let resp = tokio::time::timeout(WAIT, send.send_request(req))
                 .await
                 .expect("answered in time")

@@ -64,7 +64,10 @@ pub struct Activity {
 
 /// How long a connection has been doing nothing, and in which way.
 pub struct Idleness {
-    pub since: Instant,
+    /// When it last moved, in milliseconds on one clock shared by every connection (so
+    /// that connections idle a millisecond apart are ordered right; an `Instant` made from
+    /// each connection's own start would carry that start's offset from the coarse clock).
+    pub since_ms: u64,
     pub reason: Reason,
 }
 
@@ -154,8 +157,8 @@ impl Activity {
         } else {
             Reason::Silent
         };
-        let since = self.at(self.last.load(Relaxed));
-        Some(Idleness { since, reason })
+        let since_ms = self.start_coarse + self.last.load(Relaxed);
+        Some(Idleness { since_ms, reason })
     }
 
     /// Marks the connection for closing and wakes its task; `false` if it already was.
@@ -189,7 +192,6 @@ impl Activity {
         }
         #[cfg(test)]
         {
-            let _ = self.start_coarse;
             self.start.elapsed().as_millis() as u64
         }
     }

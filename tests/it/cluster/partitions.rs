@@ -157,11 +157,21 @@ async fn a_drain_that_would_leave_any_instance_without_a_serving_node_gets_409()
     one.h.wait_up("a").await;
     one.h.wait_up("b").await;
     two.h.wait_up("b").await;
-    until("lb-1 knows lb-2 sees a down", WAIT, async || {
-        let seen = health_seen(&one, "a", "lb-2").await;
-        (seen == "down").then_some(()).ok_or(seen)
-    })
-    .await;
+    // Each instance knows the other's whole view (views are published as health changes,
+    // so one with a down may still lack b up).
+    for (at, node, of, health) in [
+        (&one, "a", "lb-2", "down"),
+        (&one, "b", "lb-2", "up"),
+        (&two, "a", "lb-1", "up"),
+        (&two, "b", "lb-1", "up"),
+    ] {
+        let what = format!("{} knows {of} sees {node} {health}", at.name);
+        until(&what, WAIT, async || {
+            let seen = health_seen(at, node, of).await;
+            (seen == health).then_some(()).ok_or(seen)
+        })
+        .await;
+    }
 
     // On lb-1 both nodes are up, yet draining b would leave lb-2 nothing.
     let (status, refused) = one
