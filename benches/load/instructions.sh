@@ -6,7 +6,7 @@
 # origin with one worker thread; a run that serves none is subtracted (start and stop).
 #
 #   benches/load/instructions.sh OLD_BINARY NEW_BINARY [--requests 20000] [--conns 16]
-#                                [--nginx] [--cache] [--ll BYTES]
+#                                [--nginx] [--cache] [--ll BYTES] [--branches]
 #
 # `--nginx` adds NGINX as a reverse proxy (one worker, keep-alive to the same origin),
 # counted the same way, for a row that compares handoff's count with a peer's. `--cache`
@@ -15,15 +15,17 @@
 # not, misses are what differs. It adds the last-level misses too, for a cache of `--ll`
 # bytes (8-way, with level-1 caches of 32 KiB; cachegrind's default is the host's caches):
 # `--ll 524288` models a Zen core's 512 KiB L2, where 1,000 connections' memory spills. `--conns` sets ab's connections (raise
-# `--requests` with it: each connection's setup is counted too).
+# `--requests` with it: each connection's setup is counted too). `--branches` adds
+# mispredicted branches per request (cachegrind's `--branch-sim=yes`: a simple predictor,
+# so a hint of where an indirect jump or a data-dependent branch costs, not a measurement).
 #
 # Needs valgrind, ab (apache2-utils) and nginx: apt-get install valgrind apache2-utils
 # nginx-light.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-[ $# -ge 2 ] || { sed -n '2,19p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,21p' "$0"; exit 2; }
 A=$(realpath "$1") B=$(realpath "$2"); shift 2
-N=20000 C=16 NGINX=0 SIM=no LL=()
+N=20000 C=16 NGINX=0 SIM=no LL=() BSIM=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) N=$2; shift 2;;
@@ -31,6 +33,7 @@ while [ $# -gt 0 ]; do
     --conns) C=$2; shift 2;;
     --cache) SIM=yes; shift;;
     --ll) SIM=yes; LL=(--I1=32768,8,64 --D1=32768,8,64 --LL="$2",8,64); shift 2;;
+    --branches) BSIM=yes; shift;;
     *) echo "unknown arg $1" >&2; exit 2;;
   esac
 done
@@ -72,13 +75,14 @@ stopped() {
   I1=$(awk '/I1 *misses:/{gsub(",", "", $4); print $4}' "$out.log" | tail -1)
   D1=$(awk '/D1 *misses:/{gsub(",", "", $4); print $4}' "$out.log" | tail -1)
   LLM=$(awk '/LL misses:/{gsub(",", "", $4); print $4}' "$out.log" | tail -1)
+  BM=$(awk '/Mispredicts:/{gsub(",", "", $3); print $3}' "$out.log" | tail -1)
 }
 
 # Total instructions of one run of `$1` serving `$2` requests, into $COUNT.
 COUNT=0
 count() {
   local bin=$1 n=$2 out="$RUN/cg.$RANDOM" pid
-  valgrind --tool=cachegrind --cache-sim="$SIM" "${LL[@]}" --cachegrind-out-file="$out" \
+  valgrind --tool=cachegrind --cache-sim="$SIM" --branch-sim="$BSIM" "${LL[@]}" --cachegrind-out-file="$out" \
     "$bin" run -c "$HERE/handoff.yaml" --threads 1 > "$out.log" 2>&1 & pid=$!
   PIDS+=("$pid")
   # Serving once the origin node is up (a request before that gets handoff's own 503).
@@ -105,7 +109,7 @@ http { access_log off; client_body_temp_path $RUN/origin-tmp; proxy_temp_path $R
   server { listen 127.0.0.1:9091;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-  valgrind --tool=cachegrind --cache-sim="$SIM" "${LL[@]}" --cachegrind-out-file="$out" \
+  valgrind --tool=cachegrind --cache-sim="$SIM" --branch-sim="$BSIM" "${LL[@]}" --cachegrind-out-file="$out" \
     nginx -p "$RUN" -c "$RUN/proxy-nginx.conf" > "$out.log" 2>&1 & pid=$!
   PIDS+=("$pid")
   for _ in $(seq 600); do port_busy 9091 && break; sleep 0.1; done
@@ -113,32 +117,32 @@ CONF
   stopped TERM "$pid" "$out"
 }
 
-declare -A per i1 d1 ll
+declare -A per i1 d1 ll bm
 # Per request: busy run minus idle run, over N ($1 $2: the two counts; empty without --cache).
 per_req() { if [ -n "$1" ] && [ -n "$2" ]; then echo $(( ($1 - $2) / N )); else echo -; fi; }
 for side in A B; do
   bin=$A; [ "$side" = B ] && bin=$B
-  count "$bin" 0; idle=$COUNT idle_i1=$I1 idle_d1=$D1 idle_ll=$LLM
+  count "$bin" 0; idle=$COUNT idle_i1=$I1 idle_d1=$D1 idle_ll=$LLM idle_bm=$BM
   count "$bin" "$N"; busy=$COUNT
   per[$side]=$(( (busy - idle) / N ))
   i1[$side]=$(per_req "$I1" "$idle_i1"); d1[$side]=$(per_req "$D1" "$idle_d1")
-  ll[$side]=$(per_req "$LLM" "$idle_ll")
+  ll[$side]=$(per_req "$LLM" "$idle_ll"); bm[$side]=$(per_req "$BM" "$idle_bm")
   echo "$side: $busy instructions with $N requests, $idle with none: ${per[$side]} per request" >&2
 done
 echo "A = $A"
 echo "B = $B"
 echo
-echo "| binary | user instructions per request | L1i misses | L1d misses | LL misses |"
-echo "|---|---|---|---|---|"
-echo "| A | ${per[A]} | ${i1[A]} | ${d1[A]} | ${ll[A]} |"
-echo "| B | ${per[B]} | ${i1[B]} | ${d1[B]} | ${ll[B]} |"
-python3 -c "print('| B/A | %.3f | | | |' % (${per[B]} / ${per[A]}))"
+echo "| binary | user instructions per request | L1i misses | L1d misses | LL misses | mispredicts |"
+echo "|---|---|---|---|---|---|"
+echo "| A | ${per[A]} | ${i1[A]} | ${d1[A]} | ${ll[A]} | ${bm[A]} |"
+echo "| B | ${per[B]} | ${i1[B]} | ${d1[B]} | ${ll[B]} | ${bm[B]} |"
+python3 -c "print('| B/A | %.3f | | | | |' % (${per[B]} / ${per[A]}))"
 
 if [ "$NGINX" = 1 ]; then
-  count_nginx 0; idle=$COUNT idle_i1=$I1 idle_d1=$D1 idle_ll=$LLM
+  count_nginx 0; idle=$COUNT idle_i1=$I1 idle_d1=$D1 idle_ll=$LLM idle_bm=$BM
   count_nginx "$N"; busy=$COUNT
   ngx=$(( (busy - idle) / N ))
   echo "NGINX: $busy instructions with $N requests, $idle with none: $ngx per request" >&2
-  echo "| NGINX | $ngx | $(per_req "$I1" "$idle_i1") | $(per_req "$D1" "$idle_d1") | $(per_req "$LLM" "$idle_ll") |"
-  python3 -c "print('| B/NGINX | %.3f | | | |' % (${per[B]} / $ngx))"
+  echo "| NGINX | $ngx | $(per_req "$I1" "$idle_i1") | $(per_req "$D1" "$idle_d1") | $(per_req "$LLM" "$idle_ll") | $(per_req "$BM" "$idle_bm") |"
+  python3 -c "print('| B/NGINX | %.3f | | | | |' % (${per[B]} / $ngx))"
 fi
