@@ -156,7 +156,7 @@ async fn demo_serves_both_nodes_and_ctl_shows_them_up() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let (status, body) = get(&client, &format!("http://{proxy}/")).await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "after the takeover: {body}");
     assert!(body.contains("version 2.0.0"), "{body}");
     let table = String::from_utf8_lossy(&ctl(&["status"]).stdout).to_string();
     assert!(table.contains("generation 2"), "{table}");
