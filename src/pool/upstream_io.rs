@@ -38,9 +38,7 @@ impl UpstreamIo {
             Poll::Ready(Err(_)) => false,
         }
     }
-}
 
-impl UpstreamIo {
     /// Moves the socket to the calling thread's runtime: a connection another worker thread
     /// put back is still polled by that thread's reactor, which would then do the waiting
     /// for this one (an extra wake-up across threads per response). A duplicate of the
